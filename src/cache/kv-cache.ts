@@ -1,0 +1,182 @@
+import type { KvHeadView } from '../tensor/backend.ts';
+
+const MIN_CAPACITY = 16;
+
+/** One (layer, KV head) slot: rows [0, len) of post-RoPE keys, values and their absolute positions. */
+export class HeadStore implements KvHeadView {
+  k: Float32Array;
+  v: Float32Array;
+  pos: Int32Array;
+  len = 0;
+
+  constructor(readonly headDim: number, capacity = MIN_CAPACITY) {
+    this.k = new Float32Array(capacity * headDim);
+    this.v = new Float32Array(capacity * headDim);
+    this.pos = new Int32Array(capacity);
+  }
+
+  get capacity(): number {
+    return this.pos.length;
+  }
+
+  reserve(rows: number): void {
+    if (rows <= this.capacity) return;
+    this.resize(Math.max(rows, Math.ceil(this.capacity * 1.5), MIN_CAPACITY));
+  }
+
+  /** Appends one row; k and v are read from src at the given offsets. */
+  appendRow(kSrc: Float32Array, kOff: number, vSrc: Float32Array, vOff: number, position: number): void {
+    if (this.len === this.capacity) this.reserve(this.len + 1);
+    const d = this.headDim;
+    this.k.set(kSrc.subarray(kOff, kOff + d), this.len * d);
+    this.v.set(vSrc.subarray(vOff, vOff + d), this.len * d);
+    this.pos[this.len] = position;
+    this.len++;
+  }
+
+  /** Keeps rows at the given strictly increasing indices, compacting in place; shrinks the allocation when mostly empty. */
+  keep(indices: ArrayLike<number>): void {
+    const d = this.headDim;
+    let prev = -1;
+    for (let r = 0; r < indices.length; r++) {
+      const i = indices[r]!;
+      if (!Number.isInteger(i) || i <= prev || i >= this.len) {
+        throw new RangeError(`keep(): indices must be strictly increasing integers in [0, ${this.len}); got ${i} after ${prev}`);
+      }
+      prev = i;
+      if (i !== r) {
+        this.k.copyWithin(r * d, i * d, (i + 1) * d);
+        this.v.copyWithin(r * d, i * d, (i + 1) * d);
+        this.pos[r] = this.pos[i]!;
+      }
+    }
+    this.len = indices.length;
+    this.shrinkToFit();
+  }
+
+  truncate(len: number): void {
+    if (len > this.len) throw new RangeError(`truncate(${len}) beyond the current length ${this.len}`);
+    this.len = len;
+  }
+
+  /** Releases spare capacity when less than half of it is used. */
+  shrinkToFit(): void {
+    if (this.capacity > MIN_CAPACITY && this.len < this.capacity / 2) this.resize(Math.max(this.len, MIN_CAPACITY));
+  }
+
+  private resize(capacity: number): void {
+    const d = this.headDim;
+    const k = new Float32Array(capacity * d);
+    const v = new Float32Array(capacity * d);
+    const pos = new Int32Array(capacity);
+    k.set(this.k.subarray(0, this.len * d));
+    v.set(this.v.subarray(0, this.len * d));
+    pos.set(this.pos.subarray(0, this.len));
+    this.k = k;
+    this.v = v;
+    this.pos = pos;
+  }
+}
+
+/** What truncate() restores: every head's length and the next position. */
+export interface CacheMark {
+  readonly lengths: Int32Array;
+  readonly nextPos: number;
+  readonly epoch: number;
+}
+
+/**
+ * Ragged KV cache: every (layer, KV head) has its own length, so per-head eviction frees real memory.
+ * New tokens always continue at nextPos, the uncompressed sequence length.
+ */
+export class KvCache {
+  readonly heads: HeadStore[][];
+  nextPos = 0;
+  /** Bumped by keep(): a mark taken before a compaction can no longer be restored. */
+  private epoch = 0;
+
+  constructor(readonly numLayers: number, readonly numKvHeads: number, readonly headDim: number) {
+    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim)));
+  }
+
+  layer(l: number): HeadStore[] {
+    return this.heads[l]!;
+  }
+
+  head(l: number, h: number): HeadStore {
+    return this.heads[l]![h]!;
+  }
+
+  /** Appends n rows to every head of a layer from k, v laid out [n, numKvHeads, headDim]. */
+  appendLayer(l: number, k: Float32Array, v: Float32Array, positions: Int32Array): void {
+    const d = this.headDim;
+    const H = this.numKvHeads;
+    const n = positions.length;
+    const heads = this.heads[l]!;
+    for (let h = 0; h < H; h++) heads[h]!.reserve(heads[h]!.len + n);
+    for (let i = 0; i < n; i++) {
+      for (let h = 0; h < H; h++) {
+        const off = (i * H + h) * d;
+        heads[h]!.appendRow(k, off, v, off, positions[i]!);
+      }
+    }
+  }
+
+  /** Advances the next position after a forward pass has appended n tokens to every layer. */
+  advance(n: number): void {
+    this.nextPos += n;
+  }
+
+  mark(): CacheMark {
+    const lengths = new Int32Array(this.numLayers * this.numKvHeads);
+    this.forEachHead((s, l, h) => (lengths[l * this.numKvHeads + h] = s.len));
+    return { lengths, nextPos: this.nextPos, epoch: this.epoch };
+  }
+
+  truncate(mark: CacheMark): void {
+    if (mark.epoch !== this.epoch) throw new Error('truncate(): the cache was compacted after this mark was taken');
+    this.forEachHead((s, l, h) => s.truncate(mark.lengths[l * this.numKvHeads + h]!));
+    this.nextPos = mark.nextPos;
+  }
+
+  keep(l: number, h: number, indices: ArrayLike<number>): void {
+    this.heads[l]![h]!.keep(indices);
+    this.epoch++;
+  }
+
+  /** Bytes of the K and V rows held (fp32), the figure compression must shrink. */
+  bytes(): number {
+    let rows = 0;
+    this.forEachHead((s) => (rows += s.len));
+    return rows * this.headDim * 2 * 4;
+  }
+
+  /** Bytes actually allocated for K, V and positions, spare capacity included. */
+  allocatedBytes(): number {
+    let total = 0;
+    this.forEachHead((s) => (total += s.k.byteLength + s.v.byteLength + s.pos.byteLength));
+    return total;
+  }
+
+  clone(): KvCache {
+    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim);
+    copy.nextPos = this.nextPos;
+    this.forEachHead((s, l, h) => {
+      const t = copy.head(l, h);
+      t.reserve(s.len);
+      t.k.set(s.k.subarray(0, s.len * this.headDim));
+      t.v.set(s.v.subarray(0, s.len * this.headDim));
+      t.pos.set(s.pos.subarray(0, s.len));
+      t.len = s.len;
+    });
+    return copy;
+  }
+
+  lengths(): number[][] {
+    return this.heads.map((layer) => layer.map((s) => s.len));
+  }
+
+  forEachHead(fn: (store: HeadStore, layer: number, head: number) => void): void {
+    for (let l = 0; l < this.numLayers; l++) for (let h = 0; h < this.numKvHeads; h++) fn(this.heads[l]![h]!, l, h);
+  }
+}

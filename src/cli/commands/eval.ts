@@ -1,0 +1,56 @@
+import type { Command } from 'commander';
+import { loadQa } from '../../eval/datasets.ts';
+import { evalQa } from '../../eval/qa-eval.ts';
+import { linePlot } from '../../eval/svg-plot.ts';
+import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
+import { intOption, listOption, openModel, ratioList } from '../common.ts';
+import { progressBar } from '../progress.ts';
+
+export function registerEval(program: Command): Command {
+  const ev = program.command('eval').description('evaluate compression methods on a dataset');
+  ev.command('qa')
+    .description('multi-query document QA: each context is compressed once per method, every ratio and question reuses it')
+    .requiredOption('-d, --data <file>', 'JSONL rows {id, context, questions[], answers[]}')
+    .option('--method <names>', 'comma-separated methods', listOption)
+    .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.5, 0.3, 0.2, 0.1])
+    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', 'Question: {query}')
+    .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
+    .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
+    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and plots here')
+    .option('--json', 'print {model, results} as JSON')
+    .action(async (o) => {
+      const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
+      let rows = loadQa(o.data);
+      if (o.limit) rows = rows.slice(0, o.limit);
+      const lm = openModel(o.model);
+      const bar = progressBar('eval qa', 1);
+      const { results, samples } = await evalQa(lm, rows, {
+        methods,
+        ratios: o.ratio,
+        queryTemplate: o.queryTemplate,
+        maxTokens: o.maxTokens,
+        onProgress: (d, t) => bar.update(d, t),
+      });
+      bar.stop();
+      const summary = { model: lm.dir, data: o.data, results };
+      if (o.out) {
+        const plot = linePlot({
+          title: 'QA exact match vs kept ratio',
+          xLabel: 'ratio kept',
+          yLabel: 'accuracy',
+          series: [...new Set(results.map((r) => r.method))].map((m) => ({
+            name: m,
+            points: results.filter((r) => r.method === m).map((r) => [r.ratio, r.accuracy] as [number, number]),
+          })),
+          yDomain: [0, 1],
+        });
+        const report = `# QA under compression\n\nModel: ${lm.dir}\nData: ${o.data} (${rows.length} contexts, ${samples.length / Math.max(1, results.length)} questions per point)\n\n${markdownTable(results as unknown as Record<string, unknown>[])}\n![accuracy vs ratio](accuracy.svg)\n`;
+        const files = writeEvalOutputs(o.out, { results: summary, samples: samples as unknown as Record<string, unknown>[], report, plots: { 'accuracy.svg': plot } });
+        if (!o.json) process.stdout.write(`wrote ${files.join(', ')}\n`);
+      }
+      if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+      else process.stdout.write(markdownTable(results as unknown as Record<string, unknown>[]));
+    });
+  return ev;
+}

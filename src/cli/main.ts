@@ -1,0 +1,26 @@
+import { Command } from 'commander';
+import { registerChat } from './commands/chat.ts';
+import { registerCompress } from './commands/compress.ts';
+import { registerDemo } from './commands/demo.ts';
+import { registerEval } from './commands/eval.ts';
+import { registerGenerate } from './commands/generate.ts';
+import { registerInfo } from './commands/info.ts';
+
+const program = new Command();
+program
+  .name('kvlab')
+  .description('KV-cache compression engine and lab for Llama-family chat models')
+  .version('0.1.0')
+  .showHelpAfterError();
+
+registerGenerate(program);
+registerChat(program);
+registerCompress(program);
+registerDemo(program);
+registerEval(program);
+registerInfo(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,161 @@
+import { KvCache } from '../cache/kv-cache.ts';
+import { checkRatio } from '../press/budgets.ts';
+import { capturingPrefill } from '../press/capture.ts';
+import type { Press } from '../press/registry.ts';
+import type { CaptureNeeds, PrefillCapture, Scores, ScoringContext, Span } from '../press/types.ts';
+import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
+import type { LoadedModel } from './loaded-model.ts';
+
+export interface ContextOptions {
+  system?: string;
+  /** How a query becomes user text; `{query}` is replaced. Default: the query itself. */
+  queryTemplate?: string;
+  chunkSize?: number;
+  onPrefillProgress?: (done: number, total: number) => void;
+}
+
+export interface CompressionReport {
+  method: string;
+  ratio: number;
+  contextTokens: number;
+  /** K+V bytes of the context rows before and after compression. */
+  contextBytesFull: number;
+  contextBytesKept: number;
+  /** All cached rows (template prefix included). */
+  bytesFull: number;
+  bytesKept: number;
+  /** Fraction of context rows kept, per layer (averaged over KV heads). */
+  perLayerKept: number[];
+}
+
+/**
+ * A context placed in the user turn of the model's own chat template, prefilled once, compressed once,
+ * then asked any number of queries: each is appended as "\n\n" + query + end-of-user/assistant header,
+ * answered, and truncated away so the compressed context is untouched for the next one.
+ */
+export class ContextSession {
+  readonly ids: number[];
+  readonly prefix: Span;
+  readonly context: Span;
+  readonly suffix: string;
+  cache: KvCache;
+  private prefilled = false;
+
+  constructor(readonly lm: LoadedModel, readonly contextText: string, readonly opts: ContextOptions = {}) {
+    const parts = lm.tokenizer.chat.userTurnParts(opts.system);
+    const prefixIds = lm.tokenizer.encode(parts.prefix);
+    const ids = lm.tokenizer.encode(parts.prefix + contextText);
+    if (prefixIds.some((id, i) => ids[i] !== id)) {
+      throw new Error('the chat template prefix does not tokenize as a prefix of prefix + context');
+    }
+    if (ids.length > lm.config.maxPositionEmbeddings) {
+      throw new RangeError(`context of ${ids.length} tokens is longer than the model allows (${lm.config.maxPositionEmbeddings})`);
+    }
+    this.ids = ids;
+    this.prefix = { start: 0, end: prefixIds.length };
+    this.context = { start: prefixIds.length, end: ids.length };
+    this.suffix = parts.suffix;
+    this.cache = lm.newCache();
+  }
+
+  /** Prefills the prompt, recording what the given scorers need. */
+  prefillCapture(needs: (CaptureNeeds | undefined)[]): { capture: PrefillCapture; logits: Float32Array } {
+    if (this.prefilled) throw new Error('this context is already prefilled');
+    const result = capturingPrefill(this.lm, this.cache, this.ids, this.context, needs.filter((n) => n !== undefined), {
+      chunkSize: this.opts.chunkSize,
+      onProgress: this.opts.onPrefillProgress,
+    });
+    this.prefilled = true;
+    return result;
+  }
+
+  scoringContext(capture: PrefillCapture, over: Partial<Pick<ScoringContext, 'span' | 'keys' | 'onProgress'>> = {}): ScoringContext {
+    return {
+      lm: this.lm,
+      cache: this.cache,
+      ids: this.ids,
+      span: over.span ?? this.context,
+      prefix: this.prefix,
+      keys: over.keys ?? 'causal',
+      capture,
+      onProgress: over.onProgress,
+    };
+  }
+
+  /** Prefill (if not yet), score and compress in one call. */
+  compress(press: Press, ratio: number, onScoreProgress?: (done: number, total: number) => void): CompressionReport {
+    checkRatio(ratio);
+    const { capture } = this.prefillCapture([press.scorer.needs]);
+    const scores = press.scorer.score(this.scoringContext(capture, { onProgress: onScoreProgress }));
+    return this.applyScores(press, scores, ratio);
+  }
+
+  /** Applies a budget policy's keep sets to the context rows of every (layer, KV head). */
+  applyScores(press: Press, scores: Scores, ratio: number): CompressionReport {
+    checkRatio(ratio);
+    return this.applyKeep(press.name, ratio, press.budget.select(scores, ratio));
+  }
+
+  applyKeep(method: string, ratio: number, keep: Int32Array[][]): CompressionReport {
+    const { cache, context } = this;
+    const T = context.end - context.start;
+    for (let l = 0; l < cache.numLayers; l++)
+      for (let h = 0; h < cache.numKvHeads; h++)
+        if (cache.head(l, h).len !== this.ids.length) throw new Error('compression applies once, to an uncompressed, prefilled context');
+    const bytesFull = cache.bytes();
+    const rowBytes = cache.headDim * 2 * 4;
+    const contextBytesFull = T * rowBytes * cache.numLayers * cache.numKvHeads;
+    const perLayerKept: number[] = [];
+    let keptRows = 0;
+    for (let l = 0; l < cache.numLayers; l++) {
+      let layerRows = 0;
+      for (let h = 0; h < cache.numKvHeads; h++) {
+        const sel = keep[l]![h]!;
+        const len = cache.head(l, h).len;
+        const rows = new Int32Array(len - T + sel.length);
+        let r = 0;
+        for (let i = 0; i < context.start; i++) rows[r++] = i;
+        for (const j of sel) rows[r++] = context.start + j;
+        for (let i = context.end; i < len; i++) rows[r++] = i;
+        cache.keep(l, h, rows);
+        layerRows += sel.length;
+      }
+      keptRows += layerRows;
+      perLayerKept.push(T ? layerRows / (T * cache.numKvHeads) : 1);
+    }
+    return {
+      method,
+      ratio,
+      contextTokens: T,
+      contextBytesFull,
+      contextBytesKept: keptRows * rowBytes,
+      bytesFull,
+      bytesKept: cache.bytes(),
+      perLayerKept,
+    };
+  }
+
+  /** A copy of this session (same prefill state, its own cache) so several ratios can start from one prefill. */
+  fork(): ContextSession {
+    const copy = Object.create(ContextSession.prototype) as ContextSession;
+    Object.assign(copy, this);
+    copy.cache = this.cache.clone();
+    return copy;
+  }
+
+  queryIds(query: string): number[] {
+    const user = (this.opts.queryTemplate ?? '{query}').replaceAll('{query}', query);
+    return this.lm.tokenizer.encode(`\n\n${user}${this.suffix}`);
+  }
+
+  /** Answers one query; the cache is returned exactly as it was, whatever happens. */
+  async ask(query: string, gen: GenerateOptions = {}): Promise<GenerateResult> {
+    if (!this.prefilled) this.prefillCapture([]);
+    const mark = this.cache.mark();
+    try {
+      return await generate(this.lm, this.cache, this.queryIds(query), gen);
+    } finally {
+      this.cache.truncate(mark);
+    }
+  }
+}

@@ -1,0 +1,117 @@
+import type { KvCache } from '../cache/kv-cache.ts';
+import type { LoadedModel } from './loaded-model.ts';
+import { prefill, type PrefillOptions } from './prefill.ts';
+import { Sampler, type SamplingOptions } from './sampler.ts';
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  sampling?: SamplingOptions;
+  /** Token ids that end generation (not emitted). Defaults to the tokenizer's eos ids. */
+  stopIds?: number[];
+  /** Strings that end generation; the text is cut before them. */
+  stopStrings?: string[];
+  /** Streams text as it becomes final (never half a UTF-8 character, never part of a stop string). */
+  onText?: (delta: string) => void;
+  prefill?: Omit<PrefillOptions, 'stats' | 'onLayer'>;
+}
+
+export type FinishReason = 'stop' | 'length';
+
+export interface GenerateResult {
+  text: string;
+  /** Generated ids, the stop token excluded. */
+  tokens: number[];
+  promptTokens: number;
+  finishReason: FinishReason;
+  timings: { prefillMs: number; decodeMs: number; ttftMs: number; decodeTokensPerSecond: number };
+}
+
+/**
+ * Prefills promptIds on top of the cache and decodes. The cache keeps everything fed to it; callers that
+ * need the cache back as it was take a mark() before and truncate() after.
+ */
+export async function generate(lm: LoadedModel, cache: KvCache, promptIds: number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+  const maxTokens = opts.maxTokens ?? 256;
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`max tokens must be a non-negative integer, got ${maxTokens}`);
+  const sampler = new Sampler(opts.sampling);
+  const stopIds = new Set(opts.stopIds ?? lm.tokenizer.eosIds);
+  const stops = (opts.stopStrings ?? []).filter((s) => s.length > 0);
+  const vocab = lm.model.weights.lmHead.rows;
+  const limit = lm.config.maxPositionEmbeddings;
+
+  const t0 = performance.now();
+  let logits = prefill(lm.model, cache, promptIds, opts.prefill);
+  const t1 = performance.now();
+  const tokens: number[] = [];
+  let emitted = 0;
+  let text = '';
+  let finishReason: FinishReason = 'length';
+  let ttft = 0;
+  while (tokens.length < maxTokens) {
+    const id = sampler.sample(logits, 0, vocab);
+    if (tokens.length === 0) ttft = performance.now() - t0;
+    if (stopIds.has(id)) {
+      finishReason = 'stop';
+      break;
+    }
+    tokens.push(id);
+    text = lm.tokenizer.decode(tokens, { skipSpecialTokens: true });
+    const cut = firstStop(text, stops);
+    if (cut >= 0) {
+      text = text.slice(0, cut);
+      finishReason = 'stop';
+      break;
+    }
+    const safe = stableLength(text, stops);
+    if (safe > emitted) {
+      opts.onText?.(text.slice(emitted, safe));
+      emitted = safe;
+    }
+    if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
+    logits = lm.model.forward([id], cache);
+    await yieldToEventLoop();
+  }
+  if (text.length > emitted) opts.onText?.(text.slice(emitted));
+  const t2 = performance.now();
+  const decodeMs = t2 - t1;
+  return {
+    text,
+    tokens,
+    promptTokens: promptIds.length,
+    finishReason,
+    timings: {
+      prefillMs: t1 - t0,
+      decodeMs,
+      ttftMs: ttft,
+      decodeTokensPerSecond: tokens.length > 1 ? ((tokens.length - 1) * 1000) / decodeMs : 0,
+    },
+  };
+}
+
+function firstStop(text: string, stops: string[]): number {
+  let at = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (at < 0 || i < at)) at = i;
+  }
+  return at;
+}
+
+/** How much of text is final: not ending in a replacement char of an unfinished UTF-8 sequence, nor a stop-string prefix. */
+function stableLength(text: string, stops: string[]): number {
+  let end = text.length;
+  while (end > 0 && text[end - 1] === '\uFFFD') end--;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, end); k > 0; k--) {
+      if (text.slice(end - k, end) === s.slice(0, k)) {
+        end -= k;
+        break;
+      }
+    }
+  }
+  return end;
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}

@@ -1,0 +1,46 @@
+import { statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { KvCache } from '../cache/kv-cache.ts';
+import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/config.ts';
+import { LlamaModel } from '../model/llama.ts';
+import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
+import { loadWeights } from '../model/weights.ts';
+import type { Backend } from '../tensor/backend.ts';
+import { ContextSession, type ContextOptions } from './context-session.ts';
+
+export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-chat', import.meta.url));
+
+export interface LoadOptions {
+  backend: Backend;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** A checkpoint ready to run: config, tokenizer and the forward pass on a backend. */
+export class LoadedModel {
+  constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly tokenizer: KvTokenizer,
+    readonly model: LlamaModel,
+    /** Identifies these weights (folder, sizes, modification times) for caches of per-model results. */
+    readonly fingerprint: string,
+  ) {}
+
+  newCache(): KvCache {
+    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim);
+  }
+
+  openContext(context: string, opts?: ContextOptions): ContextSession {
+    return new ContextSession(this, context, opts);
+  }
+}
+
+export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): LoadedModel {
+  const config = loadModelConfig(dir);
+  const tokenizer = loadTokenizer(dir);
+  const weights = loadWeights(dir, config, { onProgress: opts.onProgress });
+  const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
+  const st = statSync(dir);
+  const fingerprint = `${dir}|${st.mtimeMs}|${JSON.stringify(config)}`;
+  return new LoadedModel(dir, config, tokenizer, model, fingerprint);
+}

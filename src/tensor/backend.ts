@@ -1,0 +1,82 @@
+/**
+ * The compute interface the model forward pass is written against. Activations are always fp32
+ * (Float32Array, row-major). Weights keep their checkpoint dtype; matmul widens them on the fly.
+ * Two implementations: `reference` (pure TypeScript, the oracle) and `native` (C++ addon).
+ */
+
+export type WeightDType = 'f32' | 'bf16' | 'f16' | 'int8';
+
+/** A 2-D linear weight in Hugging Face layout: [rows = out features, cols = in features]. */
+export interface Weight {
+  readonly name: string;
+  readonly dtype: WeightDType;
+  readonly rows: number;
+  readonly cols: number;
+  /** f32 -> Float32Array, bf16/f16 -> Uint16Array (raw bits), int8 -> Int8Array; row-major [rows, cols]. */
+  readonly data: Float32Array | Uint16Array | Int8Array;
+  /** int8 only: one scale per (row, group); groups of `groupSize` consecutive columns. */
+  readonly scales?: Float32Array;
+  readonly groupSize?: number;
+}
+
+/** One KV head's cache as attention reads it: rows [0, len) of k and v ([cap, headDim]) and their absolute positions. */
+export interface KvHeadView {
+  k: Float32Array;
+  v: Float32Array;
+  pos: Int32Array;
+  len: number;
+}
+
+/** Per-key attention statistics over a chosen set of queries, accumulated across calls. */
+export interface AttentionStats {
+  /** Query rows i >= fromQuery contribute (use 0 for all queries, nq - w for a window of w). */
+  fromQuery: number;
+  /** Per KV head, length >= that head's len: running max of softmax probabilities over the group's query heads. */
+  max?: Float32Array[];
+  /** Per KV head: running sum of softmax probabilities over the group's query heads and the chosen queries. */
+  sum?: Float32Array[];
+}
+
+export interface AttentionArgs {
+  /** Post-RoPE queries [nq, nHeads, headDim]. */
+  q: Float32Array;
+  /** Output [nq, nHeads, headDim], or null to compute statistics only. */
+  out: Float32Array | null;
+  nq: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  /** Absolute position of each query; key j of a head is visible to query i iff pos[j] <= qPos[i]. */
+  qPos: Int32Array;
+  /** One view per KV head; query head h reads KV head floor(h / (nHeads / nKvHeads)). */
+  heads: KvHeadView[];
+  scale: number;
+  stats?: AttentionStats;
+}
+
+/** Rotary tables: inverse frequencies for the first half of each head (HF "rotate_half" layout). */
+export interface RopeTable {
+  readonly headDim: number;
+  /** Length headDim / 2, scaling (e.g. llama3) already applied. */
+  readonly invFreq: Float32Array;
+  /** Multiplier applied to cos and sin (1 unless a scaling type says otherwise). */
+  readonly attentionScaling: number;
+}
+
+export interface Backend {
+  readonly name: 'reference' | 'native';
+  /** One line saying what runs (e.g. the active CPU paths and thread count). */
+  describe(): string;
+  /** out[n, w.rows] = x[n, w.cols] · wᵀ */
+  matmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void;
+  /** Row-wise RMSNorm over rows of length dim: out = x / sqrt(mean(x²) + eps) * weight. out may alias x. */
+  rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, weight: Float32Array, eps: number): void;
+  /** In place on x [n, nHeads, headDim]; row i rotated by angle positions[i] * invFreq. */
+  rope(x: Float32Array, n: number, nHeads: number, positions: Int32Array, table: RopeTable): void;
+  /** out[i] = silu(gate[i]) * up[i] for i < len. out may alias gate. */
+  siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void;
+  /** out[n, w.cols] = rows ids of an embedding table (any weight dtype). */
+  embedding(out: Float32Array, table: Weight, ids: Int32Array): void;
+  /** Scaled dot-product attention over ragged per-head caches with position masking, fp32 softmax. */
+  attention(args: AttentionArgs): void;
+}

@@ -1,0 +1,161 @@
+import type { AttentionArgs, Backend, RopeTable, Weight } from './backend.ts';
+
+const widened = new WeakMap<Weight, Float32Array>();
+
+/** The weight as fp32 [rows, cols], converted once and cached (the reference backend trades memory for clarity). */
+export function widenWeight(w: Weight): Float32Array {
+  if (w.dtype === 'f32') return w.data as Float32Array;
+  let out = widened.get(w);
+  if (out) return out;
+  out = new Float32Array(w.rows * w.cols);
+  if (w.dtype === 'bf16') {
+    const bits = new Uint32Array(out.buffer);
+    const src = w.data as Uint16Array;
+    for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
+  } else if (w.dtype === 'f16') {
+    const src = w.data as Uint16Array;
+    for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]!);
+  } else {
+    const src = w.data as Int8Array;
+    const scales = w.scales!;
+    const group = w.groupSize ?? w.cols;
+    const groupsPerRow = Math.ceil(w.cols / group);
+    for (let r = 0; r < w.rows; r++) {
+      for (let c = 0; c < w.cols; c++) {
+        out[r * w.cols + c] = src[r * w.cols + c]! * scales[r * groupsPerRow + Math.floor(c / group)]!;
+      }
+    }
+  }
+  widened.set(w, out);
+  return out;
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+export class ReferenceBackend implements Backend {
+  readonly name = 'reference' as const;
+
+  describe(): string {
+    return 'reference (pure TypeScript, fp32)';
+  }
+
+  matmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void {
+    const W = widenWeight(w);
+    const { rows, cols } = w;
+    for (let i = 0; i < n; i++) {
+      const xo = i * cols;
+      for (let r = 0; r < rows; r++) {
+        const wo = r * cols;
+        let acc = 0;
+        for (let c = 0; c < cols; c++) acc += x[xo + c]! * W[wo + c]!;
+        out[i * rows + r] = acc;
+      }
+    }
+  }
+
+  rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, weight: Float32Array, eps: number): void {
+    for (let i = 0; i < n; i++) {
+      const o = i * dim;
+      let ss = 0;
+      for (let c = 0; c < dim; c++) ss += x[o + c]! * x[o + c]!;
+      const inv = 1 / Math.sqrt(Math.fround(ss / dim) + eps);
+      for (let c = 0; c < dim; c++) out[o + c] = Math.fround(x[o + c]! * inv) * weight[c]!;
+    }
+  }
+
+  rope(x: Float32Array, n: number, nHeads: number, positions: Int32Array, table: RopeTable): void {
+    const d = table.headDim;
+    const half = d / 2;
+    const cos = new Float32Array(half);
+    const sin = new Float32Array(half);
+    for (let i = 0; i < n; i++) {
+      const p = positions[i]!;
+      for (let f = 0; f < half; f++) {
+        const angle = Math.fround(p * table.invFreq[f]!);
+        cos[f] = Math.cos(angle) * table.attentionScaling;
+        sin[f] = Math.sin(angle) * table.attentionScaling;
+      }
+      for (let h = 0; h < nHeads; h++) {
+        const o = (i * nHeads + h) * d;
+        for (let f = 0; f < half; f++) {
+          const a = x[o + f]!;
+          const b = x[o + f + half]!;
+          x[o + f] = a * cos[f]! - b * sin[f]!;
+          x[o + f + half] = b * cos[f]! + a * sin[f]!;
+        }
+      }
+    }
+  }
+
+  siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void {
+    for (let i = 0; i < len; i++) {
+      const g = gate[i]!;
+      out[i] = (g / (1 + Math.exp(-g))) * up[i]!;
+    }
+  }
+
+  embedding(out: Float32Array, table: Weight, ids: Int32Array): void {
+    const cols = table.cols;
+    const W = widenWeight(table);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (id < 0 || id >= table.rows) throw new RangeError(`token id ${id} outside the vocabulary (0..${table.rows - 1})`);
+      out.set(W.subarray(id * cols, (id + 1) * cols), i * cols);
+    }
+  }
+
+  attention(a: AttentionArgs): void {
+    const { q, out, nq, nHeads, nKvHeads, headDim: d, qPos, heads, scale, stats } = a;
+    const group = nHeads / nKvHeads;
+    for (let h = 0; h < nHeads; h++) {
+      const g = Math.floor(h / group);
+      const kv = heads[g]!;
+      const probs = new Float64Array(kv.len);
+      for (let i = 0; i < nq; i++) {
+        const qo = (i * nHeads + h) * d;
+        let maxLogit = -Infinity;
+        for (let j = 0; j < kv.len; j++) {
+          if (kv.pos[j]! > qPos[i]!) {
+            probs[j] = -Infinity;
+            continue;
+          }
+          let dot = 0;
+          const ko = j * d;
+          for (let c = 0; c < d; c++) dot += q[qo + c]! * kv.k[ko + c]!;
+          probs[j] = dot * scale;
+          if (probs[j]! > maxLogit) maxLogit = probs[j]!;
+        }
+        let denom = 0;
+        for (let j = 0; j < kv.len; j++) {
+          const e = probs[j] === -Infinity ? 0 : Math.exp(probs[j]! - maxLogit);
+          probs[j] = e;
+          denom += e;
+        }
+        for (let j = 0; j < kv.len; j++) probs[j] = probs[j]! / denom;
+        if (out) {
+          for (let c = 0; c < d; c++) {
+            let acc = 0;
+            for (let j = 0; j < kv.len; j++) acc += probs[j]! * kv.v[j * d + c]!;
+            out[qo + c] = acc;
+          }
+        }
+        if (stats && i >= stats.fromQuery) {
+          const sum = stats.sum?.[g];
+          const max = stats.max?.[g];
+          for (let j = 0; j < kv.len; j++) {
+            const p = Math.fround(probs[j]!);
+            if (sum) sum[j] = sum[j]! + p;
+            if (max && p > max[j]!) max[j] = p;
+          }
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { KvCache } from '../src/cache/kv-cache.ts';
+
+function filled(layers: number, heads: number, d: number, n: number): KvCache {
+  const c = new KvCache(layers, heads, d);
+  const k = Float32Array.from({ length: n * heads * d }, (_, i) => i);
+  const v = Float32Array.from({ length: n * heads * d }, (_, i) => -i);
+  const pos = Int32Array.from({ length: n }, (_, i) => i);
+  for (let l = 0; l < layers; l++) c.appendLayer(l, k, v, pos);
+  c.advance(n);
+  return c;
+}
+
+test('append lays rows out per (layer, head) with positions', () => {
+  const c = filled(2, 2, 4, 5);
+  const h1 = c.head(1, 1);
+  assert.equal(h1.len, 5);
+  assert.deepEqual([...h1.k.subarray(0, 4)], [4, 5, 6, 7]);
+  assert.deepEqual([...h1.k.subarray(4, 8)], [12, 13, 14, 15]);
+  assert.deepEqual([...h1.pos.subarray(0, 5)], [0, 1, 2, 3, 4]);
+  assert.equal(c.bytes(), 2 * 2 * 5 * 4 * 2 * 4);
+});
+
+test('keep compacts rows, keeps absolute positions and frees memory', () => {
+  const c = filled(1, 2, 4, 200);
+  const before = c.allocatedBytes();
+  c.keep(0, 0, [3, 50, 199]);
+  const h = c.head(0, 0);
+  assert.equal(h.len, 3);
+  assert.deepEqual([...h.pos.subarray(0, 3)], [3, 50, 199]);
+  assert.deepEqual([...h.k.subarray(4, 8)], [50 * 8, 50 * 8 + 1, 50 * 8 + 2, 50 * 8 + 3]);
+  assert.equal(c.head(0, 1).len, 200, 'other heads untouched');
+  assert.equal(c.bytes(), (3 + 200) * 4 * 2 * 4);
+  assert.ok(c.allocatedBytes() < before, 'allocation shrinks');
+  assert.equal(c.nextPos, 200, 'new tokens continue at the original length');
+});
+
+test('keep rejects unsorted or out-of-range indices', () => {
+  const c = filled(1, 1, 2, 10);
+  assert.throws(() => c.keep(0, 0, [3, 2]), /strictly increasing/);
+  assert.throws(() => c.keep(0, 0, [10]), /strictly increasing/);
+});
+
+test('mark/truncate restores the cache bitwise after appending', () => {
+  const c = filled(2, 2, 4, 20);
+  c.keep(0, 1, [0, 5, 7]);
+  const snapshot = c.clone();
+  const mark = c.mark();
+  const n = 6;
+  const k = new Float32Array(n * 2 * 4).fill(9);
+  for (let l = 0; l < 2; l++) c.appendLayer(l, k, k, Int32Array.from({ length: n }, (_, i) => 20 + i));
+  c.advance(n);
+  assert.equal(c.head(0, 1).len, 9);
+  c.truncate(mark);
+  assert.equal(c.nextPos, 20);
+  c.forEachHead((s, l, h) => {
+    const t = snapshot.head(l, h);
+    assert.equal(s.len, t.len);
+    assert.deepEqual(s.k.subarray(0, s.len * 4), t.k.subarray(0, t.len * 4));
+    assert.deepEqual(s.v.subarray(0, s.len * 4), t.v.subarray(0, t.len * 4));
+    assert.deepEqual(s.pos.subarray(0, s.len), t.pos.subarray(0, t.len));
+  });
+});
+
+test('a mark taken before a compaction cannot be restored', () => {
+  const c = filled(1, 1, 2, 10);
+  const mark = c.mark();
+  c.keep(0, 0, [1, 2]);
+  assert.throws(() => c.truncate(mark), /compacted/);
+});
