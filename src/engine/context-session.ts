@@ -33,35 +33,67 @@ export interface CompressionReport {
  * then asked any number of queries: each is appended as "\n\n" + query + end-of-user/assistant header,
  * answered, and truncated away so the compressed context is untouched for the next one.
  */
+/** Where the compressible span sits in a prompt, and how a query is appended after it. */
+export interface SessionLayout {
+  ids: number[];
+  /** Template rows before the span (never evicted). */
+  prefix: Span;
+  /** The compressible span. */
+  context: Span;
+  /** The template's end-of-user-turn + assistant header (what KVzip's reconstruction prompt ends with). */
+  suffix: string;
+  queryIds: (query: string) => number[];
+}
+
+/** Layout of a context placed in the user turn: queries are appended as "\n\n" + query + suffix. */
+export function userContextLayout(lm: LoadedModel, contextText: string, opts: ContextOptions = {}): SessionLayout {
+  const parts = lm.tokenizer.chat.userTurnParts(opts.system);
+  const prefixIds = lm.tokenizer.encode(parts.prefix);
+  const ids = lm.tokenizer.encode(parts.prefix + contextText);
+  if (prefixIds.some((id, i) => ids[i] !== id)) {
+    throw new Error('the chat template prefix does not tokenize as a prefix of prefix + context');
+  }
+  const template = opts.queryTemplate ?? '{query}';
+  return {
+    ids,
+    prefix: { start: 0, end: prefixIds.length },
+    context: { start: prefixIds.length, end: ids.length },
+    suffix: parts.suffix,
+    queryIds: (query) => lm.tokenizer.encode(`\n\n${template.replaceAll('{query}', query)}${parts.suffix}`),
+  };
+}
+
+/**
+ * A compressible span of a prompt, prefilled once, compressed once, then asked any number of queries:
+ * each query is appended, answered, and truncated away so the compressed cache is untouched for the next.
+ * The usual layout puts a context in the user turn of the model's own chat template (KVzip, kvpress).
+ */
 export class ContextSession {
   readonly ids: number[];
   readonly prefix: Span;
   readonly context: Span;
   readonly suffix: string;
+  readonly layout: SessionLayout;
   cache: KvCache;
   private prefilled = false;
 
-  constructor(readonly lm: LoadedModel, readonly contextText: string, readonly opts: ContextOptions = {}) {
-    const parts = lm.tokenizer.chat.userTurnParts(opts.system);
-    const prefixIds = lm.tokenizer.encode(parts.prefix);
-    const ids = lm.tokenizer.encode(parts.prefix + contextText);
-    if (prefixIds.some((id, i) => ids[i] !== id)) {
-      throw new Error('the chat template prefix does not tokenize as a prefix of prefix + context');
+  constructor(readonly lm: LoadedModel, layout: SessionLayout, readonly opts: ContextOptions = {}) {
+    if (layout.ids.length > lm.config.maxPositionEmbeddings) {
+      throw new RangeError(`context of ${layout.ids.length} tokens is longer than the model allows (${lm.config.maxPositionEmbeddings})`);
     }
-    if (ids.length > lm.config.maxPositionEmbeddings) {
-      throw new RangeError(`context of ${ids.length} tokens is longer than the model allows (${lm.config.maxPositionEmbeddings})`);
-    }
-    this.ids = ids;
-    this.prefix = { start: 0, end: prefixIds.length };
-    this.context = { start: prefixIds.length, end: ids.length };
-    this.suffix = parts.suffix;
+    this.layout = layout;
+    this.ids = layout.ids;
+    this.prefix = layout.prefix;
+    this.context = layout.context;
+    this.suffix = layout.suffix;
     this.cache = lm.newCache();
   }
 
-  /** Prefills the prompt, recording what the given scorers need. */
-  prefillCapture(needs: (CaptureNeeds | undefined)[]): { capture: PrefillCapture; logits: Float32Array } {
+  /** Prefills the prompt, recording what the given scorers need for the context and any extra spans. */
+  prefillCapture(needs: (CaptureNeeds | undefined)[], extraSpans: Span[] = []): { capture: PrefillCapture; logits: Float32Array } {
     if (this.prefilled) throw new Error('this context is already prefilled');
-    const result = capturingPrefill(this.lm, this.cache, this.ids, this.context, needs.filter((n) => n !== undefined), {
+    const spans = [this.context, ...extraSpans];
+    const result = capturingPrefill(this.lm, this.cache, this.ids, spans, needs.filter((n) => n !== undefined), {
       chunkSize: this.opts.chunkSize,
       onProgress: this.opts.onPrefillProgress,
     });
@@ -76,6 +108,7 @@ export class ContextSession {
       ids: this.ids,
       span: over.span ?? this.context,
       prefix: this.prefix,
+      suffix: this.suffix,
       keys: over.keys ?? 'causal',
       capture,
       onProgress: over.onProgress,
@@ -144,8 +177,7 @@ export class ContextSession {
   }
 
   queryIds(query: string): number[] {
-    const user = (this.opts.queryTemplate ?? '{query}').replaceAll('{query}', query);
-    return this.lm.tokenizer.encode(`\n\n${user}${this.suffix}`);
+    return this.layout.queryIds(query);
   }
 
   /** Answers one query; the cache is returned exactly as it was, whatever happens. */

@@ -68,7 +68,7 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
       emitted = safe;
     }
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
-    logits = lm.model.forward([id], cache);
+    logits = lm.model.forward([id], cache)!;
     await yieldToEventLoop();
   }
   if (text.length > emitted) opts.onText?.(text.slice(emitted));

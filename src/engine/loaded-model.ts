@@ -6,7 +6,7 @@ import { LlamaModel } from '../model/llama.ts';
 import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
 import { loadWeights } from '../model/weights.ts';
 import type { Backend } from '../tensor/backend.ts';
-import { ContextSession, type ContextOptions } from './context-session.ts';
+import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
 
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-chat', import.meta.url));
 
@@ -31,7 +31,7 @@ export class LoadedModel {
   }
 
   openContext(context: string, opts?: ContextOptions): ContextSession {
-    return new ContextSession(this, context, opts);
+    return new ContextSession(this, userContextLayout(this, context, opts), opts);
   }
 }
 

@@ -6,20 +6,22 @@ import type { CaptureNeeds, PrefillCapture, QueryMoments, Span } from './types.t
 
 /**
  * Prefills ids into an empty cache while recording what the scorers need: queries at chosen positions
- * (pre- and post-RoPE) and, if asked, the observed attention every key receives.
+ * (pre- and post-RoPE) for each span a scorer may be asked about and, if asked, the observed attention
+ * every key receives.
  */
 export function capturingPrefill(
   lm: LoadedModel,
   cache: KvCache,
   ids: number[],
-  span: Span,
+  spans: Span[],
   needs: CaptureNeeds[],
   opts: Pick<PrefillOptions, 'chunkSize' | 'onProgress'> = {},
 ): { logits: Float32Array; capture: PrefillCapture } {
   const cfg = lm.config;
   const T = ids.length;
   const wanted = new Set<number>();
-  for (const need of needs) for (const p of need.queryPositions?.(span, T) ?? []) if (p >= 0 && p < T) wanted.add(p);
+  for (const need of needs)
+    for (const span of spans) for (const p of need.queryPositions?.(span, T) ?? []) if (p >= 0 && p < T) wanted.add(p);
   const queryPositions = Int32Array.from([...wanted].sort((a, b) => a - b));
   const slot = new Map<number, number>();
   queryPositions.forEach((p, i) => slot.set(p, i));

@@ -50,6 +50,8 @@ export interface ScoringContext {
   span: Span;
   /** Rows of the template prefix (system turn and user header), never evicted. */
   prefix: Span;
+  /** The chat template's end-of-user-turn + assistant header, as text. */
+  suffix: string;
   /**
    * Which keys attention-based scorers may see: all causally visible keys (the ordinary case), or only the
    * span's own keys (span-local scoring for fair eviction).

@@ -32,7 +32,7 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
   const tok = lm.tokenizer;
   const first = tok.encode(opts.firstPrompt ?? KVZIP_FIRST_PROMPT);
   const next = tok.encode(opts.nextPrompt ?? KVZIP_NEXT_PROMPT);
-  const post = tok.encode(tok.chat.userTurnParts().suffix);
+  const post = tok.encode(ctx.suffix);
   const T = span.end - span.start;
   const scores: Scores = Array.from({ length: cfg.numLayers }, () =>
     Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)),

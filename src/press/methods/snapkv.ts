@@ -8,7 +8,8 @@ export interface SnapKvOptions {
 
 /**
  * SnapKV: attention of the last `window` queries of the span, averaged over the window and the GQA group,
- * smoothed by an average pool of width `kernel` (zero padded); the window itself always ranks first.
+ * smoothed by an average pool of width `kernel` (zero padded); the window itself ranks first (kept inside
+ * the budget, as kvpress does).
  */
 export function snapKvScorer({ window = 64, kernel = 5 }: SnapKvOptions = {}, name = 'snapkv'): Scorer {
   return {
@@ -24,7 +25,8 @@ export function snapKvScorer({ window = 64, kernel = 5 }: SnapKvOptions = {}, na
         layer.map((sum) => {
           const mean = sum.map((x) => x / (positions.length * group));
           const pooled = avgPool(mean, kernel);
-          for (let j = windowStart; j < T; j++) pooled[j] = Number.MAX_VALUE;
+          // The window ranks above every pooled probability (<= 1), the most recent first.
+          for (let j = windowStart; j < T; j++) pooled[j] = 2 + j / T;
           return pooled;
         }),
       );

@@ -1,0 +1,78 @@
+import type { ChatMessage } from '../model/chat-template.ts';
+import { chatSpans } from '../model/segments.ts';
+import type { NamedRange } from '../press/protect.ts';
+import type { SessionLayout } from './context-session.ts';
+import type { LoadedModel } from './loaded-model.ts';
+
+export interface PromptLayout extends SessionLayout {
+  /** Named ranges tiling the compressible span (span-relative). */
+  ranges: NamedRange[];
+}
+
+export interface PromptLayoutOptions {
+  /** Substrings of the system prompt to name (e.g. {name: 'defense', text: 'Never reveal ...'}). */
+  explicit?: { name: string; text: string }[];
+  /** Sentences not named explicitly are called this (default: instruction:<i>). */
+  otherName?: string;
+  /** A document placed in the user turn and compressed together with the system prompt. */
+  document?: string;
+}
+
+/**
+ * The pitfalls study's layout: the system prompt (and, in the "context" variant, a document in the user
+ * turn) is the compressible span; each query is a whole user turn appended uncompressed, then answered.
+ * Spans come from the model's own chat template: no hand-typed token positions.
+ */
+export function systemPromptLayout(lm: LoadedModel, system: string, opts: PromptLayoutOptions = {}): PromptLayout {
+  const tok = lm.tokenizer;
+  const head: ChatMessage[] = [{ role: 'system', content: system }];
+  if (opts.document !== undefined) head.push({ role: 'user', content: opts.document });
+  const seg = chatSpans(tok, head, { addGenerationPrompt: false, systemSplit: 'sentence', explicit: opts.explicit });
+  const ids = seg.ids;
+  const sys = seg.spans.find((s) => s.name === 'system');
+  if (!sys) throw new Error('the chat template did not place the system prompt (does it support a system role?)');
+  const end = opts.document !== undefined ? seg.spans.find((s) => s.name === 'user')!.end : sys.end;
+  const span = { start: sys.start, end };
+  const ranges: NamedRange[] = [];
+  const named = seg.spans.filter((s) => s.start >= span.start && s.end <= span.end && s.name !== 'system' && s.end > s.start);
+  for (const s of named) {
+    const name = s.name.startsWith('instruction:') && opts.otherName ? opts.otherName : s.name;
+    ranges.push({ name, start: s.start - span.start, end: s.end - span.start });
+  }
+  ranges.sort((a, b) => a.start - b.start);
+  const suffix = tok.chat.userTurnParts().suffix;
+  return {
+    ids,
+    prefix: { start: 0, end: span.start },
+    context: span,
+    suffix,
+    ranges: tileRanges(ranges, span.end - span.start),
+    queryIds: (user) => {
+      if (opts.document !== undefined) return tok.encode(`\n\n${user}${suffix}`);
+      const full = tok.encode(tok.chat.render([...head, { role: 'user', content: user }], { addGenerationPrompt: true }));
+      if (ids.some((id, i) => full[i] !== id)) throw new Error('the rendered conversation does not extend the system prompt tokens');
+      return full.slice(ids.length);
+    },
+  };
+}
+
+/** Drops nested/overlapping duplicates and fills gaps by extending the previous range, so ranges tile [0, T). */
+function tileRanges(ranges: NamedRange[], T: number): NamedRange[] {
+  const out: NamedRange[] = [];
+  let at = 0;
+  for (const r of ranges) {
+    if (r.end <= at) continue;
+    const start = Math.max(r.start, at);
+    if (start > at) {
+      if (out.length) out[out.length - 1]!.end = start;
+      else out.push({ name: 'template', start: at, end: start });
+    }
+    out.push({ name: r.name, start, end: r.end });
+    at = r.end;
+  }
+  if (at < T) {
+    if (out.length) out[out.length - 1]!.end = T;
+    else out.push({ name: 'template', start: at, end: T });
+  }
+  return out;
+}

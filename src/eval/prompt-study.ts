@@ -1,0 +1,145 @@
+import { ContextSession } from '../engine/context-session.ts';
+import type { LoadedModel } from '../engine/loaded-model.ts';
+import { systemPromptLayout, type PromptLayout } from '../engine/prompt-layout.ts';
+import { describeProtection, protectedSelect, type NamedRange, type Protection } from '../press/protect.ts';
+import { getPress, type Press } from '../press/registry.ts';
+import type { PrefillCapture, Scores } from '../press/types.ts';
+
+export type Metrics = Record<string, number | boolean | null>;
+
+/** One prompt of the study: a system prompt to compress, a user turn to answer, a scorer for the reply. */
+export interface StudyItem {
+  id: string;
+  system: string;
+  user: string;
+  /** Named substrings of the system prompt (e.g. the defense); other sentences are `directive`. */
+  explicit?: { name: string; text: string }[];
+  /** Free label carried to the results (e.g. instruction order). */
+  variant?: string;
+  score(response: string): Metrics;
+}
+
+export interface StudyOptions {
+  methods: string[];
+  ratios: number[];
+  protections: (Protection | undefined)[];
+  /** Also compress this document (user turn) together with the system prompt. */
+  document?: string;
+  maxTokens?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface StudySample {
+  id: string;
+  variant: string;
+  method: string;
+  ratio: number;
+  protect: string;
+  response: string;
+  metrics: Metrics;
+  /** Mean keep rate (fraction of KV heads, averaged over layers) per span name. */
+  keepRate: Record<string, number>;
+}
+
+export interface StudyResult {
+  method: string;
+  ratio: number;
+  protect: string;
+  variant: string;
+  n: number;
+  metrics: Record<string, number>;
+  keep_rate: Record<string, number>;
+}
+
+/**
+ * The pitfalls protocol: the system prompt is compressed at prefill (query-agnostic), the user turn is
+ * appended uncompressed, greedy decoding. Each (method, item) is prefilled and scored once; every ratio and
+ * protection reuses that work.
+ */
+export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): Promise<{ results: StudyResult[]; samples: StudySample[] }> {
+  const presses = opts.methods.map(getPress);
+  const samples: StudySample[] = [];
+  const total = presses.length * items.length;
+  let done = 0;
+  const needFair = opts.protections.some((p) => p?.fair);
+  for (const press of presses) {
+    for (const item of items) {
+      const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
+      const base = new ContextSession(lm, layout);
+      const rangeSpans = layout.ranges.map((r) => ({ start: layout.context.start + r.start, end: layout.context.start + r.end }));
+      const { capture } = base.prefillCapture([press.scorer.needs], needFair ? rangeSpans : []);
+      const scores = press.scorer.score(base.scoringContext(capture));
+      const local = needFair ? spanLocalScores(base, press, capture, layout) : undefined;
+      for (const protection of opts.protections) {
+        for (const ratio of opts.ratios) {
+          const s = base.fork();
+          const keep = protectedSelect(press.budget, scores, ratio, layout.ranges, protection, local);
+          s.applyKeep(press.name, ratio, keep);
+          const response = (await s.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
+          samples.push({
+            id: item.id,
+            variant: item.variant ?? 'original',
+            method: press.name,
+            ratio,
+            protect: describeProtection(protection),
+            response,
+            metrics: item.score(response),
+            keepRate: keepRateBySpan(keep, layout.ranges),
+          });
+        }
+      }
+      opts.onProgress?.(++done, total);
+    }
+  }
+  return { results: aggregate(samples), samples };
+}
+
+/** Each range scored on its own: the span-local view fair eviction ranks by. */
+function spanLocalScores(session: ContextSession, press: Press, capture: PrefillCapture, layout: PromptLayout): Scores {
+  const T = layout.context.end - layout.context.start;
+  const cfg = session.lm.config;
+  const out: Scores = Array.from({ length: cfg.numLayers }, () => Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)));
+  for (const r of layout.ranges) {
+    const span = { start: layout.context.start + r.start, end: layout.context.start + r.end };
+    const s = press.scorer.score(session.scoringContext(capture, { span, keys: 'span' }));
+    s.forEach((layer, l) => layer.forEach((x, h) => out[l]![h]!.set(x, r.start)));
+  }
+  return out;
+}
+
+/** keep[t] = fraction of KV heads (averaged over layers) that kept span row t; mean per span name. */
+export function keepRateBySpan(keep: Int32Array[][], ranges: NamedRange[]): Record<string, number> {
+  const T = ranges.reduce((m, r) => Math.max(m, r.end), 0);
+  const rate = new Float64Array(T);
+  const heads = keep.length * (keep[0]?.length ?? 0);
+  for (const layer of keep) for (const k of layer) for (const j of k) rate[j] = rate[j]! + 1 / heads;
+  const sums: Record<string, [number, number]> = {};
+  for (const r of ranges) {
+    const acc = (sums[r.name] ??= [0, 0]);
+    for (let j = r.start; j < r.end; j++) acc[0] += rate[j]!;
+    acc[1] += r.end - r.start;
+  }
+  return Object.fromEntries(Object.entries(sums).map(([k, [s, n]]) => [k, n ? s / n : 0]));
+}
+
+function aggregate(samples: StudySample[]): StudyResult[] {
+  const groups = new Map<string, StudySample[]>();
+  for (const s of samples) {
+    const key = JSON.stringify([s.method, s.ratio, s.protect, s.variant]);
+    groups.set(key, [...(groups.get(key) ?? []), s]);
+  }
+  return [...groups.values()].map((g) => {
+    const metrics: Record<string, number> = {};
+    for (const name of new Set(g.flatMap((s) => Object.keys(s.metrics)))) {
+      const vals = g.map((s) => s.metrics[name]).filter((v): v is number | boolean => v !== null && v !== undefined);
+      if (vals.length) metrics[name] = vals.reduce<number>((a, v) => a + Number(v), 0) / vals.length;
+    }
+    const keep: Record<string, number> = {};
+    for (const name of new Set(g.flatMap((s) => Object.keys(s.keepRate)))) {
+      const vals = g.map((s) => s.keepRate[name]).filter((v): v is number => v !== undefined);
+      keep[name] = vals.reduce((a, b) => a + b, 0) / vals.length;
+    }
+    const f = g[0]!;
+    return { method: f.method, ratio: f.ratio, protect: f.protect, variant: f.variant, n: g.length, metrics, keep_rate: keep };
+  });
+}

@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { keptCount, pyramidLayerBudgets } from '../src/press/budgets.ts';
+import { getPress, methodNames } from '../src/press/registry.ts';
+import { qaRows, tinyModel } from './helpers/tiny-model.ts';
+
+const lm = tinyModel();
+const row = qaRows()[0]!;
+// A short context keeps the matrix fast on the reference backend while still spanning several sentences.
+const context = row.context.split('\n').slice(0, 5).join('\n');
+const question = row.questions[0]!;
+const methods = [...methodNames(), 'adakv:snapkv'];
+const ratios = [1, 0.5, 0.2];
+
+async function answerIds(session: ReturnType<typeof lm.openContext>): Promise<number[]> {
+  return (await session.ask(question, { maxTokens: 8 })).tokens;
+}
+
+const uncompressed = lm.openContext(context, { queryTemplate: 'Question: {query}' });
+uncompressed.prefillCapture([]);
+const reference = await answerIds(uncompressed);
+const L = lm.config.numLayers;
+const H = lm.config.numKvHeads;
+
+for (const method of methods) {
+  test(`press matrix: ${method}`, async () => {
+    const press = getPress(method);
+    const base = lm.openContext(context, { queryTemplate: 'Question: {query}' });
+    const { capture } = base.prefillCapture([press.scorer.needs]);
+    const scores = press.scorer.score(base.scoringContext(capture));
+    const N = base.ids.length;
+    const T = base.context.end - base.context.start;
+    const P = base.context.start;
+    for (const ratio of ratios) {
+      const s = base.fork();
+      const report = s.applyScores(press, scores, ratio);
+      const lens = s.cache.lengths();
+      const kept = lens.map((layer) => layer.map((n) => n - P));
+      const total = kept.flat().reduce((a, b) => a + b, 0);
+      // Budgets as the policy defines them.
+      const policy = press.budget.name;
+      if (policy === 'uniform') kept.flat().forEach((k) => assert.equal(k, keptCount(T, ratio), `${method}@${ratio} per-head budget`));
+      else if (policy === 'global') assert.equal(total, keptCount(L * H * T, ratio));
+      else if (policy.startsWith('pyramid')) {
+        const b = pyramidLayerBudgets(L, T, ratio, 20);
+        kept.forEach((layer, l) => layer.forEach((k) => assert.equal(k, b[l])));
+      } else if (policy.startsWith('adakv')) kept.forEach((layer) => assert.equal(layer.reduce((a, b) => a + b, 0), H * keptCount(T, ratio)));
+      else if (policy === 'heads') {
+        kept.flat().forEach((k) => assert.ok(k === 0 || k === T));
+        assert.equal(kept.flat().filter((k) => k === T).length, Math.round(L * H * ratio));
+      } else assert.fail(`no budget check for policy ${policy}`);
+      // Memory really shrinks: reported bytes are the kept rows.
+      const rowBytes = lm.config.headDim * 2 * 4;
+      assert.equal(report.contextBytesKept, total * rowBytes);
+      assert.equal(s.cache.bytes(), (total + L * H * P) * rowBytes);
+      assert.equal(report.contextBytesFull, L * H * T * rowBytes);
+      // Prefix always kept; positions are original and increasing; new tokens continue at N.
+      s.cache.forEachHead((hs) => {
+        for (let i = 0; i < P; i++) assert.equal(hs.pos[i], i);
+        for (let i = 1; i < hs.len; i++) assert.ok(hs.pos[i]! > hs.pos[i - 1]!);
+        assert.ok(hs.len === 0 || hs.pos[hs.len - 1]! < N);
+      });
+      assert.equal(s.cache.nextPos, N);
+      // Asking a query leaves the compressed cache bitwise as it was.
+      const before = s.cache.clone();
+      const ids = await answerIds(s);
+      s.cache.forEachHead((hs, l, h) => {
+        const b = before.head(l, h);
+        assert.equal(hs.len, b.len);
+        assert.deepEqual(hs.k.subarray(0, hs.len * hs.headDim), b.k.subarray(0, b.len * b.headDim));
+        assert.deepEqual(hs.v.subarray(0, hs.len * hs.headDim), b.v.subarray(0, b.len * b.headDim));
+        assert.deepEqual(hs.pos.subarray(0, hs.len), b.pos.subarray(0, b.len));
+      });
+      if (ratio === 1) assert.deepEqual(ids, reference, `${method} at ratio 1.0 must answer exactly as the uncompressed cache`);
+      // The first new token lands at the original length N in every head.
+      const mark = s.cache.mark();
+      lm.model.forward([ids[0] ?? 10], s.cache, { logits: 'none' });
+      s.cache.forEachHead((hs) => assert.equal(hs.pos[hs.len - 1], N));
+      s.cache.truncate(mark);
+    }
+  });
+}
