@@ -5,6 +5,7 @@ import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/conf
 import { LlamaModel } from '../model/llama.ts';
 import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
 import { loadWeights } from '../model/weights.ts';
+import { readCheckpointIndex } from '../model/safetensors.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
 
@@ -40,7 +41,7 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   const tokenizer = loadTokenizer(dir);
   const weights = loadWeights(dir, config, { onProgress: opts.onProgress });
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
-  const st = statSync(dir);
-  const fingerprint = `${dir}|${st.mtimeMs}|${JSON.stringify(config)}`;
+  const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
+  const fingerprint = JSON.stringify([config, files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
   return new LoadedModel(dir, config, tokenizer, model, fingerprint);
 }

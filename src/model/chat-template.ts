@@ -30,7 +30,6 @@ export class ChatTemplate {
       add_generation_prompt: opts.addGenerationPrompt,
       bos_token: this.specials.bos_token ?? '',
       eos_token: this.specials.eos_token ?? '',
-      strftime_now: (fmt: string) => strftime(new Date(), fmt),
       ...opts.extra,
     });
   }
@@ -46,22 +45,4 @@ export class ChatTemplate {
     if (at < 0 || text.indexOf(SENTINEL, at + 1) >= 0) throw new Error('the chat template does not place the user content exactly once');
     return { prefix: text.slice(0, at), suffix: text.slice(at + SENTINEL.length) };
   }
-}
-
-const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
-
-/** The strftime subset chat templates use (%d %b %B %Y %m %H %M). */
-function strftime(d: Date, fmt: string): string {
-  const pad = (n: number) => String(n).padStart(2, '0');
-  return fmt.replace(/%([dbBYmHM])/g, (_, c: string) => {
-    switch (c) {
-      case 'd': return pad(d.getDate());
-      case 'b': return MONTHS[d.getMonth()]!.slice(0, 3);
-      case 'B': return MONTHS[d.getMonth()]!;
-      case 'Y': return String(d.getFullYear());
-      case 'm': return pad(d.getMonth() + 1);
-      case 'H': return pad(d.getHours());
-      default: return pad(d.getMinutes());
-    }
-  });
 }
