@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { registerChat } from './commands/chat.ts';
 import { registerCompress } from './commands/compress.ts';
 import { registerDemo } from './commands/demo.ts';
-// import { registerEval } from './commands/eval.ts';
+import { registerEval } from './commands/eval.ts';
 import { registerGenerate } from './commands/generate.ts';
 import { registerInfo } from './commands/info.ts';
 
@@ -17,7 +17,7 @@ registerGenerate(program);
 registerChat(program);
 registerCompress(program);
 registerDemo(program);
-// registerEval(program);
+registerEval(program);
 registerInfo(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -1,0 +1,14 @@
+{
+  "targets": [
+    {
+      "target_name": "kvlab_native",
+      "sources": ["src/addon.cc", "src/pool.cc", "src/cpu.cc", "src/matmul.cc", "src/attention.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fno-math-errno", "-fexceptions", "-Wno-maybe-uninitialized"],
+      "cflags": ["-O3"]
+    }
+  ]
+}

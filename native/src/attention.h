@@ -1,0 +1,29 @@
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace kvlab {
+
+struct HeadView {
+  const float* k;
+  const float* v;
+  const int32_t* pos;
+  int len;
+};
+
+struct Attention {
+  const float* q;  // [nq, n_heads, d]
+  float* out;      // [nq, n_heads, d] or null
+  int nq, n_heads, n_kv, d;
+  const int32_t* q_pos;
+  std::vector<HeadView> heads;  // one per KV head
+  float scale;
+  int stats_from;               // query rows >= stats_from feed the statistics
+  std::vector<float*> stat_max;  // per KV head, or empty
+  std::vector<float*> stat_sum;
+};
+
+// Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i].
+void attention(const Attention& a);
+
+}  // namespace kvlab

@@ -1,0 +1,333 @@
+#include "matmul.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu.h"
+#include "pool.h"
+
+namespace kvlab {
+namespace {
+
+constexpr int GEMM_MIN_N = 8;
+constexpr int NR = 32;  // output columns (weight rows) per panel
+constexpr int MR = 8;   // activation rows per micro-tile
+
+inline float bf16_to_f32(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, frac = h & 0x3ff, u;
+  if (exp == 0) {
+    float f = std::ldexp(float(frac), -24);
+    return sign ? -f : f;
+  }
+  if (exp == 31) u = sign | 0x7f800000u | (frac << 13);
+  else u = sign | ((exp + 112) << 23) | (frac << 13);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float weight_at(const Matmul& m, long r, long c) {
+  long i = r * m.cols + c;
+  switch (m.type) {
+    case W_F32: return static_cast<const float*>(m.w)[i];
+    case W_BF16: return bf16_to_f32(static_cast<const uint16_t*>(m.w)[i]);
+    case W_F16: return f16_to_f32(static_cast<const uint16_t*>(m.w)[i]);
+    default: return float(static_cast<const int8_t*>(m.w)[i]) * m.scales[r];
+  }
+}
+
+// ---------- portable paths ----------
+
+void gemv_scalar(const Matmul& m, long r0, long r1) {
+  for (long r = r0; r < r1; r++)
+    for (int t = 0; t < m.n; t++) {
+      const float* x = m.x + long(t) * m.cols;
+      float acc = 0;
+      for (long c = 0; c < m.cols; c++) acc += x[c] * weight_at(m, r, c);
+      m.out[long(t) * m.rows + r] = acc;
+    }
+}
+
+// ---------- AVX-512 GEMV: weights widened exactly in registers, fp32 accumulation ----------
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+inline __m512 load_w16(const Matmul& m, long off, __mmask16 mask) {
+  switch (m.type) {
+    case W_F32: return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(m.w) + off);
+    case W_BF16: {
+      __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(m.w) + off);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case W_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(m.w) + off));
+    default: {
+      __m128i b = _mm_maskz_loadu_epi8(mask, static_cast<const int8_t*>(m.w) + off);
+      return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+    }
+  }
+}
+
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+void gemv_avx512_n(const Matmul& m, long r0, long r1) {
+  const long K = m.cols;
+  long r = r0;
+  for (; r + 2 <= r1; r += 2) {
+    __m512 acc0[N], acc1[N];
+    for (int t = 0; t < N; t++) acc0[t] = acc1[t] = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 16) {
+      __mmask16 mask = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      __m512 w0 = load_w16(m, r * K + k, mask);
+      __m512 w1 = load_w16(m, (r + 1) * K + k, mask);
+      for (int t = 0; t < N; t++) {
+        __m512 xv = _mm512_maskz_loadu_ps(mask, m.x + t * K + k);
+        acc0[t] = _mm512_fmadd_ps(w0, xv, acc0[t]);
+        acc1[t] = _mm512_fmadd_ps(w1, xv, acc1[t]);
+      }
+    }
+    float s0 = m.type == W_I8 ? m.scales[r] : 1.f, s1 = m.type == W_I8 ? m.scales[r + 1] : 1.f;
+    for (int t = 0; t < N; t++) {
+      m.out[t * long(m.rows) + r] = _mm512_reduce_add_ps(acc0[t]) * s0;
+      m.out[t * long(m.rows) + r + 1] = _mm512_reduce_add_ps(acc1[t]) * s1;
+    }
+  }
+  for (; r < r1; r++) {
+    __m512 acc[N];
+    for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 16) {
+      __mmask16 mask = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1);
+      __m512 w0 = load_w16(m, r * K + k, mask);
+      for (int t = 0; t < N; t++) acc[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, m.x + t * K + k), acc[t]);
+    }
+    float s = m.type == W_I8 ? m.scales[r] : 1.f;
+    for (int t = 0; t < N; t++) m.out[t * long(m.rows) + r] = _mm512_reduce_add_ps(acc[t]) * s;
+  }
+}
+
+void gemv_avx512(const Matmul& m, long r0, long r1) {
+  switch (m.n) {
+    case 1: return gemv_avx512_n<1>(m, r0, r1);
+    case 2: return gemv_avx512_n<2>(m, r0, r1);
+    case 3: return gemv_avx512_n<3>(m, r0, r1);
+    case 4: return gemv_avx512_n<4>(m, r0, r1);
+    case 5: return gemv_avx512_n<5>(m, r0, r1);
+    case 6: return gemv_avx512_n<6>(m, r0, r1);
+    default: return gemv_avx512_n<7>(m, r0, r1);
+  }
+}
+
+// ---------- AVX-512 fp32 GEMM: weight panel packed as [K][32] fp32, 8x32 register tile ----------
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+void pack_panel_f32(const Matmul& m, long r0, float* panel) {
+  const long K = m.cols;
+  for (int j = 0; j < NR; j++) {
+    long r = r0 + j;
+    if (r >= m.rows) {
+      for (long k = 0; k < K; k++) panel[k * NR + j] = 0;
+      continue;
+    }
+    for (long k = 0; k < K; k++) panel[k * NR + j] = weight_at(m, r, k);
+  }
+}
+
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void tile_f32(const Matmul& m, const float* panel, long i0, long r0) {
+  const long K = m.cols;
+  __m512 acc[M][2];
+  for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const float* x = m.x + i0 * K;
+  for (long k = 0; k < K; k++) {
+    __m512 b0 = _mm512_load_ps(panel + k * NR), b1 = _mm512_load_ps(panel + k * NR + 16);
+    for (int i = 0; i < M; i++) {
+      __m512 a = _mm512_set1_ps(x[i * K + k]);
+      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  long left = m.rows - r0;
+  __mmask16 m0 = left >= 16 ? 0xffff : __mmask16((1u << left) - 1);
+  __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
+  for (int i = 0; i < M; i++) {
+    float* o = m.out + (i0 + i) * long(m.rows) + r0;
+    _mm512_mask_storeu_ps(o, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
+  }
+}
+
+// ---------- AVX512_BF16 GEMM: panel packed as [K/2][32] bf16 pairs, activations rounded to bf16 ----------
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+void pack_panel_bf16(const Matmul& m, long r0, uint32_t* panel, long K2) {
+  for (int j = 0; j < NR; j++) {
+    long r = r0 + j;
+    for (long kk = 0; kk < K2; kk++) {
+      uint32_t pair = 0;
+      if (r < m.rows) {
+        long k = 2 * kk;
+        uint16_t lo, hi = 0;
+        if (m.type == W_BF16) {
+          const uint16_t* w = static_cast<const uint16_t*>(m.w) + r * m.cols;
+          lo = w[k];
+          if (k + 1 < m.cols) hi = w[k + 1];
+        } else {
+          float a = weight_at(m, r, k), b = k + 1 < m.cols ? weight_at(m, r, k + 1) : 0.f;
+          __m128bh v = _mm_cvtneps_pbh(_mm_set_ps(0, 0, b, a));
+          uint32_t bits = uint32_t(_mm_cvtsi128_si32((__m128i)v));
+          lo = bits & 0xffff;
+          hi = bits >> 16;
+        }
+        pair = uint32_t(lo) | (uint32_t(hi) << 16);
+      }
+      panel[kk * NR + j] = pair;
+    }
+  }
+}
+
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+void tile_bf16(const Matmul& m, const uint32_t* panel, const uint32_t* xb, long K2, long i0, long r0) {
+  __m512 acc[M][2];
+  for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  const uint32_t* x = xb + i0 * K2;
+  for (long kk = 0; kk < K2; kk++) {
+    __m512bh b0 = (__m512bh)_mm512_load_si512(panel + kk * NR), b1 = (__m512bh)_mm512_load_si512(panel + kk * NR + 16);
+    for (int i = 0; i < M; i++) {
+      __m512bh a = (__m512bh)_mm512_set1_epi32(int(x[i * K2 + kk]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
+    }
+  }
+  long left = m.rows - r0;
+  __mmask16 m0 = left >= 16 ? 0xffff : __mmask16((1u << left) - 1);
+  __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
+  for (int i = 0; i < M; i++) {
+    float* o = m.out + (i0 + i) * long(m.rows) + r0;
+    _mm512_mask_storeu_ps(o, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+void activations_to_bf16(const Matmul& m, uint32_t* xb, long K2, long i0, long i1) {
+  for (long i = i0; i < i1; i++) {
+    const float* x = m.x + i * m.cols;
+    uint32_t* dst = xb + i * K2;
+    for (long kk = 0; kk < K2; kk++) {
+      long k = 2 * kk;
+      float a = x[k], b = k + 1 < m.cols ? x[k + 1] : 0.f;
+      __m128bh v = _mm_cvtneps_pbh(_mm_set_ps(0, 0, b, a));
+      dst[kk] = uint32_t(_mm_cvtsi128_si32((__m128i)v));
+    }
+  }
+}
+
+template <typename Tile>
+void for_each_tile(const Matmul& m, Tile tile) {
+  long i = 0;
+  for (; i + MR <= m.n; i += MR) tile(i, MR);
+  if (i < m.n) tile(i, int(m.n - i));
+}
+
+void gemm_f32(const Matmul& m) {
+  const long panels = (m.rows + NR - 1) / NR;
+  pool_run([&](int t, int T) {
+    long p0, p1;
+    split_range(panels, t, T, &p0, &p1);
+    std::vector<float, std::allocator<float>> buf(size_t(m.cols) * NR + 16);
+    float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    for (long p = p0; p < p1; p++) {
+      pack_panel_f32(m, p * NR, panel);
+      for_each_tile(m, [&](long i0, int rows) {
+        switch (rows) {
+          case 8: tile_f32<8>(m, panel, i0, p * NR); break;
+          case 7: tile_f32<7>(m, panel, i0, p * NR); break;
+          case 6: tile_f32<6>(m, panel, i0, p * NR); break;
+          case 5: tile_f32<5>(m, panel, i0, p * NR); break;
+          case 4: tile_f32<4>(m, panel, i0, p * NR); break;
+          case 3: tile_f32<3>(m, panel, i0, p * NR); break;
+          case 2: tile_f32<2>(m, panel, i0, p * NR); break;
+          default: tile_f32<1>(m, panel, i0, p * NR); break;
+        }
+      });
+    }
+  });
+}
+
+void gemm_bf16(const Matmul& m) {
+  const long K2 = (m.cols + 1) / 2;
+  std::vector<uint32_t> xraw(size_t(m.n) * K2);
+  uint32_t* xb = xraw.data();
+  pool_run([&](int t, int T) {
+    long i0, i1;
+    split_range(m.n, t, T, &i0, &i1);
+    activations_to_bf16(m, xb, K2, i0, i1);
+  });
+  const long panels = (m.rows + NR - 1) / NR;
+  pool_run([&](int t, int T) {
+    long p0, p1;
+    split_range(panels, t, T, &p0, &p1);
+    std::vector<uint32_t> buf(size_t(K2) * NR + 16);
+    uint32_t* panel = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    for (long p = p0; p < p1; p++) {
+      pack_panel_bf16(m, p * NR, panel, K2);
+      for_each_tile(m, [&](long i0, int rows) {
+        switch (rows) {
+          case 8: tile_bf16<8>(m, panel, xb, K2, i0, p * NR); break;
+          case 7: tile_bf16<7>(m, panel, xb, K2, i0, p * NR); break;
+          case 6: tile_bf16<6>(m, panel, xb, K2, i0, p * NR); break;
+          case 5: tile_bf16<5>(m, panel, xb, K2, i0, p * NR); break;
+          case 4: tile_bf16<4>(m, panel, xb, K2, i0, p * NR); break;
+          case 3: tile_bf16<3>(m, panel, xb, K2, i0, p * NR); break;
+          case 2: tile_bf16<2>(m, panel, xb, K2, i0, p * NR); break;
+          default: tile_bf16<1>(m, panel, xb, K2, i0, p * NR); break;
+        }
+      });
+    }
+  });
+}
+
+}  // namespace
+
+const char* matmul_path(int n, int type, bool bf16_activations) {
+  const CpuFeatures& f = cpu();
+  if (!f.avx512) return "scalar";
+  if (n < GEMM_MIN_N) return "avx512-gemv";
+  if (bf16_activations && f.avx512_bf16) return "avx512bf16-gemm";
+  (void)type;
+  return "avx512-f32-gemm";
+}
+
+void matmul(const Matmul& m, bool bf16_activations) {
+  const CpuFeatures& f = cpu();
+  if (!f.avx512) {
+    pool_run([&](int t, int T) {
+      long r0, r1;
+      split_range(m.rows, t, T, &r0, &r1);
+      gemv_scalar(m, r0, r1);
+    });
+    return;
+  }
+  if (m.n < GEMM_MIN_N) {
+    pool_run([&](int t, int T) {
+      long r0, r1;
+      split_range(m.rows, t, T, &r0, &r1);
+      gemv_avx512(m, r0, r1);
+    });
+    return;
+  }
+  if (bf16_activations && f.avx512_bf16) gemm_bf16(m);
+  else gemm_f32(m);
+}
+
+}  // namespace kvlab
