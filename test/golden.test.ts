@@ -39,11 +39,11 @@ for (const cfg of configs) {
         const top = [...row.keys()].sort((a, b) => row[b]! - row[a]! || a - b).slice(0, 10);
         if (cfg.tol <= 1e-3) assert.deepEqual(top, at.top10_ids, `top-10 ids at position ${at.position}`);
         else {
-          // bf16-rounded activations: the same ten ids; order may differ only between near-tied logits.
-          assert.deepEqual([...top].sort(), [...at.top10_ids].sort(), `top-10 id set at position ${at.position}`);
+          // bf16-rounded activations: the same ranking, except between logits tied within the tolerance.
           top.forEach((id, i) => {
             const j = at.top10_ids.indexOf(id);
-            if (j !== i) assert.ok(Math.abs(at.top10_logits[j]! - at.top10_logits[i]!) <= 2 * cfg.tol, `rank of ${id} moved from ${j} to ${i} at ${at.position} between logits that are not near-tied`);
+            const rankOf = j >= 0 ? at.top10_logits[j]! : row[id]!;
+            assert.ok(j === i || Math.abs(rankOf - at.top10_logits[i]!) <= 2 * cfg.tol, `id ${id} at rank ${i} (golden rank ${j}) at position ${at.position} is not a near-tie`);
           });
         }
         at.top10_ids.forEach((id, i) => {
