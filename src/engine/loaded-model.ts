@@ -7,12 +7,19 @@ import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
 import { loadWeights } from '../model/weights.ts';
 import { readCheckpointIndex } from '../model/safetensors.ts';
 import type { Backend } from '../tensor/backend.ts';
+import { mmapSource } from '../tensor/mmap-source.ts';
+import { quantizeInt8 } from '../tensor/quantize.ts';
+import type { ModelWeights } from '../model/weights.ts';
 import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
 
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-chat', import.meta.url));
 
 export interface LoadOptions {
   backend: Backend;
+  /** 'int8' quantizes every linear weight per row at load (embedding lookups stay in the checkpoint dtype). */
+  weights?: 'checkpoint' | 'int8';
+  /** Read tensors through an mmap (zero copy) when the native addon is present. Default true. */
+  mmap?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -39,9 +46,29 @@ export class LoadedModel {
 export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): LoadedModel {
   const config = loadModelConfig(dir);
   const tokenizer = loadTokenizer(dir);
-  const weights = loadWeights(dir, config, { onProgress: opts.onProgress });
+  const source = opts.mmap === false ? undefined : (mmapSource() ?? undefined);
+  let weights = loadWeights(dir, config, { onProgress: opts.onProgress, source });
+  if (opts.weights === 'int8') weights = quantizeModelWeights(weights);
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
-  const fingerprint = JSON.stringify([config, files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
+  const fingerprint = JSON.stringify([config, opts.weights ?? 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
   return new LoadedModel(dir, config, tokenizer, model, fingerprint);
+}
+
+function quantizeModelWeights(w: ModelWeights): ModelWeights {
+  return {
+    embed: w.embed,
+    finalNorm: w.finalNorm,
+    lmHead: quantizeInt8(w.lmHead),
+    layers: w.layers.map((l) => ({
+      ...l,
+      wq: quantizeInt8(l.wq),
+      wk: quantizeInt8(l.wk),
+      wv: quantizeInt8(l.wv),
+      wo: quantizeInt8(l.wo),
+      gate: quantizeInt8(l.gate),
+      up: quantizeInt8(l.up),
+      down: quantizeInt8(l.down),
+    })),
+  };
 }

@@ -20,6 +20,8 @@ export interface TensorInfo {
 /** Reads tensor bytes; pluggable so a native mmap can replace plain reads. */
 export interface TensorByteSource {
   read(file: string, offset: number, length: number): ArrayBuffer;
+  /** Optional: told every region of a file before the reads, so a mapping can be made once. */
+  prepare?(file: string, regions: [number, number][]): void;
 }
 
 export const fileReadSource: TensorByteSource = {

@@ -91,6 +91,14 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOpti
     }
   }
   const source = opts.source ?? fileReadSource;
+  if (source.prepare) {
+    const byFile = new Map<string, [number, number][]>();
+    for (const name of expected.keys()) {
+      const t = index.get(name)!;
+      byFile.set(t.file, [...(byFile.get(t.file) ?? []), [t.offset, t.byteLength]]);
+    }
+    for (const [file, regions] of byFile) source.prepare(file, regions);
+  }
   const total = expected.size;
   let done = 0;
   const tick = () => opts.onProgress?.(++done, total);
@@ -132,13 +140,10 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOpti
 }
 
 function toWeight(t: TensorInfo, source: TensorByteSource): Weight {
-  let buf = source.read(t.file, t.offset, t.byteLength);
-  const elem = t.dtype === 'F32' ? 4 : 2;
+  const buf = source.read(t.file, t.offset, t.byteLength);
   if (buf.byteLength !== t.byteLength) throw new CheckpointError(`${basename(t.file)}: tensor ${t.name}: read ${buf.byteLength} of ${t.byteLength} bytes`);
   const rows = t.shape.length === 2 ? t.shape[0]! : 1;
   const cols = t.shape.length === 2 ? t.shape[1]! : t.shape.reduce((a, b) => a * b, 1);
-  void elem;
   const data = t.dtype === 'F32' ? new Float32Array(buf) : new Uint16Array(buf);
-  buf = data.buffer as ArrayBuffer;
   return { name: t.name, dtype: t.dtype === 'F32' ? 'f32' : t.dtype === 'BF16' ? 'bf16' : 'f16', rows, cols, data };
 }
