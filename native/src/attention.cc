@@ -3,9 +3,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cmath>
 
 #include "cpu.h"
+#include "vecmath.h"
 #include "pool.h"
 
 namespace kvlab {
@@ -85,9 +88,145 @@ void attend_one(const Attention& a, int h, int i, std::vector<float>& p, bool av
   }
 }
 
+// ---------- blocked path for many queries: K packed transposed per 16 keys, logits without reductions ----------
+
+constexpr int KB = 16;
+
+struct PackedKeys {
+  std::vector<float> kt;      // [blocks][d][16]
+  std::vector<int32_t> pos;   // [blocks * 16], padding = INT32_MAX (never visible)
+  int blocks = 0;
+  bool sorted = true;         // positions ascending: a query can stop at its last visible key
+};
+
+void pack_keys(const HeadView& kv, int d, PackedKeys& pk) {
+  pk.blocks = (kv.len + KB - 1) / KB;
+  pk.kt.assign(size_t(pk.blocks) * d * KB + 16, 0.f);
+  pk.pos.assign(size_t(pk.blocks) * KB, INT32_MAX);
+  for (int j = 0; j < kv.len; j++) {
+    if (j && kv.pos[j] < kv.pos[j - 1]) pk.sorted = false;
+    const int b = j / KB, t = j % KB;
+    float* dst = pk.kt.data() + size_t(b) * d * KB + t;
+    const float* src = kv.k + long(j) * d;
+    for (int c = 0; c < d; c++) dst[c * KB] = src[c];
+    pk.pos[j] = kv.pos[j];
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void attend_blocked(const Attention& a, const PackedKeys& pk, int h, int i, std::vector<float>& p) {
+  const int G = a.n_heads / a.n_kv, g = h / G, d = a.d;
+  const HeadView& kv = a.heads[g];
+  const float* q = a.q + (long(i) * a.n_heads + h) * d;
+  const __m512i qp = _mm512_set1_epi32(a.q_pos[i]);
+  int visible = kv.len;
+  if (pk.sorted) visible = int(std::upper_bound(kv.pos, kv.pos + kv.len, a.q_pos[i]) - kv.pos);
+  const int nblocks = (visible + KB - 1) / KB;
+  const int padded = nblocks * KB;
+  if (int(p.size()) < pk.blocks * KB) p.resize(pk.blocks * KB);
+  const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
+  __m512 vmax = neg;
+  for (int b = 0; b < nblocks; b++) {
+    const float* kt = pk.kt.data() + size_t(b) * d * KB;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int c = 0;
+    for (; c + 2 <= d; c += 2) {
+      acc0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_load_ps(kt + c * KB), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 1]), _mm512_load_ps(kt + (c + 1) * KB), acc1);
+    }
+    for (; c < d; c++) acc0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_load_ps(kt + c * KB), acc0);
+    __m512 s = _mm512_mul_ps(_mm512_add_ps(acc0, acc1), scale);
+    __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(pk.pos.data() + b * KB), qp);
+    s = _mm512_mask_mov_ps(s, hidden, neg);
+    _mm512_storeu_ps(p.data() + b * KB, s);
+    vmax = _mm512_max_ps(vmax, s);
+  }
+  const float mx = _mm512_reduce_max_ps(vmax);
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 vz = _mm512_setzero_ps();
+  for (int b = 0; b < padded; b += KB) {
+    __m512 s = _mm512_loadu_ps(p.data() + b);
+    __mmask16 live = _mm512_cmp_ps_mask(s, neg, _CMP_NEQ_OQ);
+    __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(s, vm)));
+    _mm512_storeu_ps(p.data() + b, e);
+    vz = _mm512_add_ps(vz, e);
+  }
+  const float z = _mm512_reduce_add_ps(vz);
+  const float inv = z > 0 ? 1.0f / z : 0.f;
+  if (a.out) {
+    float* o = a.out + (long(i) * a.n_heads + h) * d;
+    if (d % 16 == 0 && d <= 128) {
+      __m512 acc[8];
+      const int nv = d / 16;
+      for (int v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
+      for (int j = 0; j < visible; j++) {
+        const __m512 w = _mm512_set1_ps(p[j]);
+        const float* vr = kv.v + long(j) * d;
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), acc[v]);
+      }
+      const __m512 vinv = _mm512_set1_ps(inv);
+      for (int v = 0; v < nv; v++) _mm512_storeu_ps(o + v * 16, _mm512_mul_ps(acc[v], vinv));
+    } else {
+      std::fill(o, o + d, 0.f);
+      for (int j = 0; j < visible; j++)
+        if (p[j] != 0.f) axpy_avx512(o, p[j] * inv, kv.v + long(j) * d, d);
+    }
+  }
+  for (int j = padded; j < kv.len; j++) p[j] = 0.f;
+  if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
+    float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
+    float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
+    const __m512 vinv = _mm512_set1_ps(inv);
+    int j = 0;
+    for (; j + KB <= kv.len; j += KB) {
+      __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(p.data() + j), vinv);
+      if (sum_out) _mm512_storeu_ps(sum_out + j, _mm512_add_ps(_mm512_loadu_ps(sum_out + j), prob));
+      if (mx_out) _mm512_storeu_ps(mx_out + j, _mm512_max_ps(_mm512_loadu_ps(mx_out + j), prob));
+    }
+    for (; j < kv.len; j++) {
+      const float prob = p[j] * inv;
+      if (sum_out) sum_out[j] += prob;
+      if (mx_out && prob > mx_out[j]) mx_out[j] = prob;
+    }
+  }
+}
+
 }  // namespace
 
 void attention(const Attention& a) {
+  const bool blocked = cpu().avx512 && long(a.nq) * (a.n_heads / a.n_kv) >= 8;
+  if (blocked) {
+    const bool stats_b = !a.stat_max.empty() || !a.stat_sum.empty();
+    const int Gb = a.n_heads / a.n_kv;
+    std::vector<PackedKeys> packed(a.n_kv);
+    pool_run([&](int t, int T) {
+      long g0, g1;
+      split_range(a.n_kv, t, T, &g0, &g1);
+      for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
+    });
+    if (stats_b) {
+      pool_run([&](int t, int T) {
+        std::vector<float> p;
+        long g0, g1;
+        split_range(a.n_kv, t, T, &g0, &g1);
+        for (long g = g0; g < g1; g++)
+          for (int h = int(g) * Gb; h < int(g + 1) * Gb; h++)
+            for (int i = 0; i < a.nq; i++) attend_blocked(a, packed[g], h, i, p);
+      });
+    } else {
+      const long units = long(a.n_heads) * a.nq;
+      pool_run([&](int t, int T) {
+        std::vector<float> p;
+        long u0, u1;
+        split_range(units, t, T, &u0, &u1);
+        for (long u = u0; u < u1; u++) {
+          const int h = int(u % a.n_heads);
+          attend_blocked(a, packed[h / Gb], h, int(u / a.n_heads), p);
+        }
+      });
+    }
+    return;
+  }
   const bool avx = cpu().avx512;
   const bool stats = !a.stat_max.empty() || !a.stat_sum.empty();
   const int G = a.n_heads / a.n_kv;

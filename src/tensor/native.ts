@@ -30,6 +30,7 @@ interface Addon {
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
+  streamRead(buf: Float32Array): number;
 }
 
 const ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/kvlab_native.node', import.meta.url));
