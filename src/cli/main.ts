@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerBench } from './commands/bench.ts';
 import { registerChat } from './commands/chat.ts';
 import { registerCompress } from './commands/compress.ts';
 import { registerDemo } from './commands/demo.ts';
@@ -19,6 +20,7 @@ registerCompress(program);
 registerDemo(program);
 registerEval(program);
 registerInfo(program);
+registerBench(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -1,0 +1,69 @@
+import { readFileSync } from 'node:fs';
+import type { Weight } from '../tensor/backend.ts';
+import { loadAddon, NativeBackend } from '../tensor/native.ts';
+
+export interface MachineLimits {
+  cpu: string;
+  threads: number;
+  features: Record<string, boolean>;
+  /** Streaming read of a 1 GiB buffer on every pool thread, GB/s (median of runs). */
+  bandwidthGBs: number;
+  bandwidthRuns: number[];
+  /** GEMM 512 x 2048 x 2048 with bf16 weights, GFLOP/s (median). */
+  gemmBf16ActivationsGflops: number;
+  gemmF32ActivationsGflops: number;
+}
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Measures the limits benchmark figures are reported against, in the same run. */
+export function measureMachineLimits(): MachineLimits {
+  const lib = loadAddon();
+  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+  const info = lib.info();
+  const buf = new Float32Array((1 << 30) / 4);
+  for (let i = 0; i < buf.length; i += 1024) buf[i] = 1;
+  lib.streamRead(buf);
+  const bandwidthRuns: number[] = [];
+  for (let r = 0; r < 7; r++) {
+    const t = performance.now();
+    lib.streamRead(buf);
+    bandwidthRuns.push(buf.byteLength / ((performance.now() - t) / 1000) / 1e9);
+  }
+  const M = 512;
+  const K = 2048;
+  const N = 2048;
+  const w: Weight = { name: 'probe', dtype: 'bf16', rows: N, cols: K, data: new Uint16Array(N * K).map((_, i) => 0x3c00 + (i % 127)) };
+  const x = new Float32Array(M * K).map((_, i) => ((i % 17) - 8) / 16);
+  const out = new Float32Array(M * N);
+  const gemm = (bf16: boolean) => {
+    const be = new NativeBackend({ bf16Activations: bf16 });
+    be.matmul(out, x, M, w);
+    const runs: number[] = [];
+    for (let r = 0; r < 5; r++) {
+      const t = performance.now();
+      be.matmul(out, x, M, w);
+      runs.push((2 * M * K * N) / ((performance.now() - t) / 1000) / 1e9);
+    }
+    return median(runs);
+  };
+  let cpu = 'unknown';
+  try {
+    cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? cpu;
+  } catch {
+    // not Linux
+  }
+  return {
+    cpu,
+    threads: info.threads,
+    features: info.features,
+    bandwidthGBs: median(bandwidthRuns),
+    bandwidthRuns: bandwidthRuns.map((x) => Math.round(x * 10) / 10),
+    gemmBf16ActivationsGflops: gemm(true),
+    gemmF32ActivationsGflops: gemm(false),
+  };
+}

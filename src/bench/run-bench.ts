@@ -1,0 +1,207 @@
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { KvCache } from '../cache/kv-cache.ts';
+import { ContextSession } from '../engine/context-session.ts';
+import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
+import { prefill } from '../engine/prefill.ts';
+import { seededRandom } from '../engine/sampler.ts';
+import { getPress } from '../press/registry.ts';
+import type { Weight } from '../tensor/backend.ts';
+import { NativeBackend } from '../tensor/native.ts';
+import { measureMachineLimits, median, type MachineLimits } from './machine-limits.ts';
+import { writeRandomCheckpoint } from './random-checkpoint.ts';
+import { TimedBackend } from './timed-backend.ts';
+
+export interface BenchOptions {
+  models: string[];
+  weights: ('bf16' | 'int8')[];
+  prefillTokens: number;
+  decodeContexts: number[];
+  kvzip: { model: string; context: number; ratio: number } | null;
+  log: (line: string) => void;
+}
+
+const r1 = (x: number) => Math.round(x * 10) / 10;
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+
+function weightBytes(w: Weight): number {
+  return w.data.byteLength + (w.scales?.byteLength ?? 0);
+}
+
+/** Bytes one decode step streams: every linear weight and the LM head (the embedding lookup reads one row). */
+function decodeWeightBytes(lm: LoadedModel): number {
+  const W = lm.model.weights;
+  let total = weightBytes(W.lmHead);
+  for (const l of W.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down]) total += weightBytes(w);
+  return total;
+}
+
+/** Fills the cache with `context` synthetic rows (random keys/values): decode cost depends on sizes only. */
+function fillCache(lm: LoadedModel, cache: KvCache, context: number): void {
+  const { numLayers, numKvHeads, headDim } = lm.config;
+  const rand = seededRandom(5);
+  const chunk = 1024;
+  for (let s = 0; s < context; s += chunk) {
+    const n = Math.min(chunk, context - s);
+    const k = Float32Array.from({ length: n * numKvHeads * headDim }, () => rand() - 0.5);
+    const pos = Int32Array.from({ length: n }, (_, i) => s + i);
+    for (let l = 0; l < numLayers; l++) cache.appendLayer(l, k, k, pos);
+    cache.advance(n);
+  }
+}
+
+function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number {
+  const mark = cache.mark();
+  const times: number[] = [];
+  for (let i = 0; i < steps + 3; i++) {
+    const t = performance.now();
+    lm.model.forward([100 + i], cache);
+    if (i >= 3) times.push(performance.now() - t);
+    cache.truncate(mark);
+  }
+  return median(times);
+}
+
+function modelDir(name: string, scratch: string, log: (s: string) => void): string {
+  if (name === 'tiny') return DEFAULT_MODEL_DIR;
+  const dir = join(scratch, name);
+  if (!existsSync(join(dir, 'model.safetensors'))) {
+    log(`writing random-weight ${name} checkpoint to ${dir}`);
+    writeRandomCheckpoint(name, dir);
+  }
+  return dir;
+}
+
+export async function runBench(opts: BenchOptions): Promise<Record<string, unknown>> {
+  const log = opts.log;
+  log('measuring machine limits (1 GiB streaming read, 512x2048x2048 GEMM)');
+  const limits: MachineLimits = measureMachineLimits();
+  log(`bandwidth ${r1(limits.bandwidthGBs)} GB/s; GEMM bf16-activations ${r1(limits.gemmBf16ActivationsGflops)} GFLOP/s, fp32 ${r1(limits.gemmF32ActivationsGflops)} GFLOP/s`);
+  const scratch = mkdtempSync(join(tmpdir(), 'kvlab-bench-'));
+  const models: Record<string, unknown>[] = [];
+  let kvzip: Record<string, unknown> | null = null;
+  try {
+    for (const name of opts.models) {
+      const dir = modelDir(name, scratch, log);
+      for (const weights of opts.weights) {
+        const timed = new TimedBackend(new NativeBackend());
+        const lm = loadModel(dir, { backend: timed, weights: weights === 'int8' ? 'int8' : 'checkpoint' });
+        const wBytes = decodeWeightBytes(lm);
+        const rand = seededRandom(9);
+        const ids = Array.from({ length: opts.prefillTokens }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
+        prefill(lm.model, lm.newCache(), ids.slice(0, 32));
+        const runs: { ms: number; matmulMs: number; flops: number }[] = [];
+        for (let r = 0; r < 3; r++) {
+          timed.reset();
+          const t = performance.now();
+          prefill(lm.model, lm.newCache(), ids);
+          runs.push({ ms: performance.now() - t, matmulMs: timed.ms.matmul ?? 0, flops: timed.matmulFlops });
+        }
+        runs.sort((a, b) => a.ms - b.ms);
+        const mid = runs[1]!;
+        const matmulGflops = mid.flops / (mid.matmulMs / 1000) / 1e9;
+        const peak = weights === 'bf16' ? limits.gemmBf16ActivationsGflops : limits.gemmF32ActivationsGflops;
+        const decode: Record<string, unknown>[] = [];
+        for (const ctx of opts.decodeContexts) {
+          if (ctx + 16 > lm.config.maxPositionEmbeddings) {
+            decode.push({ context: ctx, skipped: `model allows ${lm.config.maxPositionEmbeddings} positions` });
+            continue;
+          }
+          const cache = lm.newCache();
+          fillCache(lm, cache, ctx);
+          const ms = timeDecode(lm, cache);
+          const kvBytes = cache.bytes();
+          const bytes = wBytes + kvBytes;
+          const boundTokS = (limits.bandwidthGBs * 1e9) / bytes;
+          decode.push({
+            context: ctx,
+            tokens_per_s: r1(1000 / ms),
+            ms_per_token: r3(ms),
+            bytes_per_token: bytes,
+            kv_bytes: kvBytes,
+            bound_tokens_per_s: r1(boundTokS),
+            fraction_of_bound: r3(1000 / ms / boundTokS),
+          });
+        }
+        const entry = {
+          model: name,
+          weights,
+          layers: lm.config.numLayers,
+          decode_weight_bytes: wBytes,
+          prefill: {
+            tokens: opts.prefillTokens,
+            tokens_per_s: r1(opts.prefillTokens / (mid.ms / 1000)),
+            matmul_gflops: r1(matmulGflops),
+            matmul_share_of_time: r3(mid.matmulMs / mid.ms),
+            gemm_peak_gflops: r1(peak),
+            fraction_of_peak: r3(matmulGflops / peak),
+            time_by_op_ms: Object.fromEntries(Object.entries(timed.ms).map(([k, v]) => [k, r1(v)])),
+          },
+          decode,
+        };
+        log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context}: ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
+        models.push(entry);
+      }
+    }
+    if (opts.kvzip) kvzip = await benchKvzip(opts.kvzip, scratch, log);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  const int8vsBf16 = opts.models.map((m) => {
+    const b = models.find((x) => x.model === m && x.weights === 'bf16') as { decode: { context: number; tokens_per_s?: number }[] } | undefined;
+    const q = models.find((x) => x.model === m && x.weights === 'int8') as typeof b;
+    if (!b || !q) return null;
+    return { model: m, decode_speedup: b.decode.map((d, i) => ({ context: d.context, ratio: d.tokens_per_s && q.decode[i]?.tokens_per_s ? r3(q.decode[i]!.tokens_per_s! / d.tokens_per_s) : null })) };
+  });
+  return {
+    date: new Date().toISOString(),
+    machine: { ...limits, bandwidthGBs: r1(limits.bandwidthGBs), gemmBf16ActivationsGflops: r1(limits.gemmBf16ActivationsGflops), gemmF32ActivationsGflops: r1(limits.gemmF32ActivationsGflops) },
+    models,
+    int8_vs_bf16: int8vsBf16.filter(Boolean),
+    kvzip,
+  };
+}
+
+/** KVzip at a long context: scoring time against prefill time, and decode per token on the compressed cache vs the full one. */
+async function benchKvzip(k: { model: string; context: number; ratio: number }, scratch: string, log: (s: string) => void): Promise<Record<string, unknown>> {
+  const dir = modelDir(k.model, scratch, log);
+  const lm = loadModel(dir, { backend: new NativeBackend() });
+  const rand = seededRandom(11);
+  const ids = Array.from({ length: k.context }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
+  const layout = {
+    ids,
+    prefix: { start: 0, end: 0 },
+    context: { start: 0, end: ids.length },
+    suffix: '\n',
+    queryIds: () => [10],
+  };
+  const session = new ContextSession(lm, layout);
+  const press = getPress('kvzip');
+  log(`kvzip: prefilling ${k.context} tokens of ${k.model}`);
+  let t = performance.now();
+  const { capture } = session.prefillCapture([press.scorer.needs]);
+  const prefillMs = performance.now() - t;
+  log(`kvzip: prefill ${r1(prefillMs)} ms; scoring`);
+  t = performance.now();
+  const scores = press.scorer.score(session.scoringContext(capture));
+  const scoreMs = performance.now() - t;
+  const full = session.fork();
+  const fullMs = timeDecode(lm, full.cache);
+  const report = session.applyScores(press, scores, k.ratio);
+  const keptMs = timeDecode(lm, session.cache);
+  log(`kvzip: scoring ${r1(scoreMs)} ms (${r3(scoreMs / prefillMs)}x prefill); decode ${r3(fullMs)} -> ${r3(keptMs)} ms/token`);
+  return {
+    model: k.model,
+    context: k.context,
+    ratio: k.ratio,
+    prefill_ms: r1(prefillMs),
+    score_ms: r1(scoreMs),
+    score_over_prefill: r3(scoreMs / prefillMs),
+    decode_ms_per_token_full: r3(fullMs),
+    decode_ms_per_token_kvzip: r3(keptMs),
+    decode_speedup: r3(fullMs / keptMs),
+    kv_bytes_full: report.bytesFull,
+    kv_bytes_kept: report.bytesKept,
+  };
+}

@@ -1,0 +1,31 @@
+import { writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { runBench } from '../../bench/run-bench.ts';
+import { listOption } from '../common.ts';
+
+export function registerBench(program: Command): void {
+  program
+    .command('bench')
+    .description('measure the machine limits, then prefill/decode speed and KVzip cost; prints JSON')
+    .option('--models <names>', 'tiny, qwen2.5-0.5b, llama-3.2-1b (random weights, written to a temp folder)', listOption)
+    .option('--weights <list>', 'bf16,int8', listOption)
+    .option('--contexts <list>', 'decode context lengths', listOption)
+    .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', '8192')
+    .option('--quick', 'tiny model only, short contexts, no KVzip measurement')
+    .option('-o, --out <file>', 'also write the JSON here')
+    .action(async (o) => {
+      const quick = Boolean(o.quick);
+      const kvzipContext = quick ? 0 : Number(o.kvzipContext);
+      const report = await runBench({
+        models: o.models ?? (quick ? ['tiny'] : ['tiny', 'qwen2.5-0.5b', 'llama-3.2-1b']),
+        weights: (o.weights ?? ['bf16', 'int8']) as ('bf16' | 'int8')[],
+        prefillTokens: 512,
+        decodeContexts: (o.contexts ?? (quick ? ['1024'] : ['1024', '8192'])).map(Number),
+        kvzip: kvzipContext > 0 ? { model: 'qwen2.5-0.5b', context: kvzipContext, ratio: 0.3 } : null,
+        log: (line) => process.stderr.write(`bench: ${line}\n`),
+      });
+      const text = `${JSON.stringify(report, null, 2)}\n`;
+      if (o.out) writeFileSync(o.out, text);
+      process.stdout.write(text);
+    });
+}
