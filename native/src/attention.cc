@@ -191,9 +191,113 @@ void attend_blocked(const Attention& a, const PackedKeys& pk, int h, int i, std:
   }
 }
 
+// ---------- decode path (few queries): 16 keys per step, one transpose-reduction instead of 16 ----------
+
+// f[t] = sum of the 16 lanes of a[t], for t < 16.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+inline __m512 reduce16(const __m512* a) {
+  __m512 r[8], s[4];
+  for (int i = 0; i < 8; i++) r[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; i++) s[i] = _mm512_add_ps(_mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0x44), _mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0xEE));
+  __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(s[0], s[1], 0x88), _mm512_shuffle_f32x4(s[0], s[1], 0xDD));
+  __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(s[2], s[3], 0x88), _mm512_shuffle_f32x4(s[2], s[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void attend_decode(const Attention& a, int h, int i, std::vector<float>& p) {
+  const int G = a.n_heads / a.n_kv, g = h / G, d = a.d;
+  const HeadView& kv = a.heads[g];
+  const float* q = a.q + (long(i) * a.n_heads + h) * d;
+  const int32_t qp = a.q_pos[i];
+  if (int(p.size()) < kv.len + 16) p.resize(kv.len + 16);
+  const int nv = d / 16;
+  __m512 qv[8];
+  for (int v = 0; v < nv; v++) qv[v] = _mm512_loadu_ps(q + v * 16);
+  float mx = -INFINITY;
+  int j = 0;
+  for (; j + 16 <= kv.len; j += 16) {
+    __m512 acc[16];
+    for (int t = 0; t < 16; t++) {
+      const float* kr = kv.k + long(j + t) * d;
+      __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+      for (int v = 1; v < nv; v++) s = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + v * 16), s);
+      acc[t] = s;
+    }
+    __m512 logits = reduce16(acc);
+    logits = _mm512_mul_ps(logits, _mm512_set1_ps(a.scale));
+    __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(kv.pos + j), _mm512_set1_epi32(qp));
+    logits = _mm512_mask_mov_ps(logits, hidden, _mm512_set1_ps(-INFINITY));
+    _mm512_storeu_ps(p.data() + j, logits);
+    mx = std::max(mx, _mm512_reduce_max_ps(logits));
+  }
+  for (; j < kv.len; j++) {
+    p[j] = kv.pos[j] > qp ? -INFINITY : dot_avx512(q, kv.k + long(j) * d, d) * a.scale;
+    mx = std::max(mx, p[j]);
+  }
+  const __m512 vm = _mm512_set1_ps(mx), neg = _mm512_set1_ps(-INFINITY);
+  __m512 vz = _mm512_setzero_ps();
+  j = 0;
+  for (; j + 16 <= kv.len; j += 16) {
+    __m512 s = _mm512_loadu_ps(p.data() + j);
+    __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, neg, _CMP_NEQ_OQ), exp512(_mm512_sub_ps(s, vm)));
+    _mm512_storeu_ps(p.data() + j, e);
+    vz = _mm512_add_ps(vz, e);
+  }
+  float z = _mm512_reduce_add_ps(vz);
+  for (; j < kv.len; j++) {
+    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
+    z += p[j];
+  }
+  const float inv = z > 0 ? 1.0f / z : 0.f;
+  if (a.out) {
+    float* o = a.out + (long(i) * a.n_heads + h) * d;
+    __m512 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
+    for (int k = 0; k < kv.len; k++) {
+      const __m512 w = _mm512_set1_ps(p[k]);
+      const float* vr = kv.v + long(k) * d;
+      for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), acc[v]);
+    }
+    for (int v = 0; v < nv; v++) _mm512_storeu_ps(o + v * 16, _mm512_mul_ps(acc[v], _mm512_set1_ps(inv)));
+  }
+  if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
+    float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
+    float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
+    for (int k = 0; k < kv.len; k++) {
+      const float prob = p[k] * inv;
+      if (sum_out) sum_out[k] += prob;
+      if (mx_out && prob > mx_out[k]) mx_out[k] = prob;
+    }
+  }
+}
+
 }  // namespace
 
 void attention(const Attention& a) {
+  if (cpu().avx512 && a.d % 16 == 0 && a.d <= 128 && long(a.nq) * (a.n_heads / a.n_kv) < 8) {
+    const bool stats_d = !a.stat_max.empty() || !a.stat_sum.empty();
+    const int Gd = a.n_heads / a.n_kv;
+    if (stats_d) {
+      pool_run([&](int t, int T) {
+        std::vector<float> p;
+        long g0, g1;
+        split_range(a.n_kv, t, T, &g0, &g1);
+        for (long g = g0; g < g1; g++)
+          for (int h = int(g) * Gd; h < int(g + 1) * Gd; h++)
+            for (int i = 0; i < a.nq; i++) attend_decode(a, h, i, p);
+      });
+    } else {
+      const long units = long(a.n_heads) * a.nq;
+      pool_run([&](int t, int T) {
+        std::vector<float> p;
+        long u0, u1;
+        split_range(units, t, T, &u0, &u1);
+        for (long u = u0; u < u1; u++) attend_decode(a, int(u % a.n_heads), int(u / a.n_heads), p);
+      });
+    }
+    return;
+  }
   const bool blocked = cpu().avx512 && long(a.nq) * (a.n_heads / a.n_kv) >= 8;
   if (blocked) {
     const bool stats_b = !a.stat_max.empty() || !a.stat_sum.empty();
