@@ -33,7 +33,7 @@ export function writeAtomic(path: string, text: string): void {
 /** A markdown table from rows of equal keys. */
 export function markdownTable(rows: Record<string, unknown>[]): string {
   if (!rows.length) return '(no rows)\n';
-  const keys = Object.keys(rows[0]!);
-  const cell = (v: unknown) => (typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : String(v));
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const cell = (v: unknown) => (v === undefined || v === null ? '' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : String(v));
   return [`| ${keys.join(' | ')} |`, `| ${keys.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${keys.map((k) => cell(r[k])).join(' | ')} |`)].join('\n') + '\n';
 }

@@ -4,6 +4,7 @@ import { evalQa } from '../../eval/qa-eval.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
 import { intOption, listOption, openModel, ratioList } from '../common.ts';
+import { registerStudies } from './eval-study.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerEval(program: Command): Command {
@@ -52,5 +53,6 @@ export function registerEval(program: Command): Command {
       if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
       else process.stdout.write(markdownTable(results as unknown as Record<string, unknown>[]));
     });
+  registerStudies(ev);
   return ev;
 }

@@ -1,0 +1,108 @@
+import { readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { loadInstructions, loadLeakage } from '../../eval/datasets.ts';
+import { runPromptStudy, type StudyItem, type StudyResult } from '../../eval/prompt-study.ts';
+import { studyReport } from '../../eval/study-report.ts';
+import { writeEvalOutputs, markdownTable } from '../../eval/write-outputs.ts';
+import { instructionItems, leakageItems } from '../../eval/study-items.ts';
+import { externalItems } from '../../eval/external-items.ts';
+import { parseProtection } from '../../press/protect.ts';
+import { collect, intOption, listOption, openModel, ratioList } from '../common.ts';
+import { progressBar } from '../progress.ts';
+
+interface StudyCliOptions {
+  data: string;
+  format?: string;
+  method?: string[];
+  ratio: number[];
+  protect: string[];
+  model?: string;
+  limit?: number;
+  maxTokens: number;
+  document?: string;
+  order?: boolean;
+  defense: string;
+  attack: string;
+  out?: string;
+  json?: boolean;
+}
+
+function studyCommand(ev: Command, name: 'instructions' | 'leakage', description: string): Command {
+  return ev
+    .command(name)
+    .description(description)
+    .requiredOption('-d, --data <file>', 'JSONL: the dev set (data/dev/*.jsonl) or SystemCheck sys_ifeval rows')
+    .option('--format <f>', 'dev | sys_ifeval (guessed from the rows when omitted)')
+    .option('--method <names>', 'comma-separated methods', listOption)
+    .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.9, 0.7, 0.5, 0.3, 0.1])
+    .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', collect, [])
+    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
+    .option('-n, --max-tokens <n>', 'maximum new tokens per response', intOption('--max-tokens', 1), 48)
+    .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')
+    .option('--defense <name>', 'sys_ifeval leakage: RaccoonBench defense template (standard = defense first, flipped = last)', 'standard')
+    .option('--attack <id>', 'sys_ifeval leakage: attack as Category/promptN from singular_attacks.json', 'Plain/prompt1')
+    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and SVG plots here')
+    .option('--json', 'print {model, results} as JSON');
+}
+
+async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): Promise<void> {
+  const methods = o.method ?? ['streamingllm', 'snapkv', 'tova', 'h2o', 'knorm', 'kvzip'];
+  const protections = (o.protect.length ? o.protect : ['none']).map((p) => parseProtection(p));
+  const firstRow = JSON.parse(readFileSync(o.data, 'utf8').split('\n')[0]!) as Record<string, unknown>;
+  const format = o.format ?? ('instruction_id_list' in firstRow ? 'sys_ifeval' : 'dev');
+  let items: StudyItem[];
+  if (format === 'sys_ifeval') items = externalItems(kind, o.data, { defense: o.defense, attack: o.attack });
+  else if (format === 'dev') items = kind === 'instructions' ? instructionItems(loadInstructions(o.data)) : leakageItems(loadLeakage(o.data), o.order);
+  else throw new Error(`unknown --format "${format}" (dev or sys_ifeval)`);
+  if (o.limit) {
+    const ids = [...new Set(items.map((i) => i.id))].slice(0, o.limit);
+    items = items.filter((i) => ids.includes(i.id));
+  }
+  const lm = openModel(o.model);
+  const bar = progressBar(`eval ${kind}`, 1);
+  const { results, samples } = await runPromptStudy(lm, items, {
+    methods,
+    ratios: o.ratio,
+    protections,
+    document: o.document ? readFileSync(o.document, 'utf8') : undefined,
+    maxTokens: o.maxTokens,
+    onProgress: (d, t) => bar.update(d, t),
+  });
+  bar.stop();
+  const flat = results.map(flatten);
+  const summary = { model: lm.dir, data: o.data, format, results: flat };
+  if (o.out) {
+    const { report, plots } = studyReport(kind, lm.dir, o.data, results);
+    const rows = samples.map((s) => ({ id: s.id, variant: s.variant, method: s.method, ratio: s.ratio, protect: s.protect, response: s.response, ...s.metrics, ...prefixKeys('keep_', s.keepRate) }));
+    const files = writeEvalOutputs(o.out, { results: summary, samples: rows, report, plots });
+    if (!o.json) process.stdout.write(`wrote ${files.join(', ')}\n`);
+  }
+  if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+  else process.stdout.write(markdownTable(flat));
+}
+
+function prefixKeys(prefix: string, o: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [`${prefix}${k}`, Math.round(v * 1000) / 1000]));
+}
+
+export function flatten(r: StudyResult): Record<string, unknown> {
+  return {
+    method: r.method,
+    ratio: r.ratio,
+    protect: r.protect,
+    variant: r.variant,
+    n: r.n,
+    ...Object.fromEntries(Object.entries(r.metrics).map(([k, v]) => [k, Math.round(v * 1000) / 1000])),
+    ...prefixKeys('keep_', r.keep_rate),
+  };
+}
+
+export function registerStudies(ev: Command): void {
+  studyCommand(ev, 'instructions', 'multi-instruction following with the system prompt compressed at prefill').action((o: StudyCliOptions) =>
+    runStudy('instructions', o),
+  );
+  studyCommand(ev, 'leakage', 'system-prompt leakage under compression, eviction bias per span, instruction order')
+    .option('--order', 'also run confidential items with the defense sentence moved first and last')
+    .action((o: StudyCliOptions) => runStudy('leakage', o));
+}
