@@ -2,9 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { keptCount, pyramidLayerBudgets } from '../src/press/budgets.ts';
 import { getPress, methodNames } from '../src/press/registry.ts';
+import { selectBackend } from '../src/tensor/select-backend.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
-const lm = tinyModel();
+// The matrix checks the framework, not kernels: it runs on the default backend (native when built).
+const lm = tinyModel(selectBackend());
 const row = qaRows()[0]!;
 // A short context keeps the matrix fast on the reference backend while still spanning several sentences.
 const context = row.context.split('\n').slice(0, 5).join('\n');
