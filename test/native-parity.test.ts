@@ -122,7 +122,7 @@ test('attention parity: GQA, ragged heads, position masks, stats on and off', { 
         const out = new Float32Array(nq * nHeads * d);
         const sum = heads.map((h) => new Float32Array(h.len));
         const max = heads.map((h) => new Float32Array(h.len));
-        be.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d), stats: { fromQuery: nq > 1 ? 2 : 0, sum, max } });
+        be.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d), stats: { fromQuery: nq > 1 ? 2 : 0, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 0.5 + i) } });
         const plain = new Float32Array(nq * nHeads * d);
         be.attention({ q, out: plain, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) });
         return { out, sum, max, plain };

@@ -101,6 +101,7 @@ Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
     auto& dst = s == 10 ? a.stat_max : a.stat_sum;
     for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
   }
+  if (info.Length() > 12 && info[12].IsTypedArray()) a.query_weight = data_of<float>(info[12]);
   attention(a);
   return info.Env().Undefined();
 }

@@ -80,8 +80,9 @@ void attend_one(const Attention& a, int h, int i, std::vector<float>& p, bool av
   if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
     float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
     float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
+    const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
     for (int j = 0; j < kv.len; j++) {
-      float prob = p[j] * inv;
+      float prob = p[j] * inv * wq;
       if (sum_out) sum_out[j] += prob;
       if (mx_out && prob > mx_out[j]) mx_out[j] = prob;
     }
@@ -176,7 +177,8 @@ void attend_blocked(const Attention& a, const PackedKeys& pk, int h, int i, std:
   if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
     float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
     float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
-    const __m512 vinv = _mm512_set1_ps(inv);
+    const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
+    const __m512 vinv = _mm512_set1_ps(inv * wq);
     int j = 0;
     for (; j + KB <= kv.len; j += KB) {
       __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(p.data() + j), vinv);
@@ -264,8 +266,9 @@ void attend_decode(const Attention& a, int h, int i, std::vector<float>& p) {
   if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
     float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
     float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
+    const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
     for (int k = 0; k < kv.len; k++) {
-      const float prob = p[k] * inv;
+      const float prob = p[k] * inv * wq;
       if (sum_out) sum_out[k] += prob;
       if (mx_out && prob > mx_out[k]) mx_out[k] = prob;
     }

@@ -21,6 +21,7 @@ struct Attention {
   int stats_from;               // query rows >= stats_from feed the statistics
   std::vector<float*> stat_max;  // per KV head, or empty
   std::vector<float*> stat_sum;
+  const float* query_weight = nullptr;  // optional: probabilities of query row i are scaled by this before accumulation
 };
 
 // Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i].

@@ -21,6 +21,7 @@ export interface Press {
 const methods: Record<string, { describe: string; make: () => Press }> = {
   kvzip: { describe: 'KVzip, context reconstruction, one global top-k (pair)', make: () => press('kvzip', kvzipScorer(), globalBudget) },
   'kvzip-uniform': { describe: 'KVzip scores, top-k per (layer, head)', make: () => press('kvzip-uniform', kvzipScorer(), uniformBudget) },
+  'kvzip+': { describe: 'KVzip+, attention weighted by ||W_O v|| / ||h|| before the max, global top-k', make: () => press('kvzip+', kvzipScorer({ normalized: true }, 'kvzip+'), globalBudget) },
   'kvzip-head': { describe: 'KVzip head-level: whole heads keep or drop the context (scores computed once per model)', make: () => press('kvzip-head', kvzipHeadScorer(), wholeHeadBudget) },
   streamingllm: { describe: 'StreamingLLM: sinks + most recent tokens', make: () => press('streamingllm', streamingLlmScorer(), uniformBudget) },
   snapkv: { describe: 'SnapKV (window 64, kernel 5)', make: () => press('snapkv', snapKvScorer(), uniformBudget) },

@@ -35,6 +35,8 @@ export interface AttentionStats {
   max?: Float32Array[];
   /** Per KV head: running sum of softmax probabilities over the group's query heads and the chosen queries. */
   sum?: Float32Array[];
+  /** Optional per-query-row factor applied to probabilities before they are accumulated (length nq). */
+  queryWeight?: Float32Array;
 }
 
 export interface AttentionArgs {

@@ -25,6 +25,7 @@ interface Addon {
     statsFrom: number,
     max: Float32Array[] | null,
     sum: Float32Array[] | null,
+    queryWeight: Float32Array | null,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -130,6 +131,7 @@ export class NativeBackend implements Backend {
       a.stats?.fromQuery ?? 0,
       a.stats?.max ?? null,
       a.stats?.sum ?? null,
+      a.stats?.queryWeight ?? null,
     );
   }
 }

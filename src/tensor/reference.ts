@@ -149,8 +149,9 @@ export class ReferenceBackend implements Backend {
         if (stats && i >= stats.fromQuery) {
           const sum = stats.sum?.[g];
           const max = stats.max?.[g];
+          const wq = stats.queryWeight ? stats.queryWeight[i]! : 1;
           for (let j = 0; j < kv.len; j++) {
-            const p = Math.fround(probs[j]!);
+            const p = Math.fround(Math.fround(probs[j]!) * wq);
             if (sum) sum[j] = sum[j]! + p;
             if (max && p > max[j]!) max[j] = p;
           }

@@ -1,5 +1,7 @@
 import { prefill } from '../../engine/prefill.ts';
-import type { KvHeadView } from '../../tensor/backend.ts';
+import type { LayerCapture } from '../../model/llama.ts';
+import type { KvHeadView, Weight } from '../../tensor/backend.ts';
+import { widenWeight } from '../../tensor/reference.ts';
 import type { Scorer, Scores, ScoringContext } from '../types.ts';
 
 export interface KvzipOptions {
@@ -9,6 +11,8 @@ export interface KvzipOptions {
   tailTokens?: number;
   firstPrompt?: string;
   nextPrompt?: string;
+  /** KVzip+: weight each attention by ||W_O^h v_j|| / ||h_i|| before the max (h_i: the query's hidden state). */
+  normalized?: boolean;
 }
 
 export const KVZIP_FIRST_PROMPT = '\n\nRepeat the previous context exactly.';
@@ -57,6 +61,10 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
               [hs.len - rEnd, hs.len],
             ]),
           );
+          if (opts.normalized) {
+            normalizedScores(ctx, c, heads, cs, ce, scores[c.layer]!);
+            return;
+          }
           const max = heads.map((h) => new Float32Array(h.len));
           lm.model.backend.attention({
             q: c.q,
@@ -102,4 +110,46 @@ function gatherRows(hs: KvHeadView, d: number, ranges: [number, number][]): KvHe
     at += b - a;
   }
   return { k, v: k, pos, len };
+}
+
+/**
+ * KVzip+: per query head h, max over R_t queries of p_hij / ||h_i||, times ||W_O^h v_j||; the max over the
+ * group's heads is the key's score. One attention call per query head (the weights differ per head).
+ */
+function normalizedScores(ctx: ScoringContext, c: LayerCapture, heads: KvHeadView[], cs: number, ce: number, out: Float32Array[]): void {
+  const cfg = ctx.lm.config;
+  const be = ctx.lm.model.backend;
+  const d = cfg.headDim;
+  const D = cfg.hiddenSize;
+  const G = cfg.numHeads / cfg.numKvHeads;
+  const span = ctx.span;
+  const chunkOffset = ctx.prefix.end - ctx.prefix.start;
+  const m = ce - cs;
+  const queryWeight = new Float32Array(c.n);
+  for (let i = 0; i < c.n; i++) {
+    let ss = 0;
+    for (let k = 0; k < D; k++) ss += c.hidden[i * D + k]! ** 2;
+    queryWeight[i] = 1 / Math.max(Math.sqrt(ss), 1e-12);
+  }
+  const wo = widenWeight(ctx.lm.model.weights.layers[c.layer]!.wo);
+  for (let h = 0; h < cfg.numHeads; h++) {
+    const g = Math.floor(h / G);
+    const q = new Float32Array(c.n * d);
+    for (let i = 0; i < c.n; i++) q.set(c.q.subarray((i * cfg.numHeads + h) * d, (i * cfg.numHeads + h + 1) * d), i * d);
+    const max = [new Float32Array(heads[g]!.len)];
+    be.attention({ q, out: null, nq: c.n, nHeads: 1, nKvHeads: 1, headDim: d, qPos: c.positions, heads: [heads[g]!], scale: 1 / Math.sqrt(d), stats: { fromQuery: 0, max, queryWeight } });
+    // ||W_O^h v_j|| for the chunk's values: W_O^h is columns [h d, (h + 1) d) of o_proj.
+    const slice: Weight = { name: 'o_proj.head', dtype: 'f32', rows: D, cols: d, data: new Float32Array(D * d) };
+    for (let r = 0; r < D; r++) (slice.data as Float32Array).set(wo.subarray(r * cfg.numHeads * d + h * d, r * cfg.numHeads * d + (h + 1) * d), r * d);
+    const hs = ctx.cache.head(c.layer, g);
+    const projected = new Float32Array(m * D);
+    be.matmul(projected, hs.v.subarray(cs * d, ce * d), m, slice);
+    const dst = out[g]!;
+    for (let j = 0; j < m; j++) {
+      let ss = 0;
+      for (let k = 0; k < D; k++) ss += projected[j * D + k]! ** 2;
+      const v = max[0]![chunkOffset + j]! * Math.sqrt(ss);
+      if (v > dst[cs - span.start + j]!) dst[cs - span.start + j] = v;
+    }
+  }
 }
