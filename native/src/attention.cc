@@ -186,7 +186,7 @@ void attend_blocked(const Attention& a, const PackedKeys& pk, int h, int i, std:
       if (mx_out) _mm512_storeu_ps(mx_out + j, _mm512_max_ps(_mm512_loadu_ps(mx_out + j), prob));
     }
     for (; j < kv.len; j++) {
-      const float prob = p[j] * inv;
+      const float prob = p[j] * inv * wq;
       if (sum_out) sum_out[j] += prob;
       if (mx_out && prob > mx_out[j]) mx_out[j] = prob;
     }
