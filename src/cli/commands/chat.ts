@@ -21,21 +21,20 @@ export function registerChat(program: Command): void {
       let fed: number[] = [];
       const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
       process.stdout.write(`kvlab chat (${lm.dir}); /reset clears, /exit quits\n`);
-      for (;;) {
-        let line: string;
-        try {
-          line = await rl.question('> ');
-        } catch {
-          break;
-        }
+      process.stdout.write('> ');
+      for await (const line of rl) {
         if (line.trim() === '/exit') break;
         if (line.trim() === '/reset') {
           messages = start();
           cache = lm.newCache();
           fed = [];
+          process.stdout.write('> ');
           continue;
         }
-        if (!line.trim()) continue;
+        if (!line.trim()) {
+          process.stdout.write('> ');
+          continue;
+        }
         messages.push({ role: 'user', content: line });
         const ids = lm.tokenizer.encode(lm.tokenizer.chat.render(messages, { addGenerationPrompt: true }));
         // Reuse the cache when the new prompt extends what it holds; otherwise start over.
@@ -52,6 +51,7 @@ export function registerChat(program: Command): void {
         process.stdout.write('\n');
         fed = [...ids, ...result.tokens].slice(0, cache.nextPos);
         messages.push({ role: 'assistant', content: result.text });
+        process.stdout.write('> ');
       }
       rl.close();
     });
