@@ -113,6 +113,42 @@ void gemv_avx512_n(const Matmul& m, long r0, long r1) {
   }
 }
 
+// bf16 weights: 32 weights per 512-bit load; even elements widen by a shift, odd ones by a mask, and
+// meet activations that were split into even and odd halves once per call. Exact (fp32 products).
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void gemv_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r0, long r1) {
+  const long K = m.cols, K2 = K / 2;  // K is even here
+  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
+  const uint16_t* W = static_cast<const uint16_t*>(m.w);
+  long r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    __m512 acc[4][N];
+    for (int q = 0; q < 4; q++)
+      for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
+    for (long kk = 0; kk < K2; kk += 16) {
+      __mmask16 mask = K2 - kk >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K2 - kk)) - 1);
+      __m512 xev[N], xov[N];
+      for (int t = 0; t < N; t++) {
+        xev[t] = _mm512_maskz_loadu_ps(mask, xe + t * K2 + kk);
+        xov[t] = _mm512_maskz_loadu_ps(mask, xo + t * K2 + kk);
+      }
+      for (int q = 0; q < 4; q++) {
+        __m512i v = _mm512_maskz_loadu_epi32(mask, W + (r + q) * K + 2 * kk);
+        __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+        for (int t = 0; t < N; t++) {
+          acc[q][t] = _mm512_fmadd_ps(even, xev[t], acc[q][t]);
+          acc[q][t] = _mm512_fmadd_ps(odd, xov[t], acc[q][t]);
+        }
+      }
+    }
+    for (int q = 0; q < 4; q++)
+      for (int t = 0; t < N; t++) m.out[t * long(m.rows) + r + q] = _mm512_reduce_add_ps(acc[q][t]);
+  }
+  if (r < r1) gemv_avx512_n<N>(m, r, r1);
+}
+
 void gemv_avx512(const Matmul& m, long r0, long r1) {
   switch (m.n) {
     case 1: return gemv_avx512_n<1>(m, r0, r1);
@@ -315,6 +351,28 @@ void matmul(const Matmul& m, bool bf16_activations) {
       long r0, r1;
       split_range(m.rows, t, T, &r0, &r1);
       gemv_scalar(m, r0, r1);
+    });
+    return;
+  }
+  if (m.n < GEMM_MIN_N && m.type == W_BF16 && m.cols % 2 == 0 && m.n <= 4) {
+    const long K2 = m.cols / 2;
+    std::vector<float> xs(size_t(2 * m.n * K2));
+    float* xe = xs.data();
+    float* xo = xs.data() + m.n * K2;
+    for (int t = 0; t < m.n; t++)
+      for (long k = 0; k < K2; k++) {
+        xe[t * K2 + k] = m.x[t * m.cols + 2 * k];
+        xo[t * K2 + k] = m.x[t * m.cols + 2 * k + 1];
+      }
+    pool_run([&](int t, int T) {
+      long r0, r1;
+      split_range(m.rows, t, T, &r0, &r1);
+      switch (m.n) {
+        case 1: gemv_bf16_pairs<1>(m, xe, xo, r0, r1); break;
+        case 2: gemv_bf16_pairs<2>(m, xe, xo, r0, r1); break;
+        case 3: gemv_bf16_pairs<3>(m, xe, xo, r0, r1); break;
+        default: gemv_bf16_pairs<4>(m, xe, xo, r0, r1); break;
+      }
     });
     return;
   }
