@@ -2,6 +2,9 @@
 
 #include <cpuid.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace kvlab {
 
 static CpuFeatures detect() {
@@ -16,6 +19,12 @@ static CpuFeatures detect() {
     f.amx_bf16 = (d & (1u << 22)) && (d & (1u << 24));
   }
   if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512_bf16 = f.avx512 && (a & (1u << 5));
+  // KVLAB_ISA caps the paths (avx512 | avx2 | scalar), so every fallback can be exercised on this machine.
+  if (const char* isa = std::getenv("KVLAB_ISA")) {
+    std::string want(isa);
+    if (want == "avx2" || want == "scalar") f.avx512 = f.avx512_bf16 = f.avx512_vnni = f.amx_bf16 = false;
+    if (want == "scalar") f.avx2_fma = false;
+  }
   return f;
 }
 

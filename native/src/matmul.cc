@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -56,6 +57,45 @@ void gemv_scalar(const Matmul& m, long r0, long r1) {
       for (long c = 0; c < m.cols; c++) acc += x[c] * weight_at(m, r, c);
       m.out[long(t) * m.rows + r] = acc;
     }
+}
+
+// ---------- AVX2 + FMA: GEMV with 8-wide exact widening, GEMM on the packed fp32 panel ----------
+
+__attribute__((target("avx2,fma,f16c")))
+inline __m256 load_w8(const Matmul& m, long off) {
+  switch (m.type) {
+    case W_F32: return _mm256_loadu_ps(static_cast<const float*>(m.w) + off);
+    case W_BF16: {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(m.w) + off));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case W_F16: return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(m.w) + off)));
+    default: return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(m.w) + off))));
+  }
+}
+
+__attribute__((target("avx2,fma")))
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma,f16c")))
+void gemv_avx2(const Matmul& m, long r0, long r1) {
+  const long K = m.cols, K8 = K - K % 8;
+  for (long r = r0; r < r1; r++) {
+    const float s = m.type == W_I8 ? m.scales[r] : 1.f;
+    for (int t = 0; t < m.n; t++) {
+      const float* x = m.x + long(t) * K;
+      __m256 acc = _mm256_setzero_ps();
+      for (long k = 0; k < K8; k += 8) acc = _mm256_fmadd_ps(load_w8(m, r * K + k), _mm256_loadu_ps(x + k), acc);
+      float tail = 0;
+      for (long k = K8; k < K; k++) tail += x[k] * weight_at(m, r, k);
+      m.out[long(t) * m.rows + r] = (hsum256(acc) + (m.type == W_I8 ? tail / s : tail)) * s;
+    }
+  }
 }
 
 // ---------- AVX-512 GEMV: weights widened exactly in registers, fp32 accumulation ----------
@@ -163,6 +203,13 @@ void gemv_avx512(const Matmul& m, long r0, long r1) {
 
 // ---------- AVX-512 fp32 GEMM: weight panel packed as [K][32] fp32, 8x32 register tile ----------
 
+void pack_panel_f32_portable(const Matmul& m, long r0, float* panel) {
+  for (int j = 0; j < NR; j++) {
+    const long r = r0 + j;
+    for (long k = 0; k < m.cols; k++) panel[k * NR + j] = r < m.rows ? weight_at(m, r, k) : 0.f;
+  }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
 void pack_panel_f32(const Matmul& m, long r0, float* panel) {
   const long K = m.cols;
@@ -198,6 +245,30 @@ void tile_f32(const Matmul& m, const float* panel, long i0, long r0) {
     float* o = m.out + (i0 + i) * long(m.rows) + r0;
     _mm512_mask_storeu_ps(o, m0, acc[i][0]);
     _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
+  }
+}
+
+template <int M>
+__attribute__((target("avx2,fma")))
+void tile_f32_avx2(const Matmul& m, const float* panel, long i0, long r0) {
+  const long K = m.cols;
+  __m256 acc[M][4];
+  for (int i = 0; i < M; i++)
+    for (int c = 0; c < 4; c++) acc[i][c] = _mm256_setzero_ps();
+  const float* x = m.x + i0 * K;
+  for (long k = 0; k < K; k++) {
+    __m256 b[4];
+    for (int c = 0; c < 4; c++) b[c] = _mm256_load_ps(panel + k * NR + 8 * c);
+    for (int i = 0; i < M; i++) {
+      __m256 a = _mm256_broadcast_ss(x + i * K + k);
+      for (int c = 0; c < 4; c++) acc[i][c] = _mm256_fmadd_ps(a, b[c], acc[i][c]);
+    }
+  }
+  alignas(32) float row[NR];
+  for (int i = 0; i < M; i++) {
+    for (int c = 0; c < 4; c++) _mm256_store_ps(row + 8 * c, acc[i][c]);
+    const long cols = std::min<long>(NR, m.rows - r0);
+    std::memcpy(m.out + (i0 + i) * long(m.rows) + r0, row, size_t(cols) * 4);
   }
 }
 
@@ -275,6 +346,22 @@ void for_each_tile(const Matmul& m, Tile tile) {
   if (i < m.n) tile(i, int(m.n - i));
 }
 
+void gemm_f32_avx2(const Matmul& m) {
+  const long panels = (m.rows + NR - 1) / NR;
+  pool_run([&](int t, int T) {
+    long p0, p1;
+    split_range(panels, t, T, &p0, &p1);
+    std::vector<float> buf(size_t(m.cols) * NR + 16);
+    float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+    for (long p = p0; p < p1; p++) {
+      pack_panel_f32_portable(m, p * NR, panel);
+      long i = 0;
+      for (; i + 3 <= m.n; i += 3) tile_f32_avx2<3>(m, panel, i, p * NR);
+      for (; i < m.n; i++) tile_f32_avx2<1>(m, panel, i, p * NR);
+    }
+  });
+}
+
 void gemm_f32(const Matmul& m) {
   const long panels = (m.rows + NR - 1) / NR;
   pool_run([&](int t, int T) {
@@ -337,6 +424,7 @@ void gemm_bf16(const Matmul& m) {
 
 const char* matmul_path(int n, int type, bool bf16_activations) {
   const CpuFeatures& f = cpu();
+  if (!f.avx512 && f.avx2_fma) return n < GEMM_MIN_N ? "avx2-gemv" : "avx2-f32-gemm";
   if (!f.avx512) return "scalar";
   if (n < GEMM_MIN_N) return "avx512-gemv";
   if (bf16_activations && f.avx512_bf16) return "avx512bf16-gemm";
@@ -346,6 +434,15 @@ const char* matmul_path(int n, int type, bool bf16_activations) {
 
 void matmul(const Matmul& m, bool bf16_activations) {
   const CpuFeatures& f = cpu();
+  if (!f.avx512 && f.avx2_fma) {
+    if (m.n >= GEMM_MIN_N) return gemm_f32_avx2(m);
+    pool_run([&](int t, int T) {
+      long r0, r1;
+      split_range(m.rows, t, T, &r0, &r1);
+      gemv_avx2(m, r0, r1);
+    });
+    return;
+  }
   if (!f.avx512) {
     pool_run([&](int t, int T) {
       long r0, r1;
