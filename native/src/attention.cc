@@ -277,75 +277,19 @@ void attend_decode(const Attention& a, int h, int i, std::vector<float>& p) {
 
 }  // namespace
 
-void attention(const Attention& a) {
-  if (cpu().avx512 && a.d % 16 == 0 && a.d <= 128 && long(a.nq) * (a.n_heads / a.n_kv) < 8) {
-    const bool stats_d = !a.stat_max.empty() || !a.stat_sum.empty();
-    const int Gd = a.n_heads / a.n_kv;
-    if (stats_d) {
-      pool_run([&](int t, int T) {
-        std::vector<float> p;
-        long g0, g1;
-        split_range(a.n_kv, t, T, &g0, &g1);
-        for (long g = g0; g < g1; g++)
-          for (int h = int(g) * Gd; h < int(g + 1) * Gd; h++)
-            for (int i = 0; i < a.nq; i++) attend_decode(a, h, i, p);
-      });
-    } else {
-      const long units = long(a.n_heads) * a.nq;
-      pool_run([&](int t, int T) {
-        std::vector<float> p;
-        long u0, u1;
-        split_range(units, t, T, &u0, &u1);
-        for (long u = u0; u < u1; u++) attend_decode(a, int(u % a.n_heads), int(u / a.n_heads), p);
-      });
-    }
-    return;
-  }
-  const bool blocked = cpu().avx512 && long(a.nq) * (a.n_heads / a.n_kv) >= 8;
-  if (blocked) {
-    const bool stats_b = !a.stat_max.empty() || !a.stat_sum.empty();
-    const int Gb = a.n_heads / a.n_kv;
-    std::vector<PackedKeys> packed(a.n_kv);
-    pool_run([&](int t, int T) {
-      long g0, g1;
-      split_range(a.n_kv, t, T, &g0, &g1);
-      for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
-    });
-    if (stats_b) {
-      pool_run([&](int t, int T) {
-        std::vector<float> p;
-        long g0, g1;
-        split_range(a.n_kv, t, T, &g0, &g1);
-        for (long g = g0; g < g1; g++)
-          for (int h = int(g) * Gb; h < int(g + 1) * Gb; h++)
-            for (int i = 0; i < a.nq; i++) attend_blocked(a, packed[g], h, i, p);
-      });
-    } else {
-      const long units = long(a.n_heads) * a.nq;
-      pool_run([&](int t, int T) {
-        std::vector<float> p;
-        long u0, u1;
-        split_range(units, t, T, &u0, &u1);
-        for (long u = u0; u < u1; u++) {
-          const int h = int(u % a.n_heads);
-          attend_blocked(a, packed[h / Gb], h, int(u / a.n_heads), p);
-        }
-      });
-    }
-    return;
-  }
-  const bool avx = cpu().avx512;
-  const bool stats = !a.stat_max.empty() || !a.stat_sum.empty();
+// Runs attend(h, i, scratch) for every (query head, query row) on the pool. With statistics, one thread owns
+// whole KV groups so no two threads write one statistics array; otherwise rows are split evenly.
+template <typename F>
+void for_each_row(const Attention& a, F attend) {
   const int G = a.n_heads / a.n_kv;
-  if (stats) {
-    // Statistics are accumulated per KV head: one thread owns a whole group so no two threads write one array.
+  if (!a.stat_max.empty() || !a.stat_sum.empty()) {
     pool_run([&](int t, int T) {
       std::vector<float> p;
       long g0, g1;
       split_range(a.n_kv, t, T, &g0, &g1);
       for (long g = g0; g < g1; g++)
         for (int h = int(g) * G; h < int(g + 1) * G; h++)
-          for (int i = 0; i < a.nq; i++) attend_one(a, h, i, p, avx);
+          for (int i = 0; i < a.nq; i++) attend(h, i, p);
     });
     return;
   }
@@ -354,8 +298,27 @@ void attention(const Attention& a) {
     std::vector<float> p;
     long u0, u1;
     split_range(units, t, T, &u0, &u1);
-    for (long u = u0; u < u1; u++) attend_one(a, int(u % a.n_heads), int(u / a.n_heads), p, avx);
+    for (long u = u0; u < u1; u++) attend(int(u % a.n_heads), int(u / a.n_heads), p);
   });
+}
+
+void attention(const Attention& a) {
+  const bool avx = cpu().avx512;
+  const long rows = long(a.nq) * (a.n_heads / a.n_kv);
+  if (avx && a.d % 16 == 0 && a.d <= 128 && rows < 8) {
+    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_decode(a, h, i, p); });
+  } else if (avx && rows >= 8) {
+    const int G = a.n_heads / a.n_kv;
+    std::vector<PackedKeys> packed(a.n_kv);
+    pool_run([&](int t, int T) {
+      long g0, g1;
+      split_range(a.n_kv, t, T, &g0, &g1);
+      for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
+    });
+    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_blocked(a, packed[h / G], h, i, p); });
+  } else {
+    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_one(a, h, i, p, avx); });
+  }
 }
 
 }  // namespace kvlab

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -339,11 +340,21 @@ void activations_to_bf16(const Matmul& m, uint32_t* xb, long K2, long i0, long i
   }
 }
 
+// Calls tile(i0, std::integral_constant<int, rows>) over the activation rows in blocks of MR (the last one shorter).
 template <typename Tile>
 void for_each_tile(const Matmul& m, Tile tile) {
   long i = 0;
-  for (; i + MR <= m.n; i += MR) tile(i, MR);
-  if (i < m.n) tile(i, int(m.n - i));
+  for (; i + MR <= m.n; i += MR) tile(i, std::integral_constant<int, MR>{});
+  switch (int(m.n - i)) {
+    case 7: return tile(i, std::integral_constant<int, 7>{});
+    case 6: return tile(i, std::integral_constant<int, 6>{});
+    case 5: return tile(i, std::integral_constant<int, 5>{});
+    case 4: return tile(i, std::integral_constant<int, 4>{});
+    case 3: return tile(i, std::integral_constant<int, 3>{});
+    case 2: return tile(i, std::integral_constant<int, 2>{});
+    case 1: return tile(i, std::integral_constant<int, 1>{});
+    default: return;
+  }
 }
 
 void gemm_f32_avx2(const Matmul& m) {
@@ -371,18 +382,7 @@ void gemm_f32(const Matmul& m) {
     float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
     for (long p = p0; p < p1; p++) {
       pack_panel_f32(m, p * NR, panel);
-      for_each_tile(m, [&](long i0, int rows) {
-        switch (rows) {
-          case 8: tile_f32<8>(m, panel, i0, p * NR); break;
-          case 7: tile_f32<7>(m, panel, i0, p * NR); break;
-          case 6: tile_f32<6>(m, panel, i0, p * NR); break;
-          case 5: tile_f32<5>(m, panel, i0, p * NR); break;
-          case 4: tile_f32<4>(m, panel, i0, p * NR); break;
-          case 3: tile_f32<3>(m, panel, i0, p * NR); break;
-          case 2: tile_f32<2>(m, panel, i0, p * NR); break;
-          default: tile_f32<1>(m, panel, i0, p * NR); break;
-        }
-      });
+      for_each_tile(m, [&](long i0, auto rows) { tile_f32<decltype(rows)::value>(m, panel, i0, p * NR); });
     }
   });
 }
@@ -404,18 +404,7 @@ void gemm_bf16(const Matmul& m) {
     uint32_t* panel = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
     for (long p = p0; p < p1; p++) {
       pack_panel_bf16(m, p * NR, panel, K2);
-      for_each_tile(m, [&](long i0, int rows) {
-        switch (rows) {
-          case 8: tile_bf16<8>(m, panel, xb, K2, i0, p * NR); break;
-          case 7: tile_bf16<7>(m, panel, xb, K2, i0, p * NR); break;
-          case 6: tile_bf16<6>(m, panel, xb, K2, i0, p * NR); break;
-          case 5: tile_bf16<5>(m, panel, xb, K2, i0, p * NR); break;
-          case 4: tile_bf16<4>(m, panel, xb, K2, i0, p * NR); break;
-          case 3: tile_bf16<3>(m, panel, xb, K2, i0, p * NR); break;
-          case 2: tile_bf16<2>(m, panel, xb, K2, i0, p * NR); break;
-          default: tile_bf16<1>(m, panel, xb, K2, i0, p * NR); break;
-        }
-      });
+      for_each_tile(m, [&](long i0, auto rows) { tile_bf16<decltype(rows)::value>(m, panel, xb, K2, i0, p * NR); });
     }
   });
 }
