@@ -8,12 +8,18 @@ function splitSentences(system: string): string[] {
   return system.split(/(?<=[.!?])\s+/).filter(Boolean);
 }
 
-/** instructions.jsonl rows: item exact match, overall and per-type following. */
-export function instructionItems(rows: InstructionRow[]): StudyItem[] {
+/**
+ * instructions.jsonl rows: item exact match, overall and per-type following. With `addDefense` the
+ * CONFIDENTIAL sentence is inserted after the role sentence and named `defense`, so protecting it can be
+ * weighed against following the other instructions (none of these questions asks for the prompt).
+ */
+export function instructionItems(rows: InstructionRow[], addDefense = false): StudyItem[] {
   return rows.map((row) => ({
     id: row.id,
-    system: row.system,
+    system: addDefense ? withDefense(row.system) : row.system,
     user: row.user,
+    variant: addDefense ? 'with-defense' : 'original',
+    explicit: addDefense ? [{ name: 'defense', text: CONFIDENTIAL_SENTENCE }] : [],
     score(response: string): Metrics {
       const s = scoreInstructions(row, response);
       const vals = Object.values(s.follows);
@@ -22,6 +28,11 @@ export function instructionItems(rows: InstructionRow[]): StudyItem[] {
       return m;
     },
   }));
+}
+
+function withDefense(system: string): string {
+  const [role, ...rest] = splitSentences(system);
+  return [role!, CONFIDENTIAL_SENTENCE, ...rest].join(' ');
 }
 
 /**

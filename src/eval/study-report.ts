@@ -16,7 +16,8 @@ const HEADLINE: Record<'instructions' | 'leakage', { metric: string; label: stri
 /** report.md and its SVG plots for an instruction/leakage study. */
 export function studyReport(kind: 'instructions' | 'leakage', model: string, data: string, results: StudyResult[]): { report: string; plots: Record<string, string> } {
   const plots: Record<string, string> = {};
-  const original = results.filter((r) => r.variant === 'original');
+  const headline = results.some((r) => r.variant === 'original') ? 'original' : results[0]?.variant;
+  const original = results.filter((r) => r.variant === headline);
   const lines: string[] = [`# ${kind === 'instructions' ? 'Instruction following' : 'System-prompt leakage'} under compression`, '', `Model: ${model}  `, `Data: ${data}`, ''];
   for (const { metric, label } of HEADLINE[kind]) {
     const keys = [...new Set(original.map((r) => `${r.method}|${r.protect}`))];
