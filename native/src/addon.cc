@@ -55,6 +55,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", pool_threads());
   Napi::Object paths = Napi::Object::New(env);
   paths.Set("decode_matmul", matmul_path(1, W_BF16, true));
+  paths.Set("decode_matmul_int8", matmul_path(1, W_I8, true));
   paths.Set("prefill_matmul_bf16", matmul_path(512, W_BF16, true));
   paths.Set("prefill_matmul_f32", matmul_path(512, W_BF16, false));
   paths.Set("attention", f.avx512 ? "avx512" : "scalar");
@@ -74,6 +75,7 @@ Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   m.rows = info[5].As<Napi::Number>().Int32Value();
   m.cols = info[6].As<Napi::Number>().Int32Value();
   m.scales = info[7].IsNull() || info[7].IsUndefined() ? nullptr : data_of<float>(info[7]);
+  if (info.Length() > 9 && info[9].IsTypedArray()) m.row_sums = data_of<int32_t>(info[9]);
   matmul(m, info[8].As<Napi::Boolean>().Value());
   return info.Env().Undefined();
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <type_traits>
 #include <cstring>
+#include <cmath>
 #include <vector>
 
 #include "cpu.h"
@@ -188,6 +189,50 @@ void gemv_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r0,
       for (int t = 0; t < N; t++) m.out[t * long(m.rows) + r + q] = _mm512_reduce_add_ps(acc[q][t]);
   }
   if (r < r1) gemv_avx512_n<N>(m, r, r1);
+}
+
+// int8 weights with VNNI: activations quantized per row of x to int8 (symmetric), shifted to u8 by +128;
+// vpdpbusd sums 4 u8 x s8 products per lane; the shift is undone with the row sums of the weights.
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+inline void i8_finish(const Matmul& m, const float* xs, long row, const __m512i* acc) {
+  for (int t = 0; t < N; t++) {
+    const long dot = long(_mm512_reduce_add_epi32(acc[t])) - 128L * m.row_sums[row];
+    m.out[t * long(m.rows) + row] = float(dot) * xs[t] * m.scales[row];
+  }
+}
+
+template <int N>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+void gemv_i8_vnni(const Matmul& m, const uint8_t* xu, const float* xs, long Kp, long r0, long r1) {
+  const long K = m.cols;
+  const int8_t* W = static_cast<const int8_t*>(m.w);
+  long r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    __m512i acc[4][N];
+    for (int q = 0; q < 4; q++)
+      for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_si512();
+    for (long k = 0; k < K; k += 64) {
+      const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+      __m512i xv[N];
+      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(xu + t * Kp + k);
+      for (int q = 0; q < 4; q++) {
+        const __m512i w = _mm512_maskz_loadu_epi8(mask, W + (r + q) * K + k);
+        for (int t = 0; t < N; t++) acc[q][t] = _mm512_dpbusd_epi32(acc[q][t], xv[t], w);
+      }
+    }
+    for (int q = 0; q < 4; q++) i8_finish<N>(m, xs, r + q, acc[q]);
+  }
+  for (; r < r1; r++) {
+    __m512i acc[N];
+    for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_si512();
+    for (long k = 0; k < K; k += 64) {
+      const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+      const __m512i w = _mm512_maskz_loadu_epi8(mask, W + r * K + k);
+      for (int t = 0; t < N; t++) acc[t] = _mm512_dpbusd_epi32(acc[t], _mm512_loadu_si512(xu + t * Kp + k), w);
+    }
+    i8_finish<N>(m, xs, r, acc);
+  }
 }
 
 void gemv_avx512(const Matmul& m, long r0, long r1) {
@@ -415,7 +460,7 @@ const char* matmul_path(int n, int type, bool bf16_activations) {
   const CpuFeatures& f = cpu();
   if (!f.avx512 && f.avx2_fma) return n < GEMM_MIN_N ? "avx2-gemv" : "avx2-f32-gemm";
   if (!f.avx512) return "scalar";
-  if (n < GEMM_MIN_N) return "avx512-gemv";
+  if (n < GEMM_MIN_N) return type == W_I8 && f.avx512_vnni && n <= 4 ? "avx512vnni-int8-gemv" : "avx512-gemv";
   if (bf16_activations && f.avx512_bf16) return "avx512bf16-gemm";
   (void)type;
   return "avx512-f32-gemm";
@@ -437,6 +482,30 @@ void matmul(const Matmul& m, bool bf16_activations) {
       long r0, r1;
       split_range(m.rows, t, T, &r0, &r1);
       gemv_scalar(m, r0, r1);
+    });
+    return;
+  }
+  if (m.n <= 4 && m.type == W_I8 && m.row_sums && f.avx512_vnni) {
+    const long Kp = (m.cols + 63) / 64 * 64;
+    std::vector<uint8_t> xu(size_t(m.n) * Kp, 0);
+    std::vector<float> xs(m.n);
+    for (int t = 0; t < m.n; t++) {
+      const float* x = m.x + long(t) * m.cols;
+      float mx = 0;
+      for (long k = 0; k < m.cols; k++) mx = std::max(mx, std::fabs(x[k]));
+      const float s = mx > 0 ? mx / 127.f : 1.f;
+      xs[t] = s;
+      for (long k = 0; k < m.cols; k++) xu[t * Kp + k] = uint8_t(int(std::lrint(x[k] / s)) + 128);
+    }
+    pool_run([&](int t, int T) {
+      long r0, r1;
+      split_range(m.rows, t, T, &r0, &r1);
+      switch (m.n) {
+        case 1: gemv_i8_vnni<1>(m, xu.data(), xs.data(), Kp, r0, r1); break;
+        case 2: gemv_i8_vnni<2>(m, xu.data(), xs.data(), Kp, r0, r1); break;
+        case 3: gemv_i8_vnni<3>(m, xu.data(), xs.data(), Kp, r0, r1); break;
+        default: gemv_i8_vnni<4>(m, xu.data(), xs.data(), Kp, r0, r1); break;
+      }
     });
     return;
   }

@@ -14,6 +14,7 @@ struct Matmul {
   int rows;
   int cols;
   const float* scales; // int8: one per row
+  const int32_t* row_sums = nullptr;  // int8: sum of each row's quantized weights (enables the VNNI path)
 };
 
 // out = x . w^T. Decode-sized n streams the weights once at full precision (bandwidth bound); prefill-sized

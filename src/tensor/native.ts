@@ -11,7 +11,18 @@ export interface NativeInfo {
 
 interface Addon {
   info(): NativeInfo;
-  matmul(out: Float32Array, x: Float32Array, n: number, w: ArrayBufferView, type: number, rows: number, cols: number, scales: Float32Array | null, bf16Activations: boolean): void;
+  matmul(
+    out: Float32Array,
+    x: Float32Array,
+    n: number,
+    w: ArrayBufferView,
+    type: number,
+    rows: number,
+    cols: number,
+    scales: Float32Array | null,
+    bf16Activations: boolean,
+    rowSums: Int32Array | null,
+  ): void;
   attention(
     q: Float32Array,
     out: Float32Array | null,
@@ -87,7 +98,7 @@ export class NativeBackend implements Backend {
 
   matmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void {
     if (w.dtype === 'int8' && w.groupSize !== undefined && w.groupSize !== w.cols) return this.fallback.matmul(out, x, n, w);
-    this.lib.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, this.bf16Activations);
+    this.lib.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, this.bf16Activations, w.rowSums ?? null);
   }
 
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, weight: Float32Array, eps: number): void {
