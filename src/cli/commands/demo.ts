@@ -38,10 +38,8 @@ export function registerDemo(program: Command): void {
       const session = lm.openContext(row.context, { queryTemplate: 'Question: {query}' });
       const bar = progressBar('kvzip', 256);
       const t1 = performance.now();
-      const { capture } = session.prefillCapture([press.scorer.needs]);
-      const scores = press.scorer.score(session.scoringContext(capture, { onProgress: (d, t) => bar.update(d, t) }));
+      const report = session.compress(press, ratio, (d, t) => bar.update(d, t));
       bar.stop();
-      const report = session.applyScores(press, scores, ratio);
       out(`\n-- KVzip, ${Math.round(ratio * 100)}% of the context kept (prefill + scoring ${(performance.now() - t1).toFixed(0)} ms) --`);
       out(`context KV: ${kib(report.contextBytesFull)} -> ${kib(report.contextBytesKept)}; whole cache ${kib(report.bytesFull)} -> ${kib(report.bytesKept)}`);
       out(`kept per layer: ${report.perLayerKept.map((x) => `${Math.round(x * 100)}%`).join(' ')}`);
