@@ -22,7 +22,7 @@ function bruteForce(chunkSize: number, normalized = false): Float32Array[][] {
   const out = Array.from({ length: cfg.numLayers }, () => Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)));
   for (let cs = span.start; cs < span.end; cs += chunkSize) {
     const ce = Math.min(span.end, cs + chunkSize);
-    const lead = cs === span.start ? lm.tokenizer.encode(KVZIP_FIRST_PROMPT) : [...lm.tokenizer.encode(KVZIP_NEXT_PROMPT), ...ids.slice(Math.max(span.start, cs - 8), cs)];
+    const lead = cs === span.start ? lm.tokenizer.encode(`\n\n${KVZIP_FIRST_PROMPT}`) : [...lm.tokenizer.encode(`\n\n${KVZIP_NEXT_PROMPT}`), ...ids.slice(Math.max(span.start, cs - 8), cs)];
     const R = [...lead, ...post, ...ids.slice(cs, ce)];
     const N = ids.length;
     const cache = lm.newCache();

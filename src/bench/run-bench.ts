@@ -174,6 +174,7 @@ async function benchKvzip(k: { model: string; context: number; ratio: number }, 
     prefix: { start: 0, end: 0 },
     context: { start: 0, end: ids.length },
     suffix: '\n',
+    queryLead: '\n\n',
     queryIds: () => [10],
   };
   const session = new ContextSession(lm, layout);

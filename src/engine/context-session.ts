@@ -42,6 +42,8 @@ export interface SessionLayout {
   context: Span;
   /** The template's end-of-user-turn + assistant header (what KVzip's reconstruction prompt ends with). */
   suffix: string;
+  /** What opens a query after the span (KVzip's repeat prompt starts with it). */
+  queryLead: string;
   queryIds: (query: string) => number[];
 }
 
@@ -59,6 +61,7 @@ export function userContextLayout(lm: LoadedModel, contextText: string, opts: Co
     prefix: { start: 0, end: prefixIds.length },
     context: { start: prefixIds.length, end: ids.length },
     suffix: parts.suffix,
+    queryLead: '\n\n',
     queryIds: (query) => lm.tokenizer.encode(`\n\n${template.replaceAll('{query}', query)}${parts.suffix}`),
   };
 }
@@ -109,6 +112,7 @@ export class ContextSession {
       span: over.span ?? this.context,
       prefix: this.prefix,
       suffix: this.suffix,
+      queryLead: this.layout.queryLead,
       keys: over.keys ?? 'causal',
       capture,
       onProgress: over.onProgress,

@@ -41,12 +41,18 @@ export function systemPromptLayout(lm: LoadedModel, system: string, opts: Prompt
   }
   ranges.sort((a, b) => a.start - b.start);
   const suffix = tok.chat.userTurnParts().suffix;
+  // The user header alone: what the template puts between the system turn and a user message.
+  const withUser = tok.chat.userTurnParts(system).prefix;
+  const systemOnly = tok.chat.render([{ role: 'system', content: system }], { addGenerationPrompt: false });
+  if (!withUser.startsWith(systemOnly)) throw new Error('the chat template renders the system turn differently when a user turn follows');
+  const userHeader = withUser.slice(systemOnly.length);
   return {
     ids,
     prefix: { start: 0, end: span.start },
     context: span,
     suffix,
     ranges: tileRanges(ranges, span.end - span.start),
+    queryLead: opts.document !== undefined ? '\n\n' : userHeader,
     queryIds: (user) => {
       if (opts.document !== undefined) return tok.encode(`\n\n${user}${suffix}`);
       const full = tok.encode(tok.chat.render([...head, { role: 'user', content: user }], { addGenerationPrompt: true }));

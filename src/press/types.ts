@@ -52,6 +52,8 @@ export interface ScoringContext {
   prefix: Span;
   /** The chat template's end-of-user-turn + assistant header, as text. */
   suffix: string;
+  /** What opens a query after the span: "\n\n" inside a user turn, or the template's user header after a system turn. */
+  queryLead: string;
   /**
    * Which keys attention-based scorers may see: all causally visible keys (the ordinary case), or only the
    * span's own keys (span-local scoring for fair eviction).

@@ -15,8 +15,8 @@ export interface KvzipOptions {
   normalized?: boolean;
 }
 
-export const KVZIP_FIRST_PROMPT = '\n\nRepeat the previous context exactly.';
-export const KVZIP_NEXT_PROMPT = '\n\nRepeat the part of the previous context exactly, starting with ';
+export const KVZIP_FIRST_PROMPT = 'Repeat the previous context exactly.';
+export const KVZIP_NEXT_PROMPT = 'Repeat the part of the previous context exactly, starting with ';
 
 /**
  * KVzip scores by context reconstruction. For each chunk c_t of the span, R_t = P_t ++ post ++ c_t is run on
@@ -34,8 +34,8 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
   const m = opts.chunkSize ?? 2000;
   const tail = opts.tailTokens ?? 8;
   const tok = lm.tokenizer;
-  const first = tok.encode(opts.firstPrompt ?? KVZIP_FIRST_PROMPT);
-  const next = tok.encode(opts.nextPrompt ?? KVZIP_NEXT_PROMPT);
+  const first = tok.encode(ctx.queryLead + (opts.firstPrompt ?? KVZIP_FIRST_PROMPT));
+  const next = tok.encode(ctx.queryLead + (opts.nextPrompt ?? KVZIP_NEXT_PROMPT));
   const post = tok.encode(ctx.suffix);
   const T = span.end - span.start;
   const scores: Scores = Array.from({ length: cfg.numLayers }, () =>
