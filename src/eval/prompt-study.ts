@@ -73,7 +73,8 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
       for (const protection of opts.protections) {
         for (const ratio of opts.ratios) {
           const s = base.fork();
-          const keep = protectedSelect(press.budget, scores, ratio, layout.ranges, protection, local);
+          // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
+          const keep = protectedSelect(press.budget, scores, ratio, layout.ranges, withTemplateKept(protection, layout.ranges), local);
           s.applyKeep(press.name, ratio, keep);
           const response = (await s.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
           samples.push({
@@ -92,6 +93,11 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
     }
   }
   return { results: aggregate(samples), samples };
+}
+
+function withTemplateKept(p: Protection | undefined, ranges: NamedRange[]): Protection | undefined {
+  if (!ranges.some((r) => r.name === 'template')) return p;
+  return { ...p, whitelist: [...new Set([...(p?.whitelist ?? []), 'template'])] };
 }
 
 /** Each range scored on its own: the span-local view fair eviction ranks by. */
