@@ -157,34 +157,41 @@ void gemv_avx512_n(const Matmul& m, long r0, long r1) {
 
 // bf16 weights: 32 weights per 512-bit load; even elements widen by a shift, odd ones by a mask, and
 // meet activations that were split into even and odd halves once per call. Exact (fp32 products).
+template <int N, bool MASKED>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+inline void bf16_pairs_step(const uint16_t* W, long K, long r, long kk, __mmask16 mask, const float* xe, const float* xo, long K2,
+                            __m512 (&acc)[4][N]) {
+  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
+  __m512 xev[N], xov[N];
+  for (int t = 0; t < N; t++) {
+    xev[t] = MASKED ? _mm512_maskz_loadu_ps(mask, xe + t * K2 + kk) : _mm512_loadu_ps(xe + t * K2 + kk);
+    xov[t] = MASKED ? _mm512_maskz_loadu_ps(mask, xo + t * K2 + kk) : _mm512_loadu_ps(xo + t * K2 + kk);
+  }
+  for (int q = 0; q < 4; q++) {
+    const uint16_t* src = W + (r + q) * K + 2 * kk;
+    __m512i v = MASKED ? _mm512_maskz_loadu_epi32(mask, src) : _mm512_loadu_si512(src);
+    __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
+    for (int t = 0; t < N; t++) {
+      acc[q][t] = _mm512_fmadd_ps(even, xev[t], acc[q][t]);
+      acc[q][t] = _mm512_fmadd_ps(odd, xov[t], acc[q][t]);
+    }
+  }
+}
+
 template <int N>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 void gemv_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r0, long r1) {
   const long K = m.cols, K2 = K / 2;  // K is even here
-  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
+  const long full = K2 - K2 % 16;
   const uint16_t* W = static_cast<const uint16_t*>(m.w);
   long r = r0;
   for (; r + 4 <= r1; r += 4) {
     __m512 acc[4][N];
     for (int q = 0; q < 4; q++)
       for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-    for (long kk = 0; kk < K2; kk += 16) {
-      __mmask16 mask = K2 - kk >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K2 - kk)) - 1);
-      __m512 xev[N], xov[N];
-      for (int t = 0; t < N; t++) {
-        xev[t] = _mm512_maskz_loadu_ps(mask, xe + t * K2 + kk);
-        xov[t] = _mm512_maskz_loadu_ps(mask, xo + t * K2 + kk);
-      }
-      for (int q = 0; q < 4; q++) {
-        __m512i v = _mm512_maskz_loadu_epi32(mask, W + (r + q) * K + 2 * kk);
-        __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
-        for (int t = 0; t < N; t++) {
-          acc[q][t] = _mm512_fmadd_ps(even, xev[t], acc[q][t]);
-          acc[q][t] = _mm512_fmadd_ps(odd, xov[t], acc[q][t]);
-        }
-      }
-    }
+    for (long kk = 0; kk < full; kk += 16) bf16_pairs_step<N, false>(W, K, r, kk, 0xffff, xe, xo, K2, acc);
+    if (full < K2) bf16_pairs_step<N, true>(W, K, r, full, __mmask16((1u << (K2 - full)) - 1), xe, xo, K2, acc);
     for (int q = 0; q < 4; q++)
       for (int t = 0; t < N; t++) m.out[t * long(m.rows) + r + q] = _mm512_reduce_add_ps(acc[q][t]);
   }
@@ -212,12 +219,15 @@ void gemv_i8_vnni(const Matmul& m, const uint8_t* xu, const float* xs, long Kp, 
     __m512i acc[4][N];
     for (int q = 0; q < 4; q++)
       for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_si512();
+    const long full = K - K % 64;
     for (long k = 0; k < K; k += 64) {
-      const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+      const bool tail = k >= full;
+      const __mmask64 mask = tail ? (__mmask64(1) << (K - k)) - 1 : ~__mmask64(0);
       __m512i xv[N];
       for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(xu + t * Kp + k);
       for (int q = 0; q < 4; q++) {
-        const __m512i w = _mm512_maskz_loadu_epi8(mask, W + (r + q) * K + k);
+        const int8_t* src = W + (r + q) * K + k;
+        const __m512i w = tail ? _mm512_maskz_loadu_epi8(mask, src) : _mm512_loadu_si512(src);
         for (int t = 0; t < N; t++) acc[q][t] = _mm512_dpbusd_epi32(acc[q][t], xv[t], w);
       }
     }

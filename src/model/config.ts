@@ -1,6 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RopeTable } from '../tensor/backend.ts';
+import { ConfigError } from './checkpoint-errors.ts';
+
+export { ConfigError };
 
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
 export type ModelType = (typeof SUPPORTED_MODEL_TYPES)[number];
@@ -27,13 +30,21 @@ export interface ModelConfig {
   ropeScaling: Llama3RopeScaling | null;
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry biases (qwen2, or llama with attention_bias). */
+  /** q/k/v projections carry biases (always for qwen2; llama and qwen3 when attention_bias is set). */
   attentionBias: boolean;
+  /** o_proj carries a bias (llama and qwen3 when attention_bias is set; never qwen2 or mistral). */
+  attentionOutputBias: boolean;
   /** Per-head RMSNorm on queries and keys before RoPE (qwen3). */
   qkNorm: boolean;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+  /** Informational only: attention is always full. */
+  slidingWindow: number | null;
 }
 
-export class ConfigError extends Error {}
+/** Hugging Face's defaults for keys a config.json may leave out (each *Config class's constructor defaults). */
+const DEFAULT_MAX_POSITIONS: Record<ModelType, number> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 };
+const QWEN3_DEFAULT_HEAD_DIM = 128;
 
 export function loadModelConfig(dir: string): ModelConfig {
   const path = join(dir, 'config.json');
@@ -47,85 +58,138 @@ export function loadModelConfig(dir: string): ModelConfig {
   return parseModelConfig(json, path);
 }
 
+/** Validates a Hugging Face config.json object; `source` names it in errors. */
 export function parseModelConfig(json: unknown, source: string): ModelConfig {
-  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new ConfigError(`${source}: expected a JSON object`);
-  const c = json as Record<string, unknown>;
+  if (!isObject(json)) throw new ConfigError(`${source}: expected a JSON object`);
+  const c = json;
+  const fail = (msg: string): never => {
+    throw new ConfigError(`${source}: ${msg}`);
+  };
   const type = c.model_type;
   if (typeof type !== 'string' || !(SUPPORTED_MODEL_TYPES as readonly string[]).includes(type)) {
-    throw new ConfigError(`${source}: unknown architecture model_type ${JSON.stringify(type)}; supported: ${SUPPORTED_MODEL_TYPES.join(', ')}`);
+    fail(`unknown architecture model_type ${JSON.stringify(type)}; supported: ${SUPPORTED_MODEL_TYPES.join(', ')}`);
   }
+  const modelType = type as ModelType;
+  const present = (key: string) => c[key] !== undefined && c[key] !== null;
   const int = (key: string, fallback?: number): number => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new ConfigError(`${source}: ${key} must be a positive integer, got ${JSON.stringify(c[key])}`);
-    return v;
+    const v = present(key) ? c[key] : fallback;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+      fail(`${key} must be a positive integer, got ${present(key) ? JSON.stringify(c[key]) : 'nothing'}`);
+    }
+    return v as number;
   };
-  const num = (key: string, fallback: number): number => {
-    const v = c[key] ?? fallback;
-    if (typeof v !== 'number' || !(v > 0)) throw new ConfigError(`${source}: ${key} must be a positive number, got ${JSON.stringify(c[key])}`);
-    return v;
+  const positive = (key: string, fallback: number): number => {
+    const v = present(key) ? c[key] : fallback;
+    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) fail(`${key} must be a positive number, got ${JSON.stringify(c[key])}`);
+    return v as number;
   };
+
+  if (present('hidden_act') && c.hidden_act !== 'silu') fail(`hidden_act ${JSON.stringify(c.hidden_act)} is not supported (only silu)`);
+  if (c.mlp_bias === true) fail('mlp_bias is not supported');
+
+  const vocabSize = int('vocab_size');
   const hiddenSize = int('hidden_size');
   const numHeads = int('num_attention_heads');
   const numKvHeads = int('num_key_value_heads', numHeads);
-  if (numHeads % numKvHeads !== 0) throw new ConfigError(`${source}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
-  const headDim = int('head_dim', Math.floor(hiddenSize / numHeads));
-  if (headDim % 2) throw new ConfigError(`${source}: head_dim ${headDim} must be even for RoPE`);
-  const modelType = type as ModelType;
+  if (numHeads % numKvHeads !== 0) fail(`num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
+  if (!present('head_dim') && modelType !== 'qwen3' && hiddenSize % numHeads !== 0) {
+    fail(`hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads} and no head_dim is given`);
+  }
+  const headDim = int('head_dim', modelType === 'qwen3' ? QWEN3_DEFAULT_HEAD_DIM : hiddenSize / numHeads);
+  if (headDim % 2) fail(`head_dim ${headDim} must be even for RoPE`);
+
+  const rope = isObject(c.rope_parameters) && !present('rope_scaling') ? c.rope_parameters : undefined;
+  const ropeTheta = rope && rope.rope_theta !== undefined ? positiveIn(rope, 'rope_theta', 'rope_parameters', fail) : positive('rope_theta', 10000);
+  const ropeScaling = parseRopeScaling(rope ?? c.rope_scaling, rope ? 'rope_parameters' : 'rope_scaling', fail);
+
+  const biasFlag = c.attention_bias === true;
+  const tokenId = (key: string, v: unknown): number => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= vocabSize) fail(`${key} ${JSON.stringify(v)} is not a token id below vocab_size ${vocabSize}`);
+    return v as number;
+  };
+  const eos = c.eos_token_id;
+  const eosTokenIds = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos.map((v) => tokenId('eos_token_id', v)) : [tokenId('eos_token_id', eos)];
+  const usesSlidingWindow = modelType === 'mistral' || c.use_sliding_window === true;
+
   return {
     modelType,
-    vocabSize: int('vocab_size'),
+    vocabSize,
     hiddenSize,
     intermediateSize: int('intermediate_size'),
     numLayers: int('num_hidden_layers'),
     numHeads,
     numKvHeads,
     headDim,
-    rmsNormEps: num('rms_norm_eps', 1e-6),
-    ropeTheta: num('rope_theta', 10000),
-    ropeScaling: parseRopeScaling(c.rope_scaling, source),
-    maxPositionEmbeddings: int('max_position_embeddings', 4096),
+    rmsNormEps: positive('rms_norm_eps', 1e-6),
+    ropeTheta,
+    ropeScaling,
+    maxPositionEmbeddings: int('max_position_embeddings', DEFAULT_MAX_POSITIONS[modelType]),
     tieWordEmbeddings: c.tie_word_embeddings === true,
-    attentionBias: modelType === 'qwen2' || c.attention_bias === true,
+    attentionBias: modelType === 'qwen2' || (biasFlag && modelType !== 'mistral'),
+    attentionOutputBias: biasFlag && (modelType === 'llama' || modelType === 'qwen3'),
     qkNorm: modelType === 'qwen3',
+    bosTokenId: present('bos_token_id') ? tokenId('bos_token_id', c.bos_token_id) : null,
+    eosTokenIds,
+    slidingWindow: usesSlidingWindow && present('sliding_window') ? int('sliding_window') : null,
   };
 }
 
-function parseRopeScaling(v: unknown, source: string): Llama3RopeScaling | null {
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function positiveIn(r: Record<string, unknown>, key: string, where: string, fail: (msg: string) => never): number {
+  const v = r[key];
+  if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) fail(`${where}.${key} must be a positive number, got ${JSON.stringify(v)}`);
+  return v as number;
+}
+
+function parseRopeScaling(v: unknown, where: string, fail: (msg: string) => never): Llama3RopeScaling | null {
   if (v === null || v === undefined) return null;
-  if (typeof v !== 'object') throw new ConfigError(`${source}: rope_scaling must be an object or null`);
+  if (!isObject(v)) fail(`${where} must be an object or null`);
   const r = v as Record<string, unknown>;
   const type = r.rope_type ?? r.type;
   if (type === 'default') return null;
-  if (type !== 'llama3') throw new ConfigError(`${source}: unsupported rope_scaling type ${JSON.stringify(type)} (supported: llama3)`);
-  const n = (k: string) => {
-    if (typeof r[k] !== 'number') throw new ConfigError(`${source}: rope_scaling.${k} must be a number`);
-    return r[k] as number;
-  };
-  return {
+  if (type !== 'llama3') fail(`unsupported ${where} type ${JSON.stringify(type)} (supported: default, llama3)`);
+  const n = (key: string) => positiveIn(r, key, where, fail);
+  const s: Llama3RopeScaling = {
     type: 'llama3',
     factor: n('factor'),
     lowFreqFactor: n('low_freq_factor'),
     highFreqFactor: n('high_freq_factor'),
     originalMaxPositionEmbeddings: n('original_max_position_embeddings'),
   };
+  if (s.highFreqFactor <= s.lowFreqFactor) fail(`${where}: high_freq_factor ${s.highFreqFactor} must exceed low_freq_factor ${s.lowFreqFactor}`);
+  return s;
 }
 
-/** inv_freq_i = theta^(-2i/d) in fp32 as HF computes it, with the llama3 frequency scaling when configured. */
+/**
+ * RoPE inverse frequencies as Hugging Face computes them. HF works on fp32 tensors, so each tensor
+ * operation is rounded to fp32 here (Math.fround) in the same order, with Python-float scalars
+ * converted to fp32 as PyTorch does; `c / tensor` in PyTorch is `tensor.reciprocal() * c`. Only pow
+ * may differ from PyTorch's vectorized powf, by at most an ulp.
+ */
 export function buildRopeTable(cfg: ModelConfig): RopeTable {
+  const r = Math.fround;
   const d = cfg.headDim;
+  const theta = r(cfg.ropeTheta);
   const invFreq = new Float32Array(d / 2);
-  for (let i = 0; i < d / 2; i++) invFreq[i] = 1 / Math.pow(cfg.ropeTheta, Math.fround((2 * i) / d));
+  for (let i = 0; i < d / 2; i++) invFreq[i] = r(1 / r(Math.pow(theta, r((2 * i) / d))));
   const s = cfg.ropeScaling;
   if (s) {
-    const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
-    const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
+    const lowFreqWavelen = r(s.originalMaxPositionEmbeddings / s.lowFreqFactor);
+    const highFreqWavelen = r(s.originalMaxPositionEmbeddings / s.highFreqFactor);
+    const twoPi = r(2 * Math.PI);
+    const factor = r(s.factor);
     for (let i = 0; i < invFreq.length; i++) {
       const f = invFreq[i]!;
-      const wavelen = (2 * Math.PI) / f;
-      if (wavelen > lowWavelen) invFreq[i] = f / s.factor;
-      else if (wavelen >= highWavelen) {
-        const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-        invFreq[i] = (1 - smooth) * (f / s.factor) + smooth * f;
+      const wavelen = r(r(1 / f) * twoPi);
+      if (wavelen > lowFreqWavelen) {
+        invFreq[i] = r(f / factor);
+      } else if (!(wavelen < highFreqWavelen)) {
+        const ratio = r(r(1 / wavelen) * r(s.originalMaxPositionEmbeddings));
+        const smooth = r(r(ratio - r(s.lowFreqFactor)) / r(s.highFreqFactor - s.lowFreqFactor));
+        invFreq[i] = r(r(r(r(1 - smooth) * f) / factor) + r(smooth * f));
       }
     }
   }
