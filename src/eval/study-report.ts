@@ -21,11 +21,13 @@ export function studyReport(kind: 'instructions' | 'leakage', model: string, dat
   const lines: string[] = [`# ${kind === 'instructions' ? 'Instruction following' : 'System-prompt leakage'} under compression`, '', `Model: ${model}  `, `Data: ${data}`, ''];
   for (const { metric, label } of HEADLINE[kind]) {
     const keys = [...new Set(original.map((r) => `${r.method}|${r.protect}`))];
+    const protections = [...new Set(original.map((r) => r.protect))];
     const series = keys.map((key) => {
       const [method, protect] = key.split('|') as [string, string];
       return {
         name: protect === 'none' ? method : `${method} + ${protect}`,
-        dashed: protect !== 'none',
+        group: method,
+        dash: protections.indexOf(protect),
         points: original.filter((r) => r.method === method && r.protect === protect && r.metrics[metric] !== undefined).map((r) => [r.ratio, r.metrics[metric]!] as [number, number]),
       };
     });

@@ -1,13 +1,18 @@
 const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf', '#000000', '#aec7e8'];
-const W = 720;
-const H = 440;
-const M = { left: 64, right: 190, top: 40, bottom: 56 };
+const W = 760;
+const BASE_H = 440;
+const M = { left: 64, right: 230, top: 40, bottom: 56 };
 
 export interface LineSeries {
   name: string;
   points: [number, number][];
-  dashed?: boolean;
+  /** Series sharing a group share a color (e.g. one method under several protections). */
+  group?: string;
+  /** Dash pattern index: 0 solid, then dashed, dotted, dash-dot. */
+  dash?: number;
 }
+
+const DASHES = ['', '6 4', '2 3', '8 3 2 3'];
 
 export interface LinePlotSpec {
   title: string;
@@ -28,7 +33,7 @@ function ticks(lo: number, hi: number, n = 5): number[] {
   return Array.from({ length: n + 1 }, (_, i) => lo + i * step);
 }
 
-function frame(title: string, xLabel: string, yLabel: string, body: string[]): string {
+function frame(title: string, xLabel: string, yLabel: string, body: string[], H = BASE_H): string {
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
@@ -42,6 +47,7 @@ function frame(title: string, xLabel: string, yLabel: string, body: string[]): s
 
 /** Lines with markers, axes, ticks and a legend; standalone SVG. */
 export function linePlot(spec: LinePlotSpec): string {
+  const H = Math.max(BASE_H, M.top + 20 + spec.series.length * 18 + M.bottom);
   const xs = spec.series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = spec.series.flatMap((s) => s.points.map((p) => p[1]));
   const [x0, x1] = spec.xDomain ?? [Math.min(...xs, 0), Math.max(...xs, 1)];
@@ -57,18 +63,19 @@ export function linePlot(spec: LinePlotSpec): string {
     body.push(`<line x1="${M.left}" y1="${py(t).toFixed(1)}" x2="${W - M.right}" y2="${py(t).toFixed(1)}" stroke="#eee"/>`);
     body.push(`<text x="${M.left - 6}" y="${(py(t) + 4).toFixed(1)}" text-anchor="end">${+t.toFixed(2)}</text>`);
   }
+  const groups = [...new Set(spec.series.map((s) => s.group ?? s.name))];
   spec.series.forEach((s, i) => {
-    const color = COLORS[i % COLORS.length]!;
+    const color = COLORS[groups.indexOf(s.group ?? s.name) % COLORS.length]!;
+    const dash = DASHES[(s.dash ?? 0) % DASHES.length];
+    const dashAttr = dash ? ` stroke-dasharray="${dash}"` : '';
     const pts = [...s.points].sort((a, b) => a[0] - b[0]);
-    body.push(
-      `<polyline fill="none" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ''} points="${pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(' ')}"/>`,
-    );
-    for (const [x, y] of pts) body.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3.5" fill="${color}"/>`);
+    body.push(`<polyline fill="none" stroke="${color}" stroke-width="2"${dashAttr} points="${pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(' ')}"/>`);
+    for (const [x, y] of pts) body.push(`<circle cx="${px(x).toFixed(1)}" cy="${py(y).toFixed(1)}" r="3" fill="${color}"/>`);
     const ly = M.top + 10 + i * 18;
-    body.push(`<line x1="${W - M.right + 12}" y1="${ly}" x2="${W - M.right + 34}" y2="${ly}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);
+    body.push(`<line x1="${W - M.right + 12}" y1="${ly}" x2="${W - M.right + 34}" y2="${ly}" stroke="${color}" stroke-width="2"${dashAttr}/>`);
     body.push(`<text x="${W - M.right + 40}" y="${ly + 4}">${escapeXml(s.name)}</text>`);
   });
-  return frame(spec.title, spec.xLabel, spec.yLabel, body);
+  return frame(spec.title, spec.xLabel, spec.yLabel, body, H);
 }
 
 export interface BarPlotSpec {
@@ -87,6 +94,7 @@ export interface BarPlotSpec {
 export function barPlot(spec: BarPlotSpec): string {
   const all = spec.values.flat();
   const [y0, y1] = spec.yDomain ?? [Math.min(0, ...all), Math.max(1e-9, ...all)];
+  const H = Math.max(BASE_H, M.top + 20 + spec.series.length * 18 + M.bottom);
   const py = (y: number) => H - M.bottom - ((y - y0) / (y1 - y0 || 1)) * (H - M.top - M.bottom);
   const gw = (W - M.left - M.right) / Math.max(1, spec.groups.length);
   const bw = (gw * 0.8) / Math.max(1, spec.series.length);
@@ -108,5 +116,5 @@ export function barPlot(spec: BarPlotSpec): string {
     body.push(`<rect x="${W - M.right + 12}" y="${ly - 6}" width="14" height="12" fill="${COLORS[si % COLORS.length]}"/>`);
     body.push(`<text x="${W - M.right + 32}" y="${ly + 4}">${escapeXml(s)}</text>`);
   });
-  return frame(spec.title, '', spec.yLabel, body);
+  return frame(spec.title, '', spec.yLabel, body, H);
 }
