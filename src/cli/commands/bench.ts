@@ -7,7 +7,7 @@ export function registerBench(program: Command): void {
   program
     .command('bench')
     .description('measure the machine limits, then prefill/decode speed and KVzip cost; prints JSON')
-    .option('--models <names>', 'tiny, qwen2.5-0.5b, llama-3.2-1b (random weights, written to a temp folder)', listOption)
+    .option('--models <names>', 'tiny, qwen2.5-0.5b, llama-3.2-1b (random weights, written to a temp folder), or none', listOption)
     .option('--weights <list>', 'bf16,int8', listOption)
     .option('--contexts <list>', 'decode context lengths', listOption)
     .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', '8192')
@@ -17,7 +17,7 @@ export function registerBench(program: Command): void {
       const quick = Boolean(o.quick);
       const kvzipContext = quick ? 0 : Number(o.kvzipContext);
       const report = await runBench({
-        models: o.models ?? (quick ? ['tiny'] : ['tiny', 'qwen2.5-0.5b', 'llama-3.2-1b']),
+        models: (o.models ?? (quick ? ['tiny'] : ['tiny', 'qwen2.5-0.5b', 'llama-3.2-1b'])).filter((m: string) => m !== 'none'),
         weights: (o.weights ?? ['bf16', 'int8']) as ('bf16' | 'int8')[],
         prefillTokens: 512,
         decodeContexts: (o.contexts ?? (quick ? ['1024'] : ['1024', '8192'])).map(Number),
