@@ -10,7 +10,7 @@ import { getPress } from '../press/registry.ts';
 import type { Weight } from '../tensor/backend.ts';
 import { NativeBackend } from '../tensor/native.ts';
 import { measureMachineLimits, median, type MachineLimits } from './machine-limits.ts';
-import { writeRandomCheckpoint } from './random-checkpoint.ts';
+import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 
 export interface BenchOptions {

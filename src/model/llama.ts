@@ -29,7 +29,8 @@ export interface ForwardOptions {
 }
 
 /**
- * The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms).
+ * The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms;
+ * attention_bias checkpoints also carry an o_proj bias).
  * Appends the new tokens to the cache at positions cache.nextPos.. and returns logits [rows, vocab].
  */
 export class LlamaModel {
@@ -107,6 +108,7 @@ export class LlamaModel {
       });
       opts.onLayer?.({ layer: l, n, positions, hidden: hiddenIn!, qPreRope: qPre!, q, k, v });
       be.matmul(proj, attn, n, L.wo);
+      if (L.bo) addRowBias(proj, n, L.bo);
       addInPlace(x, proj);
 
       be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);

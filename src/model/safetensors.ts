@@ -1,14 +1,20 @@
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { endianness } from 'node:os';
+import { isAbsolute, join, normalize } from 'node:path';
+import { CheckpointError } from './checkpoint-errors.ts';
 
-export class CheckpointError extends Error {}
+export { CheckpointError };
 
+/** The dtypes tensors can be loaded in; any other dtype in a header is rejected. */
 export type SafetensorsDType = 'BF16' | 'F16' | 'F32';
-const DTYPE_BYTES: Record<SafetensorsDType, number> = { BF16: 2, F16: 2, F32: 4 };
-const MAX_HEADER = 100 * 1024 * 1024;
+export const DTYPE_BYTES: Record<SafetensorsDType, number> = { BF16: 2, F16: 2, F32: 4 };
+const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+export const SINGLE_FILE = 'model.safetensors';
+export const INDEX_FILE = 'model.safetensors.index.json';
 
 export interface TensorInfo {
   name: string;
+  /** Path of the safetensors file holding the tensor. */
   file: string;
   dtype: SafetensorsDType;
   shape: number[];
@@ -17,24 +23,25 @@ export interface TensorInfo {
   byteLength: number;
 }
 
-/** Reads tensor bytes; pluggable so a native mmap can replace plain reads. */
+/**
+ * Where tensor bytes come from; pluggable so a native mmap can replace plain reads. `read` returns
+ * exactly `length` bytes, as a buffer or a view at any byte offset (misaligned views get copied).
+ */
 export interface TensorByteSource {
-  read(file: string, offset: number, length: number): ArrayBuffer;
+  read(file: string, offset: number, length: number): ArrayBuffer | ArrayBufferView;
   /** Optional: told every region of a file before the reads, so a mapping can be made once. */
   prepare?(file: string, regions: [number, number][]): void;
 }
 
-export const fileReadSource: TensorByteSource = {
+const READ_CHUNK = 1 << 30;
+
+/** Plain positional reads into a fresh ArrayBuffer per tensor. */
+export const fileByteSource: TensorByteSource = {
   read(file, offset, length) {
     const buf = new ArrayBuffer(length);
     const fd = openSync(file, 'r');
     try {
-      let done = 0;
-      while (done < length) {
-        const n = readSync(fd, new Uint8Array(buf, done, length - done), 0, length - done, offset + done);
-        if (n <= 0) throw new CheckpointError(`${file}: unexpected end of file reading ${length} bytes at ${offset}`);
-        done += n;
-      }
+      readFully(fd, new Uint8Array(buf), offset, file);
     } finally {
       closeSync(fd);
     }
@@ -42,91 +49,166 @@ export const fileReadSource: TensorByteSource = {
   },
 };
 
-/** Parses and validates one safetensors header: bounds, JSON, dtypes, shapes, offsets, overlaps. */
-export function readSafetensorsHeader(file: string): TensorInfo[] {
-  const name = basename(file);
-  if (!existsSync(file)) throw new CheckpointError(`${name}: file not found (${file})`);
-  const fd = openSync(file, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    if (size < 8) throw new CheckpointError(`${name}: truncated file (${size} bytes, no header length)`);
-    const lenBuf = Buffer.alloc(8);
-    readSync(fd, lenBuf, 0, 8, 0);
-    const headerLen = Number(lenBuf.readBigUInt64LE(0));
-    if (headerLen === 0 || headerLen > MAX_HEADER) throw new CheckpointError(`${name}: bad header length ${headerLen} (must be 1..${MAX_HEADER})`);
-    if (8 + headerLen > size) throw new CheckpointError(`${name}: header length ${headerLen} runs past the end of the file (${size} bytes)`);
-    const headerBuf = Buffer.alloc(headerLen);
-    readSync(fd, headerBuf, 0, headerLen, 8);
-    let header: unknown;
-    try {
-      header = JSON.parse(headerBuf.toString('utf8'));
-    } catch (e) {
-      throw new CheckpointError(`${name}: header is not valid JSON (${(e as Error).message})`);
-    }
-    if (!header || typeof header !== 'object' || Array.isArray(header)) throw new CheckpointError(`${name}: header is not a JSON object`);
-    const dataStart = 8 + headerLen;
-    const dataSize = size - dataStart;
-    const infos: TensorInfo[] = [];
-    for (const [tensor, raw] of Object.entries(header as Record<string, unknown>)) {
-      if (tensor === '__metadata__') continue;
-      const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (!e || typeof e !== 'object') throw new CheckpointError(`${name}: tensor ${tensor}: entry is not an object`);
-      if (typeof e.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) {
-        throw new CheckpointError(`${name}: tensor ${tensor}: unsupported dtype ${JSON.stringify(e.dtype)} (supported: BF16, F16, F32)`);
-      }
-      const dtype = e.dtype as SafetensorsDType;
-      if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0)) {
-        throw new CheckpointError(`${name}: tensor ${tensor}: shape must be a list of non-negative integers`);
-      }
-      const off = e.data_offsets;
-      if (!Array.isArray(off) || off.length !== 2 || !off.every((x) => Number.isInteger(x) && x >= 0) || off[1] < off[0]) {
-        throw new CheckpointError(`${name}: tensor ${tensor}: data_offsets must be [begin, end] with 0 <= begin <= end`);
-      }
-      const [begin, end] = off as [number, number];
-      if (end > dataSize) throw new CheckpointError(`${name}: tensor ${tensor}: offsets [${begin}, ${end}] out of range (data section is ${dataSize} bytes; truncated file?)`);
-      const shape = e.shape as number[];
-      const expected = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
-      if (end - begin !== expected) {
-        throw new CheckpointError(`${name}: tensor ${tensor}: ${end - begin} bytes for ${dtype} shape [${shape.join(', ')}] (expected ${expected})`);
-      }
-      infos.push({ name: tensor, file, dtype, shape, offset: dataStart + begin, byteLength: end - begin });
-    }
-    const sorted = [...infos].sort((a, b) => a.offset - b.offset);
-    for (let i = 1; i < sorted.length; i++) {
-      const p = sorted[i - 1]!;
-      const c = sorted[i]!;
-      if (c.offset < p.offset + p.byteLength) throw new CheckpointError(`${name}: tensors ${p.name} and ${c.name} overlap`);
-    }
-    return infos;
-  } finally {
-    closeSync(fd);
+function readFully(fd: number, into: Uint8Array, position: number, file: string): void {
+  let done = 0;
+  while (done < into.length) {
+    const n = readSync(fd, into, done, Math.min(READ_CHUNK, into.length - done), position + done);
+    if (n <= 0) throw new CheckpointError(`${file}: unexpected end of file reading ${into.length} bytes at offset ${position}`);
+    done += n;
   }
 }
 
-/** All tensors of a checkpoint folder: model.safetensors, or the shards named by model.safetensors.index.json. */
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/** Parses and validates one safetensors header: bounds, JSON, dtypes, shapes, sizes, offsets, overlaps. */
+export function readSafetensorsHeader(file: string): TensorInfo[] {
+  if (!existsSync(file)) throw new CheckpointError(`${file}: file not found`);
+  const fd = openSync(file, 'r');
+  let headerBytes: Uint8Array;
+  let size: number;
+  try {
+    size = fstatSync(fd).size;
+    if (size < 8) throw new CheckpointError(`${file}: truncated file (${size} bytes, too short for the 8-byte header length)`);
+    const lenBytes = new Uint8Array(8);
+    readFully(fd, lenBytes, 0, file);
+    const headerLen = Buffer.from(lenBytes.buffer).readBigUInt64LE(0);
+    if (headerLen === 0n || headerLen > BigInt(MAX_HEADER_BYTES)) {
+      throw new CheckpointError(`${file}: bad header length ${headerLen} (must be 1..${MAX_HEADER_BYTES} bytes)`);
+    }
+    if (8n + headerLen > BigInt(size)) {
+      throw new CheckpointError(`${file}: header length ${headerLen} runs past the end of the file (${size} bytes); truncated or not a safetensors file`);
+    }
+    headerBytes = new Uint8Array(Number(headerLen));
+    readFully(fd, headerBytes, 8, file);
+  } finally {
+    closeSync(fd);
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    throw new CheckpointError(`${file}: header is not valid JSON (${(e as Error).message})`);
+  }
+  if (!isObject(header)) throw new CheckpointError(`${file}: header is not a JSON object`);
+  const dataStart = 8 + headerBytes.length;
+  return parseEntries(header, file, dataStart, size - dataStart);
+}
+
+function parseEntries(header: Record<string, unknown>, file: string, dataStart: number, dataSize: number): TensorInfo[] {
+  const infos: TensorInfo[] = [];
+  const ranges: { name: string; begin: number; end: number }[] = [];
+  for (const [name, entry] of Object.entries(header)) {
+    const fail = (msg: string): never => {
+      throw new CheckpointError(`${file}: tensor ${name}: ${msg}`);
+    };
+    if (name === '__metadata__') {
+      if (!isObject(entry)) throw new CheckpointError(`${file}: __metadata__ is not a JSON object`);
+      continue;
+    }
+    if (!isObject(entry)) fail('header entry is not an object');
+    const { dtype, shape, data_offsets: offsets } = entry as Record<string, unknown>;
+    if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) {
+      fail(`unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`);
+    }
+    if (!Array.isArray(shape) || !shape.every(isCount)) fail(`shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount) || offsets[0] > offsets[1]) {
+      fail(`data_offsets ${JSON.stringify(offsets)} is not [begin, end] with 0 <= begin <= end`);
+    }
+    const dims = shape as number[];
+    const [begin, end] = offsets as [number, number];
+    const bytes = dims.reduce((a, b) => a * b, DTYPE_BYTES[dtype as SafetensorsDType]);
+    if (end - begin !== bytes) {
+      fail(`data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} shape [${dims.join(', ')}] needs ${bytes}`);
+    }
+    if (end > dataSize) fail(`data_offsets [${begin}, ${end}] out of range: the data section has ${dataSize} bytes (truncated file?)`);
+    infos.push({ name, file, dtype: dtype as SafetensorsDType, shape: dims, offset: dataStart + begin, byteLength: bytes });
+    if (bytes > 0) ranges.push({ name, begin, end });
+  }
+  // Gaps between tensors are tolerated; shared bytes are not.
+  ranges.sort((a, b) => a.begin - b.begin);
+  let reach = ranges[0];
+  for (const r of ranges.slice(1)) {
+    if (r.begin < reach!.end) {
+      throw new CheckpointError(`${file}: tensors ${reach!.name} [${reach!.begin}, ${reach!.end}] and ${r.name} [${r.begin}, ${r.end}] overlap`);
+    }
+    if (r.end > reach!.end) reach = r;
+  }
+  return infos;
+}
+
+/**
+ * All tensors of a checkpoint folder, validated per file: model.safetensors if present (as Hugging Face
+ * prefers it), otherwise the shards named by model.safetensors.index.json.
+ */
 export function readCheckpointIndex(dir: string): Map<string, TensorInfo> {
-  const index = join(dir, 'model.safetensors.index.json');
-  const single = join(dir, 'model.safetensors');
+  const single = join(dir, SINGLE_FILE);
+  const index = join(dir, INDEX_FILE);
   const out = new Map<string, TensorInfo>();
-  if (existsSync(index)) {
-    let map: Record<string, string>;
-    try {
-      map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
-    } catch (e) {
-      throw new CheckpointError(`model.safetensors.index.json: not valid JSON (${(e as Error).message})`);
-    }
-    if (!map || typeof map !== 'object') throw new CheckpointError('model.safetensors.index.json: no weight_map');
-    const files = new Set(Object.values(map));
-    const byFile = new Map<string, Map<string, TensorInfo>>();
-    for (const f of files) byFile.set(f, new Map(readSafetensorsHeader(join(dir, f)).map((t) => [t.name, t])));
-    for (const [tensor, f] of Object.entries(map)) {
-      const info = byFile.get(f)!.get(tensor);
-      if (!info) throw new CheckpointError(`${f}: tensor ${tensor} is listed in model.safetensors.index.json but missing from the shard`);
-      out.set(tensor, info);
-    }
+  if (existsSync(single)) {
+    for (const t of readSafetensorsHeader(single)) out.set(t.name, t);
     return out;
   }
-  if (!existsSync(single)) throw new CheckpointError(`no model.safetensors or model.safetensors.index.json in ${dir}`);
-  for (const t of readSafetensorsHeader(single)) out.set(t.name, t);
+  if (!existsSync(index)) throw new CheckpointError(`no ${SINGLE_FILE} or ${INDEX_FILE} in ${dir}`);
+  const weightMap = readWeightMap(index);
+  const shards = new Map<string, Map<string, TensorInfo>>();
+  for (const shard of new Set(weightMap.values())) {
+    const path = join(dir, shard);
+    if (!existsSync(path) || !statSync(path).isFile()) throw new CheckpointError(`${shard}: file not found (${path}), named in ${index}`);
+    shards.set(shard, new Map(readSafetensorsHeader(path).map((t) => [t.name, t])));
+  }
+  for (const [tensor, shard] of weightMap) {
+    if (!shards.get(shard)!.has(tensor)) {
+      throw new CheckpointError(`${join(dir, shard)}: tensor ${tensor} is missing, though ${index} places it in this shard`);
+    }
+  }
+  // Like Hugging Face, every tensor of every listed shard is loaded, listed or not.
+  for (const [shard, tensors] of shards) {
+    for (const [name, info] of tensors) {
+      const other = out.get(name);
+      if (other) throw new CheckpointError(`${index}: tensor ${name} is stored twice, in ${other.file} and ${join(dir, shard)}`);
+      out.set(name, info);
+    }
+  }
   return out;
+}
+
+function readWeightMap(index: string): Map<string, string> {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(index, 'utf8'));
+  } catch (e) {
+    throw new CheckpointError(`${index}: not valid JSON (${(e as Error).message})`);
+  }
+  const weightMap = isObject(json) ? json.weight_map : undefined;
+  if (!isObject(weightMap)) throw new CheckpointError(`${index}: no weight_map object`);
+  const out = new Map<string, string>();
+  for (const [tensor, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string' || shard === '' || isAbsolute(shard) || normalize(shard).startsWith('..')) {
+      throw new CheckpointError(`${index}: tensor ${tensor} maps to ${JSON.stringify(shard)}, not a file name inside the checkpoint folder`);
+    }
+    out.set(tensor, shard);
+  }
+  return out;
+}
+
+const littleEndian = endianness() === 'LE';
+
+/** A tensor's elements: raw bf16/f16 bits or fp32 values, over exactly its bytes. */
+export function readTensor(t: TensorInfo, source: TensorByteSource): Uint16Array | Float32Array {
+  if (!littleEndian) throw new CheckpointError('safetensors data is little-endian; big-endian hosts are not supported');
+  const got = source.read(t.file, t.offset, t.byteLength);
+  const [buffer, byteOffset, byteLength] = ArrayBuffer.isView(got) ? [got.buffer, got.byteOffset, got.byteLength] : [got, 0, got.byteLength];
+  if (byteLength !== t.byteLength) throw new CheckpointError(`${t.file}: tensor ${t.name}: read ${byteLength} of ${t.byteLength} bytes`);
+  const elementSize = DTYPE_BYTES[t.dtype];
+  let aligned: ArrayBufferLike = buffer;
+  let start = byteOffset;
+  if (byteOffset % elementSize !== 0) {
+    const copy = new Uint8Array(byteLength);
+    copy.set(new Uint8Array(buffer, byteOffset, byteLength));
+    aligned = copy.buffer;
+    start = 0;
+  }
+  const count = byteLength / elementSize;
+  return t.dtype === 'F32' ? new Float32Array(aligned, start, count) : new Uint16Array(aligned, start, count);
 }

@@ -1,8 +1,7 @@
-import type { Weight } from '../tensor/backend.ts';
-import { widenWeight } from '../tensor/reference.ts';
+import type { Weight, WeightDType } from '../tensor/backend.ts';
+import { bf16ArrayToF32, f16ArrayToF32 } from '../tensor/dtype.ts';
 import type { ModelConfig } from './config.ts';
-import { CheckpointError, fileReadSource, readCheckpointIndex, type TensorByteSource, type TensorInfo } from './safetensors.ts';
-import { basename } from 'node:path';
+import { CheckpointError, fileByteSource, readCheckpointIndex, readTensor, type TensorByteSource, type TensorInfo } from './safetensors.ts';
 
 export interface LayerWeights {
   inputNorm: Float32Array;
@@ -14,6 +13,8 @@ export interface LayerWeights {
   bq?: Float32Array;
   bk?: Float32Array;
   bv?: Float32Array;
+  /** o_proj bias (llama/qwen3 with attention_bias). */
+  bo?: Float32Array;
   qNorm?: Float32Array;
   kNorm?: Float32Array;
   gate: Weight;
@@ -25,6 +26,7 @@ export interface ModelWeights {
   embed: Weight;
   layers: LayerWeights[];
   finalNorm: Float32Array;
+  /** The same object as `embed` when the embeddings are tied. */
   lmHead: Weight;
 }
 
@@ -33,9 +35,12 @@ export interface LoadWeightsOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-const IGNORED = /rotary_emb\.inv_freq$/;
+const LM_HEAD = 'lm_head.weight';
+/** Buffers some exporters save that the forward pass recomputes. */
+const HARMLESS = /(^|\.)rotary_emb\.inv_freq$/;
+const NAMES_SHOWN = 5;
 
-/** The tensors a config needs, with their expected shapes. */
+/** Every tensor a config needs, in load order, with its expected shape. */
 export function expectedTensors(cfg: ModelConfig): Map<string, number[]> {
   const m = new Map<string, number[]>();
   const D = cfg.hiddenSize;
@@ -55,6 +60,7 @@ export function expectedTensors(cfg: ModelConfig): Map<string, number[]> {
       m.set(`${p}self_attn.k_proj.bias`, [kv]);
       m.set(`${p}self_attn.v_proj.bias`, [kv]);
     }
+    if (cfg.attentionOutputBias) m.set(`${p}self_attn.o_proj.bias`, [D]);
     if (cfg.qkNorm) {
       m.set(`${p}self_attn.q_norm.weight`, [cfg.headDim]);
       m.set(`${p}self_attn.k_norm.weight`, [cfg.headDim]);
@@ -64,55 +70,71 @@ export function expectedTensors(cfg: ModelConfig): Map<string, number[]> {
     m.set(`${p}mlp.down_proj.weight`, [D, cfg.intermediateSize]);
   }
   m.set('model.norm.weight', [D]);
-  if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [cfg.vocabSize, D]);
+  if (!cfg.tieWordEmbeddings) m.set(LM_HEAD, [cfg.vocabSize, D]);
   return m;
 }
 
-/**
- * Loads every weight a config needs. The whole tensor set (names, shapes, dtypes) is validated against
- * the config before any data is read, so a bad checkpoint fails cleanly and nothing is half-loaded.
- */
-export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOptions = {}): ModelWeights {
+const listNames = (names: string[]) =>
+  names.slice(0, NAMES_SHOWN).join(', ') + (names.length > NAMES_SHOWN ? ` (and ${names.length - NAMES_SHOWN} more)` : '');
+const plural = (n: number) => (n === 1 ? '' : 's');
+
+/** Checks a checkpoint's tensor set against a config (names, shapes) from headers alone; returns the tensors to load. */
+export function planWeights(dir: string, cfg: ModelConfig): Map<string, TensorInfo> {
   const index = readCheckpointIndex(dir);
   const expected = expectedTensors(cfg);
-  const tiedHeadPresent = cfg.tieWordEmbeddings && index.has('lm_head.weight');
+  // With tied embeddings a stored lm_head.weight is allowed but unused, as in Hugging Face.
+  if (cfg.tieWordEmbeddings && index.has(LM_HEAD)) expected.set(LM_HEAD, [cfg.vocabSize, cfg.hiddenSize]);
   const missing = [...expected.keys()].filter((n) => !index.has(n));
   if (missing.length) {
-    throw new CheckpointError(`missing tensor${missing.length > 1 ? 's' : ''} in ${dir}: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` (+${missing.length - 5} more)` : ''}`);
+    const hint = missing.includes(LM_HEAD) ? ' (tie_word_embeddings is false, so lm_head.weight is required)' : '';
+    throw new CheckpointError(`missing tensor${plural(missing.length)} in ${dir}: ${listNames(missing)}${hint}`);
   }
-  const unexpected = [...index.keys()].filter((n) => !expected.has(n) && !IGNORED.test(n) && !(tiedHeadPresent && n === 'lm_head.weight'));
+  const unexpected = [...index.keys()].filter((n) => !expected.has(n) && !HARMLESS.test(n));
   if (unexpected.length) {
-    throw new CheckpointError(`unexpected tensor${unexpected.length > 1 ? 's' : ''} in ${dir} for model_type ${cfg.modelType}: ${unexpected.slice(0, 5).join(', ')}`);
+    throw new CheckpointError(`unexpected tensor${plural(unexpected.length)} in ${dir} for a ${cfg.modelType} config: ${listNames(unexpected)}`);
   }
+  const plan = new Map<string, TensorInfo>();
   for (const [name, shape] of expected) {
     const t = index.get(name)!;
     if (t.shape.length !== shape.length || t.shape.some((x, i) => x !== shape[i])) {
-      throw new CheckpointError(`${basename(t.file)}: tensor ${name} has shape [${t.shape.join(', ')}], config expects [${shape.join(', ')}]`);
+      throw new CheckpointError(`${t.file}: tensor ${name} has shape [${t.shape.join(', ')}], config expects [${shape.join(', ')}]`);
     }
+    if (!(cfg.tieWordEmbeddings && name === LM_HEAD)) plan.set(name, t);
   }
-  const source = opts.source ?? fileReadSource;
+  return plan;
+}
+
+/**
+ * Loads every weight a config needs. The whole tensor set is validated against the config before any
+ * data is read, so a bad checkpoint fails cleanly and nothing is half-loaded.
+ * 2-D weights keep their checkpoint dtype; norms and biases are widened to fp32.
+ */
+export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOptions = {}): ModelWeights {
+  const plan = planWeights(dir, cfg);
+  const source = opts.source ?? fileByteSource;
   if (source.prepare) {
     const byFile = new Map<string, [number, number][]>();
-    for (const name of expected.keys()) {
-      const t = index.get(name)!;
-      byFile.set(t.file, [...(byFile.get(t.file) ?? []), [t.offset, t.byteLength]]);
-    }
+    for (const t of plan.values()) byFile.set(t.file, [...(byFile.get(t.file) ?? []), [t.offset, t.byteLength]]);
     for (const [file, regions] of byFile) source.prepare(file, regions);
   }
-  const total = expected.size;
   let done = 0;
-  const tick = () => opts.onProgress?.(++done, total);
+  const read = (name: string) => {
+    const t = plan.get(name)!;
+    const data = readTensor(t, source);
+    opts.onProgress?.(++done, plan.size);
+    return { t, data };
+  };
   const matrix = (name: string): Weight => {
-    const w = toWeight(index.get(name)!, source);
-    tick();
-    return w;
+    const { t, data } = read(name);
+    return { name, dtype: WEIGHT_DTYPE[t.dtype], rows: t.shape[0]!, cols: t.shape[1]!, data };
   };
   const vector = (name: string): Float32Array => {
-    const w = toWeight(index.get(name)!, source);
-    tick();
-    return w.dtype === 'f32' ? (w.data as Float32Array) : widenWeight(w);
+    const { t, data } = read(name);
+    if (t.dtype === 'F32') return data as Float32Array;
+    return t.dtype === 'BF16' ? bf16ArrayToF32(data as Uint16Array) : f16ArrayToF32(data as Uint16Array);
   };
-  const optional = (name: string) => (expected.has(name) ? vector(name) : undefined);
+  const optional = (name: string) => (plan.has(name) ? vector(name) : undefined);
+
   const embed = matrix('model.embed_tokens.weight');
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -127,6 +149,7 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOpti
       bq: optional(`${p}self_attn.q_proj.bias`),
       bk: optional(`${p}self_attn.k_proj.bias`),
       bv: optional(`${p}self_attn.v_proj.bias`),
+      bo: optional(`${p}self_attn.o_proj.bias`),
       qNorm: optional(`${p}self_attn.q_norm.weight`),
       kNorm: optional(`${p}self_attn.k_norm.weight`),
       gate: matrix(`${p}mlp.gate_proj.weight`),
@@ -135,15 +158,8 @@ export function loadWeights(dir: string, cfg: ModelConfig, opts: LoadWeightsOpti
     });
   }
   const finalNorm = vector('model.norm.weight');
-  const lmHead = cfg.tieWordEmbeddings ? embed : matrix('lm_head.weight');
+  const lmHead = cfg.tieWordEmbeddings ? embed : matrix(LM_HEAD);
   return { embed, layers, finalNorm, lmHead };
 }
 
-function toWeight(t: TensorInfo, source: TensorByteSource): Weight {
-  const buf = source.read(t.file, t.offset, t.byteLength);
-  if (buf.byteLength !== t.byteLength) throw new CheckpointError(`${basename(t.file)}: tensor ${t.name}: read ${buf.byteLength} of ${t.byteLength} bytes`);
-  const rows = t.shape.length === 2 ? t.shape[0]! : 1;
-  const cols = t.shape.length === 2 ? t.shape[1]! : t.shape.reduce((a, b) => a * b, 1);
-  const data = t.dtype === 'F32' ? new Float32Array(buf) : new Uint16Array(buf);
-  return { name: t.name, dtype: t.dtype === 'F32' ? 'f32' : t.dtype === 'BF16' ? 'bf16' : 'f16', rows, cols, data };
-}
+const WEIGHT_DTYPE: Record<TensorInfo['dtype'], WeightDType> = { BF16: 'bf16', F16: 'f16', F32: 'f32' };
