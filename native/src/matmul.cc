@@ -279,6 +279,20 @@ void pack_panel_f32(const Matmul& m, long r0, float* panel) {
   }
 }
 
+// Writes an M x 32 tile of results, masking the columns past the weight's last row.
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+inline void store_tile(const Matmul& m, const __m512 (&acc)[M][2], long i0, long r0) {
+  const long left = m.rows - r0;
+  const __mmask16 m0 = left >= 16 ? 0xffff : __mmask16((1u << left) - 1);
+  const __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
+  for (int i = 0; i < M; i++) {
+    float* o = m.out + (i0 + i) * long(m.rows) + r0;
+    _mm512_mask_storeu_ps(o, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
+  }
+}
+
 template <int M>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 void tile_f32(const Matmul& m, const float* panel, long i0, long r0) {
@@ -294,14 +308,7 @@ void tile_f32(const Matmul& m, const float* panel, long i0, long r0) {
       acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
     }
   }
-  long left = m.rows - r0;
-  __mmask16 m0 = left >= 16 ? 0xffff : __mmask16((1u << left) - 1);
-  __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
-  for (int i = 0; i < M; i++) {
-    float* o = m.out + (i0 + i) * long(m.rows) + r0;
-    _mm512_mask_storeu_ps(o, m0, acc[i][0]);
-    _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
-  }
+  store_tile<M>(m, acc, i0, r0);
 }
 
 template <int M>
@@ -371,14 +378,7 @@ void tile_bf16(const Matmul& m, const uint32_t* panel, const uint32_t* xb, long 
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
   }
-  long left = m.rows - r0;
-  __mmask16 m0 = left >= 16 ? 0xffff : __mmask16((1u << left) - 1);
-  __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : __mmask16((1u << (left - 16)) - 1);
-  for (int i = 0; i < M; i++) {
-    float* o = m.out + (i0 + i) * long(m.rows) + r0;
-    _mm512_mask_storeu_ps(o, m0, acc[i][0]);
-    _mm512_mask_storeu_ps(o + 16, m1, acc[i][1]);
-  }
+  store_tile<M>(m, acc, i0, r0);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
