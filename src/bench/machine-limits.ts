@@ -20,20 +20,32 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+let probeBuffer: Float32Array | null = null;
+
+/** Streaming-read bandwidth (GB/s) of each of `runs` passes over a 1 GiB buffer on all pool threads. */
+export function probeBandwidth(runs: number): number[] {
+  const lib = loadAddon();
+  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+  if (!probeBuffer) {
+    probeBuffer = new Float32Array((1 << 30) / 4);
+    for (let i = 0; i < probeBuffer.length; i += 1024) probeBuffer[i] = 1;
+    lib.streamRead(probeBuffer);
+  }
+  const out: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const t = performance.now();
+    lib.streamRead(probeBuffer);
+    out.push(probeBuffer.byteLength / ((performance.now() - t) / 1000) / 1e9);
+  }
+  return out;
+}
+
 /** Measures the limits benchmark figures are reported against, in the same run. */
 export function measureMachineLimits(): MachineLimits {
   const lib = loadAddon();
   if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
   const info = lib.info();
-  const buf = new Float32Array((1 << 30) / 4);
-  for (let i = 0; i < buf.length; i += 1024) buf[i] = 1;
-  lib.streamRead(buf);
-  const bandwidthRuns: number[] = [];
-  for (let r = 0; r < 7; r++) {
-    const t = performance.now();
-    lib.streamRead(buf);
-    bandwidthRuns.push(buf.byteLength / ((performance.now() - t) / 1000) / 1e9);
-  }
+  const bandwidthRuns = probeBandwidth(7);
   const M = 512;
   const K = 2048;
   const N = 2048;

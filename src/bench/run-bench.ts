@@ -9,7 +9,7 @@ import { seededRandom } from '../engine/sampler.ts';
 import { getPress } from '../press/registry.ts';
 import type { Weight } from '../tensor/backend.ts';
 import { NativeBackend } from '../tensor/native.ts';
-import { measureMachineLimits, median, type MachineLimits } from './machine-limits.ts';
+import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from './machine-limits.ts';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 
@@ -110,15 +110,20 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
           }
           const cache = lm.newCache();
           fillCache(lm, cache, ctx);
+          // The machine is shared: the bandwidth probe runs right before and after the decode timing, and the
+          // bound uses the median of those probes.
+          const before = probeBandwidth(3);
           const ms = timeDecode(lm, cache);
+          const localBandwidth = median([...before, ...probeBandwidth(3)]);
           const kvBytes = cache.bytes();
           const bytes = wBytes + kvBytes;
-          const boundTokS = (limits.bandwidthGBs * 1e9) / bytes;
+          const boundTokS = (localBandwidth * 1e9) / bytes;
           decode.push({
             context: ctx,
             tokens_per_s: r1(1000 / ms),
             ms_per_token: r3(ms),
             bytes_per_token: bytes,
+            bandwidth_gbs_around: r1(localBandwidth),
             kv_bytes: kvBytes,
             bound_tokens_per_s: r1(boundTokS),
             fraction_of_bound: r3(1000 / ms / boundTokS),
