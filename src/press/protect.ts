@@ -112,7 +112,7 @@ function whitelistSelect(policy: BudgetPolicy, scores: Scores, ratio: number, wh
 export function apportion(targets: number[], total: number, caps: number[]): number[] {
   const q = targets.map((t, i) => Math.min(caps[i]!, Math.floor(t)));
   let left = total - q.reduce((a, b) => a + b, 0);
-  const order = targets.map((t, i) => i).sort((a, b) => targets[b]! - Math.floor(targets[b]!) - (targets[a]! - Math.floor(targets[a]!)) || a - b);
+  const order = targets.map((_, i) => i).sort((a, b) => targets[b]! - Math.floor(targets[b]!) - (targets[a]! - Math.floor(targets[a]!)) || a - b);
   while (left > 0) {
     let moved = false;
     for (const i of order) {
