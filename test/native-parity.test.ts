@@ -1,171 +1,422 @@
+/**
+ * Native kernels against the reference backend, op by op, on random data with odd sizes. Tolerances are
+ * rigorous per-element bounds, not guesses (S = sum over k of |x_k * w_k| for that output, u = 2^-24):
+ *   - fp32 activations (every decode GEMV, the fp32 GEMMs, int8 dequantized in registers): only the summation
+ *     order differs from the reference (which sums in fp64): |err| <= (K + 2) u S.
+ *   - bf16 activations (prefill GEMMs on AVX512-BF16 or AMX): each activation is rounded to bf16 (relative
+ *     error <= 2^-8), and so is a weight not stored as bf16: |err| <= (2^-8 [+ 2^-8 + 2^-16] + (K + 2) u) S.
+ *     With random signs the typical error is ~2^-8 sqrt(K) rms|x w|, far below this worst case.
+ *   - int8 with VNNI (activations quantized per 128-column block to step a = max|x_block| / 127):
+ *     |err| <= sum_k (a_k / 2) |w_k| + (K + 2) u S.
+ * Attention, rmsnorm, rope and silu compare to the reference's fp64 arithmetic at 1e-5 / 1e-6 relative.
+ * The suite reruns itself in child processes under KVLAB_ISA=avx2, KVLAB_ISA=scalar and KVLAB_AMX_EMULATE=1
+ * (the AMX GEMM's tiling and tails on a scalar tile model), so every dispatch level is checked here.
+ */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
-import { seededRandom } from '../src/engine/sampler.ts';
 import type { KvHeadView, Weight } from '../src/tensor/backend.ts';
-import { f32ToBf16Bits } from './helpers/dtype.ts';
-import { NativeBackend } from '../src/tensor/native.ts';
+import { loadAddon, NativeBackend } from '../src/tensor/native.ts';
+import { mapFileRegion, mmapSource } from '../src/tensor/mmap-source.ts';
 import { quantizeInt8 } from '../src/tensor/quantize.ts';
 import { ReferenceBackend, widenWeight } from '../src/tensor/reference.ts';
-import { nativeAvailable } from '../src/tensor/select-backend.ts';
+import { nativeAvailable, nativeInfo } from '../src/tensor/select-backend.ts';
 
-const skip = nativeAvailable() ? false : 'native addon not built';
-const rand = seededRandom(7);
+const skip = nativeAvailable() ? false : 'native addon not built (npm run build:native)';
+const mode = process.env.KVLAB_ISA ?? (process.env.KVLAB_AMX_EMULATE === '1' ? 'amx-emulated' : 'default');
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+const rand = rng(7);
 const ref = new ReferenceBackend();
-const vec = (n: number) => Float32Array.from({ length: n }, () => rand() * 2 - 1);
+const vec = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rand() * 2 - 1) * scale);
+const U = 2 ** -24;
 
-function weight(dtype: Weight['dtype'], rows: number, cols: number): Weight {
-  const f = vec(rows * cols);
-  if (dtype === 'f32') return { name: 'w', dtype, rows, cols, data: f };
-  if (dtype === 'bf16') return { name: 'w', dtype, rows, cols, data: Uint16Array.from(f, f32ToBf16Bits) };
-  if (dtype === 'f16') {
-    const h = new Uint16Array(rows * cols);
-    // f16 from a small exact grid: k/1024 for |k| < 1024 is representable exactly.
-    for (let i = 0; i < h.length; i++) {
-      const k = Math.round(f[i]! * 1023);
-      h[i] = k === 0 ? 0 : (k < 0 ? 0x8000 : 0) | encodeF16(Math.abs(k) / 1024);
-    }
-    return { name: 'w', dtype, rows, cols, data: h };
-  }
-  return quantizeInt8({ name: 'w', dtype: 'f32', rows, cols, data: f });
+function bf16Bits(x: number): number {
+  const u = new Uint32Array(new Float32Array([x]).buffer)[0]!;
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-function encodeF16(v: number): number {
+/** f16 bits of k / 1024 for an integer |k| < 1024 (exactly representable). */
+function f16Bits(k: number): number {
+  if (k === 0) return 0;
+  const v = Math.abs(k) / 1024;
   const e = Math.floor(Math.log2(v));
-  if (e < -14) return Math.round(v / 2 ** -24);
-  return ((e + 15) << 10) | Math.round((v / 2 ** e - 1) * 1024);
+  const bits = e < -14 ? Math.round(v / 2 ** -24) : ((e + 15) << 10) | Math.round((v / 2 ** e - 1) * 1024);
+  return (k < 0 ? 0x8000 : 0) | bits;
 }
 
-function maxRelErr(a: Float32Array, b: Float32Array): number {
+type Kind = 'f32' | 'bf16' | 'f16' | 'int8/row' | 'int8/g32' | 'int8/g40' | 'int8/g128';
+
+function weight(kind: Kind, rows: number, cols: number): Weight {
+  const f = vec(rows * cols);
+  if (kind === 'f32') return { name: 'w', dtype: 'f32', rows, cols, data: f };
+  if (kind === 'bf16') return { name: 'w', dtype: 'bf16', rows, cols, data: Uint16Array.from(f, bf16Bits) };
+  if (kind === 'f16') return { name: 'w', dtype: 'f16', rows, cols, data: Uint16Array.from(f, (v) => f16Bits(Math.round(v * 1023))) };
+  const group = kind === 'int8/row' ? 'row' : Number(kind.slice(6));
+  return quantizeInt8({ name: 'w', dtype: 'f32', rows, cols, data: f }, group);
+}
+
+/** Per output: S = sum |x_k w_k| and, for the VNNI bound, sum over k of (a_k / 2) |w_k|. */
+function magnitudes(x: Float32Array, n: number, w: Weight): { S: Float64Array; Q: Float64Array } {
+  const W = widenWeight(w);
+  const { rows, cols } = w;
+  const S = new Float64Array(n * rows);
+  const Q = new Float64Array(n * rows);
+  const half = new Float64Array(cols);
+  for (let i = 0; i < n; i++) {
+    for (let b = 0; b < cols; b += 128) {
+      let a = 0;
+      for (let k = b; k < Math.min(cols, b + 128); k++) a = Math.max(a, Math.abs(x[i * cols + k]!));
+      for (let k = b; k < Math.min(cols, b + 128); k++) half[k] = a / 127 / 2;
+    }
+    for (let r = 0; r < rows; r++) {
+      let s = 0;
+      let q = 0;
+      for (let k = 0; k < cols; k++) {
+        s += Math.abs(x[i * cols + k]! * W[r * cols + k]!);
+        q += half[k]! * Math.abs(W[r * cols + k]!);
+      }
+      S[i * rows + r] = s;
+      Q[i * rows + r] = q;
+    }
+  }
+  return { S, Q };
+}
+
+function checkMatmul(label: string, nat: NativeBackend, kind: Kind, rows: number, cols: number, n: number, vnni = false): void {
+  const w = weight(kind, rows, cols);
+  const x = vec(n * cols);
+  const a = new Float32Array(n * rows);
+  const b = new Float32Array(n * rows);
+  nat.matmul(a, x, n, w);
+  ref.matmul(b, x, n, w);
+  const path = nat.matmulPath(n, w);
+  const bf16Act = /bf16-gemm|amx/.test(path);
+  const { S, Q } = magnitudes(x, n, w);
+  const sumErr = (cols + 2) * U;
+  const roundErr = bf16Act ? 2 ** -8 + (w.dtype === 'bf16' ? 0 : 2 ** -8 + 2 ** -16) : 0;
+  for (let i = 0; i < a.length; i++) {
+    const bound = (roundErr + sumErr) * S[i]! * 1.0001 + (vnni && /vnni/.test(path) ? Q[i]! * 1.0001 : 0) + 1e-30;
+    const err = Math.abs(a[i]! - b[i]!);
+    if (!(err <= bound)) assert.fail(`${label} ${kind} ${rows}x${cols} n=${n} (${path}): |err| ${err} > bound ${bound} at ${i}`);
+  }
+}
+
+const SHAPES: [number, number][] = [
+  [37, 129],
+  [33, 17],
+  [64, 256],
+  [45, 96],
+  [3, 1],
+];
+const KINDS: Kind[] = ['f32', 'bf16', 'f16', 'int8/row', 'int8/g32', 'int8/g40', 'int8/g128'];
+
+for (const bf16Activations of [false, true]) {
+  test(`[${mode}] matmul: every dtype, odd shapes, n from 1 to 100 (bf16 activations in GEMMs: ${bf16Activations})`, { skip }, () => {
+    const nat = new NativeBackend({ bf16Activations });
+    for (const kind of KINDS)
+      for (const [rows, cols] of SHAPES)
+        for (const n of [1, 2, 3, 4, 5, 7, 8, 17, 33, 100]) checkMatmul(`bf16Act=${bf16Activations}`, nat, kind, rows, cols, n);
+  });
+}
+
+test(`[${mode}] matmul: int8 decode with VNNI (activations quantized per block) stays within its bound`, { skip }, () => {
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  lib.setTuning('int8_vnni', 1);
+  try {
+    for (const kind of ['int8/row', 'int8/g32', 'int8/g40', 'int8/g128'] as const)
+      for (const [rows, cols] of [...SHAPES, [20, 300]] as [number, number][]) for (const n of [1, 2, 3, 4]) checkMatmul('vnni', nat, kind, rows, cols, n, true);
+  } finally {
+    lib.setTuning('int8_vnni', 0);
+  }
+});
+
+test(`[${mode}] matmul: empty inner dimension gives zeros, async matches sync`, { skip }, async () => {
+  const nat = new NativeBackend();
+  const out = new Float32Array(6).fill(7);
+  nat.matmul(out, new Float32Array(0), 2, { name: 'e', dtype: 'f32', rows: 3, cols: 0, data: new Float32Array(0) });
+  assert.deepEqual(Array.from(out), [0, 0, 0, 0, 0, 0]);
+  for (const n of [1, 40]) {
+    const w = weight('bf16', 70, 64);
+    const x = vec(n * 64);
+    const a = new Float32Array(n * 70);
+    const b = new Float32Array(n * 70);
+    nat.matmul(a, x, n, w);
+    await nat.matmulAsync(b, x, n, w);
+    assert.deepEqual(b, a);
+  }
+  assert.throws(() => nat.matmul(new Float32Array(2), vec(64), 1, weight('f32', 3, 64)), RangeError);
+});
+
+test(`[${mode}] rmsnorm, rope, silu-mul match the reference`, { skip }, () => {
+  const nat = new NativeBackend();
+  for (const [n, dim] of [
+    [5, 96],
+    [3, 37],
+    [64, 1024],
+  ]) {
+    const x = vec(n * dim, 3);
+    const w = vec(dim);
+    const a = new Float32Array(n * dim);
+    const b = new Float32Array(n * dim);
+    nat.rmsnorm(a, x, n, dim, w, 1e-5);
+    ref.rmsnorm(b, x, n, dim, w, 1e-5);
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) <= 1e-6 * Math.abs(b[i]!) + 1e-30, `rmsnorm ${n}x${dim} at ${i}: ${a[i]} vs ${b[i]}`);
+    const inPlace = x.slice();
+    nat.rmsnorm(inPlace, inPlace, n, dim, w, 1e-5);
+    assert.deepEqual(inPlace, a, 'rmsnorm in place');
+  }
+  for (const [headDim, nHeads, scaling] of [
+    [32, 3, 1],
+    [40, 2, 1],
+    [128, 5, 1.25],
+  ]) {
+    const half = headDim / 2;
+    const table = { headDim, invFreq: Float32Array.from({ length: half }, (_, i) => 1 / 500000 ** ((2 * i) / headDim)), attentionScaling: scaling };
+    const pos = Int32Array.from([0, 1, 17, 900, 4000, 131071, 7]);
+    const n = pos.length;
+    const q1 = vec(n * nHeads * headDim);
+    const q2 = q1.slice();
+    nat.rope(q1, n, nHeads, pos, table);
+    ref.rope(q2, n, nHeads, pos, table);
+    for (let i = 0; i < q1.length; i++) assert.ok(Math.abs(q1[i]! - q2[i]!) <= 1e-6 * (Math.abs(q2[i]!) + 1e-3), `rope d=${headDim} at ${i}: ${q1[i]} vs ${q2[i]}`);
+  }
+  for (const len of [333, 100003]) {
+    const g = vec(len, 8);
+    const u = vec(len);
+    const s1 = new Float32Array(len);
+    const s2 = new Float32Array(len);
+    nat.siluMul(s1, g, u, len);
+    ref.siluMul(s2, g, u, len);
+    for (let i = 0; i < len; i++) assert.ok(Math.abs(s1[i]! - s2[i]!) <= 1e-6 * Math.abs(s2[i]!) + 1e-12, `silu at ${i}: ${s1[i]} vs ${s2[i]}`);
+    nat.siluMul(g, g, u, len);
+    assert.deepEqual(g, s1, 'siluMul in place');
+  }
+});
+
+test(`[${mode}] embedding of every dtype equals the reference rows`, { skip }, () => {
+  const nat = new NativeBackend();
+  for (const kind of KINDS) {
+    const table = weight(kind, 50, 67);
+    const ids = Int32Array.from([0, 49, 3, 3, 17]);
+    const a = new Float32Array(ids.length * 67);
+    const b = new Float32Array(ids.length * 67);
+    nat.embedding(a, table, ids);
+    ref.embedding(b, table, ids);
+    assert.deepEqual(a, b, kind);
+  }
+  assert.throws(() => nat.embedding(new Float32Array(67), weight('bf16', 50, 67), Int32Array.of(50)), RangeError);
+});
+
+function head(len: number, d: number, positions: number[]): KvHeadView {
+  const cap = len + 5;
+  return { k: vec(cap * d), v: vec(cap * d), pos: Int32Array.from([...positions, ...Array(cap - len).fill(0)]), len };
+}
+
+function maxRelErr(a: Float32Array, b: Float32Array, len = a.length): number {
   let scale = 0;
   let err = 0;
-  for (let i = 0; i < a.length; i++) {
+  for (let i = 0; i < len; i++) {
     scale = Math.max(scale, Math.abs(b[i]!));
     err = Math.max(err, Math.abs(a[i]! - b[i]!));
   }
   return err / Math.max(scale, 1e-30);
 }
 
-for (const bf16Activations of [false, true]) {
-  test(`matmul parity, all dtypes, odd sizes (bf16 activations: ${bf16Activations})`, { skip }, () => {
-    const nat = new NativeBackend({ bf16Activations });
-    for (const dtype of ['f32', 'bf16', 'f16', 'int8'] as const)
-      for (const [rows, cols] of [[37, 129], [64, 256], [33, 17]] as const)
-        for (const n of [1, 3, 7, 8, 17, 100]) {
-          const w = weight(dtype, rows, cols);
-          const x = vec(n * cols);
-          const a = new Float32Array(n * rows);
-          const b = new Float32Array(n * rows);
-          nat.matmul(a, x, n, w);
-          ref.matmul(b, x, n, w);
-          // fp32 activations: only summation order differs. bf16 activations (n >= 8 GEMM): each product
-          // carries a relative error <= 2^-8, which random signs keep near 2^-8 * sqrt(K) / K of the sum scale.
-          // int8 decode (n <= 4) on VNNI also quantizes activations to int8: relative error ~ 2^-8 per product.
-          const quantizedActivations = dtype === 'int8' && n <= 4 && !process.env.KVLAB_ISA;
-          const tol = (bf16Activations && n >= 8 && !process.env.KVLAB_ISA) || quantizedActivations ? 2e-2 : 1e-5;
-          const e = maxRelErr(a, b);
-          assert.ok(e <= tol, `${dtype} ${rows}x${cols} n=${n}: relative error ${e} > ${tol}`);
-        }
-  });
-}
-
-test('int8 quantization error stays within half a step per weight', () => {
-  const w = weight('f32', 20, 300);
-  const q = quantizeInt8(w);
-  const back = widenWeight(q);
-  const src = w.data as Float32Array;
-  for (let r = 0; r < 20; r++)
-    for (let c = 0; c < 300; c++) assert.ok(Math.abs(back[r * 300 + c]! - src[r * 300 + c]!) <= q.scales![r]! / 2 + 1e-7);
-});
-
-test('rmsnorm, rope, silu-mul parity', { skip }, () => {
+test(`[${mode}] attention: GQA 4:2, 14:2, 8:1, 3:3, ragged heads, masks, stats on and off`, { skip }, () => {
   const nat = new NativeBackend();
-  const n = 5;
-  const dim = 96;
-  const x = vec(n * dim);
-  const w = vec(dim);
-  const a = new Float32Array(n * dim);
-  const b = new Float32Array(n * dim);
-  nat.rmsnorm(a, x, n, dim, w, 1e-5);
-  ref.rmsnorm(b, x, n, dim, w, 1e-5);
-  assert.ok(maxRelErr(a, b) < 1e-6);
-  const table = { headDim: 32, invFreq: Float32Array.from({ length: 16 }, (_, i) => 1 / 10000 ** ((2 * i) / 32)), attentionScaling: 1 };
-  const pos = Int32Array.from([0, 1, 17, 900, 4000]);
-  const q1 = vec(n * 3 * 32);
-  const q2 = q1.slice();
-  nat.rope(q1, n, 3, pos, table);
-  ref.rope(q2, n, 3, pos, table);
-  assert.ok(maxRelErr(q1, q2) < 1e-5);
-  const g = vec(333);
-  const u = vec(333);
-  const s1 = new Float32Array(333);
-  const s2 = new Float32Array(333);
-  nat.siluMul(s1, g, u, 333);
-  ref.siluMul(s2, g, u, 333);
-  assert.ok(maxRelErr(s1, s2) < 1e-6);
-});
-
-function head(len: number, d: number, positions?: number[]): KvHeadView {
-  return { k: vec(len * d + 7 * d), v: vec(len * d + 7 * d), pos: Int32Array.from(positions ?? Array.from({ length: len }, (_, i) => i)), len };
-}
-
-test('attention parity: GQA, ragged heads, position masks, stats on and off', { skip }, () => {
-  const nat = new NativeBackend();
-  for (const [nHeads, nKv, d] of [[4, 2, 64], [14, 2, 64], [3, 3, 40]] as const)
-    for (const nq of [1, 6]) {
+  for (const [nHeads, nKv, d] of [
+    [4, 2, 64],
+    [14, 2, 64],
+    [8, 1, 128],
+    [3, 3, 40],
+  ] as const)
+    for (const nq of [1, 3, 6, 17]) {
       const heads = Array.from({ length: nKv }, (_, g) => {
-        const len = 20 + 13 * g;
-        // Sparse, increasing positions as a compressed cache has them; queries sit at 100..
-        return head(len, d, Array.from({ length: len }, (_, i) => i * 3 + g));
+        // Ragged, sparse positions as a compressed cache has them; head 1 keeps its keys out of order.
+        const len = 20 + 29 * g + (nq === 1 ? 300 : 0);
+        const pos = Array.from({ length: len }, (_, i) => i * 3 + g);
+        if (g === 1) pos.reverse();
+        return head(len, d, pos);
       });
-      const qPos = Int32Array.from({ length: nq }, (_, i) => (nq === 1 ? 200 : 30 + i * 9));
-      const q = vec(nq * nHeads * d);
+      const maxPos = Math.max(...heads.map((h) => Math.max(...h.pos.subarray(0, h.len))));
+      // Queries see a prefix of positions only (masking), the last one sees everything.
+      const qPos = Int32Array.from({ length: nq }, (_, i) => (i === nq - 1 ? maxPos + 1 : 10 + i * 7));
+      const q = vec(nq * nHeads * d, 2);
       const run = (be: ReferenceBackend | NativeBackend) => {
         const out = new Float32Array(nq * nHeads * d);
-        const sum = heads.map((h) => new Float32Array(h.len));
-        const max = heads.map((h) => new Float32Array(h.len));
-        be.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d), stats: { fromQuery: nq > 1 ? 2 : 0, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 0.5 + i) } });
+        const sum = heads.map((h) => new Float32Array(h.len + 3).fill(0.25));
+        const max = heads.map((h) => new Float32Array(h.len + 3).fill(0.01));
+        const queryWeight = Float32Array.from({ length: nq }, (_, i) => 0.5 + i);
+        be.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d), stats: { fromQuery: nq > 1 ? 1 : 0, sum, max, queryWeight } });
         const plain = new Float32Array(nq * nHeads * d);
         be.attention({ q, out: plain, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) });
-        return { out, sum, max, plain };
+        const sumOnly = heads.map((h) => new Float32Array(h.len));
+        be.attention({ q, out: null, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d), stats: { fromQuery: 0, sum: sumOnly } });
+        return { out, sum, max, plain, sumOnly };
       };
       const a = run(nat);
       const b = run(ref);
-      assert.ok(maxRelErr(a.out, b.out) < 1e-5, 'attention output');
-      assert.deepEqual(a.plain, a.out, 'statistics do not change the output');
-      a.sum.forEach((s, g) => assert.ok(maxRelErr(s, b.sum[g]!) < 1e-5, 'sum stats'));
-      a.max.forEach((s, g) => assert.ok(maxRelErr(s, b.max[g]!) < 1e-5, 'max stats'));
+      const label = `${nHeads}:${nKv} d=${d} nq=${nq}`;
+      assert.ok(maxRelErr(a.out, b.out) < 1e-5, `attention output ${label}: ${maxRelErr(a.out, b.out)}`);
+      assert.deepEqual(a.plain, a.out, `statistics do not change the output (${label})`);
+      a.sum.forEach((s, g) => assert.ok(maxRelErr(s, b.sum[g]!) < 1e-5, `sum stats ${label}`));
+      a.max.forEach((s, g) => assert.ok(maxRelErr(s, b.max[g]!) < 1e-5, `max stats ${label}`));
+      a.sumOnly.forEach((s, g) => assert.ok(maxRelErr(s, b.sumOnly[g]!) < 1e-5, `stats-only ${label}`));
+      a.sum.forEach((s, g) => assert.deepEqual(Array.from(s.subarray(heads[g]!.len)), [0.25, 0.25, 0.25], 'stats past len untouched'));
     }
 });
 
-test('one thread and two threads give identical results', { skip }, () => {
-  const script = `
-    import { NativeBackend } from './src/tensor/native.ts';
-    import { seededRandom } from './src/engine/sampler.ts';
-    const r = seededRandom(3);
-    const be = new NativeBackend();
-    const w = { name: 'w', dtype: 'f32', rows: 301, cols: 200, data: Float32Array.from({ length: 60200 }, r) };
-    const x = Float32Array.from({ length: 40 * 200 }, r);
-    const out = new Float32Array(40 * 301);
-    be.matmul(out, x, 40, w);
-    let h = 0; for (const v of out) h = (h * 31 + Math.round(v * 1e4)) % 1000000007;
-    console.log(be.describe(), h);`;
-  const run = (threads: string) =>
-    execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, KVLAB_THREADS: threads } }).trim();
-  const one = run('1');
-  const two = run('2');
-  assert.match(one, /1 threads/);
-  assert.match(two, /2 threads/);
-  assert.equal(one.split(' ').pop(), two.split(' ').pop());
+test(`[${mode}] attention: decode over a long cache`, { skip }, () => {
+  const nat = new NativeBackend();
+  const d = 64;
+  const len = 5000;
+  const heads = [head(len, d, Array.from({ length: len }, (_, i) => i)), head(len - 777, d, Array.from({ length: len - 777 }, (_, i) => 2 * i))];
+  const q = vec(14 * d, 2);
+  const a = new Float32Array(14 * d);
+  const b = new Float32Array(14 * d);
+  const args = { q, nq: 1, nHeads: 14, nKvHeads: 2, headDim: d, qPos: Int32Array.of(len), heads, scale: 1 / 8 };
+  nat.attention({ ...args, out: a });
+  ref.attention({ ...args, out: b });
+  assert.ok(maxRelErr(a, b) < 1e-5, `long decode: ${maxRelErr(a, b)}`);
 });
 
-// The same parity suite under each fallback ISA (KVLAB_ISA caps the dispatch), in child processes.
-if (!process.env.KVLAB_ISA) {
-  for (const isa of ['avx2', 'scalar']) {
-    test(`parity suite under KVLAB_ISA=${isa}`, { skip }, () => {
-      const info = execFileSync(process.execPath, [new URL('../bin/kvlab.js', import.meta.url).pathname, 'info', '--json'], { encoding: 'utf8', env: { ...process.env, KVLAB_ISA: isa, KVLAB_BACKEND: 'native' } });
-      assert.match(JSON.parse(info).native.paths.decode_matmul, new RegExp(isa));
-      execFileSync(process.execPath, ['--import', 'tsx', '--test', new URL(import.meta.url).pathname], { encoding: 'utf8', env: { ...process.env, KVLAB_ISA: isa } });
+test(`[${mode}] mmap regions return the bytes fs.readSync reads`, { skip }, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvlab-mmap-'));
+  try {
+    const file = join(dir, 'blob.bin');
+    const bytes = Uint8Array.from({ length: 100_003 }, () => Math.floor(rand() * 256));
+    writeFileSync(file, bytes);
+    const src = mmapSource()!;
+    const fd = openSync(file, 'r');
+    try {
+      for (const [offset, length] of [
+        [0, 100_003],
+        [1, 4095],
+        [8, 40_000],
+        [99_999, 4],
+        [100_003, 0],
+        [12_345, 1],
+      ]) {
+        const expected = new Uint8Array(length);
+        readSync(fd, expected, 0, length, offset);
+        const got = src.read(file, offset, length);
+        assert.ok(got instanceof ArrayBuffer);
+        assert.deepEqual(new Uint8Array(got), expected, `region ${offset}+${length}`);
+        assert.deepEqual(new Uint8Array(mapFileRegion(file, offset, length)), expected);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    assert.throws(() => src.read(file, 100_000, 4), RangeError);
+    assert.throws(() => mapFileRegion(join(dir, 'missing.bin'), 0, 1), /cannot open/);
+    // Private mapping: a write into a view stays in this process and never reaches the file.
+    const view = new Uint8Array(mapFileRegion(file, 0, 16));
+    view[0] = view[0]! ^ 0xff;
+    assert.equal(readFileSync(file)[0], bytes[0]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test(`[${mode}] info reports features, paths and threads`, { skip }, () => {
+  const info = nativeInfo()!;
+  assert.ok(info.threads >= 1);
+  for (const key of ['decode_matmul', 'decode_matmul_int8', 'prefill_matmul_bf16', 'prefill_matmul_f32', 'attention', 'amx']) assert.equal(typeof info.paths[key], 'string', key);
+  if (mode === 'avx2' || mode === 'scalar') assert.match(info.paths.decode_matmul!, new RegExp(mode));
+  if (mode === 'amx-emulated' && info.features.avx512_bf16) assert.match(info.paths.prefill_matmul_bf16!, /amx.*emulated/);
+});
+
+const FINGERPRINT = `
+  import { NativeBackend } from './src/tensor/native.ts';
+  import { quantizeInt8 } from './src/tensor/quantize.ts';
+  let s = 3;
+  const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5);
+  const be = new NativeBackend();
+  const f = Float32Array.from({ length: 301 * 256 }, r);
+  const bf = { name: 'w', dtype: 'bf16', rows: 301, cols: 256, data: Uint16Array.from(f, (v) => new Uint32Array(new Float32Array([v]).buffer)[0] >>> 16) };
+  const i8 = quantizeInt8({ name: 'w', dtype: 'f32', rows: 301, cols: 256, data: f });
+  const outs = [];
+  for (const w of [bf, i8]) for (const n of [1, 3, 40]) {
+    const x = Float32Array.from({ length: n * 256 }, r);
+    const out = new Float32Array(n * 301);
+    be.matmul(out, x, n, w);
+    outs.push(out);
+  }
+  const heads = [0, 1].map((g) => ({ k: Float32Array.from({ length: 90 * 64 }, r), v: Float32Array.from({ length: 90 * 64 }, r), pos: Int32Array.from({ length: 90 }, (_, i) => i), len: 90 - g * 7 }));
+  for (const nq of [1, 12]) {
+    const out = new Float32Array(nq * 4 * 64);
+    const sum = heads.map((h) => new Float32Array(h.len));
+    be.attention({ q: Float32Array.from({ length: nq * 4 * 64 }, r), out, nq, nHeads: 4, nKvHeads: 2, headDim: 64, qPos: Int32Array.from({ length: nq }, (_, i) => 80 + i), heads, scale: 0.125, stats: { fromQuery: 0, sum } });
+    outs.push(out, ...sum);
+  }
+  const mqa = new Float32Array(8 * 64);
+  be.attention({ q: Float32Array.from({ length: 8 * 64 }, r), out: mqa, nq: 1, nHeads: 8, nKvHeads: 1, headDim: 64, qPos: Int32Array.of(100), heads: [heads[0]], scale: 0.125 });
+  outs.push(mqa);
+  const norm = new Float32Array(40 * 256);
+  be.rmsnorm(norm, outs[2].subarray(0, 40 * 256), 40, 256, f.subarray(0, 256), 1e-6);
+  outs.push(norm, i8.scales);
+  let h = 0;
+  for (const o of outs) for (const v of new Uint32Array(o.buffer, o.byteOffset, o.length)) h = (Math.imul(h, 31) + v) >>> 0;
+  console.log(be.info().threads, h);`;
+
+test(`[${mode}] one thread and two threads give bit-identical results`, { skip }, () => {
+  const run = (threads: string) =>
+    execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', FINGERPRINT], { encoding: 'utf8', cwd: new URL('..', import.meta.url).pathname, env: { ...process.env, KVLAB_THREADS: threads } })
+      .trim()
+      .split(' ');
+  const [t1, h1] = run('1');
+  const [t2, h2] = run('2');
+  assert.equal(t1, '1');
+  assert.equal(t2, '2');
+  assert.equal(h1, h2);
+});
+
+test('KVLAB_BACKEND=native without the addon is a clear error; the default falls back with one line', () => {
+  const script = `
+    import { selectBackend } from './src/tensor/select-backend.ts';
+    try { selectBackend(); console.log('no error'); } catch (e) { console.log(e.message); }`;
+  const cwd = new URL('..', import.meta.url).pathname;
+  const env = { ...process.env, KVLAB_NATIVE_ADDON: '/nonexistent/kvlab_native.node' };
+  const explicit = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', cwd, env: { ...env, KVLAB_BACKEND: 'native' } });
+  assert.match(explicit, /KVLAB_BACKEND=native, but the native addon is unavailable/);
+  const fallback = `
+    import { selectBackend } from './src/tensor/select-backend.ts';
+    console.log(selectBackend().name, selectBackend().name);`;
+  const res = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', fallback], { encoding: 'utf8', cwd, env: { ...env, KVLAB_BACKEND: '' } });
+  assert.equal(res.stdout.trim(), 'reference reference');
+  const lines = res.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, res.stderr);
+  assert.match(lines[0]!, /native addon unavailable .*using the reference backend/);
+});
+
+// The same suite under each fallback level, in child processes (KVLAB_ISA caps the dispatch).
+if (mode === 'default') {
+  for (const [label, extra] of [
+    ['KVLAB_ISA=avx2', { KVLAB_ISA: 'avx2' }],
+    ['KVLAB_ISA=scalar', { KVLAB_ISA: 'scalar' }],
+    ['KVLAB_AMX_EMULATE=1', { KVLAB_AMX_EMULATE: '1' }],
+  ] as const) {
+    test(`parity suite under ${label}`, { skip }, () => {
+      // A fresh test runner, not a subtest reporter of this one.
+      const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+      delete env.NODE_TEST_CONTEXT;
+      const out = execFileSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', new URL(import.meta.url).pathname], { encoding: 'utf8', env, stdio: 'pipe' });
+      assert.match(out, /# fail 0/);
+      assert.doesNotMatch(out, /# pass 0\b/);
     });
   }
 }

@@ -1,4 +1,5 @@
 // N-API surface of the kernels. Model logic stays in TypeScript; every function here is one kernel call.
+// Arguments are validated in src/tensor/native.ts; here they are only unpacked.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -6,39 +7,63 @@
 #include <unistd.h>
 
 #include <immintrin.h>
+#include <napi.h>
 
 #include <atomic>
-#include <vector>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <napi.h>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "attention.h"
 #include "cpu.h"
-#include "vecmath.h"
 #include "matmul.h"
+#include "ops.h"
 #include "pool.h"
 
 using namespace kvlab;
 
 namespace {
 
+// Data pointer of a typed array (already adjusted by its byte offset), or null for null/undefined.
 template <typename T>
 T* data_of(const Napi::Value& v) {
-  Napi::TypedArray a = v.As<Napi::TypedArray>();
-  return reinterpret_cast<T*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  napi_typedarray_type type;
+  size_t length;
+  void* data = nullptr;
+  napi_value ab;
+  size_t offset;
+  napi_get_typedarray_info(v.Env(), v, &type, &length, &data, &ab, &offset);
+  return static_cast<T*>(data);
 }
+
+long num(const Napi::Value& v) { return long(v.As<Napi::Number>().Int64Value()); }
 
 int default_threads() {
   if (const char* s = std::getenv("KVLAB_THREADS")) {
-    int n = std::atoi(s);
+    const int n = std::atoi(s);
     if (n > 0) return n;
   }
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
   return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// w, type, rows, cols, scales | null, group (0 = per row)
+WeightRef weight_arg(const Napi::CallbackInfo& info, int at) {
+  WeightRef w;
+  w.data = data_of<void>(info[at]);
+  w.type = int(num(info[at + 1]));
+  w.rows = num(info[at + 2]);
+  w.cols = num(info[at + 3]);
+  w.scales = data_of<float>(info[at + 4]);
+  const long g = num(info[at + 5]);
+  w.group = g > 0 ? g : w.cols;
+  return w;
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -53,126 +78,127 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   feats.Set("amx_bf16", f.amx_bf16);
   o.Set("features", feats);
   o.Set("threads", pool_threads());
+  if (!f.isa_cap.empty()) o.Set("isaCap", f.isa_cap);
   Napi::Object paths = Napi::Object::New(env);
-  paths.Set("decode_matmul", matmul_path(1, W_BF16, true));
-  paths.Set("decode_matmul_int8", matmul_path(1, W_I8, true));
-  paths.Set("prefill_matmul_bf16", matmul_path(512, W_BF16, true));
-  paths.Set("prefill_matmul_f32", matmul_path(512, W_BF16, false));
+  WeightRef bf16{nullptr, W_BF16, 2048, 2048};
+  WeightRef i8{nullptr, W_I8, 2048, 2048, nullptr, 128};
+  paths.Set("decode_matmul", matmul_path(1, bf16, true));
+  paths.Set("decode_matmul_int8", matmul_path(1, i8, true));
+  paths.Set("prefill_matmul_bf16", matmul_path(512, bf16, true));
+  paths.Set("prefill_matmul_f32", matmul_path(512, bf16, false));
+  paths.Set("prefill_matmul_int8", matmul_path(512, i8, true));
   paths.Set("attention", f.avx512 ? "avx512" : "scalar");
-  paths.Set("amx", f.amx_bf16 ? "available, no AMX kernel built (AVX512-BF16 GEMM used)" : "not available on this CPU");
+  paths.Set("amx", f.amx_status);
   o.Set("paths", paths);
   return o;
 }
 
-// matmul(out, x, n, w, type, rows, cols, scales | null, bf16Activations)
+// matmul(out, x, n, w, type, rows, cols, scales | null, group, bf16Activations)
 Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
   Matmul m;
   m.out = data_of<float>(info[0]);
   m.x = data_of<float>(info[1]);
-  m.n = info[2].As<Napi::Number>().Int32Value();
-  m.w = data_of<void>(info[3]);
-  m.type = info[4].As<Napi::Number>().Int32Value();
-  m.rows = info[5].As<Napi::Number>().Int32Value();
-  m.cols = info[6].As<Napi::Number>().Int32Value();
-  m.scales = info[7].IsNull() || info[7].IsUndefined() ? nullptr : data_of<float>(info[7]);
-  if (info.Length() > 9 && info[9].IsTypedArray()) m.row_sums = data_of<int32_t>(info[9]);
-  matmul(m, info[8].As<Napi::Boolean>().Value());
+  m.n = num(info[2]);
+  m.w = weight_arg(info, 3);
+  matmul(m, info[9].As<Napi::Boolean>().Value());
   return info.Env().Undefined();
 }
 
-// attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null)
+// matmulAsync(out, x, n, w, type, rows, cols, scales | null, group, bf16Activations, done(err)): the same
+// kernel as napi async work. The arrays stay referenced until `done` runs; the pool serializes it with any
+// kernel the JS thread starts meanwhile.
+class MatmulWorker : public Napi::AsyncWorker {
+ public:
+  MatmulWorker(const Napi::CallbackInfo& info)
+      : Napi::AsyncWorker(info[10].As<Napi::Function>(), "kvlab.matmul"), bf16_(info[9].As<Napi::Boolean>().Value()) {
+    m_.out = data_of<float>(info[0]);
+    m_.x = data_of<float>(info[1]);
+    m_.n = num(info[2]);
+    m_.w = weight_arg(info, 3);
+    for (int i : {0, 1, 3, 7})
+      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+  }
+  void Execute() override { matmul(m_, bf16_); }
+  void OnOK() override { Callback().Call({Env().Null()}); }
+
+ private:
+  Matmul m_;
+  bool bf16_;
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+Napi::Value MatmulAsyncFn(const Napi::CallbackInfo& info) {
+  (new MatmulWorker(info))->Queue();
+  return info.Env().Undefined();
+}
+
+// matmulPath(n, type, rows, cols, group, bf16Activations) -> name of the kernel that call would take
+Napi::Value MatmulPathFn(const Napi::CallbackInfo& info) {
+  WeightRef w;
+  w.type = int(num(info[1]));
+  w.rows = num(info[2]);
+  w.cols = num(info[3]);
+  const long g = num(info[4]);
+  w.group = g > 0 ? g : w.cols;
+  return Napi::String::New(info.Env(), matmul_path(num(info[0]), w, info[5].As<Napi::Boolean>().Value()));
+}
+
+// attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
 Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
   Attention a;
   a.q = data_of<float>(info[0]);
-  a.out = info[1].IsNull() ? nullptr : data_of<float>(info[1]);
-  a.nq = info[2].As<Napi::Number>().Int32Value();
-  a.n_heads = info[3].As<Napi::Number>().Int32Value();
-  a.n_kv = info[4].As<Napi::Number>().Int32Value();
-  a.d = info[5].As<Napi::Number>().Int32Value();
+  a.out = data_of<float>(info[1]);
+  a.nq = int(num(info[2]));
+  a.n_heads = int(num(info[3]));
+  a.n_kv = int(num(info[4]));
+  a.d = int(num(info[5]));
   a.q_pos = data_of<int32_t>(info[6]);
   Napi::Array heads = info[7].As<Napi::Array>();
   for (uint32_t g = 0; g < heads.Length(); g++) {
     Napi::Array h = heads.Get(g).As<Napi::Array>();
-    a.heads.push_back({data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), h.Get(3u).As<Napi::Number>().Int32Value()});
+    a.heads.push_back({data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))});
   }
   a.scale = info[8].As<Napi::Number>().FloatValue();
-  a.stats_from = info[9].As<Napi::Number>().Int32Value();
+  a.stats_from = int(num(info[9]));
   for (int s = 10; s <= 11; s++) {
     if (info[s].IsNull() || info[s].IsUndefined()) continue;
     Napi::Array arr = info[s].As<Napi::Array>();
     auto& dst = s == 10 ? a.stat_max : a.stat_sum;
     for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
   }
-  if (info.Length() > 12 && info[12].IsTypedArray()) a.query_weight = data_of<float>(info[12]);
+  if (info.Length() > 12) a.query_weight = data_of<float>(info[12]);
   attention(a);
   return info.Env().Undefined();
 }
 
 // rmsnorm(out, x, n, dim, weight, eps)
 Napi::Value RmsnormFn(const Napi::CallbackInfo& info) {
-  float* out = data_of<float>(info[0]);
-  const float* x = data_of<float>(info[1]);
-  const long n = info[2].As<Napi::Number>().Int64Value(), dim = info[3].As<Napi::Number>().Int64Value();
-  const float* w = data_of<float>(info[4]);
-  const float eps = info[5].As<Napi::Number>().FloatValue();
-  for (long i = 0; i < n; i++) {
-    const float* xi = x + i * dim;
-    double ss = 0;
-    for (long c = 0; c < dim; c++) ss += double(xi[c]) * xi[c];
-    const float inv = 1.0f / std::sqrt(float(ss / dim) + eps);
-    float* o = out + i * dim;
-    for (long c = 0; c < dim; c++) o[c] = (xi[c] * inv) * w[c];
-  }
+  rmsnorm(data_of<float>(info[0]), data_of<float>(info[1]), num(info[2]), num(info[3]), data_of<float>(info[4]), info[5].As<Napi::Number>().DoubleValue());
   return info.Env().Undefined();
 }
 
 // rope(x, n, nHeads, headDim, positions, invFreq, scaling)
 Napi::Value RopeFn(const Napi::CallbackInfo& info) {
-  float* x = data_of<float>(info[0]);
-  const int n = info[1].As<Napi::Number>().Int32Value(), nh = info[2].As<Napi::Number>().Int32Value(), d = info[3].As<Napi::Number>().Int32Value();
-  const int32_t* pos = data_of<int32_t>(info[4]);
-  const float* inv = data_of<float>(info[5]);
-  const float scaling = info[6].As<Napi::Number>().FloatValue();
-  const int half = d / 2;
-  std::vector<float> cs(half), sn(half);
-  for (int i = 0; i < n; i++) {
-    for (int f = 0; f < half; f++) {
-      const float angle = float(pos[i]) * inv[f];
-      cs[f] = float(std::cos(double(angle))) * scaling;
-      sn[f] = float(std::sin(double(angle))) * scaling;
-    }
-    for (int h = 0; h < nh; h++) {
-      float* r = x + (long(i) * nh + h) * d;
-      for (int f = 0; f < half; f++) {
-        const float a = r[f], b = r[f + half];
-        r[f] = a * cs[f] - b * sn[f];
-        r[f + half] = b * cs[f] + a * sn[f];
-      }
-    }
-  }
+  rope(data_of<float>(info[0]), num(info[1]), num(info[2]), num(info[3]), data_of<int32_t>(info[4]), data_of<float>(info[5]), info[6].As<Napi::Number>().DoubleValue());
   return info.Env().Undefined();
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-long silu_mul_avx512(float* out, const float* g, const float* u, long len) {
-  long i = 0;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (; i + 16 <= len; i += 16) {
-    __m512 x = _mm512_loadu_ps(g + i);
-    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
-  }
-  return i;
 }
 
 // siluMul(out, gate, up, len)
 Napi::Value SiluMulFn(const Napi::CallbackInfo& info) {
-  float* out = data_of<float>(info[0]);
-  const float* g = data_of<float>(info[1]);
-  const float* u = data_of<float>(info[2]);
-  const long len = info[3].As<Napi::Number>().Int64Value();
-  long i = cpu().avx512 ? silu_mul_avx512(out, g, u, len) : 0;
-  for (; i < len; i++) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  silu_mul(data_of<float>(info[0]), data_of<float>(info[1]), data_of<float>(info[2]), num(info[3]));
+  return info.Env().Undefined();
+}
+
+// embedding(out, table, type, rows, cols, scales | null, group, ids)   (ids validated by the caller)
+Napi::Value EmbeddingFn(const Napi::CallbackInfo& info) {
+  Napi::Int32Array ids = info[7].As<Napi::Int32Array>();
+  embedding(weight_arg(info, 1), ids.Data(), long(ids.ElementLength()), data_of<float>(info[0]));
+  return info.Env().Undefined();
+}
+
+// quantizeInt8(src, type, rows, cols, scales | null, group, outGroup, q: Int8Array, scales: Float32Array, rowSums: Int32Array | null)
+Napi::Value QuantizeFn(const Napi::CallbackInfo& info) {
+  quantize_int8(weight_arg(info, 0), num(info[6]), data_of<int8_t>(info[7]), data_of<float>(info[8]), data_of<int32_t>(info[9]));
   return info.Env().Undefined();
 }
 
@@ -191,6 +217,24 @@ double sum_avx512(const float* p, long n) {
   return s;
 }
 
+__attribute__((target("avx2")))
+double sum_avx2(const float* p, long n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  double s = 0;
+  for (float v : t) s += v;
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+
 // streamRead(buf: Float32Array) -> sum: a streaming read over the whole buffer on every pool thread,
 // the memory-bandwidth probe benchmarks report their figures against.
 Napi::Value StreamReadFn(const Napi::CallbackInfo& info) {
@@ -198,82 +242,151 @@ Napi::Value StreamReadFn(const Napi::CallbackInfo& info) {
   const float* p = a.Data();
   const long n = long(a.ElementLength());
   std::vector<double> parts(pool_threads(), 0.0);
+  const CpuFeatures& f = cpu();
   pool_run([&](int t, int T) {
     long b, e;
     split_range(n, t, T, &b, &e);
-    parts[t] = cpu().avx512 ? sum_avx512(p + b, e - b) : 0.0;
-    if (!cpu().avx512)
-      for (long i = b; i < e; i++) parts[t] += p[i];
+    double s = 0;
+    if (f.avx512) s = sum_avx512(p + b, e - b);
+    else if (f.avx2_fma) s = sum_avx2(p + b, e - b);
+    else
+      for (long i = b; i < e; i++) s += p[i];
+    parts[t] = s;
   });
   double s = 0;
   for (double x : parts) s += x;
   return Napi::Number::New(info.Env(), s);
 }
 
+// ---------- read-only file mappings handed out as zero-copy ArrayBuffers ----------
+
+// One mmap of a whole file, freed when the last ArrayBuffer over it and its handle are collected.
 struct Mapping {
   void* base;
   size_t size;
-  std::atomic<int> refs;
+  std::atomic<long> refs;
 };
 
-void release_region(napi_env, void*, void* hint) {
-  Mapping* m = static_cast<Mapping*>(hint);
+void unref(Mapping* m) {
   if (m->refs.fetch_sub(1) == 1) {
-    munmap(m->base, m->size);
+    if (m->size) munmap(m->base, m->size);
     delete m;
   }
 }
 
-// mapRegions(path, [[offset, length], ...]) -> ArrayBuffer[] viewing the file through one read-only mmap.
-Napi::Value MapRegionsFn(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::string path = info[0].As<Napi::String>().Utf8Value();
-  Napi::Array regions = info[1].As<Napi::Array>();
-  int fd = open(path.c_str(), O_RDONLY);
+void release_region(napi_env, void*, void* hint) { unref(static_cast<Mapping*>(hint)); }
+
+Mapping* map_file(Napi::Env env, const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     Napi::Error::New(env, "cannot open " + path + ": " + std::strerror(errno)).ThrowAsJavaScriptException();
-    return env.Undefined();
+    return nullptr;
   }
   struct stat st;
-  fstat(fd, &st);
-  void* base = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  if (fstat(fd, &st) != 0) {
+    const int e = errno;
+    close(fd);
+    Napi::Error::New(env, "cannot stat " + path + ": " + std::strerror(e)).ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  void* base = nullptr;
+  if (st.st_size > 0) {
+    // Private and writable: a stray write into a weight view copies that page instead of faulting,
+    // and never reaches the file.
+    base = mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+    if (base == MAP_FAILED) {
+      const int e = errno;
+      close(fd);
+      Napi::Error::New(env, "cannot mmap " + path + ": " + std::strerror(e)).ThrowAsJavaScriptException();
+      return nullptr;
+    }
+  }
   close(fd);
-  if (base == MAP_FAILED) {
-    Napi::Error::New(env, "cannot mmap " + path + ": " + std::strerror(errno)).ThrowAsJavaScriptException();
+  return new Mapping{base, size_t(st.st_size), {1}};
+}
+
+Napi::Value region(Napi::Env env, Mapping* m, double offset, double length, const std::string& what) {
+  if (!(offset >= 0 && length >= 0 && offset + length <= double(m->size)) || offset != std::floor(offset) || length != std::floor(length)) {
+    Napi::RangeError::New(env, "region [" + std::to_string(long(offset)) + ", +" + std::to_string(long(length)) + ") outside " + what + " (" +
+                                   std::to_string(m->size) + " bytes)")
+        .ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  Mapping* m = new Mapping{base, size_t(st.st_size), {1}};
+  if (length == 0) return Napi::ArrayBuffer::New(env, 0);
+  m->refs.fetch_add(1);
+  napi_value ab;
+  const napi_status s = napi_create_external_arraybuffer(env, static_cast<uint8_t*>(m->base) + size_t(offset), size_t(length), release_region, m, &ab);
+  if (s != napi_ok) {
+    m->refs.fetch_sub(1);
+    Napi::Error::New(env, "external ArrayBuffers are not supported by this runtime").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (length >= (1 << 20)) madvise(reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(static_cast<uint8_t*>(m->base) + size_t(offset)) & ~uintptr_t(4095)), size_t(length), MADV_WILLNEED);
+  return Napi::Value(env, ab);
+}
+
+// mapFile(path) -> handle (an external with the file size as `size`)
+Napi::Value MapFileFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  Mapping* m = map_file(env, path);
+  if (!m) return env.Undefined();
+  auto handle = Napi::External<Mapping>::New(env, m, [](Napi::Env, Mapping* mm) { unref(mm); });
+  return handle;
+}
+
+// mapRegion(handle, offset, length) -> ArrayBuffer over the mapping (zero copy)
+Napi::Value MapRegionFn(const Napi::CallbackInfo& info) {
+  Mapping* m = info[0].As<Napi::External<Mapping>>().Data();
+  return region(info.Env(), m, info[1].As<Napi::Number>().DoubleValue(), info[2].As<Napi::Number>().DoubleValue(), "the mapped file");
+}
+
+// mappedSize(handle) -> bytes
+Napi::Value MappedSizeFn(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), double(info[0].As<Napi::External<Mapping>>().Data()->size));
+}
+
+// mapRegions(path, [[offset, length], ...]) -> ArrayBuffer[] viewing the file through one mmap.
+Napi::Value MapRegionsFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  Napi::Array regions = info[1].As<Napi::Array>();
+  Mapping* m = map_file(env, path);
+  if (!m) return env.Undefined();
   Napi::Array out = Napi::Array::New(env, regions.Length());
   for (uint32_t i = 0; i < regions.Length(); i++) {
     Napi::Array r = regions.Get(i).As<Napi::Array>();
-    const size_t off = size_t(r.Get(0u).As<Napi::Number>().Int64Value()), len = size_t(r.Get(1u).As<Napi::Number>().Int64Value());
-    if (off + len > m->size) {
-      Napi::RangeError::New(env, "region outside " + path).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    m->refs.fetch_add(1);
-    napi_value ab;
-    napi_status s = napi_create_external_arraybuffer(env, static_cast<uint8_t*>(base) + off, len, release_region, m, &ab);
-    if (s != napi_ok) {
-      m->refs.fetch_sub(1);
-      Napi::Error::New(env, "external ArrayBuffers are not supported here").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    out.Set(i, Napi::Value(env, ab));
+    Napi::Value ab = region(env, m, r.Get(0u).As<Napi::Number>().DoubleValue(), r.Get(1u).As<Napi::Number>().DoubleValue(), path);
+    if (env.IsExceptionPending()) break;
+    out.Set(i, ab);
   }
-  release_region(env, nullptr, m);
+  unref(m);
   return out;
 }
 
+// setTuning(key, value) -> whether the knob exists (benchmarks A/B kernel variants in one process)
+Napi::Value SetTuningFn(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), set_tuning(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Number>().DoubleValue()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  cpu();  // detection (and the AMX permission request) before the pool starts
   pool_init(default_threads());
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("matmul", Napi::Function::New(env, MatmulFn));
+  exports.Set("matmulAsync", Napi::Function::New(env, MatmulAsyncFn));
+  exports.Set("matmulPath", Napi::Function::New(env, MatmulPathFn));
   exports.Set("attention", Napi::Function::New(env, AttentionFn));
   exports.Set("rmsnorm", Napi::Function::New(env, RmsnormFn));
   exports.Set("rope", Napi::Function::New(env, RopeFn));
   exports.Set("siluMul", Napi::Function::New(env, SiluMulFn));
+  exports.Set("embedding", Napi::Function::New(env, EmbeddingFn));
+  exports.Set("quantizeInt8", Napi::Function::New(env, QuantizeFn));
+  exports.Set("mapFile", Napi::Function::New(env, MapFileFn));
+  exports.Set("mapRegion", Napi::Function::New(env, MapRegionFn));
+  exports.Set("mappedSize", Napi::Function::New(env, MappedSizeFn));
   exports.Set("mapRegions", Napi::Function::New(env, MapRegionsFn));
+  exports.Set("setTuning", Napi::Function::New(env, SetTuningFn));
   exports.Set("streamRead", Napi::Function::New(env, StreamReadFn));
   return exports;
 }

@@ -1,324 +1,476 @@
+// Attention over ragged per-KV-head caches. Work is cut into tiles: up to 8 query heads of one KV group for
+// one query row. The heads of a tile share the keys and (same query) the mask, so every key and value is read
+// once per tile instead of once per head: at decode that turns G passes over a head's cache into one.
+//   - decode (few rows): keys straight from the cache, 16 per step, reduced with one transpose;
+//   - prefill / scoring (many rows): keys packed transposed per 16 (per call, per KV head), so logits are
+//     broadcast-FMAs with each packed vector reused by all the tile's heads.
+// Softmax is two-pass in fp32 (max, then exp and sum), probabilities are normalized before the optional
+// statistics, and P.V runs over key blocks with the tile's heads inner.
 #include "attention.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <climits>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 
 #include "cpu.h"
-#include "vecmath.h"
 #include "pool.h"
+#include "vecmath.h"
+
+#define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
 
 namespace kvlab {
 namespace {
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-float dot_avx512(const float* a, const float* b, int d) {
-  __m512 acc = _mm512_setzero_ps();
-  int c = 0;
-  for (; c + 16 <= d; c += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(b + c), acc);
-  if (c < d) {
-    __mmask16 m = __mmask16((1u << (d - c)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + c), _mm512_maskz_loadu_ps(m, b + c), acc);
+constexpr int KB = 16;       // keys per block
+constexpr int MAX_TILE = 8;  // query heads per tile
+
+struct Tile {
+  int g = 0;   // KV head
+  int i = 0;   // query row
+  int h0 = 0;  // first query head
+  int n = 0;   // heads h0 .. h0 + n - 1
+};
+
+inline const float* q_row(const Attention& a, int i, int h) { return a.q + (long(i) * a.n_heads + h) * a.d; }
+inline float* out_row(const Attention& a, int i, int h) { return a.out + (long(i) * a.n_heads + h) * a.d; }
+inline bool has_stats(const Attention& a) { return !a.stat_max.empty() || !a.stat_sum.empty(); }
+
+// Keys visible to query i in a head whose positions ascend: a prefix. Otherwise all (masked one by one).
+int visible_keys(const HeadView& kv, bool sorted, int32_t qp) {
+  if (!sorted) return kv.len;
+  return int(std::upper_bound(kv.pos, kv.pos + kv.len, qp) - kv.pos);
+}
+
+bool ascending(const HeadView& kv) {
+  for (int j = 1; j < kv.len; j++)
+    if (kv.pos[j] < kv.pos[j - 1]) return false;
+  return true;
+}
+
+// Per-row scratch: probabilities [n][stride].
+struct Scratch {
+  std::vector<float> p;
+  long stride = 0;
+  float* row(int r) { return p.data() + r * stride; }
+  void reserve(int rows, long len) {
+    stride = (len + 2 * KB + 15) / 16 * 16;
+    if (p.size() < size_t(rows * stride)) p.resize(size_t(rows * stride));
   }
-  return _mm512_reduce_add_ps(acc);
-}
+};
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-void axpy_avx512(float* y, float alpha, const float* x, int d) {
-  __m512 a = _mm512_set1_ps(alpha);
-  int c = 0;
-  for (; c + 16 <= d; c += 16) _mm512_storeu_ps(y + c, _mm512_fmadd_ps(a, _mm512_loadu_ps(x + c), _mm512_loadu_ps(y + c)));
-  for (; c < d; c++) y[c] += alpha * x[c];
-}
+// ---------- portable path, one row at a time ----------
 
-float dot_scalar(const float* a, const float* b, int d) {
-  float s = 0;
-  for (int c = 0; c < d; c++) s += a[c] * b[c];
-  return s;
-}
-
-void axpy_scalar(float* y, float alpha, const float* x, int d) {
-  for (int c = 0; c < d; c++) y[c] += alpha * x[c];
-}
-
-// One query row of one query head.
-void attend_one(const Attention& a, int h, int i, std::vector<float>& p, bool avx) {
+void attend_row_scalar(const Attention& a, int h, int i, Scratch& s) {
   const int G = a.n_heads / a.n_kv, g = h / G, d = a.d;
   const HeadView& kv = a.heads[g];
-  const float* q = a.q + (long(i) * a.n_heads + h) * d;
+  const float* q = q_row(a, i, h);
   const int32_t qp = a.q_pos[i];
-  if (int(p.size()) < kv.len) p.resize(kv.len);
+  s.reserve(1, kv.len);
+  float* p = s.row(0);
   float mx = -INFINITY;
   for (int j = 0; j < kv.len; j++) {
     if (kv.pos[j] > qp) {
       p[j] = -INFINITY;
       continue;
     }
-    float s = (avx ? dot_avx512(q, kv.k + long(j) * d, d) : dot_scalar(q, kv.k + long(j) * d, d)) * a.scale;
-    p[j] = s;
-    mx = std::max(mx, s);
+    float dot = 0;
+    const float* k = kv.k + long(j) * d;
+    for (int c = 0; c < d; c++) dot += q[c] * k[c];
+    p[j] = dot * a.scale;
+    mx = std::max(mx, p[j]);
   }
   double z = 0;
   for (int j = 0; j < kv.len; j++) {
-    float e = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
-    p[j] = e;
-    z += e;
+    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
+    z += p[j];
   }
   const float inv = z > 0 ? float(1.0 / z) : 0.f;
+  for (int j = 0; j < kv.len; j++) p[j] *= inv;
   if (a.out) {
-    float* o = a.out + (long(i) * a.n_heads + h) * d;
+    float* o = out_row(a, i, h);
     std::fill(o, o + d, 0.f);
     for (int j = 0; j < kv.len; j++) {
       if (p[j] == 0.f) continue;
-      if (avx) axpy_avx512(o, p[j] * inv, kv.v + long(j) * d, d);
-      else axpy_scalar(o, p[j] * inv, kv.v + long(j) * d, d);
+      const float* v = kv.v + long(j) * d;
+      for (int c = 0; c < d; c++) o[c] += p[j] * v[c];
     }
   }
-  if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
-    float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
-    float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
+  if (i >= a.stats_from && has_stats(a)) {
+    float* mxo = a.stat_max.empty() ? nullptr : a.stat_max[g];
+    float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
     const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
     for (int j = 0; j < kv.len; j++) {
-      float prob = p[j] * inv * wq;
-      if (sum_out) sum_out[j] += prob;
-      if (mx_out && prob > mx_out[j]) mx_out[j] = prob;
+      const float prob = p[j] * wq;
+      if (sum) sum[j] += prob;
+      if (mxo && prob > mxo[j]) mxo[j] = prob;
     }
   }
 }
 
-// ---------- blocked path for many queries: K packed transposed per 16 keys, logits without reductions ----------
+// ---------- AVX-512 pieces shared by both tiled paths ----------
 
-constexpr int KB = 16;
+// Row r: logits [0, padded) -> normalized probabilities; -inf (masked or padding) becomes 0. Keys in
+// [padded, len) were never computed and are set to 0.
+__attribute__((target(AVX512)))
+void softmax_row(float* p, int padded, int len, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx), neg = _mm512_set1_ps(-INFINITY);
+  __m512 vz = _mm512_setzero_ps();
+  for (int j = 0; j < padded; j += KB) {
+    const __m512 s = _mm512_loadu_ps(p + j);
+    const __mmask16 live = _mm512_cmp_ps_mask(s, neg, _CMP_NEQ_OQ);
+    const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(s, vm)));
+    _mm512_storeu_ps(p + j, e);
+    vz = _mm512_add_ps(vz, e);
+  }
+  const float z = _mm512_reduce_add_ps(vz);
+  const __m512 inv = _mm512_set1_ps(z > 0 ? 1.0f / z : 0.f);
+  for (int j = 0; j < padded; j += KB) _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_loadu_ps(p + j), inv));
+  for (int j = padded; j < len; j++) p[j] = 0.f;
+}
+
+__attribute__((target(AVX512)))
+void accumulate_stats(const Attention& a, const Tile& t, Scratch& s, int len) {
+  if (t.i < a.stats_from || !has_stats(a)) return;
+  float* mx = a.stat_max.empty() ? nullptr : a.stat_max[t.g];
+  float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[t.g];
+  const float wq = a.query_weight ? a.query_weight[t.i] : 1.0f;
+  const __m512 w = _mm512_set1_ps(wq);
+  for (int r = 0; r < t.n; r++) {
+    const float* p = s.row(r);
+    int j = 0;
+    for (; j + KB <= len; j += KB) {
+      const __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(p + j), w);
+      if (sum) _mm512_storeu_ps(sum + j, _mm512_add_ps(_mm512_loadu_ps(sum + j), prob));
+      if (mx) _mm512_storeu_ps(mx + j, _mm512_max_ps(_mm512_loadu_ps(mx + j), prob));
+    }
+    for (; j < len; j++) {
+      const float prob = p[j] * wq;
+      if (sum) sum[j] += prob;
+      if (mx && prob > mx[j]) mx[j] = prob;
+    }
+  }
+}
+
+// out rows of the tile = P . V over keys [0, visible). Keys in blocks of 64 outer, heads inner, so each value
+// row is fetched from memory once per tile; per head NV = d / 16 accumulators live in registers.
+template <int NV>
+__attribute__((target(AVX512)))
+void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
+  const HeadView& kv = a.heads[t.g];
+  constexpr int KEYS = 64;
+  __m512 acc[MAX_TILE][NV];
+  for (int r = 0; r < t.n; r++)
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int j0 = 0; j0 < visible; j0 += KEYS) {
+    const int j1 = std::min(visible, j0 + KEYS);
+    for (int r = 0; r < t.n; r++) {
+      const float* p = s.row(r);
+      __m512 ac[NV];
+      for (int v = 0; v < NV; v++) ac[v] = acc[r][v];
+      for (int j = j0; j < j1; j++) {
+        const __m512 w = _mm512_set1_ps(p[j]);
+        const float* vr = kv.v + long(j) * NV * 16;
+        for (int v = 0; v < NV; v++) ac[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), ac[v]);
+      }
+      for (int v = 0; v < NV; v++) acc[r][v] = ac[v];
+    }
+  }
+  for (int r = 0; r < t.n; r++) {
+    float* o = out_row(a, t.i, t.h0 + r);
+    for (int v = 0; v < NV; v++) _mm512_storeu_ps(o + v * 16, acc[r][v]);
+  }
+}
+
+__attribute__((target(AVX512)))
+void pv_tile_any(const Attention& a, const Tile& t, Scratch& s, int visible) {
+  const HeadView& kv = a.heads[t.g];
+  const int d = a.d;
+  for (int r = 0; r < t.n; r++) {
+    float* o = out_row(a, t.i, t.h0 + r);
+    std::fill(o, o + d, 0.f);
+    const float* p = s.row(r);
+    for (int j = 0; j < visible; j++) {
+      if (p[j] == 0.f) continue;
+      const __m512 w = _mm512_set1_ps(p[j]);
+      const float* vr = kv.v + long(j) * d;
+      int c = 0;
+      for (; c + 16 <= d; c += 16) _mm512_storeu_ps(o + c, _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + c), _mm512_loadu_ps(o + c)));
+      if (c < d) {
+        const __mmask16 m = __mmask16((1u << (d - c)) - 1);
+        _mm512_mask_storeu_ps(o + c, m, _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, vr + c), _mm512_maskz_loadu_ps(m, o + c)));
+      }
+    }
+  }
+}
+
+void pv(const Attention& a, const Tile& t, Scratch& s, int visible) {
+  switch (a.d) {
+    case 32: return pv_tile<2>(a, t, s, visible);
+    case 64: return pv_tile<4>(a, t, s, visible);
+    case 96: return pv_tile<6>(a, t, s, visible);
+    case 128: return pv_tile<8>(a, t, s, visible);
+    default: return pv_tile_any(a, t, s, visible);
+  }
+}
+
+// ---------- decode tiles: keys read from the cache once per tile ----------
+
+// f[t] = sum of the 16 lanes of a[t], for t < 16.
+__attribute__((target(AVX512)))
+inline __m512 reduce16(const __m512* a) {
+  __m512 r[8], s[4];
+  for (int i = 0; i < 8; i++) r[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; i++) s[i] = _mm512_add_ps(_mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0x44), _mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0xEE));
+  const __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(s[0], s[1], 0x88), _mm512_shuffle_f32x4(s[0], s[1], 0xDD));
+  const __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(s[2], s[3], 0x88), _mm512_shuffle_f32x4(s[2], s[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
+}
+
+__attribute__((target(AVX512)))
+float dot_avx512(const float* a, const float* b, int d) {
+  __m512 acc = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 16 <= d; c += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + c), _mm512_loadu_ps(b + c), acc);
+  if (c < d) {
+    const __mmask16 m = __mmask16((1u << (d - c)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + c), _mm512_maskz_loadu_ps(m, b + c), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// Logits of the tile's heads for every key (d % 16 == 0, d <= 128), scaled and masked; returns the row maxima.
+template <int NV>
+__attribute__((target(AVX512)))
+void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
+  const HeadView& kv = a.heads[t.g];
+  const __m512i qp = _mm512_set1_epi32(a.q_pos[t.i]);
+  const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
+  __m512 vmax[MAX_TILE];
+  for (int r = 0; r < t.n; r++) vmax[r] = neg;
+  int j = 0;
+  for (; j + KB <= len; j += KB) {
+    const float* kb = kv.k + long(j) * NV * 16;
+    const __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(kv.pos + j), qp);
+    for (int r = 0; r < t.n; r++) {
+      const float* q = q_row(a, t.i, t.h0 + r);
+      __m512 qv[NV];
+      for (int v = 0; v < NV; v++) qv[v] = _mm512_loadu_ps(q + v * 16);
+      __m512 acc[KB];
+      for (int u = 0; u < KB; u++) {
+        const float* kr = kb + u * NV * 16;
+        __m512 x = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+        for (int v = 1; v < NV; v++) x = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + v * 16), x);
+        acc[u] = x;
+      }
+      const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(reduce16(acc), scale), hidden, neg);
+      _mm512_storeu_ps(s.row(r) + j, logits);
+      vmax[r] = _mm512_max_ps(vmax[r], logits);
+    }
+  }
+  for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
+  // Tail keys, then padding to a whole block (-inf: weight 0).
+  for (int r = 0; r < t.n; r++) {
+    float* p = s.row(r);
+    const float* q = q_row(a, t.i, t.h0 + r);
+    for (int jj = j; jj < len; jj++) {
+      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, kv.k + long(jj) * NV * 16, NV * 16) * a.scale;
+      mx[r] = std::max(mx[r], p[jj]);
+    }
+    for (int jj = len; jj < (len + KB - 1) / KB * KB; jj++) p[jj] = -INFINITY;
+  }
+}
+
+template <int NV>
+void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
+  const HeadView& kv = a.heads[t.g];
+  s.reserve(t.n, kv.len);
+  float mx[MAX_TILE];
+  logits_decode<NV>(a, t, s, kv.len, mx);
+  const int padded = (kv.len + KB - 1) / KB * KB;
+  for (int r = 0; r < t.n; r++) softmax_row(s.row(r), padded, kv.len, mx[r]);
+  if (a.out) pv(a, t, s, kv.len);
+  accumulate_stats(a, t, s, kv.len);
+}
+
+// ---------- prefill tiles: keys packed transposed per 16, logits by broadcast-FMA ----------
 
 struct PackedKeys {
-  std::vector<float> kt;      // [blocks][d][16]
-  std::vector<int32_t> pos;   // [blocks * 16], padding = INT32_MAX (never visible)
+  std::vector<float> kt;     // [blocks][d][16]
+  std::vector<int32_t> pos;  // [blocks * 16], padding = INT32_MAX (never visible)
   int blocks = 0;
-  bool sorted = true;         // positions ascending: a query can stop at its last visible key
+  bool sorted = true;
 };
 
 void pack_keys(const HeadView& kv, int d, PackedKeys& pk) {
   pk.blocks = (kv.len + KB - 1) / KB;
   pk.kt.assign(size_t(pk.blocks) * d * KB + 16, 0.f);
   pk.pos.assign(size_t(pk.blocks) * KB, INT32_MAX);
+  pk.sorted = ascending(kv);
   for (int j = 0; j < kv.len; j++) {
-    if (j && kv.pos[j] < kv.pos[j - 1]) pk.sorted = false;
-    const int b = j / KB, t = j % KB;
-    float* dst = pk.kt.data() + size_t(b) * d * KB + t;
+    float* dst = pk.kt.data() + size_t(j / KB) * d * KB + j % KB;
     const float* src = kv.k + long(j) * d;
     for (int c = 0; c < d; c++) dst[c * KB] = src[c];
     pk.pos[j] = kv.pos[j];
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-void attend_blocked(const Attention& a, const PackedKeys& pk, int h, int i, std::vector<float>& p) {
-  const int G = a.n_heads / a.n_kv, g = h / G, d = a.d;
-  const HeadView& kv = a.heads[g];
-  const float* q = a.q + (long(i) * a.n_heads + h) * d;
-  const __m512i qp = _mm512_set1_epi32(a.q_pos[i]);
-  int visible = kv.len;
-  if (pk.sorted) visible = int(std::upper_bound(kv.pos, kv.pos + kv.len, a.q_pos[i]) - kv.pos);
-  const int nblocks = (visible + KB - 1) / KB;
-  const int padded = nblocks * KB;
-  if (int(p.size()) < pk.blocks * KB) p.resize(pk.blocks * KB);
+template <int R>
+__attribute__((target(AVX512)))
+void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
+  const int d = a.d;
+  const __m512i qp = _mm512_set1_epi32(a.q_pos[t.i]);
   const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
-  __m512 vmax = neg;
+  const float* q[R];
+  for (int r = 0; r < R; r++) q[r] = q_row(a, t.i, t.h0 + r);
+  __m512 vmax[R];
+  for (int r = 0; r < R; r++) vmax[r] = neg;
   for (int b = 0; b < nblocks; b++) {
     const float* kt = pk.kt.data() + size_t(b) * d * KB;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int c = 0;
-    for (; c + 2 <= d; c += 2) {
-      acc0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_load_ps(kt + c * KB), acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_set1_ps(q[c + 1]), _mm512_load_ps(kt + (c + 1) * KB), acc1);
+    __m512 acc[R];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c++) {
+      const __m512 kv = _mm512_loadu_ps(kt + c * KB);
+      for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c]), kv, acc[r]);
     }
-    for (; c < d; c++) acc0 = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_load_ps(kt + c * KB), acc0);
-    __m512 s = _mm512_mul_ps(_mm512_add_ps(acc0, acc1), scale);
-    __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(pk.pos.data() + b * KB), qp);
-    s = _mm512_mask_mov_ps(s, hidden, neg);
-    _mm512_storeu_ps(p.data() + b * KB, s);
-    vmax = _mm512_max_ps(vmax, s);
-  }
-  const float mx = _mm512_reduce_max_ps(vmax);
-  const __m512 vm = _mm512_set1_ps(mx);
-  __m512 vz = _mm512_setzero_ps();
-  for (int b = 0; b < padded; b += KB) {
-    __m512 s = _mm512_loadu_ps(p.data() + b);
-    __mmask16 live = _mm512_cmp_ps_mask(s, neg, _CMP_NEQ_OQ);
-    __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(s, vm)));
-    _mm512_storeu_ps(p.data() + b, e);
-    vz = _mm512_add_ps(vz, e);
-  }
-  const float z = _mm512_reduce_add_ps(vz);
-  const float inv = z > 0 ? 1.0f / z : 0.f;
-  if (a.out) {
-    float* o = a.out + (long(i) * a.n_heads + h) * d;
-    if (d % 16 == 0 && d <= 128) {
-      __m512 acc[8];
-      const int nv = d / 16;
-      for (int v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
-      for (int j = 0; j < visible; j++) {
-        const __m512 w = _mm512_set1_ps(p[j]);
-        const float* vr = kv.v + long(j) * d;
-        for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), acc[v]);
-      }
-      const __m512 vinv = _mm512_set1_ps(inv);
-      for (int v = 0; v < nv; v++) _mm512_storeu_ps(o + v * 16, _mm512_mul_ps(acc[v], vinv));
-    } else {
-      std::fill(o, o + d, 0.f);
-      for (int j = 0; j < visible; j++)
-        if (p[j] != 0.f) axpy_avx512(o, p[j] * inv, kv.v + long(j) * d, d);
+    const __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(pk.pos.data() + b * KB), qp);
+    for (int r = 0; r < R; r++) {
+      const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(acc[r], scale), hidden, neg);
+      _mm512_storeu_ps(s.row(r) + b * KB, logits);
+      vmax[r] = _mm512_max_ps(vmax[r], logits);
     }
   }
-  for (int j = padded; j < kv.len; j++) p[j] = 0.f;
-  if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
-    float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
-    float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
-    const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
-    const __m512 vinv = _mm512_set1_ps(inv * wq);
-    int j = 0;
-    for (; j + KB <= kv.len; j += KB) {
-      __m512 prob = _mm512_mul_ps(_mm512_loadu_ps(p.data() + j), vinv);
-      if (sum_out) _mm512_storeu_ps(sum_out + j, _mm512_add_ps(_mm512_loadu_ps(sum_out + j), prob));
-      if (mx_out) _mm512_storeu_ps(mx_out + j, _mm512_max_ps(_mm512_loadu_ps(mx_out + j), prob));
-    }
-    for (; j < kv.len; j++) {
-      const float prob = p[j] * inv * wq;
-      if (sum_out) sum_out[j] += prob;
-      if (mx_out && prob > mx_out[j]) mx_out[j] = prob;
-    }
+  for (int r = 0; r < R; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
+}
+
+void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s) {
+  const HeadView& kv = a.heads[t.g];
+  s.reserve(t.n, std::max(kv.len, pk.blocks * KB));
+  const int visible = visible_keys(kv, pk.sorted, a.q_pos[t.i]);
+  const int nblocks = (visible + KB - 1) / KB;
+  float mx[MAX_TILE];
+  switch (t.n) {
+    case 1: logits_blocked<1>(a, t, pk, s, nblocks, mx); break;
+    case 2: logits_blocked<2>(a, t, pk, s, nblocks, mx); break;
+    case 3: logits_blocked<3>(a, t, pk, s, nblocks, mx); break;
+    case 4: logits_blocked<4>(a, t, pk, s, nblocks, mx); break;
+    case 5: logits_blocked<5>(a, t, pk, s, nblocks, mx); break;
+    case 6: logits_blocked<6>(a, t, pk, s, nblocks, mx); break;
+    case 7: logits_blocked<7>(a, t, pk, s, nblocks, mx); break;
+    default: logits_blocked<8>(a, t, pk, s, nblocks, mx); break;
+  }
+  for (int r = 0; r < t.n; r++) softmax_row(s.row(r), nblocks * KB, kv.len, mx[r]);
+  if (a.out) pv(a, t, s, std::min(visible, kv.len));
+  accumulate_stats(a, t, s, kv.len);
+}
+
+// ---------- scheduling ----------
+
+// The tiles of KV head g for query row i: its G query heads in chunks of at most MAX_TILE (balanced).
+template <typename F>
+void for_tiles_of(const Attention& a, int g, int i, F f) {
+  const int G = a.n_heads / a.n_kv;
+  const int chunks = (G + MAX_TILE - 1) / MAX_TILE;
+  for (int c = 0; c < chunks; c++) {
+    long h0, h1;
+    split_range(G, c, chunks, &h0, &h1);
+    f(Tile{g, i, g * G + int(h0), int(h1 - h0)});
   }
 }
 
-// ---------- decode path (few queries): 16 keys per step, one transpose-reduction instead of 16 ----------
-
-// f[t] = sum of the 16 lanes of a[t], for t < 16.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-inline __m512 reduce16(const __m512* a) {
-  __m512 r[8], s[4];
-  for (int i = 0; i < 8; i++) r[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-  for (int i = 0; i < 4; i++) s[i] = _mm512_add_ps(_mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0x44), _mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0xEE));
-  __m512 v0 = _mm512_add_ps(_mm512_shuffle_f32x4(s[0], s[1], 0x88), _mm512_shuffle_f32x4(s[0], s[1], 0xDD));
-  __m512 v1 = _mm512_add_ps(_mm512_shuffle_f32x4(s[2], s[3], 0x88), _mm512_shuffle_f32x4(s[2], s[3], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xDD));
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-void attend_decode(const Attention& a, int h, int i, std::vector<float>& p) {
-  const int G = a.n_heads / a.n_kv, g = h / G, d = a.d;
-  const HeadView& kv = a.heads[g];
-  const float* q = a.q + (long(i) * a.n_heads + h) * d;
-  const int32_t qp = a.q_pos[i];
-  if (int(p.size()) < kv.len + 16) p.resize(kv.len + 16);
-  const int nv = d / 16;
-  __m512 qv[8];
-  for (int v = 0; v < nv; v++) qv[v] = _mm512_loadu_ps(q + v * 16);
-  float mx = -INFINITY;
-  int j = 0;
-  for (; j + 16 <= kv.len; j += 16) {
-    __m512 acc[16];
-    for (int t = 0; t < 16; t++) {
-      const float* kr = kv.k + long(j + t) * d;
-      __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-      for (int v = 1; v < nv; v++) s = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + v * 16), s);
-      acc[t] = s;
+// Runs every tile on the pool. With statistics a thread owns whole KV heads (no two threads write one
+// statistics array); otherwise (KV head, query row) pairs are split evenly.
+template <typename F>
+void run_tiles(const Attention& a, F f) {
+  if (has_stats(a)) {
+    pool_run([&](int t, int T) {
+      Scratch s;
+      long g0, g1;
+      split_range(a.n_kv, t, T, &g0, &g1);
+      for (long g = g0; g < g1; g++)
+        for (int i = 0; i < a.nq; i++) for_tiles_of(a, int(g), i, [&](const Tile& tile) { f(tile, s); });
+    });
+    return;
+  }
+  const long units = long(a.n_kv) * a.nq;
+  if (units >= pool_threads()) {
+    pool_run([&](int t, int T) {
+      Scratch s;
+      long u0, u1;
+      split_range(units, t, T, &u0, &u1);
+      for (long u = u0; u < u1; u++) for_tiles_of(a, int(u % a.n_kv), int(u / a.n_kv), [&](const Tile& tile) { f(tile, s); });
+    });
+    return;
+  }
+  // Fewer (KV head, query) pairs than threads (e.g. one KV head at decode): split the heads instead.
+  pool_run([&](int t, int T) {
+    Scratch s;
+    const int G = a.n_heads / a.n_kv;
+    const long rows = long(a.n_heads) * a.nq;
+    long r0, r1;
+    split_range(rows, t, T, &r0, &r1);
+    // Rows ordered (i, g, head in group); cut into tiles that stay inside one (i, g).
+    long r = r0;
+    while (r < r1) {
+      const int i = int(r / a.n_heads), h = int(r % a.n_heads), g = h / G;
+      const long end = std::min<long>({r1, long(i) * a.n_heads + long(g + 1) * G, r + MAX_TILE});
+      f(Tile{g, i, h, int(end - r)}, s);
+      r = end;
     }
-    __m512 logits = reduce16(acc);
-    logits = _mm512_mul_ps(logits, _mm512_set1_ps(a.scale));
-    __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(kv.pos + j), _mm512_set1_epi32(qp));
-    logits = _mm512_mask_mov_ps(logits, hidden, _mm512_set1_ps(-INFINITY));
-    _mm512_storeu_ps(p.data() + j, logits);
-    mx = std::max(mx, _mm512_reduce_max_ps(logits));
-  }
-  for (; j < kv.len; j++) {
-    p[j] = kv.pos[j] > qp ? -INFINITY : dot_avx512(q, kv.k + long(j) * d, d) * a.scale;
-    mx = std::max(mx, p[j]);
-  }
-  const __m512 vm = _mm512_set1_ps(mx), neg = _mm512_set1_ps(-INFINITY);
-  __m512 vz = _mm512_setzero_ps();
-  j = 0;
-  for (; j + 16 <= kv.len; j += 16) {
-    __m512 s = _mm512_loadu_ps(p.data() + j);
-    __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, neg, _CMP_NEQ_OQ), exp512(_mm512_sub_ps(s, vm)));
-    _mm512_storeu_ps(p.data() + j, e);
-    vz = _mm512_add_ps(vz, e);
-  }
-  float z = _mm512_reduce_add_ps(vz);
-  for (; j < kv.len; j++) {
-    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
-    z += p[j];
-  }
-  const float inv = z > 0 ? 1.0f / z : 0.f;
-  if (a.out) {
-    float* o = a.out + (long(i) * a.n_heads + h) * d;
-    __m512 acc[8];
-    for (int v = 0; v < nv; v++) acc[v] = _mm512_setzero_ps();
-    for (int k = 0; k < kv.len; k++) {
-      const __m512 w = _mm512_set1_ps(p[k]);
-      const float* vr = kv.v + long(k) * d;
-      for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), acc[v]);
-    }
-    for (int v = 0; v < nv; v++) _mm512_storeu_ps(o + v * 16, _mm512_mul_ps(acc[v], _mm512_set1_ps(inv)));
-  }
-  if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
-    float* mx_out = a.stat_max.empty() ? nullptr : a.stat_max[g];
-    float* sum_out = a.stat_sum.empty() ? nullptr : a.stat_sum[g];
-    const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
-    for (int k = 0; k < kv.len; k++) {
-      const float prob = p[k] * inv * wq;
-      if (sum_out) sum_out[k] += prob;
-      if (mx_out && prob > mx_out[k]) mx_out[k] = prob;
-    }
-  }
+  });
 }
 
 }  // namespace
 
-// Runs attend(h, i, scratch) for every (query head, query row) on the pool. With statistics, one thread owns
-// whole KV groups so no two threads write one statistics array; otherwise rows are split evenly.
-template <typename F>
-void for_each_row(const Attention& a, F attend) {
-  const int G = a.n_heads / a.n_kv;
-  if (!a.stat_max.empty() || !a.stat_sum.empty()) {
-    pool_run([&](int t, int T) {
-      std::vector<float> p;
-      long g0, g1;
-      split_range(a.n_kv, t, T, &g0, &g1);
-      for (long g = g0; g < g1; g++)
-        for (int h = int(g) * G; h < int(g + 1) * G; h++)
-          for (int i = 0; i < a.nq; i++) attend(h, i, p);
+void attention(const Attention& a) {
+  if (a.nq <= 0 || a.n_heads <= 0) return;
+  if (!cpu().avx512) {
+    const long rows = long(a.n_heads) * a.nq;
+    if (has_stats(a)) {
+      pool_run([&](int t, int T) {
+        Scratch s;
+        long g0, g1;
+        split_range(a.n_kv, t, T, &g0, &g1);
+        const int G = a.n_heads / a.n_kv;
+        for (long g = g0; g < g1; g++)
+          for (int i = 0; i < a.nq; i++)
+            for (int h = int(g) * G; h < int(g + 1) * G; h++) attend_row_scalar(a, h, i, s);
+      });
+    } else {
+      pool_run([&](int t, int T) {
+        Scratch s;
+        long r0, r1;
+        split_range(rows, t, T, &r0, &r1);
+        for (long r = r0; r < r1; r++) attend_row_scalar(a, int(r % a.n_heads), int(r / a.n_heads), s);
+      });
+    }
+    return;
+  }
+  const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
+  if (decode_shape) {
+    run_tiles(a, [&](const Tile& t, Scratch& s) {
+      switch (a.d / 16) {
+        case 1: return attend_decode_tile<1>(a, t, s);
+        case 2: return attend_decode_tile<2>(a, t, s);
+        case 3: return attend_decode_tile<3>(a, t, s);
+        case 4: return attend_decode_tile<4>(a, t, s);
+        case 5: return attend_decode_tile<5>(a, t, s);
+        case 6: return attend_decode_tile<6>(a, t, s);
+        case 7: return attend_decode_tile<7>(a, t, s);
+        default: return attend_decode_tile<8>(a, t, s);
+      }
     });
     return;
   }
-  const long units = long(a.n_heads) * a.nq;
+  std::vector<PackedKeys> packed(a.n_kv);
   pool_run([&](int t, int T) {
-    std::vector<float> p;
-    long u0, u1;
-    split_range(units, t, T, &u0, &u1);
-    for (long u = u0; u < u1; u++) attend(int(u % a.n_heads), int(u / a.n_heads), p);
+    long g0, g1;
+    split_range(a.n_kv, t, T, &g0, &g1);
+    for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
   });
-}
-
-void attention(const Attention& a) {
-  const bool avx = cpu().avx512;
-  const long rows = long(a.nq) * (a.n_heads / a.n_kv);
-  if (avx && a.d % 16 == 0 && a.d <= 128 && rows < 8) {
-    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_decode(a, h, i, p); });
-  } else if (avx && rows >= 8) {
-    const int G = a.n_heads / a.n_kv;
-    std::vector<PackedKeys> packed(a.n_kv);
-    pool_run([&](int t, int T) {
-      long g0, g1;
-      split_range(a.n_kv, t, T, &g0, &g1);
-      for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
-    });
-    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_blocked(a, packed[h / G], h, i, p); });
-  } else {
-    for_each_row(a, [&](int h, int i, std::vector<float>& p) { attend_one(a, h, i, p, avx); });
-  }
+  run_tiles(a, [&](const Tile& t, Scratch& s) { attend_blocked_tile(a, t, packed[t.g], s); });
 }
 
 }  // namespace kvlab

@@ -1,28 +1,34 @@
 #pragma once
 #include <cstdint>
+#include <string>
+
+#include "weights.h"
 
 namespace kvlab {
 
-enum WeightType { W_F32 = 0, W_BF16 = 1, W_F16 = 2, W_I8 = 3 };
-
 struct Matmul {
-  float* out;          // [n, rows]
-  const float* x;      // [n, cols]
-  int n;
-  const void* w;       // [rows, cols] of the weight type
-  int type;
-  int rows;
-  int cols;
-  const float* scales; // int8: one per row
-  const int32_t* row_sums = nullptr;  // int8: sum of each row's quantized weights (enables the VNNI path)
+  float* out;          // [n, w.rows]
+  const float* x;      // [n, w.cols]
+  long n;
+  WeightRef w;
 };
 
-// out = x . w^T. Decode-sized n streams the weights once at full precision (bandwidth bound); prefill-sized
-// n runs a packed register-blocked GEMM, with activations rounded to bf16 when bf16_activations is set and
-// the CPU has AVX512_BF16.
+// out = x . w^T. Decode-sized n streams the weights once, widened exactly in registers (bandwidth bound);
+// prefill-sized n runs a packed GEMM: AMX tiles or AVX512-BF16 dot products when bf16_activations is set
+// (activations rounded to bf16, fp32 accumulation), AVX-512 / AVX2 fp32 otherwise.
 void matmul(const Matmul& m, bool bf16_activations);
 
-// Which kernel a call of this shape and type takes, for `kvlab info` and benchmarks.
-const char* matmul_path(int n, int type, bool bf16_activations);
+// The kernel a call of this shape takes, for `kvlab info` and benchmarks.
+const char* matmul_path(long n, const WeightRef& w, bool bf16_activations);
+
+// Benchmark knobs: "prefetch" (0/1, decode GEMV software prefetch), "int8_vnni" (0/1). False if unknown.
+bool set_tuning(const std::string& key, double value);
+
+// Symmetric absmax int8 per (row, group): q = round(v / s), s = max|v| / 127 (1 for an all-zero group).
+// row_sums (optional) receives the sum of each row's q.
+void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales, int32_t* row_sums);
+
+// out[i, :] = row ids[i] of the table, widened to fp32.
+void embedding(const WeightRef& table, const int32_t* ids, long n, float* out);
 
 }  // namespace kvlab

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <climits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -15,9 +16,16 @@ namespace {
 
 std::atomic<unsigned> generation{0};
 std::atomic<int> pending{0};
+std::atomic<int> sleepers{0};  // workers parked (or about to park) on the futex
 const std::function<void(int, int)>* job = nullptr;
 int n_threads = 1;
 std::vector<std::thread> workers;
+std::mutex run_lock;
+thread_local bool in_job = false;
+
+// About 20-50 us of spinning before parking: back-to-back kernels of one forward pass reuse awake workers,
+// an idle pool sleeps in the kernel.
+constexpr int SPIN = 20000;
 
 void futex_wait(std::atomic<unsigned>* addr, unsigned expected) {
   syscall(SYS_futex, reinterpret_cast<unsigned*>(addr), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
@@ -28,15 +36,18 @@ void futex_wake_all(std::atomic<unsigned>* addr) {
 }
 
 void worker_main(int index) {
+  in_job = true;
   unsigned seen = 0;
   for (;;) {
     unsigned g = generation.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < 20000; spin++) {
+    for (int spin = 0; g == seen && spin < SPIN; spin++) {
       _mm_pause();
       g = generation.load(std::memory_order_acquire);
     }
     while (g == seen) {
+      sleepers.fetch_add(1);
       futex_wait(&generation, seen);
+      sleepers.fetch_sub(1);
       g = generation.load(std::memory_order_acquire);
     }
     seen = g;
@@ -59,16 +70,21 @@ void pool_init(int threads) {
 int pool_threads() { return n_threads; }
 
 void pool_run(const std::function<void(int, int)>& fn) {
-  if (n_threads == 1) {
+  if (n_threads == 1 || in_job) {
     fn(0, 1);
     return;
   }
+  std::lock_guard<std::mutex> hold(run_lock);
+  in_job = true;
   job = &fn;
   pending.store(n_threads - 1, std::memory_order_release);
-  generation.fetch_add(1, std::memory_order_acq_rel);
-  futex_wake_all(&generation);
+  generation.fetch_add(1);
+  // A worker counts itself in `sleepers` before it checks the generation in futex_wait, so either it sees
+  // the new generation there or this load sees it and wakes it.
+  if (sleepers.load() > 0) futex_wake_all(&generation);
   fn(0, n_threads);
   while (pending.load(std::memory_order_acquire) > 0) _mm_pause();
+  in_job = false;
 }
 
 }  // namespace kvlab

@@ -8,6 +8,7 @@ namespace kvlab {
 void pool_init(int threads);
 int pool_threads();
 // Runs fn(t, T) on T = pool_threads() threads (the caller is thread 0) and returns when all are done.
+// Calls from different threads are serialized; a call from inside a job runs fn(0, 1) inline.
 void pool_run(const std::function<void(int, int)>& fn);
 
 // Splits [0, n) into T nearly equal parts; returns part t as [begin, end).

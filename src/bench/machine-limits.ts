@@ -12,6 +12,9 @@ export interface MachineLimits {
   /** GEMM 512 x 2048 x 2048 with bf16 weights, GFLOP/s (median). */
   gemmBf16ActivationsGflops: number;
   gemmF32ActivationsGflops: number;
+  /** The kernels those two GEMMs ran on (e.g. amx-bf16-gemm, avx512bf16-gemm, avx512-f32-gemm). */
+  gemmBf16Path: string;
+  gemmF32Path: string;
 }
 
 export function median(xs: number[]): number {
@@ -77,5 +80,7 @@ export function measureMachineLimits(): MachineLimits {
     bandwidthRuns: bandwidthRuns.map((x) => Math.round(x * 10) / 10),
     gemmBf16ActivationsGflops: gemm(true),
     gemmF32ActivationsGflops: gemm(false),
+    gemmBf16Path: new NativeBackend({ bf16Activations: true }).matmulPath(M, w),
+    gemmF32Path: new NativeBackend({ bf16Activations: false }).matmulPath(M, w),
   };
 }

@@ -1,26 +1,38 @@
 import type { TensorByteSource } from '../model/safetensors.ts';
-import { loadAddon } from './native.ts';
+import { loadAddon, type MappedFile } from './native.ts';
 
 /**
- * Tensor bytes straight from a read-only mmap of the checkpoint (zero copy): each tensor is an external
- * ArrayBuffer over the mapping, which lives as long as any of them is referenced.
+ * Tensor bytes straight from a private mmap of the checkpoint (zero copy): each tensor is its own external
+ * ArrayBuffer over one mapping per file (so no single buffer has to exceed Node's 4 GiB Buffer limit), and the
+ * mapping lives as long as any of those buffers is referenced. Pages are read from the page cache on first
+ * touch; a write into a view copies that page privately and never reaches the file.
+ * Returns null when the native addon is not available (callers fall back to plain reads).
  */
 export function mmapSource(): TensorByteSource | null {
   const lib = loadAddon();
   if (!lib) return null;
-  const mapped = new Map<string, ArrayBuffer>();
-  const key = (file: string, offset: number, length: number) => `${file}\u0000${offset}\u0000${length}`;
+  const files = new Map<string, MappedFile>();
+  const mapped = (file: string): MappedFile => {
+    let m = files.get(file);
+    if (!m) {
+      m = lib.mapFile(file);
+      files.set(file, m);
+    }
+    return m;
+  };
   return {
-    prepare(file, regions) {
-      const bufs = lib.mapRegions(file, regions);
-      regions.forEach(([o, l], i) => mapped.set(key(file, o, l), bufs[i]!));
+    prepare(file) {
+      mapped(file);
     },
     read(file, offset, length) {
-      const k = key(file, offset, length);
-      let buf = mapped.get(k);
-      if (!buf) buf = lib.mapRegions(file, [[offset, length]])[0]!;
-      mapped.delete(k);
-      return buf;
+      return lib.mapRegion(mapped(file), offset, length);
     },
   };
+}
+
+/** Bytes [offset, offset + length) of a file as a zero-copy ArrayBuffer over a private mmap (needs the addon). */
+export function mapFileRegion(path: string, offset: number, length: number): ArrayBuffer {
+  const lib = loadAddon();
+  if (!lib) throw new Error('mapFileRegion needs the native addon (npm install builds it)');
+  return lib.mapRegion(lib.mapFile(path), offset, length);
 }

@@ -1,15 +1,21 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { AttentionArgs, Backend, RopeTable, Weight } from './backend.ts';
-import { ReferenceBackend } from './reference.ts';
 
 export interface NativeInfo {
+  /** CPU features detected (after a KVLAB_ISA cap, if set). */
   features: Record<string, boolean>;
+  /** Threads of the addon's pool (KVLAB_THREADS, else the cores this process may run on). */
   threads: number;
+  /** Kernel each operation takes at decode and prefill sizes, and the AMX status. */
   paths: Record<string, string>;
+  isaCap?: string;
 }
 
-interface Addon {
+/** An opaque handle on a whole-file mmap (freed once it and every region over it are collected). */
+export type MappedFile = object & { readonly __mappedFile: unique symbol };
+
+export interface Addon {
   info(): NativeInfo;
   matmul(
     out: Float32Array,
@@ -20,9 +26,23 @@ interface Addon {
     rows: number,
     cols: number,
     scales: Float32Array | null,
+    group: number,
     bf16Activations: boolean,
-    rowSums: Int32Array | null,
   ): void;
+  matmulAsync(
+    out: Float32Array,
+    x: Float32Array,
+    n: number,
+    w: ArrayBufferView,
+    type: number,
+    rows: number,
+    cols: number,
+    scales: Float32Array | null,
+    group: number,
+    bf16Activations: boolean,
+    done: (err: Error | null) => void,
+  ): void;
+  matmulPath(n: number, type: number, rows: number, cols: number, group: number, bf16Activations: boolean): string;
   attention(
     q: Float32Array,
     out: Float32Array | null,
@@ -41,11 +61,30 @@ interface Addon {
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void;
+  embedding(out: Float32Array, table: ArrayBufferView, type: number, rows: number, cols: number, scales: Float32Array | null, group: number, ids: Int32Array): void;
+  quantizeInt8(
+    src: ArrayBufferView,
+    type: number,
+    rows: number,
+    cols: number,
+    scales: Float32Array | null,
+    group: number,
+    outGroup: number,
+    q: Int8Array,
+    outScales: Float32Array,
+    rowSums: Int32Array | null,
+  ): void;
+  mapFile(path: string): MappedFile;
+  mapRegion(file: MappedFile, offset: number, length: number): ArrayBuffer;
+  mappedSize(file: MappedFile): number;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
   streamRead(buf: Float32Array): number;
+  /** Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1); false if unknown. */
+  setTuning(key: string, value: number): boolean;
 }
 
-const ADDON_PATH = fileURLToPath(new URL('../../native/build/Release/kvlab_native.node', import.meta.url));
+/** KVLAB_NATIVE_ADDON points at another build of the addon (development builds outside the tree). */
+const ADDON_PATH = process.env.KVLAB_NATIVE_ADDON ?? fileURLToPath(new URL('../../native/build/Release/kvlab_native.node', import.meta.url));
 let addon: Addon | null = null;
 let loadError: string | null = null;
 
@@ -53,9 +92,14 @@ let loadError: string | null = null;
 export function loadAddon(): Addon | null {
   if (addon || loadError) return addon;
   try {
-    addon = createRequire(import.meta.url)(ADDON_PATH) as Addon;
+    const lib = createRequire(import.meta.url)(ADDON_PATH) as Partial<Addon>;
+    if (typeof lib.quantizeInt8 !== 'function' || typeof lib.mapFile !== 'function') {
+      throw new Error(`${ADDON_PATH} is an older build of the addon; rebuild it with npm run build:native`);
+    }
+    addon = lib as Addon;
   } catch (e) {
-    loadError = (e as Error).message.split('\n')[0]!;
+    const msg = (e as Error).message.split('\n')[0]!;
+    loadError = (e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? `not built (${ADDON_PATH} missing; npm install builds it)` : msg;
   }
   return addon;
 }
@@ -65,10 +109,38 @@ export function nativeLoadError(): string | null {
   return loadError;
 }
 
-const TYPE_CODE: Record<Weight['dtype'], number> = { f32: 0, bf16: 1, f16: 2, int8: 3 };
+export const TYPE_CODE: Record<Weight['dtype'], number> = { f32: 0, bf16: 1, f16: 2, int8: 3 };
+
+/** Columns per int8 scale as the addon takes it: 0 means one scale per row. */
+export function groupArg(w: Weight): number {
+  if (w.dtype !== 'int8') return 0;
+  const g = w.groupSize ?? w.cols;
+  return g >= w.cols ? 0 : g;
+}
+
+/** Throws unless `w` is internally consistent (sizes, scales): the addon trusts what it is given. */
+export function checkWeight(w: Weight): void {
+  const need = w.rows * w.cols;
+  if (!Number.isInteger(w.rows) || !Number.isInteger(w.cols) || w.rows < 0 || w.cols < 0) throw new RangeError(`${w.name}: bad shape ${w.rows}x${w.cols}`);
+  if (w.data.length < need) throw new RangeError(`${w.name}: ${w.data.length} elements for a ${w.rows}x${w.cols} weight`);
+  const expected = { f32: Float32Array, bf16: Uint16Array, f16: Uint16Array, int8: Int8Array }[w.dtype];
+  if (!(w.data instanceof expected)) throw new TypeError(`${w.name}: ${w.dtype} data must be a ${expected.name}`);
+  if (w.dtype === 'int8') {
+    const g = w.groupSize ?? w.cols;
+    if (!Number.isInteger(g) || g <= 0) throw new RangeError(`${w.name}: bad int8 group size ${g}`);
+    const groups = g >= w.cols ? 1 : Math.ceil(w.cols / g);
+    if (!w.scales || w.scales.length < w.rows * groups) throw new RangeError(`${w.name}: int8 needs ${w.rows * groups} scales`);
+  }
+}
+
+const checked = new WeakSet<Weight>();
 
 export interface NativeOptions {
-  /** Round activations to bf16 in prefill GEMMs (AVX512-BF16 dot products): faster, less exact. */
+  /**
+   * Prefill GEMMs (n >= 8) with activations rounded to bf16 (AMX tiles or AVX512-BF16 dot products, fp32
+   * accumulation; non-bf16 weights rounded to bf16 too): faster, less exact. Default: on, unless
+   * KVLAB_PREFILL_PRECISION=f32.
+   */
   bf16Activations?: boolean;
 }
 
@@ -76,7 +148,6 @@ export interface NativeOptions {
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;
   private readonly lib: Addon;
-  private readonly fallback = new ReferenceBackend();
   readonly bf16Activations: boolean;
 
   constructor(opts: NativeOptions = {}) {
@@ -93,51 +164,85 @@ export class NativeBackend implements Backend {
   describe(): string {
     const i = this.lib.info();
     const prefill = this.bf16Activations ? i.paths.prefill_matmul_bf16 : i.paths.prefill_matmul_f32;
-    return `native (${i.threads} threads; decode ${i.paths.decode_matmul}, prefill ${prefill}, attention ${i.paths.attention})`;
+    return `native (${i.threads} threads; decode ${i.paths.decode_matmul}, int8 ${i.paths.decode_matmul_int8}, prefill ${prefill}, attention ${i.paths.attention}; AMX ${i.paths.amx})`;
+  }
+
+  /** The kernel matmul(·, ·, n, w) takes. */
+  matmulPath(n: number, w: Weight): string {
+    return this.lib.matmulPath(n, TYPE_CODE[w.dtype], w.rows, w.cols, groupArg(w), this.bf16Activations);
+  }
+
+  private checkMatmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void {
+    if (!checked.has(w)) {
+      checkWeight(w);
+      checked.add(w);
+    }
+    if (x.length < n * w.cols) throw new RangeError(`matmul ${w.name}: x has ${x.length} values, needs ${n}x${w.cols}`);
+    if (out.length < n * w.rows) throw new RangeError(`matmul ${w.name}: out has ${out.length} values, needs ${n}x${w.rows}`);
   }
 
   matmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void {
-    if (w.dtype === 'int8' && w.groupSize !== undefined && w.groupSize !== w.cols) return this.fallback.matmul(out, x, n, w);
-    this.lib.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, this.bf16Activations, w.rowSums ?? null);
+    this.checkMatmul(out, x, n, w);
+    this.lib.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, groupArg(w), this.bf16Activations);
+  }
+
+  /**
+   * The same product computed off the JS thread (napi async work driving the pool), so a long call such as
+   * the LM head does not block the event loop. The arrays must not be touched until the promise settles.
+   */
+  matmulAsync(out: Float32Array, x: Float32Array, n: number, w: Weight): Promise<void> {
+    this.checkMatmul(out, x, n, w);
+    return new Promise((resolve, reject) =>
+      this.lib.matmulAsync(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, groupArg(w), this.bf16Activations, (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
   }
 
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, weight: Float32Array, eps: number): void {
+    if (x.length < n * dim || out.length < n * dim || weight.length < dim) throw new RangeError('rmsnorm: arrays shorter than n x dim');
     this.lib.rmsnorm(out, x, n, dim, weight, eps);
   }
 
   rope(x: Float32Array, n: number, nHeads: number, positions: Int32Array, table: RopeTable): void {
+    if (x.length < n * nHeads * table.headDim || positions.length < n || table.invFreq.length < table.headDim / 2) throw new RangeError('rope: arrays shorter than the shape');
     this.lib.rope(x, n, nHeads, table.headDim, positions, table.invFreq, table.attentionScaling);
   }
 
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void {
+    if (out.length < len || gate.length < len || up.length < len) throw new RangeError('siluMul: arrays shorter than len');
     this.lib.siluMul(out, gate, up, len);
   }
 
   embedding(out: Float32Array, table: Weight, ids: Int32Array): void {
-    const cols = table.cols;
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i]!;
-      if (id < 0 || id >= table.rows) throw new RangeError(`token id ${id} outside the vocabulary (0..${table.rows - 1})`);
-      const row = out.subarray(i * cols, (i + 1) * cols);
-      if (table.dtype === 'f32') row.set((table.data as Float32Array).subarray(id * cols, (id + 1) * cols));
-      else if (table.dtype === 'bf16') {
-        const bits = new Uint32Array(row.buffer, row.byteOffset, cols);
-        const src = table.data as Uint16Array;
-        for (let c = 0; c < cols; c++) bits[c] = src[id * cols + c]! << 16;
-      } else this.fallback.embedding(row, table, Int32Array.of(id));
+    if (!checked.has(table)) {
+      checkWeight(table);
+      checked.add(table);
     }
+    for (const id of ids) if (id < 0 || id >= table.rows) throw new RangeError(`token id ${id} outside the vocabulary (0..${table.rows - 1})`);
+    if (out.length < ids.length * table.cols) throw new RangeError('embedding: out shorter than ids x cols');
+    this.lib.embedding(out, table.data, TYPE_CODE[table.dtype], table.rows, table.cols, table.scales ?? null, groupArg(table), ids);
   }
 
   attention(a: AttentionArgs): void {
+    const { nq, nHeads, nKvHeads, headDim: d } = a;
+    if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
+    if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
+    for (let g = 0; g < nKvHeads; g++) {
+      const h = a.heads[g]!;
+      if (h.k.length < h.len * d || h.v.length < h.len * d || h.pos.length < h.len) throw new RangeError(`attention: KV head ${g} shorter than its len ${h.len}`);
+      if ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len)) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
+    }
+    if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
     this.lib.attention(
       a.q,
       a.out,
-      a.nq,
-      a.nHeads,
-      a.nKvHeads,
-      a.headDim,
+      nq,
+      nHeads,
+      nKvHeads,
+      d,
       a.qPos,
-      a.heads.map((h) => [h.k, h.v, h.pos, h.len]),
+      a.heads.slice(0, nKvHeads).map((h) => [h.k, h.v, h.pos, h.len]),
       a.scale,
       a.stats?.fromQuery ?? 0,
       a.stats?.max ?? null,
