@@ -101,7 +101,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         runs.sort((a, b) => a.ms - b.ms);
         const mid = runs[1]!;
         const matmulGflops = mid.flops / (mid.matmulMs / 1000) / 1e9;
-        const peak = (lm.model.backend as TimedBackend).inner instanceof NativeBackend && ((lm.model.backend as TimedBackend).inner as NativeBackend).bf16Activations ? limits.gemmBf16ActivationsGflops : limits.gemmF32ActivationsGflops;
+        const peak = (timed.inner as NativeBackend).bf16Activations ? limits.gemmBf16ActivationsGflops : limits.gemmF32ActivationsGflops;
         const decode: Record<string, unknown>[] = [];
         for (const ctx of opts.decodeContexts) {
           if (ctx + 16 > lm.config.maxPositionEmbeddings) {
