@@ -12,6 +12,7 @@
 
 #include "amx.h"
 #include "cpu.h"
+#include "gemv_avx2.h"
 #include "pool.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
@@ -112,37 +113,6 @@ void gemv_scalar(const Matmul& m, long r0, long r1) {
       float acc = 0;
       for (long c = 0; c < m.w.cols; c++) acc += x[c] * row[c];
       m.out[t * m.w.rows + r] = acc;
-    }
-  }
-}
-
-__attribute__((target("avx2,fma")))
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// AVX2: each row widened into an L1-resident buffer, then dotted with every activation row.
-__attribute__((target("avx2,fma,f16c")))
-void gemv_avx2(const Matmul& m, long r0, long r1) {
-  const long K = m.w.cols, K8 = K - K % 8;
-  std::vector<float> row(K);
-  for (long r = r0; r < r1; r++) {
-    widen_row_avx2(m.w, r, 0, K, row.data());
-    for (long t = 0; t < m.n; t++) {
-      const float* x = m.x + t * K;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      long k = 0;
-      for (; k + 16 <= K8; k += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(row.data() + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(row.data() + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-      }
-      for (; k < K8; k += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(row.data() + k), _mm256_loadu_ps(x + k), a0);
-      float tail = 0;
-      for (; k < K; k++) tail += x[k] * row[k];
-      m.out[t * m.w.rows + r] = hsum256(_mm256_add_ps(a0, a1)) + tail;
     }
   }
 }
@@ -631,6 +601,25 @@ void gemm_bf16(const Matmul& m) {
   });
 }
 
+// Activation rows in blocks of at most four, each block's rows split over the pool.
+void gemv_avx2_dispatch(const Matmul& m) {
+  const long K = m.w.cols, K2 = K / 2;
+  const bool pairs = gemv_avx2_uses_pairs(m.w);
+  std::vector<float> split(pairs ? size_t(2 * m.n * K2) : 0);
+  if (pairs) split_even_odd(m.x, m.n, K, split.data(), split.data() + m.n * K2);
+  run_rows(m.w.rows, [&](long r0, long r1) {
+    for (long t0 = 0; t0 < m.n; t0 += 4) {
+      Matmul s = m;
+      s.x = m.x + t0 * K;
+      s.out = m.out + t0 * m.w.rows;
+      s.n = std::min<long>(4, m.n - t0);
+      const float* xe = pairs ? split.data() + t0 * K2 : nullptr;
+      const float* xo = pairs ? split.data() + (m.n + t0) * K2 : nullptr;
+      gemv_avx2(s, xe, xo, r0, r1, {PREFETCH, PREFETCH_MAX_PASS});
+    }
+  });
+}
+
 void gemv_avx512_dispatch(const Matmul& m) {
   const CpuFeatures& f = cpu();
   if (m.w.type == W_I8) {
@@ -757,7 +746,7 @@ void matmul(const Matmul& m, bool bf16_activations) {
   }
   switch (choose(m.n, m.w, bf16_activations)) {
     case Path::Scalar: return run_rows(m.w.rows, [&](long r0, long r1) { gemv_scalar(m, r0, r1); });
-    case Path::Avx2Gemv: return run_rows(m.w.rows, [&](long r0, long r1) { gemv_avx2(m, r0, r1); });
+    case Path::Avx2Gemv: return gemv_avx2_dispatch(m);
     case Path::Avx2Gemm: return gemm_f32_avx2(m);
     case Path::Avx512Gemv:
     case Path::Avx512Bf16Gemv:
