@@ -110,6 +110,125 @@ void attend_row_scalar(const Attention& a, int h, int i, Scratch& s) {
   }
 }
 
+// ---------- AVX2 path: one tile (the heads of a KV group for one query row) at a time ----------
+
+__attribute__((target("avx2,fma")))
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma")))
+float dot_avx2(const float* a, const float* b, int d) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 16 <= d; c += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(b + c + 8), acc1);
+  }
+  for (; c + 8 <= d; c += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
+  float dot = hsum8(_mm256_add_ps(acc0, acc1));
+  for (; c < d; c++) dot += a[c] * b[c];
+  return dot;
+}
+
+// Row p[0, len): logits -> normalized probabilities, masked (-inf) keys exactly 0.
+__attribute__((target("avx2,fma")))
+void softmax_row_avx2(float* p, int len, float mx) {
+  if (mx == -INFINITY) {
+    std::fill(p, p + len, 0.f);
+    return;
+  }
+  const __m256 vm = _mm256_set1_ps(mx), neg = _mm256_set1_ps(-INFINITY);
+  __m256 vz = _mm256_setzero_ps();
+  int j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 x = _mm256_loadu_ps(p + j);
+    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, vm)), _mm256_cmp_ps(x, neg, _CMP_NEQ_OQ));
+    _mm256_storeu_ps(p + j, e);
+    vz = _mm256_add_ps(vz, e);
+  }
+  float z = hsum8(vz);
+  for (; j < len; j++) {
+    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
+    z += p[j];
+  }
+  const float inv = z > 0 ? 1.0f / z : 0.f;
+  const __m256 vi = _mm256_set1_ps(inv);
+  j = 0;
+  for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vi));
+  for (; j < len; j++) p[j] *= inv;
+}
+
+// o[0, d) = sum_j p[j] v[j]; 32 columns at a time held in registers.
+__attribute__((target("avx2,fma")))
+void pv_row_avx2(const float* p, const float* v, int len, int d, float* o) {
+  int c0 = 0;
+  for (; c0 + 32 <= d; c0 += 32) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int j = 0; j < len; j++) {
+      if (p[j] == 0.f) continue;
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      const float* vr = v + long(j) * d + c0;
+      for (int q = 0; q < 4; q++) acc[q] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * q), acc[q]);
+    }
+    for (int q = 0; q < 4; q++) _mm256_storeu_ps(o + c0 + 8 * q, acc[q]);
+  }
+  if (c0 < d) {
+    std::fill(o + c0, o + d, 0.f);
+    for (int j = 0; j < len; j++) {
+      if (p[j] == 0.f) continue;
+      for (int c = c0; c < d; c++) o[c] += p[j] * v[long(j) * d + c];
+    }
+  }
+}
+
+__attribute__((target("avx2,fma")))
+void attend_tile_avx2(const Attention& a, const Tile& t, Scratch& s, bool sorted) {
+  const int d = a.d;
+  const HeadView& kv = a.heads[t.g];
+  const int32_t qp = a.q_pos[t.i];
+  const int len = visible_keys(kv, sorted, qp);
+  s.reserve(t.n, len);
+  float mx[MAX_TILE];
+  for (int hh = 0; hh < t.n; hh++) mx[hh] = -INFINITY;
+  for (int j = 0; j < len; j++) {
+    const float* k = kv.k + long(j) * d;
+    const bool masked = !sorted && kv.pos[j] > qp;
+    for (int hh = 0; hh < t.n; hh++) {
+      float& pj = s.row(hh)[j];
+      pj = masked ? -INFINITY : dot_avx2(q_row(a, t.i, t.h0 + hh), k, d) * a.scale;
+      mx[hh] = std::max(mx[hh], pj);
+    }
+  }
+  for (int hh = 0; hh < t.n; hh++) {
+    softmax_row_avx2(s.row(hh), len, mx[hh]);
+    if (a.out) pv_row_avx2(s.row(hh), kv.v, len, d, out_row(a, t.i, t.h0 + hh));
+  }
+  if (a.out && len == 0)
+    for (int hh = 0; hh < t.n; hh++) std::fill(out_row(a, t.i, t.h0 + hh), out_row(a, t.i, t.h0 + hh) + d, 0.f);
+  if (t.i < a.stats_from || !has_stats(a)) return;
+  float* mxo = a.stat_max.empty() ? nullptr : a.stat_max[t.g];
+  float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[t.g];
+  const __m256 wq = _mm256_set1_ps(a.query_weight ? a.query_weight[t.i] : 1.0f);
+  for (int hh = 0; hh < t.n; hh++) {
+    const float* p = s.row(hh);
+    int j = 0;
+    for (; j + 8 <= len; j += 8) {
+      const __m256 prob = _mm256_mul_ps(_mm256_loadu_ps(p + j), wq);
+      if (sum) _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), prob));
+      if (mxo) _mm256_storeu_ps(mxo + j, _mm256_max_ps(_mm256_loadu_ps(mxo + j), prob));
+    }
+    for (; j < len; j++) {
+      const float prob = p[j] * (a.query_weight ? a.query_weight[t.i] : 1.0f);
+      if (sum) sum[j] += prob;
+      if (mxo && prob > mxo[j]) mxo[j] = prob;
+    }
+  }
+}
+
 // ---------- AVX-512 pieces shared by both tiled paths ----------
 
 // Row r: logits [0, padded) -> normalized probabilities; -inf (masked or padding) becomes 0. Keys in
@@ -426,6 +545,12 @@ void run_tiles(const Attention& a, F f) {
 
 void attention(const Attention& a) {
   if (a.nq <= 0 || a.n_heads <= 0) return;
+  if (!cpu().avx512 && cpu().avx2_fma) {
+    std::vector<char> sorted(a.n_kv);
+    for (int g = 0; g < a.n_kv; g++) sorted[g] = ascending(a.heads[g]);
+    run_tiles(a, [&](const Tile& t, Scratch& s) { attend_tile_avx2(a, t, s, sorted[t.g]); });
+    return;
+  }
   if (!cpu().avx512) {
     const long rows = long(a.n_heads) * a.nq;
     if (has_stats(a)) {
