@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,8 +55,22 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// A kernel call unpacked from its arguments, run later (at once for the sync functions, on a worker for a step).
+using Kernel = std::function<void()>;
+
+// Arguments of one op inside a step's op list: [code, label, ...the kernel function's own arguments].
+struct ArrayArgs {
+  Napi::Array a;
+  uint32_t base;
+  Napi::Value operator[](size_t i) const { return a.Get(uint32_t(base + i)); }
+};
+
+double dbl(const Napi::Value& v) { return v.As<Napi::Number>().DoubleValue(); }
+bool flag(const Napi::Value& v) { return v.As<Napi::Boolean>().Value(); }
+
 // w, type, rows, cols, scales | null, group (0 = per row)
-WeightRef weight_arg(const Napi::CallbackInfo& info, int at) {
+template <class A>
+WeightRef weight_arg(const A& info, int at) {
   WeightRef w;
   w.data = data_of<void>(info[at]);
   w.type = int(num(info[at + 1]));
@@ -64,6 +80,120 @@ WeightRef weight_arg(const Napi::CallbackInfo& info, int at) {
   const long g = num(info[at + 5]);
   w.group = g > 0 ? g : w.cols;
   return w;
+}
+
+// (out, x, n, w, type, rows, cols, scales | null, group, bf16Activations)
+template <class A>
+Kernel matmul_op(const A& a) {
+  Matmul m;
+  m.out = data_of<float>(a[0]);
+  m.x = data_of<float>(a[1]);
+  m.n = num(a[2]);
+  m.w = weight_arg(a, 3);
+  const bool bf16 = flag(a[9]);
+  return [m, bf16] { matmul(m, bf16); };
+}
+
+// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
+template <class A>
+Kernel attention_op(const A& info) {
+  Attention a;
+  a.q = data_of<float>(info[0]);
+  a.out = data_of<float>(info[1]);
+  a.nq = int(num(info[2]));
+  a.n_heads = int(num(info[3]));
+  a.n_kv = int(num(info[4]));
+  a.d = int(num(info[5]));
+  a.q_pos = data_of<int32_t>(info[6]);
+  Napi::Array heads = info[7].template As<Napi::Array>();
+  for (uint32_t g = 0; g < heads.Length(); g++) {
+    Napi::Array h = heads.Get(g).As<Napi::Array>();
+    a.heads.push_back({data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))});
+  }
+  a.scale = float(dbl(info[8]));
+  a.stats_from = int(num(info[9]));
+  for (int s = 10; s <= 11; s++) {
+    const Napi::Value v = info[s];
+    if (v.IsNull() || v.IsUndefined()) continue;
+    Napi::Array arr = v.As<Napi::Array>();
+    auto& dst = s == 10 ? a.stat_max : a.stat_sum;
+    for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
+  }
+  a.query_weight = data_of<float>(info[12]);
+  return [a = std::move(a)] { attention(a); };
+}
+
+// (out, x, n, dim, weight, eps)
+template <class A>
+Kernel rmsnorm_op(const A& a) {
+  float* out = data_of<float>(a[0]);
+  const float* x = data_of<float>(a[1]);
+  const long n = num(a[2]), dim = num(a[3]);
+  const float* w = data_of<float>(a[4]);
+  const double eps = dbl(a[5]);
+  return [=] { rmsnorm(out, x, n, dim, w, eps); };
+}
+
+// (x, n, nHeads, headDim, positions, invFreq, scaling)
+template <class A>
+Kernel rope_op(const A& a) {
+  float* x = data_of<float>(a[0]);
+  const long n = num(a[1]), heads = num(a[2]), d = num(a[3]);
+  const int32_t* pos = data_of<int32_t>(a[4]);
+  const float* inv = data_of<float>(a[5]);
+  const double scaling = dbl(a[6]);
+  return [=] { rope(x, n, heads, d, pos, inv, scaling); };
+}
+
+// (out, gate, up, len)
+template <class A>
+Kernel silu_mul_op(const A& a) {
+  float* out = data_of<float>(a[0]);
+  const float* gate = data_of<float>(a[1]);
+  const float* up = data_of<float>(a[2]);
+  const long len = num(a[3]);
+  return [=] { silu_mul(out, gate, up, len); };
+}
+
+// (out, table, type, rows, cols, scales | null, group, ids)   (ids validated by the caller)
+template <class A>
+Kernel embedding_op(const A& a) {
+  float* out = data_of<float>(a[0]);
+  const WeightRef table = weight_arg(a, 1);
+  Napi::Int32Array ids = a[7].template As<Napi::Int32Array>();
+  const int32_t* id = ids.Data();
+  const long n = long(ids.ElementLength());
+  return [=] { embedding(table, id, n, out); };
+}
+
+// (out, a, b, len)
+template <class A>
+Kernel add_op(const A& a) {
+  float* out = data_of<float>(a[0]);
+  const float* x = data_of<float>(a[1]);
+  const float* y = data_of<float>(a[2]);
+  const long len = num(a[3]);
+  return [=] { add(out, x, y, len); };
+}
+
+// (x, n, bias, width)
+template <class A>
+Kernel add_row_bias_op(const A& a) {
+  float* x = data_of<float>(a[0]);
+  const long n = num(a[1]);
+  const float* bias = data_of<float>(a[2]);
+  const long w = num(a[3]);
+  return [=] { add_row_bias(x, n, w, bias); };
+}
+
+// (dst, dstOffset, src, srcOffset, srcStride, rows, width)
+template <class A>
+Kernel copy_rows_op(const A& a) {
+  float* dst = data_of<float>(a[0]);
+  const long dst_off = num(a[1]);
+  const float* src = data_of<float>(a[2]);
+  const long src_off = num(a[3]), stride = num(a[4]), rows = num(a[5]), width = num(a[6]);
+  return [=] { copy_rows(dst, dst_off, src, src_off, stride, rows, width); };
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -95,12 +225,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 
 // matmul(out, x, n, w, type, rows, cols, scales | null, group, bf16Activations)
 Napi::Value MatmulFn(const Napi::CallbackInfo& info) {
-  Matmul m;
-  m.out = data_of<float>(info[0]);
-  m.x = data_of<float>(info[1]);
-  m.n = num(info[2]);
-  m.w = weight_arg(info, 3);
-  matmul(m, info[9].As<Napi::Boolean>().Value());
+  matmul_op(info)();
   return info.Env().Undefined();
 }
 
@@ -145,55 +270,130 @@ Napi::Value MatmulPathFn(const Napi::CallbackInfo& info) {
 
 // attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
 Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
-  Attention a;
-  a.q = data_of<float>(info[0]);
-  a.out = data_of<float>(info[1]);
-  a.nq = int(num(info[2]));
-  a.n_heads = int(num(info[3]));
-  a.n_kv = int(num(info[4]));
-  a.d = int(num(info[5]));
-  a.q_pos = data_of<int32_t>(info[6]);
-  Napi::Array heads = info[7].As<Napi::Array>();
-  for (uint32_t g = 0; g < heads.Length(); g++) {
-    Napi::Array h = heads.Get(g).As<Napi::Array>();
-    a.heads.push_back({data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))});
-  }
-  a.scale = info[8].As<Napi::Number>().FloatValue();
-  a.stats_from = int(num(info[9]));
-  for (int s = 10; s <= 11; s++) {
-    if (info[s].IsNull() || info[s].IsUndefined()) continue;
-    Napi::Array arr = info[s].As<Napi::Array>();
-    auto& dst = s == 10 ? a.stat_max : a.stat_sum;
-    for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
-  }
-  if (info.Length() > 12) a.query_weight = data_of<float>(info[12]);
-  attention(a);
+  attention_op(info)();
   return info.Env().Undefined();
 }
 
-// rmsnorm(out, x, n, dim, weight, eps)
 Napi::Value RmsnormFn(const Napi::CallbackInfo& info) {
-  rmsnorm(data_of<float>(info[0]), data_of<float>(info[1]), num(info[2]), num(info[3]), data_of<float>(info[4]), info[5].As<Napi::Number>().DoubleValue());
+  rmsnorm_op(info)();
   return info.Env().Undefined();
 }
 
-// rope(x, n, nHeads, headDim, positions, invFreq, scaling)
 Napi::Value RopeFn(const Napi::CallbackInfo& info) {
-  rope(data_of<float>(info[0]), num(info[1]), num(info[2]), num(info[3]), data_of<int32_t>(info[4]), data_of<float>(info[5]), info[6].As<Napi::Number>().DoubleValue());
+  rope_op(info)();
   return info.Env().Undefined();
 }
 
-// siluMul(out, gate, up, len)
 Napi::Value SiluMulFn(const Napi::CallbackInfo& info) {
-  silu_mul(data_of<float>(info[0]), data_of<float>(info[1]), data_of<float>(info[2]), num(info[3]));
+  silu_mul_op(info)();
   return info.Env().Undefined();
 }
 
-// embedding(out, table, type, rows, cols, scales | null, group, ids)   (ids validated by the caller)
 Napi::Value EmbeddingFn(const Napi::CallbackInfo& info) {
-  Napi::Int32Array ids = info[7].As<Napi::Int32Array>();
-  embedding(weight_arg(info, 1), ids.Data(), long(ids.ElementLength()), data_of<float>(info[0]));
+  embedding_op(info)();
   return info.Env().Undefined();
+}
+
+Napi::Value AddFn(const Napi::CallbackInfo& info) {
+  add_op(info)();
+  return info.Env().Undefined();
+}
+
+Napi::Value AddRowBiasFn(const Napi::CallbackInfo& info) {
+  add_row_bias_op(info)();
+  return info.Env().Undefined();
+}
+
+Napi::Value CopyRowsFn(const Napi::CallbackInfo& info) {
+  copy_rows_op(info)();
+  return info.Env().Undefined();
+}
+
+// Step op codes, as src/tensor/step-list.ts numbers them.
+enum OpCode { OP_MATMUL, OP_ATTENTION, OP_RMSNORM, OP_ROPE, OP_SILU_MUL, OP_EMBEDDING, OP_ADD, OP_ADD_ROW_BIAS, OP_COPY_ROWS, OP_COUNT };
+const char* const OP_NAMES[OP_COUNT] = {"matmul", "attention", "rmsnorm", "rope", "siluMul", "embedding", "add", "addRowBias", "copyRows"};
+
+// One-shot failure injection for tests: the next step fails at this op index (setTuning('step_fail_at', i)).
+std::atomic<long> step_fail_at{-1};
+
+// runStep(ops: [code, label, ...args][], done(err)): one forward step's kernel calls, unpacked on the JS
+// thread and run in order as one napi async work. The op list (and through it every array the ops name)
+// stays referenced until `done` runs. The C++ side only dispatches kernels; the order is the TypeScript
+// forward pass's.
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  StepWorker(Napi::Function done, Napi::Array ops) : Napi::AsyncWorker(done, "kvlab.step"), keep_(Napi::Persistent(ops)), fail_at_(step_fail_at.exchange(-1)) {}
+
+  // False (with a JS exception pending) if an op is malformed.
+  bool Parse(Napi::Env env, Napi::Array ops) {
+    const uint32_t n = ops.Length();
+    kernels_.reserve(n);
+    labels_.reserve(n);
+    for (uint32_t i = 0; i < n; i++) {
+      Napi::Value item = ops.Get(i);
+      if (!item.IsArray()) return fail(env, i, "not an array");
+      ArrayArgs a{item.As<Napi::Array>(), 2};
+      const Napi::Value code = a.a.Get(0u);
+      const long c = code.IsNumber() ? num(code) : -1;
+      if (c < 0 || c >= OP_COUNT) return fail(env, i, "unknown op code");
+      const Napi::Value label = a.a.Get(1u);
+      labels_.push_back(label.IsString() ? label.As<Napi::String>().Utf8Value() : OP_NAMES[c]);
+      switch (c) {
+        case OP_MATMUL: kernels_.push_back(matmul_op(a)); break;
+        case OP_ATTENTION: kernels_.push_back(attention_op(a)); break;
+        case OP_RMSNORM: kernels_.push_back(rmsnorm_op(a)); break;
+        case OP_ROPE: kernels_.push_back(rope_op(a)); break;
+        case OP_SILU_MUL: kernels_.push_back(silu_mul_op(a)); break;
+        case OP_EMBEDDING: kernels_.push_back(embedding_op(a)); break;
+        case OP_ADD: kernels_.push_back(add_op(a)); break;
+        case OP_ADD_ROW_BIAS: kernels_.push_back(add_row_bias_op(a)); break;
+        case OP_COPY_ROWS: kernels_.push_back(copy_rows_op(a)); break;
+      }
+      if (env.IsExceptionPending()) return false;
+    }
+    return true;
+  }
+
+  void Execute() override {
+    const size_t n = kernels_.size();
+    for (size_t i = 0; i < n; i++) {
+      try {
+        if (long(i) == fail_at_) throw std::runtime_error("failure injected by setTuning('step_fail_at')");
+        kernels_[i]();
+      } catch (const std::exception& e) {
+        SetError("step op " + std::to_string(i) + " of " + std::to_string(n) + " (" + labels_[i] + ") failed: " + e.what());
+        return;
+      }
+    }
+  }
+
+  void OnOK() override { Callback().Call({Env().Null()}); }
+
+ private:
+  bool fail(Napi::Env env, uint32_t i, const char* why) {
+    Napi::TypeError::New(env, "runStep: op " + std::to_string(i) + " is malformed (" + why + ")").ThrowAsJavaScriptException();
+    return false;
+  }
+
+  Napi::Reference<Napi::Array> keep_;
+  long fail_at_;
+  std::vector<Kernel> kernels_;
+  std::vector<std::string> labels_;
+};
+
+Napi::Value RunStepFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray() || !info[1].IsFunction()) {
+    Napi::TypeError::New(env, "runStep(ops, done) takes an array and a function").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto* w = new StepWorker(info[1].As<Napi::Function>(), info[0].As<Napi::Array>());
+  if (!w->Parse(env, info[0].As<Napi::Array>())) {
+    delete w;
+    return env.Undefined();
+  }
+  w->Queue();
+  return env.Undefined();
 }
 
 // quantizeInt8(src, type, rows, cols, scales | null, group, outGroup, q: Int8Array, scales: Float32Array, rowSums: Int32Array | null)
@@ -366,6 +566,10 @@ Napi::Value MapRegionsFn(const Napi::CallbackInfo& info) {
 
 // setTuning(key, value) -> whether the knob exists (benchmarks A/B kernel variants in one process)
 Napi::Value SetTuningFn(const Napi::CallbackInfo& info) {
+  if (info[0].As<Napi::String>().Utf8Value() == "step_fail_at") {
+    step_fail_at = long(num(info[1]));
+    return Napi::Boolean::New(info.Env(), true);
+  }
   return Napi::Boolean::New(info.Env(), set_tuning(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Number>().DoubleValue()));
 }
 
@@ -381,6 +585,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, RopeFn));
   exports.Set("siluMul", Napi::Function::New(env, SiluMulFn));
   exports.Set("embedding", Napi::Function::New(env, EmbeddingFn));
+  exports.Set("add", Napi::Function::New(env, AddFn));
+  exports.Set("addRowBias", Napi::Function::New(env, AddRowBiasFn));
+  exports.Set("copyRows", Napi::Function::New(env, CopyRowsFn));
+  exports.Set("runStep", Napi::Function::New(env, RunStepFn));
   exports.Set("quantizeInt8", Napi::Function::New(env, QuantizeFn));
   exports.Set("mapFile", Napi::Function::New(env, MapFileFn));
   exports.Set("mapRegion", Napi::Function::New(env, MapRegionFn));

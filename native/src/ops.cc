@@ -142,4 +142,16 @@ void silu_mul(float* out, const float* gate, const float* up, long len) {
   });
 }
 
+void add(float* out, const float* a, const float* b, long len) {
+  for (long i = 0; i < len; i++) out[i] = a[i] + b[i];
+}
+
+void add_row_bias(float* x, long n, long w, const float* bias) {
+  for (long i = 0; i < n; i++) add(x + i * w, x + i * w, bias, w);
+}
+
+void copy_rows(float* dst, long dst_off, const float* src, long src_off, long src_stride, long rows, long width) {
+  for (long i = 0; i < rows; i++) std::copy(src + src_off + i * src_stride, src + src_off + i * src_stride + width, dst + dst_off + i * width);
+}
+
 }  // namespace kvlab

@@ -46,4 +46,13 @@ export class TimedBackend implements Backend {
   attention(args: AttentionArgs): void {
     this.time('attention', () => this.inner.attention(args));
   }
+  add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void {
+    this.time('add', () => this.inner.add(out, a, b, len));
+  }
+  addRowBias(x: Float32Array, n: number, bias: Float32Array): void {
+    this.time('add', () => this.inner.addRowBias(x, n, bias));
+  }
+  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+    this.time('cache_append', () => this.inner.copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width));
+  }
 }

@@ -1,4 +1,4 @@
-import type { KvHeadView } from '../tensor/backend.ts';
+import type { Backend, KvHeadView } from '../tensor/backend.ts';
 
 const MIN_CAPACITY = 16;
 
@@ -32,6 +32,18 @@ export class HeadStore implements KvHeadView {
     this.v.set(vSrc.subarray(vOff, vOff + d), this.len * d);
     this.pos[this.len] = position;
     this.len++;
+  }
+
+  /**
+   * Adds rows for these positions (capacity reserved first, positions written, len advanced) and returns the
+   * index of the first: the caller fills their k and v rows, possibly later, into the arrays as they are now.
+   */
+  extend(positions: Int32Array): number {
+    const first = this.len;
+    this.reserve(first + positions.length);
+    this.pos.set(positions, first);
+    this.len = first + positions.length;
+    return first;
   }
 
   /** Keeps rows at the given strictly increasing indices, compacting in place; shrinks the allocation when mostly empty. */
@@ -78,6 +90,12 @@ export class HeadStore implements KvHeadView {
   }
 }
 
+const jsCopier: Pick<Backend, 'copyRows'> = {
+  copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width) {
+    for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOffset + i * srcStride, srcOffset + i * srcStride + width), dstOffset + i * width);
+  },
+};
+
 /** What truncate() restores: every head's length and the next position. */
 export interface CacheMark {
   readonly lengths: Int32Array;
@@ -94,6 +112,7 @@ export class KvCache {
   nextPos = 0;
   /** Bumped by keep(): a mark taken before a compaction can no longer be restored. */
   private epoch = 0;
+  private busyWith: string | null = null;
 
   constructor(readonly numLayers: number, readonly numKvHeads: number, readonly headDim: number) {
     this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim)));
@@ -107,24 +126,42 @@ export class KvCache {
     return this.heads[l]![h]!;
   }
 
-  /** Appends n rows to every head of a layer from k, v laid out [n, numKvHeads, headDim]. */
-  appendLayer(l: number, k: Float32Array, v: Float32Array, positions: Int32Array): void {
+  /**
+   * Appends n rows to every head of a layer from k, v laid out [n, numKvHeads, headDim]. The rows are
+   * copied by `copier` (a backend, whose copy may be recorded and run later: each head's storage is
+   * reserved before the copy is issued, so it targets the arrays the head keeps).
+   */
+  appendLayer(l: number, k: Float32Array, v: Float32Array, positions: Int32Array, copier: Pick<Backend, 'copyRows'> = jsCopier): void {
+    this.assertIdle('appendLayer');
     const d = this.headDim;
     const H = this.numKvHeads;
     const n = positions.length;
     const heads = this.heads[l]!;
-    for (let h = 0; h < H; h++) heads[h]!.reserve(heads[h]!.len + n);
-    for (let i = 0; i < n; i++) {
-      for (let h = 0; h < H; h++) {
-        const off = (i * H + h) * d;
-        heads[h]!.appendRow(k, off, v, off, positions[i]!);
-      }
+    for (let h = 0; h < H; h++) {
+      const s = heads[h]!;
+      const first = s.extend(positions);
+      copier.copyRows(s.k, first * d, k, h * d, H * d, n, d);
+      copier.copyRows(s.v, first * d, v, h * d, H * d, n, d);
     }
   }
 
   /** Advances the next position after a forward pass has appended n tokens to every layer. */
   advance(n: number): void {
+    this.assertIdle('advance');
     this.nextPos += n;
+  }
+
+  /** Set while an async step that writes into this cache is running; every change in between is refused. */
+  get busy(): boolean {
+    return this.busyWith !== null;
+  }
+
+  setBusy(what: string | null): void {
+    this.busyWith = what;
+  }
+
+  private assertIdle(op: string): void {
+    if (this.busyWith) throw new Error(`KvCache.${op}(): the cache is in use by ${this.busyWith}; await it first`);
   }
 
   mark(): CacheMark {
@@ -134,12 +171,14 @@ export class KvCache {
   }
 
   truncate(mark: CacheMark): void {
+    this.assertIdle('truncate');
     if (mark.epoch !== this.epoch) throw new Error('truncate(): the cache was compacted after this mark was taken');
     this.forEachHead((s, l, h) => s.truncate(mark.lengths[l * this.numKvHeads + h]!));
     this.nextPos = mark.nextPos;
   }
 
   keep(l: number, h: number, indices: ArrayLike<number>): void {
+    this.assertIdle('keep');
     this.heads[l]![h]!.keep(indices);
     this.epoch++;
   }

@@ -83,4 +83,21 @@ export interface Backend {
   embedding(out: Float32Array, table: Weight, ids: Int32Array): void;
   /** Scaled dot-product attention over ragged per-head caches with position masking, fp32 softmax. */
   attention(args: AttentionArgs): void;
+  /** out[i] = a[i] + b[i] for i < len, rounded to fp32. out may alias a or b. */
+  add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
+  /** x[i, c] += bias[c] over n rows of width bias.length. */
+  addRowBias(x: Float32Array, n: number, bias: Float32Array): void;
+  /** dst[dstOffset + i * width + c] = src[srcOffset + i * srcStride + c] for i < rows, c < width. */
+  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
+  /**
+   * A backend whose calls are recorded instead of run, and a run() that executes them in order off the JS
+   * thread; absent where the backend cannot do that. Arrays named in recorded calls must not be touched
+   * until run() settles.
+   */
+  recordStep?(): StepRecording;
+}
+
+export interface StepRecording {
+  readonly backend: Backend;
+  run(): Promise<void>;
 }

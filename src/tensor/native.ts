@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import type { AttentionArgs, Backend, RopeTable, Weight } from './backend.ts';
+import type { AttentionArgs, Backend, RopeTable, StepRecording, Weight } from './backend.ts';
+import { StepList, type Kernels } from './step-list.ts';
 
 export interface NativeInfo {
   /** CPU features detected (after a KVLAB_ISA cap, if set). */
@@ -61,6 +62,11 @@ export interface Addon {
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void;
+  add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
+  addRowBias(x: Float32Array, n: number, bias: Float32Array, width: number): void;
+  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
+  /** Runs [code, label, ...kernel arguments] ops in order as one async work (see step-list.ts). */
+  runStep(ops: readonly (readonly unknown[])[], done: (err: Error | null) => void): void;
   embedding(out: Float32Array, table: ArrayBufferView, type: number, rows: number, cols: number, scales: Float32Array | null, group: number, ids: Int32Array): void;
   quantizeInt8(
     src: ArrayBufferView,
@@ -79,7 +85,10 @@ export interface Addon {
   mappedSize(file: MappedFile): number;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
   streamRead(buf: Float32Array): number;
-  /** Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1); false if unknown. */
+  /**
+   * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1); false if unknown.
+   * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
+   */
   setTuning(key: string, value: number): boolean;
 }
 
@@ -93,7 +102,7 @@ export function loadAddon(): Addon | null {
   if (addon || loadError) return addon;
   try {
     const lib = createRequire(import.meta.url)(ADDON_PATH) as Partial<Addon>;
-    if (typeof lib.quantizeInt8 !== 'function' || typeof lib.mapFile !== 'function') {
+    if (typeof lib.runStep !== 'function' || typeof lib.mapFile !== 'function') {
       throw new Error(`${ADDON_PATH} is an older build of the addon; rebuild it with npm run build:native`);
     }
     addon = lib as Addon;
@@ -148,13 +157,22 @@ export interface NativeOptions {
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;
   private readonly lib: Addon;
+  /** Where kernel calls go: the addon itself, or a StepList recording them. */
+  private readonly k: Kernels;
   readonly bf16Activations: boolean;
 
-  constructor(opts: NativeOptions = {}) {
+  constructor(opts: NativeOptions = {}, kernels?: Kernels) {
     const lib = loadAddon();
     if (!lib) throw new Error(`the native addon is not available: ${loadError}`);
     this.lib = lib;
+    this.k = kernels ?? lib;
     this.bf16Activations = opts.bf16Activations ?? process.env.KVLAB_PREFILL_PRECISION !== 'f32';
+  }
+
+  /** The same checks, with every kernel call recorded; run() executes the list as one async work. */
+  recordStep(): StepRecording {
+    const list = new StepList(this.lib);
+    return { backend: new NativeBackend({ bf16Activations: this.bf16Activations }, list), run: () => list.run() };
   }
 
   info(): NativeInfo {
@@ -183,7 +201,7 @@ export class NativeBackend implements Backend {
 
   matmul(out: Float32Array, x: Float32Array, n: number, w: Weight): void {
     this.checkMatmul(out, x, n, w);
-    this.lib.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, groupArg(w), this.bf16Activations);
+    this.k.matmul(out, x, n, w.data, TYPE_CODE[w.dtype], w.rows, w.cols, w.scales ?? null, groupArg(w), this.bf16Activations);
   }
 
   /**
@@ -201,17 +219,17 @@ export class NativeBackend implements Backend {
 
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, weight: Float32Array, eps: number): void {
     if (x.length < n * dim || out.length < n * dim || weight.length < dim) throw new RangeError('rmsnorm: arrays shorter than n x dim');
-    this.lib.rmsnorm(out, x, n, dim, weight, eps);
+    this.k.rmsnorm(out, x, n, dim, weight, eps);
   }
 
   rope(x: Float32Array, n: number, nHeads: number, positions: Int32Array, table: RopeTable): void {
     if (x.length < n * nHeads * table.headDim || positions.length < n || table.invFreq.length < table.headDim / 2) throw new RangeError('rope: arrays shorter than the shape');
-    this.lib.rope(x, n, nHeads, table.headDim, positions, table.invFreq, table.attentionScaling);
+    this.k.rope(x, n, nHeads, table.headDim, positions, table.invFreq, table.attentionScaling);
   }
 
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void {
     if (out.length < len || gate.length < len || up.length < len) throw new RangeError('siluMul: arrays shorter than len');
-    this.lib.siluMul(out, gate, up, len);
+    this.k.siluMul(out, gate, up, len);
   }
 
   embedding(out: Float32Array, table: Weight, ids: Int32Array): void {
@@ -221,7 +239,7 @@ export class NativeBackend implements Backend {
     }
     for (const id of ids) if (id < 0 || id >= table.rows) throw new RangeError(`token id ${id} outside the vocabulary (0..${table.rows - 1})`);
     if (out.length < ids.length * table.cols) throw new RangeError('embedding: out shorter than ids x cols');
-    this.lib.embedding(out, table.data, TYPE_CODE[table.dtype], table.rows, table.cols, table.scales ?? null, groupArg(table), ids);
+    this.k.embedding(out, table.data, TYPE_CODE[table.dtype], table.rows, table.cols, table.scales ?? null, groupArg(table), ids);
   }
 
   attention(a: AttentionArgs): void {
@@ -234,7 +252,7 @@ export class NativeBackend implements Backend {
       if ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len)) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
     if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
-    this.lib.attention(
+    this.k.attention(
       a.q,
       a.out,
       nq,
@@ -249,5 +267,23 @@ export class NativeBackend implements Backend {
       a.stats?.sum ?? null,
       a.stats?.queryWeight ?? null,
     );
+  }
+
+  add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void {
+    if (out.length < len || a.length < len || b.length < len) throw new RangeError('add: arrays shorter than len');
+    this.k.add(out, a, b, len);
+  }
+
+  addRowBias(x: Float32Array, n: number, bias: Float32Array): void {
+    if (x.length < n * bias.length) throw new RangeError('addRowBias: x shorter than n x bias.length');
+    this.k.addRowBias(x, n, bias, bias.length);
+  }
+
+  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+    if (rows <= 0) return;
+    if (dstOffset < 0 || srcOffset < 0 || dstOffset + rows * width > dst.length || srcOffset + (rows - 1) * srcStride + width > src.length) {
+      throw new RangeError(`copyRows: ${rows} rows of ${width} outside dst (${dst.length}) or src (${src.length})`);
+    }
+    this.k.copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width);
   }
 }

@@ -159,4 +159,17 @@ export class ReferenceBackend implements Backend {
       }
     }
   }
+
+  add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void {
+    for (let i = 0; i < len; i++) out[i] = a[i]! + b[i]!;
+  }
+
+  addRowBias(x: Float32Array, n: number, bias: Float32Array): void {
+    const w = bias.length;
+    for (let i = 0; i < n; i++) for (let c = 0; c < w; c++) x[i * w + c] = x[i * w + c]! + bias[c]!;
+  }
+
+  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+    for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOffset + i * srcStride, srcOffset + i * srcStride + width), dstOffset + i * width);
+  }
 }
