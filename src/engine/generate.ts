@@ -68,8 +68,7 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
       emitted = safe;
     }
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
-    logits = lm.model.forward([id], cache)!;
-    await yieldToEventLoop();
+    logits = (await lm.model.forwardAsync([id], cache))!;
   }
   if (text.length > emitted) opts.onText?.(text.slice(emitted));
   const t2 = performance.now();
@@ -110,8 +109,4 @@ function stableLength(text: string, stops: string[]): number {
     }
   }
   return end;
-}
-
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }

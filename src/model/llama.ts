@@ -46,8 +46,43 @@ export class LlamaModel {
   }
 
   forward(ids: ArrayLike<number>, cache: KvCache, opts: ForwardOptions = {}): Float32Array | null {
+    return this.pass(this.backend, ids, cache, opts);
+  }
+
+  /**
+   * forward() with the kernels run off the JS thread: the same pass is recorded against the backend's
+   * recording twin and executed by the addon as one async work, so the event loop keeps running meanwhile.
+   * The returned logits (and the cache rows) are valid once the promise resolves; until then the cache
+   * refuses changes. On failure the cache is restored to where it was. Backends that cannot record (the
+   * reference one) run forward() after yielding to the event loop once.
+   */
+  async forwardAsync(ids: ArrayLike<number>, cache: KvCache, opts: ForwardOptions = {}): Promise<Float32Array | null> {
+    if (opts.onLayer) throw new Error('forwardAsync(): onLayer captures read activations during the pass and cannot be used with an async step; use forward()');
+    if (cache.busy) throw new Error('forwardAsync(): the cache is in use by another async step; await it first');
+    const recording = this.backend.recordStep?.();
+    if (!recording) {
+      await new Promise((resolve) => setImmediate(resolve));
+      return this.forward(ids, cache, opts);
+    }
+    const mark = cache.mark();
+    try {
+      const logits = this.pass(recording.backend, ids, cache, opts);
+      cache.setBusy('forwardAsync()');
+      try {
+        await recording.run();
+      } finally {
+        cache.setBusy(null);
+      }
+      return logits;
+    } catch (e) {
+      cache.truncate(mark);
+      throw e;
+    }
+  }
+
+  /** The forward pass, every operation on activations issued through `be`. */
+  private pass(be: Backend, ids: ArrayLike<number>, cache: KvCache, opts: ForwardOptions): Float32Array | null {
     const cfg = this.config;
-    const be = this.backend;
     const W = this.weights;
     const n = ids.length;
     if (n === 0) throw new RangeError('forward() needs at least one token');
@@ -85,15 +120,15 @@ export class LlamaModel {
       be.matmul(q, xn, n, L.wq);
       be.matmul(k, xn, n, L.wk);
       be.matmul(v, xn, n, L.wv);
-      if (L.bq) addRowBias(q, n, L.bq);
-      if (L.bk) addRowBias(k, n, L.bk);
-      if (L.bv) addRowBias(v, n, L.bv);
+      if (L.bq) be.addRowBias(q, n, L.bq);
+      if (L.bk) be.addRowBias(k, n, L.bk);
+      if (L.bv) be.addRowBias(v, n, L.bv);
       if (L.qNorm) be.rmsnorm(q, q, n * nH, hd, L.qNorm, cfg.rmsNormEps);
       if (L.kNorm) be.rmsnorm(k, k, n * nKv, hd, L.kNorm, cfg.rmsNormEps);
       if (qPre) qPre.set(q);
       be.rope(q, n, nH, positions, this.rope);
       be.rope(k, n, nKv, positions, this.rope);
-      cache.appendLayer(l, k, v, positions);
+      cache.appendLayer(l, k, v, positions, be);
       be.attention({
         q,
         out: attn,
@@ -108,15 +143,15 @@ export class LlamaModel {
       });
       opts.onLayer?.({ layer: l, n, positions, hidden: hiddenIn!, qPreRope: qPre!, q, k, v });
       be.matmul(proj, attn, n, L.wo);
-      if (L.bo) addRowBias(proj, n, L.bo);
-      addInPlace(x, proj);
+      if (L.bo) be.addRowBias(proj, n, L.bo);
+      be.add(x, x, proj, n * D);
 
       be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);
       be.matmul(gate, xn, n, L.gate);
       be.matmul(up, xn, n, L.up);
       be.siluMul(gate, gate, up, n * cfg.intermediateSize);
       be.matmul(proj, gate, n, L.down);
-      addInPlace(x, proj);
+      be.add(x, x, proj, n * D);
     }
     cache.advance(n);
 
@@ -130,13 +165,4 @@ export class LlamaModel {
     be.matmul(logits, normed, rows, W.lmHead);
     return logits;
   }
-}
-
-function addRowBias(x: Float32Array, n: number, bias: Float32Array): void {
-  const w = bias.length;
-  for (let i = 0; i < n; i++) for (let c = 0; c < w; c++) x[i * w + c] = x[i * w + c]! + bias[c]!;
-}
-
-function addInPlace(x: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < x.length; i++) x[i] = x[i]! + y[i]!;
 }
