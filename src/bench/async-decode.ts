@@ -1,0 +1,105 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import type { KvCache } from '../cache/kv-cache.ts';
+import { loadModel } from '../engine/loaded-model.ts';
+import type { LlamaModel } from '../model/llama.ts';
+import { NativeBackend } from '../tensor/native.ts';
+
+export interface AsyncDecodeResult {
+  steps: number;
+  /** Median over steps of forward() / forwardAsync() of one token. */
+  syncMsPerToken: number;
+  asyncMsPerToken: number;
+  /** (async - sync) / sync, in percent. */
+  overheadPercent: number;
+  /** Longest event-loop stall seen by a 1 ms timer while steps of that kind ran. */
+  syncEventLoopMaxDelayMs: number;
+  asyncEventLoopMaxDelayMs: number;
+}
+
+const RESOLUTION_MS = 1;
+
+/**
+ * Times one-token decode steps on top of the cache, forward() and forwardAsync() alternating (the order
+ * flipped every pair, the cache cut back after every step, so both see the same context and the same
+ * machine load), and the event-loop delay during each kind. The cache is returned as it was.
+ */
+export async function measureAsyncDecode(model: LlamaModel, cache: KvCache, steps = 16): Promise<AsyncDecodeResult> {
+  const mark = cache.mark();
+  const vocab = model.weights.embed.rows;
+  const ms = { sync: [] as number[], async: [] as number[] };
+  const delay = { sync: 0, async: 0 };
+  const step = async (kind: 'sync' | 'async', id: number) => {
+    // A fresh monitor per step: one enabled again after a pause would count the pause as a delay.
+    const h = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+    h.enable();
+    await sleep(2 * RESOLUTION_MS);
+    const t0 = performance.now();
+    if (kind === 'sync') model.forward([id], cache);
+    else await model.forwardAsync([id], cache);
+    ms[kind].push(performance.now() - t0);
+    // Lets the monitor's timer fire (late, after a sync step) while it still counts for this kind.
+    await sleep(2 * RESOLUTION_MS);
+    h.disable();
+    delay[kind] = Math.max(delay[kind], maxMs(h));
+    cache.truncate(mark);
+  };
+  try {
+    await step('sync', 1);
+    await step('async', 1);
+    ms.sync.length = ms.async.length = 0;
+    delay.sync = delay.async = 0;
+    for (let i = 0; i < steps; i++) {
+      const id = 1 + ((i * 7919) % (vocab - 1));
+      const order: ('sync' | 'async')[] = i % 2 ? ['async', 'sync'] : ['sync', 'async'];
+      for (const kind of order) await step(kind, id);
+    }
+  } finally {
+    if (!cache.busy) cache.truncate(mark);
+  }
+  const syncMs = median(ms.sync);
+  const asyncMs = median(ms.async);
+  return {
+    steps,
+    syncMsPerToken: syncMs,
+    asyncMsPerToken: asyncMs,
+    overheadPercent: (100 * (asyncMs - syncMs)) / syncMs,
+    syncEventLoopMaxDelayMs: delay.sync,
+    asyncEventLoopMaxDelayMs: delay.async,
+  };
+}
+
+/** Appends `context` tokens of random keys and values (a decode step's cost depends on sizes only). */
+export function fillSyntheticCache(cache: KvCache, context: number, seed = 5): void {
+  let s = seed >>> 0;
+  const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5;
+  const width = cache.numKvHeads * cache.headDim;
+  for (let at = 0; at < context; at += 256) {
+    const n = Math.min(256, context - at);
+    const k = Float32Array.from({ length: n * width }, rand);
+    const v = Float32Array.from({ length: n * width }, rand);
+    const pos = Int32Array.from({ length: n }, (_, i) => cache.nextPos + i);
+    for (let l = 0; l < cache.numLayers; l++) cache.appendLayer(l, k, v, pos);
+    cache.advance(n);
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const maxMs = (h: IntervalHistogram) => (h.count > 0 ? h.max / 1e6 : 0);
+
+const sleep = (msec: number) => new Promise((r) => setTimeout(r, msec));
+
+// npx tsx src/bench/async-decode.ts <model dir> [context tokens = 1024] [steps = 16]
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const [dir, context = '1024', steps = '16'] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: tsx src/bench/async-decode.ts <model dir> [context] [steps]');
+  const lm = loadModel(dir, { backend: new NativeBackend() });
+  const cache = lm.newCache();
+  fillSyntheticCache(cache, Number(context));
+  console.log(JSON.stringify({ model: dir, context: Number(context), ...(await measureAsyncDecode(lm.model, cache, Number(steps))) }, null, 2));
+}
