@@ -132,6 +132,25 @@ for (const bf16Activations of [false, true]) {
   });
 }
 
+// Prefill GEMM (n >= 8) tails: odd activation rows (register tiles of 6 or 8 rows, blocks of 144), output
+// columns not a multiple of the 16/32-column panels, inner dimensions across several K blocks with a tail.
+const GEMM_SHAPES: [number, number][] = [
+  [1, 2049],
+  [5, 7],
+  [31, 100],
+  [33, 2049],
+  [4097, 33],
+  [17, 1],
+];
+
+test(`[${mode}] matmul: prefill GEMM tails, every dtype (fp32 activations)`, { skip }, () => {
+  const nat = new NativeBackend({ bf16Activations: false });
+  for (const kind of KINDS) {
+    for (const [rows, cols] of GEMM_SHAPES) for (const n of [9, 13, 37]) checkMatmul('gemm', nat, kind, rows, cols, n);
+    checkMatmul('gemm', nat, kind, 20, 300, 150);
+  }
+});
+
 test(`[${mode}] matmul: int8 decode with VNNI (activations quantized per block) stays within its bound`, { skip }, () => {
   const lib = loadAddon()!;
   const nat = new NativeBackend();

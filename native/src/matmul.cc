@@ -12,6 +12,7 @@
 
 #include "amx.h"
 #include "cpu.h"
+#include "gemm_avx2.h"
 #include "gemv_avx2.h"
 #include "pool.h"
 
@@ -444,30 +445,6 @@ void tile_f32(const Matmul& m, const float* panel, long i0, long r0) {
   store_tile<M>(m, acc, i0, r0);
 }
 
-template <int M>
-__attribute__((target("avx2,fma")))
-void tile_f32_avx2(const Matmul& m, const float* panel, long i0, long r0) {
-  const long K = m.w.cols;
-  __m256 acc[M][4];
-  for (int i = 0; i < M; i++)
-    for (int c = 0; c < 4; c++) acc[i][c] = _mm256_setzero_ps();
-  const float* x = m.x + i0 * K;
-  for (long k = 0; k < K; k++) {
-    __m256 b[4];
-    for (int c = 0; c < 4; c++) b[c] = _mm256_load_ps(panel + k * NR + 8 * c);
-    for (int i = 0; i < M; i++) {
-      const __m256 a = _mm256_broadcast_ss(x + i * K + k);
-      for (int c = 0; c < 4; c++) acc[i][c] = _mm256_fmadd_ps(a, b[c], acc[i][c]);
-    }
-  }
-  alignas(32) float row[NR];
-  const long cols = std::min<long>(NR, m.w.rows - r0);
-  for (int i = 0; i < M; i++) {
-    for (int c = 0; c < 4; c++) _mm256_store_ps(row + 8 * c, acc[i][c]);
-    std::memcpy(m.out + (i0 + i) * m.w.rows + r0, row, size_t(cols) * 4);
-  }
-}
-
 // bf16 panel: [K/2][32] pairs of bf16 (element k in the low half), zero-padded.
 __attribute__((target(AVX512 ",f16c,avx512bf16")))
 void pack_panel_bf16(const WeightRef& w, long r0, uint32_t* panel, long K2, float* row) {
@@ -562,18 +539,8 @@ void for_each_panel(const Matmul& m, F f) {
   });
 }
 
-void gemm_f32_avx2(const Matmul& m) {
-  for_each_panel(m, [&](long p0, long p1) {
-    Aligned<float> panel(size_t(m.w.cols) * NR);
-    std::vector<float> row(m.w.cols);
-    for (long p = p0; p < p1; p++) {
-      pack_panel_f32(m.w, p * NR, panel.p, row.data(), false);
-      long i = 0;
-      for (; i + 3 <= m.n; i += 3) tile_f32_avx2<3>(m, panel.p, i, p * NR);
-      for (; i < m.n; i++) tile_f32_avx2<1>(m, panel.p, i, p * NR);
-    }
-  });
-}
+// fp32 activations on AVX2 + FMA: a 6x16 register tile over packed fp32 panels (gemm_avx2.cc).
+void gemm_f32_avx2(const Matmul& m) { gemm_avx2(m); }
 
 void gemm_f32(const Matmul& m) {
   for_each_panel(m, [&](long p0, long p1) {

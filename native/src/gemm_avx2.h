@@ -1,0 +1,20 @@
+#pragma once
+#include "matmul.h"
+
+namespace kvlab {
+
+// out[n, w.rows] = x[n, w.cols] . w^T on AVX2 + FMA (+ F16C for f16 weights), fp32 products and fp32
+// accumulation; weights of every type are widened exactly (int8: q * scale in fp32) into packed panels.
+// Any n, rows and cols. The caller checks the CPU (see choose() in matmul.cc).
+void gemm_avx2(const Matmul& m);
+
+// Register-resident AVX2 FMA throughput (GFLOP/s, all threads together) on `threads` pool threads
+// (clamped to the pool size), timed over ~0.2 s: the peak the AVX2 GEMM is compared with.
+double fma_peak_gflops(int threads);
+
+// Blocking of gemm_avx2 (benchmarks / tuning): "kc" (inner dimension per block), "mc" (activation rows per
+// packed block, rounded to a multiple of 6), "nc" (output columns per packed weight block, multiple of 16).
+// False for an unknown key.
+bool gemm_avx2_set(const char* key, long value);
+
+}  // namespace kvlab
