@@ -22,6 +22,7 @@
 
 #include "attention.h"
 #include "cpu.h"
+#include "gemm_avx2.h"
 #include "matmul.h"
 #include "ops.h"
 #include "pool.h"
@@ -217,7 +218,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   paths.Set("prefill_matmul_bf16", matmul_path(512, bf16, true));
   paths.Set("prefill_matmul_f32", matmul_path(512, bf16, false));
   paths.Set("prefill_matmul_int8", matmul_path(512, i8, true));
-  paths.Set("attention", f.avx512 ? "avx512" : "scalar");
+  paths.Set("attention", f.avx512 ? "avx512" : f.avx2_fma ? "avx2" : "scalar");
   paths.Set("amx", f.amx_status);
   o.Set("paths", paths);
   return o;
@@ -458,6 +459,13 @@ Napi::Value StreamReadFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), s);
 }
 
+// fmaPeak(threads) -> GFLOP/s: register-resident AVX2 FMA throughput, the compute ceiling of the AVX2 GEMM
+// (0 on a CPU without AVX2+FMA).
+Napi::Value FmaPeakFn(const Napi::CallbackInfo& info) {
+  const int threads = info.Length() > 0 ? info[0].As<Napi::Number>().Int32Value() : pool_threads();
+  return Napi::Number::New(info.Env(), cpu().avx2_fma ? fma_peak_gflops(threads) : 0.0);
+}
+
 // ---------- read-only file mappings handed out as zero-copy ArrayBuffers ----------
 
 // One mmap of a whole file, freed when the last ArrayBuffer over it and its handle are collected.
@@ -596,6 +604,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapRegions", Napi::Function::New(env, MapRegionsFn));
   exports.Set("setTuning", Napi::Function::New(env, SetTuningFn));
   exports.Set("streamRead", Napi::Function::New(env, StreamReadFn));
+  exports.Set("fmaPeak", Napi::Function::New(env, FmaPeakFn));
   return exports;
 }
 

@@ -15,6 +15,13 @@ export interface MachineLimits {
   /** The kernels those two GEMMs ran on (e.g. amx-bf16-gemm, avx512bf16-gemm, avx512-f32-gemm). */
   gemmBf16Path: string;
   gemmF32Path: string;
+  /**
+   * Register-resident AVX2 FMA throughput, GFLOP/s, on one thread and on all: the compute ceiling of any
+   * fp32 GEMM here (0 without AVX2+FMA). When all threads give no more than one, the cores are SMT siblings
+   * or capped, and extra threads cannot add compute.
+   */
+  fmaPeakGflops: number;
+  fmaPeakOneThreadGflops: number;
 }
 
 export function median(xs: number[]): number {
@@ -82,5 +89,7 @@ export function measureMachineLimits(): MachineLimits {
     gemmF32ActivationsGflops: gemm(false),
     gemmBf16Path: new NativeBackend({ bf16Activations: true }).matmulPath(M, w),
     gemmF32Path: new NativeBackend({ bf16Activations: false }).matmulPath(M, w),
+    fmaPeakGflops: lib.fmaPeak(info.threads),
+    fmaPeakOneThreadGflops: lib.fmaPeak(1),
   };
 }

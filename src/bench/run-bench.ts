@@ -7,11 +7,11 @@ import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded
 import { prefill } from '../engine/prefill.ts';
 import { seededRandom } from '../engine/sampler.ts';
 import { getPress } from '../press/registry.ts';
-import type { Weight } from '../tensor/backend.ts';
 import { NativeBackend } from '../tensor/native.ts';
 import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from './machine-limits.ts';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
+import { decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -24,44 +24,6 @@ export interface BenchOptions {
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
-
-function weightBytes(w: Weight): number {
-  return w.data.byteLength + (w.scales?.byteLength ?? 0);
-}
-
-/** Bytes one decode step streams: every linear weight and the LM head (the embedding lookup reads one row). */
-function decodeWeightBytes(lm: LoadedModel): number {
-  const W = lm.model.weights;
-  let total = weightBytes(W.lmHead);
-  for (const l of W.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down]) total += weightBytes(w);
-  return total;
-}
-
-/** Fills the cache with `context` synthetic rows (random keys/values): decode cost depends on sizes only. */
-function fillCache(lm: LoadedModel, cache: KvCache, context: number): void {
-  const { numLayers, numKvHeads, headDim } = lm.config;
-  const rand = seededRandom(5);
-  const chunk = 1024;
-  for (let s = 0; s < context; s += chunk) {
-    const n = Math.min(chunk, context - s);
-    const k = Float32Array.from({ length: n * numKvHeads * headDim }, () => rand() - 0.5);
-    const pos = Int32Array.from({ length: n }, (_, i) => s + i);
-    for (let l = 0; l < numLayers; l++) cache.appendLayer(l, k, k, pos);
-    cache.advance(n);
-  }
-}
-
-function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number {
-  const mark = cache.mark();
-  const times: number[] = [];
-  for (let i = 0; i < steps + 3; i++) {
-    const t = performance.now();
-    lm.model.forward([100 + i], cache);
-    if (i >= 3) times.push(performance.now() - t);
-    cache.truncate(mark);
-  }
-  return median(times);
-}
 
 function modelDir(name: string, scratch: string, log: (s: string) => void): string {
   if (name === 'tiny') return DEFAULT_MODEL_DIR;
@@ -77,7 +39,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   const log = opts.log;
   log('measuring machine limits (1 GiB streaming read, 512x2048x2048 GEMM)');
   const limits: MachineLimits = measureMachineLimits();
-  log(`bandwidth ${r1(limits.bandwidthGBs)} GB/s; GEMM bf16-activations ${r1(limits.gemmBf16ActivationsGflops)} GFLOP/s, fp32 ${r1(limits.gemmF32ActivationsGflops)} GFLOP/s`);
+  log(`bandwidth ${r1(limits.bandwidthGBs)} GB/s; GEMM bf16-activations ${r1(limits.gemmBf16ActivationsGflops)} GFLOP/s, fp32 ${r1(limits.gemmF32ActivationsGflops)} GFLOP/s; AVX2 FMA peak ${r1(limits.fmaPeakGflops)} GFLOP/s (${r1(limits.fmaPeakOneThreadGflops)} on one thread)`);
   const scratch = mkdtempSync(join(tmpdir(), 'kvlab-bench-'));
   const models: Record<string, unknown>[] = [];
   let kvzip: Record<string, unknown> | null = null;
@@ -102,6 +64,8 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         const mid = runs[1]!;
         const matmulGflops = mid.flops / (mid.matmulMs / 1000) / 1e9;
         const peak = (timed.inner as NativeBackend).bf16Activations ? limits.gemmBf16ActivationsGflops : limits.gemmF32ActivationsGflops;
+        // On AVX2-only CPUs the hardware ceiling is the FMA peak, measured separately from any GEMM kernel.
+        const avx2Prefill = /^avx2/.test((timed.inner as NativeBackend).matmulPath(opts.prefillTokens, lm.model.weights.layers[0]!.gate));
         const decode: Record<string, unknown>[] = [];
         for (const ctx of opts.decodeContexts) {
           if (ctx + 16 > lm.config.maxPositionEmbeddings) {
@@ -139,8 +103,10 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
             tokens_per_s: r1(opts.prefillTokens / (mid.ms / 1000)),
             matmul_gflops: r1(matmulGflops),
             matmul_share_of_time: r3(mid.matmulMs / mid.ms),
+            path: (timed.inner as NativeBackend).matmulPath(opts.prefillTokens, lm.model.weights.layers[0]!.gate),
             gemm_peak_gflops: r1(peak),
             fraction_of_peak: r3(matmulGflops / peak),
+            ...(avx2Prefill ? { fma_peak_gflops: r1(limits.fmaPeakGflops), fraction_of_fma_peak: r3(matmulGflops / limits.fmaPeakGflops) } : {}),
             time_by_op_ms: Object.fromEntries(Object.entries(timed.ms).map(([k, v]) => [k, r1(v)])),
           },
           decode,
@@ -161,7 +127,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   });
   return {
     date: new Date().toISOString(),
-    machine: { ...limits, bandwidthGBs: r1(limits.bandwidthGBs), gemmBf16ActivationsGflops: r1(limits.gemmBf16ActivationsGflops), gemmF32ActivationsGflops: r1(limits.gemmF32ActivationsGflops) },
+    machine: { ...limits, bandwidthGBs: r1(limits.bandwidthGBs), gemmBf16ActivationsGflops: r1(limits.gemmBf16ActivationsGflops), gemmF32ActivationsGflops: r1(limits.gemmF32ActivationsGflops), fmaPeakGflops: r1(limits.fmaPeakGflops), fmaPeakOneThreadGflops: r1(limits.fmaPeakOneThreadGflops) },
     models,
     int8_vs_bf16: int8vsBf16.filter(Boolean),
     kvzip,

@@ -85,6 +85,8 @@ export interface Addon {
   mappedSize(file: MappedFile): number;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
   streamRead(buf: Float32Array): number;
+  /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
+  fmaPeak(threads?: number): number;
   /**
    * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.

@@ -1,0 +1,43 @@
+import type { KvCache } from '../cache/kv-cache.ts';
+import type { LoadedModel } from '../engine/loaded-model.ts';
+import { seededRandom } from '../engine/sampler.ts';
+import type { Weight } from '../tensor/backend.ts';
+import { median } from './machine-limits.ts';
+
+function weightBytes(w: Weight): number {
+  return w.data.byteLength + (w.scales?.byteLength ?? 0);
+}
+
+/** Bytes one decode step streams: every linear weight and the LM head (the embedding lookup reads one row). */
+export function decodeWeightBytes(lm: LoadedModel): number {
+  const W = lm.model.weights;
+  let total = weightBytes(W.lmHead);
+  for (const l of W.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down]) total += weightBytes(w);
+  return total;
+}
+
+/** Fills the cache with `context` synthetic rows (random keys/values): decode cost depends on sizes only. */
+export function fillCache(lm: LoadedModel, cache: KvCache, context: number): void {
+  const { numLayers, numKvHeads, headDim } = lm.config;
+  const rand = seededRandom(5);
+  const chunk = 1024;
+  for (let s = 0; s < context; s += chunk) {
+    const n = Math.min(chunk, context - s);
+    const k = Float32Array.from({ length: n * numKvHeads * headDim }, () => rand() - 0.5);
+    const pos = Int32Array.from({ length: n }, (_, i) => s + i);
+    for (let l = 0; l < numLayers; l++) cache.appendLayer(l, k, k, pos);
+    cache.advance(n);
+  }
+}
+
+export function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number {
+  const mark = cache.mark();
+  const times: number[] = [];
+  for (let i = 0; i < steps + 3; i++) {
+    const t = performance.now();
+    lm.model.forward([100 + i], cache);
+    if (i >= 3) times.push(performance.now() - t);
+    cache.truncate(mark);
+  }
+  return median(times);
+}
