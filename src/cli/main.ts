@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { registerBench } from './commands/bench.ts';
+import { registerBenchPeer } from './commands/bench-peer.ts';
 import { registerChat } from './commands/chat.ts';
 import { registerCompress } from './commands/compress.ts';
 import { registerDemo } from './commands/demo.ts';
@@ -21,6 +22,7 @@ registerDemo(program);
 registerEval(program);
 registerInfo(program);
 registerBench(program);
+registerBenchPeer(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);
