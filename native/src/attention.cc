@@ -162,25 +162,52 @@ void softmax_row_avx2(float* p, int len, float mx) {
   for (; j < len; j++) p[j] *= inv;
 }
 
-// o[0, d) = sum_j p[j] v[j]; 32 columns at a time held in registers.
+// P.V for up to four heads of a tile: one cache line of columns (16) per pass, so each line of V is read
+// once per tile whatever the number of heads.
+template <int NH>
 __attribute__((target("avx2,fma")))
-void pv_row_avx2(const float* p, const float* v, int len, int d, float* o) {
+void pv_heads_avx2(const float* const* p, const float* v, int len, int d, float* const* o) {
   int c0 = 0;
-  for (; c0 + 32 <= d; c0 += 32) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (; c0 + 16 <= d; c0 += 16) {
+    __m256 acc[NH][2];
+    for (int hh = 0; hh < NH; hh++) acc[hh][0] = acc[hh][1] = _mm256_setzero_ps();
     for (int j = 0; j < len; j++) {
-      if (p[j] == 0.f) continue;
-      const __m256 pj = _mm256_set1_ps(p[j]);
       const float* vr = v + long(j) * d + c0;
-      for (int q = 0; q < 4; q++) acc[q] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * q), acc[q]);
+      _mm_prefetch(reinterpret_cast<const char*>(vr + 24 * d), _MM_HINT_T0);
+      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+      for (int hh = 0; hh < NH; hh++) {
+        const __m256 pj = _mm256_broadcast_ss(p[hh] + j);
+        acc[hh][0] = _mm256_fmadd_ps(pj, v0, acc[hh][0]);
+        acc[hh][1] = _mm256_fmadd_ps(pj, v1, acc[hh][1]);
+      }
     }
-    for (int q = 0; q < 4; q++) _mm256_storeu_ps(o + c0 + 8 * q, acc[q]);
+    for (int hh = 0; hh < NH; hh++) {
+      _mm256_storeu_ps(o[hh] + c0, acc[hh][0]);
+      _mm256_storeu_ps(o[hh] + c0 + 8, acc[hh][1]);
+    }
   }
-  if (c0 < d) {
-    std::fill(o + c0, o + d, 0.f);
-    for (int j = 0; j < len; j++) {
-      if (p[j] == 0.f) continue;
-      for (int c = c0; c < d; c++) o[c] += p[j] * v[long(j) * d + c];
+  for (int hh = 0; hh < NH; hh++) {
+    std::fill(o[hh] + c0, o[hh] + d, 0.f);
+    for (int j = 0; j < len && c0 < d; j++)
+      for (int c = c0; c < d; c++) o[hh][c] += p[hh][j] * v[long(j) * d + c];
+  }
+}
+
+void pv_tile_avx2(const Attention& a, const Tile& t, Scratch& s, int len) {
+  const HeadView& kv = a.heads[t.g];
+  for (int h0 = 0; h0 < t.n; h0 += 4) {
+    const float* p[4];
+    float* o[4];
+    const int nh = std::min(4, t.n - h0);
+    for (int hh = 0; hh < nh; hh++) {
+      p[hh] = s.row(h0 + hh);
+      o[hh] = out_row(a, t.i, t.h0 + h0 + hh);
+    }
+    switch (nh) {
+      case 1: pv_heads_avx2<1>(p, kv.v, len, a.d, o); break;
+      case 2: pv_heads_avx2<2>(p, kv.v, len, a.d, o); break;
+      case 3: pv_heads_avx2<3>(p, kv.v, len, a.d, o); break;
+      default: pv_heads_avx2<4>(p, kv.v, len, a.d, o); break;
     }
   }
 }
@@ -194,7 +221,35 @@ void attend_tile_avx2(const Attention& a, const Tile& t, Scratch& s, bool sorted
   s.reserve(t.n, len);
   float mx[MAX_TILE];
   for (int hh = 0; hh < t.n; hh++) mx[hh] = -INFINITY;
-  for (int j = 0; j < len; j++) {
+  int j0 = 0;
+  if (d % 8 == 0) {
+    // Eight keys at a time per head: eight accumulators reduced together into one vector of logits.
+    const __m256 vscale = _mm256_set1_ps(a.scale), neg = _mm256_set1_ps(-INFINITY);
+    const __m256i vqp = _mm256_set1_epi32(qp);
+    for (; j0 + 8 <= len; j0 += 8) {
+      const float* k = kv.k + long(j0) * d;
+      const __m256 hidden = sorted ? _mm256_setzero_ps()
+                                   : _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + j0)), vqp));
+      for (int hh = 0; hh < t.n; hh++) {
+        const float* q = q_row(a, t.i, t.h0 + hh);
+        __m256 acc[8];
+        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+        for (int c = 0; c < d; c += 8) {
+          const __m256 qv = _mm256_loadu_ps(q + c);
+          for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + long(u) * d + c), acc[u]);
+        }
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+        __m256 l = _mm256_mul_ps(_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)), vscale);
+        l = _mm256_blendv_ps(l, neg, hidden);
+        _mm256_storeu_ps(s.row(hh) + j0, l);
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, l);
+        for (int u = 0; u < 8; u++) mx[hh] = std::max(mx[hh], lanes[u]);
+      }
+    }
+  }
+  for (int j = j0; j < len; j++) {
     const float* k = kv.k + long(j) * d;
     const bool masked = !sorted && kv.pos[j] > qp;
     for (int hh = 0; hh < t.n; hh++) {
@@ -203,12 +258,8 @@ void attend_tile_avx2(const Attention& a, const Tile& t, Scratch& s, bool sorted
       mx[hh] = std::max(mx[hh], pj);
     }
   }
-  for (int hh = 0; hh < t.n; hh++) {
-    softmax_row_avx2(s.row(hh), len, mx[hh]);
-    if (a.out) pv_row_avx2(s.row(hh), kv.v, len, d, out_row(a, t.i, t.h0 + hh));
-  }
-  if (a.out && len == 0)
-    for (int hh = 0; hh < t.n; hh++) std::fill(out_row(a, t.i, t.h0 + hh), out_row(a, t.i, t.h0 + hh) + d, 0.f);
+  for (int hh = 0; hh < t.n; hh++) softmax_row_avx2(s.row(hh), len, mx[hh]);
+  if (a.out) pv_tile_avx2(a, t, s, len);
   if (t.i < a.stats_from || !has_stats(a)) return;
   float* mxo = a.stat_max.empty() ? nullptr : a.stat_max[t.g];
   float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[t.g];
