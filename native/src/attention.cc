@@ -193,7 +193,35 @@ void pv_heads_avx2(const float* const* p, const float* v, int len, int d, float*
   }
 }
 
+// P.V with d a multiple of 64: keys in blocks small enough to stay in L1, every head of the tile over the
+// block with 64 output columns in registers, so V streams from memory once, row by row.
+__attribute__((target("avx2,fma")))
+void pv_blocked_avx2(const Attention& a, const Tile& t, Scratch& s, int len) {
+  constexpr int BLOCK = 64;
+  const HeadView& kv = a.heads[t.g];
+  const int d = a.d;
+  for (int hh = 0; hh < t.n; hh++) std::fill(out_row(a, t.i, t.h0 + hh), out_row(a, t.i, t.h0 + hh) + d, 0.f);
+  for (int j0 = 0; j0 < len; j0 += BLOCK) {
+    const int j1 = std::min(len, j0 + BLOCK);
+    for (int c0 = 0; c0 < d; c0 += 64)
+      for (int hh = 0; hh < t.n; hh++) {
+        const float* p = s.row(hh);
+        float* o = out_row(a, t.i, t.h0 + hh) + c0;
+        __m256 acc[8];
+        for (int q = 0; q < 8; q++) acc[q] = _mm256_loadu_ps(o + 8 * q);
+        for (int j = j0; j < j1; j++) {
+          const __m256 pj = _mm256_broadcast_ss(p + j);
+          const float* vr = kv.v + long(j) * d + c0;
+          if (hh == 0) _mm_prefetch(reinterpret_cast<const char*>(vr + BLOCK * d), _MM_HINT_T0);
+          for (int q = 0; q < 8; q++) acc[q] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * q), acc[q]);
+        }
+        for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + 8 * q, acc[q]);
+      }
+  }
+}
+
 void pv_tile_avx2(const Attention& a, const Tile& t, Scratch& s, int len) {
+  if (a.d % 64 == 0) return pv_blocked_avx2(a, t, s, len);
   const HeadView& kv = a.heads[t.g];
   for (int h0 = 0; h0 < t.n; h0 += 4) {
     const float* p[4];
