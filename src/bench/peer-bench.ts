@@ -1,6 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { DEFAULT_MODEL_DIR, loadModel } from '../engine/loaded-model.ts';
 import { prefill } from '../engine/prefill.ts';
 import { seededRandom } from '../engine/sampler.ts';
@@ -67,7 +68,7 @@ async function importPeer(peerDir: string): Promise<NodeLlamaCpp & { version: st
   const pkgDir = join(peerDir, 'node_modules', 'node-llama-cpp');
   let mod: NodeLlamaCpp;
   try {
-    mod = (await import(join(pkgDir, 'dist', 'index.js'))) as NodeLlamaCpp;
+    mod = (await import(pathToFileURL(resolve(pkgDir, 'dist', 'index.js')).href)) as NodeLlamaCpp;
   } catch (e) {
     throw new Error(`node-llama-cpp is not installed in ${peerDir} (npm run bench:peer installs it): ${(e as Error).message}`);
   }
