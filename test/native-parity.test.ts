@@ -24,21 +24,12 @@ import { mapFileRegion, mmapSource } from '../src/tensor/mmap-source.ts';
 import { quantizeInt8 } from '../src/tensor/quantize.ts';
 import { ReferenceBackend, widenWeight } from '../src/tensor/reference.ts';
 import { nativeAvailable, nativeInfo } from '../src/tensor/select-backend.ts';
+import { seededRandom } from '../src/engine/sampler.ts';
 
 const skip = nativeAvailable() ? false : 'native addon not built (npm run build:native)';
 const mode = process.env.KVLAB_ISA ?? (process.env.KVLAB_AMX_EMULATE === '1' ? 'amx-emulated' : 'default');
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = rng(7);
+const rand = seededRandom(7);
 const ref = new ReferenceBackend();
 const vec = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (rand() * 2 - 1) * scale);
 const U = 2 ** -24;

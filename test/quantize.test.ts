@@ -4,18 +4,9 @@ import type { Weight } from '../src/tensor/backend.ts';
 import { int8StepBound, quantizeInt8, quantizeInt8Portable } from '../src/tensor/quantize.ts';
 import { widenWeight } from '../src/tensor/reference.ts';
 import { nativeAvailable } from '../src/tensor/select-backend.ts';
+import { seededRandom } from '../src/engine/sampler.ts';
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = rng(11);
+const rand = seededRandom(11);
 
 function source(dtype: 'f32' | 'bf16' | 'f16', rows: number, cols: number): Weight {
   const f = Float32Array.from({ length: rows * cols }, () => (rand() * 2 - 1) * 0.05);
