@@ -580,11 +580,18 @@ void for_tiles_of(const Attention& a, int g, int i, F f) {
 
 // Runs every tile on the pool. With statistics a thread owns whole KV heads (no two threads write one
 // statistics array); otherwise (KV head, query row) pairs are split evenly.
+// Per-thread probability rows, kept across calls: a fresh buffer per call is a large allocation (fresh pages,
+// faulted in and zeroed) on every layer.
+Scratch& thread_scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
 template <typename F>
 void run_tiles(const Attention& a, F f) {
   if (has_stats(a)) {
     pool_run([&](int t, int T) {
-      Scratch s;
+      Scratch& s = thread_scratch();
       long g0, g1;
       split_range(a.n_kv, t, T, &g0, &g1);
       for (long g = g0; g < g1; g++)
@@ -595,7 +602,7 @@ void run_tiles(const Attention& a, F f) {
   const long units = long(a.n_kv) * a.nq;
   if (units >= pool_threads()) {
     pool_run([&](int t, int T) {
-      Scratch s;
+      Scratch& s = thread_scratch();
       long u0, u1;
       split_range(units, t, T, &u0, &u1);
       for (long u = u0; u < u1; u++) for_tiles_of(a, int(u % a.n_kv), int(u / a.n_kv), [&](const Tile& tile) { f(tile, s); });
@@ -604,7 +611,7 @@ void run_tiles(const Attention& a, F f) {
   }
   // Fewer (KV head, query) pairs than threads (e.g. one KV head at decode): split the heads instead.
   pool_run([&](int t, int T) {
-    Scratch s;
+    Scratch& s = thread_scratch();
     const int G = a.n_heads / a.n_kv;
     const long rows = long(a.n_heads) * a.nq;
     long r0, r1;
