@@ -4,6 +4,8 @@ import type { KvCache } from '../cache/kv-cache.ts';
 import { loadModel } from '../engine/loaded-model.ts';
 import type { LlamaModel } from '../model/llama.ts';
 import { NativeBackend } from '../tensor/native.ts';
+import { fillCache } from './decode-timing.ts';
+import { median } from './machine-limits.ts';
 
 export interface AsyncDecodeResult {
   steps: number;
@@ -69,27 +71,6 @@ export async function measureAsyncDecode(model: LlamaModel, cache: KvCache, step
   };
 }
 
-/** Appends `context` tokens of random keys and values (a decode step's cost depends on sizes only). */
-export function fillSyntheticCache(cache: KvCache, context: number, seed = 5): void {
-  let s = seed >>> 0;
-  const rand = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32) - 0.5;
-  const width = cache.numKvHeads * cache.headDim;
-  for (let at = 0; at < context; at += 256) {
-    const n = Math.min(256, context - at);
-    const k = Float32Array.from({ length: n * width }, rand);
-    const v = Float32Array.from({ length: n * width }, rand);
-    const pos = Int32Array.from({ length: n }, (_, i) => cache.nextPos + i);
-    for (let l = 0; l < cache.numLayers; l++) cache.appendLayer(l, k, v, pos);
-    cache.advance(n);
-  }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 const maxMs = (h: IntervalHistogram) => (h.count > 0 ? h.max / 1e6 : 0);
 
 const sleep = (msec: number) => new Promise((r) => setTimeout(r, msec));
@@ -100,6 +81,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   if (!dir) throw new Error('usage: tsx src/bench/async-decode.ts <model dir> [context] [steps]');
   const lm = loadModel(dir, { backend: new NativeBackend() });
   const cache = lm.newCache();
-  fillSyntheticCache(cache, Number(context));
+  fillCache(cache, Number(context));
   console.log(JSON.stringify({ model: dir, context: Number(context), ...(await measureAsyncDecode(lm.model, cache, Number(steps))) }, null, 2));
 }

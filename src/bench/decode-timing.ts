@@ -17,15 +17,14 @@ export function decodeWeightBytes(lm: LoadedModel): number {
 }
 
 /** Fills the cache with `context` synthetic rows (random keys/values): decode cost depends on sizes only. */
-export function fillCache(lm: LoadedModel, cache: KvCache, context: number): void {
-  const { numLayers, numKvHeads, headDim } = lm.config;
+export function fillCache(cache: KvCache, context: number): void {
   const rand = seededRandom(5);
   const chunk = 1024;
   for (let s = 0; s < context; s += chunk) {
     const n = Math.min(chunk, context - s);
-    const k = Float32Array.from({ length: n * numKvHeads * headDim }, () => rand() - 0.5);
-    const pos = Int32Array.from({ length: n }, (_, i) => s + i);
-    for (let l = 0; l < numLayers; l++) cache.appendLayer(l, k, k, pos);
+    const k = Float32Array.from({ length: n * cache.numKvHeads * cache.headDim }, () => rand() - 0.5);
+    const pos = Int32Array.from({ length: n }, (_, i) => cache.nextPos + i);
+    for (let l = 0; l < cache.numLayers; l++) cache.appendLayer(l, k, k, pos);
     cache.advance(n);
   }
 }

@@ -179,7 +179,7 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
       const llama = await llamaSide(peer, gguf, opts.threads, opts.decodeContext + opts.decodeSteps + 16, opts.prefillTokens);
       peerInfo = llama.describe;
       const kvCache = lm.newCache();
-      fillCache(lm, kvCache, opts.decodeContext);
+      fillCache(kvCache, opts.decodeContext);
       const prefillIds = ids.slice(0, opts.prefillTokens);
       prefill(lm.model, lm.newCache(), prefillIds.slice(0, 32));
       await llama.prefillMs(prefillIds.slice(0, 32));

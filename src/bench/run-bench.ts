@@ -11,6 +11,7 @@ import { NativeBackend } from '../tensor/native.ts';
 import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from './machine-limits.ts';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
+import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
 import { decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
 
 export interface BenchOptions {
@@ -33,6 +34,15 @@ function modelDir(name: string, scratch: string, log: (s: string) => void): stri
     writeRandomCheckpoint(name, dir);
   }
   return dir;
+}
+
+function asyncStepReport(a: AsyncDecodeResult): Record<string, number> {
+  return {
+    sync_ms_per_token: r3(a.syncMsPerToken),
+    async_ms_per_token: r3(a.asyncMsPerToken),
+    event_loop_max_delay_ms_sync: r1(a.syncEventLoopMaxDelayMs),
+    event_loop_max_delay_ms_async: r1(a.asyncEventLoopMaxDelayMs),
+  };
 }
 
 export async function runBench(opts: BenchOptions): Promise<Record<string, unknown>> {
@@ -73,7 +83,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
             continue;
           }
           const cache = lm.newCache();
-          fillCache(lm, cache, ctx);
+          fillCache(cache, ctx);
           // The machine is shared: the bandwidth probe runs right before and after the decode timing, and the
           // bound uses the median of those probes.
           const before = probeBandwidth(3);
@@ -91,6 +101,8 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
             kv_bytes: kvBytes,
             bound_tokens_per_s: r1(boundTokS),
             fraction_of_bound: r3(1000 / ms / boundTokS),
+            // forward() against forwardAsync() at the first context: the async step's cost and the event loop.
+            ...(ctx === opts.decodeContexts[0] ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
           });
         }
         const entry = {
