@@ -3,11 +3,11 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { f32ToF16, ggufTensorName, permuteRopeRows, writeGguf } from '../src/bench/gguf-writer.ts';
+import { ggufTensorName, permuteRopeRows, writeGguf } from '../src/bench/gguf-writer.ts';
 import { writeRandomCheckpoint } from '../src/model/random-checkpoint.ts';
 import { loadModelConfig } from '../src/model/config.ts';
 import { fileByteSource, readCheckpointIndex, readTensor } from '../src/model/safetensors.ts';
-import { bf16ToF32, f16ToF32 } from '../src/tensor/dtype.ts';
+import { bf16ToF32, f16ToF32, f32ToF16 } from '../src/tensor/dtype.ts';
 import { DEFAULT_MODEL_DIR } from '../src/engine/loaded-model.ts';
 
 /** A small GGUF v3 reader, independent of the writer: metadata, tensor infos and the data section. */

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/config.ts';
 import { fileByteSource, readTensor, type TensorInfo } from '../model/safetensors.ts';
 import { planWeights } from '../model/weights.ts';
-import { bf16ToF32, f16ToF32 } from '../tensor/dtype.ts';
+import { bf16ArrayToF32, f16ArrayToF32, f32ToF16 } from '../tensor/dtype.ts';
 
 /**
  * Writes a Hugging Face Llama-family checkpoint as GGUF v3 with F16 matrices and F32 norms/biases, so
@@ -86,52 +86,13 @@ export function permuteRopeRows<T extends Float32Array | Uint16Array>(src: T, he
   return out;
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** number -> IEEE binary16 bits, rounding to nearest even (overflow to ±Inf, underflow through subnormals). */
-export function f32ToF16(x: number): number {
-  f32[0] = x;
-  const u = u32[0]!;
-  const sign = (u >>> 16) & 0x8000;
-  const exp = (u >>> 23) & 0xff;
-  let mant = u & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = mant >>> shift;
-    const rest = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    return sign | (half + (rest > mid || (rest === mid && half & 1) ? 1 : 0));
-  }
-  const half = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  return sign | (half + (rest > 0x1000 || (rest === 0x1000 && half & 1) ? 1 : 0));
-}
-
 function toF32(t: TensorInfo, raw: Float32Array | Uint16Array): Float32Array {
   if (raw instanceof Float32Array) return raw;
-  const widen = t.dtype === 'BF16' ? bf16ToF32 : f16ToF32;
-  return Float32Array.from(raw, (b) => widen(b));
+  return t.dtype === 'BF16' ? bf16ArrayToF32(raw) : f16ArrayToF32(raw);
 }
 
 function toF16(t: TensorInfo, raw: Float32Array | Uint16Array): Uint16Array {
-  if (t.dtype === 'F16') return raw as Uint16Array;
-  const out = new Uint16Array(raw.length);
-  if (raw instanceof Float32Array) for (let i = 0; i < raw.length; i++) out[i] = f32ToF16(raw[i]!);
-  else {
-    const widened = new Uint32Array(1);
-    const asFloat = new Float32Array(widened.buffer);
-    for (let i = 0; i < raw.length; i++) {
-      widened[0] = raw[i]! << 16;
-      out[i] = f32ToF16(asFloat[0]!);
-    }
-  }
-  return out;
+  return t.dtype === 'F16' ? (raw as Uint16Array) : Uint16Array.from(toF32(t, raw), f32ToF16);
 }
 
 /** llama3 rope scaling as llama.cpp takes it: per-frequency divisors in a rope_freqs tensor. */
