@@ -113,14 +113,6 @@ void attend_row_scalar(const Attention& a, int h, int i, Scratch& s) {
 // ---------- AVX2 path: one tile (the heads of a KV group for one query row) at a time ----------
 
 __attribute__((target("avx2,fma")))
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2,fma")))
 float dot_avx2(const float* a, const float* b, int d) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int c = 0;
@@ -129,7 +121,7 @@ float dot_avx2(const float* a, const float* b, int d) {
     acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(b + c + 8), acc1);
   }
   for (; c + 8 <= d; c += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
-  float dot = hsum8(_mm256_add_ps(acc0, acc1));
+  float dot = hsum256(_mm256_add_ps(acc0, acc1));
   for (; c < d; c++) dot += a[c] * b[c];
   return dot;
 }
@@ -150,7 +142,7 @@ void softmax_row_avx2(float* p, int len, float mx) {
     _mm256_storeu_ps(p + j, e);
     vz = _mm256_add_ps(vz, e);
   }
-  float z = hsum8(vz);
+  float z = hsum256(vz);
   for (; j < len; j++) {
     p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
     z += p[j];

@@ -5,19 +5,14 @@
 #include <algorithm>
 #include <cstring>
 
+#include "vecmath.h"
+
 namespace kvlab {
 namespace {
 
 #define AVX2 "avx2,fma,f16c"
 
-__attribute__((target(AVX2))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Prefetches the lines of a later pass whose offsets fall in [from, to): a pass of R rows is contiguous, so
+// Prefetches the lines of the next pass whose offsets fall in [from, to): a pass of R rows is contiguous, so
 // prefetching it linearly at the rate the current pass is consumed keeps one pass in flight.
 inline void prefetch_span(const char* next, long from, long to, int level) {
   for (long o = (from + 63) & ~63L; o < to; o += 64) {
@@ -27,10 +22,10 @@ inline void prefetch_span(const char* next, long from, long to, int level) {
 }
 
 template <int R, int N>
-__attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r, int pf, int ahead) {
+__attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r, int pf) {
   const long K2 = m.w.cols / 2, full = K2 - K2 % 8, rows = m.w.rows;
   const uint32_t* W = static_cast<const uint32_t*>(m.w.data);
-  const char* next = reinterpret_cast<const char*>(W + (r + R * ahead) * K2);
+  const char* next = reinterpret_cast<const char*>(W + (r + R) * K2);
   const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
@@ -54,7 +49,7 @@ __attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float*
   }
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) {
-      float s = hsum(acc[q][t]);
+      float s = hsum256(acc[q][t]);
       for (long kk = full; kk < K2; kk++) {
         uint32_t p;
         std::memcpy(&p, W + (r + q) * K2 + kk, 4);
@@ -73,9 +68,9 @@ __attribute__((target(AVX2))) inline __m256 load8(const void* data, long off) {
 }
 
 template <int R, int N, WeightType TYPE>
-__attribute__((target(AVX2))) void rows_float(const Matmul& m, long r, int pf, int ahead) {
+__attribute__((target(AVX2))) void rows_float(const Matmul& m, long r, int pf) {
   const long K = m.w.cols, K8 = K - K % 8, rows = m.w.rows, es = TYPE == W_F32 ? 4 : 2;
-  const char* next = static_cast<const char*>(m.w.data) + (r + R * ahead) * K * es;
+  const char* next = static_cast<const char*>(m.w.data) + (r + R) * K * es;
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
@@ -90,7 +85,7 @@ __attribute__((target(AVX2))) void rows_float(const Matmul& m, long r, int pf, i
   }
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) {
-      float s = hsum(acc[q][t]);
+      float s = hsum256(acc[q][t]);
       for (long k = K8; k < K; k++) s += weight_at(m.w, r + q, k) * m.x[t * K + k];
       m.out[t * rows + r + q] = s;
     }
@@ -98,10 +93,10 @@ __attribute__((target(AVX2))) void rows_float(const Matmul& m, long r, int pf, i
 
 // int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator.
 template <int R, int N>
-__attribute__((target(AVX2))) void rows_int8(const Matmul& m, long r, int pf, int ahead) {
+__attribute__((target(AVX2))) void rows_int8(const Matmul& m, long r, int pf) {
   const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
   const int8_t* W = static_cast<const int8_t*>(m.w.data);
-  const char* next = reinterpret_cast<const char*>(W + (r + R * ahead) * K);
+  const char* next = reinterpret_cast<const char*>(W + (r + R) * K);
   __m256 acc[R][N];
   float tail[R][N] = {};
   for (int q = 0; q < R; q++)
@@ -131,16 +126,16 @@ __attribute__((target(AVX2))) void rows_int8(const Matmul& m, long r, int pf, in
     }
   }
   for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * rows + r + q] = hsum(acc[q][t]) + tail[q][t];
+    for (int t = 0; t < N; t++) m.out[t * rows + r + q] = hsum256(acc[q][t]) + tail[q][t];
 }
 
 template <int R, int N>
-void rows(const Matmul& m, const float* xe, const float* xo, long r, int pf, int ahead) {
+void rows(const Matmul& m, const float* xe, const float* xo, long r, int pf) {
   switch (m.w.type) {
-    case W_I8: return rows_int8<R, N>(m, r, pf, ahead);
-    case W_F32: return rows_float<R, N, W_F32>(m, r, pf, ahead);
-    case W_F16: return rows_float<R, N, W_F16>(m, r, pf, ahead);
-    default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, r, pf, ahead) : rows_float<R, N, W_BF16>(m, r, pf, ahead);
+    case W_I8: return rows_int8<R, N>(m, r, pf);
+    case W_F32: return rows_float<R, N, W_F32>(m, r, pf);
+    case W_F16: return rows_float<R, N, W_F16>(m, r, pf);
+    default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, r, pf) : rows_float<R, N, W_BF16>(m, r, pf);
   }
 }
 
@@ -151,8 +146,8 @@ void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, Pr
   constexpr int R = N <= 2 ? 4 : 2;
   const int level = pf.level && R * m.w.cols * element_size(m.w.type) <= pf.max_pass ? pf.level : 0;
   long r = r0;
-  for (; r + R <= r1; r += R) rows<R, N>(m, xe, xo, r, level, pf.ahead);
-  for (; r < r1; r++) rows<1, N>(m, xe, xo, r, 0, 1);
+  for (; r + R <= r1; r += R) rows<R, N>(m, xe, xo, r, level);
+  for (; r < r1; r++) rows<1, N>(m, xe, xo, r, 0);
 }
 
 }  // namespace

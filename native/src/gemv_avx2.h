@@ -8,7 +8,6 @@ namespace kvlab {
 struct PrefetchPolicy {
   int level;
   long max_pass;
-  int ahead;  // how many passes ahead
 };
 
 // bf16 weights with even K are dotted as pairs: activations split once into even and odd halves.

@@ -36,9 +36,6 @@ inline void prefetch_line(const void* p) {
   if (PREFETCH == 1) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
   else _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
 }
-// AVX2 GEMVs prefetch this many passes ahead. On an AVX2-only EPYC, 2 beat 1 by 2-22% over a 1B layer's
-// matrices in isolation (four interleaved runs) but not over whole 1B decode steps (-3%, within noise): 1 stays.
-int PREFETCH_AHEAD = 1;
 int INT8_MODE = -1;  // -1: default (set below), 0: dequantize in registers, 1: VNNI
 
 // 64-byte aligned scratch.
@@ -585,7 +582,7 @@ void gemv_avx2_dispatch(const Matmul& m) {
       s.n = std::min<long>(4, m.n - t0);
       const float* xe = pairs ? split.data() + t0 * K2 : nullptr;
       const float* xo = pairs ? split.data() + (m.n + t0) * K2 : nullptr;
-      gemv_avx2(s, xe, xo, r0, r1, {PREFETCH, PREFETCH_MAX_PASS, PREFETCH_AHEAD});
+      gemv_avx2(s, xe, xo, r0, r1, {PREFETCH, PREFETCH_MAX_PASS});
     }
   });
 }
@@ -680,7 +677,6 @@ Path choose(long n, const WeightRef& w, bool bf16_activations) {
 bool set_tuning(const std::string& key, double value) {
   if (key == "prefetch") PREFETCH = int(value);
   else if (key == "prefetch_max_pass") PREFETCH_MAX_PASS = long(value);
-  else if (key == "prefetch_ahead") PREFETCH_AHEAD = std::max(1, int(value));
   else if (key == "int8_vnni") INT8_MODE = value != 0 ? 1 : 0;
   else return false;
   return true;

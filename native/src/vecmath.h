@@ -21,6 +21,15 @@ static inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// Sum of the 8 lanes.
+__attribute__((target("avx2,fma")))
+static inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 // e^x on 8 lanes, the same polynomial as exp512 (inputs below -87 flush to ~0).
 __attribute__((target("avx2,fma")))
 static inline __m256 exp256(__m256 x) {
