@@ -10,7 +10,8 @@ struct PrefetchPolicy {
   long max_pass;
 };
 
-// bf16 weights with even K are dotted as pairs: activations split once into even and odd halves.
+// bf16 weights with even K are dotted as pairs: activations split once into even and odd halves
+// ([n][K/2] each; the AVX-512 bf16 GEMV uses the same split).
 bool gemv_avx2_uses_pairs(const WeightRef& w);
 void split_even_odd(const float* x, long n, long K, float* xe, float* xo);
 

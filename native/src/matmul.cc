@@ -625,11 +625,7 @@ void gemv_avx512_dispatch(const Matmul& m) {
     std::vector<float> xs(size_t(2 * m.n * K2));
     float* xe = xs.data();
     float* xo = xs.data() + m.n * K2;
-    for (long t = 0; t < m.n; t++)
-      for (long k = 0; k < K2; k++) {
-        xe[t * K2 + k] = m.x[t * m.w.cols + 2 * k];
-        xo[t * K2 + k] = m.x[t * m.w.cols + 2 * k + 1];
-      }
+    split_even_odd(m.x, m.n, m.w.cols, xe, xo);
     run_rows(m.w.rows, [&](long r0, long r1) {
       switch (m.n) {
         case 1: return gemv_bf16_pairs<1>(m, xe, xo, r0, r1);
