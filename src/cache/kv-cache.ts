@@ -1,4 +1,5 @@
 import type { Backend, KvHeadView } from '../tensor/backend.ts';
+import { ReferenceBackend } from '../tensor/reference.ts';
 
 const MIN_CAPACITY = 16;
 
@@ -22,16 +23,6 @@ export class HeadStore implements KvHeadView {
   reserve(rows: number): void {
     if (rows <= this.capacity) return;
     this.resize(Math.max(rows, Math.ceil(this.capacity * 1.5), MIN_CAPACITY));
-  }
-
-  /** Appends one row; k and v are read from src at the given offsets. */
-  appendRow(kSrc: Float32Array, kOff: number, vSrc: Float32Array, vOff: number, position: number): void {
-    if (this.len === this.capacity) this.reserve(this.len + 1);
-    const d = this.headDim;
-    this.k.set(kSrc.subarray(kOff, kOff + d), this.len * d);
-    this.v.set(vSrc.subarray(vOff, vOff + d), this.len * d);
-    this.pos[this.len] = position;
-    this.len++;
   }
 
   /**
@@ -90,11 +81,8 @@ export class HeadStore implements KvHeadView {
   }
 }
 
-const jsCopier: Pick<Backend, 'copyRows'> = {
-  copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width) {
-    for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOffset + i * srcStride, srcOffset + i * srcStride + width), dstOffset + i * width);
-  },
-};
+/** Copies rows in plain JavaScript when no backend is given. */
+const jsCopier: Pick<Backend, 'copyRows'> = new ReferenceBackend();
 
 /** What truncate() restores: every head's length and the next position. */
 export interface CacheMark {
