@@ -206,6 +206,7 @@ test(`[${mode}] rmsnorm, rope, silu-mul match the reference`, { skip }, () => {
   }
   for (const len of [333, 100003]) {
     const g = vec(len, 8);
+    g.set([-200, -100, -88.5, -87, 0, 87, 88.5, 100, 200]);
     const u = vec(len);
     const s1 = new Float32Array(len);
     const s2 = new Float32Array(len);

@@ -11,6 +11,7 @@
 #include "vecmath.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
+#define AVX2 "avx2,fma"
 
 namespace kvlab {
 namespace {
@@ -64,7 +65,34 @@ void rmsnorm_rows_avx512(float* out, const float* x, long i0, long i1, long dim,
   }
 }
 
-void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, bool avx512);
+__attribute__((target(AVX2)))
+void rmsnorm_rows_avx2(float* out, const float* x, long i0, long i1, long dim, const float* w, double eps) {
+  for (long i = i0; i < i1; i++) {
+    const float* xi = x + i * dim;
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    long c = 0;
+    for (; c + 8 <= dim; c += 8) {
+      const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(xi + c)), b = _mm256_cvtps_pd(_mm_loadu_ps(xi + c + 4));
+      s0 = _mm256_fmadd_pd(a, a, s0);
+      s1 = _mm256_fmadd_pd(b, b, s1);
+    }
+    const __m256d s = _mm256_add_pd(s0, s1);
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    double ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (; c < dim; c++) ss += double(xi[c]) * xi[c];
+    const double inv = 1.0 / std::sqrt(double(float(ss / double(dim))) + eps);
+    const __m256d vinv = _mm256_set1_pd(inv);
+    float* o = out + i * dim;
+    c = 0;
+    for (; c + 4 <= dim; c += 4) {
+      const __m128 scaled = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(xi + c)), vinv));
+      _mm_storeu_ps(o + c, _mm_mul_ps(scaled, _mm_loadu_ps(w + c)));
+    }
+    for (; c < dim; c++) o[c] = float(double(xi[c]) * inv) * w[c];
+  }
+}
+
+void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, int isa);
 
 __attribute__((target(AVX512)))
 void rotate_avx512(float* r, const double* cs, const double* sn, long half) {
@@ -83,7 +111,23 @@ void rotate_avx512(float* r, const double* cs, const double* sn, long half) {
   }
 }
 
-void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, bool avx512) {
+__attribute__((target(AVX2)))
+void rotate_avx2(float* r, const double* cs, const double* sn, long half) {
+  long f = 0;
+  for (; f + 4 <= half; f += 4) {
+    const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(r + f)), b = _mm256_cvtps_pd(_mm_loadu_ps(r + f + half));
+    const __m256d c = _mm256_loadu_pd(cs + f), s = _mm256_loadu_pd(sn + f);
+    _mm_storeu_ps(r + f, _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_mul_pd(a, c), _mm256_mul_pd(b, s))));
+    _mm_storeu_ps(r + f + half, _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(b, c), _mm256_mul_pd(a, s))));
+  }
+  for (; f < half; f++) {
+    const double a = r[f], b = r[f + half];
+    r[f] = float(a * cs[f] - b * sn[f]);
+    r[f + half] = float(b * cs[f] + a * sn[f]);
+  }
+}
+
+void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, int isa) {
   const long half = d / 2;
   std::vector<double> cs(half), sn(half);
   for (long i = i0; i < i1; i++) {
@@ -95,7 +139,8 @@ void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, 
     }
     for (long h = 0; h < nh; h++) {
       float* r = x + (i * nh + h) * d;
-      if (avx512) rotate_avx512(r, cs.data(), sn.data(), half);
+      if (isa == 2) rotate_avx512(r, cs.data(), sn.data(), half);
+      else if (isa == 1) rotate_avx2(r, cs.data(), sn.data(), half);
       else
         for (long f = 0; f < half; f++) {
           const double a = r[f], b = r[f + half];
@@ -117,27 +162,42 @@ long silu_mul_avx512(float* out, const float* g, const float* u, long i, long le
   return i;
 }
 
+__attribute__((target(AVX2)))
+long silu_mul_avx2(float* out, const float* g, const float* u, long i, long len) {
+  const __m256 one = _mm256_set1_ps(1.0f), cap = _mm256_set1_ps(88.0f);
+  for (; i + 8 <= len; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 e = exp256(_mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), cap));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+  }
+  return i;
+}
+
+// 2 with AVX-512, 1 with AVX2 + FMA, 0 otherwise.
+int isa_level() { return cpu().avx512 ? 2 : cpu().avx2_fma ? 1 : 0; }
+
 }  // namespace
 
 void rmsnorm(float* out, const float* x, long n, long dim, const float* w, double eps) {
-  const bool avx = cpu().avx512;
+  const int isa = isa_level();
   rows_maybe_parallel(n, dim, [&](long a, long b) {
-    if (avx) rmsnorm_rows_avx512(out, x, a, b, dim, w, eps);
+    if (isa == 2) rmsnorm_rows_avx512(out, x, a, b, dim, w, eps);
+    else if (isa == 1) rmsnorm_rows_avx2(out, x, a, b, dim, w, eps);
     else rmsnorm_rows_scalar(out, x, a, b, dim, w, eps);
   });
 }
 
 void rope(float* x, long n, long n_heads, long d, const int32_t* pos, const float* inv_freq, double scaling) {
-  const bool avx = cpu().avx512;
-  rows_maybe_parallel(n, n_heads * d + 4 * d, [&](long a, long b) { rope_rows(x, a, b, n_heads, d, pos, inv_freq, scaling, avx); });
+  const int isa = isa_level();
+  rows_maybe_parallel(n, n_heads * d + 4 * d, [&](long a, long b) { rope_rows(x, a, b, n_heads, d, pos, inv_freq, scaling, isa); });
 }
 
 void silu_mul(float* out, const float* gate, const float* up, long len) {
-  const bool avx = cpu().avx512;
+  const int isa = isa_level();
   const long chunk = 4096;
   rows_maybe_parallel((len + chunk - 1) / chunk, chunk, [&](long a, long b) {
     const long i0 = a * chunk, i1 = std::min(len, b * chunk);
-    long i = avx ? silu_mul_avx512(out, gate, up, i0, i1) : i0;
+    long i = isa == 2 ? silu_mul_avx512(out, gate, up, i0, i1) : isa == 1 ? silu_mul_avx2(out, gate, up, i0, i1) : i0;
     for (; i < i1; i++) out[i] = float(double(gate[i]) / (1.0 + std::exp(-double(gate[i]))) * up[i]);
   });
 }
