@@ -29,13 +29,16 @@ export function fillCache(cache: KvCache, context: number): void {
   }
 }
 
+export const DECODE_WARMUP = 3;
+
+/** Median ms of `steps` single-token forward passes after DECODE_WARMUP more (the cache is restored after each). */
 export function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number {
   const mark = cache.mark();
   const times: number[] = [];
-  for (let i = 0; i < steps + 3; i++) {
+  for (let i = 0; i < steps + DECODE_WARMUP; i++) {
     const t = performance.now();
     lm.model.forward([100 + i], cache);
-    if (i >= 3) times.push(performance.now() - t);
+    if (i >= DECODE_WARMUP) times.push(performance.now() - t);
     cache.truncate(mark);
   }
   return median(times);

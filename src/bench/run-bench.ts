@@ -12,7 +12,7 @@ import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
-import { decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
+import { DECODE_WARMUP, decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -87,7 +87,10 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
           // The machine is shared: the bandwidth probe runs right before and after the decode timing, and the
           // bound uses the median of those probes.
           const before = probeBandwidth(3);
-          const ms = timeDecode(lm, cache);
+          timed.reset();
+          const steps = 12;
+          const ms = timeDecode(lm, cache, steps);
+          const perToken = (op: string) => (timed.ms[op] ?? 0) / (steps + DECODE_WARMUP);
           const localBandwidth = median([...before, ...probeBandwidth(3)]);
           const kvBytes = cache.bytes();
           const bytes = wBytes + kvBytes;
@@ -101,6 +104,11 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
             kv_bytes: kvBytes,
             bound_tokens_per_s: r1(boundTokS),
             fraction_of_bound: r3(1000 / ms / boundTokS),
+            // Mean over all timed steps (the figures above are medians): where a token's time goes, and how
+            // fast the weight matrices alone streamed against the probe.
+            time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
+            matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
+            matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
             // forward() against forwardAsync() at the first context: the async step's cost and the event loop.
             ...(ctx === opts.decodeContexts[0] ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
           });

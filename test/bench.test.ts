@@ -1,0 +1,54 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { nativeAvailable } from '../src/tensor/select-backend.ts';
+
+const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
+const skip = nativeAvailable() ? false : 'native addon not built (npm run build:native)';
+
+interface Decode {
+  context: number;
+  tokens_per_s: number;
+  ms_per_token: number;
+  bytes_per_token: number;
+  kv_bytes: number;
+  bandwidth_gbs_around: number;
+  bound_tokens_per_s: number;
+  fraction_of_bound: number;
+  time_by_op_ms_per_token: Record<string, number>;
+  matmul_gbs: number;
+  matmul_fraction_of_bandwidth: number;
+}
+
+test('bench --quick: the JSON report holds the machine limits and every figure beside its bound', { skip }, () => {
+  const out = join(mkdtempSync(join(tmpdir(), 'kvlab-bench-')), 'bench.json');
+  const stdout = execFileSync(process.execPath, [cli, 'bench', '--quick', '-o', out], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const report = JSON.parse(readFileSync(out, 'utf8'));
+  assert.deepEqual(JSON.parse(stdout), report);
+  assert.ok(report.machine.bandwidthGBs > 0 && report.machine.threads >= 1);
+  assert.deepEqual(
+    report.models.map((m: { model: string; weights: string }) => `${m.model}/${m.weights}`),
+    ['tiny/bf16', 'tiny/int8'],
+  );
+  const cfg = JSON.parse(readFileSync(fileURLToPath(new URL('../models/kvlab-tiny-chat/config.json', import.meta.url)), 'utf8'));
+  for (const m of report.models) {
+    assert.ok(m.prefill.tokens_per_s > 0 && m.prefill.matmul_gflops > 0);
+    const [d] = m.decode as Decode[];
+    assert.equal(d!.context, 1024);
+    // fp32 keys and values of every layer and KV head.
+    assert.equal(d!.kv_bytes, cfg.num_hidden_layers * cfg.num_key_value_heads * 1024 * cfg.head_dim * 2 * 4);
+    assert.equal(d!.bytes_per_token, m.decode_weight_bytes + d!.kv_bytes);
+    assert.ok(Math.abs(d!.bound_tokens_per_s - (d!.bandwidth_gbs_around * 1e9) / d!.bytes_per_token) <= 0.1 * d!.bound_tokens_per_s);
+    assert.ok(Math.abs(d!.fraction_of_bound - d!.tokens_per_s / d!.bound_tokens_per_s) < 0.01);
+    assert.ok(d!.time_by_op_ms_per_token.matmul! > 0 && d!.time_by_op_ms_per_token.attention! > 0);
+    assert.ok(d!.matmul_gbs > 0 && d!.matmul_fraction_of_bandwidth > 0);
+  }
+  const int8 = report.int8_vs_bf16[0].decode_speedup[0];
+  assert.equal(int8.context, 1024);
+  assert.ok(int8.ratio > 0);
+  assert.equal(report.kvzip, null);
+});
