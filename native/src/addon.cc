@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -459,6 +461,28 @@ Napi::Value StreamReadFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), s);
 }
 
+// poolWaitProbe(ms) -> {wallMs, callerCpuMs} | null: one pool job in which every worker sleeps `ms` while the
+// caller has nothing to do; the caller's CPU time shows whether it waits parked or busy (null with 1 thread).
+Napi::Value PoolWaitProbeFn(const Napi::CallbackInfo& info) {
+  const double ms = info[0].As<Napi::Number>().DoubleValue();
+  if (pool_threads() < 2) return info.Env().Null();
+  const auto cpu_ms = [] {
+    rusage u;
+    getrusage(RUSAGE_THREAD, &u);
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e3 + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
+  };
+  const double c0 = cpu_ms();
+  const auto t0 = std::chrono::steady_clock::now();
+  pool_run([&](int t, int) {
+    if (t > 0) std::this_thread::sleep_for(std::chrono::microseconds(long(ms * 1000)));
+  });
+  const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("wallMs", wall);
+  out.Set("callerCpuMs", cpu_ms() - c0);
+  return out;
+}
+
 // fmaPeak(threads) -> GFLOP/s: register-resident AVX2 FMA throughput, the compute ceiling of the AVX2 GEMM
 // (0 on a CPU without AVX2+FMA).
 Napi::Value FmaPeakFn(const Napi::CallbackInfo& info) {
@@ -605,6 +629,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setTuning", Napi::Function::New(env, SetTuningFn));
   exports.Set("streamRead", Napi::Function::New(env, StreamReadFn));
   exports.Set("fmaPeak", Napi::Function::New(env, FmaPeakFn));
+  exports.Set("poolWaitProbe", Napi::Function::New(env, PoolWaitProbeFn));
   return exports;
 }
 

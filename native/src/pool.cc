@@ -17,6 +17,8 @@ namespace {
 std::atomic<unsigned> generation{0};
 std::atomic<int> pending{0};
 std::atomic<int> sleepers{0};  // workers parked (or about to park) on the futex
+std::atomic<unsigned> finished{0};     // bumped by the last worker to finish a job
+std::atomic<bool> caller_parked{false};
 const std::function<void(int, int)>* job = nullptr;
 int n_threads = 1;
 std::vector<std::thread> workers;
@@ -52,7 +54,10 @@ void worker_main(int index) {
     }
     seen = g;
     (*job)(index, n_threads);
-    pending.fetch_sub(1, std::memory_order_acq_rel);
+    if (pending.fetch_sub(1) == 1) {
+      finished.fetch_add(1);
+      if (caller_parked.load()) futex_wake_all(&finished);
+    }
   }
 }
 
@@ -77,13 +82,23 @@ void pool_run(const std::function<void(int, int)>& fn) {
   std::lock_guard<std::mutex> hold(run_lock);
   in_job = true;
   job = &fn;
+  const unsigned done_before = finished.load();
   pending.store(n_threads - 1, std::memory_order_release);
   generation.fetch_add(1);
   // A worker counts itself in `sleepers` before it checks the generation in futex_wait, so either it sees
   // the new generation there or this load sees it and wakes it.
   if (sleepers.load() > 0) futex_wake_all(&generation);
   fn(0, n_threads);
-  while (pending.load(std::memory_order_acquire) > 0) _mm_pause();
+  // Spin while the workers are likely about to finish; then park, so a worker that lost its CPU to another
+  // process gets this one instead of competing with a busy-waiting caller.
+  for (int spin = 0; pending.load(std::memory_order_acquire) > 0 && spin < SPIN; spin++) _mm_pause();
+  while (pending.load() > 0) {
+    caller_parked.store(true);
+    // The last worker bumps `finished` after zeroing `pending`, so if it finished after the check above
+    // the futex sees a changed word and returns at once.
+    if (pending.load() > 0) futex_wait(&finished, done_before);
+    caller_parked.store(false);
+  }
   in_job = false;
 }
 

@@ -7,7 +7,8 @@ namespace kvlab {
 // park on a futex, so an idle pool costs nothing when the machine is shared.
 void pool_init(int threads);
 int pool_threads();
-// Runs fn(t, T) on T = pool_threads() threads (the caller is thread 0) and returns when all are done.
+// Runs fn(t, T) on T = pool_threads() threads (the caller is thread 0) and returns when all are done; a
+// caller left waiting spins briefly too and then parks until the last worker wakes it.
 // Calls from different threads are serialized; a call from inside a job runs fn(0, 1) inline.
 void pool_run(const std::function<void(int, int)>& fn);
 

@@ -92,6 +92,8 @@ export interface Addon {
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
+  /** One pool job whose workers sleep `ms` while the caller waits: the caller's CPU time over the wall time. */
+  poolWaitProbe(ms: number): { wallMs: number; callerCpuMs: number } | null;
 }
 
 /** KVLAB_NATIVE_ADDON points at another build of the addon (development builds outside the tree). */
