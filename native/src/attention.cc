@@ -503,7 +503,7 @@ void for_panels(int n, F f) {
 // o[r][0, d) = sum over j < len of p[r][j] * v[j][0, d), for r < n. Keys in blocks whose value rows are
 // read whole, so V streams in order.
 void pv_avx2(const float* const* p, int n, const float* v, int len, int d, float* const* o) {
-  constexpr int BLOCK = 32;
+  constexpr int BLOCK = 128;
   for (int j0 = 0; j0 < std::max(len, 1); j0 += BLOCK) {
     const int nk = std::min(BLOCK, len - j0);
     const float* vb = v + long(j0) * d;
@@ -601,18 +601,23 @@ void attend_rows_avx2(const Attention& a, const PackedKeys& pk, int g, int i0, i
   for_panels(n, [&](int r0, int r1) {
     for (int j = 0; j < padded; j += KB) panel_rows_avx2<2>(r1 - r0, q.data() + r0, 0, pk.kt.data() + long(j) * d, KB, d, p.data() + r0, j);
   });
+  // Weights stay unnormalized; 1 / z scales the outputs and the statistics.
+  std::vector<float> inv(n);
   for (int r = 0; r < n; r++) {
     float z;
     exp_row_avx2(p[r], pk.pos.data(), a.q_pos[i0 + r / G], padded, a.scale, &z);
-    const float inv = z > 0 ? 1.0f / z : 0.f;
-    for (int j = 0; j < padded; j++) p[r][j] *= inv;
+    inv[r] = z > 0 ? 1.0f / z : 0.f;
     if (padded < kv.len) std::fill(p[r] + padded, p[r] + kv.len, 0.f);
   }
-  if (a.out) pv_avx2(p.data(), n, kv.v, std::min(padded, kv.len), d, o.data());
+  if (a.out) {
+    pv_avx2(p.data(), n, kv.v, std::min(padded, kv.len), d, o.data());
+    for (int r = 0; r < n; r++)
+      for (int c = 0; c < d; c++) o[r][c] *= inv[r];
+  }
   if (!has_stats(a)) return;
   for (int r = 0; r < n; r++) {
     const int i = i0 + r / G;
-    if (i >= a.stats_from) add_stats_avx2(a, g, 0, p[r], kv.len, query_weight(a, i));
+    if (i >= a.stats_from) add_stats_avx2(a, g, 0, p[r], kv.len, query_weight(a, i) * inv[r]);
   }
 }
 
@@ -645,8 +650,8 @@ void attention_rows_avx2(const Attention& a) {
 
 // ----- one or two query rows: tiles of heads, keys from the cache in chunks -----
 
-// Dot products of the heads q[0, NH) with keys [0, n) of row-major k: dots[h][j]. Prefetches the keys
-// ahead and, when v is given, the value rows of these keys for the P . V that follows.
+// Dot products of the heads q[0, NH) with keys [0, n) of row-major k: dots[h][j]. When v is given,
+// prefetches the keys ahead and the value rows of these keys for the P . V that follows.
 template <int NH>
 __attribute__((target("avx2,fma")))
 void dots_avx2(const float* const* q, const float* k, const float* v, int n, int d, float* const* dots) {
@@ -654,10 +659,11 @@ void dots_avx2(const float* const* q, const float* k, const float* v, int n, int
   int j = 0;
   for (; j + 4 <= n; j += 4) {
     const float* kr = k + long(j) * d;
-    for (int c = 0; c < 4 * d; c += 16) {
-      _mm_prefetch(reinterpret_cast<const char*>(kr + AHEAD * d + c), _MM_HINT_T0);
-      if (v) _mm_prefetch(reinterpret_cast<const char*>(v + long(j) * d + c), _MM_HINT_T1);
-    }
+    if (v)
+      for (int c = 0; c < 4 * d; c += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(kr + AHEAD * d + c), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(v + long(j) * d + c), _MM_HINT_T1);
+      }
     __m256 acc[NH][4];
     #pragma GCC unroll 8
     for (int h = 0; h < NH; h++)
@@ -737,11 +743,11 @@ void attention_decode_avx2(const Attention& a) {
       }
       const float* k = kv.k + long(un.j0) * d;
       int h = 0;
-      const float* v = a.out ? kv.v + long(un.j0) * d : nullptr;
+      const float* v = kv.v + long(un.j0) * d;
       for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, un.n, d, p + h);
       if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, un.n, d, p + h);
       for (h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
-      if (v) pv_avx2(p, un.t.n, v, un.n, d, o);
+      if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o);
     }
   });
   // Combine the chunks of each tile in order; afterwards mz[].z holds each chunk's factor to probabilities.
