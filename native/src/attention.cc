@@ -437,7 +437,8 @@ void run_tiles(const Attention& a, F f) {
 // against the cache's value rows. At decode the keys are read straight from the cache and the keys of a
 // tile are cut into chunks of DECODE_CHUNK, attended in parallel and combined in a fixed order (flash-
 // decoding), so a call has work for every thread whatever its number of KV heads. Units of work are
-// independent and handed out in order to whichever thread is free: results do not depend on the threads.
+// independent, so results do not depend on which thread runs them: decode chunks are split into
+// contiguous ranges (each thread streams consecutive keys), many-row units go to whichever thread is free.
 
 constexpr int PANEL = 6;
 constexpr int DECODE_CHUNK = 256;
@@ -650,13 +651,12 @@ void attention_rows_avx2(const Attention& a) {
 
 // ----- one or two query rows: tiles of heads, keys from the cache in chunks -----
 
-// Dot products of the heads q[0, NH) with keys [0, n) of row-major k: dots[h][j]. When v is given,
+// Dot products of the heads q[0, NH) with keys [j, n) of row-major k: dots[h][j]. When v is given,
 // prefetches the keys ahead and the value rows of these keys for the P . V that follows.
 template <int NH>
 __attribute__((target("avx2,fma")))
-void dots_avx2(const float* const* q, const float* k, const float* v, int n, int d, float* const* dots) {
+void dots_avx2(const float* const* q, const float* k, const float* v, int j, int n, int d, float* const* dots) {
   constexpr int AHEAD = 16;
-  int j = 0;
   for (; j + 4 <= n; j += 4) {
     const float* kr = k + long(j) * d;
     if (v)
@@ -716,11 +716,13 @@ void attention_decode_avx2(const Attention& a) {
   }
   first_unit.push_back(int(units.size()));
   const int d = a.d;
-  // Per unit and head: weights [DECODE_CHUNK], (m, z), partial output [d]. The caller's buffers, kept across
-  // calls (see thread_scratch); the workers see them through these pointers.
+  // Per unit and head: (m, z), partial output [d] and, for the statistics, the weights [DECODE_CHUNK] (else
+  // they stay in the thread's scratch). The caller's buffers, kept across calls (see thread_scratch); the
+  // workers see them through these pointers.
   static thread_local std::vector<float> pbuf, obuf;
   static thread_local std::vector<ChunkHead> mzbuf;
-  pbuf.resize(units.size() * MAX_TILE * DECODE_CHUNK);
+  const bool keep = has_stats(a);
+  if (keep) pbuf.resize(units.size() * MAX_TILE * DECODE_CHUNK);
   obuf.resize(units.size() * MAX_TILE * d);
   mzbuf.resize(units.size() * MAX_TILE);
   float* const pw = pbuf.data();
@@ -728,9 +730,12 @@ void attention_decode_avx2(const Attention& a) {
   ChunkHead* const mz = mzbuf.data();
   auto weights = [=](long u, int h) { return pw + (u * MAX_TILE + h) * DECODE_CHUNK; };
   auto partial = [=](long u, int h) { return po + (u * MAX_TILE + h) * d; };
-  std::atomic<long> next{0};
-  pool_run([&](int, int) {
-    for (long u; (u = next++) < long(units.size());) {
+  pool_run([&](int t, int T) {
+    long u0, u1;
+    split_range(long(units.size()), t, T, &u0, &u1);
+    Scratch& s = thread_scratch();
+    s.reserve(MAX_TILE, DECODE_CHUNK);
+    for (long u = u0; u < u1; u++) {
       const Unit& un = units[u];
       const HeadView& kv = a.heads[un.t.g];
       const float* q[MAX_TILE];
@@ -738,15 +743,19 @@ void attention_decode_avx2(const Attention& a) {
       float* o[MAX_TILE];
       for (int h = 0; h < un.t.n; h++) {
         q[h] = q_row(a, un.t.i, un.t.h0 + h);
-        p[h] = weights(u, h);
+        p[h] = keep ? weights(u, h) : s.row(h);
         o[h] = partial(u, h);
       }
       const float* k = kv.k + long(un.j0) * d;
-      int h = 0;
       const float* v = kv.v + long(un.j0) * d;
-      for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, un.n, d, p + h);
-      if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, un.n, d, p + h);
-      for (h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+      // Keys in blocks that stay in L1 while every head pair reads them.
+      for (int j = 0; j < un.n; j += 16) {
+        const int n = std::min(un.n, j + 16);
+        int h = 0;
+        for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
+        if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
+      }
+      for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
       if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o);
     }
   });
