@@ -694,8 +694,8 @@ void dots_avx2(const float* const* q, const float* k, const float* v, int j, int
     for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
 }
 
-// What a chunk leaves for the combination, per head: its largest logit, its sum of weights and its
-// unnormalized P . V.
+// What a chunk leaves per head, besides its unnormalized P . V: its largest logit m and its sum of weights z.
+// The combination turns z into the factor from the chunk's weights to probabilities.
 struct ChunkHead {
   float m, z;
 };
@@ -749,8 +749,8 @@ void attention_decode_avx2(const Attention& a) {
       const float* k = kv.k + long(un.j0) * d;
       const float* v = kv.v + long(un.j0) * d;
       // Keys in blocks that stay in L1 while every head pair reads them.
-      for (int j = 0; j < un.n; j += 16) {
-        const int n = std::min(un.n, j + 16);
+      for (int j = 0; j < un.n; j += KB) {
+        const int n = std::min(un.n, j + KB);
         int h = 0;
         for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
         if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
@@ -759,7 +759,7 @@ void attention_decode_avx2(const Attention& a) {
       if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o);
     }
   });
-  // Combine the chunks of each tile in order; afterwards mz[].z holds each chunk's factor to probabilities.
+  // The chunks of each tile combined in order.
   for (size_t ti = 0; ti < tiles.size(); ti++) {
     const Tile& t = tiles[ti];
     for (int h = 0; h < t.n; h++) {
