@@ -783,23 +783,13 @@ void attention_decode_avx2(const Attention& a) {
     }
   }
   if (!has_stats(a)) return;
-  // A key's statistics take its rows in query order; threads split the chunks of each KV head.
-  std::vector<std::pair<int, int>> chunks;  // (KV head, first key)
-  for (int g = 0; g < a.n_kv; g++)
-    for (int j0 = 0; j0 < a.heads[g].len; j0 += DECODE_CHUNK) chunks.push_back({g, j0});
-  pool_run([&](int t, int T) {
-    long c0, c1;
-    split_range(long(chunks.size()), t, T, &c0, &c1);
-    for (long c = c0; c < c1; c++) {
-      const auto [g, j0] = chunks[c];
-      for (size_t ti = 0; ti < tiles.size(); ti++) {
-        if (tiles[ti].g != g || tiles[ti].i < a.stats_from) continue;
-        const int u = first_unit[ti] + j0 / DECODE_CHUNK;
-        for (int h = 0; h < tiles[ti].n; h++)
-          add_stats_avx2(a, g, j0, weights(u, h), units[u].n, mz[u * MAX_TILE + h].z * query_weight(a, tiles[ti].i));
-      }
-    }
-  });
+  // On this thread (little work; another pool job costs more): each key takes its rows in query order.
+  for (size_t ti = 0; ti < tiles.size(); ti++) {
+    if (tiles[ti].i < a.stats_from) continue;
+    const float wq = query_weight(a, tiles[ti].i);
+    for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++)
+      for (int h = 0; h < tiles[ti].n; h++) add_stats_avx2(a, tiles[ti].g, units[u].j0, weights(u, h), units[u].n, mz[u * MAX_TILE + h].z * wq);
+  }
 }
 
 }  // namespace
