@@ -502,11 +502,10 @@ void for_panels(int n, F f) {
 }
 
 // o[r][0, d) = sum over j < len of p[r][j] * v[j][0, d), for r < n. Keys in blocks whose value rows are
-// read whole, so V streams in order.
-void pv_avx2(const float* const* p, int n, const float* v, int len, int d, float* const* o) {
-  constexpr int BLOCK = 128;
-  for (int j0 = 0; j0 < std::max(len, 1); j0 += BLOCK) {
-    const int nk = std::min(BLOCK, len - j0);
+// read whole before the next block's, so V streams in order.
+void pv_avx2(const float* const* p, int n, const float* v, int len, int d, float* const* o, int block) {
+  for (int j0 = 0; j0 < std::max(len, 1); j0 += block) {
+    const int nk = std::min(block, len - j0);
     const float* vb = v + long(j0) * d;
     for_panels(n, [&](int r0, int r1) {
       int c = 0;
@@ -611,7 +610,7 @@ void attend_rows_avx2(const Attention& a, const PackedKeys& pk, int g, int i0, i
     if (padded < kv.len) std::fill(p[r] + padded, p[r] + kv.len, 0.f);
   }
   if (a.out) {
-    pv_avx2(p.data(), n, kv.v, std::min(padded, kv.len), d, o.data());
+    pv_avx2(p.data(), n, kv.v, std::min(padded, kv.len), d, o.data(), 128);
     for (int r = 0; r < n; r++)
       for (int c = 0; c < d; c++) o[r][c] *= inv[r];
   }
@@ -756,7 +755,7 @@ void attention_decode_avx2(const Attention& a) {
         if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
       }
       for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
-      if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o);
+      if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o, KB);
     }
   });
   // The chunks of each tile combined in order.
