@@ -291,18 +291,36 @@ test(`[${mode}] attention: GQA 4:2, 14:2, 8:1, 3:3, ragged heads, masks, stats o
     }
 });
 
-test(`[${mode}] attention: decode over a long cache`, { skip }, () => {
+test(`[${mode}] attention: decode and two-row queries over a long cache, with statistics`, { skip }, () => {
   const nat = new NativeBackend();
   const d = 64;
   const len = 5000;
-  const heads = [head(len, d, Array.from({ length: len }, (_, i) => i)), head(len - 777, d, Array.from({ length: len - 777 }, (_, i) => 2 * i))];
-  const q = vec(14 * d, 2);
-  const a = new Float32Array(14 * d);
-  const b = new Float32Array(14 * d);
-  const args = { q, nq: 1, nHeads: 14, nKvHeads: 2, headDim: d, qPos: Int32Array.of(len), heads, scale: 1 / 8 };
-  nat.attention({ ...args, out: a });
-  ref.attention({ ...args, out: b });
-  assert.ok(maxRelErr(a, b) < 1e-5, `long decode: ${maxRelErr(a, b)}`);
+  // Keys split into many chunks at decode: one head in order, one shorter and reversed, one whose keys a
+  // query row sees only partly (positions past its own are masked).
+  const heads = [
+    head(len, d, Array.from({ length: len }, (_, i) => i)),
+    head(len - 777, d, Array.from({ length: len - 777 }, (_, i) => 2 * (len - 778 - i))),
+    head(len - 1, d, Array.from({ length: len - 1 }, (_, i) => 3 * i)),
+  ];
+  for (const nq of [1, 2]) {
+    const q = vec(nq * 21 * d, 2);
+    const args = { q, nq, nHeads: 21, nKvHeads: 3, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => len + 3000 * i), heads, scale: 1 / 8 };
+    const run = (be: ReferenceBackend | NativeBackend) => {
+      const out = new Float32Array(nq * 21 * d);
+      const sum = heads.map((h) => new Float32Array(h.len).fill(0.5));
+      const max = heads.map((h) => new Float32Array(h.len));
+      be.attention({ ...args, out, stats: { fromQuery: 0, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 1 + i) } });
+      const plain = new Float32Array(nq * 21 * d);
+      be.attention({ ...args, out: plain });
+      return { out, sum, max, plain };
+    };
+    const a = run(nat);
+    const b = run(ref);
+    assert.ok(maxRelErr(a.out, b.out) < 1e-5, `long decode nq=${nq}: ${maxRelErr(a.out, b.out)}`);
+    assert.deepEqual(a.plain, a.out, `statistics do not change the output (nq=${nq})`);
+    a.sum.forEach((s, g) => assert.ok(maxRelErr(s, b.sum[g]!) < 1e-5, `long sum stats nq=${nq} head ${g}`));
+    a.max.forEach((s, g) => assert.ok(maxRelErr(s, b.max[g]!) < 1e-5, `long max stats nq=${nq} head ${g}`));
+  }
 });
 
 test(`[${mode}] mmap regions return the bytes fs.readSync reads`, { skip }, () => {
@@ -373,6 +391,17 @@ const FINGERPRINT = `
     const sum = heads.map((h) => new Float32Array(h.len));
     be.attention({ q: Float32Array.from({ length: nq * 4 * 64 }, r), out, nq, nHeads: 4, nKvHeads: 2, headDim: 64, qPos: Int32Array.from({ length: nq }, (_, i) => 80 + i), heads, scale: 0.125, stats: { fromQuery: 0, sum } });
     outs.push(out, ...sum);
+  }
+  // Long enough to split into chunks at decode and into several units of query rows.
+  const long = [0, 1].map((g) => ({ k: Float32Array.from({ length: 1500 * 64 }, r), v: Float32Array.from({ length: 1500 * 64 }, r), pos: Int32Array.from({ length: 1500 }, (_, i) => i), len: 1500 - g * 300 }));
+  for (const nq of [1, 40]) {
+    const out = new Float32Array(nq * 14 * 64);
+    const max = long.map((h) => new Float32Array(h.len));
+    be.attention({ q: Float32Array.from({ length: nq * 14 * 64 }, r), out, nq, nHeads: 14, nKvHeads: 2, headDim: 64, qPos: Int32Array.from({ length: nq }, (_, i) => 1460 + i), heads: long, scale: 0.125, stats: { fromQuery: 0, max } });
+    outs.push(out, ...max);
+    const plain = new Float32Array(nq * 14 * 64);
+    be.attention({ q: Float32Array.from({ length: nq * 14 * 64 }, r), out: plain, nq, nHeads: 14, nKvHeads: 2, headDim: 64, qPos: Int32Array.from({ length: nq }, (_, i) => 1460 + i), heads: long, scale: 0.125 });
+    outs.push(plain);
   }
   const mqa = new Float32Array(8 * 64);
   be.attention({ q: Float32Array.from({ length: 8 * 64 }, r), out: mqa, nq: 1, nHeads: 8, nKvHeads: 1, headDim: 64, qPos: Int32Array.of(100), heads: [heads[0]], scale: 0.125 });

@@ -6,11 +6,13 @@
 //     broadcast-FMAs with each packed vector reused by all the tile's heads.
 // Softmax is two-pass in fp32 (max, then exp and sum), probabilities are normalized before the optional
 // statistics, and P.V runs over key blocks with the tile's heads inner.
+// The AVX2 path (at the end) differs in its units of work; see there.
 #include "attention.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -104,196 +106,6 @@ void attend_row_scalar(const Attention& a, int h, int i, Scratch& s) {
     const float wq = a.query_weight ? a.query_weight[i] : 1.0f;
     for (int j = 0; j < kv.len; j++) {
       const float prob = p[j] * wq;
-      if (sum) sum[j] += prob;
-      if (mxo && prob > mxo[j]) mxo[j] = prob;
-    }
-  }
-}
-
-// ---------- AVX2 path: one tile (the heads of a KV group for one query row) at a time ----------
-
-__attribute__((target("avx2,fma")))
-float dot_avx2(const float* a, const float* b, int d) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  int c = 0;
-  for (; c + 16 <= d; c += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c + 8), _mm256_loadu_ps(b + c + 8), acc1);
-  }
-  for (; c + 8 <= d; c += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc0);
-  float dot = hsum256(_mm256_add_ps(acc0, acc1));
-  for (; c < d; c++) dot += a[c] * b[c];
-  return dot;
-}
-
-// Row p[0, len): logits -> normalized probabilities, masked (-inf) keys exactly 0.
-__attribute__((target("avx2,fma")))
-void softmax_row_avx2(float* p, int len, float mx) {
-  if (mx == -INFINITY) {
-    std::fill(p, p + len, 0.f);
-    return;
-  }
-  const __m256 vm = _mm256_set1_ps(mx), neg = _mm256_set1_ps(-INFINITY);
-  __m256 vz = _mm256_setzero_ps();
-  int j = 0;
-  for (; j + 8 <= len; j += 8) {
-    const __m256 x = _mm256_loadu_ps(p + j);
-    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, vm)), _mm256_cmp_ps(x, neg, _CMP_NEQ_OQ));
-    _mm256_storeu_ps(p + j, e);
-    vz = _mm256_add_ps(vz, e);
-  }
-  float z = hsum256(vz);
-  for (; j < len; j++) {
-    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
-    z += p[j];
-  }
-  const float inv = z > 0 ? 1.0f / z : 0.f;
-  const __m256 vi = _mm256_set1_ps(inv);
-  j = 0;
-  for (; j + 8 <= len; j += 8) _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vi));
-  for (; j < len; j++) p[j] *= inv;
-}
-
-// P.V for up to four heads of a tile: one cache line of columns (16) per pass, so each line of V is read
-// once per tile whatever the number of heads.
-template <int NH>
-__attribute__((target("avx2,fma")))
-void pv_heads_avx2(const float* const* p, const float* v, int len, int d, float* const* o) {
-  int c0 = 0;
-  for (; c0 + 16 <= d; c0 += 16) {
-    __m256 acc[NH][2];
-    for (int hh = 0; hh < NH; hh++) acc[hh][0] = acc[hh][1] = _mm256_setzero_ps();
-    for (int j = 0; j < len; j++) {
-      const float* vr = v + long(j) * d + c0;
-      _mm_prefetch(reinterpret_cast<const char*>(vr + 24 * d), _MM_HINT_T0);
-      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
-      for (int hh = 0; hh < NH; hh++) {
-        const __m256 pj = _mm256_broadcast_ss(p[hh] + j);
-        acc[hh][0] = _mm256_fmadd_ps(pj, v0, acc[hh][0]);
-        acc[hh][1] = _mm256_fmadd_ps(pj, v1, acc[hh][1]);
-      }
-    }
-    for (int hh = 0; hh < NH; hh++) {
-      _mm256_storeu_ps(o[hh] + c0, acc[hh][0]);
-      _mm256_storeu_ps(o[hh] + c0 + 8, acc[hh][1]);
-    }
-  }
-  for (int hh = 0; hh < NH; hh++) {
-    std::fill(o[hh] + c0, o[hh] + d, 0.f);
-    for (int j = 0; j < len && c0 < d; j++)
-      for (int c = c0; c < d; c++) o[hh][c] += p[hh][j] * v[long(j) * d + c];
-  }
-}
-
-// P.V with d a multiple of 64: keys in blocks small enough to stay in L1, every head of the tile over the
-// block with 64 output columns in registers, so V streams from memory once, row by row.
-__attribute__((target("avx2,fma")))
-void pv_blocked_avx2(const Attention& a, const Tile& t, Scratch& s, int len) {
-  constexpr int BLOCK = 64;
-  const HeadView& kv = a.heads[t.g];
-  const int d = a.d;
-  for (int hh = 0; hh < t.n; hh++) std::fill(out_row(a, t.i, t.h0 + hh), out_row(a, t.i, t.h0 + hh) + d, 0.f);
-  for (int j0 = 0; j0 < len; j0 += BLOCK) {
-    const int j1 = std::min(len, j0 + BLOCK);
-    for (int c0 = 0; c0 < d; c0 += 64)
-      for (int hh = 0; hh < t.n; hh++) {
-        const float* p = s.row(hh);
-        float* o = out_row(a, t.i, t.h0 + hh) + c0;
-        __m256 acc[8];
-        for (int q = 0; q < 8; q++) acc[q] = _mm256_loadu_ps(o + 8 * q);
-        for (int j = j0; j < j1; j++) {
-          const __m256 pj = _mm256_broadcast_ss(p + j);
-          const float* vr = kv.v + long(j) * d + c0;
-          if (hh == 0) _mm_prefetch(reinterpret_cast<const char*>(vr + BLOCK * d), _MM_HINT_T0);
-          for (int q = 0; q < 8; q++) acc[q] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * q), acc[q]);
-        }
-        for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + 8 * q, acc[q]);
-      }
-  }
-}
-
-void pv_tile_avx2(const Attention& a, const Tile& t, Scratch& s, int len) {
-  if (a.d % 64 == 0) return pv_blocked_avx2(a, t, s, len);
-  const HeadView& kv = a.heads[t.g];
-  for (int h0 = 0; h0 < t.n; h0 += 4) {
-    const float* p[4];
-    float* o[4];
-    const int nh = std::min(4, t.n - h0);
-    for (int hh = 0; hh < nh; hh++) {
-      p[hh] = s.row(h0 + hh);
-      o[hh] = out_row(a, t.i, t.h0 + h0 + hh);
-    }
-    switch (nh) {
-      case 1: pv_heads_avx2<1>(p, kv.v, len, a.d, o); break;
-      case 2: pv_heads_avx2<2>(p, kv.v, len, a.d, o); break;
-      case 3: pv_heads_avx2<3>(p, kv.v, len, a.d, o); break;
-      default: pv_heads_avx2<4>(p, kv.v, len, a.d, o); break;
-    }
-  }
-}
-
-__attribute__((target("avx2,fma")))
-void attend_tile_avx2(const Attention& a, const Tile& t, Scratch& s, bool sorted) {
-  const int d = a.d;
-  const HeadView& kv = a.heads[t.g];
-  const int32_t qp = a.q_pos[t.i];
-  const int len = visible_keys(kv, sorted, qp);
-  s.reserve(t.n, len);
-  float mx[MAX_TILE];
-  for (int hh = 0; hh < t.n; hh++) mx[hh] = -INFINITY;
-  int j0 = 0;
-  if (d % 8 == 0) {
-    // Eight keys at a time per head: eight accumulators reduced together into one vector of logits.
-    const __m256 vscale = _mm256_set1_ps(a.scale), neg = _mm256_set1_ps(-INFINITY);
-    const __m256i vqp = _mm256_set1_epi32(qp);
-    for (; j0 + 8 <= len; j0 += 8) {
-      const float* k = kv.k + long(j0) * d;
-      const __m256 hidden = sorted ? _mm256_setzero_ps()
-                                   : _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + j0)), vqp));
-      for (int hh = 0; hh < t.n; hh++) {
-        const float* q = q_row(a, t.i, t.h0 + hh);
-        __m256 acc[8];
-        for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-        for (int c = 0; c < d; c += 8) {
-          const __m256 qv = _mm256_loadu_ps(q + c);
-          for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + long(u) * d + c), acc[u]);
-        }
-        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-        __m256 l = _mm256_mul_ps(_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)), vscale);
-        l = _mm256_blendv_ps(l, neg, hidden);
-        _mm256_storeu_ps(s.row(hh) + j0, l);
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, l);
-        for (int u = 0; u < 8; u++) mx[hh] = std::max(mx[hh], lanes[u]);
-      }
-    }
-  }
-  for (int j = j0; j < len; j++) {
-    const float* k = kv.k + long(j) * d;
-    const bool masked = !sorted && kv.pos[j] > qp;
-    for (int hh = 0; hh < t.n; hh++) {
-      float& pj = s.row(hh)[j];
-      pj = masked ? -INFINITY : dot_avx2(q_row(a, t.i, t.h0 + hh), k, d) * a.scale;
-      mx[hh] = std::max(mx[hh], pj);
-    }
-  }
-  for (int hh = 0; hh < t.n; hh++) softmax_row_avx2(s.row(hh), len, mx[hh]);
-  if (a.out) pv_tile_avx2(a, t, s, len);
-  if (t.i < a.stats_from || !has_stats(a)) return;
-  float* mxo = a.stat_max.empty() ? nullptr : a.stat_max[t.g];
-  float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[t.g];
-  const __m256 wq = _mm256_set1_ps(a.query_weight ? a.query_weight[t.i] : 1.0f);
-  for (int hh = 0; hh < t.n; hh++) {
-    const float* p = s.row(hh);
-    int j = 0;
-    for (; j + 8 <= len; j += 8) {
-      const __m256 prob = _mm256_mul_ps(_mm256_loadu_ps(p + j), wq);
-      if (sum) _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), prob));
-      if (mxo) _mm256_storeu_ps(mxo + j, _mm256_max_ps(_mm256_loadu_ps(mxo + j), prob));
-    }
-    for (; j < len; j++) {
-      const float prob = p[j] * (a.query_weight ? a.query_weight[t.i] : 1.0f);
       if (sum) sum[j] += prob;
       if (mxo && prob > mxo[j]) mxo[j] = prob;
     }
@@ -619,16 +431,371 @@ void run_tiles(const Attention& a, F f) {
   });
 }
 
+// ---------- AVX2 path ----------
+// Both products are register panels of up to 6 rows by 16 columns, fed by broadcasts from the rows and
+// vector loads from the other operand: Q . K^T against keys packed transposed (many query rows), P . V
+// against the cache's value rows. At decode the keys are read straight from the cache and the keys of a
+// tile are cut into chunks of DECODE_CHUNK, attended in parallel and combined in a fixed order (flash-
+// decoding), so a call has work for every thread whatever its number of KV heads. Units of work are
+// independent, so results do not depend on which thread runs them: decode chunks are split into
+// contiguous ranges (each thread streams consecutive keys), many-row units go to whichever thread is free.
+
+constexpr int PANEL = 6;
+constexpr int DECODE_CHUNK = 256;
+constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row attention, at least one query row
+
+__attribute__((target("avx2,fma")))
+float dot_avx2(const float* a, const float* b, int d) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc);
+  return hsum256(acc);
+}
+
+// out[r][o_off + 0 .. 8 NV) (+)= sum over k < K of a[r][a_off + k] * b[k * ldb + 0 .. 8 NV), for r < R.
+// The loops over acc are unrolled by pragma: left to GCC, acc is written back to the stack every step.
+template <int R, int NV>
+__attribute__((target("avx2,fma")))
+void panel_avx2(const float* const* a, long a_off, const float* b, long ldb, int K, float* const* out, long o_off, bool add) {
+  __m256 acc[R][NV];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) acc[r][v] = add ? _mm256_loadu_ps(out[r] + o_off + 8 * v) : _mm256_setzero_ps();
+  for (int k = 0; k < K; k++) {
+    __m256 bv[NV];
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) bv[v] = _mm256_loadu_ps(b + k * ldb + 8 * v);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      const __m256 x = _mm256_broadcast_ss(a[r] + a_off + k);
+      #pragma GCC unroll 8
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) _mm256_storeu_ps(out[r] + o_off + 8 * v, acc[r][v]);
+}
+
+template <int NV>
+void panel_rows_avx2(int R, const float* const* a, long a_off, const float* b, long ldb, int K, float* const* out, long o_off, bool add = false) {
+  switch (R) {
+    case 1: return panel_avx2<1, NV>(a, a_off, b, ldb, K, out, o_off, add);
+    case 2: return panel_avx2<2, NV>(a, a_off, b, ldb, K, out, o_off, add);
+    case 3: return panel_avx2<3, NV>(a, a_off, b, ldb, K, out, o_off, add);
+    case 4: return panel_avx2<4, NV>(a, a_off, b, ldb, K, out, o_off, add);
+    case 5: return panel_avx2<5, NV>(a, a_off, b, ldb, K, out, o_off, add);
+    default: return panel_avx2<6, NV>(a, a_off, b, ldb, K, out, o_off, add);
+  }
+}
+
+// Calls f(r0, r1) for the row panels of rows [0, n), as even as possible.
+template <typename F>
+void for_panels(int n, F f) {
+  const int panels = (n + PANEL - 1) / PANEL;
+  for (int p = 0; p < panels; p++) {
+    long r0, r1;
+    split_range(n, p, panels, &r0, &r1);
+    f(int(r0), int(r1));
+  }
+}
+
+// o[r][0, d) = sum over j < len of p[r][j] * v[j][0, d), for r < n. Keys in blocks whose value rows are
+// read whole before the next block's, so V streams in order.
+void pv_avx2(const float* const* p, int n, const float* v, int len, int d, float* const* o, int block) {
+  for (int j0 = 0; j0 < std::max(len, 1); j0 += block) {
+    const int nk = std::min(block, len - j0);
+    const float* vb = v + long(j0) * d;
+    for_panels(n, [&](int r0, int r1) {
+      int c = 0;
+      for (; c + 16 <= d; c += 16) panel_rows_avx2<2>(r1 - r0, p + r0, j0, vb + c, d, nk, o + r0, c, j0 > 0);
+      if (c < d) panel_rows_avx2<1>(r1 - r0, p + r0, j0, vb + c, d, nk, o + r0, c, j0 > 0);
+    });
+  }
+}
+
+// Row p[0, n) of dot products -> e^(scale p - m), keys at positions after qp weighted 0; returns the largest
+// visible logit m (-inf when none is visible) and the sum of the weights in *z.
+__attribute__((target("avx2,fma")))
+float exp_row_avx2(float* p, const int32_t* pos, int32_t qp, int n, float scale, float* z) {
+  const __m256 vs = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-INFINITY);
+  const __m256i vqp = _mm256_set1_epi32(qp);
+  __m256 vmax = neg;
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 hidden = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pos + j)), vqp));
+    const __m256 l = _mm256_blendv_ps(_mm256_mul_ps(_mm256_loadu_ps(p + j), vs), neg, hidden);
+    _mm256_storeu_ps(p + j, l);
+    vmax = _mm256_max_ps(vmax, l);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float mx = *std::max_element(lanes, lanes + 8);
+  for (; j < n; j++) {
+    p[j] = pos[j] > qp ? -INFINITY : p[j] * scale;
+    mx = std::max(mx, p[j]);
+  }
+  if (mx == -INFINITY) {
+    std::fill(p, p + n, 0.f);
+    *z = 0;
+    return mx;
+  }
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vz = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 x = _mm256_loadu_ps(p + j);
+    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(x, vm)), _mm256_cmp_ps(x, neg, _CMP_NEQ_OQ));
+    _mm256_storeu_ps(p + j, e);
+    vz = _mm256_add_ps(vz, e);
+  }
+  float sum = hsum256(vz);
+  for (; j < n; j++) {
+    p[j] = p[j] == -INFINITY ? 0.f : std::exp(p[j] - mx);
+    sum += p[j];
+  }
+  *z = sum;
+  return mx;
+}
+
+// Statistics of KV head g over its keys [j0, j0 + n): probability p[j] * f.
+__attribute__((target("avx2,fma")))
+void add_stats_avx2(const Attention& a, int g, int j0, const float* p, int n, float f) {
+  float* mx = a.stat_max.empty() ? nullptr : a.stat_max[g] + j0;
+  float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[g] + j0;
+  const __m256 vf = _mm256_set1_ps(f);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 prob = _mm256_mul_ps(_mm256_loadu_ps(p + j), vf);
+    if (sum) _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), prob));
+    if (mx) _mm256_storeu_ps(mx + j, _mm256_max_ps(_mm256_loadu_ps(mx + j), prob));
+  }
+  for (; j < n; j++) {
+    const float prob = p[j] * f;
+    if (sum) sum[j] += prob;
+    if (mx && prob > mx[j]) mx[j] = prob;
+  }
+}
+
+inline float query_weight(const Attention& a, int i) { return a.query_weight ? a.query_weight[i] : 1.0f; }
+
+// ----- many query rows: a unit is one KV head and a block of query rows with all their heads -----
+
+// Rows (query row, head) of KV head g for query rows [i0, i1): logits against the packed keys, softmax,
+// P . V and statistics.
+void attend_rows_avx2(const Attention& a, const PackedKeys& pk, int g, int i0, int i1, Scratch& s) {
+  const HeadView& kv = a.heads[g];
+  const int G = a.n_heads / a.n_kv, d = a.d, n = (i1 - i0) * G;
+  int visible = 0;
+  for (int i = i0; i < i1; i++) visible = std::max(visible, visible_keys(kv, pk.sorted, a.q_pos[i]));
+  const int padded = (visible + KB - 1) / KB * KB;
+  s.reserve(n, std::max(kv.len, padded));
+  std::vector<const float*> q(n);
+  std::vector<float*> p(n), o(n);
+  for (int r = 0; r < n; r++) {
+    const int i = i0 + r / G, h = g * G + r % G;
+    q[r] = q_row(a, i, h);
+    p[r] = s.row(r);
+    o[r] = a.out ? out_row(a, i, h) : nullptr;
+  }
+  for_panels(n, [&](int r0, int r1) {
+    for (int j = 0; j < padded; j += KB) panel_rows_avx2<2>(r1 - r0, q.data() + r0, 0, pk.kt.data() + long(j) * d, KB, d, p.data() + r0, j);
+  });
+  // Weights stay unnormalized; 1 / z scales the outputs and the statistics.
+  std::vector<float> inv(n);
+  for (int r = 0; r < n; r++) {
+    float z;
+    exp_row_avx2(p[r], pk.pos.data(), a.q_pos[i0 + r / G], padded, a.scale, &z);
+    inv[r] = z > 0 ? 1.0f / z : 0.f;
+    if (padded < kv.len) std::fill(p[r] + padded, p[r] + kv.len, 0.f);
+  }
+  if (a.out) {
+    pv_avx2(p.data(), n, kv.v, std::min(padded, kv.len), d, o.data(), 128);
+    for (int r = 0; r < n; r++)
+      for (int c = 0; c < d; c++) o[r][c] *= inv[r];
+  }
+  if (!has_stats(a)) return;
+  for (int r = 0; r < n; r++) {
+    const int i = i0 + r / G;
+    if (i >= a.stats_from) add_stats_avx2(a, g, 0, p[r], kv.len, query_weight(a, i) * inv[r]);
+  }
+}
+
+void attention_rows_avx2(const Attention& a) {
+  std::vector<PackedKeys> packed(a.n_kv);
+  pool_run([&](int t, int T) {
+    long g0, g1;
+    split_range(a.n_kv, t, T, &g0, &g1);
+    for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
+  });
+  const int G = a.n_heads / a.n_kv, rows = std::max(1, UNIT_ROWS / G);
+  const int blocks = (a.nq + rows - 1) / rows;
+  auto unit = [&](int g, int b, Scratch& s) { attend_rows_avx2(a, packed[g], g, b * rows, std::min(a.nq, (b + 1) * rows), s); };
+  if (has_stats(a)) {
+    // A thread owns whole KV heads, so the statistics of a key are accumulated in query order.
+    pool_run([&](int t, int T) {
+      long g0, g1;
+      split_range(a.n_kv, t, T, &g0, &g1);
+      for (long g = g0; g < g1; g++)
+        for (int b = 0; b < blocks; b++) unit(int(g), b, thread_scratch());
+    });
+    return;
+  }
+  // Later query rows see more keys (causal): hand out units from the last rows back.
+  std::atomic<long> next{0};
+  pool_run([&](int, int) {
+    for (long u; (u = next++) < long(blocks) * a.n_kv;) unit(int(u % a.n_kv), blocks - 1 - int(u / a.n_kv), thread_scratch());
+  });
+}
+
+// ----- one or two query rows: tiles of heads, keys from the cache in chunks -----
+
+// Dot products of the heads q[0, NH) with keys [j, n) of row-major k: dots[h][j]. When v is given,
+// prefetches the keys ahead and the value rows of these keys for the P . V that follows.
+template <int NH>
+__attribute__((target("avx2,fma")))
+void dots_avx2(const float* const* q, const float* k, const float* v, int j, int n, int d, float* const* dots) {
+  constexpr int AHEAD = 16;
+  for (; j + 4 <= n; j += 4) {
+    const float* kr = k + long(j) * d;
+    if (v)
+      for (int c = 0; c < 4 * d; c += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(kr + AHEAD * d + c), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(v + long(j) * d + c), _MM_HINT_T1);
+      }
+    __m256 acc[NH][4];
+    #pragma GCC unroll 8
+    for (int h = 0; h < NH; h++)
+      #pragma GCC unroll 8
+      for (int u = 0; u < 4; u++) acc[h][u] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      __m256 kv[4];
+      #pragma GCC unroll 8
+      for (int u = 0; u < 4; u++) {
+        kv[u] = _mm256_loadu_ps(kr + u * d + c);
+        asm("" : "+x"(kv[u]));  // a register: folded into the FMAs, the load would be repeated per head
+      }
+      #pragma GCC unroll 8
+      for (int h = 0; h < NH; h++) {
+        const __m256 qv = _mm256_loadu_ps(q[h] + c);
+        #pragma GCC unroll 8
+        for (int u = 0; u < 4; u++) acc[h][u] = _mm256_fmadd_ps(qv, kv[u], acc[h][u]);
+      }
+    }
+    #pragma GCC unroll 8
+    for (int h = 0; h < NH; h++) {
+      const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), _mm256_hadd_ps(acc[h][2], acc[h][3]));
+      _mm_storeu_ps(dots[h] + j, _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
+    }
+  }
+  for (; j < n; j++)
+    #pragma GCC unroll 8
+    for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
+}
+
+// What a chunk leaves per head, besides its unnormalized P . V: its largest logit m and its sum of weights z.
+// The combination turns z into the factor from the chunk's weights to probabilities.
+struct ChunkHead {
+  float m, z;
+};
+
+void attention_decode_avx2(const Attention& a) {
+  struct Unit {
+    Tile t;
+    int j0, n;
+  };
+  std::vector<Tile> tiles;
+  for (int i = 0; i < a.nq; i++)
+    for (int g = 0; g < a.n_kv; g++) for_tiles_of(a, g, i, [&](const Tile& t) { tiles.push_back(t); });
+  std::vector<Unit> units;
+  std::vector<int> first_unit;
+  for (const Tile& t : tiles) {
+    first_unit.push_back(int(units.size()));
+    for (int j0 = 0; j0 < a.heads[t.g].len; j0 += DECODE_CHUNK) units.push_back({t, j0, std::min(DECODE_CHUNK, a.heads[t.g].len - j0)});
+  }
+  first_unit.push_back(int(units.size()));
+  const int d = a.d;
+  // Per unit and head: (m, z), partial output [d] and, for the statistics, the weights [DECODE_CHUNK] (else
+  // they stay in the thread's scratch). The caller's buffers, kept across calls (see thread_scratch); the
+  // workers see them through these pointers.
+  static thread_local std::vector<float> pbuf, obuf;
+  static thread_local std::vector<ChunkHead> mzbuf;
+  const bool keep = has_stats(a);
+  if (keep) pbuf.resize(units.size() * MAX_TILE * DECODE_CHUNK);
+  obuf.resize(units.size() * MAX_TILE * d);
+  mzbuf.resize(units.size() * MAX_TILE);
+  float* const pw = pbuf.data();
+  float* const po = obuf.data();
+  ChunkHead* const mz = mzbuf.data();
+  auto weights = [=](long u, int h) { return pw + (u * MAX_TILE + h) * DECODE_CHUNK; };
+  auto partial = [=](long u, int h) { return po + (u * MAX_TILE + h) * d; };
+  pool_run([&](int t, int T) {
+    long u0, u1;
+    split_range(long(units.size()), t, T, &u0, &u1);
+    Scratch& s = thread_scratch();
+    s.reserve(MAX_TILE, DECODE_CHUNK);
+    for (long u = u0; u < u1; u++) {
+      const Unit& un = units[u];
+      const HeadView& kv = a.heads[un.t.g];
+      const float* q[MAX_TILE];
+      float* p[MAX_TILE];
+      float* o[MAX_TILE];
+      for (int h = 0; h < un.t.n; h++) {
+        q[h] = q_row(a, un.t.i, un.t.h0 + h);
+        p[h] = keep ? weights(u, h) : s.row(h);
+        o[h] = partial(u, h);
+      }
+      const float* k = kv.k + long(un.j0) * d;
+      const float* v = kv.v + long(un.j0) * d;
+      // Keys in blocks that stay in L1 while every head pair reads them.
+      for (int j = 0; j < un.n; j += KB) {
+        const int n = std::min(un.n, j + KB);
+        int h = 0;
+        for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
+        if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
+      }
+      for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+      if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o, KB);
+    }
+  });
+  // The chunks of each tile combined in order.
+  for (size_t ti = 0; ti < tiles.size(); ti++) {
+    const Tile& t = tiles[ti];
+    for (int h = 0; h < t.n; h++) {
+      float mx = -INFINITY, z = 0;
+      for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++) mx = std::max(mx, mz[u * MAX_TILE + h].m);
+      for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++) {
+        ChunkHead& c = mz[u * MAX_TILE + h];
+        c.m = c.m == -INFINITY ? 0.f : std::exp(c.m - mx);
+        z += c.z * c.m;
+      }
+      const float inv = z > 0 ? 1.0f / z : 0.f;
+      for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++) mz[u * MAX_TILE + h].z = mz[u * MAX_TILE + h].m * inv;
+      if (!a.out) continue;
+      float* o = out_row(a, t.i, t.h0 + h);
+      std::fill(o, o + d, 0.f);
+      for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++) {
+        const float f = mz[u * MAX_TILE + h].z;
+        const float* x = partial(u, h);
+        for (int c = 0; c < d; c++) o[c] += f * x[c];
+      }
+    }
+  }
+  if (!has_stats(a)) return;
+  // On this thread (little work; another pool job costs more): each key takes its rows in query order.
+  for (size_t ti = 0; ti < tiles.size(); ti++) {
+    if (tiles[ti].i < a.stats_from) continue;
+    const float wq = query_weight(a, tiles[ti].i);
+    for (int u = first_unit[ti]; u < first_unit[ti + 1]; u++)
+      for (int h = 0; h < tiles[ti].n; h++) add_stats_avx2(a, tiles[ti].g, units[u].j0, weights(u, h), units[u].n, mz[u * MAX_TILE + h].z * wq);
+  }
+}
+
 }  // namespace
 
 void attention(const Attention& a) {
   if (a.nq <= 0 || a.n_heads <= 0) return;
-  if (!cpu().avx512 && cpu().avx2_fma) {
-    std::vector<char> sorted(a.n_kv);
-    for (int g = 0; g < a.n_kv; g++) sorted[g] = ascending(a.heads[g]);
-    run_tiles(a, [&](const Tile& t, Scratch& s) { attend_tile_avx2(a, t, s, sorted[t.g]); });
-    return;
-  }
+  if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return a.nq <= 2 ? attention_decode_avx2(a) : attention_rows_avx2(a);
   if (!cpu().avx512) {
     const long rows = long(a.n_heads) * a.nq;
     if (has_stats(a)) {
