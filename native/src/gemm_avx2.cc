@@ -14,12 +14,12 @@
 // Every output is computed with the same K blocking and the same kernel whichever thread takes its chunk, so
 // the result does not depend on the thread count.
 //
-// Measured (AMD EPYC, AVX2 only, bf16 weights, fp32 activations, 512 x 2048 x 2048, shared noisy machine):
-// the 6x16 kernel alone reaches ~0.92 of the register-resident FMA peak (fma_peak_gflops) and takes ~0.94 of
-// the whole GEMM's time on one thread; 2.5-2.8x the previous 3x32 tile kernel. KC 256 / MC 144 (BLIS's Zen
-// sgemm blocking) measured as good as any tried (KC 128-512, MC 72-288). Claiming NC 256 chunks instead of
-// a static half of the columns per thread, with the activations packed once: 1.08x (geomean of the six
-// 512-row bf16/int8 shapes of the kernel bench, 2 threads, interleaved A/B while other processes ran).
+// Measured (AMD EPYC, AVX2 only, bf16 weights, fp32 activations, shared noisy machine): the 6x16 kernel alone
+// reaches ~0.92 of the register-resident FMA peak (fma_peak_gflops) and takes ~0.94 of the whole GEMM's
+// time on one thread; 2.5-2.8x the previous 3x32 tile kernel. KC 256 / MC 144 (BLIS's Zen sgemm blocking)
+// measured as good as any tried (KC 128-512, MC 72-288, NC 128-512). Claiming NC 256 chunks instead of a
+// static half of the columns per thread, with the activations packed once: 1.04-1.08x on 2 threads (geomean
+// of the six 512-row bf16/int8 shapes of the kernel bench, interleaved A/B while other processes ran).
 #include "gemm_avx2.h"
 
 #include <immintrin.h>
