@@ -2,23 +2,25 @@
 //
 // The Goto/BLIS structure with a 6x16 register tile (6 activation rows broadcast, 2 ymm of 16 packed weight
 // columns, 12 accumulators):
-//   per thread: its share of the output columns, in 16-column panels (split_range over the pool)
-//     jc: blocks of NC output columns
+//   all threads: the activations packed once for every K block, to [k][6] micro-panels
+//   per thread: chunks of NC output columns, claimed one at a time (a thread slowed down by other processes
+//   on the machine takes fewer chunks)
 //       pc: blocks of KC of the inner dimension; the KC x NC weight block is widened exactly to fp32 and
-//           packed once ([k][16] panels) and reused across all activation rows; it is packed panel by panel
-//           during the last activation pass over the previous block, its rows prefetched meanwhile
-//         ic: blocks of MC activation rows, packed to [k][6] micro-panels (they stay in L2)
-//           jr: one 16-column weight panel (KC x 16 fp32 = 16 KiB at KC 256, stays in L1; the next one is
-//               prefetched into L2 meanwhile)
+//           packed ([k][16] panels, 256 KiB at KC 256 / NC 256, stays in L2); the weight rows of the next
+//           block are prefetched into L2 while this one is in use
+//         ic: blocks of MC activation rows (they stay in L2 across the panels)
+//           jr: one 16-column weight panel (KC x 16 fp32 = 16 KiB at KC 256, stays in L1)
 //             ir: 6-row activation micro-panel -> 6x16 tile, added to out after the first K block
-// Every output is computed with the same K blocking and the same kernel whatever the thread split, so the
-// result does not depend on the thread count.
+// Every output is computed with the same K blocking and the same kernel whichever thread takes its chunk, so
+// the result does not depend on the thread count.
 //
-// Measured (AMD EPYC, AVX2 only, bf16 weights, fp32 activations, 512 x 2048 x 2048, shared noisy machine):
-// the 6x16 kernel alone reaches ~0.92 of the register-resident FMA peak (fma_peak_gflops), the whole GEMM
-// ~0.72-0.83 of it per thread (the lower end when other processes share the caches), 2.5-2.8x the previous
-// 3x32 tile kernel. KC 256 / MC 144 / NC 2048 (BLIS's Zen sgemm blocking) measured as good as any
-// tried (KC 128-512, MC 72-288, NC 256-2048).
+// Measured (AMD EPYC, AVX2 only, bf16 weights, fp32 activations, shared noisy machine): the 6x16 kernel alone
+// reaches ~0.92 of the register-resident FMA peak (fma_peak_gflops) and takes ~0.94 of the whole GEMM's
+// time on one thread; 2.5-2.8x the previous 3x32 tile kernel. KC 256 / MC 144 (BLIS's Zen sgemm blocking)
+// measured as good as any tried (KC 128-512, MC 72-288, NC 128-512). Claiming NC 256 chunks instead of a
+// static half of the columns per thread, with the activations packed once: 1.04-1.08x on 2 threads (geomean
+// of the six 512-row bf16/int8 shapes of the kernel bench, interleaved A/B), 123-139 GFLOP/s = 0.72-0.80 of
+// the 2-thread FMA peak (172-186) in a quiet moment; the whole 512-token prefill of llama-3.2-1b 1.04x.
 #include "gemm_avx2.h"
 
 #include <immintrin.h>
@@ -42,7 +44,7 @@ constexpr int MR = 6;   // activation rows per register tile
 constexpr int NR = 16;  // output columns per register tile / packed weight panel
 long KC = 256;          // inner dimension per block
 long MC = 144;          // activation rows per packed block (multiple of MR)
-long NC = 2048;         // output columns per packed weight block (multiple of NR)
+long NC = 256;          // output columns per packed weight block and unit of work (multiple of NR)
 
 // Grow-only 64-byte aligned scratch, one per thread (pool workers live as long as the addon).
 struct Scratch {
@@ -146,7 +148,7 @@ KVLAB_AVX2 void pack_panel(const WeightRef& w, long r0, long k0, long kc, float*
 }
 
 // Activation rows [i0, i0 + mc) x columns [k0, k0 + kc) as ceil(mc / 6) micro-panels of kc x 6 (zero rows past
-// mc). Writes up to 2 floats past the last micro-panel.
+// mc).
 KVLAB_AVX2 void pack_activations(const float* x, long K, long i0, long mc, long k0, long kc, float* Ap) {
   const long k8 = kc & ~7L;
   for (long q = 0; q * MR < mc; q++) {
@@ -159,8 +161,11 @@ KVLAB_AVX2 void pack_activations(const float* x, long K, long i0, long mc, long 
         for (int i = 0; i < MR; i++) v[i] = _mm256_loadu_ps(src + i * K + k);
         v[6] = v[7] = _mm256_setzero_ps();
         transpose8(v);
-        // Each store writes 8 floats of which the last 2 are overwritten by the next one.
-        for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + (k + j) * MR, v[j]);
+        // Each store writes 8 floats of which the last 2 are overwritten by the next one; the last store
+        // writes 6 (the next micro-panel may already be packed, by another thread).
+        for (int j = 0; j < 7; j++) _mm256_storeu_ps(dst + (k + j) * MR, v[j]);
+        _mm_storeu_ps(dst + (k + 7) * MR, _mm256_castps256_ps128(v[7]));
+        _mm_storel_pi(reinterpret_cast<__m64*>(dst + (k + 7) * MR + 4), _mm256_extractf128_ps(v[7], 1));
       }
       for (long k = k8; k < kc; k++)
         for (int i = 0; i < MR; i++) dst[k * MR + i] = src[i * K + k];
@@ -222,8 +227,8 @@ KVLAB_AVX2 void kernel_6x16(long kc, const float* __restrict A, const float* __r
   }
 }
 
-// Walks the row segments of a weight panel line by line, prefetching them into L2 a few lines per micro-kernel
-// call, so packing that panel does not wait for memory (its row segments are only kc elements long, too short
+// Walks the row segments of a weight block line by line, prefetching them into L2 a few lines per micro-kernel
+// call, so packing that block does not wait for memory (its row segments are only kc elements long, too short
 // for the hardware prefetcher).
 struct PanelPrefetch {
   const char* base = nullptr;
@@ -253,71 +258,45 @@ struct Blocking {
   long kc, mc, nc;
 };
 
+// Output columns [j0, j1) for all activation rows; Ap holds the activations packed for every K block (block
+// pc at Ap + pc * npad, rows in micro-panels of kc x 6).
 template <int T>
-void gemm_thread(const Matmul& m, const Blocking& b, long c0, long c1) {
-  const long n = m.n, N = m.w.rows, K = m.w.cols;
-  const long kcb = std::min(b.kc, K), mcb = std::min(b.mc, (n + MR - 1) / MR * MR), ncb = std::min(b.nc, (c1 - c0 + NR - 1) / NR * NR);
-  const long pstride = kcb * NR;  // floats per packed panel slot
-  float* Bp = weight_scratch.get(size_t(ncb) * kcb);
-  float* Ap = act_scratch.get(size_t(mcb) * kcb + 8);
+void gemm_chunk(const Matmul& m, const Blocking& b, const float* Ap, long j0, long j1) {
+  const long n = m.n, N = m.w.rows, K = m.w.cols, npad = (n + MR - 1) / MR * MR, nc = j1 - j0;
+  const long kcb = std::min(b.kc, K);
+  float* Bp = weight_scratch.get(size_t(b.nc) * kcb);
   const long ld = (kcb + 7) / 8 * 8 + 8;
   float* rows = row_scratch.get(size_t(NR) * ld);
   alignas(32) float tmp[MR * NR];
   PanelPrefetch pf;
-  // The first block is packed up front; every later block is packed panel by panel during the last
-  // activation pass over the block before it, each panel into the slot whose panel has just been used for
-  // the last time, its weight rows prefetched while that panel was in use.
-  for (long jr = 0; jr < std::min(ncb, c1 - c0); jr += NR) {
-    pack_panel<T>(m.w, c0 + jr, 0, kcb, Bp + (jr / NR) * pstride, rows, ld);
-  }
-  for (long jc = c0; jc < c1; jc += ncb) {
-    const long nc = std::min(ncb, c1 - jc);
-    for (long pc = 0; pc < K; pc += kcb) {
-      const long kc = std::min(kcb, K - pc);
-      const bool first = pc == 0;
-      // The next block: (jc, pc + kc), or (jc + nc, 0); nn == 0 if none. Never wider than this one.
-      long jn = jc, kn = pc + kc, nn = nc;
-      if (kn >= K) jn = jc + nc, kn = 0, nn = std::min(ncb, c1 - jn);
-      if (nn < 0) nn = 0;
-      const long kcn = std::min(kcb, K - kn);
-      for (long ic = 0; ic < n; ic += mcb) {
-        const long mc = std::min(mcb, n - ic);
-        const bool last = ic + mcb >= n;
-        pack_activations(m.x, K, ic, mc, pc, kc, Ap);
-        const long micro = (mc + MR - 1) / MR;
-        for (long jr = 0; jr < nc; jr += NR) {
-          float* B = Bp + (jr / NR) * pstride;
-          const long nr = std::min<long>(NR, nc - jr);
-          const bool repack = last && jr < nn;
-          const long bpf_lines = jr + NR < nc ? kc * NR * 4 / 64 : 0;
-          const long bpf_per_call = (bpf_lines + micro - 1) / micro;
-          long per_call = 0;
-          if (repack) {
-            pf.start(m.w, jn + jr, std::min<long>(NR, N - jn - jr), kn, kcn);
-            per_call = (pf.lines() + micro - 1) / micro;
-          }
-          for (long ir = 0; ir < mc; ir += MR) {
-            const float* A = Ap + (ir / MR) * kc * MR;
-            const long mr = std::min<long>(MR, mc - ir);
-            float* C = m.out + (ic + ir) * N + jc + jr;
-            if (repack) pf.step(per_call);
-            // The next panel of this block into L2 while this one is in use (the packed block outgrows L2).
-            if (bpf_lines > 0) {
-              const long q = ir / MR;
-              for (long l = q * bpf_per_call; l < std::min(bpf_lines, (q + 1) * bpf_per_call); l++)
-                _mm_prefetch(reinterpret_cast<const char*>(B + pstride) + l * 64, _MM_HINT_T1);
-            }
-            if (mr == MR && nr == NR) {
-              if (first) kernel_6x16<false>(kc, A, B, C, N);
-              else kernel_6x16<true>(kc, A, B, C, N);
-            } else {
-              kernel_6x16<false>(kc, A, B, tmp, NR);
-              for (long i = 0; i < mr; i++)
-                for (long j = 0; j < nr; j++) C[i * N + j] = first ? tmp[i * NR + j] : C[i * N + j] + tmp[i * NR + j];
-            }
-          }
-          if (repack) {
-            pack_panel<T>(m.w, jn + jr, kn, kcn, B, rows, ld);
+  const long calls = (npad / MR) * ((nc + NR - 1) / NR);  // micro-kernel calls per K block
+  for (long pc = 0; pc < K; pc += kcb) {
+    const long kc = std::min(kcb, K - pc);
+    const bool first = pc == 0;
+    for (long jr = 0; jr < nc; jr += NR) pack_panel<T>(m.w, j0 + jr, pc, kc, Bp + jr * kc, rows, ld);
+    long per_call = 0;
+    if (pc + kc < K) {
+      pf.start(m.w, j0, nc, pc + kc, std::min(kcb, K - pc - kc));
+      per_call = (pf.lines() + calls - 1) / calls;
+    }
+    const float* Ab = Ap + pc * npad;
+    for (long ic = 0; ic < n; ic += b.mc) {
+      const long mc = std::min(b.mc, n - ic);
+      for (long jr = 0; jr < nc; jr += NR) {
+        const float* B = Bp + jr * kc;
+        const long nr = std::min<long>(NR, nc - jr);
+        for (long ir = 0; ir < mc; ir += MR) {
+          const float* A = Ab + (ic + ir) * kc;
+          const long mr = std::min<long>(MR, mc - ir);
+          float* C = m.out + (ic + ir) * N + j0 + jr;
+          pf.step(per_call);
+          if (mr == MR && nr == NR) {
+            if (first) kernel_6x16<false>(kc, A, B, C, N);
+            else kernel_6x16<true>(kc, A, B, C, N);
+          } else {
+            kernel_6x16<false>(kc, A, B, tmp, NR);
+            for (long i = 0; i < mr; i++)
+              for (long j = 0; j < nr; j++) C[i * N + j] = first ? tmp[i * NR + j] : C[i * N + j] + tmp[i * NR + j];
           }
         }
       }
@@ -363,18 +342,29 @@ void gemm_avx2(const Matmul& m) {
   const Blocking b{KC, MC, NC};
   int type = m.w.type;
   if (type == W_F16 && !cpu().f16c) type = W_GENERIC;
-  const long panels = (N + NR - 1) / NR;
-  pool_run([&](int t, int T) {
-    long p0, p1;
-    split_range(panels, t, T, &p0, &p1);
-    if (p0 >= p1) return;
-    const long c0 = p0 * NR, c1 = std::min(N, p1 * NR);
-    switch (type) {
-      case W_F32: return gemm_thread<W_F32>(m, b, c0, c1);
-      case W_BF16: return gemm_thread<W_BF16>(m, b, c0, c1);
-      case W_F16: return gemm_thread<W_F16>(m, b, c0, c1);
-      case W_I8: return gemm_thread<W_I8>(m, b, c0, c1);
-      default: return gemm_thread<W_GENERIC>(m, b, c0, c1);
+  const long npad = (n + MR - 1) / MR * MR, kcb = std::min(KC, K);
+  float* Ap = act_scratch.get(size_t(npad) * K);
+  const long row_blocks = (n + b.mc - 1) / b.mc, chunks = (N + b.nc - 1) / b.nc;
+  std::atomic<long> next_rows{0}, next_chunk{0};
+  pool_run([&](int, int) {
+    for (long r; (r = next_rows++) < row_blocks;) {
+      const long i0 = r * b.mc, mc = std::min(b.mc, n - i0);
+      for (long pc = 0; pc < K; pc += kcb) {
+        const long kc = std::min(kcb, K - pc);
+        pack_activations(m.x, K, i0, mc, pc, kc, Ap + pc * npad + i0 * kc);
+      }
+    }
+  });
+  pool_run([&](int, int) {
+    for (long c; (c = next_chunk++) < chunks;) {
+      const long j0 = c * b.nc, j1 = std::min(N, j0 + b.nc);
+      switch (type) {
+        case W_F32: gemm_chunk<W_F32>(m, b, Ap, j0, j1); break;
+        case W_BF16: gemm_chunk<W_BF16>(m, b, Ap, j0, j1); break;
+        case W_F16: gemm_chunk<W_F16>(m, b, Ap, j0, j1); break;
+        case W_I8: gemm_chunk<W_I8>(m, b, Ap, j0, j1); break;
+        default: gemm_chunk<W_GENERIC>(m, b, Ap, j0, j1);
+      }
     }
   });
 }

@@ -13,7 +13,8 @@ void gemm_avx2(const Matmul& m);
 double fma_peak_gflops(int threads);
 
 // Blocking of gemm_avx2 (benchmarks / tuning): "kc" (inner dimension per block), "mc" (activation rows per
-// packed block, rounded to a multiple of 6), "nc" (output columns per packed weight block, multiple of 16).
+// packed block, rounded to a multiple of 6), "nc" (output columns per packed weight block and per unit of
+// work of a thread, multiple of 16).
 // False for an unknown key.
 bool gemm_avx2_set(const char* key, long value);
 

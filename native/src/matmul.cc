@@ -674,6 +674,7 @@ bool set_tuning(const std::string& key, double value) {
   if (key == "prefetch") PREFETCH = int(value);
   else if (key == "prefetch_max_pass") PREFETCH_MAX_PASS = long(value);
   else if (key == "int8_vnni") INT8_MODE = value != 0 ? 1 : 0;
+  else if (key.rfind("gemm_", 0) == 0) return gemm_avx2_set(key.c_str() + 5, long(value));
   else return false;
   return true;
 }

@@ -88,7 +88,8 @@ export interface Addon {
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
   fmaPeak(threads?: number): number;
   /**
-   * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1); false if unknown.
+   * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' /
+   * 'gemm_nc' (AVX2 prefill GEMM blocking); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
