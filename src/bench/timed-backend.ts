@@ -1,4 +1,4 @@
-import type { AttentionArgs, Backend, RopeTable, Weight } from '../tensor/backend.ts';
+import type { AttentionArgs, Backend, RopeTable, StepRecording, Weight } from '../tensor/backend.ts';
 
 /** Wraps a backend and accounts time (and matmul FLOPs) per operation, for benchmarks. */
 export class TimedBackend implements Backend {
@@ -13,6 +13,12 @@ export class TimedBackend implements Backend {
 
   describe(): string {
     return this.inner.describe();
+  }
+
+  /** Async steps run on the inner backend, untimed per op: without this, forwardAsync() would fall back to forward(). */
+  get recordStep(): (() => StepRecording) | undefined {
+    const inner = this.inner;
+    return inner.recordStep ? () => inner.recordStep!() : undefined;
   }
 
   reset(): void {
