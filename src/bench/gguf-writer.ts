@@ -92,7 +92,13 @@ function toF32(t: TensorInfo, raw: Float32Array | Uint16Array): Float32Array {
 }
 
 function toF16(t: TensorInfo, raw: Float32Array | Uint16Array): Uint16Array {
-  return t.dtype === 'F16' ? (raw as Uint16Array) : Uint16Array.from(toF32(t, raw), f32ToF16);
+  if (t.dtype === 'F16') return raw as Uint16Array;
+  // A loop, not Uint16Array.from(src, fn): V8 first copies the source into a plain array, which fails for an
+  // LM head of 262M weights.
+  const src = toF32(t, raw);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = f32ToF16(src[i]!);
+  return out;
 }
 
 /** llama3 rope scaling as llama.cpp takes it: per-frequency divisors in a rope_freqs tensor. */
