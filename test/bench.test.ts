@@ -37,6 +37,9 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
   const cfg = JSON.parse(readFileSync(fileURLToPath(new URL('../models/kvlab-tiny-chat/config.json', import.meta.url)), 'utf8'));
   for (const m of report.models) {
     assert.ok(m.prefill.tokens_per_s > 0 && m.prefill.matmul_gflops > 0);
+    // The op times are those of the prefill run the other prefill figures come from.
+    const prefillMs = (m.prefill.tokens / m.prefill.tokens_per_s) * 1000;
+    assert.ok(Math.abs(m.prefill.time_by_op_ms.matmul / prefillMs - m.prefill.matmul_share_of_time) < 0.03, JSON.stringify(m.prefill));
     const [d] = m.decode as Decode[];
     assert.equal(d!.context, 1024);
     // fp32 keys and values of every layer and KV head.
