@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "amx.h"
+#include "attention.h"
 #include "cpu.h"
 #include "gemm_avx2.h"
 #include "gemv_avx2.h"
@@ -675,6 +676,7 @@ bool set_tuning(const std::string& key, double value) {
   else if (key == "prefetch_max_pass") PREFETCH_MAX_PASS = long(value);
   else if (key == "int8_vnni") INT8_MODE = value != 0 ? 1 : 0;
   else if (key.rfind("gemm_", 0) == 0) return gemm_avx2_set(key.c_str() + 5, long(value));
+  else if (key.rfind("attn_", 0) == 0) return attention_set(key.substr(5), value);
   else return false;
   return true;
 }
