@@ -443,8 +443,8 @@ void run_tiles(const Attention& a, F f) {
 
 constexpr int PANEL = 6;
 constexpr int DECODE_CHUNK = 256;
-bool ROW_KERNELS = true;    // tuning (attn_rows): the head-at-a-time decode kernels below where d <= 64
-constexpr int ROW_AHEAD = 32;  // keys ahead of the logits that the row kernel prefetches
+bool ROW_KERNELS = true;      // tuning (attn_rows): the row-order decode kernels below, where d <= 64
+constexpr int ROW_AHEAD = 32;  // keys the row-order logits prefetch ahead
 constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row attention, at least one query row
 
 __attribute__((target("avx2,fma")))
@@ -696,47 +696,48 @@ void dots_avx2(const float* const* q, const float* k, const float* v, int j, int
     for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
 }
 
-// The same for one head with d = 8 DV <= 64, q held in registers: eight keys per step, each row read whole
-// before the next, so keys are touched in address order and the hardware prefetcher keeps up (the four-
-// row interleave of dots_avx2 defeats it: 0.49 -> 0.72 of a streaming read at 8K keys, from DRAM). The
-// sums are reduced as in dots_avx2, so the logits are the same.
-template <int DV>
+// dots_avx2 for up to four heads with d = 8 DV <= 64, two keys per step, each key's row read whole before
+// the next's, so keys are touched in address order and the hardware prefetcher keeps up (the four-row
+// interleave of dots_avx2 defeats it). The sums are reduced as in dots_avx2, so the logits are the same.
+template <int NH, int DV>
 __attribute__((target("avx2,fma")))
-void dots_rows_avx2(const float* qp, const float* k, int j, int n, bool prefetch, float* dots) {
+void dots_heads_avx2(const float* const* qs, const float* k, int j, int n, bool prefetch, float* const* dots) {
   constexpr int d = 8 * DV;
-  __m256 q[DV];
-  #pragma GCC unroll 8
-  for (int c = 0; c < DV; c++) q[c] = _mm256_loadu_ps(qp + 8 * c);
-  for (; j + 8 <= n; j += 8) {
+  const float* q[NH];
+  #pragma GCC unroll 4
+  for (int h = 0; h < NH; h++) q[h] = qs[h];
+  const int end4 = j + (n - j) / 4 * 4;  // keys after it take dot_avx2, as in dots_avx2
+  for (; j + 2 <= end4; j += 2) {
     const float* kr = k + long(j) * d;
     if (prefetch)
-      #pragma GCC unroll 32
-      for (int c = 0; c < 8 * d; c += 16) _mm_prefetch(reinterpret_cast<const char*>(kr + ROW_AHEAD * d + c), _MM_HINT_T0);
-    __m256 acc[8];
-    #pragma GCC unroll 8
-    for (int u = 0; u < 8; u++) {
-      acc[u] = _mm256_mul_ps(q[0], _mm256_loadu_ps(kr + u * d));
+      #pragma GCC unroll 16
+      for (int c = 0; c < 2 * d; c += 16) _mm_prefetch(reinterpret_cast<const char*>(kr + ROW_AHEAD * d + c), _MM_HINT_T0);
+    __m256 acc[NH][2];
+    #pragma GCC unroll 2
+    for (int u = 0; u < 2; u++) {
+      {
+        const __m256 kv = _mm256_loadu_ps(kr + u * d);
+        #pragma GCC unroll 4
+        for (int h = 0; h < NH; h++) acc[h][u] = _mm256_mul_ps(_mm256_loadu_ps(q[h]), kv);
+      }
       #pragma GCC unroll 8
-      for (int c = 1; c < DV; c++) acc[u] = _mm256_fmadd_ps(q[c], _mm256_loadu_ps(kr + u * d + 8 * c), acc[u]);
+      for (int c = 1; c < DV; c++) {
+        const __m256 kv = _mm256_loadu_ps(kr + u * d + 8 * c);
+        #pragma GCC unroll 4
+        for (int h = 0; h < NH; h++) acc[h][u] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + 8 * c), kv, acc[h][u]);
+      }
     }
-    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
-    _mm256_storeu_ps(dots + j, _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31)));
-  }
-  if (j + 4 <= n) {
-    const float* kr = k + long(j) * d;
-    __m256 acc[4];
-    #pragma GCC unroll 4
-    for (int u = 0; u < 4; u++) {
-      acc[u] = _mm256_mul_ps(q[0], _mm256_loadu_ps(kr + u * d));
-      #pragma GCC unroll 8
-      for (int c = 1; c < DV; c++) acc[u] = _mm256_fmadd_ps(q[c], _mm256_loadu_ps(kr + u * d + 8 * c), acc[u]);
+    #pragma GCC unroll 2
+    for (int h = 0; h < NH; h += 2) {
+      const __m256 z = _mm256_setzero_ps();
+      const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), h + 1 < NH ? _mm256_hadd_ps(acc[h + 1 < NH ? h + 1 : h][0], acc[h + 1 < NH ? h + 1 : h][1]) : z);
+      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+      _mm_storel_pi(reinterpret_cast<__m64*>(dots[h] + j), r);
+      if (h + 1 < NH) _mm_storeh_pi(reinterpret_cast<__m64*>(dots[h + 1] + j), r);
     }
-    const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    _mm_storeu_ps(dots + j, _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
-    j += 4;
   }
-  for (; j < n; j++) dots[j] = dot_avx2(qp, k + long(j) * d, d);
+  for (; j < n; j++)
+    for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
 }
 
 // o (+)= sum over keys [j0, j0 + nk) of p[j] v[j], one head with d = 8 DV <= 64, key after key: the same
@@ -757,15 +758,21 @@ void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, floa
   for (int c = 0; c < DV; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
 }
 
-// Logits of a tile's heads against keys [j, n) and P . V over its keys, head after head, for d = 8 DV.
+// Logits of a tile's heads against keys [0, len), or P . V over them, in blocks of KB keys that stay in L1
+// while the heads read them.
 template <int DV>
 void tile_rows_avx2(const float* const* q, int nh, const float* k, const float* v, int len, float* const* p, float* const* o, bool logits) {
   for (int j = 0; j < len; j += KB) {
     const int n = std::min(len, j + KB);
-    for (int h = 0; h < nh; h++) {
-      if (logits) dots_rows_avx2<DV>(q[h], k, j, n, h == 0, p[h]);
-      else pv_rows_avx2<DV>(p[h], v, j, n - j, j > 0, o[h]);
-    }
+    if (logits)
+      for (int h = 0; h < nh; h += 4) switch (std::min(4, nh - h)) {
+          case 1: dots_heads_avx2<1, DV>(q + h, k, j, n, h == 0, p + h); break;
+          case 2: dots_heads_avx2<2, DV>(q + h, k, j, n, h == 0, p + h); break;
+          case 3: dots_heads_avx2<3, DV>(q + h, k, j, n, h == 0, p + h); break;
+          default: dots_heads_avx2<4, DV>(q + h, k, j, n, h == 0, p + h); break;
+        }
+    else
+      for (int h = 0; h < nh; h++) pv_rows_avx2<DV>(p[h], v, j, n - j, j > 0, o[h]);
   }
   if (!logits && len == 0)
     for (int h = 0; h < nh; h++) pv_rows_avx2<DV>(p[h], v, 0, 0, false, o[h]);
