@@ -323,9 +323,10 @@ test(`[${mode}] attention: decode and two-row queries over a long cache, with st
   }
 });
 
-test(`[${mode}] attention: the head-at-a-time decode kernels give the bits of the paired ones`, { skip }, () => {
-  // On AVX2 without AVX-512, decode with d <= 64 reads keys row after row (attn_rows); turned off, the same
-  // logits and P . V come from the four-row kernels. Both sum in the same order, so the outputs agree exactly.
+test(`[${mode}] attention: the address-order decode kernels give the bits of the paired ones`, { skip }, () => {
+  // On AVX2 without AVX-512, decode with d <= 64, 96 or 128 reads keys and values in address order (attn_rows);
+  // turned off, the same logits and P . V come from the four-row kernels. Both sum in the same order, so the
+  // outputs agree exactly.
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   for (const [nHeads, nKv, d, len] of [
@@ -333,6 +334,8 @@ test(`[${mode}] attention: the head-at-a-time decode kernels give the bits of th
     [14, 2, 64, 263],
     [6, 2, 40, 75],
     [8, 1, 16, 9],
+    [16, 2, 128, 301],
+    [3, 1, 96, 70],
   ] as const)
     for (const nq of [1, 2]) {
       const heads = Array.from({ length: nKv }, (_, g) => head(len - 3 * g, d, Array.from({ length: len - 3 * g }, (_, i) => i)));

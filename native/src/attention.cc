@@ -443,7 +443,7 @@ void run_tiles(const Attention& a, F f) {
 
 constexpr int PANEL = 6;
 constexpr int DECODE_CHUNK = 256;
-bool ROW_KERNELS = true;      // tuning (attn_rows): the row-order decode kernels below, where d <= 64
+bool ROW_KERNELS = true;      // tuning (attn_rows): the row-order decode kernels below (see rows_fit)
 constexpr int ROW_AHEAD = 32;  // keys the row-order logits prefetch ahead
 constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row attention, at least one query row
 
@@ -696,7 +696,7 @@ void dots_avx2(const float* const* q, const float* k, const float* v, int j, int
     for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
 }
 
-// dots_avx2 for up to four heads with d = 8 DV <= 64, two keys per step, each key's row read whole before
+// dots_avx2 for up to four heads with d = 8 DV, two keys per step, each key's row read whole before
 // the next's, so keys are touched in address order and the hardware prefetcher keeps up (the four-row
 // interleave of dots_avx2 defeats it). The sums are reduced as in dots_avx2, so the logits are the same.
 template <int NH, int DV>
@@ -740,12 +740,11 @@ void dots_heads_avx2(const float* const* qs, const float* k, int j, int n, bool 
     for (int h = 0; h < NH; h++) dots[h][j] = dot_avx2(q[h], k + long(j) * d, d);
 }
 
-// o (+)= sum over keys [j0, j0 + nk) of p[j] v[j], one head with d = 8 DV <= 64, key after key: the same
-// order of operations as pv_avx2, with the head's output row in registers.
+// o[0, 8 DV) (+)= sum over keys [j0, j0 + nk) of p[j] v[j][0, 8 DV), value rows d apart, one head, key
+// after key: the same order of operations as pv_avx2, with the output (slice) in registers.
 template <int DV>
 __attribute__((target("avx2,fma")))
-void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, float* o) {
-  constexpr int d = 8 * DV;
+void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, float* o, long d = 8 * DV) {
   __m256 acc[DV];
   #pragma GCC unroll 8
   for (int c = 0; c < DV; c++) acc[c] = add ? _mm256_loadu_ps(o + 8 * c) : _mm256_setzero_ps();
@@ -761,6 +760,7 @@ void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, floa
 // Logits of a tile's heads against keys [0, len), or P . V over them, in blocks of KB keys that stay in L1
 // while the heads read them.
 template <int DV>
+__attribute__((target("avx2,fma")))
 void tile_rows_avx2(const float* const* q, int nh, const float* k, const float* v, int len, float* const* p, float* const* o, bool logits) {
   for (int j = 0; j < len; j += KB) {
     const int n = std::min(len, j + KB);
@@ -772,14 +772,19 @@ void tile_rows_avx2(const float* const* q, int nh, const float* k, const float* 
           default: dots_heads_avx2<4, DV>(q + h, k, j, n, h == 0, p + h); break;
         }
     else
-      for (int h = 0; h < nh; h++) pv_rows_avx2<DV>(p[h], v, j, n - j, j > 0, o[h]);
+      // Wider heads in slices of 64 columns, so the output slice stays in registers.
+      for (int h = 0; h < nh; h++)
+        for (int c0 = 0; c0 < 8 * DV; c0 += 64) {
+          if (8 * DV - c0 >= 64) pv_rows_avx2<8>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
+          else pv_rows_avx2<(DV % 8 ? DV % 8 : 8)>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
+        }
   }
   if (!logits && len == 0)
-    for (int h = 0; h < nh; h++) pv_rows_avx2<DV>(p[h], v, 0, 0, false, o[h]);
+    for (int h = 0; h < nh; h++) std::fill(o[h], o[h] + 8 * DV, 0.f);
 }
 
 // Whether tile_rows_avx2 handles head dimension d, and the call for it.
-bool rows_fit(int d) { return ROW_KERNELS && d % 8 == 0 && d <= 64; }
+bool rows_fit(int d) { return ROW_KERNELS && d % 8 == 0 && (d <= 64 || d == 96 || d == 128); }
 void tile_rows(int d, const float* const* q, int nh, const float* k, const float* v, int len, float* const* p, float* const* o, bool logits) {
   switch (d / 8) {
     case 1: return tile_rows_avx2<1>(q, nh, k, v, len, p, o, logits);
@@ -789,6 +794,8 @@ void tile_rows(int d, const float* const* q, int nh, const float* k, const float
     case 5: return tile_rows_avx2<5>(q, nh, k, v, len, p, o, logits);
     case 6: return tile_rows_avx2<6>(q, nh, k, v, len, p, o, logits);
     case 7: return tile_rows_avx2<7>(q, nh, k, v, len, p, o, logits);
+    case 12: return tile_rows_avx2<12>(q, nh, k, v, len, p, o, logits);
+    case 16: return tile_rows_avx2<16>(q, nh, k, v, len, p, o, logits);
     default: return tile_rows_avx2<8>(q, nh, k, v, len, p, o, logits);
   }
 }
