@@ -55,3 +55,16 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
   assert.ok(int8.ratio > 0);
   assert.equal(report.kvzip, null);
 });
+
+test('kernel bench: decode attention reports both kernel variants against the streaming probe', { skip }, async () => {
+  const { benchDecodeAttention } = await import('../src/bench/kernels.ts');
+  const { NativeBackend } = await import('../src/tensor/native.ts');
+  const r = benchDecodeAttention(new NativeBackend(), { name: 'small', layers: 2, heads: 6, kvHeads: 2, headDim: 64 }, 300, 2);
+  assert.equal(r.kvBytes, 2 * 2 * 300 * 64 * 4 * 2);
+  for (const v of ['addressOrder', 'paired'] as const) {
+    assert.ok(r.ms[v] > 0 && r.GBs[v] > 0, JSON.stringify(r));
+    assert.ok(Math.abs(r.GBs[v] - r.kvBytes / r.ms[v] / 1e6) <= 0.05 + 0.01 * r.GBs[v]);
+    assert.ok(Math.abs(r.fractionOfBandwidth[v] - r.GBs[v] / r.streamGBs) <= 0.01 + 0.01 * r.fractionOfBandwidth[v]);
+  }
+  assert.ok(r.speedup > 0 && r.streamGBs > 0);
+});

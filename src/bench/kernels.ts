@@ -1,12 +1,13 @@
 /**
  * Kernel throughput at Llama-1B shapes, against the machine's streaming bandwidth measured in the same run:
  * decode GEMV in GB/s of weight bytes (weights cycled through a working set far larger than the L3, so every
- * call streams from DRAM) and prefill GEMM in GFLOP/s.
+ * call streams from DRAM), prefill GEMM in GFLOP/s, and decode attention over a DRAM-sized cache.
  *
  *   npx tsx src/bench/kernels.ts [--quick] [--json]
  */
 import type { Weight, WeightDType } from '../tensor/backend.ts';
-import { NativeBackend } from '../tensor/native.ts';
+import { HeadStore } from '../cache/kv-cache.ts';
+import { loadAddon, NativeBackend } from '../tensor/native.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 
 export interface GemvResult {
@@ -36,11 +37,31 @@ export interface GemmResult {
   path: string;
 }
 
+export interface AttentionResult {
+  shape: string;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  context: number;
+  /** fp32 keys and values read per token (all layers). */
+  kvBytes: number;
+  /** Median milliseconds per token (one decode query through every layer) per kernel variant. */
+  ms: { addressOrder: number; paired: number };
+  GBs: { addressOrder: number; paired: number };
+  /** Streaming-read bandwidth probed between the rounds (median). */
+  streamGBs: number;
+  fractionOfBandwidth: { addressOrder: number; paired: number };
+  /** paired / addressOrder time, per round, median. */
+  speedup: number;
+}
+
 export interface KernelBench {
   threads: number;
   bandwidthGBs: number;
   gemv: GemvResult[];
   gemm: GemmResult[];
+  attention: AttentionResult[];
 }
 
 /** Deterministic fill, fast enough for half a gigabyte. */
@@ -122,6 +143,84 @@ function timeGemm(be: NativeBackend, w: Weight, n: number, runs: number): number
   return median(times);
 }
 
+/**
+ * Decode attention from DRAM: one query through every layer of a cache far larger than the L3, with the
+ * AVX2 address-order kernels (attn_rows 1) and the paired ones (attn_rows 0) alternating round by round.
+ * Elsewhere (AVX-512, scalar) both variants take the same path.
+ */
+export function benchDecodeAttention(
+  be: NativeBackend,
+  shape: { name: string; layers: number; heads: number; kvHeads: number; headDim: number },
+  context: number,
+  rounds: number,
+): AttentionResult {
+  const lib = loadAddon();
+  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+  const { layers, heads, kvHeads, headDim: d } = shape;
+  const positions = Int32Array.from({ length: context }, (_, i) => i);
+  const cache = Array.from({ length: layers }, (_, l) =>
+    Array.from({ length: kvHeads }, (_, g) => {
+      const h = new HeadStore(d, context);
+      h.extend(positions);
+      for (let i = 0; i < context * d; i++) {
+        h.k[i] = Math.sin(i * 0.37 + g) * 0.5;
+        h.v[i] = Math.cos(i * 0.11 + l);
+      }
+      return h;
+    }),
+  );
+  const q = Float32Array.from({ length: heads * d }, (_, i) => Math.sin(i));
+  const out = new Float32Array(heads * d);
+  const qPos = Int32Array.of(context);
+  const pass = () => {
+    const t = performance.now();
+    for (const layer of cache) be.attention({ q, out, nq: 1, nHeads: heads, nKvHeads: kvHeads, headDim: d, qPos, heads: layer, scale: 1 / Math.sqrt(d) });
+    return performance.now() - t;
+  };
+  const times = { addressOrder: [] as number[], paired: [] as number[] };
+  const ratios: number[] = [];
+  const probes: number[] = [];
+  try {
+    for (let r = 0; r <= rounds; r++) {
+      probes.push(...probeBandwidth(1));
+      lib.setTuning('attn_rows', 1);
+      const a = pass();
+      lib.setTuning('attn_rows', 0);
+      const b = pass();
+      if (r === 0) continue; // warm-up
+      times.addressOrder.push(a);
+      times.paired.push(b);
+      ratios.push(b / a);
+    }
+  } finally {
+    lib.setTuning('attn_rows', 1);
+  }
+  const kvBytes = layers * kvHeads * context * d * 4 * 2;
+  const ms = { addressOrder: median(times.addressOrder), paired: median(times.paired) };
+  const GBs = { addressOrder: kvBytes / ms.addressOrder / 1e6, paired: kvBytes / ms.paired / 1e6 };
+  const streamGBs = median(probes);
+  return {
+    shape: shape.name,
+    layers,
+    heads,
+    kvHeads,
+    headDim: d,
+    context,
+    kvBytes,
+    ms: { addressOrder: round(ms.addressOrder, 2), paired: round(ms.paired, 2) },
+    GBs: { addressOrder: round(GBs.addressOrder, 1), paired: round(GBs.paired, 1) },
+    streamGBs: round(streamGBs, 1),
+    fractionOfBandwidth: { addressOrder: round(GBs.addressOrder / streamGBs, 2), paired: round(GBs.paired / streamGBs, 2) },
+    speedup: round(median(ratios), 2),
+  };
+}
+
+export const ATTENTION_SHAPES = [
+  { name: 'llama-3.2-1b', layers: 16, heads: 32, kvHeads: 8, headDim: 64 },
+  { name: 'qwen2.5-0.5b', layers: 24, heads: 14, kvHeads: 2, headDim: 64 },
+  { name: 'llama-3-8b heads (16 layers)', layers: 16, heads: 32, kvHeads: 8, headDim: 128 },
+];
+
 export function benchKernels(opts: { quick?: boolean; log?: (s: string) => void } = {}): KernelBench {
   const log = opts.log ?? (() => {});
   const quick = opts.quick ?? false;
@@ -181,7 +280,17 @@ export function benchKernels(opts: { quick?: boolean; log?: (s: string) => void 
       }
     }
   }
-  return { threads: info.threads, bandwidthGBs: round(bandwidthGBs, 1), gemv, gemm };
+  const attention: AttentionResult[] = [];
+  for (const shape of quick ? ATTENTION_SHAPES.slice(0, 1) : ATTENTION_SHAPES) {
+    const r = benchDecodeAttention(be, shape, quick ? 2048 : shape.headDim > 64 ? 4096 : 8192, quick ? 3 : 9);
+    attention.push(r);
+    log(
+      `decode attention ${r.shape} (${r.heads}:${r.kvHeads} heads, d ${r.headDim}, ${r.context} keys, ${(r.kvBytes / 1e6).toFixed(0)} MB): ` +
+        `address-order ${r.ms.addressOrder} ms = ${Math.round(100 * r.fractionOfBandwidth.addressOrder)}%, paired ${r.ms.paired} ms = ` +
+        `${Math.round(100 * r.fractionOfBandwidth.paired)}% of ${r.streamGBs} GB/s streaming; ${r.speedup}x`,
+    );
+  }
+  return { threads: info.threads, bandwidthGBs: round(bandwidthGBs, 1), gemv, gemm, attention };
 }
 
 function round(x: number, digits: number): number {
