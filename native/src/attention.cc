@@ -729,8 +729,8 @@ void dots_heads_avx2(const float* const* qs, const float* k, int j, int n, bool 
     }
     #pragma GCC unroll 2
     for (int h = 0; h < NH; h += 2) {
-      const __m256 z = _mm256_setzero_ps();
-      const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), h + 1 < NH ? _mm256_hadd_ps(acc[h + 1 < NH ? h + 1 : h][0], acc[h + 1 < NH ? h + 1 : h][1]) : z);
+      const int h1 = h + 1 < NH ? h + 1 : h;  // an odd last head is paired with zeros
+      const __m256 x = _mm256_hadd_ps(_mm256_hadd_ps(acc[h][0], acc[h][1]), h + 1 < NH ? _mm256_hadd_ps(acc[h1][0], acc[h1][1]) : _mm256_setzero_ps());
       const __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
       _mm_storel_pi(reinterpret_cast<__m64*>(dots[h] + j), r);
       if (h + 1 < NH) _mm_storeh_pi(reinterpret_cast<__m64*>(dots[h + 1] + j), r);
