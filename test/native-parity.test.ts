@@ -365,6 +365,18 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
   }
 });
 
+test(`[${mode}] the bandwidth probe reads every element of its buffer`, { skip }, () => {
+  // streamRead returns the sum of what it read: a probe that skipped data would report bandwidth it never used.
+  const lib = loadAddon()!;
+  for (const n of [1_000_003, 48, 7]) {
+    const buf = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 1000);
+    let expect = 0;
+    for (const v of buf) expect += v;
+    const got = lib.streamRead(buf);
+    assert.ok(Math.abs(got - expect) <= 1e-5 * expect + 1e-6, `n=${n}: ${got} vs ${expect}`);
+  }
+});
+
 test(`[${mode}] mmap regions return the bytes fs.readSync reads`, { skip }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'kvlab-mmap-'));
   try {
