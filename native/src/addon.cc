@@ -406,8 +406,8 @@ Napi::Value QuantizeFn(const Napi::CallbackInfo& info) {
 }
 
 // Sum of p[0, S part) read as S streams side by side, 64 bytes from each in turn. Three streams per thread
-// read faster than one here (AMD EPYC, AVX2: 26.5 vs 23.6 GB/s in alternating rounds; two, four or six
-// streams, whose starts lie a power of two apart, were slower than one), so the probe uses three.
+// read faster than one here (AMD EPYC, AVX2: 26.5 vs 23.6 GB/s in alternating rounds; two streams read
+// 17.8, and four or six were no faster than one in a standalone test), so the probe uses three.
 __attribute__((target("avx2")))
 double sum_streams_avx2(const float* p, long part, int S) {
   __m256 acc[6] = {};
