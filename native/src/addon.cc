@@ -408,10 +408,12 @@ Napi::Value QuantizeFn(const Napi::CallbackInfo& info) {
 // Sum of p[0, S part) read as S streams side by side, 64 bytes from each in turn. Three streams per thread
 // read faster than one here (AMD EPYC, AVX2: 26.5 vs 23.6 GB/s in alternating rounds; two streams read
 // 17.8, and four or six were no faster than one in a standalone test), so the probe uses three.
+template <int S>
 __attribute__((target("avx2")))
-double sum_streams_avx2(const float* p, long part, int S) {
+double sum_streams_avx2(const float* p, long part) {
   __m256 acc[6] = {};
   for (long i = 0; i < part; i += 16)
+    #pragma GCC unroll 8
     for (int s = 0; s < S; s++) {
       acc[s % 3] = _mm256_add_ps(acc[s % 3], _mm256_loadu_ps(p + s * part + i));
       acc[3 + s % 3] = _mm256_add_ps(acc[3 + s % 3], _mm256_loadu_ps(p + s * part + i + 8));
@@ -442,7 +444,7 @@ Napi::Value StreamReadFn(const Napi::CallbackInfo& info) {
     long i = b;
     if (f.avx2_fma) {
       const long part = (e - b) / PROBE_STREAMS / 16 * 16;
-      s = sum_streams_avx2(p + b, part, PROBE_STREAMS);
+      s = sum_streams_avx2<PROBE_STREAMS>(p + b, part);
       i = b + PROBE_STREAMS * part;
     }
     for (; i < e; i++) s += p[i];

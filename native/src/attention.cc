@@ -134,6 +134,15 @@ void softmax_row(float* p, int padded, int len, float mx) {
   for (int j = padded; j < len; j++) p[j] = 0.f;
 }
 
+// Statistics of keys [j0, n): probability p[j] * f added to sum[j] and kept in mx[j] if larger (either may be null).
+void add_stats_scalar(float* sum, float* mx, const float* p, int j0, int n, float f) {
+  for (int j = j0; j < n; j++) {
+    const float prob = p[j] * f;
+    if (sum) sum[j] += prob;
+    if (mx && prob > mx[j]) mx[j] = prob;
+  }
+}
+
 __attribute__((target(AVX512)))
 void accumulate_stats(const Attention& a, const Tile& t, Scratch& s, int len) {
   if (t.i < a.stats_from || !has_stats(a)) return;
@@ -149,11 +158,7 @@ void accumulate_stats(const Attention& a, const Tile& t, Scratch& s, int len) {
       if (sum) _mm512_storeu_ps(sum + j, _mm512_add_ps(_mm512_loadu_ps(sum + j), prob));
       if (mx) _mm512_storeu_ps(mx + j, _mm512_max_ps(_mm512_loadu_ps(mx + j), prob));
     }
-    for (; j < len; j++) {
-      const float prob = p[j] * wq;
-      if (sum) sum[j] += prob;
-      if (mx && prob > mx[j]) mx[j] = prob;
-    }
+    add_stats_scalar(sum, mx, p, j, len, wq);
   }
 }
 
@@ -573,11 +578,7 @@ void add_stats_avx2(const Attention& a, int g, int j0, const float* p, int n, fl
     if (sum) _mm256_storeu_ps(sum + j, _mm256_add_ps(_mm256_loadu_ps(sum + j), prob));
     if (mx) _mm256_storeu_ps(mx + j, _mm256_max_ps(_mm256_loadu_ps(mx + j), prob));
   }
-  for (; j < n; j++) {
-    const float prob = p[j] * f;
-    if (sum) sum[j] += prob;
-    if (mx && prob > mx[j]) mx[j] = prob;
-  }
+  add_stats_scalar(sum, mx, p, j, n, f);
 }
 
 inline float query_weight(const Attention& a, int i) { return a.query_weight ? a.query_weight[i] : 1.0f; }
@@ -841,6 +842,7 @@ void attention_decode_avx2(const Attention& a) {
     split_range(long(units.size()), t, T, &u0, &u1);
     Scratch& s = thread_scratch();
     s.reserve(MAX_TILE, DECODE_CHUNK);
+    const bool rows = rows_fit(d);
     for (long u = u0; u < u1; u++) {
       const Unit& un = units[u];
       const HeadView& kv = a.heads[un.t.g];
@@ -854,7 +856,6 @@ void attention_decode_avx2(const Attention& a) {
       }
       const float* k = kv.k + long(un.j0) * d;
       const float* v = kv.v + long(un.j0) * d;
-      const bool rows = rows_fit(d);
       // Keys in blocks that stay in L1 while every head (pair) reads them.
       if (rows) tile_rows(d, q, un.t.n, k, v, un.n, p, o, true);
       else

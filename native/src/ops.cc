@@ -94,6 +94,15 @@ void rmsnorm_rows_avx2(float* out, const float* x, long i0, long i1, long dim, c
 
 void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, int isa);
 
+// Pairs (f, f + half) for f in [f0, half): a * c - b * s and b * c + a * s in fp64, as the reference.
+void rotate_scalar(float* r, const double* cs, const double* sn, long f0, long half) {
+  for (long f = f0; f < half; f++) {
+    const double a = r[f], b = r[f + half];
+    r[f] = float(a * cs[f] - b * sn[f]);
+    r[f + half] = float(b * cs[f] + a * sn[f]);
+  }
+}
+
 __attribute__((target(AVX512)))
 void rotate_avx512(float* r, const double* cs, const double* sn, long half) {
   long f = 0;
@@ -104,11 +113,7 @@ void rotate_avx512(float* r, const double* cs, const double* sn, long half) {
     _mm256_storeu_ps(r + f, _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_mul_pd(a, c), _mm512_mul_pd(b, s))));
     _mm256_storeu_ps(r + f + half, _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(b, c), _mm512_mul_pd(a, s))));
   }
-  for (; f < half; f++) {
-    const double a = r[f], b = r[f + half];
-    r[f] = float(a * cs[f] - b * sn[f]);
-    r[f + half] = float(b * cs[f] + a * sn[f]);
-  }
+  rotate_scalar(r, cs, sn, f, half);
 }
 
 __attribute__((target(AVX2)))
@@ -120,11 +125,7 @@ void rotate_avx2(float* r, const double* cs, const double* sn, long half) {
     _mm_storeu_ps(r + f, _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_mul_pd(a, c), _mm256_mul_pd(b, s))));
     _mm_storeu_ps(r + f + half, _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(b, c), _mm256_mul_pd(a, s))));
   }
-  for (; f < half; f++) {
-    const double a = r[f], b = r[f + half];
-    r[f] = float(a * cs[f] - b * sn[f]);
-    r[f + half] = float(b * cs[f] + a * sn[f]);
-  }
+  rotate_scalar(r, cs, sn, f, half);
 }
 
 void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, const float* inv_freq, double scaling, int isa) {
@@ -141,12 +142,7 @@ void rope_rows(float* x, long i0, long i1, long nh, long d, const int32_t* pos, 
       float* r = x + (i * nh + h) * d;
       if (isa == 2) rotate_avx512(r, cs.data(), sn.data(), half);
       else if (isa == 1) rotate_avx2(r, cs.data(), sn.data(), half);
-      else
-        for (long f = 0; f < half; f++) {
-          const double a = r[f], b = r[f + half];
-          r[f] = float(a * cs[f] - b * sn[f]);
-          r[f + half] = float(b * cs[f] + a * sn[f]);
-        }
+      else rotate_scalar(r, cs.data(), sn.data(), 0, half);
     }
   }
 }

@@ -89,7 +89,7 @@ export interface Addon {
   fmaPeak(threads?: number): number;
   /**
    * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' /
-   * 'gemm_nc' (AVX2 prefill GEMM blocking); false if unknown.
+   * 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
