@@ -56,6 +56,38 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
   assert.equal(report.kvzip, null);
 });
 
+/** GB/s (rounded to 0.1) is bytes over milliseconds (rounded to 0.01): small test shapes take ~0.1 ms, so allow for the rounding. */
+function assertRateFromTime(GBs: number, bytes: number, ms: number): void {
+  const lo = bytes / ((ms + 0.005) * 1e6) - 0.05;
+  const hi = ms > 0.005 ? bytes / ((ms - 0.005) * 1e6) + 0.05 : Infinity;
+  assert.ok(GBs >= lo && GBs <= hi, `${GBs} GB/s from ${bytes} bytes in ${ms} ms`);
+}
+
+/** A fraction (rounded to 0.01 or finer) of two rates each rounded to 0.1. */
+function assertFraction(fraction: number, GBs: number, streamGBs: number): void {
+  const lo = (GBs - 0.05) / (streamGBs + 0.05) - 0.005;
+  const hi = (GBs + 0.05) / (streamGBs - 0.05) + 0.005;
+  assert.ok(fraction >= lo && fraction <= hi, `${fraction} of ${GBs} / ${streamGBs}`);
+}
+
+test("kernel bench: a decode token's matmuls, both ways of walking the rows, against the streaming probe", { skip }, async () => {
+  const { benchDecodeMatmuls } = await import('../src/bench/kernels.ts');
+  const { NativeBackend } = await import('../src/tensor/native.ts');
+  const shape = { name: 'small', layers: 2, hidden: 256, intermediate: 512, kvDim: 64, vocab: 1000 };
+  for (const dtype of ['bf16', 'int8/g128'] as const) {
+    const r = benchDecodeMatmuls(new NativeBackend(), shape, dtype, 2);
+    const perLayer = 2 * 256 * 256 + 2 * 64 * 256 + 3 * 256 * 512;
+    const elements = 2 * perLayer + 1000 * 256;
+    assert.equal(r.bytes, dtype === 'bf16' ? 2 * elements : elements + (elements / 128) * 4);
+    for (const v of ['streams', 'passes'] as const) {
+      assert.ok(r.ms[v] > 0 && r.GBs[v] > 0, JSON.stringify(r));
+      assertRateFromTime(r.GBs[v], r.bytes, r.ms[v]);
+      assertFraction(r.fractionOfBandwidth[v], r.GBs[v], r.streamGBs);
+    }
+    assert.ok(r.speedup > 0 && r.streamGBs > 0);
+  }
+});
+
 test('kernel bench: decode attention reports both kernel variants against the streaming probe', { skip }, async () => {
   const { benchDecodeAttention } = await import('../src/bench/kernels.ts');
   const { NativeBackend } = await import('../src/tensor/native.ts');
@@ -63,8 +95,8 @@ test('kernel bench: decode attention reports both kernel variants against the st
   assert.equal(r.kvBytes, 2 * 2 * 300 * 64 * 4 * 2);
   for (const v of ['addressOrder', 'paired'] as const) {
     assert.ok(r.ms[v] > 0 && r.GBs[v] > 0, JSON.stringify(r));
-    assert.ok(Math.abs(r.GBs[v] - r.kvBytes / r.ms[v] / 1e6) <= 0.05 + 0.01 * r.GBs[v]);
-    assert.ok(Math.abs(r.fractionOfBandwidth[v] - r.GBs[v] / r.streamGBs) <= 0.01 + 0.01 * r.fractionOfBandwidth[v]);
+    assertRateFromTime(r.GBs[v], r.kvBytes, r.ms[v]);
+    assertFraction(r.fractionOfBandwidth[v], r.GBs[v], r.streamGBs);
   }
   assert.ok(r.speedup > 0 && r.streamGBs > 0);
 });

@@ -365,6 +365,32 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
   }
 });
 
+test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk the rows`, { skip }, () => {
+  // On AVX2, gemv_streams 0 reads passes of consecutive rows; 1..6 read that many row ranges side by side
+  // (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree exactly.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  try {
+    for (const kind of KINDS)
+      for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256]] as const) {
+        const w = weight(kind, rows, cols);
+        for (const n of [1, 2, 3, 5]) {
+          const x = vec(n * cols);
+          const run = (streams: number) => {
+            assert.ok(lib.setTuning('gemv_streams', streams));
+            const out = new Float32Array(n * rows);
+            nat.matmul(out, x, n, w);
+            return out;
+          };
+          const passes = run(0);
+          for (const streams of [1, 2, 3, 4, 5, 6]) assert.deepEqual(run(streams), passes, `${kind} ${rows}x${cols} n=${n} streams=${streams}`);
+        }
+      }
+  } finally {
+    lib.setTuning('gemv_streams', 4);
+  }
+});
+
 test(`[${mode}] the bandwidth probe reads every element of its buffer`, { skip }, () => {
   // streamRead returns the sum of what it read: a probe that skipped data would report bandwidth it never used.
   const lib = loadAddon()!;

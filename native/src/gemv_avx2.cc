@@ -12,33 +12,52 @@ namespace {
 
 #define AVX2 "avx2,fma,f16c"
 
-// Prefetches the lines of the next pass whose offsets fall in [from, to): a pass of R rows is contiguous, so
-// prefetching it linearly at the rate the current pass is consumed keeps one pass in flight.
-inline void prefetch_span(const char* next, long from, long to, int level) {
-  for (long o = (from + 63) & ~63L; o < to; o += 64) {
-    if (level == 1) _mm_prefetch(next + o, _MM_HINT_T0);
-    else _mm_prefetch(next + o, _MM_HINT_T1);
+// Rows are read in passes of R rows (indices rr[0..R)). Two ways to keep DRAM busy (PrefetchPolicy):
+// - streams == 0: a pass is R consecutive rows, and it prefetches the next pass linearly at the rate it
+//   consumes its own;
+// - streams > 0: a thread's rows are cut into `streams` contiguous ranges and a pass takes one row from each,
+//   so each range is one long stream, and every row prefetches `ahead` bytes further along its own stream.
+struct PassPrefetch {
+  const char* next = nullptr;  // streams == 0: the next pass's first byte
+  long ahead = 0;              // streams > 0
+  int level = 0;               // 0 off, 1 into L1, 2 into L2
+};
+
+inline void prefetch_at(const char* p, int level) {
+  if (level == 1) _mm_prefetch(p, _MM_HINT_T0);
+  else _mm_prefetch(p, _MM_HINT_T1);
+}
+
+// Called once per step of `step` bytes in every row, at byte offset `off` of the rows.
+template <int R>
+inline void prefetch_step(const PassPrefetch& pf, const char* const* row, long off, long step) {
+  if (!pf.level) return;
+  if (pf.next) {
+    for (long o = (R * off + 63) & ~63L; o < R * (off + step); o += 64) prefetch_at(pf.next + o, pf.level);
+  } else if ((off & 63) < step) {
+    for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
   }
 }
 
 template <int R, int N>
-__attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r, int pf) {
+__attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
   const long K2 = m.w.cols / 2, full = K2 - K2 % 8, rows = m.w.rows;
   const uint32_t* W = static_cast<const uint32_t*>(m.w.data);
-  const char* next = reinterpret_cast<const char*>(W + (r + R) * K2);
+  const uint32_t* row[R];
+  for (int q = 0; q < R; q++) row[q] = W + rr[q] * K2;
   const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
   for (long kk = 0; kk < full; kk += 8) {
-    if (pf) prefetch_span(next, R * kk * 4, R * (kk + 8) * 4, pf);
+    prefetch_step<R>(pf, reinterpret_cast<const char* const*>(row), kk * 4, 32);
     __m256 xev[N], xov[N];
     for (int t = 0; t < N; t++) {
       xev[t] = _mm256_loadu_ps(xe + t * K2 + kk);
       xov[t] = _mm256_loadu_ps(xo + t * K2 + kk);
     }
     for (int q = 0; q < R; q++) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (r + q) * K2 + kk));
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[q] + kk));
       const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
       for (int t = 0; t < N; t++) {
@@ -52,10 +71,10 @@ __attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float*
       float s = hsum256(acc[q][t]);
       for (long kk = full; kk < K2; kk++) {
         uint32_t p;
-        std::memcpy(&p, W + (r + q) * K2 + kk, 4);
+        std::memcpy(&p, row[q] + kk, 4);
         s += bf16_to_f32(uint16_t(p & 0xffff)) * xe[t * K2 + kk] + bf16_to_f32(uint16_t(p >> 16)) * xo[t * K2 + kk];
       }
-      m.out[t * rows + r + q] = s;
+      m.out[t * rows + rr[q]] = s;
     }
 }
 
@@ -68,91 +87,142 @@ __attribute__((target(AVX2))) inline __m256 load8(const void* data, long off) {
 }
 
 template <int R, int N, WeightType TYPE>
-__attribute__((target(AVX2))) void rows_float(const Matmul& m, long r, int pf) {
-  const long K = m.w.cols, K8 = K - K % 8, rows = m.w.rows, es = TYPE == W_F32 ? 4 : 2;
-  const char* next = static_cast<const char*>(m.w.data) + (r + R) * K * es;
+__attribute__((target(AVX2))) void rows_float(const Matmul& m, const long* rr, const PassPrefetch& pf) {
+  constexpr long es = TYPE == W_F32 ? 4 : 2;
+  const long K = m.w.cols, K8 = K - K % 8, rows = m.w.rows;
+  const char* row[R];
+  for (int q = 0; q < R; q++) row[q] = static_cast<const char*>(m.w.data) + rr[q] * K * es;
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
   for (long k = 0; k < K8; k += 8) {
-    if (pf) prefetch_span(next, R * k * es, R * (k + 8) * es, pf);
+    prefetch_step<R>(pf, row, k * es, 8 * es);
     __m256 xv[N];
     for (int t = 0; t < N; t++) xv[t] = _mm256_loadu_ps(m.x + t * K + k);
     for (int q = 0; q < R; q++) {
-      const __m256 wv = load8<TYPE>(m.w.data, (r + q) * K + k);
+      const __m256 wv = load8<TYPE>(m.w.data, rr[q] * K + k);
       for (int t = 0; t < N; t++) acc[q][t] = _mm256_fmadd_ps(wv, xv[t], acc[q][t]);
     }
   }
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) {
       float s = hsum256(acc[q][t]);
-      for (long k = K8; k < K; k++) s += weight_at(m.w, r + q, k) * m.x[t * K + k];
-      m.out[t * rows + r + q] = s;
+      for (long k = K8; k < K; k++) s += weight_at(m.w, rr[q], k) * m.x[t * K + k];
+      m.out[t * rows + rr[q]] = s;
     }
 }
 
-// int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator.
-template <int R, int N>
-__attribute__((target(AVX2))) void rows_int8(const Matmul& m, long r, int pf) {
+// int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator. CLEAN:
+// every group is a whole number of 8-column steps, so there is no scalar tail to keep.
+template <int R, int N, bool CLEAN>
+__attribute__((target(AVX2))) void rows_int8(const Matmul& m, const long* rr, const PassPrefetch& pf) {
   const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
   const int8_t* W = static_cast<const int8_t*>(m.w.data);
-  const char* next = reinterpret_cast<const char*>(W + (r + R) * K);
+  const float* x = m.x;
+  const float* scales = m.w.scales;
+  const char* row[R];
+  const float* srow[R];
+  for (int q = 0; q < R; q++) {
+    row[q] = reinterpret_cast<const char*>(W + rr[q] * K);
+    srow[q] = scales + rr[q] * ngroups;
+  }
   __m256 acc[R][N];
   float tail[R][N] = {};
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
   for (long g = 0; g < ngroups; g++) {
-    const long k0 = g * G, k1 = std::min(K, k0 + G), k8 = k0 + (k1 - k0) / 8 * 8;
+    const long k0 = g * G, k1 = CLEAN ? k0 + G : std::min(K, k0 + G), k8 = CLEAN ? k1 : k0 + (k1 - k0) / 8 * 8;
     __m256 ga[R][N];
     for (int q = 0; q < R; q++)
       for (int t = 0; t < N; t++) ga[q][t] = _mm256_setzero_ps();
     for (long k = k0; k < k8; k += 8) {
-      if (pf) prefetch_span(next, R * k, R * (k + 8), pf);
+      prefetch_step<R>(pf, row, k, 8);
       __m256 xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm256_loadu_ps(m.x + t * K + k);
+      for (int t = 0; t < N; t++) xv[t] = _mm256_loadu_ps(x + t * K + k);
       for (int q = 0; q < R; q++) {
-        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(W + (r + q) * K + k));
+        const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[q] + k));
         const __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
         for (int t = 0; t < N; t++) ga[q][t] = _mm256_fmadd_ps(wv, xv[t], ga[q][t]);
       }
     }
     for (int q = 0; q < R; q++) {
-      const float sc = m.w.scales[(r + q) * ngroups + g];
+      const float sc = srow[q][g];
       const __m256 s = _mm256_set1_ps(sc);
       for (int t = 0; t < N; t++) {
         acc[q][t] = _mm256_fmadd_ps(ga[q][t], s, acc[q][t]);
-        for (long k = k8; k < k1; k++) tail[q][t] += float(W[(r + q) * K + k]) * sc * m.x[t * K + k];
+        if constexpr (!CLEAN)
+          for (long k = k8; k < k1; k++) tail[q][t] += float(int8_t(row[q][k])) * sc * x[t * K + k];
       }
     }
   }
   for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * rows + r + q] = hsum256(acc[q][t]) + tail[q][t];
+    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = hsum256(acc[q][t]) + tail[q][t];
 }
 
 template <int R, int N>
-void rows(const Matmul& m, const float* xe, const float* xo, long r, int pf) {
+void rows(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
   switch (m.w.type) {
-    case W_I8: return rows_int8<R, N>(m, r, pf);
-    case W_F32: return rows_float<R, N, W_F32>(m, r, pf);
-    case W_F16: return rows_float<R, N, W_F16>(m, r, pf);
-    default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, r, pf) : rows_float<R, N, W_BF16>(m, r, pf);
+    case W_I8:
+      if (m.w.cols % m.w.group == 0 && m.w.group % 8 == 0) return rows_int8<R, N, true>(m, rr, pf);
+      return rows_int8<R, N, false>(m, rr, pf);
+    case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
+    case W_F16: return rows_float<R, N, W_F16>(m, rr, pf);
+    default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, rr, pf) : rows_float<R, N, W_BF16>(m, rr, pf);
   }
 }
 
 long element_size(int t) { return t == W_F32 ? 4 : t == W_I8 ? 1 : 2; }
 
 template <int N>
-void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+void run_passes(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
   constexpr int R = N <= 2 ? 4 : 2;
-  const int level = pf.level && R * m.w.cols * element_size(m.w.type) <= pf.max_pass ? pf.level : 0;
+  const long row_bytes = m.w.cols * element_size(m.w.type);
+  const int level = pf.level && R * row_bytes <= pf.max_pass ? pf.level : 0;
   long r = r0;
-  for (; r + R <= r1; r += R) rows<R, N>(m, xe, xo, r, level);
-  for (; r < r1; r++) rows<1, N>(m, xe, xo, r, 0);
+  for (; r + R <= r1; r += R) {
+    long rr[R];
+    for (int q = 0; q < R; q++) rr[q] = r + q;
+    PassPrefetch p;
+    p.next = static_cast<const char*>(m.w.data) + (r + R) * row_bytes;
+    p.level = level;
+    rows<R, N>(m, xe, xo, rr, p);
+  }
+  for (; r < r1; r++) rows<1, N>(m, xe, xo, &r, PassPrefetch{});
+}
+
+template <int S, int N>
+void run_streams(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  const long per = (r1 - r0) / S;
+  PassPrefetch p;
+  p.ahead = pf.ahead;
+  p.level = pf.level;
+  for (long i = 0; i < per; i++) {
+    long rr[S];
+    for (int j = 0; j < S; j++) rr[j] = r0 + j * per + i;
+    rows<S, N>(m, xe, xo, rr, p);
+  }
+  for (long r = r0 + S * per; r < r1; r++) rows<1, N>(m, xe, xo, &r, p);
+}
+
+template <int N>
+void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  if (pf.streams <= 0) return run_passes<N>(m, xe, xo, r0, r1, pf);
+  if constexpr (N > 2) return run_streams<2, N>(m, xe, xo, r0, r1, pf);
+  else if constexpr (N == 2) return run_streams<4, N>(m, xe, xo, r0, r1, pf);
+  else switch (pf.streams) {
+      case 1: return run_streams<1, N>(m, xe, xo, r0, r1, pf);
+      case 2: return run_streams<2, N>(m, xe, xo, r0, r1, pf);
+      case 3: return run_streams<3, N>(m, xe, xo, r0, r1, pf);
+      case 4: return run_streams<4, N>(m, xe, xo, r0, r1, pf);
+      case 5: return run_streams<5, N>(m, xe, xo, r0, r1, pf);
+      default: return run_streams<6, N>(m, xe, xo, r0, r1, pf);
+    }
 }
 
 }  // namespace
 
 bool gemv_avx2_uses_pairs(const WeightRef& w) { return w.type == W_BF16 && w.cols % 2 == 0; }
+
 
 void split_even_odd(const float* x, long n, long K, float* xe, float* xo) {
   const long K2 = K / 2;

@@ -3,11 +3,15 @@
 
 namespace kvlab {
 
-// How decode GEMVs prefetch the next pass of rows (see matmul.cc): 0 off, 1 into L1, 2 into L2; only when one
-// pass is at most max_pass bytes.
+// How decode GEMVs walk and prefetch their rows (see matmul.cc). level: 0 off, 1 into L1, 2 into L2.
+// streams == 0: passes of consecutive rows, each prefetching the next pass (only when a pass is at most
+// max_pass bytes); streams > 0: that many contiguous row ranges read side by side (for one activation row;
+// more rows use fewer), each prefetched `ahead` bytes along its own stream.
 struct PrefetchPolicy {
   int level;
   long max_pass;
+  int streams;
+  long ahead;
 };
 
 // bf16 weights with even K are dotted as pairs: activations split once into even and odd halves

@@ -56,12 +56,28 @@ export interface AttentionResult {
   speedup: number;
 }
 
+export interface DecodeMatmulsResult {
+  shape: string;
+  dtype: string;
+  layers: number;
+  /** Weight (+ scale) bytes of one token's matmuls: every layer's projections and the LM head. */
+  bytes: number;
+  /** Median milliseconds per token per way of walking the rows (AVX2 gemv_streams 4 vs 0). */
+  ms: { streams: number; passes: number };
+  GBs: { streams: number; passes: number };
+  streamGBs: number;
+  fractionOfBandwidth: { streams: number; passes: number };
+  /** passes / streams time, per round, median. */
+  speedup: number;
+}
+
 export interface KernelBench {
   threads: number;
   bandwidthGBs: number;
   gemv: GemvResult[];
   gemm: GemmResult[];
   attention: AttentionResult[];
+  decodeMatmuls: DecodeMatmulsResult[];
 }
 
 /** Deterministic fill, fast enough for half a gigabyte. */
@@ -215,6 +231,69 @@ export function benchDecodeAttention(
   };
 }
 
+/**
+ * One decode token's matmuls in model order (q, k, v, o, gate, up, down per layer, then the LM head), each a
+ * distinct weight so the sequence streams from DRAM as in a forward pass; the row ranges read side by side
+ * (gemv_streams 4) and the passes of consecutive rows (0) alternate round by round with the probe.
+ */
+export function benchDecodeMatmuls(
+  be: NativeBackend,
+  shape: { name: string; layers: number; hidden: number; intermediate: number; kvDim: number; vocab: number },
+  dtype: 'bf16' | 'int8/g128',
+  rounds: number,
+): DecodeMatmulsResult {
+  const lib = loadAddon();
+  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+  const { layers, hidden: H, intermediate: I, kvDim, vocab } = shape;
+  const make = (rows: number, cols: number, seed: number) => (dtype === 'bf16' ? fillWeight('bf16', rows, cols, seed) : fillWeight('int8', rows, cols, seed, 128));
+  const ws: Weight[] = [];
+  for (let l = 0; l < layers; l++)
+    for (const [r, c] of [[H, H], [kvDim, H], [kvDim, H], [H, H], [I, H], [I, H], [H, I]] as const) ws.push(make(r, c, ws.length + 1));
+  ws.push(make(vocab, H, ws.length + 1));
+  const bytes = ws.reduce((a, w) => a + weightBytes(w), 0);
+  const x = Float32Array.from({ length: I }, (_, i) => Math.sin(i) * 0.5);
+  const out = new Float32Array(Math.max(vocab, I));
+  const pass = () => {
+    const t = performance.now();
+    for (const w of ws) be.matmul(out, x, 1, w);
+    return performance.now() - t;
+  };
+  const times = { streams: [] as number[], passes: [] as number[] };
+  const ratios: number[] = [];
+  const probes: number[] = [];
+  try {
+    for (let r = 0; r <= rounds; r++) {
+      probes.push(...probeBandwidth(1));
+      lib.setTuning('gemv_streams', 4);
+      const a = pass();
+      lib.setTuning('gemv_streams', 0);
+      const b = pass();
+      if (r === 0) continue; // warm-up
+      times.streams.push(a);
+      times.passes.push(b);
+      ratios.push(b / a);
+    }
+  } finally {
+    lib.setTuning('gemv_streams', 4);
+  }
+  const ms = { streams: median(times.streams), passes: median(times.passes) };
+  const GBs = { streams: bytes / ms.streams / 1e6, passes: bytes / ms.passes / 1e6 };
+  const streamGBs = median(probes);
+  return {
+    shape: shape.name,
+    dtype,
+    layers,
+    bytes,
+    ms: { streams: round(ms.streams, 2), passes: round(ms.passes, 2) },
+    GBs: { streams: round(GBs.streams, 1), passes: round(GBs.passes, 1) },
+    streamGBs: round(streamGBs, 1),
+    fractionOfBandwidth: { streams: round(GBs.streams / streamGBs, 3), passes: round(GBs.passes / streamGBs, 3) },
+    speedup: round(median(ratios), 2),
+  };
+}
+
+export const LLAMA_1B_MATMULS = { name: 'llama-3.2-1b', layers: 16, hidden: 2048, intermediate: 8192, kvDim: 512, vocab: 128256 };
+
 export const ATTENTION_SHAPES = [
   { name: 'llama-3.2-1b', layers: 16, heads: 32, kvHeads: 8, headDim: 64 },
   { name: 'qwen2.5-0.5b', layers: 24, heads: 14, kvHeads: 2, headDim: 64 },
@@ -290,7 +369,18 @@ export function benchKernels(opts: { quick?: boolean; log?: (s: string) => void 
         `${Math.round(100 * r.fractionOfBandwidth.paired)}% of ${r.streamGBs} GB/s streaming; ${r.speedup}x`,
     );
   }
-  return { threads: info.threads, bandwidthGBs: round(bandwidthGBs, 1), gemv, gemm, attention };
+  const decodeMatmuls: DecodeMatmulsResult[] = [];
+  for (const dtype of ['bf16', 'int8/g128'] as const) {
+    const shape = quick ? { ...LLAMA_1B_MATMULS, layers: 4, vocab: 32768 } : LLAMA_1B_MATMULS;
+    const r = benchDecodeMatmuls(be, shape, dtype, quick ? 3 : 7);
+    decodeMatmuls.push(r);
+    log(
+      `decode matmuls ${r.shape} ${r.dtype} (${r.layers} layers + LM head, ${(r.bytes / 1e6).toFixed(0)} MB): row ranges side by side ${r.ms.streams} ms = ` +
+        `${Math.round(100 * r.fractionOfBandwidth.streams)}%, passes of consecutive rows ${r.ms.passes} ms = ${Math.round(100 * r.fractionOfBandwidth.passes)}% ` +
+        `of ${r.streamGBs} GB/s streaming; ${r.speedup}x`,
+    );
+  }
+  return { threads: info.threads, bandwidthGBs: round(bandwidthGBs, 1), gemv, gemm, attention, decodeMatmuls };
 }
 
 function round(x: number, digits: number): number {

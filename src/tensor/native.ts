@@ -88,8 +88,10 @@ export interface Addon {
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
   fmaPeak(threads?: number): number;
   /**
-   * Benchmark knobs: 'prefetch' (0/1, decode GEMV software prefetch), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' /
-   * 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
+   * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (AVX2
+   * decode GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their
+   * prefetch distance), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
+   * 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
