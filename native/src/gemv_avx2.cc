@@ -23,18 +23,22 @@ struct PassPrefetch {
   int level = 0;               // 0 off, 1 into L1, 2 into L2
 };
 
-inline void prefetch_at(const char* p, int level) {
+// Always inlined: GCC treats a function that only prefetches as free of side effects and drops calls to it.
+__attribute__((always_inline)) inline void prefetch_at(const char* p, int level) {
   if (level == 1) _mm_prefetch(p, _MM_HINT_T0);
   else _mm_prefetch(p, _MM_HINT_T1);
 }
 
-// Called once per step of `step` bytes in every row, at byte offset `off` of the rows.
+// Called once per 64 bytes the rows advance, at byte offset `off` of the rows: a line of each row further
+// along its range, or R lines of the next pass.
 template <int R>
-inline void prefetch_step(const PassPrefetch& pf, const char* const* row, long off, long step) {
+__attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf, const char* const* row, long off) {
   if (!pf.level) return;
   if (pf.next) {
-    for (long o = (R * off + 63) & ~63L; o < R * (off + step); o += 64) prefetch_at(pf.next + o, pf.level);
-  } else if ((off & 63) < step) {
+    #pragma GCC unroll 8
+    for (int q = 0; q < R; q++) prefetch_at(pf.next + R * off + 64 * q, pf.level);
+  } else {
+    #pragma GCC unroll 8
     for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
   }
 }
@@ -42,15 +46,17 @@ inline void prefetch_step(const PassPrefetch& pf, const char* const* row, long o
 template <int R, int N>
 __attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
   const long K2 = m.w.cols / 2, full = K2 - K2 % 8, rows = m.w.rows;
-  const uint32_t* W = static_cast<const uint32_t*>(m.w.data);
+  const char* bytes[R];
   const uint32_t* row[R];
-  for (int q = 0; q < R; q++) row[q] = W + rr[q] * K2;
+  for (int q = 0; q < R; q++) {
+    bytes[q] = static_cast<const char*>(m.w.data) + rr[q] * K2 * 4;
+    row[q] = reinterpret_cast<const uint32_t*>(bytes[q]);
+  }
   const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
-  for (long kk = 0; kk < full; kk += 8) {
-    prefetch_step<R>(pf, reinterpret_cast<const char* const*>(row), kk * 4, 32);
+  auto step = [&](long kk) __attribute__((always_inline, target(AVX2))) {
     __m256 xev[N], xov[N];
     for (int t = 0; t < N; t++) {
       xev[t] = _mm256_loadu_ps(xe + t * K2 + kk);
@@ -65,7 +71,14 @@ __attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float*
         acc[q][t] = _mm256_fmadd_ps(odd, xov[t], acc[q][t]);
       }
     }
+  };
+  long kk = 0;
+  for (; kk + 16 <= full; kk += 16) {
+    prefetch_line<R>(pf, bytes, kk * 4);
+    step(kk);
+    step(kk + 8);
   }
+  for (; kk < full; kk += 8) step(kk);
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) {
       float s = hsum256(acc[q][t]);
@@ -95,15 +108,22 @@ __attribute__((target(AVX2))) void rows_float(const Matmul& m, const long* rr, c
   __m256 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm256_setzero_ps();
-  for (long k = 0; k < K8; k += 8) {
-    prefetch_step<R>(pf, row, k * es, 8 * es);
+  auto step = [&](long k) __attribute__((always_inline, target(AVX2))) {
     __m256 xv[N];
     for (int t = 0; t < N; t++) xv[t] = _mm256_loadu_ps(m.x + t * K + k);
     for (int q = 0; q < R; q++) {
       const __m256 wv = load8<TYPE>(m.w.data, rr[q] * K + k);
       for (int t = 0; t < N; t++) acc[q][t] = _mm256_fmadd_ps(wv, xv[t], acc[q][t]);
     }
+  };
+  constexpr long LINE = 64 / es;  // elements per 64 bytes
+  long k = 0;
+  for (; k + LINE <= K8; k += LINE) {
+    prefetch_line<R>(pf, row, k * es);
+    #pragma GCC unroll 4
+    for (long u = 0; u < LINE; u += 8) step(k + u);
   }
+  for (; k < K8; k += 8) step(k);
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) {
       float s = hsum256(acc[q][t]);
@@ -135,8 +155,7 @@ __attribute__((target(AVX2))) void rows_int8(const Matmul& m, const long* rr, co
     __m256 ga[R][N];
     for (int q = 0; q < R; q++)
       for (int t = 0; t < N; t++) ga[q][t] = _mm256_setzero_ps();
-    for (long k = k0; k < k8; k += 8) {
-      prefetch_step<R>(pf, row, k, 8);
+    auto step = [&](long k) __attribute__((always_inline, target(AVX2))) {
       __m256 xv[N];
       for (int t = 0; t < N; t++) xv[t] = _mm256_loadu_ps(x + t * K + k);
       for (int q = 0; q < R; q++) {
@@ -144,7 +163,14 @@ __attribute__((target(AVX2))) void rows_int8(const Matmul& m, const long* rr, co
         const __m256 wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
         for (int t = 0; t < N; t++) ga[q][t] = _mm256_fmadd_ps(wv, xv[t], ga[q][t]);
       }
+    };
+    long k = k0;
+    for (; k + 64 <= k8; k += 64) {
+      prefetch_line<R>(pf, row, k);
+      #pragma GCC unroll 8
+      for (long u = 0; u < 64; u += 8) step(k + u);
     }
+    for (; k < k8; k += 8) step(k);
     for (int q = 0; q < R; q++) {
       const float sc = srow[q][g];
       const __m256 s = _mm256_set1_ps(sc);

@@ -31,13 +31,14 @@ constexpr int MR = 8;           // activation rows per register tile
 // each prefetching the next pass into L2 linearly at the rate it consumes its own (measured on an AMD EPYC
 // with AVX-512, interleaved A/B: int8 8192x2048 0.77 -> 0.89 of streaming bandwidth, bf16 2048x8192 0.83 -> 1.0).
 // The AVX2 GEMVs instead cut each thread's rows into GEMV_STREAMS contiguous ranges, take one row from each
-// per pass, and prefetch GEMV_AHEAD bytes along each range. Measured on a Zen 3 without AVX-512 (2 threads,
-// one 1B decode token's matmuls from DRAM, alternating): bf16 0.72 -> 0.87-0.88 of a three-stream read,
-// int8/g128 0.41-0.45 -> 0.70-0.71 (with the int8 kernel's group loop kept in registers).
+// per pass, and prefetch GEMV_AHEAD bytes along each range into L2. Measured on a Zen 3 without AVX-512
+// (2 threads, random-weight checkpoints, decode at 1K, alternating per round): llama-3.2-1b bf16 1.23x and
+// int8/g128 1.17x tokens/s, qwen2.5-0.5b bf16 1.38x over the passes; prefetching 768 bytes ahead was worse
+// than 384-512, and without any prefetch int8 gained nothing.
 int PREFETCH = 2;                 // 0 off, 1 into L1, 2 into L2
 long PREFETCH_MAX_PASS = 1 << 18; // passes: only when one pass (rows per pass x row bytes) is at most this many bytes
 int GEMV_STREAMS = 4;             // AVX2: row ranges read side by side per thread (0: passes of consecutive rows)
-long GEMV_AHEAD = 768;            // AVX2 ranges: prefetch distance along each range, bytes
+long GEMV_AHEAD = 512;            // AVX2 ranges: prefetch distance along each range, bytes
 
 inline void prefetch_line(const void* p) {
   if (PREFETCH == 1) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
