@@ -53,6 +53,11 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
   const int8 = report.int8_vs_bf16[0].decode_speedup[0];
   assert.equal(int8.context, 1024);
   assert.ok(int8.ratio > 0);
+  // The same two models timed in alternating rounds: a median of per-round ratios, near the ratio of medians.
+  const [alt] = report.int8_vs_bf16[0].decode_speedup_alternating;
+  assert.equal(alt.context, 1024);
+  assert.ok(alt.rounds >= 1 && alt.bf16_ms_per_token > 0 && alt.int8_ms_per_token > 0);
+  assert.ok(Math.abs(Math.log(alt.ratio / (alt.bf16_ms_per_token / alt.int8_ms_per_token))) < Math.log(1.5), JSON.stringify(alt));
   assert.equal(report.kvzip, null);
 });
 

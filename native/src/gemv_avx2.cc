@@ -249,7 +249,6 @@ void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, Pr
 
 bool gemv_avx2_uses_pairs(const WeightRef& w) { return w.type == W_BF16 && w.cols % 2 == 0; }
 
-
 void split_even_odd(const float* x, long n, long K, float* xe, float* xo) {
   const long K2 = K / 2;
   for (long t = 0; t < n; t++)

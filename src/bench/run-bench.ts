@@ -12,7 +12,7 @@ import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
-import { DECODE_WARMUP, decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
+import { alternatingDecodeRatio, DECODE_WARMUP, decodeWeightBytes, fillCache, timeDecode, type AlternatingRatio } from './decode-timing.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -53,6 +53,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   const scratch = mkdtempSync(join(tmpdir(), 'kvlab-bench-'));
   const models: Record<string, unknown>[] = [];
   let kvzip: Record<string, unknown> | null = null;
+  const alternating = new Map<string, AlternatingRatio[]>();
   try {
     for (const name of opts.models) {
       const dir = modelDir(name, scratch, log);
@@ -134,6 +135,18 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context}: ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
         models.push(entry);
       }
+      if (opts.weights.includes('bf16') && opts.weights.includes('int8')) {
+        const bf16 = loadModel(dir, { backend: new NativeBackend(), weights: 'checkpoint' });
+        const int8 = loadModel(dir, { backend: new NativeBackend(), weights: 'int8' });
+        const runs: AlternatingRatio[] = [];
+        for (const ctx of opts.decodeContexts) {
+          if (ctx + 16 > bf16.config.maxPositionEmbeddings) continue;
+          const a = alternatingDecodeRatio(bf16, int8, ctx);
+          log(`${name}: decode at ${ctx}, bf16 ${r1(a.ms_per_token.a)} vs int8 ${r1(a.ms_per_token.b)} ms/token: int8 ${r3(a.ratio)}x`);
+          runs.push(a);
+        }
+        alternating.set(name, runs);
+      }
     }
     if (opts.kvzip) kvzip = await benchKvzip(opts.kvzip, scratch, log);
   } finally {
@@ -143,7 +156,19 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
     const b = models.find((x) => x.model === m && x.weights === 'bf16') as { decode: { context: number; tokens_per_s?: number }[] } | undefined;
     const q = models.find((x) => x.model === m && x.weights === 'int8') as typeof b;
     if (!b || !q) return null;
-    return { model: m, decode_speedup: b.decode.map((d, i) => ({ context: d.context, ratio: d.tokens_per_s && q.decode[i]?.tokens_per_s ? r3(q.decode[i]!.tokens_per_s! / d.tokens_per_s) : null })) };
+    return {
+      model: m,
+      // From the separate runs above, minutes apart on a possibly shared machine.
+      decode_speedup: b.decode.map((d, i) => ({ context: d.context, ratio: d.tokens_per_s && q.decode[i]?.tokens_per_s ? r3(q.decode[i]!.tokens_per_s! / d.tokens_per_s) : null })),
+      // The two models loaded side by side, timed in alternating rounds: the controlled ratio.
+      decode_speedup_alternating: (alternating.get(m) ?? []).map((a) => ({
+        context: a.context,
+        ratio: r3(a.ratio),
+        bf16_ms_per_token: r3(a.ms_per_token.a),
+        int8_ms_per_token: r3(a.ms_per_token.b),
+        rounds: a.rounds,
+      })),
+    };
   });
   return {
     date: new Date().toISOString(),
