@@ -2,6 +2,7 @@ import type { KvCache } from '../cache/kv-cache.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { seededRandom } from '../engine/sampler.ts';
 import type { Weight } from '../tensor/backend.ts';
+import { alternate } from './alternate.ts';
 import { median } from './machine-limits.ts';
 
 function weightBytes(w: Weight): number {
@@ -47,27 +48,22 @@ export function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number 
 export interface AlternatingRatio {
   context: number;
   rounds: number;
-  /** Median ms per token of each model over all rounds. */
+  /** Median ms per token of each model (a round's figure is the median of its steps). */
   ms_per_token: { a: number; b: number };
-  /** Median over rounds of (a's ms / b's ms) within the round: b's tokens/s over a's, with the host's drift cancelled. */
+  /** Median over rounds of (a's ms / b's ms) within the round: b's tokens/s over a's. */
   ratio: number;
 }
 
 /**
- * Decode speed of two loaded models (say bf16 and int8 weights of one checkpoint) compared on a shared
- * machine: each round times `steps` tokens of one, then of the other, at the same context, and the ratio is
- * taken within the round, so a neighbour's load that comes and goes weighs on both sides alike.
+ * Decode speed of two loaded models (say bf16 and int8 weights of one checkpoint) at the same context,
+ * compared on a shared machine: `steps` tokens of each per round, alternating (see alternate()).
  */
 export function alternatingDecodeRatio(a: LoadedModel, b: LoadedModel, context: number, rounds = 8, steps = 3): AlternatingRatio {
-  const caches = [a, b].map((lm) => {
+  const side = (lm: LoadedModel) => {
     const cache = lm.newCache();
     fillCache(cache, context);
-    return { lm, cache, mark: cache.mark() };
-  });
-  const perRound: [number, number][] = [];
-  const all: [number[], number[]] = [[], []];
-  for (let r = 0; r <= rounds; r++) {
-    const medians = caches.map(({ lm, cache, mark }, side) => {
+    const mark = cache.mark();
+    return () => {
       const times: number[] = [];
       for (let i = 0; i < steps; i++) {
         const t = performance.now();
@@ -75,15 +71,9 @@ export function alternatingDecodeRatio(a: LoadedModel, b: LoadedModel, context: 
         times.push(performance.now() - t);
         cache.truncate(mark);
       }
-      if (r > 0) all[side]!.push(...times);
       return median(times);
-    });
-    if (r > 0) perRound.push([medians[0]!, medians[1]!]); // round 0 warms both up
-  }
-  return {
-    context,
-    rounds,
-    ms_per_token: { a: median(all[0]), b: median(all[1]) },
-    ratio: median(perRound.map(([x, y]) => x / y)),
+    };
   };
+  const { times, ratio } = alternate(rounds, [side(b), side(a)]);
+  return { context, rounds, ms_per_token: { a: median(times[1]!), b: median(times[0]!) }, ratio };
 }

@@ -8,6 +8,7 @@
 import type { Weight, WeightDType } from '../tensor/backend.ts';
 import { HeadStore } from '../cache/kv-cache.ts';
 import { loadAddon, NativeBackend } from '../tensor/native.ts';
+import { alternate, type Alternation } from './alternate.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 
 export interface GemvResult {
@@ -160,6 +161,36 @@ function timeGemm(be: NativeBackend, w: Weight, n: number, runs: number): number
 }
 
 /**
+ * `pass` (ms, reading `bytes`) with a tuning knob at its default `on` and at `off`, alternating round by round
+ * with the streaming probe; the knob is left at `on`.
+ */
+function compareKnob(knob: string, on: number, off: number, bytes: number, rounds: number, pass: () => number) {
+  const lib = loadAddon();
+  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+  const probes: number[] = [];
+  let a: Alternation;
+  try {
+    const at = (value: number) => () => {
+      lib.setTuning(knob, value);
+      return pass();
+    };
+    a = alternate(rounds, [at(on), at(off)], () => probes.push(...probeBandwidth(1)));
+  } finally {
+    lib.setTuning(knob, on);
+  }
+  const ms = { on: median(a.times[0]!), off: median(a.times[1]!) };
+  const GBs = { on: bytes / ms.on / 1e6, off: bytes / ms.off / 1e6 };
+  const streamGBs = median(probes);
+  return {
+    ms: { on: round(ms.on, 2), off: round(ms.off, 2) },
+    GBs: { on: round(GBs.on, 1), off: round(GBs.off, 1) },
+    streamGBs: round(streamGBs, 1),
+    fraction: { on: round(GBs.on / streamGBs, 3), off: round(GBs.off / streamGBs, 3) },
+    speedup: round(a.ratio, 2),
+  };
+}
+
+/**
  * Decode attention from DRAM: one query through every layer of a cache far larger than the L3, with the
  * AVX2 address-order kernels (attn_rows 1) and the paired ones (attn_rows 0) alternating round by round.
  * Elsewhere (AVX-512, scalar) both variants take the same path.
@@ -170,8 +201,6 @@ export function benchDecodeAttention(
   context: number,
   rounds: number,
 ): AttentionResult {
-  const lib = loadAddon();
-  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
   const { layers, heads, kvHeads, headDim: d } = shape;
   const positions = Int32Array.from({ length: context }, (_, i) => i);
   const cache = Array.from({ length: layers }, (_, l) =>
@@ -193,28 +222,8 @@ export function benchDecodeAttention(
     for (const layer of cache) be.attention({ q, out, nq: 1, nHeads: heads, nKvHeads: kvHeads, headDim: d, qPos, heads: layer, scale: 1 / Math.sqrt(d) });
     return performance.now() - t;
   };
-  const times = { addressOrder: [] as number[], paired: [] as number[] };
-  const ratios: number[] = [];
-  const probes: number[] = [];
-  try {
-    for (let r = 0; r <= rounds; r++) {
-      probes.push(...probeBandwidth(1));
-      lib.setTuning('attn_rows', 1);
-      const a = pass();
-      lib.setTuning('attn_rows', 0);
-      const b = pass();
-      if (r === 0) continue; // warm-up
-      times.addressOrder.push(a);
-      times.paired.push(b);
-      ratios.push(b / a);
-    }
-  } finally {
-    lib.setTuning('attn_rows', 1);
-  }
   const kvBytes = layers * kvHeads * context * d * 4 * 2;
-  const ms = { addressOrder: median(times.addressOrder), paired: median(times.paired) };
-  const GBs = { addressOrder: kvBytes / ms.addressOrder / 1e6, paired: kvBytes / ms.paired / 1e6 };
-  const streamGBs = median(probes);
+  const c = compareKnob('attn_rows', 1, 0, kvBytes, rounds, pass);
   return {
     shape: shape.name,
     layers,
@@ -223,11 +232,11 @@ export function benchDecodeAttention(
     headDim: d,
     context,
     kvBytes,
-    ms: { addressOrder: round(ms.addressOrder, 2), paired: round(ms.paired, 2) },
-    GBs: { addressOrder: round(GBs.addressOrder, 1), paired: round(GBs.paired, 1) },
-    streamGBs: round(streamGBs, 1),
-    fractionOfBandwidth: { addressOrder: round(GBs.addressOrder / streamGBs, 2), paired: round(GBs.paired / streamGBs, 2) },
-    speedup: round(median(ratios), 2),
+    ms: { addressOrder: c.ms.on, paired: c.ms.off },
+    GBs: { addressOrder: c.GBs.on, paired: c.GBs.off },
+    streamGBs: c.streamGBs,
+    fractionOfBandwidth: { addressOrder: c.fraction.on, paired: c.fraction.off },
+    speedup: c.speedup,
   };
 }
 
@@ -242,8 +251,6 @@ export function benchDecodeMatmuls(
   dtype: 'bf16' | 'int8/g128',
   rounds: number,
 ): DecodeMatmulsResult {
-  const lib = loadAddon();
-  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
   const { layers, hidden: H, intermediate: I, kvDim, vocab } = shape;
   const make = (rows: number, cols: number, seed: number) => (dtype === 'bf16' ? fillWeight('bf16', rows, cols, seed) : fillWeight('int8', rows, cols, seed, 128));
   const ws: Weight[] = [];
@@ -258,37 +265,17 @@ export function benchDecodeMatmuls(
     for (const w of ws) be.matmul(out, x, 1, w);
     return performance.now() - t;
   };
-  const times = { streams: [] as number[], passes: [] as number[] };
-  const ratios: number[] = [];
-  const probes: number[] = [];
-  try {
-    for (let r = 0; r <= rounds; r++) {
-      probes.push(...probeBandwidth(1));
-      lib.setTuning('gemv_streams', 4);
-      const a = pass();
-      lib.setTuning('gemv_streams', 0);
-      const b = pass();
-      if (r === 0) continue; // warm-up
-      times.streams.push(a);
-      times.passes.push(b);
-      ratios.push(b / a);
-    }
-  } finally {
-    lib.setTuning('gemv_streams', 4);
-  }
-  const ms = { streams: median(times.streams), passes: median(times.passes) };
-  const GBs = { streams: bytes / ms.streams / 1e6, passes: bytes / ms.passes / 1e6 };
-  const streamGBs = median(probes);
+  const c = compareKnob('gemv_streams', 4, 0, bytes, rounds, pass);
   return {
     shape: shape.name,
     dtype,
     layers,
     bytes,
-    ms: { streams: round(ms.streams, 2), passes: round(ms.passes, 2) },
-    GBs: { streams: round(GBs.streams, 1), passes: round(GBs.passes, 1) },
-    streamGBs: round(streamGBs, 1),
-    fractionOfBandwidth: { streams: round(GBs.streams / streamGBs, 3), passes: round(GBs.passes / streamGBs, 3) },
-    speedup: round(median(ratios), 2),
+    ms: { streams: c.ms.on, passes: c.ms.off },
+    GBs: { streams: c.GBs.on, passes: c.GBs.off },
+    streamGBs: c.streamGBs,
+    fractionOfBandwidth: { streams: c.fraction.on, passes: c.fraction.off },
+    speedup: c.speedup,
   };
 }
 

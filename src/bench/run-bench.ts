@@ -57,9 +57,11 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   try {
     for (const name of opts.models) {
       const dir = modelDir(name, scratch, log);
+      const loaded = new Map<string, LoadedModel>();
       for (const weights of opts.weights) {
         const timed = new TimedBackend(new NativeBackend());
         const lm = loadModel(dir, { backend: timed, weights: weights === 'int8' ? 'int8' : 'checkpoint' });
+        loaded.set(weights, lm);
         const wBytes = decodeWeightBytes(lm);
         const rand = seededRandom(9);
         const ids = Array.from({ length: opts.prefillTokens }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
@@ -135,9 +137,9 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context}: ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
         models.push(entry);
       }
-      if (opts.weights.includes('bf16') && opts.weights.includes('int8')) {
-        const bf16 = loadModel(dir, { backend: new NativeBackend(), weights: 'checkpoint' });
-        const int8 = loadModel(dir, { backend: new NativeBackend(), weights: 'int8' });
+      const bf16 = loaded.get('bf16');
+      const int8 = loaded.get('int8');
+      if (bf16 && int8) {
         const runs: AlternatingRatio[] = [];
         for (const ctx of opts.decodeContexts) {
           if (ctx + 16 > bf16.config.maxPositionEmbeddings) continue;
