@@ -391,15 +391,17 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
   }
 });
 
-test(`[${mode}] the bandwidth probe reads every element of its buffer`, { skip }, () => {
+test(`[${mode}] the bandwidth probe reads every element of its buffer, both read loops`, { skip }, () => {
   // streamRead returns the sum of what it read: a probe that skipped data would report bandwidth it never used.
   const lib = loadAddon()!;
   for (const n of [1_000_003, 48, 7]) {
     const buf = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 1000);
     let expect = 0;
     for (const v of buf) expect += v;
-    const got = lib.streamRead(buf);
-    assert.ok(Math.abs(got - expect) <= 1e-5 * expect + 1e-6, `n=${n}: ${got} vs ${expect}`);
+    for (const prefetching of [false, true]) {
+      const got = lib.streamRead(buf, prefetching);
+      assert.ok(Math.abs(got - expect) <= 1e-5 * expect + 1e-6, `n=${n}, prefetching ${prefetching}: ${got} vs ${expect}`);
+    }
   }
 });
 

@@ -12,36 +12,8 @@ namespace {
 
 #define AVX2 "avx2,fma,f16c"
 
-// Rows are read in passes of R rows (indices rr[0..R)). Two ways to keep DRAM busy (PrefetchPolicy):
-// - streams == 0: a pass is R consecutive rows, and it prefetches the next pass linearly at the rate it
-//   consumes its own;
-// - streams > 0: a thread's rows are cut into `streams` contiguous ranges and a pass takes one row from each,
-//   so each range is one long stream, and every row prefetches `ahead` bytes further along its own stream.
-struct PassPrefetch {
-  const char* next = nullptr;  // streams == 0: the next pass's first byte
-  long ahead = 0;              // streams > 0
-  int level = 0;               // 0 off, 1 into L1, 2 into L2
-};
-
-// Always inlined: GCC treats a function that only prefetches as free of side effects and drops calls to it.
-__attribute__((always_inline)) inline void prefetch_at(const char* p, int level) {
-  if (level == 1) _mm_prefetch(p, _MM_HINT_T0);
-  else _mm_prefetch(p, _MM_HINT_T1);
-}
-
-// Called once per 64 bytes the rows advance, at byte offset `off` of the rows: a line of each row further
-// along its range, or R lines of the next pass.
-template <int R>
-__attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf, const char* const* row, long off) {
-  if (!pf.level) return;
-  if (pf.next) {
-    #pragma GCC unroll 8
-    for (int q = 0; q < R; q++) prefetch_at(pf.next + R * off + 64 * q, pf.level);
-  } else {
-    #pragma GCC unroll 8
-    for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
-  }
-}
+using gemv::PassPrefetch;
+using gemv::prefetch_line;
 
 template <int R, int N>
 __attribute__((target(AVX2))) void rows_bf16_pairs(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
@@ -185,65 +157,19 @@ __attribute__((target(AVX2))) void rows_int8(const Matmul& m, const long* rr, co
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = hsum256(acc[q][t]) + tail[q][t];
 }
 
-template <int R, int N>
-void rows(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
-  switch (m.w.type) {
-    case W_I8:
-      if (m.w.cols % m.w.group == 0 && m.w.group % 8 == 0) return rows_int8<R, N, true>(m, rr, pf);
-      return rows_int8<R, N, false>(m, rr, pf);
-    case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
-    case W_F16: return rows_float<R, N, W_F16>(m, rr, pf);
-    default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, rr, pf) : rows_float<R, N, W_BF16>(m, rr, pf);
-  }
-}
-
-long element_size(int t) { return t == W_F32 ? 4 : t == W_I8 ? 1 : 2; }
-
-template <int N>
-void run_passes(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  constexpr int R = N <= 2 ? 4 : 2;
-  const long row_bytes = m.w.cols * element_size(m.w.type);
-  const int level = pf.level && R * row_bytes <= pf.max_pass ? pf.level : 0;
-  long r = r0;
-  for (; r + R <= r1; r += R) {
-    long rr[R];
-    for (int q = 0; q < R; q++) rr[q] = r + q;
-    PassPrefetch p;
-    p.next = static_cast<const char*>(m.w.data) + (r + R) * row_bytes;
-    p.level = level;
-    rows<R, N>(m, xe, xo, rr, p);
-  }
-  for (; r < r1; r++) rows<1, N>(m, xe, xo, &r, PassPrefetch{});
-}
-
-template <int S, int N>
-void run_streams(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  const long per = (r1 - r0) / S;
-  PassPrefetch p;
-  p.ahead = pf.ahead;
-  p.level = pf.level;
-  for (long i = 0; i < per; i++) {
-    long rr[S];
-    for (int j = 0; j < S; j++) rr[j] = r0 + j * per + i;
-    rows<S, N>(m, xe, xo, rr, p);
-  }
-  for (long r = r0 + S * per; r < r1; r++) rows<1, N>(m, xe, xo, &r, p);
-}
-
-template <int N>
-void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  if (pf.streams <= 0) return run_passes<N>(m, xe, xo, r0, r1, pf);
-  if constexpr (N > 2) return run_streams<2, N>(m, xe, xo, r0, r1, pf);
-  else if constexpr (N == 2) return run_streams<4, N>(m, xe, xo, r0, r1, pf);
-  else switch (pf.streams) {
-      case 1: return run_streams<1, N>(m, xe, xo, r0, r1, pf);
-      case 2: return run_streams<2, N>(m, xe, xo, r0, r1, pf);
-      case 3: return run_streams<3, N>(m, xe, xo, r0, r1, pf);
-      case 4: return run_streams<4, N>(m, xe, xo, r0, r1, pf);
-      case 5: return run_streams<5, N>(m, xe, xo, r0, r1, pf);
-      default: return run_streams<6, N>(m, xe, xo, r0, r1, pf);
+struct Avx2Rows {
+  template <int R, int N>
+  static void rows(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
+    switch (m.w.type) {
+      case W_I8:
+        if (m.w.cols % m.w.group == 0 && m.w.group % 8 == 0) return rows_int8<R, N, true>(m, rr, pf);
+        return rows_int8<R, N, false>(m, rr, pf);
+      case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
+      case W_F16: return rows_float<R, N, W_F16>(m, rr, pf);
+      default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, rr, pf) : rows_float<R, N, W_BF16>(m, rr, pf);
     }
-}
+  }
+};
 
 }  // namespace
 
@@ -259,12 +185,7 @@ void split_even_odd(const float* x, long n, long K, float* xe, float* xo) {
 }
 
 void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  switch (m.n) {
-    case 1: return run<1>(m, xe, xo, r0, r1, pf);
-    case 2: return run<2>(m, xe, xo, r0, r1, pf);
-    case 3: return run<3>(m, xe, xo, r0, r1, pf);
-    default: return run<4>(m, xe, xo, r0, r1, pf);
-  }
+  gemv::walk<Avx2Rows>(m, xe, xo, r0, r1, pf);
 }
 
 }  // namespace kvlab

@@ -25,23 +25,25 @@ namespace {
 constexpr long GEMM_MIN_N = 8;  // from here on a packed GEMM beats re-streaming the weights per row
 constexpr int NR = 32;          // output columns (weight rows) per packed panel
 constexpr int MR = 8;           // activation rows per register tile
-// Tuning knobs (set_tuning): how decode GEMVs walk and prefetch their rows; the int8 GEMV flavour.
+// Tuning knobs (set_tuning): how decode GEMVs walk and prefetch their rows (gemv_walk.h); the int8 GEMV flavour.
 // Decode GEMVs read a few rows at a time; without help the hardware prefetcher restarts at every row and
-// short rows (2-4 KiB) lose up to a third of the bandwidth. The AVX-512 GEMVs read passes of consecutive rows,
-// each prefetching the next pass into L2 linearly at the rate it consumes its own (measured on an AMD EPYC
-// with AVX-512, interleaved A/B: int8 8192x2048 0.77 -> 0.89 of streaming bandwidth, bf16 2048x8192 0.83 -> 1.0).
-// The AVX2 GEMVs instead cut each thread's rows into GEMV_STREAMS contiguous ranges, take one row from each
-// per pass, and prefetch GEMV_AHEAD bytes along each range into L2. Measured on a Zen 3 without AVX-512
-// (2 threads, random-weight checkpoints, decode at 1K, alternating per round): llama-3.2-1b bf16 1.23x and
-// int8/g128 1.17x tokens/s, qwen2.5-0.5b bf16 1.38x over the passes; prefetching 768 bytes ahead was worse
-// than 384-512, and without any prefetch int8 gained nothing.
-int PREFETCH = 2;                 // 0 off, 1 into L1, 2 into L2
+// short rows (2-4 KiB) lose up to a third of the bandwidth. Each thread's rows are cut into GEMV_STREAMS
+// contiguous ranges, a pass takes one row from each, and every row prefetches a fixed distance ahead along its
+// range (gemv_streams 0: the older passes of consecutive rows, each prefetching the next pass). Measured
+// alternating in one process, 2 threads, decode matmuls of llama-3.2-1b from DRAM:
+// - AVX2 kernels on a Zen 3 (no AVX-512): ranges 1.17-1.38x tokens/s over the passes (whole decode at 1K);
+//   512 bytes ahead into L2 was best (768 worse, 256 worse).
+// - AVX-512 kernels on a Zen 5: bf16 76.1 GB/s and int8/g128 62.4 GB/s, against 38.2 and 45.6 for the passes
+//   into L2; 2048 bytes ahead into L1 beat 1024 and 4096, and into L2 (bf16 74.8 vs 68.4 GB/s, int8 62.4 vs 59.5).
+int PREFETCH_AVX2 = 2;            // 0 off, 1 into L1, 2 into L2
+int PREFETCH_AVX512 = 1;
 long PREFETCH_MAX_PASS = 1 << 18; // passes: only when one pass (rows per pass x row bytes) is at most this many bytes
-int GEMV_STREAMS = 4;             // AVX2: row ranges read side by side per thread (0: passes of consecutive rows)
-long GEMV_AHEAD = 512;            // AVX2 ranges: prefetch distance along each range, bytes
+int GEMV_STREAMS = 4;             // row ranges read side by side per thread (0: passes of consecutive rows)
+long GEMV_AHEAD_AVX2 = 512;       // prefetch distance along each range, bytes
+long GEMV_AHEAD_AVX512 = 2048;
 
 inline void prefetch_line(const void* p) {
-  if (PREFETCH == 1) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
+  if (PREFETCH_AVX512 == 1) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
   else _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
 }
 int INT8_MODE = -1;  // -1: default (set below), 0: dequantize in registers, 1: VNNI
@@ -126,161 +128,7 @@ void gemv_scalar(const Matmul& m, long r0, long r1) {
   }
 }
 
-// ---------- AVX-512 GEMV, f32 / f16 (and bf16 with odd K): weights widened exactly in registers ----------
-
-__attribute__((target(AVX512 ",f16c")))
-inline __m512 load_w16(const WeightRef& w, long off, __mmask16 mask) {
-  switch (w.type) {
-    case W_F32: return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w.data) + off);
-    case W_BF16: {
-      const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.data) + off);
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    default: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.data) + off));
-  }
-}
-
-template <int N>
-__attribute__((target(AVX512 ",f16c")))
-void gemv_avx512_n(const Matmul& m, long r0, long r1) {
-  const long K = m.w.cols, R = m.w.rows, es = m.w.type == W_F32 ? 4 : 2;
-  const bool prefetch = PREFETCH && 2 * K * es <= PREFETCH_MAX_PASS;
-  const char* bytes = static_cast<const char*>(m.w.data);
-  long r = r0;
-  for (; r + 2 <= r1; r += 2) {
-    __m512 acc0[N], acc1[N];
-    for (int t = 0; t < N; t++) acc0[t] = acc1[t] = _mm512_setzero_ps();
-    for (long k = 0; k < K; k += 16) {
-      if (prefetch) {
-        const char* next = bytes + (r + 2) * K * es + 2 * k * es;
-        prefetch_line(next);
-        if (es == 4) prefetch_line(next + 64);
-      }
-      const __mmask16 mask = mask16(K - k);
-      const __m512 w0 = load_w16(m.w, r * K + k, mask), w1 = load_w16(m.w, (r + 1) * K + k, mask);
-      for (int t = 0; t < N; t++) {
-        const __m512 xv = _mm512_maskz_loadu_ps(mask, m.x + t * K + k);
-        acc0[t] = _mm512_fmadd_ps(w0, xv, acc0[t]);
-        acc1[t] = _mm512_fmadd_ps(w1, xv, acc1[t]);
-      }
-    }
-    for (int t = 0; t < N; t++) {
-      m.out[t * R + r] = _mm512_reduce_add_ps(acc0[t]);
-      m.out[t * R + r + 1] = _mm512_reduce_add_ps(acc1[t]);
-    }
-  }
-  for (; r < r1; r++) {
-    __m512 acc[N];
-    for (int t = 0; t < N; t++) acc[t] = _mm512_setzero_ps();
-    for (long k = 0; k < K; k += 16) {
-      const __mmask16 mask = mask16(K - k);
-      const __m512 w0 = load_w16(m.w, r * K + k, mask);
-      for (int t = 0; t < N; t++) acc[t] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, m.x + t * K + k), acc[t]);
-    }
-    for (int t = 0; t < N; t++) m.out[t * R + r] = _mm512_reduce_add_ps(acc[t]);
-  }
-}
-
-// bf16 weights, even K: 32 weights per 512-bit load; even elements widen by a shift, odd ones by a mask, and
-// meet activations split into even and odd halves once per call. Exact (fp32 products, fp32 sums).
-template <int N, bool MASKED>
-__attribute__((target(AVX512)))
-inline void bf16_pairs_step(const uint16_t* W, long K, long r, long kk, __mmask16 mask, const float* xe, const float* xo, long K2,
-                            __m512 (&acc)[4][N], bool prefetch) {
-  const __m512i hi_mask = _mm512_set1_epi32(int(0xffff0000u));
-  __m512 xev[N], xov[N];
-  for (int t = 0; t < N; t++) {
-    xev[t] = MASKED ? _mm512_maskz_loadu_ps(mask, xe + t * K2 + kk) : _mm512_loadu_ps(xe + t * K2 + kk);
-    xov[t] = MASKED ? _mm512_maskz_loadu_ps(mask, xo + t * K2 + kk) : _mm512_loadu_ps(xo + t * K2 + kk);
-  }
-  // One pass ahead: the next four rows are prefetched linearly at the rate these four are consumed.
-  if (!MASKED && prefetch)
-    for (int q = 0; q < 4; q++) prefetch_line(reinterpret_cast<const char*>(W + (r + 4) * K + 8 * kk) + 64 * q);
-  for (int q = 0; q < 4; q++) {
-    const uint16_t* src = W + (r + q) * K + 2 * kk;
-    const __m512i v = MASKED ? _mm512_maskz_loadu_epi32(mask, src) : _mm512_loadu_si512(src);
-    const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-    const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(v, hi_mask));
-    for (int t = 0; t < N; t++) {
-      acc[q][t] = _mm512_fmadd_ps(even, xev[t], acc[q][t]);
-      acc[q][t] = _mm512_fmadd_ps(odd, xov[t], acc[q][t]);
-    }
-  }
-}
-
-template <int N>
-__attribute__((target(AVX512 ",f16c")))
-void gemv_bf16_pairs(const Matmul& m, const float* xe, const float* xo, long r0, long r1) {
-  const long K = m.w.cols, K2 = K / 2, R = m.w.rows;
-  const long full = K2 - K2 % 16;
-  const uint16_t* W = static_cast<const uint16_t*>(m.w.data);
-  const bool prefetch = PREFETCH && 4 * K * 2 <= PREFETCH_MAX_PASS;
-  long r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    __m512 acc[4][N];
-    for (int q = 0; q < 4; q++)
-      for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-    for (long kk = 0; kk < full; kk += 16) bf16_pairs_step<N, false>(W, K, r, kk, 0xffff, xe, xo, K2, acc, prefetch);
-    if (full < K2) bf16_pairs_step<N, true>(W, K, r, full, mask16(K2 - full), xe, xo, K2, acc, false);
-    for (int q = 0; q < 4; q++)
-      for (int t = 0; t < N; t++) m.out[t * R + r + q] = _mm512_reduce_add_ps(acc[q][t]);
-  }
-  if (r < r1) gemv_avx512_n<N>(m, r, r1);
-}
-
-// ---------- int8 GEMV, two ways (KVLAB_INT8_GEMV=dequant|vnni picks; see int8_gemv_mode) ----------
-
-// Dequantize in registers: int8 -> fp32, fp32 products with the exact activations, one scale per group.
-template <int R, int N>
-__attribute__((target(AVX512)))
-void gemv_i8_dequant_rows(const Matmul& m, long r) {
-  const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row();
-  const int8_t* W = static_cast<const int8_t*>(m.w.data);
-  const bool prefetch = PREFETCH && R * K <= PREFETCH_MAX_PASS;
-  __m512 acc[R][N];
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-  for (long g = 0; g < ngroups; g++) {
-    const long k0 = g * G, k1 = std::min(K, k0 + G);
-    __m512 ga[R][N];
-    for (int q = 0; q < R; q++)
-      for (int t = 0; t < N; t++) ga[q][t] = _mm512_setzero_ps();
-    long k = k0;
-    for (; k + 16 <= k1; k += 16) {
-      __m512 xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_ps(m.x + t * K + k);
-      if (prefetch && k % 64 == 0)
-        for (int q = 0; q < R; q++) prefetch_line(W + (r + R) * K + R * k + 64 * q);
-      for (int q = 0; q < R; q++) {
-        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W + (r + q) * K + k))));
-        for (int t = 0; t < N; t++) ga[q][t] = _mm512_fmadd_ps(wv, xv[t], ga[q][t]);
-      }
-    }
-    if (k < k1) {
-      const __mmask16 mask = mask16(k1 - k);
-      __m512 xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_maskz_loadu_ps(mask, m.x + t * K + k);
-      for (int q = 0; q < R; q++) {
-        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, W + (r + q) * K + k)));
-        for (int t = 0; t < N; t++) ga[q][t] = _mm512_fmadd_ps(wv, xv[t], ga[q][t]);
-      }
-    }
-    for (int q = 0; q < R; q++) {
-      const __m512 s = _mm512_set1_ps(m.w.scales[(r + q) * ngroups + g]);
-      for (int t = 0; t < N; t++) acc[q][t] = _mm512_fmadd_ps(ga[q][t], s, acc[q][t]);
-    }
-  }
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * m.w.rows + r + q] = _mm512_reduce_add_ps(acc[q][t]);
-}
-
-template <int N>
-void gemv_i8_dequant(const Matmul& m, long r0, long r1) {
-  constexpr int R = N <= 2 ? 4 : 2;
-  long r = r0;
-  for (; r + R <= r1; r += R) gemv_i8_dequant_rows<R, N>(m, r);
-  for (; r < r1; r++) gemv_i8_dequant_rows<1, N>(m, r);
-}
+// ---------- int8 GEMV on VNNI (opt-in: KVLAB_INT8_GEMV=vnni; the default dequantizes in registers, gemv_avx512.cc) ----------
 
 // VNNI: activations quantized to int8 per (token, block) on the fly and shifted to u8 (+128); vpdpbusd sums
 // four u8 x s8 products per lane; a second vpdpbusd against a constant 128 gives 128 * (block sum of the
@@ -326,7 +174,7 @@ void gemv_i8_vnni_rows(const Matmul& m, const QuantizedActivations& qa, long r) 
   const bool per_row = m.w.per_row();
   const long ngroups = m.w.groups_per_row();
   const __m512i c128 = _mm512_set1_epi8(char(0x80));
-  const bool prefetch = PREFETCH && R * K <= PREFETCH_MAX_PASS;
+  const bool prefetch = PREFETCH_AVX512 && R * K <= PREFETCH_MAX_PASS;
   __m512 facc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) facc[q][t] = _mm512_setzero_ps();
@@ -577,11 +425,26 @@ void gemm_bf16(const Matmul& m) {
 }
 
 // Activation rows in blocks of at most four, each block's rows split over the pool.
-void gemv_avx2_dispatch(const Matmul& m) {
+void gemv_dispatch(const Matmul& m, bool avx512) {
+  if (avx512 && m.w.type == W_I8 && int8_use_vnni() && m.n <= 4) {
+    QuantizedActivations qa;
+    quantize_activations(m, vnni_block(m.w), qa);
+    run_rows(m.w.rows, [&](long r0, long r1) {
+      switch (m.n) {
+        case 1: return gemv_i8_vnni<1>(m, qa, r0, r1);
+        case 2: return gemv_i8_vnni<2>(m, qa, r0, r1);
+        case 3: return gemv_i8_vnni<3>(m, qa, r0, r1);
+        default: return gemv_i8_vnni<4>(m, qa, r0, r1);
+      }
+    });
+    return;
+  }
   const long K = m.w.cols, K2 = K / 2;
-  const bool pairs = gemv_avx2_uses_pairs(m.w);
+  const bool pairs = !avx512 && gemv_avx2_uses_pairs(m.w);
   std::vector<float> split(pairs ? size_t(2 * m.n * K2) : 0);
   if (pairs) split_even_odd(m.x, m.n, K, split.data(), split.data() + m.n * K2);
+  const PrefetchPolicy pf = avx512 ? PrefetchPolicy{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX512}
+                                  : PrefetchPolicy{PREFETCH_AVX2, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX2};
   run_rows(m.w.rows, [&](long r0, long r1) {
     for (long t0 = 0; t0 < m.n; t0 += 4) {
       Matmul s = m;
@@ -590,72 +453,8 @@ void gemv_avx2_dispatch(const Matmul& m) {
       s.n = std::min<long>(4, m.n - t0);
       const float* xe = pairs ? split.data() + t0 * K2 : nullptr;
       const float* xo = pairs ? split.data() + (m.n + t0) * K2 : nullptr;
-      gemv_avx2(s, xe, xo, r0, r1, {PREFETCH, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD});
-    }
-  });
-}
-
-void gemv_avx512_dispatch(const Matmul& m) {
-  const CpuFeatures& f = cpu();
-  if (m.w.type == W_I8) {
-    if (int8_use_vnni() && m.n <= 4) {
-      QuantizedActivations qa;
-      quantize_activations(m, vnni_block(m.w), qa);
-      run_rows(m.w.rows, [&](long r0, long r1) {
-        switch (m.n) {
-          case 1: return gemv_i8_vnni<1>(m, qa, r0, r1);
-          case 2: return gemv_i8_vnni<2>(m, qa, r0, r1);
-          case 3: return gemv_i8_vnni<3>(m, qa, r0, r1);
-          default: return gemv_i8_vnni<4>(m, qa, r0, r1);
-        }
-      });
-      return;
-    }
-    run_rows(m.w.rows, [&](long r0, long r1) {
-      for (long t0 = 0; t0 < m.n; t0 += 4) {
-        Matmul s = m;
-        s.x = m.x + t0 * m.w.cols;
-        s.out = m.out + t0 * m.w.rows;
-        s.n = std::min<long>(4, m.n - t0);
-        switch (s.n) {
-          case 1: gemv_i8_dequant<1>(s, r0, r1); break;
-          case 2: gemv_i8_dequant<2>(s, r0, r1); break;
-          case 3: gemv_i8_dequant<3>(s, r0, r1); break;
-          default: gemv_i8_dequant<4>(s, r0, r1); break;
-        }
-      }
-    });
-    return;
-  }
-  (void)f;
-  if (m.w.type == W_BF16 && m.w.cols % 2 == 0 && m.n <= 4) {
-    const long K2 = m.w.cols / 2;
-    std::vector<float> xs(size_t(2 * m.n * K2));
-    float* xe = xs.data();
-    float* xo = xs.data() + m.n * K2;
-    split_even_odd(m.x, m.n, m.w.cols, xe, xo);
-    run_rows(m.w.rows, [&](long r0, long r1) {
-      switch (m.n) {
-        case 1: return gemv_bf16_pairs<1>(m, xe, xo, r0, r1);
-        case 2: return gemv_bf16_pairs<2>(m, xe, xo, r0, r1);
-        case 3: return gemv_bf16_pairs<3>(m, xe, xo, r0, r1);
-        default: return gemv_bf16_pairs<4>(m, xe, xo, r0, r1);
-      }
-    });
-    return;
-  }
-  run_rows(m.w.rows, [&](long r0, long r1) {
-    for (long t0 = 0; t0 < m.n; t0 += 4) {
-      Matmul s = m;
-      s.x = m.x + t0 * m.w.cols;
-      s.out = m.out + t0 * m.w.rows;
-      s.n = std::min<long>(4, m.n - t0);
-      switch (s.n) {
-        case 1: gemv_avx512_n<1>(s, r0, r1); break;
-        case 2: gemv_avx512_n<2>(s, r0, r1); break;
-        case 3: gemv_avx512_n<3>(s, r0, r1); break;
-        default: gemv_avx512_n<4>(s, r0, r1); break;
-      }
+      if (avx512) gemv_avx512(s, xe, xo, r0, r1, pf);
+      else gemv_avx2(s, xe, xo, r0, r1, pf);
     }
   });
 }
@@ -679,10 +478,10 @@ Path choose(long n, const WeightRef& w, bool bf16_activations) {
 }  // namespace
 
 bool set_tuning(const std::string& key, double value) {
-  if (key == "prefetch") PREFETCH = int(value);
+  if (key == "prefetch") PREFETCH_AVX2 = PREFETCH_AVX512 = int(value);
   else if (key == "prefetch_max_pass") PREFETCH_MAX_PASS = long(value);
   else if (key == "gemv_streams") GEMV_STREAMS = int(value);
-  else if (key == "gemv_ahead") GEMV_AHEAD = long(value);
+  else if (key == "gemv_ahead") GEMV_AHEAD_AVX2 = GEMV_AHEAD_AVX512 = long(value);
   else if (key == "int8_vnni") INT8_MODE = value != 0 ? 1 : 0;
   else if (key.rfind("gemm_", 0) == 0) return gemm_avx2_set(key.c_str() + 5, long(value));
   else if (key.rfind("attn_", 0) == 0) return attention_set(key.substr(5), value);
@@ -721,12 +520,12 @@ void matmul(const Matmul& m, bool bf16_activations) {
   }
   switch (choose(m.n, m.w, bf16_activations)) {
     case Path::Scalar: return run_rows(m.w.rows, [&](long r0, long r1) { gemv_scalar(m, r0, r1); });
-    case Path::Avx2Gemv: return gemv_avx2_dispatch(m);
+    case Path::Avx2Gemv: return gemv_dispatch(m, false);
     case Path::Avx2Gemm: return gemm_f32_avx2(m);
     case Path::Avx512Gemv:
     case Path::Avx512Bf16Gemv:
     case Path::Int8Vnni:
-    case Path::Int8Dequant: return gemv_avx512_dispatch(m);
+    case Path::Int8Dequant: return gemv_dispatch(m, true);
     case Path::Avx512F32Gemm: return gemm_f32(m);
     case Path::Avx512Bf16Gemm: return gemm_bf16(m);
     case Path::Amx:

@@ -10,6 +10,7 @@ import { NativeBackend } from '../tensor/native.ts';
 import { decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
 import { writeGguf } from './gguf-writer.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
+import { BENCH_MMAP } from './run-bench.ts';
 
 /**
  * kvlab against llama.cpp (through node-llama-cpp) on the same random weights: kvlab reads the bf16
@@ -44,7 +45,7 @@ interface NodeLlamaCpp {
   getLlama(o: Record<string, unknown>): Promise<{
     systemInfo: string;
     llamaCppRelease: { repo: string; release: string };
-    loadModel(o: { modelPath: string }): Promise<{
+    loadModel(o: { modelPath: string; useMmap?: boolean }): Promise<{
       createContext(o: Record<string, unknown>): Promise<{
         getSequence(): LlamaSequence;
         dispose(): Promise<void>;
@@ -78,12 +79,12 @@ async function importPeer(peerDir: string): Promise<NodeLlamaCpp & { version: st
 
 async function llamaSide(peer: NodeLlamaCpp & { version: string }, gguf: string, threads: number, contextSize: number, batchSize: number): Promise<LlamaSide> {
   const llama = await peer.getLlama({ gpu: false, build: 'never', maxThreads: threads, logLevel: 'error' });
-  const model = await llama.loadModel({ modelPath: gguf });
+  const model = await llama.loadModel({ modelPath: gguf, useMmap: BENCH_MMAP });
   const ctx = await model.createContext({ contextSize, batchSize, threads });
   const seq = ctx.getSequence();
   let next = 0;
   return {
-    describe: { package: `node-llama-cpp@${peer.version}`, llama_cpp: llama.llamaCppRelease, cpu: llama.systemInfo.trim(), weights: 'F16', threads },
+    describe: { package: `node-llama-cpp@${peer.version}`, llama_cpp: llama.llamaCppRelease, cpu: llama.systemInfo.trim(), weights: 'F16', threads, mmap: BENCH_MMAP },
     async prefillMs(ids) {
       await seq.clearHistory();
       const t = performance.now();
@@ -173,7 +174,7 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
       log(`${name}: writing the same weights as F16 GGUF`);
       writeGguf(dir, gguf, { name: `${name} (random weights)` });
 
-      const lm = loadModel(dir, { backend: new NativeBackend() });
+      const lm = loadModel(dir, { backend: new NativeBackend(), mmap: BENCH_MMAP });
       const rand = seededRandom(3);
       const ids = Array.from({ length: Math.max(opts.prefillTokens, opts.decodeContext) }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
       const llama = await llamaSide(peer, gguf, opts.threads, opts.decodeContext + opts.decodeSteps + 16, opts.prefillTokens);
@@ -231,5 +232,5 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
-  return { date: new Date().toISOString(), kvlab_backend: new NativeBackend().describe(), peer: peerInfo, same_function_check: golden, models: results };
+  return { date: new Date().toISOString(), kvlab_backend: new NativeBackend().describe(), kvlab_weights_mapped: BENCH_MMAP, peer: peerInfo, same_function_check: golden, models: results };
 }

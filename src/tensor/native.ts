@@ -84,7 +84,8 @@ export interface Addon {
   mapRegion(file: MappedFile, offset: number, length: number): ArrayBuffer;
   mappedSize(file: MappedFile): number;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
-  streamRead(buf: Float32Array): number;
+  /** Sum of buf read on every pool thread: three plain streams per thread, or four that prefetch ahead. */
+  streamRead(buf: Float32Array, prefetching: boolean): number;
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
   fmaPeak(threads?: number): number;
   /**

@@ -1,0 +1,115 @@
+#pragma once
+// How decode GEMVs walk and prefetch a thread's rows, shared by the AVX2 and AVX-512 kernels. A kernel type
+// K provides `template <int R, int N> static void rows(const Matmul&, const float* xe, const float* xo,
+// const long* rr, const PassPrefetch&)`, which computes rows rr[0..R) for N activation rows and calls
+// prefetch_line once per 64 bytes its rows advance.
+#include <immintrin.h>
+
+#include "matmul.h"
+
+namespace kvlab {
+
+// level: 0 off, 1 into L1, 2 into L2. streams == 0: passes of consecutive rows, each prefetching the next pass
+// (only when a pass is at most max_pass bytes); streams > 0: that many contiguous row ranges read side by side
+// (for one activation row; more rows use fewer), each prefetched `ahead` bytes along its own range.
+struct PrefetchPolicy {
+  int level;
+  long max_pass;
+  int streams;
+  long ahead;
+};
+
+namespace gemv {
+
+// Rows are read in passes of R rows (indices rr[0..R)). Two ways to keep DRAM busy (PrefetchPolicy):
+// - streams == 0: a pass is R consecutive rows, and it prefetches the next pass linearly at the rate it
+//   consumes its own;
+// - streams > 0: a thread's rows are cut into `streams` contiguous ranges and a pass takes one row from each,
+//   so each range is one long stream, and every row prefetches `ahead` bytes further along its own stream.
+struct PassPrefetch {
+  const char* next = nullptr;  // streams == 0: the next pass's first byte
+  long ahead = 0;              // streams > 0
+  int level = 0;
+};
+
+// Always inlined: GCC treats a function that only prefetches as free of side effects and drops calls to it.
+__attribute__((always_inline)) inline void prefetch_at(const char* p, int level) {
+  if (level == 1) _mm_prefetch(p, _MM_HINT_T0);
+  else _mm_prefetch(p, _MM_HINT_T1);
+}
+
+// Called once per 64 bytes the rows advance, at byte offset `off` of the rows: a line of each row further
+// along its range, or R lines of the next pass.
+template <int R>
+__attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf, const char* const* row, long off) {
+  if (!pf.level) return;
+  if (pf.next) {
+    #pragma GCC unroll 8
+    for (int q = 0; q < R; q++) prefetch_at(pf.next + R * off + 64 * q, pf.level);
+  } else {
+    #pragma GCC unroll 8
+    for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
+  }
+}
+
+inline long element_size(int t) { return t == W_F32 ? 4 : t == W_I8 ? 1 : 2; }
+
+template <class K, int N>
+void run_passes(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  constexpr int R = N <= 2 ? 4 : 2;
+  const long row_bytes = m.w.cols * element_size(m.w.type);
+  const int level = pf.level && R * row_bytes <= pf.max_pass ? pf.level : 0;
+  long r = r0;
+  for (; r + R <= r1; r += R) {
+    long rr[R];
+    for (int q = 0; q < R; q++) rr[q] = r + q;
+    PassPrefetch p;
+    p.next = static_cast<const char*>(m.w.data) + (r + R) * row_bytes;
+    p.level = level;
+    K::template rows<R, N>(m, xe, xo, rr, p);
+  }
+  for (; r < r1; r++) K::template rows<1, N>(m, xe, xo, &r, PassPrefetch{});
+}
+
+template <class K, int S, int N>
+void run_streams(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  const long per = (r1 - r0) / S;
+  PassPrefetch p;
+  p.ahead = pf.ahead;
+  p.level = pf.level;
+  for (long i = 0; i < per; i++) {
+    long rr[S];
+    for (int j = 0; j < S; j++) rr[j] = r0 + j * per + i;
+    K::template rows<S, N>(m, xe, xo, rr, p);
+  }
+  for (long r = r0 + S * per; r < r1; r++) K::template rows<1, N>(m, xe, xo, &r, p);
+}
+
+template <class K, int N>
+void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  if (pf.streams <= 0) return run_passes<K, N>(m, xe, xo, r0, r1, pf);
+  if constexpr (N > 2) return run_streams<K, 2, N>(m, xe, xo, r0, r1, pf);
+  else if constexpr (N == 2) return run_streams<K, 4, N>(m, xe, xo, r0, r1, pf);
+  else switch (pf.streams) {
+      case 1: return run_streams<K, 1, N>(m, xe, xo, r0, r1, pf);
+      case 2: return run_streams<K, 2, N>(m, xe, xo, r0, r1, pf);
+      case 3: return run_streams<K, 3, N>(m, xe, xo, r0, r1, pf);
+      case 4: return run_streams<K, 4, N>(m, xe, xo, r0, r1, pf);
+      case 5: return run_streams<K, 5, N>(m, xe, xo, r0, r1, pf);
+      default: return run_streams<K, 6, N>(m, xe, xo, r0, r1, pf);
+    }
+}
+
+// Rows [r0, r1) for m.n <= 4 activation rows.
+template <class K>
+void walk(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+  switch (m.n) {
+    case 1: return run<K, 1>(m, xe, xo, r0, r1, pf);
+    case 2: return run<K, 2>(m, xe, xo, r0, r1, pf);
+    case 3: return run<K, 3>(m, xe, xo, r0, r1, pf);
+    default: return run<K, 4>(m, xe, xo, r0, r1, pf);
+  }
+}
+
+}  // namespace gemv
+}  // namespace kvlab
