@@ -29,6 +29,10 @@ namespace {
 
 constexpr int KB = 16;       // keys per block
 constexpr int MAX_TILE = 8;  // query heads per tile
+// Tuning (attn_ahead): AVX-512 decode prefetches keys and values this many bytes ahead into L1 (0: off). On a
+// Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 20.2 vs 21.3 ms and 17.9 vs 20.2 ms per token (2048 vs off);
+// 4096 and 8192 were no better. The AVX2 flash-decoding kernels ran no faster there (22.2-22.8 vs 21.0 ms).
+long AVX512_AHEAD = 2048;
 
 struct Tile {
   int g = 0;   // KV head
@@ -174,6 +178,10 @@ void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
   for (int j0 = 0; j0 < visible; j0 += KEYS) {
     const int j1 = std::min(visible, j0 + KEYS);
+    if (AVX512_AHEAD) {
+      const char* vb = reinterpret_cast<const char*>(kv.v + long(j0) * NV * 16) + AVX512_AHEAD;
+      for (long l = 0; l < long(j1 - j0) * NV; l++) _mm_prefetch(vb + 64 * l, _MM_HINT_T0);
+    }
     for (int r = 0; r < t.n; r++) {
       const float* p = s.row(r);
       __m512 ac[NV];
@@ -262,6 +270,8 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
   for (; j + KB <= len; j += KB) {
     const float* kb = kv.k + long(j) * NV * 16;
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(kv.pos + j), qp);
+    if (AVX512_AHEAD)
+      for (int l = 0; l < KB * NV; l++) _mm_prefetch(reinterpret_cast<const char*>(kb + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
     for (int r = 0; r < t.n; r++) {
       const float* q = q_row(a, t.i, t.h0 + r);
       __m512 qv[NV];
@@ -907,6 +917,7 @@ void attention_decode_avx2(const Attention& a) {
 
 bool attention_set(const std::string& key, double value) {
   if (key == "rows") ROW_KERNELS = value != 0;
+  else if (key == "ahead") AVX512_AHEAD = long(value);
   else return false;
   return true;
 }
