@@ -391,6 +391,30 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
   }
 });
 
+test(`[${mode}] attention: P.V gives the same bits with values read per head or once for all heads`, { skip }, () => {
+  // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
+  // keys. Each head sums over the keys in the same order either way. Elsewhere both settings take one path.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  try {
+    for (const [nHeads, nKv, d] of [[8, 2, 64], [14, 2, 64], [8, 1, 128], [6, 3, 32], [10, 2, 96], [4, 2, 40]] as const)
+      for (const nq of [1, 2, 5]) {
+        const heads = Array.from({ length: nKv }, (_, g) => head(37 + 50 * g, d, Array.from({ length: 37 + 50 * g }, (_, i) => i)));
+        const q = vec(nq * nHeads * d, 2);
+        const qPos = Int32Array.from({ length: nq }, (_, i) => 60 + 20 * i);
+        const run = (on: number) => {
+          assert.ok(lib.setTuning('attn_pv_heads', on));
+          const out = new Float32Array(nq * nHeads * d);
+          nat.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) });
+          return out;
+        };
+        assert.deepEqual(run(1), run(0), `${nHeads}:${nKv} d=${d} nq=${nq}`);
+      }
+  } finally {
+    lib.setTuning('attn_pv_heads', 1);
+  }
+});
+
 test(`[${mode}] the bandwidth probe reads every element of its buffer, both read loops`, { skip }, () => {
   // streamRead returns the sum of what it read: a probe that skipped data would report bandwidth it never used.
   const lib = loadAddon()!;
