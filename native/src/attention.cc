@@ -235,7 +235,6 @@ void pv_heads(const Attention& a, const Tile& t, Scratch& s, int visible, int h0
   }
 }
 
-
 template <int NV>
 void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
   if (!PV_HEADS) return pv_tile_blocks<NV>(a, t, s, visible);

@@ -1,4 +1,4 @@
-#include "gemv_avx2.h"
+#include "gemv.h"
 
 #include <immintrin.h>
 

@@ -9,7 +9,7 @@
 
 #include <algorithm>
 
-#include "gemv_avx2.h"
+#include "gemv.h"
 
 namespace kvlab {
 namespace {
@@ -58,58 +58,15 @@ __attribute__((target(AVX512))) void rows_float(const Matmul& m, const long* rr,
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
 }
 
-// int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator.
+// int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator. The rows
+// of a pass are evenly spaced (both walks make them so): one row pointer and one stride, unmasked loads but for
+// a group's last partial step (L2-resident on one thread, 4 rows of g128 on a Zen 5: 31 -> 36-39 GB/s over a
+// pointer per row with masked loads throughout).
 template <int R, int N>
 __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, const PassPrefetch& pf) {
   const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
   const float* x = m.x;
-  const char* row[R];
-  const float* srow[R];
-  for (int q = 0; q < R; q++) {
-    row[q] = static_cast<const char*>(m.w.data) + rr[q] * K;
-    srow[q] = m.w.scales + rr[q] * ngroups;
-  }
-  __m512 acc[R][N];
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-  for (long g = 0; g < ngroups; g++) {
-    const long k0 = g * G, k1 = std::min(K, k0 + G);
-    __m512 ga[R][N];
-    for (int q = 0; q < R; q++)
-      for (int t = 0; t < N; t++) ga[q][t] = _mm512_setzero_ps();
-    auto step = [&](long k, __mmask16 mask) __attribute__((always_inline, target(AVX512))) {
-      __m512 xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * K + k);
-      for (int q = 0; q < R; q++) {
-        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, row[q] + k)));
-        for (int t = 0; t < N; t++) ga[q][t] = _mm512_fmadd_ps(wv, xv[t], ga[q][t]);
-      }
-    };
-    long k = k0;
-    for (; k + 64 <= k1; k += 64) {
-      prefetch_line<R>(pf, row, k);
-      #pragma GCC unroll 4
-      for (long u = 0; u < 64; u += 16) step(k + u, 0xffff);
-    }
-    for (; k < k1; k += 16) step(k, mask16(k1 - k));
-    for (int q = 0; q < R; q++) {
-      const __m512 s = _mm512_set1_ps(srow[q][g]);
-      for (int t = 0; t < N; t++) acc[q][t] = _mm512_fmadd_ps(ga[q][t], s, acc[q][t]);
-    }
-  }
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
-}
-
-
-// The same when every group is whole 16-column steps, with the rows of a pass evenly spaced (as both walks
-// make them): one row pointer and one stride, unmasked loads (L2-resident on one thread, 4 rows: 31 -> 39-40
-// GB/s on a Zen 5; from DRAM on two threads 1.02-1.10x on a busy host). The same sums in the same order.
-template <int R, int N>
-__attribute__((target(AVX512))) void rows_int8_strided(const Matmul& m, const long* rr, const PassPrefetch& pf) {
-  const long K = m.w.cols, G = m.w.group, ngroups = K / G, rows = m.w.rows;
-  const float* x = m.x;
-  const long stride = R > 1 ? (rr[1] - rr[0]) * K : 0, sstride = R > 1 ? (rr[1] - rr[0]) * ngroups : 0;
+  const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
   const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
   const float* s0 = m.w.scales + rr[0] * ngroups;
   const char* row[R];
@@ -118,22 +75,31 @@ __attribute__((target(AVX512))) void rows_int8_strided(const Matmul& m, const lo
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
   for (long g = 0; g < ngroups; g++) {
+    const long k0 = g * G, k1 = std::min(K, k0 + G);
     __m512 ga[R][N];
     for (int q = 0; q < R; q++)
       for (int t = 0; t < N; t++) ga[q][t] = _mm512_setzero_ps();
-    for (long k = g * G; k < (g + 1) * G; k += 64) {
+    auto step = [&](long k, bool masked) __attribute__((always_inline, target(AVX512))) {
+      const __mmask16 mask = masked ? mask16(k1 - k) : __mmask16(0xffff);
+      __m512 xv[N];
+      for (int t = 0; t < N; t++) xv[t] = masked ? _mm512_maskz_loadu_ps(mask, x + t * K + k) : _mm512_loadu_ps(x + t * K + k);
+      #pragma GCC unroll 8
+      for (int q = 0; q < R; q++) {
+        const int8_t* src = w0 + q * stride + k;
+        const __m128i b = masked ? _mm_maskz_loadu_epi8(mask, src) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+        for (int t = 0; t < N; t++) ga[q][t] = _mm512_fmadd_ps(wv, xv[t], ga[q][t]);
+      }
+    };
+    long k = k0;
+    for (; k + 64 <= k1; k += 64) {
       prefetch_line<R>(pf, row, k);
       #pragma GCC unroll 4
-      for (long u = 0; u < 64 && k + u < (g + 1) * G; u += 16) {
-        __m512 xv[N];
-        for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_ps(x + t * K + k + u);
-        #pragma GCC unroll 8
-        for (int q = 0; q < R; q++) {
-          const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w0 + q * stride + k + u))));
-          for (int t = 0; t < N; t++) ga[q][t] = _mm512_fmadd_ps(wv, xv[t], ga[q][t]);
-        }
-      }
+      for (long u = 0; u < 64; u += 16) step(k + u, false);
     }
+    if (k < k1) prefetch_line<R>(pf, row, k);
+    for (; k + 16 <= k1; k += 16) step(k, false);
+    if (k < k1) step(k, true);
     for (int q = 0; q < R; q++) {
       const __m512 s = _mm512_set1_ps(s0[q * sstride + g]);
       for (int t = 0; t < N; t++) acc[q][t] = _mm512_fmadd_ps(ga[q][t], s, acc[q][t]);
@@ -147,9 +113,7 @@ struct Avx512Rows {
   template <int R, int N>
   static void rows(const Matmul& m, const float*, const float*, const long* rr, const PassPrefetch& pf) {
     switch (m.w.type) {
-      case W_I8:
-        if (m.w.cols % m.w.group == 0 && m.w.group % 16 == 0) return rows_int8_strided<R, N>(m, rr, pf);
-        return rows_int8<R, N>(m, rr, pf);
+      case W_I8: return rows_int8<R, N>(m, rr, pf);
       case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
       case W_F16: return rows_float<R, N, W_F16>(m, rr, pf);
       default: return rows_float<R, N, W_BF16>(m, rr, pf);

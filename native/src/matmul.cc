@@ -14,7 +14,7 @@
 #include "attention.h"
 #include "cpu.h"
 #include "gemm_avx2.h"
-#include "gemv_avx2.h"
+#include "gemv.h"
 #include "pool.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
@@ -42,10 +42,6 @@ int GEMV_STREAMS = 4;             // row ranges read side by side per thread (0:
 long GEMV_AHEAD_AVX2 = 512;       // prefetch distance along each range, bytes
 long GEMV_AHEAD_AVX512 = 2048;
 
-inline void prefetch_line(const void* p) {
-  if (PREFETCH_AVX512 == 1) _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
-  else _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
-}
 int INT8_MODE = -1;  // -1: default (set below), 0: dequantize in registers, 1: VNNI
 
 // 64-byte aligned scratch.
@@ -190,7 +186,7 @@ void gemv_i8_vnni_rows(const Matmul& m, const QuantizedActivations& qa, long r) 
       __m512i xv[N];
       for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.xu.data() + t * qa.kp + k);
       if (prefetch)
-        for (int q = 0; q < R; q++) prefetch_line(W + (r + R) * K + R * k + 64 * q);
+        for (int q = 0; q < R; q++) gemv::prefetch_at(reinterpret_cast<const char*>(W + (r + R) * K + R * k + 64 * q), PREFETCH_AVX512);
       for (int q = 0; q < R; q++) {
         const __m512i wv = _mm512_loadu_si512(W + (r + q) * K + k);
         corr[q] = _mm512_dpbusd_epi32(corr[q], c128, wv);

@@ -82,9 +82,7 @@ export function writeRandomCheckpoint(shape: string | Record<string, unknown>, d
           opts.onProgress?.(written, total);
         }
       }
-      // On disk before the rename; it also keeps the pages' writeback from running under a benchmark that
-      // maps the file next (seen on a VM: decode through the fresh mapping slowed from 40 to 600 ms per token).
-      fsyncSync(fd);
+      fsyncSync(fd); // on disk before the rename makes it visible
     } finally {
       closeSync(fd);
     }
