@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
 import { loadAddon } from '../src/tensor/native.ts';
 
@@ -12,4 +13,27 @@ test('a caller waiting on a slow worker parks instead of spinning (shared machin
   // A busy-waiting caller burns about the whole wait; a parked one only its short spin.
   const best = Math.min(...runs.map((r) => r.callerCpuMs / r.wallMs));
   assert.ok(best < 0.25, `the caller used ${(best * 100).toFixed(0)}% of a CPU while waiting`);
+});
+
+test('an async step spreads its threads over distinct CPUs and gives the caller its affinity back', { skip }, () => {
+  const threads = lib!.info().threads;
+  const probe = lib!.poolPlacementProbe();
+  assert.equal(probe.callerMaskRestored, true);
+  assert.equal(probe.cpus.length, threads);
+  // Placement needs a CPU per thread; with more threads than CPUs (KVLAB_THREADS) it stands aside.
+  assert.equal(probe.placed, threads <= availableParallelism());
+  const cpus = availableParallelism();
+  if (probe.placed) {
+    assert.deepEqual(probe.allowedDuring, probe.cpus.map(() => 1), 'each thread pinned to one CPU during the job');
+    assert.equal(new Set(probe.cpus).size, threads, `threads ran on CPUs ${probe.cpus.join(', ')}`);
+  }
+  assert.deepEqual(probe.allowedAfter.slice(1), probe.cpus.slice(1).map(() => cpus), 'workers unpinned afterwards');
+  assert.equal(lib!.setTuning('step_placement', 0), true);
+  try {
+    const off = lib!.poolPlacementProbe();
+    assert.equal(off.placed, false);
+    assert.equal(off.callerMaskRestored, true);
+  } finally {
+    lib!.setTuning('step_placement', 1);
+  }
 });

@@ -246,7 +246,10 @@ class MatmulWorker : public Napi::AsyncWorker {
     for (int i : {0, 1, 3, 7})
       if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
-  void Execute() override { matmul(m_, bf16_); }
+  void Execute() override {
+    PoolPlacement spread;
+    matmul(m_, bf16_);
+  }
   void OnOK() override { Callback().Call({Env().Null()}); }
 
  private:
@@ -358,6 +361,7 @@ class StepWorker : public Napi::AsyncWorker {
   }
 
   void Execute() override {
+    PoolPlacement spread;
     const size_t n = kernels_.size();
     for (size_t i = 0; i < n; i++) {
       try {
@@ -479,6 +483,44 @@ Napi::Value PoolWaitProbeFn(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// poolPlacementProbe() -> {placed, cpus, allowedDuring, allowedAfter, callerMaskRestored}: one pool job under a
+// PoolPlacement made by this thread and one after it; per thread t, cpus[t] is the CPU it ran the first job on
+// and allowedDuring[t] / allowedAfter[t] how many CPUs its affinity allowed in each job.
+Napi::Value PoolPlacementProbeFn(const Napi::CallbackInfo& info) {
+  cpu_set_t before, after;
+  sched_getaffinity(0, sizeof before, &before);
+  const int T = pool_threads();
+  std::vector<int> cpus(T, -1), during(T, 0), later(T, 0);
+  const auto allowed = [] {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : -1;
+  };
+  bool placed;
+  {
+    PoolPlacement spread;
+    placed = spread.placed();
+    pool_run([&](int t, int) {
+      cpus[t] = sched_getcpu();
+      during[t] = allowed();
+    });
+  }
+  pool_run([&](int t, int) { later[t] = allowed(); });
+  sched_getaffinity(0, sizeof after, &after);
+  Napi::Env env = info.Env();
+  const auto array = [&](const std::vector<int>& v) {
+    Napi::Array a = Napi::Array::New(env, v.size());
+    for (size_t i = 0; i < v.size(); i++) a.Set(uint32_t(i), v[i]);
+    return a;
+  };
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("placed", placed);
+  out.Set("cpus", array(cpus));
+  out.Set("allowedDuring", array(during));
+  out.Set("allowedAfter", array(later));
+  out.Set("callerMaskRestored", CPU_EQUAL(&before, &after) != 0);
+  return out;
+}
+
 // fmaPeak(threads) -> GFLOP/s: register-resident AVX2 FMA throughput, the compute ceiling of the AVX2 GEMM
 // (0 on a CPU without AVX2+FMA).
 Napi::Value FmaPeakFn(const Napi::CallbackInfo& info) {
@@ -594,6 +636,10 @@ Napi::Value MapRegionsFn(const Napi::CallbackInfo& info) {
 
 // setTuning(key, value) -> whether the knob exists (benchmarks A/B kernel variants in one process)
 Napi::Value SetTuningFn(const Napi::CallbackInfo& info) {
+  if (info[0].As<Napi::String>().Utf8Value() == "step_placement") {
+    pool_set_placement(num(info[1]) != 0);
+    return Napi::Boolean::New(info.Env(), true);
+  }
   if (info[0].As<Napi::String>().Utf8Value() == "step_fail_at") {
     step_fail_at = long(num(info[1]));
     return Napi::Boolean::New(info.Env(), true);
@@ -626,6 +672,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("streamRead", Napi::Function::New(env, StreamReadFn));
   exports.Set("fmaPeak", Napi::Function::New(env, FmaPeakFn));
   exports.Set("poolWaitProbe", Napi::Function::New(env, PoolWaitProbeFn));
+  exports.Set("poolPlacementProbe", Napi::Function::New(env, PoolPlacementProbeFn));
   return exports;
 }
 

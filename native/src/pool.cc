@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,8 +26,15 @@ std::vector<std::thread> workers;
 std::mutex run_lock;
 thread_local bool in_job = false;
 
-// About 20-50 us of spinning before parking: back-to-back kernels of one forward pass reuse awake workers,
-// an idle pool sleeps in the kernel.
+// The CPUs this process could run on when the pool started, and each worker's thread id (for placement).
+std::vector<int> process_cpus;
+std::vector<std::atomic<pid_t>> worker_tids;
+std::atomic<bool> placement_enabled{true};
+std::mutex placement_lock;
+int placements = 0;  // live PoolPlacement guards; the workers stay pinned while any is alive
+
+// Spinning before parking, so back-to-back kernels of one forward pass reuse awake workers while an idle pool
+// sleeps in the kernel. A pause takes ~20 ns on a Zen 5 (measured): this is ~400 us there.
 constexpr int SPIN = 20000;
 
 void futex_wait(std::atomic<unsigned>* addr, unsigned expected) {
@@ -38,6 +46,7 @@ void futex_wake_all(std::atomic<unsigned>* addr) {
 }
 
 void worker_main(int index) {
+  worker_tids[index - 1].store(pid_t(syscall(SYS_gettid)));
   in_job = true;
   unsigned seen = 0;
   for (;;) {
@@ -66,10 +75,17 @@ void worker_main(int index) {
 void pool_init(int threads) {
   if (!workers.empty() || threads < 1) return;
   n_threads = threads;
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; c++)
+      if (CPU_ISSET(c, &set)) process_cpus.push_back(c);
+  worker_tids = std::vector<std::atomic<pid_t>>(threads - 1);
   for (int i = 1; i < threads; i++) {
     workers.emplace_back(worker_main, i);
     workers.back().detach();
   }
+  for (const auto& t : worker_tids)
+    while (t.load() == 0) std::this_thread::yield();
 }
 
 int pool_threads() { return n_threads; }
@@ -100,6 +116,54 @@ void pool_run(const std::function<void(int, int)>& fn) {
     caller_parked.store(false);
   }
   in_job = false;
+}
+
+namespace {
+
+void pin(pid_t tid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(tid, sizeof set, &set);
+}
+
+void unpin(pid_t tid) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : process_cpus) CPU_SET(c, &set);
+  sched_setaffinity(tid, sizeof set, &set);
+}
+
+}  // namespace
+
+void pool_set_placement(bool on) { placement_enabled = on; }
+
+PoolPlacement::PoolPlacement() {
+  const size_t workers_n = worker_tids.size();
+  if (!placement_enabled || workers_n == 0 || workers_n + 1 > process_cpus.size()) return;
+  if (sched_getaffinity(0, sizeof caller_mask_, &caller_mask_) != 0) return;
+  // The caller stays on the CPU it is on; the workers take the others in order.
+  int here = sched_getcpu();
+  bool known = false;
+  for (int c : process_cpus) known |= c == here;
+  if (!known) here = process_cpus[0];
+  pin(0, here);
+  placed_ = true;
+  std::lock_guard<std::mutex> hold(placement_lock);
+  if (placements++ > 0) return;
+  size_t next = 0;
+  for (const auto& t : worker_tids) {
+    if (process_cpus[next] == here) next++;
+    pin(t.load(), process_cpus[next++]);
+  }
+}
+
+PoolPlacement::~PoolPlacement() {
+  if (!placed_) return;
+  sched_setaffinity(0, sizeof caller_mask_, &caller_mask_);
+  std::lock_guard<std::mutex> hold(placement_lock);
+  if (--placements > 0) return;
+  for (const auto& t : worker_tids) unpin(t.load());
 }
 
 }  // namespace kvlab

@@ -1,4 +1,6 @@
 #pragma once
+#include <sched.h>
+
 #include <functional>
 
 namespace kvlab {
@@ -11,6 +13,26 @@ int pool_threads();
 // caller left waiting spins briefly too and then parks until the last worker wakes it.
 // Calls from different threads are serialized; a call from inside a job runs fn(0, 1) inline.
 void pool_run(const std::function<void(int, int)>& fn);
+
+// While alive, the constructing thread and the workers run on distinct CPUs: the caller is pinned to the CPU it
+// is on, each worker to another of the CPUs the process had at pool start, and all are unpinned afterwards.
+// For an async step or product, whose caller is a libuv thread: on a 2-vCPU VM that packs threads which wake
+// each other onto one vCPU, the caller and the worker were seen taking turns on one vCPU (each spinning out
+// its wait while the other could not run) with the second idle for up to 20 ms. A no-op with one thread,
+// more threads than CPUs, or placement turned off (setTuning('step_placement', 0)).
+class PoolPlacement {
+ public:
+  PoolPlacement();
+  ~PoolPlacement();
+  PoolPlacement(const PoolPlacement&) = delete;
+  PoolPlacement& operator=(const PoolPlacement&) = delete;
+  bool placed() const { return placed_; }
+
+ private:
+  bool placed_ = false;
+  cpu_set_t caller_mask_;
+};
+void pool_set_placement(bool on);
 
 // Splits [0, n) into T nearly equal parts; returns part t as [begin, end).
 inline void split_range(long n, int t, int T, long* begin, long* end) {

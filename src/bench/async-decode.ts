@@ -12,6 +12,9 @@ export interface AsyncDecodeResult {
   /** Median over steps of forward() / forwardAsync() of one token. */
   syncMsPerToken: number;
   asyncMsPerToken: number;
+  /** Means over the same steps: what a stall in a few steps costs a whole generation. */
+  syncMeanMsPerToken: number;
+  asyncMeanMsPerToken: number;
   /** (async - sync) / sync, in percent. */
   overheadPercent: number;
   /** Longest event-loop stall seen by a 1 ms timer while steps of that kind ran. */
@@ -65,11 +68,15 @@ export async function measureAsyncDecode(model: LlamaModel, cache: KvCache, step
     steps,
     syncMsPerToken: syncMs,
     asyncMsPerToken: asyncMs,
+    syncMeanMsPerToken: mean(ms.sync),
+    asyncMeanMsPerToken: mean(ms.async),
     overheadPercent: (100 * (asyncMs - syncMs)) / syncMs,
     syncEventLoopMaxDelayMs: delay.sync,
     asyncEventLoopMaxDelayMs: delay.async,
   };
 }
+
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 const maxMs = (h: IntervalHistogram) => (h.count > 0 ? h.max / 1e6 : 0);
 

@@ -48,6 +48,8 @@ function asyncStepReport(a: AsyncDecodeResult): Record<string, number> {
   return {
     sync_ms_per_token: r3(a.syncMsPerToken),
     async_ms_per_token: r3(a.asyncMsPerToken),
+    sync_mean_ms_per_token: r3(a.syncMeanMsPerToken),
+    async_mean_ms_per_token: r3(a.asyncMeanMsPerToken),
     event_loop_max_delay_ms_sync: r1(a.syncEventLoopMaxDelayMs),
     event_loop_max_delay_ms_async: r1(a.asyncEventLoopMaxDelayMs),
   };

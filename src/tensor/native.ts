@@ -93,11 +93,18 @@ export interface Addon {
    * decode GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their
    * prefetch distance), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
    * 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
+   * 'step_placement' (0/1): async steps and products spread their threads over distinct CPUs (PoolPlacement).
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
   /** One pool job whose workers sleep `ms` while the caller waits: the caller's CPU time over the wall time. */
   poolWaitProbe(ms: number): { wallMs: number; callerCpuMs: number } | null;
+  /**
+   * One pool job with the caller and workers spread over distinct CPUs, as async steps run, and one after: whether
+   * they were placed, the CPU each thread ran the first on, how many CPUs each thread's affinity allowed in each
+   * job, and whether the caller's affinity was restored.
+   */
+  poolPlacementProbe(): { placed: boolean; cpus: number[]; allowedDuring: number[]; allowedAfter: number[]; callerMaskRestored: boolean };
 }
 
 /** KVLAB_NATIVE_ADDON points at another build of the addon (development builds outside the tree). */
