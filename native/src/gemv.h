@@ -16,4 +16,20 @@ void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long 
 // The same on AVX-512 (16 lanes, tails by masks; xe/xo unused).
 void gemv_avx512(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf);
 
+// Activations quantized for the VNNI int8 GEMV: per (row t, block b of `block` columns) q = round(x / s) in
+// [-127, 127] with s = max|x| / 127, and the sum of the block's q.
+struct Int8Activations {
+  const int8_t* q;     // [n][stride], zero past the last column
+  long stride;
+  const float* scale;  // [n][blocks]
+  const int32_t* sum;  // [n][blocks]
+  long block, blocks;
+};
+void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum);
+
+// Rows [r0, r1) of an int8 weight with groups of a multiple of 64 columns (the activation blocks), n <= 4:
+// vpdpbusd on the weights shifted to u8 (+128) against the quantized activations, the shift undone per block
+// with the activations' block sums.
+void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf);
+
 }  // namespace kvlab

@@ -109,6 +109,60 @@ __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, 
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
 }
 
+// int8 on VNNI: per 64 columns one xor (weights to u8) and one vpdpbusd per activation row; each group's int32
+// lane sums are scaled once (activation step x weight scale) into the row's fp32 accumulator.
+template <int R, int N>
+__attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
+  const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
+  const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
+  const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
+  const float* s0 = m.w.scales + rr[0] * ngroups;
+  const char* row[R];
+  for (int q = 0; q < R; q++) row[q] = reinterpret_cast<const char*>(w0 + q * stride);
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512 acc[R][N];
+  for (int q = 0; q < R; q++)
+    for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
+  for (long g = 0; g < ngroups; g++) {
+    const long k0 = g * G, k1 = std::min(K, k0 + G);
+    // Each lane sum starts from 0 but lane 0's, which starts from -128 x (the block's activation sum): that
+    // undoes the +128 on the weights once the lanes are added up.
+    __m512i ia[R][N];
+    for (int t = 0; t < N; t++) {
+      const __m512i unshift = _mm512_maskz_mov_epi32(1, _mm512_set1_epi32(-128 * qa.sum[t * qa.blocks + g]));
+      for (int q = 0; q < R; q++) ia[q][t] = unshift;
+    }
+    auto step = [&](long k, bool masked) __attribute__((always_inline, target(AVX512 ",avx512vnni"))) {
+      const __mmask64 mask = masked ? (~__mmask64(0)) >> (64 - (k1 - k)) : ~__mmask64(0);
+      __m512i xv[N];
+      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.q + t * qa.stride + k);
+      #pragma GCC unroll 8
+      for (int q = 0; q < R; q++) {
+        const int8_t* src = w0 + q * stride + k;
+        // Masked-off weights become 0 (not 0 ^ 0x80), so they add nothing whatever the activations hold there.
+        const __m512i wv = masked ? _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src), flip))
+                                  : _mm512_xor_si512(_mm512_loadu_si512(src), flip);
+        for (int t = 0; t < N; t++) ia[q][t] = _mm512_dpbusd_epi32(ia[q][t], wv, xv[t]);
+      }
+    };
+    long k = k0;
+    for (; k + 64 <= k1; k += 64) {
+      prefetch_line<R>(pf, row, k);
+      step(k, false);
+    }
+    if (k < k1) {
+      prefetch_line<R>(pf, row, k);
+      step(k, true);
+    }
+    for (int t = 0; t < N; t++) {
+      const float xs = qa.scale[t * qa.blocks + g];
+      for (int q = 0; q < R; q++) acc[q][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[q][t]), _mm512_set1_ps(xs * s0[q * sstride + g]), acc[q][t]);
+    }
+  }
+  for (int q = 0; q < R; q++)
+    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
+}
+
 struct Avx512Rows {
   template <int R, int N>
   static void rows(const Matmul& m, const float*, const float*, const long* rr, const PassPrefetch& pf) {
@@ -125,6 +179,47 @@ struct Avx512Rows {
 
 void gemv_avx512(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
   gemv::walk<Avx512Rows>(m, xe, xo, r0, r1, pf);
+}
+
+namespace {
+// The walker hands kernels two activation pointers; the VNNI rows take the quantized activations through the
+// first.
+struct VnniRows {
+  template <int R, int N>
+  static void rows(const Matmul& m, const float* qa, const float*, const long* rr, const PassPrefetch& pf) {
+    rows_int8_vnni<R, N>(m, *reinterpret_cast<const Int8Activations*>(qa), rr, pf);
+  }
+};
+}  // namespace
+
+void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf) {
+  gemv::walk<VnniRows>(m, reinterpret_cast<const float*>(&qa), nullptr, r0, r1, pf);
+}
+
+__attribute__((target(AVX512))) void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum) {
+  const long blocks = (K + block - 1) / block;
+  for (long t = 0; t < n; t++) {
+    std::fill(q + t * stride + K, q + (t + 1) * stride, int8_t(0));
+    for (long b = 0; b < blocks; b++) {
+      const long k0 = b * block, k1 = std::min(K, k0 + block);
+      const float* xr = x + t * K;
+      __m512 amax = _mm512_setzero_ps();
+      for (long k = k0; k < k1; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(k1 - k), xr + k)));
+      const float mx = _mm512_reduce_max_ps(amax);
+      const float s = mx > 0 ? mx / 127.f : 1.f;
+      scale[t * blocks + b] = s;
+      const __m512 inv = _mm512_set1_ps(1.f / s);
+      __m512i total = _mm512_setzero_si512();
+      for (long k = k0; k < k1; k += 16) {
+        const __mmask16 mask = mask16(k1 - k);
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, xr + k), inv));  // nearest even
+        v = _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        total = _mm512_add_epi32(total, v);
+        _mm_mask_storeu_epi8(q + t * stride + k, mask, _mm512_cvtepi32_epi8(v));
+      }
+      sum[t * blocks + b] = _mm512_reduce_add_epi32(total);
+    }
+  }
 }
 
 }  // namespace kvlab

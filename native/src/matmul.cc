@@ -42,7 +42,7 @@ int GEMV_STREAMS = 4;             // row ranges read side by side per thread (0:
 long GEMV_AHEAD_AVX2 = 512;       // prefetch distance along each range, bytes
 long GEMV_AHEAD_AVX512 = 2048;
 
-int INT8_MODE = -1;  // -1: default (set below), 0: dequantize in registers, 1: VNNI
+int INT8_MODE = -1;  // -1: not yet read from KVLAB_INT8_GEMV, 0: dequantize in registers, 1: VNNI where it applies
 
 // 64-byte aligned scratch.
 template <typename T>
@@ -124,120 +124,6 @@ void gemv_scalar(const Matmul& m, long r0, long r1) {
   }
 }
 
-// ---------- int8 GEMV on VNNI (opt-in: KVLAB_INT8_GEMV=vnni; the default dequantizes in registers, gemv_avx512.cc) ----------
-
-// VNNI: activations quantized to int8 per (token, block) on the fly and shifted to u8 (+128); vpdpbusd sums
-// four u8 x s8 products per lane; a second vpdpbusd against a constant 128 gives 128 * (block sum of the
-// weights), which undoes the shift exactly. Each block's int32 sum is scaled into an fp32 accumulator.
-struct QuantizedActivations {
-  std::vector<uint8_t> xu;  // [n][kp], u8 = q + 128
-  std::vector<float> xs;    // [n][blocks]
-  long kp = 0, block = 0, blocks = 0;
-};
-
-__attribute__((target(AVX512)))
-void quantize_activations(const Matmul& m, long block, QuantizedActivations& qa) {
-  const long K = m.w.cols;
-  qa.block = block;
-  qa.blocks = (K + block - 1) / block;
-  qa.kp = (K + 63) / 64 * 64 + 64;
-  qa.xu.assign(size_t(m.n * qa.kp), 128);
-  qa.xs.assign(size_t(m.n * qa.blocks), 0.f);
-  for (long t = 0; t < m.n; t++)
-    for (long b = 0; b < qa.blocks; b++) {
-      const long k0 = b * block, k1 = std::min(K, k0 + block);
-      const float* x = m.x + t * K;
-      __m512 amax = _mm512_setzero_ps();
-      for (long k = k0; k < k1; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(k1 - k), x + k)));
-      const float mx = _mm512_reduce_max_ps(amax);
-      const float s = mx > 0 ? mx / 127.f : 1.f;
-      qa.xs[t * qa.blocks + b] = s;
-      const __m512 inv = _mm512_set1_ps(1.f / s);
-      for (long k = k0; k < k1; k += 16) {
-        const __mmask16 mask = mask16(k1 - k);
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + k), inv));  // round to nearest even
-        q = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127)), _mm512_set1_epi32(128));
-        _mm_mask_storeu_epi8(qa.xu.data() + t * qa.kp + k, mask, _mm512_cvtepi32_epi8(q));
-      }
-    }
-}
-
-template <int R, int N>
-__attribute__((target(AVX512 ",avx512vnni")))
-void gemv_i8_vnni_rows(const Matmul& m, const QuantizedActivations& qa, long r) {
-  const long K = m.w.cols, B = qa.block;
-  const int8_t* W = static_cast<const int8_t*>(m.w.data);
-  const bool per_row = m.w.per_row();
-  const long ngroups = m.w.groups_per_row();
-  const __m512i c128 = _mm512_set1_epi8(char(0x80));
-  const bool prefetch = PREFETCH_AVX512 && R * K <= PREFETCH_MAX_PASS;
-  __m512 facc[R][N];
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) facc[q][t] = _mm512_setzero_ps();
-  for (long b = 0; b < qa.blocks; b++) {
-    const long k0 = b * B, k1 = std::min(K, k0 + B);
-    __m512i acc[R][N], corr[R];
-    for (int q = 0; q < R; q++) {
-      corr[q] = _mm512_setzero_si512();
-      for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_si512();
-    }
-    long k = k0;
-    for (; k + 64 <= k1; k += 64) {
-      __m512i xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.xu.data() + t * qa.kp + k);
-      if (prefetch)
-        for (int q = 0; q < R; q++) gemv::prefetch_at(reinterpret_cast<const char*>(W + (r + R) * K + R * k + 64 * q), PREFETCH_AVX512);
-      for (int q = 0; q < R; q++) {
-        const __m512i wv = _mm512_loadu_si512(W + (r + q) * K + k);
-        corr[q] = _mm512_dpbusd_epi32(corr[q], c128, wv);
-        for (int t = 0; t < N; t++) acc[q][t] = _mm512_dpbusd_epi32(acc[q][t], xv[t], wv);
-      }
-    }
-    if (k < k1) {
-      const __mmask64 mask = (~__mmask64(0)) >> (64 - (k1 - k));
-      __m512i xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.xu.data() + t * qa.kp + k);  // padded buffer
-      for (int q = 0; q < R; q++) {
-        const __m512i wv = _mm512_maskz_loadu_epi8(mask, W + (r + q) * K + k);
-        corr[q] = _mm512_dpbusd_epi32(corr[q], c128, wv);
-        for (int t = 0; t < N; t++) acc[q][t] = _mm512_dpbusd_epi32(acc[q][t], xv[t], wv);
-      }
-    }
-    for (int q = 0; q < R; q++) {
-      const float sw = per_row ? 1.f : m.w.scales[(r + q) * ngroups + b];
-      for (int t = 0; t < N; t++) {
-        const __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[q][t], corr[q]));
-        facc[q][t] = _mm512_fmadd_ps(d, _mm512_set1_ps(qa.xs[t * qa.blocks + b] * sw), facc[q][t]);
-      }
-    }
-  }
-  for (int q = 0; q < R; q++) {
-    const float sr = per_row ? m.w.scales[r + q] : 1.f;
-    for (int t = 0; t < N; t++) m.out[t * m.w.rows + r + q] = _mm512_reduce_add_ps(facc[q][t]) * sr;
-  }
-}
-
-template <int N>
-void gemv_i8_vnni(const Matmul& m, const QuantizedActivations& qa, long r0, long r1) {
-  constexpr int R = N <= 2 ? 4 : 2;
-  long r = r0;
-  for (; r + R <= r1; r += R) gemv_i8_vnni_rows<R, N>(m, qa, r);
-  for (; r < r1; r++) gemv_i8_vnni_rows<1, N>(m, qa, r);
-}
-
-// Activation blocks of the VNNI path: the weight's groups, or 128 columns under per-row scales.
-long vnni_block(const WeightRef& w) { return w.per_row() ? std::min<long>(w.cols, 128) : w.group; }
-
-bool int8_use_vnni() {
-  if (INT8_MODE < 0) {
-    const char* e = std::getenv("KVLAB_INT8_GEMV");
-    // Measured equal within noise once both prefetch (0.83-0.98 vs 0.85-1.02 of streaming); dequantizing keeps
-    // the activations exact, so it is the default.
-    INT8_MODE = e && std::string(e) == "vnni" ? 1 : 0;
-  }
-  return INT8_MODE == 1 && cpu().avx512_vnni;
-}
-
 // Splits rows over the pool in aligned units of 16, so every row is computed by the same kernel variant (and
 // so to the same bits) whatever the thread count.
 template <typename F>
@@ -248,6 +134,36 @@ void run_rows(long rows, F f) {
     split_range((rows + UNIT - 1) / UNIT, t, T, &u0, &u1);
     const long r0 = u0 * UNIT, r1 = std::min(rows, u1 * UNIT);
     if (r0 < r1) f(r0, r1);
+  });
+}
+
+// ---------- int8 decode GEMV: VNNI or dequantized in registers ----------
+
+// VNNI (gemv_avx512.cc) where the CPU has it and the weight's groups are whole 64-column steps; else, or under
+// KVLAB_INT8_GEMV=dequant, the weights are dequantized in registers against exact fp32 activations.
+bool int8_vnni_applies(long n, const WeightRef& w) {
+  if (INT8_MODE < 0) {
+    const char* e = std::getenv("KVLAB_INT8_GEMV");
+    INT8_MODE = e && std::string(e) == "dequant" ? 0 : 1;
+  }
+  return INT8_MODE == 1 && cpu().avx512_vnni && n < GEMM_MIN_N && !w.per_row() && w.group % 64 == 0;
+}
+
+void gemv_int8_vnni_dispatch(const Matmul& m) {
+  const long K = m.w.cols, B = m.w.group, blocks = (K + B - 1) / B, stride = (K + 63) / 64 * 64;
+  std::vector<int8_t> q(size_t(m.n * stride));
+  std::vector<float> scale(size_t(m.n * blocks));
+  std::vector<int32_t> sum(size_t(m.n * blocks));
+  quantize_activations_int8(m.x, m.n, K, B, q.data(), stride, scale.data(), sum.data());
+  const PrefetchPolicy pf{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX512};
+  run_rows(m.w.rows, [&](long r0, long r1) {
+    for (long t0 = 0; t0 < m.n; t0 += 4) {
+      Matmul s = m;
+      s.out = m.out + t0 * m.w.rows;
+      s.n = std::min<long>(4, m.n - t0);
+      const Int8Activations qa{q.data() + t0 * stride, stride, scale.data() + t0 * blocks, sum.data() + t0 * blocks, B, blocks};
+      gemv_int8_vnni(s, qa, r0, r1, pf);
+    }
   });
 }
 
@@ -422,19 +338,6 @@ void gemm_bf16(const Matmul& m) {
 
 // Activation rows in blocks of at most four, each block's rows split over the pool.
 void gemv_dispatch(const Matmul& m, bool avx512) {
-  if (avx512 && m.w.type == W_I8 && int8_use_vnni() && m.n <= 4) {
-    QuantizedActivations qa;
-    quantize_activations(m, vnni_block(m.w), qa);
-    run_rows(m.w.rows, [&](long r0, long r1) {
-      switch (m.n) {
-        case 1: return gemv_i8_vnni<1>(m, qa, r0, r1);
-        case 2: return gemv_i8_vnni<2>(m, qa, r0, r1);
-        case 3: return gemv_i8_vnni<3>(m, qa, r0, r1);
-        default: return gemv_i8_vnni<4>(m, qa, r0, r1);
-      }
-    });
-    return;
-  }
   const long K = m.w.cols, K2 = K / 2;
   const bool pairs = !avx512 && gemv_avx2_uses_pairs(m.w);
   std::vector<float> split(pairs ? size_t(2 * m.n * K2) : 0);
@@ -462,7 +365,7 @@ Path choose(long n, const WeightRef& w, bool bf16_activations) {
   if (!f.avx512 && f.avx2_fma) return n < GEMM_MIN_N ? Path::Avx2Gemv : Path::Avx2Gemm;
   if (!f.avx512) return Path::Scalar;
   if (n < GEMM_MIN_N) {
-    if (w.type == W_I8) return int8_use_vnni() && n <= 4 ? Path::Int8Vnni : Path::Int8Dequant;
+    if (w.type == W_I8) return int8_vnni_applies(n, w) ? Path::Int8Vnni : Path::Int8Dequant;
     if (w.type == W_BF16 && w.cols % 2 == 0 && n <= 4) return Path::Avx512Bf16Gemv;
     return Path::Avx512Gemv;
   }
@@ -518,9 +421,9 @@ void matmul(const Matmul& m, bool bf16_activations) {
     case Path::Scalar: return run_rows(m.w.rows, [&](long r0, long r1) { gemv_scalar(m, r0, r1); });
     case Path::Avx2Gemv: return gemv_dispatch(m, false);
     case Path::Avx2Gemm: return gemm_f32_avx2(m);
+    case Path::Int8Vnni: return gemv_int8_vnni_dispatch(m);
     case Path::Avx512Gemv:
     case Path::Avx512Bf16Gemv:
-    case Path::Int8Vnni:
     case Path::Int8Dequant: return gemv_dispatch(m, true);
     case Path::Avx512F32Gemm: return gemm_f32(m);
     case Path::Avx512Bf16Gemm: return gemm_bf16(m);

@@ -22,7 +22,7 @@ void matmul(const Matmul& m, bool bf16_activations);
 const char* matmul_path(long n, const WeightRef& w, bool bf16_activations);
 
 // Benchmark knobs: "prefetch" (0/1/2, decode GEMV software prefetch: off, L1, L2), "prefetch_max_pass",
-// "int8_vnni" (0/1). False if unknown.
+// "int8_vnni" (1: int8 decode GEMV on VNNI where it applies, 0: dequantized in registers). False if unknown.
 bool set_tuning(const std::string& key, double value);
 
 // Symmetric absmax int8 per (row, group): q = round(v / s), s = max|v| / 127 (1 for an all-zero group).

@@ -91,7 +91,7 @@ export interface Addon {
   /**
    * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (AVX2
    * decode GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their
-   * prefetch distance), 'int8_vnni' (0/1), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
+   * prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
    * 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
    * 'step_placement' (0/1): async steps and products spread their threads over distinct CPUs (PoolPlacement).
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
