@@ -403,9 +403,9 @@ Napi::Value RunStepFn(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// quantizeInt8(src, type, rows, cols, scales | null, group, outGroup, q: Int8Array, scales: Float32Array, rowSums: Int32Array | null)
+// quantizeInt8(src, type, rows, cols, scales | null, group, outGroup, q: Int8Array, scales: Float32Array)
 Napi::Value QuantizeFn(const Napi::CallbackInfo& info) {
-  quantize_int8(weight_arg(info, 0), num(info[6]), data_of<int8_t>(info[7]), data_of<float>(info[8]), data_of<int32_t>(info[9]));
+  quantize_int8(weight_arg(info, 0), num(info[6]), data_of<int8_t>(info[7]), data_of<float>(info[8]));
   return info.Env().Undefined();
 }
 

@@ -435,14 +435,13 @@ void matmul(const Matmul& m, bool bf16_activations) {
 
 // ---------- quantization and embedding ----------
 
-void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales, int32_t* row_sums) {
+void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales) {
   if (group <= 0 || group > src.cols) group = std::max<long>(src.cols, 1);
   const long K = src.cols, groups = (K + group - 1) / group;
   run_rows(src.rows, [&](long r0, long r1) {
     std::vector<float> row(K + 16);
     for (long r = r0; r < r1; r++) {
       widen_row(src, r, 0, K, row.data());
-      int32_t sum = 0;
       for (long g = 0; g < groups; g++) {
         const long k0 = g * group, k1 = std::min(K, k0 + group);
         float mx = 0;
@@ -454,10 +453,8 @@ void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales, i
           const double v = std::round(double(row[k]) / double(s));
           const int qi = int(std::max(-127.0, std::min(127.0, v)));
           q[r * K + k] = int8_t(qi);
-          sum += qi;
         }
       }
-      if (row_sums) row_sums[r] = sum;
     }
   });
 }

@@ -26,8 +26,7 @@ const char* matmul_path(long n, const WeightRef& w, bool bf16_activations);
 bool set_tuning(const std::string& key, double value);
 
 // Symmetric absmax int8 per (row, group): q = round(v / s), s = max|v| / 127 (1 for an all-zero group).
-// row_sums (optional) receives the sum of each row's q.
-void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales, int32_t* row_sums);
+void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales);
 
 // out[i, :] = row ids[i] of the table, widened to fp32.
 void embedding(const WeightRef& table, const int32_t* ids, long n, float* out);

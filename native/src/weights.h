@@ -14,7 +14,6 @@ struct WeightRef {
   long cols = 0;
   const float* scales = nullptr;  // int8 only
   long group = 0;                 // int8 only: columns per scale (== cols for per-row scales)
-  const int32_t* row_sums = nullptr;  // int8 per-row only, optional
 
   long groups_per_row() const { return (cols + group - 1) / group; }
   bool per_row() const { return group >= cols; }

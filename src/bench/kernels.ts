@@ -109,14 +109,7 @@ function fillWeight(dtype: WeightDType, rows: number, cols: number, seed: number
   const g = groupSize ?? cols;
   const groups = Math.ceil(cols / g);
   const scales = new Float32Array(rows * groups).fill(1 / 512);
-  const rowSums = new Int32Array(rows);
-  if (g === cols)
-    for (let r = 0; r < rows; r++) {
-      let acc = 0;
-      for (let c = 0; c < cols; c++) acc += data[r * cols + c]!;
-      rowSums[r] = acc;
-    }
-  return { name: 'bench', dtype: 'int8', rows, cols, data, scales, groupSize: g, rowSums };
+  return { name: 'bench', dtype: 'int8', rows, cols, data, scales, groupSize: g };
 }
 
 function weightBytes(w: Weight): number {

@@ -17,8 +17,6 @@ export interface Weight {
   /** int8 only: one scale per (row, group); groups of `groupSize` consecutive columns. */
   readonly scales?: Float32Array;
   readonly groupSize?: number;
-  /** int8 only: sum of each row's quantized values (lets the native VNNI path quantize activations). */
-  readonly rowSums?: Int32Array;
 }
 
 /** One KV head's cache as attention reads it: rows [0, len) of k and v ([cap, headDim]) and their absolute positions. */

@@ -78,7 +78,6 @@ export interface Addon {
     outGroup: number,
     q: Int8Array,
     outScales: Float32Array,
-    rowSums: Int32Array | null,
   ): void;
   mapFile(path: string): MappedFile;
   mapRegion(file: MappedFile, offset: number, length: number): ArrayBuffer;

@@ -30,17 +30,16 @@ function quantize(w: Weight, groupSize: Int8Grouping, useNative: boolean): Weigh
   if (w.data.length < w.rows * w.cols) throw new RangeError(`${w.name}: ${w.data.length} elements for a ${w.rows}x${w.cols} weight`);
   const data = new Int8Array(w.rows * w.cols);
   const scales = new Float32Array(w.rows * groups);
-  const rowSums = new Int32Array(w.rows);
   const lib = useNative ? loadAddon() : null;
   if (lib) {
-    lib.quantizeInt8(w.data, TYPE_CODE[w.dtype], w.rows, w.cols, null, groupArg(w), g, data, scales, rowSums);
+    lib.quantizeInt8(w.data, TYPE_CODE[w.dtype], w.rows, w.cols, null, groupArg(w), g, data, scales);
   } else {
-    quantizeRowsTs(w, g, groups, data, scales, rowSums);
+    quantizeRowsTs(w, g, groups, data, scales);
   }
-  return { name: w.name, dtype: 'int8', rows: w.rows, cols: w.cols, data, scales, groupSize: g, rowSums };
+  return { name: w.name, dtype: 'int8', rows: w.rows, cols: w.cols, data, scales, groupSize: g };
 }
 
-function quantizeRowsTs(w: Weight, g: number, groups: number, data: Int8Array, scales: Float32Array, rowSums: Int32Array): void {
+function quantizeRowsTs(w: Weight, g: number, groups: number, data: Int8Array, scales: Float32Array): void {
   const { rows, cols } = w;
   const row = new Float32Array(cols);
   const bits = new Uint32Array(row.buffer);
@@ -49,7 +48,6 @@ function quantizeRowsTs(w: Weight, g: number, groups: number, data: Int8Array, s
     if (w.dtype === 'f32') row.set((w.data as Float32Array).subarray(o, o + cols));
     else if (w.dtype === 'bf16') for (let c = 0; c < cols; c++) bits[c] = (w.data as Uint16Array)[o + c]! << 16;
     else for (let c = 0; c < cols; c++) row[c] = f16ToF32((w.data as Uint16Array)[o + c]!);
-    let sum = 0;
     for (let gi = 0; gi < groups; gi++) {
       const c0 = gi * g;
       const c1 = Math.min(cols, c0 + g);
@@ -61,10 +59,8 @@ function quantizeRowsTs(w: Weight, g: number, groups: number, data: Int8Array, s
         const y = row[c]! / s;
         const q = Math.max(-127, Math.min(127, Math.sign(y) * Math.round(Math.abs(y))));
         data[o + c] = q;
-        sum += q;
       }
     }
-    rowSums[r] = sum;
   }
 }
 
