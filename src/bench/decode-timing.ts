@@ -45,6 +45,41 @@ export function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number 
   return median(times);
 }
 
+export interface PairedDecode {
+  /** Every timed step, ms. */
+  steps: number[];
+  /** Per round: the probe's GB/s and the median ms of the steps right after it. */
+  rounds: { bandwidthGBs: number; ms: number }[];
+  /** Steps run in all, warm-up included (to average per-op totals over). */
+  stepsRun: number;
+}
+
+/**
+ * Decode steps in rounds, each right after one streaming-probe pass, so every step time has a bandwidth
+ * measured within about a tenth of a second of it: on a shared machine the bandwidth available moves on that
+ * scale, and a bound from probes taken before and after a whole run can sit far from what the steps saw.
+ */
+export function pairedDecode(lm: LoadedModel, cache: KvCache, rounds: number, stepsPerRound: number, probe: () => number): PairedDecode {
+  const mark = cache.mark();
+  const step = (i: number) => {
+    const t = performance.now();
+    lm.model.forward([100 + (i % 50)], cache);
+    const ms = performance.now() - t;
+    cache.truncate(mark);
+    return ms;
+  };
+  for (let i = 0; i < DECODE_WARMUP; i++) step(i);
+  const steps: number[] = [];
+  const out: PairedDecode['rounds'] = [];
+  for (let r = 0; r < rounds; r++) {
+    const bandwidthGBs = probe();
+    const times = Array.from({ length: stepsPerRound }, (_, i) => step(r * stepsPerRound + i));
+    steps.push(...times);
+    out.push({ bandwidthGBs, ms: median(times) });
+  }
+  return { steps, rounds: out, stepsRun: DECODE_WARMUP + rounds * stepsPerRound };
+}
+
 export interface AlternatingRatio {
   context: number;
   rounds: number;

@@ -12,7 +12,7 @@ import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
-import { alternatingDecodeRatio, DECODE_WARMUP, decodeWeightBytes, fillCache, timeDecode, type AlternatingRatio } from './decode-timing.ts';
+import { alternatingDecodeRatio, decodeWeightBytes, fillCache, pairedDecode, timeDecode, type AlternatingRatio } from './decode-timing.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -97,26 +97,29 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
           }
           const cache = lm.newCache();
           fillCache(cache, ctx);
-          // The machine is shared: the bandwidth probe runs right before and after the decode timing, and the
-          // bound uses the median of those probes.
-          const before = probeBandwidth(3);
+          // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the
+          // bound is the median over rounds of the round's tokens/s over the round's bound.
           timed.reset();
-          const steps = 12;
-          const ms = timeDecode(lm, cache, steps);
-          const perToken = (op: string) => (timed.ms[op] ?? 0) / (steps + DECODE_WARMUP);
-          const localBandwidth = median([...before, ...probeBandwidth(3)]);
+          const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
+          const ms = median(paired.steps);
+          const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
+          const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
           const kvBytes = cache.bytes();
           const bytes = wBytes + kvBytes;
           const boundTokS = (localBandwidth * 1e9) / bytes;
+          const roundFractions = paired.rounds.map((r) => bytes / (r.bandwidthGBs * 1e9) / (r.ms / 1000));
           decode.push({
             context: ctx,
             tokens_per_s: r1(1000 / ms),
             ms_per_token: r3(ms),
             bytes_per_token: bytes,
             bandwidth_gbs_around: r1(localBandwidth),
+            bandwidth_gbs_rounds: paired.rounds.map((r) => r1(r.bandwidthGBs)),
             kv_bytes: kvBytes,
             bound_tokens_per_s: r1(boundTokS),
-            fraction_of_bound: r3(1000 / ms / boundTokS),
+            fraction_of_bound: r3(median(roundFractions)),
+            ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
+            fraction_of_bound_rounds: roundFractions.map(r3),
             // Mean over all timed steps (the figures above are medians): where a token's time goes, and how
             // fast the weight matrices alone streamed against the probe.
             time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
