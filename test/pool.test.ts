@@ -22,6 +22,7 @@ test('an async step spreads its threads over distinct CPUs and gives the caller 
   assert.equal(probe.cpus.length, threads);
   // Placement needs a CPU per thread; with more threads than CPUs (KVLAB_THREADS) it stands aside.
   assert.equal(probe.placed, threads <= availableParallelism());
+  assert.equal(probe.secondPlaced, false, 'a second placement while one lives pins nothing');
   const cpus = availableParallelism();
   if (probe.placed) {
     assert.deepEqual(probe.allowedDuring, probe.cpus.map(() => 1), 'each thread pinned to one CPU during the job');

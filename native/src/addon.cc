@@ -483,9 +483,10 @@ Napi::Value PoolWaitProbeFn(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// poolPlacementProbe() -> {placed, cpus, allowedDuring, allowedAfter, callerMaskRestored}: one pool job under a
-// PoolPlacement made by this thread and one after it; per thread t, cpus[t] is the CPU it ran the first job on
-// and allowedDuring[t] / allowedAfter[t] how many CPUs its affinity allowed in each job.
+// poolPlacementProbe() -> {placed, secondPlaced, cpus, allowedDuring, allowedAfter, callerMaskRestored}: one pool
+// job under a PoolPlacement made by this thread (and a second placement tried while it lives) and one job after
+// it; per thread t, cpus[t] is the CPU it ran the first job on and allowedDuring[t] / allowedAfter[t] how many
+// CPUs its affinity allowed in each job.
 Napi::Value PoolPlacementProbeFn(const Napi::CallbackInfo& info) {
   cpu_set_t before, after;
   sched_getaffinity(0, sizeof before, &before);
@@ -495,10 +496,11 @@ Napi::Value PoolPlacementProbeFn(const Napi::CallbackInfo& info) {
     cpu_set_t set;
     return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : -1;
   };
-  bool placed;
+  bool placed, second_placed;
   {
     PoolPlacement spread;
     placed = spread.placed();
+    second_placed = PoolPlacement().placed();
     pool_run([&](int t, int) {
       cpus[t] = sched_getcpu();
       during[t] = allowed();
@@ -514,6 +516,7 @@ Napi::Value PoolPlacementProbeFn(const Napi::CallbackInfo& info) {
   };
   Napi::Object out = Napi::Object::New(env);
   out.Set("placed", placed);
+  out.Set("secondPlaced", second_placed);
   out.Set("cpus", array(cpus));
   out.Set("allowedDuring", array(during));
   out.Set("allowedAfter", array(later));

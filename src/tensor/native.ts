@@ -100,10 +100,10 @@ export interface Addon {
   poolWaitProbe(ms: number): { wallMs: number; callerCpuMs: number } | null;
   /**
    * One pool job with the caller and workers spread over distinct CPUs, as async steps run, and one after: whether
-   * they were placed, the CPU each thread ran the first on, how many CPUs each thread's affinity allowed in each
+   * they were placed (and whether a second placement meanwhile was: it must not be), the CPU each thread ran the first on, how many CPUs each thread's affinity allowed in each
    * job, and whether the caller's affinity was restored.
    */
-  poolPlacementProbe(): { placed: boolean; cpus: number[]; allowedDuring: number[]; allowedAfter: number[]; callerMaskRestored: boolean };
+  poolPlacementProbe(): { placed: boolean; secondPlaced: boolean; cpus: number[]; allowedDuring: number[]; allowedAfter: number[]; callerMaskRestored: boolean };
 }
 
 /** KVLAB_NATIVE_ADDON points at another build of the addon (development builds outside the tree). */
