@@ -34,6 +34,18 @@ test('compress --json: one KVzip-compressed 1,500-token context answers every qu
   for (const k of ['prefill_ms', 'score_ms', 'answer_ms']) assert.ok(out.timings[k] > 0);
 });
 
+test('generate --weights int8 quantizes at load: about half the bytes per token, and it still decodes', () => {
+  const args = ['generate', '--prompt', 'What is the code of tean?', '-n', '6', '--json'];
+  const full = JSON.parse(run(...args));
+  const int8 = JSON.parse(run(...args, '--weights', 'int8'));
+  assert.equal(full.weights.kind, 'checkpoint');
+  assert.equal(int8.weights.kind, 'int8');
+  // bf16 -> int8 plus one fp32 scale per 128 weights: 1/2 + 4/256 of the bytes.
+  const ratio = int8.weights.decode_bytes_per_token / full.weights.decode_bytes_per_token;
+  assert.ok(Math.abs(ratio - (0.5 + 4 / 256)) < 0.01, `int8 / bf16 bytes ${ratio}`);
+  assert.ok(int8.tokens.length >= 1 && int8.timings.decode_tokens_per_s > 0);
+});
+
 test('bad input gets a clear error naming the problem', () => {
   const cases: [string[], RegExp][] = [
     [['compress', '--context', longFile, '--ratio', '1.5', '--ask', 'q'], /ratio must be a number in \[0, 1\]/],
@@ -41,6 +53,7 @@ test('bad input gets a clear error naming the problem', () => {
     [['compress', '--context', join(dir, 'missing.txt'), '--ask', 'q'], /no such file|ENOENT/],
     [['generate', '--prompt', 'x'.repeat(1).padEnd(1, 'x'), '--model', join(dir, 'nowhere')], /config\.json not found/],
     [['eval', 'qa', '--data', data('dev/qa.jsonl'), '--ratio', '0.5,2'], /ratio must be in \[0, 1\]/],
+    [['generate', '--prompt', 'x', '--weights', 'int4'], /--weights must be checkpoint or int8, got "int4"/],
   ];
   for (const [args, pattern] of cases) {
     const r = fail(...args);

@@ -3,10 +3,19 @@ import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded
 import { selectBackend } from '../tensor/select-backend.ts';
 import { progressBar } from './progress.ts';
 
-export function openModel(dir: string | undefined): LoadedModel {
-  const bar = progressBar('loading', 50);
+export type WeightsChoice = 'checkpoint' | 'int8';
+
+export const WEIGHTS_HELP = 'checkpoint (as stored) or int8 (quantized at load, one scale per 128 columns: half the bytes per token of bf16)';
+
+export function weightsOption(value: string): WeightsChoice {
+  if (value !== 'checkpoint' && value !== 'int8') throw new InvalidArgumentError(`--weights must be checkpoint or int8, got "${value}"`);
+  return value;
+}
+
+export function openModel(dir: string | undefined, weights: WeightsChoice = 'checkpoint'): LoadedModel {
+  const bar = progressBar(weights === 'int8' ? 'loading (int8)' : 'loading', 50);
   try {
-    return loadModel(dir ?? DEFAULT_MODEL_DIR, { backend: selectBackend(), onProgress: (d, t) => bar.update(d, t) });
+    return loadModel(dir ?? DEFAULT_MODEL_DIR, { backend: selectBackend(), weights, onProgress: (d, t) => bar.update(d, t) });
   } finally {
     bar.stop();
   }

@@ -16,7 +16,7 @@ export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-
 
 export interface LoadOptions {
   backend: Backend;
-  /** 'int8' quantizes every linear weight per row at load (embedding lookups stay in the checkpoint dtype). */
+  /** 'int8' quantizes every linear weight at load, one scale per 128 columns of a row (DEFAULT_INT8_GROUP); embedding lookups stay in the checkpoint dtype. */
   weights?: 'checkpoint' | 'int8';
   /** Read tensors through an mmap (zero copy) when the native addon is present. Default true. */
   mmap?: boolean;

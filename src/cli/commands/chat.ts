@@ -2,19 +2,20 @@ import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
 import { generate } from '../../engine/generate.ts';
 import type { ChatMessage } from '../../model/chat-template.ts';
-import { intOption, numberOption, openModel } from '../common.ts';
+import { intOption, numberOption, openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
 
 export function registerChat(program: Command): void {
   program
     .command('chat')
     .description('interactive multi-turn chat in the terminal (/reset clears, /exit or Ctrl-D quits)')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .option('-s, --system <text>', 'system prompt')
     .option('-n, --max-tokens <n>', 'maximum new tokens per reply', intOption('--max-tokens'), 256)
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', numberOption('--temperature', 0), 0)
     .option('--seed <s>', 'random seed', intOption('--seed'), 0)
     .action(async (o) => {
-      const lm = openModel(o.model);
+      const lm = openModel(o.model, o.weights);
       const start = (): ChatMessage[] => (o.system !== undefined ? [{ role: 'system', content: o.system }] : []);
       let messages = start();
       let cache = lm.newCache();

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { collect, intOption, numberOption, openModel } from '../common.ts';
+import { collect, intOption, numberOption, openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerCompress(program: Command): void {
@@ -9,6 +9,7 @@ export function registerCompress(program: Command): void {
     .command('compress')
     .description('compress a context once with a method, then answer every question from the compressed cache')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .requiredOption('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')
@@ -20,7 +21,7 @@ export function registerCompress(program: Command): void {
     .action(async (o) => {
       const press = getPress(o.method);
       const context = readFileSync(o.context, 'utf8');
-      const lm = openModel(o.model);
+      const lm = openModel(o.model, o.weights);
       const prefillBar = progressBar('prefill', 512);
       const session = lm.openContext(context, {
         system: o.system,

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { openModel } from '../common.ts';
+import { openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 const DEMO_DATA = fileURLToPath(new URL('../../../data/dev/qa.jsonl', import.meta.url));
@@ -12,9 +12,10 @@ export function registerDemo(program: Command): void {
     .command('demo')
     .description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .option('--ratio <r>', 'fraction of the context kept by KVzip', '0.3')
     .action(async (o) => {
-      const lm = openModel(o.model);
+      const lm = openModel(o.model, o.weights);
       const row = JSON.parse(readFileSync(DEMO_DATA, 'utf8').split('\n')[0]!) as { context: string; questions: string[]; answers: string[] };
       const questions = row.questions.slice(0, 4);
       const c = lm.config;

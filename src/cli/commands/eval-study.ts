@@ -7,7 +7,7 @@ import { writeEvalOutputs, markdownTable } from '../../eval/write-outputs.ts';
 import { instructionItems, leakageItems } from '../../eval/study-items.ts';
 import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
-import { collect, intOption, listOption, openModel, ratioList } from '../common.ts';
+import { collect, intOption, listOption, openModel, ratioList, weightsOption, WEIGHTS_HELP, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 interface StudyCliOptions {
@@ -17,6 +17,7 @@ interface StudyCliOptions {
   ratio: number[];
   protect: string[];
   model?: string;
+  weights?: WeightsChoice;
   limit?: number;
   maxTokens: number;
   document?: string;
@@ -38,6 +39,7 @@ function studyCommand(ev: Command, name: 'instructions' | 'leakage', description
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.9, 0.7, 0.5, 0.3, 0.1])
     .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', collect, [])
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per response', intOption('--max-tokens', 1), 48)
     .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')
@@ -60,7 +62,7 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     const ids = [...new Set(items.map((i) => i.id))].slice(0, o.limit);
     items = items.filter((i) => ids.includes(i.id));
   }
-  const lm = openModel(o.model);
+  const lm = openModel(o.model, o.weights);
   const bar = progressBar(`eval ${kind}`, 1);
   const { results, samples } = await runPromptStudy(lm, items, {
     methods,

@@ -3,7 +3,7 @@ import { loadQa } from '../../eval/datasets.ts';
 import { evalQa } from '../../eval/qa-eval.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
-import { intOption, listOption, openModel, ratioList } from '../common.ts';
+import { intOption, listOption, openModel, ratioList, weightsOption, WEIGHTS_HELP } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
 import { progressBar } from '../progress.ts';
 
@@ -15,6 +15,7 @@ export function registerEval(program: Command): Command {
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.5, 0.3, 0.2, 0.1])
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', 'Question: {query}')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
@@ -24,7 +25,7 @@ export function registerEval(program: Command): Command {
       const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
-      const lm = openModel(o.model);
+      const lm = openModel(o.model, o.weights);
       const bar = progressBar('eval qa', 1);
       const { results, samples } = await evalQa(lm, rows, {
         methods,

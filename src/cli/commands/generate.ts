@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { decodeWeightBytes } from '../../bench/decode-timing.ts';
 import { generate } from '../../engine/generate.ts';
-import { collect, intOption, numberOption, openModel } from '../common.ts';
+import { collect, intOption, numberOption, openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerGenerate(program: Command): void {
@@ -8,6 +9,7 @@ export function registerGenerate(program: Command): void {
     .command('generate')
     .description('generate a reply to a prompt (chat template applied unless --raw)')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
     .requiredOption('-p, --prompt <text>', 'the user message (or the whole prompt with --raw)')
     .option('-s, --system <text>', 'system prompt')
     .option('--raw', 'feed the prompt as is, without the chat template')
@@ -17,9 +19,9 @@ export function registerGenerate(program: Command): void {
     .option('--top-k <k>', 'sample among the k most likely tokens (0 = all)', intOption('--top-k'), 0)
     .option('--seed <s>', 'random seed for sampling', intOption('--seed'), 0)
     .option('--stop <text>', 'stop string (repeatable)', collect, [])
-    .option('--json', 'print one JSON object {text, tokens, prompt_tokens, finish_reason, timings}')
+    .option('--json', 'print one JSON object {text, tokens, prompt_tokens, finish_reason, weights, timings}')
     .action(async (o) => {
-      const lm = openModel(o.model);
+      const lm = openModel(o.model, o.weights);
       const messages = [
         ...(o.system !== undefined ? [{ role: 'system' as const, content: o.system as string }] : []),
         { role: 'user' as const, content: o.prompt as string },
@@ -43,6 +45,7 @@ export function registerGenerate(program: Command): void {
             tokens: result.tokens,
             prompt_tokens: result.promptTokens,
             finish_reason: result.finishReason,
+            weights: { kind: o.weights, decode_bytes_per_token: decodeWeightBytes(lm) },
             timings: {
               prefill_ms: round(result.timings.prefillMs),
               decode_ms: round(result.timings.decodeMs),
