@@ -34,16 +34,19 @@ test('compress --json: one KVzip-compressed 1,500-token context answers every qu
   for (const k of ['prefill_ms', 'score_ms', 'answer_ms']) assert.ok(out.timings[k] > 0);
 });
 
-test('generate --weights int8 quantizes at load: about half the bytes per token, and it still decodes', () => {
+test('generate --weights int8[/row|/gN] quantizes at load: about half the bytes per token, and it still decodes', () => {
   const args = ['generate', '--prompt', 'What is the code of tean?', '-n', '6', '--json'];
   const full = JSON.parse(run(...args));
-  const int8 = JSON.parse(run(...args, '--weights', 'int8'));
   assert.equal(full.weights.kind, 'checkpoint');
-  assert.equal(int8.weights.kind, 'int8');
-  // bf16 -> int8 plus one fp32 scale per 128 weights: 1/2 + 4/256 of the bytes.
-  const ratio = int8.weights.decode_bytes_per_token / full.weights.decode_bytes_per_token;
-  assert.ok(Math.abs(ratio - (0.5 + 4 / 256)) < 0.01, `int8 / bf16 bytes ${ratio}`);
-  assert.ok(int8.tokens.length >= 1 && int8.timings.decode_tokens_per_s > 0);
+  const cfg = JSON.parse(readFileSync(fileURLToPath(new URL('../models/kvlab-tiny-chat/config.json', import.meta.url)), 'utf8'));
+  // bf16 -> int8 plus one fp32 scale per group: 1/2 + 4/(2 x group) of the bytes (the hidden size per row).
+  for (const [option, label, group] of [['int8', 'int8/g128', 128], ['int8/g64', 'int8/g64', 64], ['int8/row', 'int8/row', cfg.hidden_size]] as const) {
+    const int8 = JSON.parse(run(...args, '--weights', option));
+    assert.equal(int8.weights.kind, label);
+    const ratio = int8.weights.decode_bytes_per_token / full.weights.decode_bytes_per_token;
+    assert.ok(Math.abs(ratio - (0.5 + 2 / group)) < 0.02, `${option}: int8 / bf16 bytes ${ratio}`);
+    assert.ok(int8.tokens.length >= 1 && int8.timings.decode_tokens_per_s > 0);
+  }
 });
 
 test('bad input gets a clear error naming the problem', () => {
@@ -53,7 +56,8 @@ test('bad input gets a clear error naming the problem', () => {
     [['compress', '--context', join(dir, 'missing.txt'), '--ask', 'q'], /no such file|ENOENT/],
     [['generate', '--prompt', 'x'.repeat(1).padEnd(1, 'x'), '--model', join(dir, 'nowhere')], /config\.json not found/],
     [['eval', 'qa', '--data', data('dev/qa.jsonl'), '--ratio', '0.5,2'], /ratio must be in \[0, 1\]/],
-    [['generate', '--prompt', 'x', '--weights', 'int4'], /--weights must be checkpoint or int8, got "int4"/],
+    [['generate', '--prompt', 'x', '--weights', 'int4'], /--weights must be checkpoint, int8, int8\/row or int8\/g<N> \(N > 0\), got "int4"/],
+    [['generate', '--prompt', 'x', '--weights', 'int8/g0'], /--weights must be .* got "int8\/g0"/],
   ];
   for (const [args, pattern] of cases) {
     const r = fail(...args);

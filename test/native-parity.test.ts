@@ -6,9 +6,9 @@
  *   - bf16 activations (prefill GEMMs on AVX512-BF16 or AMX): each activation is rounded to bf16 (relative
  *     error <= 2^-8), and so is a weight not stored as bf16: |err| <= (2^-8 [+ 2^-8 + 2^-16] + (K + 2) u) S.
  *     With random signs the typical error is ~2^-8 sqrt(K) rms|x w|, far below this worst case.
- *   - int8 with VNNI (decode default on CPUs with AVX512-VNNI, for groups of a multiple of 64 columns:
- *     activations quantized per group to step a = max|x_block| / 127; groups nest in the 128-column blocks
- *     the bound takes its maxima over): |err| <= sum_k (a_k / 2) |w_k| + (K + 2) u S.
+ *   - int8 with VNNI (decode default on CPUs with AVX512-VNNI, for per-row scales or groups of a multiple of
+ *     64 columns: activations quantized per group, or per 128 columns, to step a = max|x_block| / 127; groups
+ *     nest in the 128-column blocks the bound takes its maxima over): |err| <= sum_k (a_k / 2) |w_k| + (K + 2) u S.
  * Attention, rmsnorm, rope and silu compare to the reference's fp64 arithmetic at 1e-5 / 1e-6 relative.
  * The suite reruns itself in child processes under KVLAB_ISA=avx2, KVLAB_ISA=scalar and KVLAB_AMX_EMULATE=1
  * (the AMX GEMM's tiling and tails on a scalar tile model), so every dispatch level is checked here.
@@ -155,9 +155,10 @@ test(`[${mode}] matmul: int8 decode on VNNI and dequantized in registers, each w
         for (const [rows, cols] of [...SHAPES, [20, 300], [37, 320], [70, 2048]] as [number, number][])
           for (const n of [1, 2, 3, 4, 5, 7]) {
             const path = checkMatmul('int8', nat, kind, rows, cols, n);
-            // VNNI takes groups of whole 64-column steps; per-row scales and other groups are dequantized.
-            const group = Number(kind.slice(6));
-            const expectVnni = vnni === 1 && vnniCpu && n < 8 && (group === 64 || group === 128) && group < cols;
+            // VNNI takes per-row scales (a group as wide as the row is one) and groups of whole 64-column steps;
+            // other groups are dequantized.
+            const group = kind === 'int8/row' ? cols : Number(kind.slice(6));
+            const expectVnni = vnni === 1 && vnniCpu && n < 8 && (group >= cols || group % 64 === 0);
             assert.equal(/vnni/.test(path), expectVnni, `${kind} ${rows}x${cols} n=${n} took ${path}`);
           }
     }
@@ -168,9 +169,10 @@ test(`[${mode}] matmul: int8 decode on VNNI and dequantized in registers, each w
 
 test(`[${mode}] matmul: int8 on VNNI is exact up to fp32 summation when the activations lie on their int8 grid`, { skip }, () => {
   // Every 64-column block holds a +-127 multiple of 2^-7, so its step is exactly 2^-7 and quantizing loses
-  // nothing: what is left is the int32 sums and the +128 shift on the weights, which must undo exactly.
+  // nothing (per-row weights take 128-column activation blocks): what is left is the int32 sums and the +128
+  // shift on the weights, which must undo exactly.
   const nat = new NativeBackend();
-  for (const [rows, cols, group] of [[70, 2048, 128], [37, 320, 64], [20, 300, 128]] as const)
+  for (const [rows, cols, group] of [[70, 2048, 128], [37, 320, 64], [20, 300, 128], [50, 300, 'row'], [9, 40, 'row']] as const)
     for (const n of [1, 3, 4, 6]) {
       const w = quantizeInt8({ name: 'w', dtype: 'f32', rows, cols, data: vec(rows * cols) }, group);
       const onGrid = (k: number) => (k % 64 === 5 ? (k % 128 === 5 ? 127 : -127) : Math.round((rand() * 2 - 1) * 127));

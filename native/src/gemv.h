@@ -27,9 +27,9 @@ struct Int8Activations {
 };
 void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum);
 
-// Rows [r0, r1) of an int8 weight with groups of a multiple of 64 columns (the activation blocks), n <= 4:
-// vpdpbusd on the weights shifted to u8 (+128) against the quantized activations, the shift undone per block
-// with the activations' block sums.
+// Rows [r0, r1) of an int8 weight, n <= 4, whose groups are the activation blocks (a multiple of 64 columns) or
+// which has per-row scales (any blocks): vpdpbusd on the weights shifted to u8 (+128) against the quantized
+// activations, the shift undone per block with the activations' block sums.
 void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf);
 
 }  // namespace kvlab

@@ -109,11 +109,14 @@ __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, 
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
 }
 
-// int8 on VNNI: per 64 columns one xor (weights to u8) and one vpdpbusd per activation row; each group's int32
-// lane sums are scaled once (activation step x weight scale) into the row's fp32 accumulator.
+// int8 on VNNI: per 64 columns one xor (weights to u8) and one vpdpbusd per activation row; each activation
+// block's int32 lane sums are scaled once into the row's fp32 accumulator, by the block's activation step times
+// the weight group's scale (grouped weights: blocks are the groups) or, per-row scales, times the row's scale
+// at the end.
 template <int R, int N>
 __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-  const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
+  const long K = m.w.cols, B = qa.block, ngroups = m.w.groups_per_row(), rows = m.w.rows;
+  const bool per_row = m.w.per_row();
   const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
   const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
   const float* s0 = m.w.scales + rr[0] * ngroups;
@@ -123,13 +126,13 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& 
   __m512 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-  for (long g = 0; g < ngroups; g++) {
-    const long k0 = g * G, k1 = std::min(K, k0 + G);
+  for (long b = 0; b < qa.blocks; b++) {
+    const long k0 = b * B, k1 = std::min(K, k0 + B);
     // Each lane sum starts from 0 but lane 0's, which starts from -128 x (the block's activation sum): that
     // undoes the +128 on the weights once the lanes are added up.
     __m512i ia[R][N];
     for (int t = 0; t < N; t++) {
-      const __m512i unshift = _mm512_maskz_mov_epi32(1, _mm512_set1_epi32(-128 * qa.sum[t * qa.blocks + g]));
+      const __m512i unshift = _mm512_maskz_mov_epi32(1, _mm512_set1_epi32(-128 * qa.sum[t * qa.blocks + b]));
       for (int q = 0; q < R; q++) ia[q][t] = unshift;
     }
     auto step = [&](long k, bool masked) __attribute__((always_inline, target(AVX512 ",avx512vnni"))) {
@@ -155,12 +158,12 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& 
       step(k, true);
     }
     for (int t = 0; t < N; t++) {
-      const float xs = qa.scale[t * qa.blocks + g];
-      for (int q = 0; q < R; q++) acc[q][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[q][t]), _mm512_set1_ps(xs * s0[q * sstride + g]), acc[q][t]);
+      const float xs = qa.scale[t * qa.blocks + b];
+      for (int q = 0; q < R; q++) acc[q][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[q][t]), _mm512_set1_ps(per_row ? xs : xs * s0[q * sstride + b]), acc[q][t]);
     }
   }
   for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]);
+    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]) * (per_row ? s0[q * sstride] : 1.f);
 }
 
 struct Avx512Rows {

@@ -139,18 +139,21 @@ void run_rows(long rows, F f) {
 
 // ---------- int8 decode GEMV: VNNI or dequantized in registers ----------
 
-// VNNI (gemv_avx512.cc) where the CPU has it and the weight's groups are whole 64-column steps; else, or under
-// KVLAB_INT8_GEMV=dequant, the weights are dequantized in registers against exact fp32 activations.
+// VNNI (gemv_avx512.cc) where the CPU has it and the weight has per-row scales or groups of whole 64-column
+// steps; else, or under KVLAB_INT8_GEMV=dequant, the weights are dequantized in registers against exact fp32
+// activations.
+constexpr long VNNI_ROW_BLOCK = 128;
 bool int8_vnni_applies(long n, const WeightRef& w) {
   if (INT8_MODE < 0) {
     const char* e = std::getenv("KVLAB_INT8_GEMV");
     INT8_MODE = e && std::string(e) == "dequant" ? 0 : 1;
   }
-  return INT8_MODE == 1 && cpu().avx512_vnni && n < GEMM_MIN_N && !w.per_row() && w.group % 64 == 0;
+  return INT8_MODE == 1 && cpu().avx512_vnni && n < GEMM_MIN_N && (w.per_row() || w.group % 64 == 0);
 }
 
 void gemv_int8_vnni_dispatch(const Matmul& m) {
-  const long K = m.w.cols, B = m.w.group, blocks = (K + B - 1) / B, stride = (K + 63) / 64 * 64;
+  // Activation blocks: the weight's groups, or 128 columns under per-row scales.
+  const long K = m.w.cols, B = m.w.per_row() ? VNNI_ROW_BLOCK : m.w.group, blocks = (K + B - 1) / B, stride = (K + 63) / 64 * 64;
   std::vector<int8_t> q(size_t(m.n * stride));
   std::vector<float> scale(size_t(m.n * blocks));
   std::vector<int32_t> sum(size_t(m.n * blocks));

@@ -1,21 +1,36 @@
 import { InvalidArgumentError } from 'commander';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
+import { DEFAULT_INT8_GROUP, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { progressBar } from './progress.ts';
 
-export type WeightsChoice = 'checkpoint' | 'int8';
+/** --weights: the checkpoint as stored, or int8 quantized at load with one scale per `group` columns (or per row). */
+export type WeightsChoice = { kind: 'checkpoint' } | { kind: 'int8'; group: Int8Grouping };
 
-export const WEIGHTS_HELP = 'checkpoint (as stored) or int8 (quantized at load, one scale per 128 columns: half the bytes per token of bf16)';
+export const WEIGHTS_HELP = `checkpoint (as stored), int8 (quantized at load, one scale per ${DEFAULT_INT8_GROUP} columns: about half the bytes per token of bf16), int8/row or int8/g<N> (one scale per row, or per N columns); default checkpoint`;
 
 export function weightsOption(value: string): WeightsChoice {
-  if (value !== 'checkpoint' && value !== 'int8') throw new InvalidArgumentError(`--weights must be checkpoint or int8, got "${value}"`);
-  return value;
+  if (value === 'checkpoint') return { kind: 'checkpoint' };
+  if (value === 'int8') return { kind: 'int8', group: DEFAULT_INT8_GROUP };
+  if (value === 'int8/row') return { kind: 'int8', group: 'row' };
+  const g = /^int8\/g(\d+)$/.exec(value);
+  if (g && Number(g[1]) > 0) return { kind: 'int8', group: Number(g[1]) };
+  throw new InvalidArgumentError(`--weights must be checkpoint, int8, int8/row or int8/g<N> (N > 0), got "${value}"`);
 }
 
-export function openModel(dir: string | undefined, weights: WeightsChoice = 'checkpoint'): LoadedModel {
-  const bar = progressBar(weights === 'int8' ? 'loading (int8)' : 'loading', 50);
+export function weightsLabel(w: WeightsChoice): string {
+  return w.kind === 'checkpoint' ? 'checkpoint' : w.group === 'row' ? 'int8/row' : `int8/g${w.group}`;
+}
+
+export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }): LoadedModel {
+  const bar = progressBar(weights.kind === 'int8' ? `loading (${weightsLabel(weights)})` : 'loading', 50);
   try {
-    return loadModel(dir ?? DEFAULT_MODEL_DIR, { backend: selectBackend(), weights, onProgress: (d, t) => bar.update(d, t) });
+    return loadModel(dir ?? DEFAULT_MODEL_DIR, {
+      backend: selectBackend(),
+      weights: weights.kind,
+      int8Group: weights.kind === 'int8' ? weights.group : undefined,
+      onProgress: (d, t) => bar.update(d, t),
+    });
   } finally {
     bar.stop();
   }

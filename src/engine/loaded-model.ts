@@ -8,7 +8,7 @@ import { loadWeights } from '../model/weights.ts';
 import { readCheckpointIndex } from '../model/safetensors.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { mmapSource } from '../tensor/mmap-source.ts';
-import { quantizeInt8 } from '../tensor/quantize.ts';
+import { DEFAULT_INT8_GROUP, quantizeInt8, type Int8Grouping } from '../tensor/quantize.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
 
@@ -16,8 +16,10 @@ export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-
 
 export interface LoadOptions {
   backend: Backend;
-  /** 'int8' quantizes every linear weight at load, one scale per 128 columns of a row (DEFAULT_INT8_GROUP); embedding lookups stay in the checkpoint dtype. */
+  /** 'int8' quantizes every linear weight at load (embedding lookups stay in the checkpoint dtype). */
   weights?: 'checkpoint' | 'int8';
+  /** Columns per int8 scale, or 'row' for one scale per row. Default DEFAULT_INT8_GROUP (128). */
+  int8Group?: Int8Grouping;
   /** Read tensors through an mmap (zero copy) when the native addon is present. Default true. */
   mmap?: boolean;
   onProgress?: (done: number, total: number) => void;
@@ -48,27 +50,28 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   const tokenizer = loadTokenizer(dir);
   const source = opts.mmap === false ? undefined : (mmapSource() ?? undefined);
   let weights = loadWeights(dir, config, { onProgress: opts.onProgress, source });
-  if (opts.weights === 'int8') weights = quantizeModelWeights(weights);
+  const group = opts.int8Group ?? DEFAULT_INT8_GROUP;
+  if (opts.weights === 'int8') weights = quantizeModelWeights(weights, group);
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
-  const fingerprint = JSON.stringify([config, opts.weights ?? 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
+  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? `int8/${group}` : 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
   return new LoadedModel(dir, config, tokenizer, model, fingerprint);
 }
 
-function quantizeModelWeights(w: ModelWeights): ModelWeights {
+function quantizeModelWeights(w: ModelWeights, group: Int8Grouping): ModelWeights {
   return {
     embed: w.embed,
     finalNorm: w.finalNorm,
-    lmHead: quantizeInt8(w.lmHead),
+    lmHead: quantizeInt8(w.lmHead, group),
     layers: w.layers.map((l) => ({
       ...l,
-      wq: quantizeInt8(l.wq),
-      wk: quantizeInt8(l.wk),
-      wv: quantizeInt8(l.wv),
-      wo: quantizeInt8(l.wo),
-      gate: quantizeInt8(l.gate),
-      up: quantizeInt8(l.up),
-      down: quantizeInt8(l.down),
+      wq: quantizeInt8(l.wq, group),
+      wk: quantizeInt8(l.wk, group),
+      wv: quantizeInt8(l.wv, group),
+      wo: quantizeInt8(l.wo, group),
+      gate: quantizeInt8(l.gate, group),
+      up: quantizeInt8(l.up, group),
+      down: quantizeInt8(l.down, group),
     })),
   };
 }

@@ -9,7 +9,7 @@ export function registerChat(program: Command): void {
     .command('chat')
     .description('interactive multi-turn chat in the terminal (/reset clears, /exit or Ctrl-D quits)')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('-s, --system <text>', 'system prompt')
     .option('-n, --max-tokens <n>', 'maximum new tokens per reply', intOption('--max-tokens'), 256)
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', numberOption('--temperature', 0), 0)

@@ -9,7 +9,7 @@ export function registerCompress(program: Command): void {
     .command('compress')
     .description('compress a context once with a method, then answer every question from the compressed cache')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .requiredOption('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')

@@ -12,7 +12,7 @@ export function registerDemo(program: Command): void {
     .command('demo')
     .description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache')
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('--ratio <r>', 'fraction of the context kept by KVzip', '0.3')
     .action(async (o) => {
       const lm = openModel(o.model, o.weights);

@@ -39,7 +39,7 @@ function studyCommand(ev: Command, name: 'instructions' | 'leakage', description
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.9, 0.7, 0.5, 0.3, 0.1])
     .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', collect, [])
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per response', intOption('--max-tokens', 1), 48)
     .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')

@@ -15,7 +15,7 @@ export function registerEval(program: Command): Command {
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.5, 0.3, 0.2, 0.1])
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption, 'checkpoint')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', 'Question: {query}')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
