@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { loadAddon } from '../src/tensor/native.ts';
 
 const lib = loadAddon();
@@ -37,4 +39,12 @@ test('an async step spreads its threads over distinct CPUs and gives the caller 
   } finally {
     lib!.setTuning('step_placement', 1);
   }
+});
+
+test('KVLAB_STEP_PLACEMENT=0 turns the pinning off', { skip }, () => {
+  const script = "import { loadAddon } from './src/tensor/native.ts'; process.stdout.write(JSON.stringify(loadAddon().poolPlacementProbe()));";
+  const run = (env: Record<string, string>) =>
+    JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('..', import.meta.url)), env: { ...process.env, ...env }, encoding: 'utf8' }));
+  assert.equal(run({ KVLAB_STEP_PLACEMENT: '0' }).placed, false);
+  assert.equal(run({ KVLAB_STEP_PLACEMENT: '1' }).placed, lib!.info().threads <= availableParallelism());
 });

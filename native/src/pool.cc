@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -75,6 +77,7 @@ void worker_main(int index) {
 void pool_init(int threads) {
   if (!workers.empty() || threads < 1) return;
   n_threads = threads;
+  if (const char* e = std::getenv("KVLAB_STEP_PLACEMENT")) placement_enabled = std::string(e) != "0";
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0)
     for (int c = 0; c < CPU_SETSIZE; c++)

@@ -19,7 +19,7 @@ void pool_run(const std::function<void(int, int)>& fn);
 // For an async step or product, whose caller is a libuv thread: on a 2-vCPU VM that packs threads which wake
 // each other onto one vCPU, the caller and the worker were seen taking turns on one vCPU (each spinning out
 // its wait while the other could not run) with the second idle for up to 20 ms. A no-op with one thread,
-// more threads than CPUs, placement turned off (setTuning('step_placement', 0)), or while another
+// more threads than CPUs, placement turned off (KVLAB_STEP_PLACEMENT=0, setTuning('step_placement', 0)), or while another
 // PoolPlacement is alive (two async steps at once: the second caller stays free to move).
 class PoolPlacement {
  public:
