@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { median } from '../src/bench/machine-limits.ts';
 import { nativeAvailable } from '../src/tensor/select-backend.ts';
 
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
@@ -55,9 +56,7 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
       const expected = d!.bytes_per_token / (d!.bandwidth_gbs_rounds[r]! * 1e9) / (d!.ms_per_token_rounds[r]! / 1000);
       assert.ok(Math.abs(f - expected) <= 0.01 * expected + 0.002, `round ${r}: ${f} vs ${expected}`);
     });
-    const sorted = [...d!.fraction_of_bound_rounds].sort((a, b) => a - b);
-    const mid = sorted.length / 2;
-    assert.ok(Math.abs(d!.fraction_of_bound - (sorted[Math.floor(mid - 0.5)]! + sorted[Math.ceil(mid - 0.5)]!) / 2) < 0.002);
+    assert.ok(Math.abs(d!.fraction_of_bound - median(d!.fraction_of_bound_rounds)) < 0.002);
     assert.ok(d!.time_by_op_ms_per_token.matmul! > 0 && d!.time_by_op_ms_per_token.attention! > 0);
     assert.ok(d!.matmul_gbs > 0 && d!.matmul_fraction_of_bandwidth > 0);
   }

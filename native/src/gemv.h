@@ -13,8 +13,8 @@ void split_even_odd(const float* x, long n, long K, float* xe, float* xo);
 // registers (fp32 products, fp32 sums). xe/xo: the split activations when gemv_avx2_uses_pairs, else null.
 void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf);
 
-// The same on AVX-512 (16 lanes, tails by masks; xe/xo unused).
-void gemv_avx512(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf);
+// The same on AVX-512 (16 lanes, tails by masks).
+void gemv_avx512(const Matmul& m, long r0, long r1, PrefetchPolicy pf);
 
 // Activations quantized for the VNNI int8 GEMV: per (row t, block b of `block` columns) q = round(x / s) in
 // [-127, 127] with s = max|x| / 127, and the sum of the block's q.

@@ -157,16 +157,22 @@ __attribute__((target(AVX2))) void rows_int8(const Matmul& m, const long* rr, co
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = hsum256(acc[q][t]) + tail[q][t];
 }
 
+// The activations split into even and odd columns, or null (then m.x alone).
+struct SplitActivations {
+  const float* xe;
+  const float* xo;
+};
+
 struct Avx2Rows {
   template <int R, int N>
-  static void rows(const Matmul& m, const float* xe, const float* xo, const long* rr, const PassPrefetch& pf) {
+  static void rows(const Matmul& m, const SplitActivations& x, const long* rr, const PassPrefetch& pf) {
     switch (m.w.type) {
       case W_I8:
         if (m.w.cols % m.w.group == 0 && m.w.group % 8 == 0) return rows_int8<R, N, true>(m, rr, pf);
         return rows_int8<R, N, false>(m, rr, pf);
       case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
       case W_F16: return rows_float<R, N, W_F16>(m, rr, pf);
-      default: return xe ? rows_bf16_pairs<R, N>(m, xe, xo, rr, pf) : rows_float<R, N, W_BF16>(m, rr, pf);
+      default: return x.xe ? rows_bf16_pairs<R, N>(m, x.xe, x.xo, rr, pf) : rows_float<R, N, W_BF16>(m, rr, pf);
     }
   }
 };
@@ -185,7 +191,7 @@ void split_even_odd(const float* x, long n, long K, float* xe, float* xo) {
 }
 
 void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  gemv::walk<Avx2Rows>(m, xe, xo, r0, r1, pf);
+  gemv::walk<Avx2Rows>(m, SplitActivations{xe, xo}, r0, r1, pf);
 }
 
 }  // namespace kvlab

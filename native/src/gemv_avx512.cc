@@ -168,7 +168,7 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& 
 
 struct Avx512Rows {
   template <int R, int N>
-  static void rows(const Matmul& m, const float*, const float*, const long* rr, const PassPrefetch& pf) {
+  static void rows(const Matmul& m, const gemv::Plain&, const long* rr, const PassPrefetch& pf) {
     switch (m.w.type) {
       case W_I8: return rows_int8<R, N>(m, rr, pf);
       case W_F32: return rows_float<R, N, W_F32>(m, rr, pf);
@@ -180,23 +180,19 @@ struct Avx512Rows {
 
 }  // namespace
 
-void gemv_avx512(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  gemv::walk<Avx512Rows>(m, xe, xo, r0, r1, pf);
-}
+void gemv_avx512(const Matmul& m, long r0, long r1, PrefetchPolicy pf) { gemv::walk<Avx512Rows>(m, gemv::Plain{}, r0, r1, pf); }
 
 namespace {
-// The walker hands kernels two activation pointers; the VNNI rows take the quantized activations through the
-// first.
 struct VnniRows {
   template <int R, int N>
-  static void rows(const Matmul& m, const float* qa, const float*, const long* rr, const PassPrefetch& pf) {
-    rows_int8_vnni<R, N>(m, *reinterpret_cast<const Int8Activations*>(qa), rr, pf);
+  static void rows(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
+    rows_int8_vnni<R, N>(m, qa, rr, pf);
   }
 };
 }  // namespace
 
 void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf) {
-  gemv::walk<VnniRows>(m, reinterpret_cast<const float*>(&qa), nullptr, r0, r1, pf);
+  gemv::walk<VnniRows>(m, qa, r0, r1, pf);
 }
 
 __attribute__((target(AVX512))) void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum) {

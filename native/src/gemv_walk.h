@@ -1,8 +1,9 @@
 #pragma once
 // How decode GEMVs walk and prefetch a thread's rows, shared by the AVX2 and AVX-512 kernels. A kernel type
-// K provides `template <int R, int N> static void rows(const Matmul&, const float* xe, const float* xo,
-// const long* rr, const PassPrefetch&)`, which computes rows rr[0..R) for N activation rows and calls
-// prefetch_line once per 64 bytes its rows advance.
+// K provides `template <int R, int N> static void rows(const Matmul&, const A& act, const long* rr,
+// const PassPrefetch&)`, which computes rows rr[0..R) for N activation rows and calls prefetch_line once per 64
+// bytes its rows advance. `act` is what the kernel reads the activations from besides m.x (gemv::Plain: m.x
+// alone), handed through the walk unchanged.
 #include <immintrin.h>
 
 #include "matmul.h"
@@ -20,6 +21,9 @@ struct PrefetchPolicy {
 };
 
 namespace gemv {
+
+// The activations are m.x as given.
+struct Plain {};
 
 // Rows are read in passes of R rows (indices rr[0..R)). Two ways to keep DRAM busy (PrefetchPolicy):
 // - streams == 0: a pass is R consecutive rows, and it prefetches the next pass linearly at the rate it
@@ -54,8 +58,8 @@ __attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf,
 
 inline long element_size(int t) { return t == W_F32 ? 4 : t == W_I8 ? 1 : 2; }
 
-template <class K, int N>
-void run_passes(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+template <class K, int N, class A>
+void run_passes(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
   constexpr int R = N <= 2 ? 4 : 2;
   const long row_bytes = m.w.cols * element_size(m.w.type);
   const int level = pf.level && R * row_bytes <= pf.max_pass ? pf.level : 0;
@@ -66,13 +70,13 @@ void run_passes(const Matmul& m, const float* xe, const float* xo, long r0, long
     PassPrefetch p;
     p.next = static_cast<const char*>(m.w.data) + (r + R) * row_bytes;
     p.level = level;
-    K::template rows<R, N>(m, xe, xo, rr, p);
+    K::template rows<R, N>(m, act, rr, p);
   }
-  for (; r < r1; r++) K::template rows<1, N>(m, xe, xo, &r, PassPrefetch{});
+  for (; r < r1; r++) K::template rows<1, N>(m, act, &r, PassPrefetch{});
 }
 
-template <class K, int S, int N>
-void run_streams(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+template <class K, int S, int N, class A>
+void run_streams(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
   const long per = (r1 - r0) / S;
   PassPrefetch p;
   p.ahead = pf.ahead;
@@ -80,34 +84,34 @@ void run_streams(const Matmul& m, const float* xe, const float* xo, long r0, lon
   for (long i = 0; i < per; i++) {
     long rr[S];
     for (int j = 0; j < S; j++) rr[j] = r0 + j * per + i;
-    K::template rows<S, N>(m, xe, xo, rr, p);
+    K::template rows<S, N>(m, act, rr, p);
   }
-  for (long r = r0 + S * per; r < r1; r++) K::template rows<1, N>(m, xe, xo, &r, p);
+  for (long r = r0 + S * per; r < r1; r++) K::template rows<1, N>(m, act, &r, p);
 }
 
-template <class K, int N>
-void run(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  if (pf.streams <= 0) return run_passes<K, N>(m, xe, xo, r0, r1, pf);
-  if constexpr (N > 2) return run_streams<K, 2, N>(m, xe, xo, r0, r1, pf);
-  else if constexpr (N == 2) return run_streams<K, 4, N>(m, xe, xo, r0, r1, pf);
+template <class K, int N, class A>
+void run(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
+  if (pf.streams <= 0) return run_passes<K, N>(m, act, r0, r1, pf);
+  if constexpr (N > 2) return run_streams<K, 2, N>(m, act, r0, r1, pf);
+  else if constexpr (N == 2) return run_streams<K, 4, N>(m, act, r0, r1, pf);
   else switch (pf.streams) {
-      case 1: return run_streams<K, 1, N>(m, xe, xo, r0, r1, pf);
-      case 2: return run_streams<K, 2, N>(m, xe, xo, r0, r1, pf);
-      case 3: return run_streams<K, 3, N>(m, xe, xo, r0, r1, pf);
-      case 4: return run_streams<K, 4, N>(m, xe, xo, r0, r1, pf);
-      case 5: return run_streams<K, 5, N>(m, xe, xo, r0, r1, pf);
-      default: return run_streams<K, 6, N>(m, xe, xo, r0, r1, pf);
+      case 1: return run_streams<K, 1, N>(m, act, r0, r1, pf);
+      case 2: return run_streams<K, 2, N>(m, act, r0, r1, pf);
+      case 3: return run_streams<K, 3, N>(m, act, r0, r1, pf);
+      case 4: return run_streams<K, 4, N>(m, act, r0, r1, pf);
+      case 5: return run_streams<K, 5, N>(m, act, r0, r1, pf);
+      default: return run_streams<K, 6, N>(m, act, r0, r1, pf);
     }
 }
 
 // Rows [r0, r1) for m.n <= 4 activation rows.
-template <class K>
-void walk(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
+template <class K, class A>
+void walk(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
   switch (m.n) {
-    case 1: return run<K, 1>(m, xe, xo, r0, r1, pf);
-    case 2: return run<K, 2>(m, xe, xo, r0, r1, pf);
-    case 3: return run<K, 3>(m, xe, xo, r0, r1, pf);
-    default: return run<K, 4>(m, xe, xo, r0, r1, pf);
+    case 1: return run<K, 1>(m, act, r0, r1, pf);
+    case 2: return run<K, 2>(m, act, r0, r1, pf);
+    case 3: return run<K, 3>(m, act, r0, r1, pf);
+    default: return run<K, 4>(m, act, r0, r1, pf);
   }
 }
 

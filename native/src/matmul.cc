@@ -355,7 +355,7 @@ void gemv_dispatch(const Matmul& m, bool avx512) {
       s.n = std::min<long>(4, m.n - t0);
       const float* xe = pairs ? split.data() + t0 * K2 : nullptr;
       const float* xo = pairs ? split.data() + (m.n + t0) * K2 : nullptr;
-      if (avx512) gemv_avx512(s, xe, xo, r0, r1, pf);
+      if (avx512) gemv_avx512(s, r0, r1, pf);
       else gemv_avx2(s, xe, xo, r0, r1, pf);
     }
   });

@@ -1,21 +1,8 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { seededRandom } from '../engine/sampler.ts';
-import type { Weight } from '../tensor/backend.ts';
 import { alternate } from './alternate.ts';
 import { median } from './machine-limits.ts';
-
-function weightBytes(w: Weight): number {
-  return w.data.byteLength + (w.scales?.byteLength ?? 0);
-}
-
-/** Bytes one decode step streams: every linear weight and the LM head (the embedding lookup reads one row). */
-export function decodeWeightBytes(lm: LoadedModel): number {
-  const W = lm.model.weights;
-  let total = weightBytes(W.lmHead);
-  for (const l of W.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down]) total += weightBytes(w);
-  return total;
-}
 
 /** Fills the cache with `context` synthetic rows (random keys/values): decode cost depends on sizes only. */
 export function fillCache(cache: KvCache, context: number): void {
@@ -34,32 +21,25 @@ export const DECODE_WARMUP = 3;
 
 /** Median ms of `steps` single-token forward passes after DECODE_WARMUP more (the cache is restored after each). */
 export function timeDecode(lm: LoadedModel, cache: KvCache, steps = 12): number {
-  const mark = cache.mark();
-  const times: number[] = [];
-  for (let i = 0; i < steps + DECODE_WARMUP; i++) {
-    const t = performance.now();
-    lm.model.forward([100 + i], cache);
-    if (i >= DECODE_WARMUP) times.push(performance.now() - t);
-    cache.truncate(mark);
-  }
-  return median(times);
+  return median(pairedDecode(lm, cache, 1, steps).steps);
 }
 
 export interface PairedDecode {
   /** Every timed step, ms. */
   steps: number[];
-  /** Per round: the probe's GB/s and the median ms of the steps right after it. */
+  /** Per round: the probe's GB/s (NaN without a probe) and the median ms of the steps right after it. */
   rounds: { bandwidthGBs: number; ms: number }[];
   /** Steps run in all, warm-up included (to average per-op totals over). */
   stepsRun: number;
 }
 
 /**
- * Decode steps in rounds, each right after one streaming-probe pass, so every step time has a bandwidth
- * measured within about a tenth of a second of it: on a shared machine the bandwidth available moves on that
- * scale, and a bound from probes taken before and after a whole run can sit far from what the steps saw.
+ * Single-token decode steps (after DECODE_WARMUP untimed ones; the cache is restored after each) in rounds,
+ * each right after one streaming-probe pass when a probe is given, so every step time has a bandwidth measured
+ * within about a tenth of a second of it: on a shared machine the bandwidth available moves on that scale, and
+ * a bound from probes taken before and after a whole run can sit far from what the steps saw.
  */
-export function pairedDecode(lm: LoadedModel, cache: KvCache, rounds: number, stepsPerRound: number, probe: () => number): PairedDecode {
+export function pairedDecode(lm: LoadedModel, cache: KvCache, rounds: number, stepsPerRound: number, probe?: () => number): PairedDecode {
   const mark = cache.mark();
   const step = (i: number) => {
     const t = performance.now();
@@ -72,7 +52,7 @@ export function pairedDecode(lm: LoadedModel, cache: KvCache, rounds: number, st
   const steps: number[] = [];
   const out: PairedDecode['rounds'] = [];
   for (let r = 0; r < rounds; r++) {
-    const bandwidthGBs = probe();
+    const bandwidthGBs = probe?.() ?? NaN;
     const times = Array.from({ length: stepsPerRound }, (_, i) => step(r * stepsPerRound + i));
     steps.push(...times);
     out.push({ bandwidthGBs, ms: median(times) });

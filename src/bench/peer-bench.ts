@@ -7,7 +7,8 @@ import { prefill } from '../engine/prefill.ts';
 import { seededRandom } from '../engine/sampler.ts';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { NativeBackend } from '../tensor/native.ts';
-import { decodeWeightBytes, fillCache, timeDecode } from './decode-timing.ts';
+import { fillCache, timeDecode } from './decode-timing.ts';
+import { decodeWeightBytes } from '../model/weights.ts';
 import { writeGguf } from './gguf-writer.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 import { BENCH_MMAP } from './run-bench.ts';
@@ -205,7 +206,7 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
       }
       await llama.dispose();
       const bw = median(bandwidth);
-      const bytes = decodeWeightBytes(lm) + kvCache.bytes();
+      const bytes = decodeWeightBytes(lm.model.weights) + kvCache.bytes();
       const side = (s: { prefill: number[]; decode: number[] }) => ({
         prefill_tokens_per_s: r1(opts.prefillTokens / (median(s.prefill) / 1000)),
         decode_tokens_per_s: r1(1000 / median(s.decode)),

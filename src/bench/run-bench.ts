@@ -12,7 +12,8 @@ import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
-import { alternatingDecodeRatio, decodeWeightBytes, fillCache, pairedDecode, timeDecode, type AlternatingRatio } from './decode-timing.ts';
+import { alternatingDecodeRatio, fillCache, pairedDecode, timeDecode, type AlternatingRatio } from './decode-timing.ts';
+import { decodeWeightBytes } from '../model/weights.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -72,7 +73,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         const timed = new TimedBackend(new NativeBackend());
         const lm = loadModel(dir, { backend: timed, weights: weights === 'int8' ? 'int8' : 'checkpoint', mmap: BENCH_MMAP });
         loaded.set(weights, lm);
-        const wBytes = decodeWeightBytes(lm);
+        const wBytes = decodeWeightBytes(lm.model.weights);
         const rand = seededRandom(9);
         const ids = Array.from({ length: opts.prefillTokens }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
         prefill(lm.model, lm.newCache(), ids.slice(0, 32));

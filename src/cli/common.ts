@@ -1,15 +1,15 @@
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
-import { DEFAULT_INT8_GROUP, type Int8Grouping } from '../tensor/quantize.ts';
+import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { progressBar } from './progress.ts';
 
 /** --weights: the checkpoint as stored, or int8 quantized at load with one scale per `group` columns (or per row). */
 export type WeightsChoice = { kind: 'checkpoint' } | { kind: 'int8'; group: Int8Grouping };
 
-export const WEIGHTS_HELP = `checkpoint (as stored), int8 (quantized at load, one scale per ${DEFAULT_INT8_GROUP} columns: about half the bytes per token of bf16), int8/row or int8/g<N> (one scale per row, or per N columns); default checkpoint`;
+const WEIGHTS_HELP = `checkpoint (as stored), int8 (quantized at load, one scale per ${DEFAULT_INT8_GROUP} columns: about half the bytes per token of bf16), int8/row or int8/g<N> (one scale per row, or per N columns); default checkpoint`;
 
-export function weightsOption(value: string): WeightsChoice {
+function weightsOption(value: string): WeightsChoice {
   if (value === 'checkpoint') return { kind: 'checkpoint' };
   if (value === 'int8') return { kind: 'int8', group: DEFAULT_INT8_GROUP };
   if (value === 'int8/row') return { kind: 'int8', group: 'row' };
@@ -18,8 +18,15 @@ export function weightsOption(value: string): WeightsChoice {
   throw new InvalidArgumentError(`--weights must be checkpoint, int8, int8/row or int8/g<N> (N > 0), got "${value}"`);
 }
 
+/** --model and --weights, for a command that loads a model with openModel(o.model, o.weights). */
+export function modelOptions(cmd: Command): Command {
+  return cmd
+    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption);
+}
+
 export function weightsLabel(w: WeightsChoice): string {
-  return w.kind === 'checkpoint' ? 'checkpoint' : w.group === 'row' ? 'int8/row' : `int8/g${w.group}`;
+  return w.kind === 'checkpoint' ? 'checkpoint' : int8Label(w.group);
 }
 
 export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }): LoadedModel {

@@ -8,7 +8,7 @@ import { loadWeights } from '../model/weights.ts';
 import { readCheckpointIndex } from '../model/safetensors.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { mmapSource } from '../tensor/mmap-source.ts';
-import { DEFAULT_INT8_GROUP, quantizeInt8, type Int8Grouping } from '../tensor/quantize.ts';
+import { DEFAULT_INT8_GROUP, int8Label, quantizeInt8, type Int8Grouping } from '../tensor/quantize.ts';
 import type { ModelWeights } from '../model/weights.ts';
 import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
 
@@ -54,7 +54,7 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   if (opts.weights === 'int8') weights = quantizeModelWeights(weights, group);
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
-  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? `int8/${group}` : 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
+  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? int8Label(group) : 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
   return new LoadedModel(dir, config, tokenizer, model, fingerprint);
 }
 

@@ -30,6 +30,14 @@ export interface ModelWeights {
   lmHead: Weight;
 }
 
+/** Bytes one decode step streams: every linear weight and the LM head (the embedding lookup reads one row). */
+export function decodeWeightBytes(W: ModelWeights): number {
+  const bytes = (w: Weight) => w.data.byteLength + (w.scales?.byteLength ?? 0);
+  let total = bytes(W.lmHead);
+  for (const l of W.layers) for (const w of [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down]) total += bytes(w);
+  return total;
+}
+
 export interface LoadWeightsOptions {
   source?: TensorByteSource;
   onProgress?: (done: number, total: number) => void;

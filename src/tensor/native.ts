@@ -88,11 +88,12 @@ export interface Addon {
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
   fmaPeak(threads?: number): number;
   /**
-   * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (AVX2
-   * decode GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their
-   * prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
-   * 'attn_rows' (0/1, AVX2 address-order decode attention); false if unknown.
-   * 'step_placement' (0/1): async steps and products spread their threads over distinct CPUs (PoolPlacement).
+   * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (decode
+   * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their prefetch
+   * distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' /
+   * 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention),
+   * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'step_placement' (0/1: async
+   * steps and products pin their threads to distinct CPUs); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
@@ -100,8 +101,8 @@ export interface Addon {
   poolWaitProbe(ms: number): { wallMs: number; callerCpuMs: number } | null;
   /**
    * One pool job with the caller and workers spread over distinct CPUs, as async steps run, and one after: whether
-   * they were placed (and whether a second placement meanwhile was: it must not be), the CPU each thread ran the first on, how many CPUs each thread's affinity allowed in each
-   * job, and whether the caller's affinity was restored.
+   * they were placed (and whether a second placement meanwhile was: it must not be), the CPU each thread ran the
+   * first on, how many CPUs each thread's affinity allowed in each job, and whether the caller's mask was restored.
    */
   poolPlacementProbe(): { placed: boolean; secondPlaced: boolean; cpus: number[]; allowedDuring: number[]; allowedAfter: number[]; callerMaskRestored: boolean };
 }

@@ -7,6 +7,11 @@ export type Int8Grouping = number | 'row';
 
 export const DEFAULT_INT8_GROUP = 128;
 
+/** How an int8 grouping is named: int8/row, int8/g128. */
+export function int8Label(group: Int8Grouping): string {
+  return group === 'row' ? 'int8/row' : `int8/g${group}`;
+}
+
 /**
  * Symmetric absmax int8 per (row, group of `groupSize` consecutive columns): s = max|w| / 127 (fp32; 1 for
  * an all-zero group), q = round(w / s) with the quotient in fp64 and halves rounded away from zero. Halves the

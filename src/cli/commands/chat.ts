@@ -2,14 +2,10 @@ import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
 import { generate } from '../../engine/generate.ts';
 import type { ChatMessage } from '../../model/chat-template.ts';
-import { intOption, numberOption, openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
+import { intOption, numberOption, openModel, modelOptions } from '../common.ts';
 
 export function registerChat(program: Command): void {
-  program
-    .command('chat')
-    .description('interactive multi-turn chat in the terminal (/reset clears, /exit or Ctrl-D quits)')
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
+  modelOptions(program.command('chat').description('interactive multi-turn chat in the terminal (/reset clears, /exit or Ctrl-D quits)'))
     .option('-s, --system <text>', 'system prompt')
     .option('-n, --max-tokens <n>', 'maximum new tokens per reply', intOption('--max-tokens'), 256)
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', numberOption('--temperature', 0), 0)

@@ -1,15 +1,11 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { collect, intOption, numberOption, openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
+import { collect, intOption, numberOption, openModel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerCompress(program: Command): void {
-  program
-    .command('compress')
-    .description('compress a context once with a method, then answer every question from the compressed cache')
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
+  modelOptions(program.command('compress').description('compress a context once with a method, then answer every question from the compressed cache'))
     .requiredOption('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')

@@ -2,17 +2,13 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { openModel, weightsOption, WEIGHTS_HELP } from '../common.ts';
+import { openModel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 const DEMO_DATA = fileURLToPath(new URL('../../../data/dev/qa.jsonl', import.meta.url));
 
 export function registerDemo(program: Command): void {
-  program
-    .command('demo')
-    .description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache')
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
+  modelOptions(program.command('demo').description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache'))
     .option('--ratio <r>', 'fraction of the context kept by KVzip', '0.3')
     .action(async (o) => {
       const lm = openModel(o.model, o.weights);

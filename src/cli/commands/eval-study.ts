@@ -7,7 +7,7 @@ import { writeEvalOutputs, markdownTable } from '../../eval/write-outputs.ts';
 import { instructionItems, leakageItems } from '../../eval/study-items.ts';
 import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
-import { collect, intOption, listOption, openModel, ratioList, weightsOption, WEIGHTS_HELP, type WeightsChoice } from '../common.ts';
+import { collect, intOption, listOption, openModel, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 interface StudyCliOptions {
@@ -30,16 +30,12 @@ interface StudyCliOptions {
 }
 
 function studyCommand(ev: Command, name: 'instructions' | 'leakage', description: string): Command {
-  return ev
-    .command(name)
-    .description(description)
+  return modelOptions(ev.command(name).description(description))
     .requiredOption('-d, --data <file>', 'JSONL: the dev set (data/dev/*.jsonl) or SystemCheck sys_ifeval rows')
     .option('--format <f>', 'dev | sys_ifeval (guessed from the rows when omitted)')
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.9, 0.7, 0.5, 0.3, 0.1])
     .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', collect, [])
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per response', intOption('--max-tokens', 1), 48)
     .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')

@@ -3,19 +3,16 @@ import { loadQa } from '../../eval/datasets.ts';
 import { evalQa } from '../../eval/qa-eval.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
-import { intOption, listOption, openModel, ratioList, weightsOption, WEIGHTS_HELP } from '../common.ts';
+import { intOption, listOption, openModel, ratioList, modelOptions } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerEval(program: Command): Command {
   const ev = program.command('eval').description('evaluate compression methods on a dataset');
-  ev.command('qa')
-    .description('multi-query document QA: each context is compressed once per method, every ratio and question reuses it')
+  modelOptions(ev.command('qa').description('multi-query document QA: each context is compressed once per method, every ratio and question reuses it'))
     .requiredOption('-d, --data <file>', 'JSONL rows {id, context, questions[], answers[]}')
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.5, 0.3, 0.2, 0.1])
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', 'Question: {query}')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)

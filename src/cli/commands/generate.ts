@@ -1,15 +1,11 @@
 import type { Command } from 'commander';
-import { decodeWeightBytes } from '../../bench/decode-timing.ts';
+import { decodeWeightBytes } from '../../model/weights.ts';
 import { generate } from '../../engine/generate.ts';
-import { collect, intOption, numberOption, openModel, weightsLabel, weightsOption, WEIGHTS_HELP } from '../common.ts';
+import { collect, intOption, numberOption, openModel, weightsLabel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerGenerate(program: Command): void {
-  program
-    .command('generate')
-    .description('generate a reply to a prompt (chat template applied unless --raw)')
-    .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
+  modelOptions(program.command('generate').description('generate a reply to a prompt (chat template applied unless --raw)'))
     .requiredOption('-p, --prompt <text>', 'the user message (or the whole prompt with --raw)')
     .option('-s, --system <text>', 'system prompt')
     .option('--raw', 'feed the prompt as is, without the chat template')
@@ -45,7 +41,7 @@ export function registerGenerate(program: Command): void {
             tokens: result.tokens,
             prompt_tokens: result.promptTokens,
             finish_reason: result.finishReason,
-            weights: { kind: weightsLabel(o.weights ?? { kind: 'checkpoint' }), decode_bytes_per_token: decodeWeightBytes(lm) },
+            weights: { kind: weightsLabel(o.weights ?? { kind: 'checkpoint' }), decode_bytes_per_token: decodeWeightBytes(lm.model.weights) },
             timings: {
               prefill_ms: round(result.timings.prefillMs),
               decode_ms: round(result.timings.decodeMs),
