@@ -427,27 +427,34 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
   }
 });
 
-test(`[${mode}] attention: P.V gives the same bits with values read per head or once for all heads`, { skip }, () => {
+test(`[${mode}] attention: P.V gives the same bits with values read per head, once for all heads, or in blocks`, { skip }, () => {
   // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
-  // keys. Each head sums over the keys in the same order either way. Elsewhere both settings take one path.
+  // keys. With more heads than one batch holds, attn_pv_block takes the values in blocks of that many bytes,
+  // every batch meeting a block before the next (0: each batch streams all the values). Each head sums over the
+  // keys in the same order every way. Elsewhere all settings take one path.
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   try {
     for (const [nHeads, nKv, d] of [[8, 2, 64], [14, 2, 64], [8, 1, 128], [6, 3, 32], [10, 2, 96], [4, 2, 40]] as const)
       for (const nq of [1, 2, 5]) {
-        const heads = Array.from({ length: nKv }, (_, g) => head(37 + 50 * g, d, Array.from({ length: 37 + 50 * g }, (_, i) => i)));
+        // Lengths from under one block to several blocks and a part (a block holds 32768 / (4 d) keys).
+        const lens = [37, 87, 300 + 41 * nKv];
+        const heads = Array.from({ length: nKv }, (_, g) => head(lens[g % 3]!, d, Array.from({ length: lens[g % 3]! }, (_, i) => i)));
         const q = vec(nq * nHeads * d, 2);
-        const qPos = Int32Array.from({ length: nq }, (_, i) => 60 + 20 * i);
-        const run = (on: number) => {
-          assert.ok(lib.setTuning('attn_pv_heads', on));
+        const qPos = Int32Array.from({ length: nq }, (_, i) => 400 + 20 * i);
+        const run = (pvHeads: number, block: number) => {
+          assert.ok(lib.setTuning('attn_pv_heads', pvHeads));
+          assert.ok(lib.setTuning('attn_pv_block', block));
           const out = new Float32Array(nq * nHeads * d);
           nat.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) });
           return out;
         };
-        assert.deepEqual(run(1), run(0), `${nHeads}:${nKv} d=${d} nq=${nq}`);
+        const perHead = run(0, 32768);
+        for (const block of [32768, 0, 1000]) assert.deepEqual(run(1, block), perHead, `${nHeads}:${nKv} d=${d} nq=${nq} block ${block}`);
       }
   } finally {
     lib.setTuning('attn_pv_heads', 1);
+    lib.setTuning('attn_pv_block', 32768);
   }
 });
 

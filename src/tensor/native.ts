@@ -92,7 +92,8 @@ export interface Addon {
    * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their prefetch
    * distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' /
    * 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention),
-   * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'step_placement' (0/1: async
+   * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'attn_pv_block' (bytes of
+   * values per block when a tile's heads take several register batches; 0: one pass per batch), 'step_placement' (0/1: async
    * steps and products pin their threads to distinct CPUs); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
