@@ -427,6 +427,38 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
   }
 });
 
+test(`[${mode}] attention: decode logits with four heads per vector match the reference and the per-head kernel`, { skip }, () => {
+  // attn_packed 1 (AVX-512 decode, tiles of 3, 4, 6, 7 or 8 heads) packs four heads' queries per vector; 0 takes
+  // every tile per head. Both must match the reference for every tile size, head size, tail and mask.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  try {
+    for (const G of [1, 2, 3, 4, 5, 6, 7, 8])
+      for (const d of [32, 64, 96, 128])
+        for (const nq of [1, 2]) {
+          const nKv = 2;
+          const nHeads = G * nKv;
+          // One head in order (len not a multiple of 16), one reversed whose first query sees only part of it.
+          const heads = [
+            head(203, d, Array.from({ length: 203 }, (_, i) => i)),
+            head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i))),
+          ];
+          const q = vec(nq * nHeads * d, 3);
+          const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), heads, scale: 1 / Math.sqrt(d) };
+          const expect = new Float32Array(nq * nHeads * d);
+          ref.attention({ ...args, out: expect });
+          for (const packed of [1, 0]) {
+            assert.ok(lib.setTuning('attn_packed', packed));
+            const out = new Float32Array(nq * nHeads * d);
+            nat.attention({ ...args, out });
+            assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed}: ${maxRelErr(out, expect)}`);
+          }
+        }
+  } finally {
+    lib.setTuning('attn_packed', 1);
+  }
+});
+
 test(`[${mode}] attention: P.V gives the same bits with values read per head, once for all heads, or in blocks`, { skip }, () => {
   // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
   // keys. With more heads than one batch holds, attn_pv_block takes the values in blocks of that many bytes,

@@ -93,7 +93,8 @@ export interface Addon {
    * distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' /
    * 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention),
    * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'attn_pv_block' (bytes of
-   * values per block when a tile's heads take several register batches; 0: one pass per batch), 'step_placement' (0/1: async
+   * values per block when a tile's heads take several register batches; 0: one pass per batch), 'attn_packed' (0/1:
+   * decode logits four heads per vector), 'step_placement' (0/1: async
    * steps and products pin their threads to distinct CPUs); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
