@@ -1,8 +1,8 @@
 // Attention over ragged per-KV-head caches. Work is cut into tiles: up to 8 query heads of one KV group for
 // one query row. The heads of a tile share the keys and (same query) the mask, so every key and value is read
 // once per tile instead of once per head: at decode that turns G passes over a head's cache into one.
-//   - decode (few rows): keys straight from the cache, 16 per step, four heads per vector (3-8 heads) or one
-//     head at a time, reduced with one transpose;
+//   - decode (few rows): keys straight from the cache, 16 per step, two or four heads per vector (one head
+//     alone), reduced with one transpose;
 //   - prefill / scoring (many rows): keys packed transposed per 16 (per call, per KV head), so logits are
 //     broadcast-FMAs with each packed vector reused by all the tile's heads.
 // Softmax is two-pass in fp32 (max, then exp and sum), probabilities are normalized before the optional
@@ -374,31 +374,32 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
   }
 }
 
-// Tuning (attn_packed): decode logits with four heads packed in each vector (below) for tiles of 3, 4, 6, 7 or 8
-// heads; 0: per head with a 16-key transpose-reduction (logits_decode). Zen 5 from DRAM, alternating: llama-3.2-1b
-// at 8K 11.95 vs 15.13 ms per token's attention, qwen2.5-0.5b 6.02 vs 7.77 ms, d 128 1.05x. Tiles of 2 or 5 heads
-// would waste half or three eighths of the packed lanes.
+// Tuning (attn_packed): decode logits with several heads packed in each vector (below) for tiles of 2 or more
+// heads: two per vector for tiles of 2, four for more; 0: per head with a 16-key transpose-reduction
+// (logits_decode). Zen 5 from DRAM, alternating, per token's attention: llama-3.2-1b at 8K 11.95 vs 15.13 ms,
+// qwen2.5-0.5b 6.02 vs 7.77 ms, 4 heads of d 128 1.05x; 2 heads of d 128 11.82 vs 13.95 ms, of d 64 1.03x; 5 heads
+// 7.09 vs 7.65 ms (three of eight lanes idle) and 7.02 at two per vector. Four per vector beat two at 4 heads
+// (12.16 vs 13.02 ms) and tied at 7.
 int PACKED_LOGITS = 1;
 
-inline bool packed_heads(int n) { return PACKED_LOGITS && (n == 3 || n == 4 || n >= 6); }
-
-// Logits of the tile's heads, four heads per vector: lanes 4r..4r+3 hold head r's query at 4 consecutive dims, so
-// one 4-float broadcast of a key meets four heads in one FMA, and the sums over dims need only a 4:1 reduction
-// (two shuffle-add stages and a 4x4 transpose of 128-bit lanes for 16 keys) instead of 16:1 per head. Heads past
-// the tile's are zero lanes. Same contract as logits_decode.
-template <int NV>
+// Logits of the tile's heads, HP heads per vector: lanes W r .. W r + W - 1 (W = 16 / HP) hold head r's query at W
+// consecutive dims, so one W-float broadcast of a key meets HP heads in one FMA, and 16 keys need a W:1 reduction
+// (two shuffle-add stages for W 4, three for W 8, then a transpose of 128-bit lanes) instead of 16:1 per head.
+// Heads past the tile's are zero lanes. Same contract as logits_decode.
+template <int NV, int HP>
 __attribute__((target(AVX512)))
 void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
-  constexpr int D = NV * 16;
+  static_assert(HP == 2 || HP == 4, "two or four heads per vector");
+  constexpr int D = NV * 16, W = 16 / HP;
   const HeadView& kv = a.heads[t.g];
-  const int groups = (t.n + 3) / 4;
-  alignas(64) float qp[2][D / 4][16];
+  const int groups = (t.n + HP - 1) / HP;
+  alignas(64) float qp[MAX_TILE / HP][D / W][16];
   for (int gr = 0; gr < groups; gr++)
-    for (int c = 0; c < D / 4; c++)
-      for (int r = 0; r < 4; r++)
-        for (int i = 0; i < 4; i++) {
-          const int h = 4 * gr + r;
-          qp[gr][c][4 * r + i] = h < t.n ? q_row(a, t.i, t.h0 + h)[4 * c + i] : 0.f;
+    for (int c = 0; c < D / W; c++)
+      for (int r = 0; r < HP; r++)
+        for (int i = 0; i < W; i++) {
+          const int h = HP * gr + r;
+          qp[gr][c][W * r + i] = h < t.n ? q_row(a, t.i, t.h0 + h)[W * c + i] : 0.f;
         }
   const __m512i qpos = _mm512_set1_epi32(a.q_pos[t.i]);
   const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
@@ -414,29 +415,41 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
       __m512 acc[KB];
       for (int u = 0; u < KB; u++) acc[u] = _mm512_setzero_ps();
       for (int v = 0; v < NV; v++) {
-        const __m512 q0 = _mm512_load_ps(qp[gr][4 * v]), q1 = _mm512_load_ps(qp[gr][4 * v + 1]);
-        const __m512 q2 = _mm512_load_ps(qp[gr][4 * v + 2]), q3 = _mm512_load_ps(qp[gr][4 * v + 3]);
+        __m512 qv[HP];
+        for (int c = 0; c < HP; c++) qv[c] = _mm512_load_ps(qp[gr][HP * v + c]);
         for (int u = 0; u < KB; u++) {
           const float* kr = kb + u * D + v * 16;
-          acc[u] = _mm512_fmadd_ps(q0, _mm512_broadcast_f32x4(_mm_loadu_ps(kr)), acc[u]);
-          acc[u] = _mm512_fmadd_ps(q1, _mm512_broadcast_f32x4(_mm_loadu_ps(kr + 4)), acc[u]);
-          acc[u] = _mm512_fmadd_ps(q2, _mm512_broadcast_f32x4(_mm_loadu_ps(kr + 8)), acc[u]);
-          acc[u] = _mm512_fmadd_ps(q3, _mm512_broadcast_f32x4(_mm_loadu_ps(kr + 12)), acc[u]);
+          for (int c = 0; c < HP; c++) {
+            const __m512 k = HP == 4 ? _mm512_broadcast_f32x4(_mm_loadu_ps(kr + W * c)) : _mm512_broadcast_f32x8(_mm256_loadu_ps(kr + W * c));
+            acc[u] = _mm512_fmadd_ps(qv[c], k, acc[u]);
+          }
         }
       }
-      // acc[u], 128-bit lane r: head r's four partial sums for key u.
+      // acc[u]: head r's W partial sums for key u in lanes W r ..; first sum within 128-bit lanes.
       __m512 p2[8], p4[4];
       for (int m = 0; m < 8; m++)
         p2[m] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * m], acc[2 * m + 1]), _mm512_unpackhi_ps(acc[2 * m], acc[2 * m + 1]));
       for (int m = 0; m < 4; m++)
         p4[m] = _mm512_add_ps(_mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0x44), _mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0xEE));
-      // p4[m], lane r: head r's logits of keys 4m..4m+3; transpose the 4x4 grid of 128-bit lanes.
-      const __m512 t0 = _mm512_shuffle_f32x4(p4[0], p4[1], 0x44), t1 = _mm512_shuffle_f32x4(p4[0], p4[1], 0xEE);
-      const __m512 t2 = _mm512_shuffle_f32x4(p4[2], p4[3], 0x44), t3 = _mm512_shuffle_f32x4(p4[2], p4[3], 0xEE);
-      const __m512 rows[4] = {_mm512_shuffle_f32x4(t0, t2, 0x88), _mm512_shuffle_f32x4(t0, t2, 0xDD),
-                              _mm512_shuffle_f32x4(t1, t3, 0x88), _mm512_shuffle_f32x4(t1, t3, 0xDD)};
-      for (int r = 0; r < 4 && 4 * gr + r < t.n; r++) {
-        const int h = 4 * gr + r;
+      // p4[m], 128-bit lane L: keys 4m..4m+3 summed over lane L's 4 partials.
+      __m512 rows[HP];
+      if constexpr (HP == 4) {
+        // Lane L is head L: transpose the 4x4 grid of 128-bit lanes.
+        const __m512 t0 = _mm512_shuffle_f32x4(p4[0], p4[1], 0x44), t1 = _mm512_shuffle_f32x4(p4[0], p4[1], 0xEE);
+        const __m512 t2 = _mm512_shuffle_f32x4(p4[2], p4[3], 0x44), t3 = _mm512_shuffle_f32x4(p4[2], p4[3], 0xEE);
+        rows[0] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+        rows[1] = _mm512_shuffle_f32x4(t0, t2, 0xDD);
+        rows[2] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+        rows[3] = _mm512_shuffle_f32x4(t1, t3, 0xDD);
+      } else {
+        // Lanes 2r and 2r + 1 are head r's halves: add them, then gather each head's four key groups.
+        const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[0], p4[1], 0x88), _mm512_shuffle_f32x4(p4[0], p4[1], 0xDD));
+        const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[2], p4[3], 0x88), _mm512_shuffle_f32x4(p4[2], p4[3], 0xDD));
+        rows[0] = _mm512_shuffle_f32x4(t01, t23, 0x88);
+        rows[1] = _mm512_shuffle_f32x4(t01, t23, 0xDD);
+      }
+      for (int r = 0; r < HP && HP * gr + r < t.n; r++) {
+        const int h = HP * gr + r;
         const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(rows[r], scale), hidden, neg);
         _mm512_storeu_ps(s.row(h) + j, logits);
         vmax[h] = _mm512_max_ps(vmax[h], logits);
@@ -460,8 +473,9 @@ void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
   const HeadView& kv = a.heads[t.g];
   s.reserve(t.n, kv.len);
   float mx[MAX_TILE];
-  if (packed_heads(t.n)) logits_decode_packed<NV>(a, t, s, kv.len, mx);
-  else logits_decode<NV>(a, t, s, kv.len, mx);
+  if (!PACKED_LOGITS || t.n == 1) logits_decode<NV>(a, t, s, kv.len, mx);
+  else if (t.n == 2) logits_decode_packed<NV, 2>(a, t, s, kv.len, mx);
+  else logits_decode_packed<NV, 4>(a, t, s, kv.len, mx);
   const int padded = (kv.len + KB - 1) / KB * KB;
   for (int r = 0; r < t.n; r++) softmax_row(s.row(r), padded, kv.len, mx[r]);
   if (a.out) pv(a, t, s, kv.len);
