@@ -428,8 +428,9 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
 });
 
 test(`[${mode}] attention: decode logits with heads packed per vector match the reference and the per-head kernel`, { skip }, () => {
-  // attn_packed 1 (AVX-512 decode) packs two (tiles of 2) or four (3-8) heads' queries per vector; 0 takes every
-  // tile per head. Both must match the reference for every tile size, head size, tail and mask.
+  // attn_packed 1 (AVX-512 decode) packs two (tiles of 2) or four (3-8) heads' queries per vector, taking keys from
+  // both halves of the cache in each block (attn_split 1) or consecutively; 0 takes every tile per head. All must
+  // match the reference for every tile size, head size, tail and mask.
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   try {
@@ -447,15 +448,17 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
           const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), heads, scale: 1 / Math.sqrt(d) };
           const expect = new Float32Array(nq * nHeads * d);
           ref.attention({ ...args, out: expect });
-          for (const packed of [1, 0]) {
-            assert.ok(lib.setTuning('attn_packed', packed));
+          for (const [packed, split] of [[1, 1], [1, 0], [0, 1]]) {
+            assert.ok(lib.setTuning('attn_packed', packed!));
+            assert.ok(lib.setTuning('attn_split', split!));
             const out = new Float32Array(nq * nHeads * d);
             nat.attention({ ...args, out });
-            assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed}: ${maxRelErr(out, expect)}`);
+            assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} split ${split}: ${maxRelErr(out, expect)}`);
           }
         }
   } finally {
     lib.setTuning('attn_packed', 1);
+    lib.setTuning('attn_split', 1);
   }
 });
 
