@@ -462,6 +462,46 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
   }
 });
 
+test(`[${mode}] attention: many-row calls give the same bits with kept or fresh packed keys, in either tile order`, { skip }, () => {
+  // attn_keep_packed 1 reuses each thread's packed-key buffers across calls; a longer call first leaves stale keys
+  // past a shorter call's end, which must be padding (zeros) again. attn_kv_major only reorders the tiles.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  try {
+    for (const d of [64, 40]) {
+      const long = [head(300, d, Array.from({ length: 300 }, (_, i) => i)), head(290, d, Array.from({ length: 290 }, (_, i) => i))];
+      const short = [head(203, d, Array.from({ length: 203 }, (_, i) => i)), head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i)))];
+      const nq = 9;
+      const qLong = vec(nq * 8 * d, 2);
+      const qShort = vec(nq * 8 * d, 2);
+      const call = (heads: KvHeadView[], q: Float32Array) => {
+        const args = { q, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 150 + 20 * i), heads, scale: 1 / Math.sqrt(d) };
+        const out = new Float32Array(nq * 8 * d);
+        nat.attention({ ...args, out });
+        // With statistics the tiles are scheduled per KV head instead.
+        const withStats = new Float32Array(nq * 8 * d);
+        const sum = heads.map((h) => new Float32Array(h.len));
+        nat.attention({ ...args, out: withStats, stats: { fromQuery: 0, sum } });
+        return { out, withStats, sum };
+      };
+      const run = (keep: number, kvMajor: number) => {
+        assert.ok(lib.setTuning('attn_keep_packed', keep));
+        assert.ok(lib.setTuning('attn_kv_major', kvMajor));
+        call(long, qLong);
+        return call(short, qShort);
+      };
+      const fresh = run(0, 0);
+      const expect = new Float32Array(nq * 8 * d);
+      ref.attention({ q: qShort, out: expect, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 150 + 20 * i), heads: short, scale: 1 / Math.sqrt(d) });
+      assert.ok(maxRelErr(fresh.out, expect) < 1e-5, `d=${d}: ${maxRelErr(fresh.out, expect)}`);
+      for (const [keep, kvMajor] of [[1, 1], [1, 0], [0, 1]]) assert.deepEqual(run(keep!, kvMajor!), fresh, `d=${d} keep ${keep} kv-major ${kvMajor}`);
+    }
+  } finally {
+    lib.setTuning('attn_keep_packed', 1);
+    lib.setTuning('attn_kv_major', 1);
+  }
+});
+
 test(`[${mode}] attention: P.V gives the same bits with values read per head, once for all heads, or in blocks`, { skip }, () => {
   // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
   // keys. With more heads than one batch holds, attn_pv_block takes the values in blocks of that many bytes,
