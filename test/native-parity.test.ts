@@ -502,6 +502,48 @@ test(`[${mode}] attention: many-row calls give the same bits with kept or fresh 
   }
 });
 
+test(`[${mode}] attention: many-row calls give the same bits with query rows grouped into tiles or one per tile`, { skip }, () => {
+  // attn_many_rows 1 (AVX-512, d a multiple of 16) groups up to 3-8 consecutive query rows per tile so packed keys
+  // and values are read once per group; 0 takes one row per tile. Each (row, head) pair's logits, softmax, P.V
+  // (keys in order; keys only later rows see weigh 0) and statistics (rows in order) are computed the same way.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  try {
+    for (const G of [1, 2, 3, 4, 5, 7, 8])
+      for (const d of [32, 64, 128])
+        for (const nq of [3, 10, 17]) {
+          const nKv = 2;
+          const nHeads = G * nKv;
+          const heads = [
+            head(203, d, Array.from({ length: 203 }, (_, i) => i)),
+            head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i))),
+          ];
+          const q = vec(nq * nHeads * d, 2);
+          // Rows see different prefixes: the first only part of head 0, the last all of it.
+          const qPos = Int32Array.from({ length: nq }, (_, i) => 40 + 11 * i);
+          const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) };
+          const run = (grouped: number) => {
+            assert.ok(lib.setTuning('attn_many_rows', grouped));
+            const out = new Float32Array(nq * nHeads * d);
+            nat.attention({ ...args, out });
+            const withStats = new Float32Array(nq * nHeads * d);
+            const sum = heads.map((h) => new Float32Array(h.len));
+            const max = heads.map((h) => new Float32Array(h.len));
+            nat.attention({ ...args, out: withStats, stats: { fromQuery: 2, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 1 + i / 4) } });
+            return { out, withStats, sum, max };
+          };
+          const one = run(0);
+          const expect = new Float32Array(nq * nHeads * d);
+          ref.attention({ ...args, out: expect });
+          const label = `${nHeads}:${nKv} d=${d} nq=${nq}`;
+          assert.ok(maxRelErr(one.out, expect) < 1e-5, `${label}: ${maxRelErr(one.out, expect)}`);
+          assert.deepEqual(run(1), one, label);
+        }
+  } finally {
+    lib.setTuning('attn_many_rows', 1);
+  }
+});
+
 test(`[${mode}] attention: P.V gives the same bits with values read per head, once for all heads, or in blocks`, { skip }, () => {
   // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
   // keys. With more heads than one batch holds, attn_pv_block takes the values in blocks of that many bytes,
