@@ -1,10 +1,11 @@
 // Attention over ragged per-KV-head caches. Work is cut into tiles: up to 8 query heads of one KV group for
-// one query row. The heads of a tile share the keys and (same query) the mask, so every key and value is read
-// once per tile instead of once per head: at decode that turns G passes over a head's cache into one.
+// one query row (many-row calls: for up to 8 consecutive rows, at most 24 (row, head) pairs). The pairs of a tile
+// share the keys, so every key and value is read once per tile instead of once per pair: at decode that turns
+// G passes over a head's cache into one.
 //   - decode (few rows): keys straight from the cache, 16 per step, two or four heads per vector (one head
 //     alone), reduced with one transpose;
 //   - prefill / scoring (many rows): keys packed transposed per 16 (per call, per KV head), so logits are
-//     broadcast-FMAs with each packed vector reused by all the tile's heads.
+//     broadcast-FMAs with each packed vector reused by all the tile's pairs.
 // Softmax is two-pass in fp32 (max, then exp and sum), probabilities are normalized before the optional
 // statistics, and P.V runs over key blocks with the tile's heads inner.
 // The AVX2 path (at the end) differs in its units of work; see there.
@@ -214,9 +215,9 @@ void pv_tile_blocks(const Attention& a, const Tile& t, Scratch& s, int visible) 
   }
 }
 
-// Out rows of heads [h0, h0 + HN) of the tile += P . V over keys [j0, j1): each value row is loaded once into
-// registers and meets every head's probability, HN x NV accumulators in registers (kept in the out rows between
-// calls). Each head's sums run over the keys in order, as in pv_tile_blocks.
+// Out rows of (row, head) pairs [h0, h0 + HN) of the tile += P . V over keys [j0, j1): each value row is loaded
+// once into registers and meets every pair's probability, HN x NV accumulators in registers (kept in the out
+// rows between calls). Each pair's sums run over the keys in order, as in pv_tile_blocks.
 template <int NV, int HN>
 __attribute__((target(AVX512)))
 void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int h0, bool ahead) {
