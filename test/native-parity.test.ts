@@ -273,6 +273,11 @@ function head(len: number, d: number, positions: number[]): KvHeadView {
   return { k: vec(cap * d), v: vec(cap * d), pos: Int32Array.from([...positions, ...Array(cap - len).fill(0)]), len };
 }
 
+/** Two KV heads: 203 keys in order (not a whole number of 16-key blocks), 77 in reverse order at even positions. */
+function orderedAndReversed(d: number): KvHeadView[] {
+  return [head(203, d, Array.from({ length: 203 }, (_, i) => i)), head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i)))];
+}
+
 function maxRelErr(a: Float32Array, b: Float32Array, len = a.length): number {
   let scale = 0;
   let err = 0;
@@ -439,11 +444,8 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
         for (const nq of [1, 2]) {
           const nKv = 2;
           const nHeads = G * nKv;
-          // One head in order (len not a multiple of 16), one reversed whose first query sees only part of it.
-          const heads = [
-            head(203, d, Array.from({ length: 203 }, (_, i) => i)),
-            head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i))),
-          ];
+          // The first query sees only part of the reversed head.
+          const heads = orderedAndReversed(d);
           const q = vec(nq * nHeads * d, 3);
           const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), heads, scale: 1 / Math.sqrt(d) };
           const expect = new Float32Array(nq * nHeads * d);
@@ -464,13 +466,13 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
 
 test(`[${mode}] attention: many-row calls give the same bits with kept or fresh packed keys, in either tile order`, { skip }, () => {
   // attn_keep_packed 1 reuses each thread's packed-key buffers across calls; a longer call first leaves stale keys
-  // past a shorter call's end, which must be padding (zeros) again. attn_kv_major only reorders the tiles.
+  // past a shorter call's end, which must not change its results. attn_kv_major only reorders the tiles.
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   try {
     for (const d of [64, 40]) {
       const long = [head(300, d, Array.from({ length: 300 }, (_, i) => i)), head(290, d, Array.from({ length: 290 }, (_, i) => i))];
-      const short = [head(203, d, Array.from({ length: 203 }, (_, i) => i)), head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i)))];
+      const short = orderedAndReversed(d);
       const nq = 9;
       const qLong = vec(nq * 8 * d, 2);
       const qShort = vec(nq * 8 * d, 2);
@@ -514,10 +516,7 @@ test(`[${mode}] attention: many-row calls give the same bits with query rows gro
         for (const nq of [3, 10, 17]) {
           const nKv = 2;
           const nHeads = G * nKv;
-          const heads = [
-            head(203, d, Array.from({ length: 203 }, (_, i) => i)),
-            head(77, d, Array.from({ length: 77 }, (_, i) => 2 * (76 - i))),
-          ];
+          const heads = orderedAndReversed(d);
           const q = vec(nq * nHeads * d, 2);
           // Rows see different prefixes: the first only part of head 0, the last all of it.
           const qPos = Int32Array.from({ length: nq }, (_, i) => 40 + 11 * i);

@@ -337,6 +337,21 @@ float dot_avx512(const float* a, const float* b, int d) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// Decode logits of keys [j, len) one by one (past the last whole block of 16), then padding to a whole block
+// (-inf: weight 0); the row maxima are updated.
+void logits_decode_tail(const Attention& a, const Tile& t, Scratch& s, int j, int len, float* mx) {
+  const HeadView& kv = a.heads[t.g];
+  for (int r = 0; r < t.n; r++) {
+    float* p = s.row(r);
+    const float* q = q_row(a, t.i, t.h0 + r);
+    for (int jj = j; jj < len; jj++) {
+      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, kv.k + long(jj) * a.d, a.d) * a.scale;
+      mx[r] = std::max(mx[r], p[jj]);
+    }
+    for (int jj = len; jj < (len + KB - 1) / KB * KB; jj++) p[jj] = -INFINITY;
+  }
+}
+
 // Logits of the tile's heads for every key (d % 16 == 0, d <= 128), scaled and masked; returns the row maxima.
 template <int NV>
 __attribute__((target(AVX512)))
@@ -369,16 +384,7 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
     }
   }
   for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
-  // Tail keys, then padding to a whole block (-inf: weight 0).
-  for (int r = 0; r < t.n; r++) {
-    float* p = s.row(r);
-    const float* q = q_row(a, t.i, t.h0 + r);
-    for (int jj = j; jj < len; jj++) {
-      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, kv.k + long(jj) * NV * 16, NV * 16) * a.scale;
-      mx[r] = std::max(mx[r], p[jj]);
-    }
-    for (int jj = len; jj < (len + KB - 1) / KB * KB; jj++) p[jj] = -INFINITY;
-  }
+  logits_decode_tail(a, t, s, j, len, mx);
 }
 
 // Tuning (attn_packed): decode logits with several heads packed in each vector (below) for tiles of 2 or more
@@ -479,17 +485,8 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
       }
     }
   }
-  const int j = nblk * KB;
   for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
-  for (int r = 0; r < t.n; r++) {
-    float* p = s.row(r);
-    const float* q = q_row(a, t.i, t.h0 + r);
-    for (int jj = j; jj < len; jj++) {
-      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, kv.k + long(jj) * D, D) * a.scale;
-      mx[r] = std::max(mx[r], p[jj]);
-    }
-    for (int jj = len; jj < (len + KB - 1) / KB * KB; jj++) p[jj] = -INFINITY;
-  }
+  logits_decode_tail(a, t, s, nblk * KB, len, mx);
 }
 
 template <int NV>
@@ -539,44 +536,35 @@ void pack_keys(const HeadView& kv, int d, PackedKeys& pk) {
   }
 }
 
-template <int R>
-__attribute__((target(AVX512)))
-void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
-  const int d = a.d;
-  const __m512i qp = _mm512_set1_epi32(a.q_pos[t.i]);
-  const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
-  const float* q[R];
-  for (int r = 0; r < R; r++) q[r] = q_row(a, t.i, t.h0 + r);
-  __m512 vmax[R];
-  for (int r = 0; r < R; r++) vmax[r] = neg;
-  for (int b = 0; b < nblocks; b++) {
-    const float* kt = pk.kt.data() + size_t(b) * d * KB;
-    __m512 acc[R];
-    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    for (int c = 0; c < d; c++) {
-      const __m512 kv = _mm512_loadu_ps(kt + c * KB);
-      for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][c]), kv, acc[r]);
-    }
-    const __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(pk.pos.data() + b * KB), qp);
-    for (int r = 0; r < R; r++) {
-      const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(acc[r], scale), hidden, neg);
-      _mm512_storeu_ps(s.row(r) + b * KB, logits);
-      vmax[r] = _mm512_max_ps(vmax[r], logits);
-    }
-  }
-  for (int r = 0; r < R; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
+// Every KV head's keys packed (on the pool), in the calling thread's kept buffers up to KEPT_PACKED_MAX bytes
+// (fresh buffers per call cost a page fault per 4 KiB, with zeroing, on every layer; past the cap the attention
+// dwarfs that cost), otherwise in `fresh`.
+std::vector<PackedKeys>& pack_all_keys(const Attention& a, std::vector<PackedKeys>& fresh) {
+  static thread_local std::vector<PackedKeys> kept;
+  long need = 0;
+  for (int g = 0; g < a.n_kv; g++) need += (long(a.heads[g].len) + KB - 1) / KB * KB * a.d * long(sizeof(float));
+  const bool keep = KEEP_PACKED && need <= KEPT_PACKED_MAX;
+  if (!keep) std::vector<PackedKeys>().swap(kept);
+  std::vector<PackedKeys>& packed = keep ? kept : fresh;
+  if (packed.size() < size_t(a.n_kv)) packed.resize(size_t(a.n_kv));
+  pool_run([&](int t, int T) {
+    long g0, g1;
+    split_range(a.n_kv, t, T, &g0, &g1);
+    for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
+  });
+  return packed;
 }
 
 // Query rows per many-row tile of R heads: R x QR accumulators, at most 24.
 constexpr int rows_per_tile(int R) { return R >= 7 ? 3 : R >= 5 ? 4 : R == 4 ? 6 : 8; }
 constexpr int MAX_PAIRS = 24;
 
-// Logits of a many-row tile (t.rows <= QR query rows x R heads) against keys packed transposed: each packed
-// vector of 16 keys meets every (row, head) pair in registers, so the keys are read once per QR rows. Rows past
-// t.rows repeat the last one and are not stored.
+// Logits of a tile (t.rows <= QR query rows x R heads) against keys packed transposed: each packed vector of 16
+// keys meets every (row, head) pair in registers, so the keys are read once per QR rows. Rows past t.rows repeat
+// the last one and are not stored.
 template <int R, int QR>
 __attribute__((target(AVX512)))
-void logits_blocked_rows(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
+void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
   const int d = a.d;
   const float* q[QR][R];
   __m512i qp[QR];
@@ -613,9 +601,15 @@ void logits_blocked_rows(const Attention& a, const Tile& t, const PackedKeys& pk
     for (int r = 0; r < R; r++) mx[ri * R + r] = _mm512_reduce_max_ps(vmax[ri][r]);
 }
 
-// A many-row tile: logits for all its (row, head) pairs, softmax per pair, P.V over the keys any row sees
-// (the others' probabilities there are 0), statistics per pair in row order.
-void attend_blocked_rows(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s) {
+template <int R>
+void logits_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
+  if (t.rows == 1) logits_blocked<R, 1>(a, t, pk, s, nblocks, mx);
+  else logits_blocked<R, rows_per_tile(R)>(a, t, pk, s, nblocks, mx);
+}
+
+// A tile of one or more query rows: logits for all its (row, head) pairs, softmax per pair, P.V over the keys
+// any row sees (the others' probabilities there are 0), statistics per pair in row order.
+void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s) {
   const HeadView& kv = a.heads[t.g];
   s.reserve(pairs(t), std::max(kv.len, pk.blocks * KB));
   int visible = 0;
@@ -623,37 +617,16 @@ void attend_blocked_rows(const Attention& a, const Tile& t, const PackedKeys& pk
   const int nblocks = (visible + KB - 1) / KB;
   float mx[MAX_PAIRS];
   switch (t.n) {
-    case 1: logits_blocked_rows<1, rows_per_tile(1)>(a, t, pk, s, nblocks, mx); break;
-    case 2: logits_blocked_rows<2, rows_per_tile(2)>(a, t, pk, s, nblocks, mx); break;
-    case 3: logits_blocked_rows<3, rows_per_tile(3)>(a, t, pk, s, nblocks, mx); break;
-    case 4: logits_blocked_rows<4, rows_per_tile(4)>(a, t, pk, s, nblocks, mx); break;
-    case 5: logits_blocked_rows<5, rows_per_tile(5)>(a, t, pk, s, nblocks, mx); break;
-    case 6: logits_blocked_rows<6, rows_per_tile(6)>(a, t, pk, s, nblocks, mx); break;
-    case 7: logits_blocked_rows<7, rows_per_tile(7)>(a, t, pk, s, nblocks, mx); break;
-    default: logits_blocked_rows<8, rows_per_tile(8)>(a, t, pk, s, nblocks, mx); break;
+    case 1: logits_blocked_tile<1>(a, t, pk, s, nblocks, mx); break;
+    case 2: logits_blocked_tile<2>(a, t, pk, s, nblocks, mx); break;
+    case 3: logits_blocked_tile<3>(a, t, pk, s, nblocks, mx); break;
+    case 4: logits_blocked_tile<4>(a, t, pk, s, nblocks, mx); break;
+    case 5: logits_blocked_tile<5>(a, t, pk, s, nblocks, mx); break;
+    case 6: logits_blocked_tile<6>(a, t, pk, s, nblocks, mx); break;
+    case 7: logits_blocked_tile<7>(a, t, pk, s, nblocks, mx); break;
+    default: logits_blocked_tile<8>(a, t, pk, s, nblocks, mx); break;
   }
   for (int k = 0; k < pairs(t); k++) softmax_row(s.row(k), nblocks * KB, kv.len, mx[k]);
-  if (a.out) pv(a, t, s, std::min(visible, kv.len));
-  accumulate_stats(a, t, s, kv.len);
-}
-
-void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s) {
-  const HeadView& kv = a.heads[t.g];
-  s.reserve(t.n, std::max(kv.len, pk.blocks * KB));
-  const int visible = visible_keys(kv, pk.sorted, a.q_pos[t.i]);
-  const int nblocks = (visible + KB - 1) / KB;
-  float mx[MAX_TILE];
-  switch (t.n) {
-    case 1: logits_blocked<1>(a, t, pk, s, nblocks, mx); break;
-    case 2: logits_blocked<2>(a, t, pk, s, nblocks, mx); break;
-    case 3: logits_blocked<3>(a, t, pk, s, nblocks, mx); break;
-    case 4: logits_blocked<4>(a, t, pk, s, nblocks, mx); break;
-    case 5: logits_blocked<5>(a, t, pk, s, nblocks, mx); break;
-    case 6: logits_blocked<6>(a, t, pk, s, nblocks, mx); break;
-    case 7: logits_blocked<7>(a, t, pk, s, nblocks, mx); break;
-    default: logits_blocked<8>(a, t, pk, s, nblocks, mx); break;
-  }
-  for (int r = 0; r < t.n; r++) softmax_row(s.row(r), nblocks * KB, kv.len, mx[r]);
   if (a.out) pv(a, t, s, std::min(visible, kv.len));
   accumulate_stats(a, t, s, kv.len);
 }
@@ -953,21 +926,8 @@ void attend_rows_avx2(const Attention& a, const PackedKeys& pk, int g, int i0, i
 }
 
 void attention_rows_avx2(const Attention& a) {
-  // Packed keys are kept per calling thread across calls up to KEPT_PACKED_MAX bytes: fresh buffers per call
-  // cost a page fault per 4 KiB (with zeroing) on every layer; past the cap the attention dwarfs that cost.
-  static thread_local std::vector<PackedKeys> kept;
   std::vector<PackedKeys> fresh;
-  long need = 0;
-  for (int g = 0; g < a.n_kv; g++) need += (long(a.heads[g].len) + KB - 1) / KB * KB * a.d * long(sizeof(float));
-  const bool keep = KEEP_PACKED && need <= KEPT_PACKED_MAX;
-  if (!keep) std::vector<PackedKeys>().swap(kept);
-  std::vector<PackedKeys>& packed = keep ? kept : fresh;
-  if (packed.size() < size_t(a.n_kv)) packed.resize(size_t(a.n_kv));
-  pool_run([&](int t, int T) {
-    long g0, g1;
-    split_range(a.n_kv, t, T, &g0, &g1);
-    for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
-  });
+  const std::vector<PackedKeys>& packed = pack_all_keys(a, fresh);
   const int G = a.n_heads / a.n_kv, rows = std::max(1, UNIT_ROWS / G);
   const int blocks = (a.nq + rows - 1) / rows;
   auto unit = [&](int g, int b, Scratch& s) { attend_rows_avx2(a, packed[g], g, b * rows, std::min(a.nq, (b + 1) * rows), s); };
@@ -1296,23 +1256,10 @@ void attention(const Attention& a) {
     });
     return;
   }
-  // Packed keys are kept per calling thread across calls up to KEPT_PACKED_MAX bytes: fresh buffers per call
-  // cost a page fault per 4 KiB (with zeroing) on every layer; past the cap the attention dwarfs that cost.
-  static thread_local std::vector<PackedKeys> kept;
   std::vector<PackedKeys> fresh;
-  long need = 0;
-  for (int g = 0; g < a.n_kv; g++) need += (long(a.heads[g].len) + KB - 1) / KB * KB * a.d * long(sizeof(float));
-  const bool keep = KEEP_PACKED && need <= KEPT_PACKED_MAX;
-  if (!keep) std::vector<PackedKeys>().swap(kept);
-  std::vector<PackedKeys>& packed = keep ? kept : fresh;
-  if (packed.size() < size_t(a.n_kv)) packed.resize(size_t(a.n_kv));
-  pool_run([&](int t, int T) {
-    long g0, g1;
-    split_range(a.n_kv, t, T, &g0, &g1);
-    for (long g = g0; g < g1; g++) pack_keys(a.heads[g], a.d, packed[g]);
-  });
-  if (!run_row_tiles(a, [&](const Tile& t, Scratch& s) { attend_blocked_rows(a, t, packed[t.g], s); }))
-    run_tiles(a, [&](const Tile& t, Scratch& s) { attend_blocked_tile(a, t, packed[t.g], s); });
+  const std::vector<PackedKeys>& packed = pack_all_keys(a, fresh);
+  const auto tile = [&](const Tile& t, Scratch& s) { attend_blocked_tile(a, t, packed[t.g], s); };
+  if (!run_row_tiles(a, tile)) run_tiles(a, tile);
 }
 
 }  // namespace kvlab
