@@ -394,21 +394,25 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
 // 7.09 vs 7.65 ms (three of eight lanes idle) and 7.02 at two per vector. Four per vector beat two at 4 heads
 // (12.16 vs 13.02 ms) and tied at 7.
 int PACKED_LOGITS = 1;
-// Tuning (attn_split): the packed logits take each block's 16 keys as 8 from each half of the keys, so two key
-// streams are read side by side (0: 16 consecutive keys). Zen 5 from DRAM, alternating, llama-3.2-1b cache:
-// 1.425 vs 1.627 ms at 1K, 13.48 vs 14.27 ms at 8K; qwen2.5-0.5b at 8K 5.78 vs 6.18 ms. Two value streams in
-// P.V (same accumulators, keys from both halves in turn) gave nothing more (12.55 vs 12.52 ms, 1B at 8K).
+// Tuning (attn_split, attn_split_max_bytes): when a tile's keys take at most SPLIT_MAX_BYTES, the packed logits take
+// each block's 16 keys as 8 from each half of the keys, so two key streams are read side by side (attn_split 0:
+// always 16 consecutive keys). Zen 5 from DRAM, alternating, 32:8 heads of d 64 (llama-3.2-1b's cache): two
+// streams 1.03-1.06x at 1K and 2K keys, 0.99x at 4K, 0.91-0.95x at 8K; qwen2.5-0.5b 1.07x at 2K, 0.96-0.98x at
+// 8K; d 128 at 4K 0.95x. (Before the key loop below was unrolled, with its accumulators on the stack, two
+// streams won at 8K too: 13.48 vs 14.27 ms.) Two value streams in P.V gave nothing (12.55 vs 12.52 ms, 1B at 8K).
 int SPLIT_KEYS = 1;
+long SPLIT_MAX_BYTES = 768 << 10;
 
 // Logits of the tile's heads, HP heads per vector: lanes W r .. W r + W - 1 (W = 16 / HP) hold head r's query at W
 // consecutive dims, so one W-float broadcast of a key meets HP heads in one FMA, and 16 keys need a W:1 reduction
 // (two shuffle-add stages for W 4, three for W 8, then a transpose of 128-bit lanes) instead of 16:1 per head.
 // Heads past the tile's are zero lanes. Same contract as logits_decode.
-template <int NV, int HP>
+template <int NV, int HP, int S>
 __attribute__((target(AVX512)))
 void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
   static_assert(HP == 2 || HP == 4, "two or four heads per vector");
-  constexpr int D = NV * 16, W = 16 / HP;
+  static_assert(S == 1 || S == 2, "one or two key streams");
+  constexpr int D = NV * 16, W = 16 / HP, KS = KB / S;
   const HeadView& kv = a.heads[t.g];
   const int groups = (t.n + HP - 1) / HP;
   alignas(64) float qp[MAX_TILE / HP][D / W][16];
@@ -423,30 +427,35 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
   const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
   __m512 vmax[MAX_TILE];
   for (int r = 0; r < t.n; r++) vmax[r] = neg;
-  // Block b takes keys a0 .. a0 + 7 and b0 .. b0 + 7: consecutive, or (SPLIT_KEYS) one from each half of the
-  // keys so that two streams are read side by side.
-  const int nblk = len / KB, half = nblk * (KB / 2);
-  const bool split = SPLIT_KEYS && nblk >= 2;
+  // Block b takes KS consecutive keys from each of S equal parts of the keys, so S streams are read side by side.
+  const int nblk = len / KB, part = nblk * KS;
   for (int b = 0; b < nblk; b++) {
-    const int a0 = split ? b * (KB / 2) : b * KB, b0 = split ? half + b * (KB / 2) : b * KB + KB / 2;
-    const float* ka = kv.k + long(a0) * D;
-    const float* kb = kv.k + long(b0) * D;
-    const __m512i pos = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + a0))),
-                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + b0)), 1);
+    int k0[S];
+    const float* kp[S];
+    for (int p = 0; p < S; p++) {
+      k0[p] = p * part + b * KS;
+      kp[p] = kv.k + long(k0[p]) * D;
+    }
+    const __m512i pos =
+        S == 1 ? _mm512_loadu_si512(kv.pos + k0[0])
+               : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[0]))),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[S - 1])), 1);
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(pos, qpos);
     if (AVX512_AHEAD)
-      for (int l = 0; l < KB / 2 * NV; l++) {
-        _mm_prefetch(reinterpret_cast<const char*>(ka + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(kb + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
-      }
+      for (int l = 0; l < KS * NV; l++)
+        for (int p = 0; p < S; p++) _mm_prefetch(reinterpret_cast<const char*>(kp[p] + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
     for (int gr = 0; gr < groups; gr++) {
       __m512 acc[KB];
       for (int u = 0; u < KB; u++) acc[u] = _mm512_setzero_ps();
       for (int v = 0; v < NV; v++) {
         __m512 qv[HP];
         for (int c = 0; c < HP; c++) qv[c] = _mm512_load_ps(qp[gr][HP * v + c]);
+        // Unrolled, or GCC keeps acc[] on the stack: L2-resident the kernel then ran ~10% slower, from DRAM at 1K
+        // 1.45-1.58 vs 1.31-1.45 ms per 1B token.
+        #pragma GCC unroll 16
         for (int u = 0; u < KB; u++) {
-          const float* kr = (u < KB / 2 ? ka + u * D : kb + (u - KB / 2) * D) + v * 16;
+          const float* kr = kp[u / KS] + (u % KS) * D + v * 16;
+          #pragma GCC unroll 4
           for (int c = 0; c < HP; c++) {
             const __m512 k = HP == 4 ? _mm512_broadcast_f32x4(_mm_loadu_ps(kr + W * c)) : _mm512_broadcast_f32x8(_mm256_loadu_ps(kr + W * c));
             acc[u] = _mm512_fmadd_ps(qv[c], k, acc[u]);
@@ -479,8 +488,12 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
       for (int r = 0; r < HP && HP * gr + r < t.n; r++) {
         const int h = HP * gr + r;
         const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(rows[r], scale), hidden, neg);
-        _mm256_storeu_ps(s.row(h) + a0, _mm512_castps512_ps256(logits));
-        _mm256_storeu_ps(s.row(h) + b0, _mm512_extractf32x8_ps(logits, 1));
+        if constexpr (S == 1) {
+          _mm512_storeu_ps(s.row(h) + k0[0], logits);
+        } else {
+          _mm256_storeu_ps(s.row(h) + k0[0], _mm512_castps512_ps256(logits));
+          _mm256_storeu_ps(s.row(h) + k0[1], _mm512_extractf32x8_ps(logits, 1));
+        }
         vmax[h] = _mm512_max_ps(vmax[h], logits);
       }
     }
@@ -489,14 +502,20 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
   logits_decode_tail(a, t, s, nblk * KB, len, mx);
 }
 
+template <int NV, int HP>
+void logits_decode_packed_streams(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
+  if (SPLIT_KEYS && len >= 2 * KB && long(len) * NV * 64 <= SPLIT_MAX_BYTES) logits_decode_packed<NV, HP, 2>(a, t, s, len, mx);
+  else logits_decode_packed<NV, HP, 1>(a, t, s, len, mx);
+}
+
 template <int NV>
 void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
   const HeadView& kv = a.heads[t.g];
   s.reserve(t.n, kv.len);
   float mx[MAX_TILE];
   if (!PACKED_LOGITS || t.n == 1) logits_decode<NV>(a, t, s, kv.len, mx);
-  else if (t.n == 2) logits_decode_packed<NV, 2>(a, t, s, kv.len, mx);
-  else logits_decode_packed<NV, 4>(a, t, s, kv.len, mx);
+  else if (t.n == 2) logits_decode_packed_streams<NV, 2>(a, t, s, kv.len, mx);
+  else logits_decode_packed_streams<NV, 4>(a, t, s, kv.len, mx);
   const int padded = (kv.len + KB - 1) / KB * KB;
   for (int r = 0; r < t.n; r++) softmax_row(s.row(r), padded, kv.len, mx[r]);
   if (a.out) pv(a, t, s, kv.len);
@@ -1210,6 +1229,7 @@ bool attention_set(const std::string& key, double value) {
   else if (key == "many_rows") MANY_ROWS = int(value);
   else if (key == "keep_packed") KEEP_PACKED = int(value);
   else if (key == "split") SPLIT_KEYS = int(value);
+  else if (key == "split_max_bytes") SPLIT_MAX_BYTES = long(value);
   else if (key == "packed") PACKED_LOGITS = int(value);
   else return false;
   return true;

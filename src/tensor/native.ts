@@ -95,6 +95,7 @@ export interface Addon {
    * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'attn_pv_block' (bytes of
    * values per block when a tile's heads take several register batches; 0: one pass per batch), 'attn_packed' (0/1:
    * decode logits several heads per vector), 'attn_split' (0/1: packed logits read both halves of the keys),
+   * 'attn_split_max_bytes' (only for tiles whose keys take at most this many bytes),
    * 'attn_kv_major' (0/1: many-row tiles split KV-head-major), 'attn_keep_packed' (0/1: packed keys kept across calls),
    * 'attn_many_rows' (0/1: many-row calls group query rows into tiles), 'step_placement' (0/1: async
    * steps and products pin their threads to distinct CPUs); false if unknown.
