@@ -585,12 +585,20 @@ template <int R, int QR>
 __attribute__((target(AVX512)))
 void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scratch& s, int nblocks, float* mx) {
   const int d = a.d;
-  const float* q[QR][R];
+  // The pairs' queries interleaved per dimension, so every broadcast below is one base pointer plus a constant
+  // (24 separate query pointers do not fit in registers: GCC reloaded one from the stack before each FMA).
+  constexpr int P = QR * R;
+  thread_local std::vector<float> qbuf;
+  if (qbuf.size() < size_t(d) * P) qbuf.resize(size_t(d) * P);
+  float* qt = qbuf.data();
   __m512i qp[QR];
   for (int ri = 0; ri < QR; ri++) {
     const int i = t.i + std::min(ri, t.rows - 1);
     qp[ri] = _mm512_set1_epi32(a.q_pos[i]);
-    for (int r = 0; r < R; r++) q[ri][r] = q_row(a, i, t.h0 + r);
+    for (int r = 0; r < R; r++) {
+      const float* q = q_row(a, i, t.h0 + r);
+      for (int c = 0; c < d; c++) qt[c * P + ri * R + r] = q[c];
+    }
   }
   const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
   __m512 vmax[QR][R];
@@ -603,8 +611,9 @@ void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scr
       for (int r = 0; r < R; r++) acc[ri][r] = _mm512_setzero_ps();
     for (int c = 0; c < d; c++) {
       const __m512 kv = _mm512_loadu_ps(kt + c * KB);
+      const float* qc = qt + c * P;
       for (int ri = 0; ri < QR; ri++)
-        for (int r = 0; r < R; r++) acc[ri][r] = _mm512_fmadd_ps(_mm512_set1_ps(q[ri][r][c]), kv, acc[ri][r]);
+        for (int r = 0; r < R; r++) acc[ri][r] = _mm512_fmadd_ps(_mm512_set1_ps(qc[ri * R + r]), kv, acc[ri][r]);
     }
     const __m512i pos = _mm512_loadu_si512(pk.pos.data() + b * KB);
     for (int ri = 0; ri < QR && ri < t.rows; ri++) {
