@@ -685,30 +685,37 @@ Scratch& thread_scratch() {
 // Tuning (attn_kv_major): tiles of (KV head, query row) pairs split KV-head-major over the threads (0: row-major).
 int KV_MAJOR = 1;
 
-template <typename F>
-void run_tiles(const Attention& a, F f) {
+// Runs unit(g, k, scratch) for every KV head g and k < per_kv on the pool. With statistics each KV head's units all
+// run on one thread (its statistics are accumulated by that thread alone); otherwise the n_kv x per_kv units are
+// split evenly, KV-head-major (a thread's consecutive units read the same keys and values) or, with kv_major
+// false, row-major.
+template <typename U>
+void run_kv_units(const Attention& a, long per_kv, bool kv_major, U unit) {
   if (has_stats(a)) {
     pool_run([&](int t, int T) {
       Scratch& s = thread_scratch();
       long g0, g1;
       split_range(a.n_kv, t, T, &g0, &g1);
       for (long g = g0; g < g1; g++)
-        for (int i = 0; i < a.nq; i++) for_tiles_of(a, int(g), i, [&](const Tile& tile) { f(tile, s); });
+        for (long k = 0; k < per_kv; k++) unit(int(g), k, s);
     });
     return;
   }
-  const long units = long(a.n_kv) * a.nq;
-  if (units >= pool_threads()) {
-    pool_run([&](int t, int T) {
-      Scratch& s = thread_scratch();
-      long u0, u1;
-      split_range(units, t, T, &u0, &u1);
-      for (long u = u0; u < u1; u++) {
-        // KV-head-major, so a thread's consecutive tiles read the same keys and values.
-        const int g = KV_MAJOR ? int(u / a.nq) : int(u % a.n_kv), i = KV_MAJOR ? int(u % a.nq) : int(u / a.n_kv);
-        for_tiles_of(a, g, i, [&](const Tile& tile) { f(tile, s); });
-      }
-    });
+  pool_run([&](int t, int T) {
+    Scratch& s = thread_scratch();
+    long u0, u1;
+    split_range(long(a.n_kv) * per_kv, t, T, &u0, &u1);
+    for (long u = u0; u < u1; u++) {
+      if (kv_major) unit(int(u / per_kv), u % per_kv, s);
+      else unit(int(u % a.n_kv), u / a.n_kv, s);
+    }
+  });
+}
+
+template <typename F>
+void run_tiles(const Attention& a, F f) {
+  if (has_stats(a) || long(a.n_kv) * a.nq >= pool_threads()) {
+    run_kv_units(a, a.nq, KV_MAJOR, [&](int g, long i, Scratch& s) { for_tiles_of(a, g, int(i), [&](const Tile& tile) { f(tile, s); }); });
     return;
   }
   // Fewer (KV head, query) pairs than threads (e.g. one KV head at decode): split the heads instead.
@@ -744,24 +751,8 @@ bool run_row_tiles(const Attention& a, F f) {
   const int QR = rows_per_tile(G);
   const long groups = (a.nq + QR - 1) / QR;
   const auto tile = [&](int g, long grp) { return Tile{g, int(grp * QR), g * G, G, int(std::min<long>(QR, a.nq - grp * QR))}; };
-  if (has_stats(a)) {
-    pool_run([&](int t, int T) {
-      Scratch& s = thread_scratch();
-      long g0, g1;
-      split_range(a.n_kv, t, T, &g0, &g1);
-      for (long g = g0; g < g1; g++)
-        for (long grp = 0; grp < groups; grp++) f(tile(int(g), grp), s);
-    });
-    return true;
-  }
-  const long units = long(a.n_kv) * groups;
-  if (units < pool_threads()) return false;
-  pool_run([&](int t, int T) {
-    Scratch& s = thread_scratch();
-    long u0, u1;
-    split_range(units, t, T, &u0, &u1);
-    for (long u = u0; u < u1; u++) f(tile(int(u / groups), u % groups), s);
-  });
+  if (!has_stats(a) && long(a.n_kv) * groups < pool_threads()) return false;
+  run_kv_units(a, groups, true, [&](int g, long grp, Scratch& s) { f(tile(g, grp), s); });
   return true;
 }
 

@@ -54,7 +54,10 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   if (opts.weights === 'int8') weights = quantizeModelWeights(weights, group);
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
-  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? int8Label(group) : 'checkpoint', files.map((f) => [f, statSync(f).size, statSync(f).mtimeMs])]);
+  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? int8Label(group) : 'checkpoint', files.map((f) => {
+    const st = statSync(f);
+    return [f, st.size, st.mtimeMs];
+  })]);
   return new LoadedModel(dir, config, tokenizer, model, fingerprint);
 }
 
