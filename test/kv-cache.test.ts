@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KvCache } from '../src/cache/kv-cache.ts';
+import { loadAddon } from '../src/tensor/native.ts';
 
 function filled(layers: number, heads: number, d: number, n: number): KvCache {
   const c = new KvCache(layers, heads, d);
@@ -68,4 +69,20 @@ test('a mark taken before a compaction cannot be restored', () => {
   const mark = c.mark();
   c.keep(0, 0, [1, 2]);
   assert.throws(() => c.truncate(mark), /compacted/);
+});
+
+test('with the native addon, every head keeps its keys and values on 64-byte boundaries', (t) => {
+  const lib = loadAddon();
+  if (!lib) return t.skip('native addon not built');
+  const aligned = (a: Float32Array) => (lib.alignOffset(a.buffer as ArrayBuffer, 64) - a.byteOffset) % 64 === 0;
+  const c = filled(2, 3, 8, 40);
+  c.keep(1, 2, [0, 7, 39]);
+  const more = filled(1, 3, 8, 1000);
+  const h = c.head(0, 0);
+  h.reserve(5000);
+  for (const s of [...c.heads.flat(), ...more.heads.flat(), ...c.clone().heads.flat()]) {
+    assert.ok(aligned(s.k) && aligned(s.v), `capacity ${s.capacity}, byteOffset ${s.k.byteOffset}/${s.v.byteOffset}`);
+  }
+  assert.equal(c.head(1, 2).k[8], 7 * 3 * 8 + 2 * 8, 'rows survive the move to a new aligned buffer');
+  assert.throws(() => lib.alignOffset(new ArrayBuffer(64), 48), /power of two/);
 });

@@ -619,6 +619,23 @@ Napi::Value MappedSizeFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(info[0].As<Napi::External<Mapping>>().Data()->size));
 }
 
+// alignOffset(buffer: ArrayBuffer, alignment) -> bytes from the buffer's start to its first address that is a
+// multiple of alignment (V8 never moves an ArrayBuffer's backing store).
+Napi::Value AlignOffsetFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsArrayBuffer() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "alignOffset(buffer: ArrayBuffer, alignment: number)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const uintptr_t at = reinterpret_cast<uintptr_t>(info[0].As<Napi::ArrayBuffer>().Data());
+  const uint32_t alignment = info[1].As<Napi::Number>().Uint32Value();
+  if (alignment == 0 || (alignment & (alignment - 1))) {
+    Napi::RangeError::New(env, "alignOffset: alignment must be a power of two").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, double((alignment - at % alignment) % alignment));
+}
+
 // mapRegions(path, [[offset, length], ...]) -> ArrayBuffer[] viewing the file through one mmap.
 Napi::Value MapRegionsFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -670,6 +687,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mapFile", Napi::Function::New(env, MapFileFn));
   exports.Set("mapRegion", Napi::Function::New(env, MapRegionFn));
   exports.Set("mappedSize", Napi::Function::New(env, MappedSizeFn));
+  exports.Set("alignOffset", Napi::Function::New(env, AlignOffsetFn));
   exports.Set("mapRegions", Napi::Function::New(env, MapRegionsFn));
   exports.Set("setTuning", Napi::Function::New(env, SetTuningFn));
   exports.Set("streamRead", Napi::Function::New(env, StreamReadFn));

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <string>
 
+#include "aligned.h"
 #include "cpu.h"
 #include "pool.h"
 #include "vecmath.h"
@@ -72,7 +73,7 @@ bool ascending(const HeadView& kv) {
 
 // Per-row scratch: probabilities [n][stride].
 struct Scratch {
-  std::vector<float> p;
+  AlignedVector<float> p;
   long stride = 0;
   float* row(int r) { return p.data() + r * stride; }
   void reserve(int rows, long len) {
@@ -525,7 +526,7 @@ void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
 // ---------- prefill tiles: keys packed transposed per 16, logits by broadcast-FMA ----------
 
 struct PackedKeys {
-  std::vector<float> kt;     // [blocks][d][16]
+  AlignedVector<float> kt;   // [blocks][d][16]
   std::vector<int32_t> pos;  // [blocks * 16], padding = INT32_MAX (never visible)
   int blocks = 0;
   bool sorted = true;
@@ -588,7 +589,7 @@ void logits_blocked(const Attention& a, const Tile& t, const PackedKeys& pk, Scr
   // The pairs' queries interleaved per dimension, so every broadcast below is one base pointer plus a constant
   // (24 separate query pointers do not fit in registers: GCC reloaded one from the stack before each FMA).
   constexpr int P = QR * R;
-  thread_local std::vector<float> qbuf;
+  thread_local AlignedVector<float> qbuf;
   if (qbuf.size() < size_t(d) * P) qbuf.resize(size_t(d) * P);
   float* qt = qbuf.data();
   __m512i qp[QR];
@@ -1141,7 +1142,7 @@ void attention_decode_avx2(const Attention& a) {
   // Per unit and head: (m, z), partial output [d] and, for the statistics, the weights [DECODE_CHUNK] (else
   // they stay in the thread's scratch). The caller's buffers, kept across calls (see thread_scratch); the
   // workers see them through these pointers.
-  static thread_local std::vector<float> pbuf, obuf;
+  static thread_local AlignedVector<float> pbuf, obuf;
   static thread_local std::vector<ChunkHead> mzbuf;
   const bool keep = has_stats(a);
   if (keep) pbuf.resize(units.size() * MAX_TILE * DECODE_CHUNK);

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "aligned.h"
 #include "amx.h"
 #include "attention.h"
 #include "cpu.h"
@@ -43,16 +44,6 @@ long GEMV_AHEAD_AVX2 = 512;       // prefetch distance along each range, bytes
 long GEMV_AHEAD_AVX512 = 2048;
 
 int INT8_MODE = -1;  // -1: not yet read from KVLAB_INT8_GEMV, 0: dequantize in registers, 1: VNNI where it applies
-
-// 64-byte aligned scratch.
-template <typename T>
-struct Aligned {
-  std::vector<T> buf;
-  T* p;
-  explicit Aligned(size_t n) : buf(n + 64 / sizeof(T)) {
-    p = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
-  }
-};
 
 inline __mmask16 mask16(long len) { return len >= 16 ? __mmask16(0xffff) : __mmask16((1u << len) - 1); }
 
@@ -315,11 +306,11 @@ void gemm_f32_avx2(const Matmul& m) { gemm_avx2(m); }
 
 void gemm_f32(const Matmul& m) {
   for_each_panel(m, [&](long p0, long p1) {
-    Aligned<float> panel(size_t(m.w.cols) * NR);
+    AlignedVector<float> panel(size_t(m.w.cols) * NR);
     std::vector<float> row(m.w.cols + 16);
     for (long p = p0; p < p1; p++) {
-      pack_panel_f32(m.w, p * NR, panel.p, row.data(), true);
-      for_each_tile(m.n, [&](long i0, auto rows) { tile_f32<decltype(rows)::value>(m, panel.p, i0, p * NR); });
+      pack_panel_f32(m.w, p * NR, panel.data(), row.data(), true);
+      for_each_tile(m.n, [&](long i0, auto rows) { tile_f32<decltype(rows)::value>(m, panel.data(), i0, p * NR); });
     }
   });
 }
@@ -330,11 +321,11 @@ void gemm_bf16(const Matmul& m) {
   uint32_t* xb = xraw.data();
   run_rows(m.n, [&](long i0, long i1) { activations_to_bf16(m, xb, K2, i0, i1); });
   for_each_panel(m, [&](long p0, long p1) {
-    Aligned<uint32_t> panel(size_t(K2) * NR);
+    AlignedVector<uint32_t> panel(size_t(K2) * NR);
     std::vector<float> row(m.w.cols + 16);
     for (long p = p0; p < p1; p++) {
-      pack_panel_bf16(m.w, p * NR, panel.p, K2, row.data());
-      for_each_tile(m.n, [&](long i0, auto rows) { tile_bf16<decltype(rows)::value>(m, panel.p, xb, K2, i0, p * NR); });
+      pack_panel_bf16(m.w, p * NR, panel.data(), K2, row.data());
+      for_each_tile(m.n, [&](long i0, auto rows) { tile_bf16<decltype(rows)::value>(m, panel.data(), xb, K2, i0, p * NR); });
     }
   });
 }

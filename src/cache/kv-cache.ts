@@ -1,3 +1,4 @@
+import { alignedFloat32Array } from '../tensor/aligned.ts';
 import type { Backend, KvHeadView } from '../tensor/backend.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 
@@ -11,8 +12,8 @@ export class HeadStore implements KvHeadView {
   len = 0;
 
   constructor(readonly headDim: number, capacity = MIN_CAPACITY) {
-    this.k = new Float32Array(capacity * headDim);
-    this.v = new Float32Array(capacity * headDim);
+    this.k = alignedFloat32Array(capacity * headDim);
+    this.v = alignedFloat32Array(capacity * headDim);
     this.pos = new Int32Array(capacity);
   }
 
@@ -69,8 +70,8 @@ export class HeadStore implements KvHeadView {
 
   private resize(capacity: number): void {
     const d = this.headDim;
-    const k = new Float32Array(capacity * d);
-    const v = new Float32Array(capacity * d);
+    const k = alignedFloat32Array(capacity * d);
+    const v = alignedFloat32Array(capacity * d);
     const pos = new Int32Array(capacity);
     k.set(this.k.subarray(0, this.len * d));
     v.set(this.v.subarray(0, this.len * d));
@@ -181,7 +182,7 @@ export class KvCache {
   /** Bytes actually allocated for K, V and positions, spare capacity included. */
   allocatedBytes(): number {
     let total = 0;
-    this.forEachHead((s) => (total += s.k.byteLength + s.v.byteLength + s.pos.byteLength));
+    this.forEachHead((s) => (total += s.k.buffer.byteLength + s.v.buffer.byteLength + s.pos.byteLength));
     return total;
   }
 

@@ -83,6 +83,8 @@ export interface Addon {
   mapRegion(file: MappedFile, offset: number, length: number): ArrayBuffer;
   mappedSize(file: MappedFile): number;
   mapRegions(path: string, regions: [number, number][]): ArrayBuffer[];
+  /** Bytes from the buffer's start to its first address that is a multiple of `alignment` (a power of two). */
+  alignOffset(buffer: ArrayBuffer, alignment: number): number;
   /** Sum of buf read on every pool thread: three plain streams per thread, or four that prefetch ahead. */
   streamRead(buf: Float32Array, prefetching: boolean): number;
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
