@@ -13,6 +13,7 @@ const skip = nativeAvailable() ? false : 'native addon not built (npm run build:
 
 interface Decode {
   context: number;
+  kv_dtype: string;
   tokens_per_s: number;
   ms_per_token: number;
   bytes_per_token: number;
@@ -44,11 +45,16 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
     // The op times are those of the prefill run the other prefill figures come from.
     const prefillMs = (m.prefill.tokens / m.prefill.tokens_per_s) * 1000;
     assert.ok(Math.abs(m.prefill.time_by_op_ms.matmul / prefillMs - m.prefill.matmul_share_of_time) < 0.03, JSON.stringify(m.prefill));
-    const [d] = m.decode as Decode[];
+    const [d, bf] = m.decode as Decode[];
     assert.equal(d!.context, 1024);
+    assert.equal(d!.kv_dtype, 'f32');
     // fp32 keys and values of every layer and KV head.
     assert.equal(d!.kv_bytes, cfg.num_hidden_layers * cfg.num_key_value_heads * 1024 * cfg.head_dim * 2 * 4);
     assert.equal(d!.bytes_per_token, m.decode_weight_bytes + d!.kv_bytes);
+    // The same context on a bf16 cache: half the cache bytes in the bound.
+    assert.deepEqual([bf!.context, bf!.kv_dtype, bf!.kv_bytes * 2], [1024, 'bf16', d!.kv_bytes]);
+    assert.equal(bf!.bytes_per_token, m.decode_weight_bytes + bf!.kv_bytes);
+    assert.ok(bf!.fraction_of_bound > 0 && bf!.tokens_per_s > 0);
     assert.ok(Math.abs(d!.bound_tokens_per_s - (d!.bandwidth_gbs_around * 1e9) / d!.bytes_per_token) <= 0.1 * d!.bound_tokens_per_s);
     // Each round pairs a probe pass with the steps right after it; the fraction is the median over rounds.
     assert.equal(d!.fraction_of_bound_rounds.length, d!.bandwidth_gbs_rounds.length);
@@ -64,10 +70,15 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
   assert.equal(int8.context, 1024);
   assert.ok(int8.ratio > 0);
   // The same two models timed in alternating rounds: a median of per-round ratios, near the ratio of medians.
-  const [alt] = report.int8_vs_bf16[0].decode_speedup_alternating;
-  assert.equal(alt.context, 1024);
+  const [alt, altBf16] = report.int8_vs_bf16[0].decode_speedup_alternating;
+  assert.deepEqual([alt.context, alt.kv_dtype, altBf16.context, altBf16.kv_dtype], [1024, 'f32', 1024, 'bf16']);
   assert.ok(alt.rounds >= 1 && alt.bf16_ms_per_token > 0 && alt.int8_ms_per_token > 0);
   assert.ok(Math.abs(Math.log(alt.ratio / (alt.bf16_ms_per_token / alt.int8_ms_per_token))) < Math.log(1.5), JSON.stringify(alt));
+  // One model on an fp32 and a bf16 cache, alternating.
+  const [kv] = report.kv_bf16_vs_f32[0].decode_speedup_alternating;
+  assert.equal(report.kv_bf16_vs_f32[0].model, 'tiny');
+  assert.ok(kv.context === 1024 && kv.f32_ms_per_token > 0 && kv.bf16_ms_per_token > 0);
+  assert.ok(Math.abs(Math.log(kv.ratio / (kv.f32_ms_per_token / kv.bf16_ms_per_token))) < Math.log(1.5), JSON.stringify(kv));
   assert.equal(report.kvzip, null);
 });
 

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { KvCache } from '../src/cache/kv-cache.ts';
+import { KvCache, parseKvDtype, type KvDtype } from '../src/cache/kv-cache.ts';
+import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.ts';
+import type { KvRows } from '../src/tensor/backend.ts';
 import { loadAddon } from '../src/tensor/native.ts';
 
 function filled(layers: number, heads: number, d: number, n: number): KvCache {
@@ -74,15 +76,50 @@ test('a mark taken before a compaction cannot be restored', () => {
 test('with the native addon, every head keeps its keys and values on 64-byte boundaries', (t) => {
   const lib = loadAddon();
   if (!lib) return t.skip('native addon not built');
-  const aligned = (a: Float32Array) => (lib.alignOffset(a.buffer as ArrayBuffer, 64) - a.byteOffset) % 64 === 0;
+  const aligned = (a: KvRows) => (lib.alignOffset(a.buffer as ArrayBuffer, 64) - a.byteOffset) % 64 === 0;
   const c = filled(2, 3, 8, 40);
   c.keep(1, 2, [0, 7, 39]);
   const more = filled(1, 3, 8, 1000);
   const h = c.head(0, 0);
   h.reserve(5000);
-  for (const s of [...c.heads.flat(), ...more.heads.flat(), ...c.clone().heads.flat()]) {
+  const bf = c.clone('bf16');
+  bf.head(0, 1).reserve(3000);
+  for (const s of [...c.heads.flat(), ...more.heads.flat(), ...c.clone().heads.flat(), ...bf.heads.flat()]) {
     assert.ok(aligned(s.k) && aligned(s.v), `capacity ${s.capacity}, byteOffset ${s.k.byteOffset}/${s.v.byteOffset}`);
   }
   assert.equal(c.head(1, 2).k[8], 7 * 3 * 8 + 2 * 8, 'rows survive the move to a new aligned buffer');
   assert.throws(() => lib.alignOffset(new ArrayBuffer(64), 48), /power of two/);
+});
+
+test('a bf16 cache holds half the bytes, rounds rows to nearest even and reads them back widened', () => {
+  const [layers, heads, d, n] = [2, 3, 8, 50];
+  const k = Float32Array.from({ length: n * heads * d }, (_, i) => Math.sin(i) * 3 + 1 / (i + 1));
+  const v = Float32Array.from({ length: n * heads * d }, (_, i) => Math.cos(i * 0.7) * 1e-3);
+  const pos = Int32Array.from({ length: n }, (_, i) => i);
+  const make = (dtype: KvDtype) => {
+    const c = new KvCache(layers, heads, d, dtype);
+    for (let l = 0; l < layers; l++) c.appendLayer(l, k, v, pos);
+    c.advance(n);
+    return c;
+  };
+  const f = make('f32');
+  const b = make('bf16');
+  assert.ok(b.head(0, 0).k instanceof Uint16Array);
+  assert.equal(b.bytes() * 2, f.bytes());
+  assert.equal(b.rowBytes, d * 2 * 2);
+  assert.ok(b.allocatedBytes() < 0.6 * f.allocatedBytes(), `${b.allocatedBytes()} vs ${f.allocatedBytes()}`);
+  const rounded = (x: number) => bf16ToF32(f32ToBf16(x));
+  const h = b.head(1, 2);
+  assert.deepEqual([...h.keys(3, 5)], [...f.head(1, 2).keys(3, 5)].map(rounded));
+  assert.deepEqual([...h.values(0, 2)], [...f.head(1, 2).values(0, 2)].map(rounded));
+  assert.deepEqual(h.k, f.clone('bf16').head(1, 2).k, 'an fp32 cache cloned to bf16 holds the bits appended directly');
+  const wide = b.clone('f32');
+  assert.ok(wide.head(1, 2).k instanceof Float32Array);
+  assert.deepEqual(wide.head(1, 2).keys(), h.keys(), 'cloned to fp32: widened exactly');
+  assert.equal(wide.nextPos, n);
+  b.keep(1, 2, [0, 7, 49]);
+  assert.deepEqual([...b.head(1, 2).keys(1, 2)], [...f.head(1, 2).keys(7, 8)].map(rounded), 'keep compacts bf16 rows');
+  assert.deepEqual([...b.head(1, 2).pos.subarray(0, 3)], [0, 7, 49]);
+  assert.equal(b.clone().dtype, 'bf16');
+  assert.throws(() => parseKvDtype('fp8'), /unknown KV cache dtype "fp8"; known: f32, bf16/);
 });

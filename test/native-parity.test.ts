@@ -19,7 +19,8 @@ import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type { KvHeadView, Weight } from '../src/tensor/backend.ts';
+import type { KvHeadView, KvRows, Weight } from '../src/tensor/backend.ts';
+import { bf16ArrayToF32 } from '../src/tensor/dtype.ts';
 import { loadAddon, NativeBackend } from '../src/tensor/native.ts';
 import { mapFileRegion, mmapSource } from '../src/tensor/mmap-source.ts';
 import { quantizeInt8 } from '../src/tensor/quantize.ts';
@@ -462,6 +463,89 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
     lib.setTuning('attn_packed', 1);
     lib.setTuning('attn_split', 1);
   }
+});
+
+/** The head's rows rounded to bf16: the bits (for a bf16 cache) and the same values widened back to fp32. */
+function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
+  const bits = (a: KvRows) => Uint16Array.from(a as Float32Array, bf16Bits);
+  const k = bits(h.k);
+  const v = bits(h.v);
+  return { bits: { ...h, k, v }, wide: { ...h, k: bf16ArrayToF32(k), v: bf16ArrayToF32(v) } };
+}
+
+test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to fp32, on every path`, { skip }, () => {
+  // AVX-512 decode reads bf16 rows directly (widened per block of keys, or per value row in registers); every
+  // other path (many rows, AVX2, scalar, the per-head knobs, d not a multiple of 32) widens the cache first. Each
+  // sums in the fp32 path's order, except one-head decode tiles (bf16: two heads per vector, one of them zero;
+  // fp32: per head), which must match the reference.
+  const lib = loadAddon()!;
+  const nat = new NativeBackend();
+  const knobs: [string, number][] = [['attn_packed', 1], ['attn_pv_heads', 1], ['attn_split', 1]];
+  try {
+    for (const [packed, pvHeads, split] of [[1, 1, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]])
+      for (const G of [1, 2, 4, 7])
+        for (const d of [16, 32, 40, 64, 128])
+          for (const nq of [1, 2, 5]) {
+            if ((packed === 0 || pvHeads === 0 || split === 0) && (nq > 1 || d !== 64)) continue;
+            lib.setTuning('attn_packed', packed!);
+            lib.setTuning('attn_pv_heads', pvHeads!);
+            lib.setTuning('attn_split', split!);
+            const nKv = 2;
+            const nHeads = G * nKv;
+            const views = orderedAndReversed(d).map(bf16Head);
+            const args = { q: vec(nq * nHeads * d, 3), nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), scale: 1 / Math.sqrt(d) };
+            const run = (be: ReferenceBackend | NativeBackend, heads: KvHeadView[]) => {
+              const out = new Float32Array(nq * nHeads * d);
+              const sum = heads.map((h) => new Float32Array(h.len));
+              const max = heads.map((h) => new Float32Array(h.len));
+              be.attention({ ...args, heads, out, stats: { fromQuery: 0, sum, max } });
+              const plain = new Float32Array(nq * nHeads * d);
+              be.attention({ ...args, heads, out: plain });
+              return { out, sum, max, plain };
+            };
+            const label = `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} pv_heads ${pvHeads} split ${split}`;
+            const bf = run(nat, views.map((h) => h.bits));
+            const wide = run(nat, views.map((h) => h.wide));
+            const expect = run(ref, views.map((h) => h.wide));
+            const refBits = run(ref, views.map((h) => h.bits));
+            assert.deepEqual(refBits.out, expect.out, `reference: bf16 rows are the widened values (${label})`);
+            assert.ok(maxRelErr(bf.out, expect.out) < 1e-5, `against the reference ${label}: ${maxRelErr(bf.out, expect.out)}`);
+            assert.ok(maxRelErr(wide.out, expect.out) < 1e-5, `fp32 cache against the reference ${label}: ${maxRelErr(wide.out, expect.out)}`);
+            assert.deepEqual(bf.plain, bf.out, `statistics do not change the output (${label})`);
+            bf.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < 1e-5, `sum stats ${label}`));
+            bf.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < 1e-5, `max stats ${label}`));
+            if (G > 1) {
+              assert.deepEqual(bf.out, wide.out, `same bits as the widened cache (${label})`);
+              bf.sum.forEach((x, g) => assert.deepEqual(x, wide.sum[g], `same statistics as the widened cache (${label})`));
+            }
+          }
+  } finally {
+    for (const [k, v] of knobs) lib.setTuning(k, v);
+  }
+  const mixed = orderedAndReversed(32);
+  mixed[1] = bf16Head(mixed[1]!).bits;
+  assert.throws(
+    () => nat.attention({ q: vec(4 * 32), out: new Float32Array(4 * 32), nq: 1, nHeads: 4, nKvHeads: 2, headDim: 32, qPos: Int32Array.of(500), heads: mixed, scale: 1 }),
+    /KV head 1 mixes fp32 and bf16/,
+  );
+});
+
+test(`[${mode}] copyRows into a bf16 cache rounds to nearest even as the reference does`, { skip }, () => {
+  const nat = new NativeBackend();
+  const special = [0, -0, 1, -1, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, 3.0e38, -3.4e38, 1e-40, -1e-45, Infinity, -Infinity, NaN];
+  const width = 19;
+  const rows = 7;
+  const stride = 23;
+  const src = Float32Array.from({ length: rows * stride }, (_, i) => (i < special.length ? special[i]! : (rand() * 2 - 1) * 10 ** Math.floor(rand() * 8 - 4)));
+  const a = new Uint16Array(3 + rows * width).fill(0xabcd);
+  const b = new Uint16Array(3 + rows * width).fill(0xabcd);
+  nat.copyRows(a, 3, src, 2, stride, rows, width);
+  ref.copyRows(b, 3, src, 2, stride, rows, width);
+  assert.deepEqual(a, b);
+  assert.deepEqual([...a.subarray(0, 3)], [0xabcd, 0xabcd, 0xabcd], 'nothing written before dstOffset');
+  const one = new Uint16Array(4);
+  nat.copyRows(one, 0, Float32Array.of(1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, NaN), 0, 4, 1, 4);
+  assert.deepEqual([...one], [0x3f80, 0x3f82, 0x3f81, 0x7fc0], 'ties to even, above a tie up, NaN quiet');
 });
 
 test(`[${mode}] attention: many-row calls give the same bits with kept or fresh packed keys, in either tile order`, { skip }, () => {

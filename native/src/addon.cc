@@ -46,6 +46,9 @@ T* data_of(const Napi::Value& v) {
   return static_cast<T*>(data);
 }
 
+// A Uint16Array holds bf16 bits (a bf16 KV cache); a Float32Array fp32 values.
+bool is_bf16(const Napi::Value& v) { return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array; }
+
 long num(const Napi::Value& v) { return long(v.As<Napi::Number>().Int64Value()); }
 
 int default_threads() {
@@ -97,7 +100,7 @@ Kernel matmul_op(const A& a) {
   return [m, bf16] { matmul(m, bf16); };
 }
 
-// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
+// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][] (k, v all Float32Array or all Uint16Array of bf16), scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
 template <class A>
 Kernel attention_op(const A& info) {
   Attention a;
@@ -111,7 +114,16 @@ Kernel attention_op(const A& info) {
   Napi::Array heads = info[7].template As<Napi::Array>();
   for (uint32_t g = 0; g < heads.Length(); g++) {
     Napi::Array h = heads.Get(g).As<Napi::Array>();
-    a.heads.push_back({data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))});
+    HeadView view{nullptr, nullptr, data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))};
+    a.bf16 = is_bf16(h.Get(0u));
+    if (a.bf16) {
+      view.k16 = data_of<uint16_t>(h.Get(0u));
+      view.v16 = data_of<uint16_t>(h.Get(1u));
+    } else {
+      view.k = data_of<float>(h.Get(0u));
+      view.v = data_of<float>(h.Get(1u));
+    }
+    a.heads.push_back(view);
   }
   a.scale = float(dbl(info[8]));
   a.stats_from = int(num(info[9]));
@@ -189,13 +201,17 @@ Kernel add_row_bias_op(const A& a) {
   return [=] { add_row_bias(x, n, w, bias); };
 }
 
-// (dst, dstOffset, src, srcOffset, srcStride, rows, width)
+// (dst: Float32Array | Uint16Array of bf16, dstOffset, src, srcOffset, srcStride, rows, width)
 template <class A>
 Kernel copy_rows_op(const A& a) {
-  float* dst = data_of<float>(a[0]);
   const long dst_off = num(a[1]);
   const float* src = data_of<float>(a[2]);
   const long src_off = num(a[3]), stride = num(a[4]), rows = num(a[5]), width = num(a[6]);
+  if (is_bf16(a[0])) {
+    uint16_t* dst = data_of<uint16_t>(a[0]);
+    return [=] { copy_rows_bf16(dst, dst_off, src, src_off, stride, rows, width); };
+  }
+  float* dst = data_of<float>(a[0]);
   return [=] { copy_rows(dst, dst_off, src, src_off, stride, rows, width); };
 }
 

@@ -21,7 +21,9 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "aligned.h"
 #include "cpu.h"
@@ -58,6 +60,35 @@ inline float* out_row(const Attention& a, int i, int h) { return a.out + (long(i
 inline bool has_stats(const Attention& a) { return !a.stat_max.empty() || !a.stat_sum.empty(); }
 inline int pairs(const Tile& t) { return t.n * t.rows; }
 inline float* pair_out(const Attention& a, const Tile& t, int k) { return out_row(a, t.i + k / t.n, t.h0 + k % t.n); }
+
+// Cache rows are fp32 (KT float) or bf16 bits (KT uint16_t), widened exactly to fp32 on load.
+template <typename KT>
+inline const KT* keys_of(const HeadView& kv) {
+  if constexpr (std::is_same_v<KT, float>) return kv.k;
+  else return kv.k16;
+}
+template <typename KT>
+inline const KT* values_of(const HeadView& kv) {
+  if constexpr (std::is_same_v<KT, float>) return kv.v;
+  else return kv.v16;
+}
+template <typename KT>
+__attribute__((target(AVX512)))
+inline __m512 load16(const KT* p) {
+  if constexpr (std::is_same_v<KT, float>) return _mm512_loadu_ps(p);
+  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline float bf16_to_f32(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// Prefetches the bytes [p + ahead, p + ahead + bytes) into L1.
+inline void prefetch_ahead(const void* p, long bytes, long ahead) {
+  const char* c = static_cast<const char*>(p) + ahead;
+  for (long l = 0; l < bytes; l += 64) _mm_prefetch(c + l, _MM_HINT_T0);
+}
 
 // Keys visible to query i in a head whose positions ascend: a prefix. Otherwise all (masked one by one).
 int visible_keys(const HeadView& kv, bool sorted, int32_t qp) {
@@ -219,7 +250,7 @@ void pv_tile_blocks(const Attention& a, const Tile& t, Scratch& s, int visible) 
 // Out rows of (row, head) pairs [h0, h0 + HN) of the tile += P . V over keys [j0, j1): each value row is loaded
 // once into registers and meets every pair's probability, HN x NV accumulators in registers (kept in the out
 // rows between calls). Each pair's sums run over the keys in order, as in pv_tile_blocks.
-template <int NV, int HN>
+template <int NV, int HN, typename KT>
 __attribute__((target(AVX512)))
 void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int h0, bool ahead) {
   const HeadView& kv = a.heads[t.g];
@@ -232,12 +263,11 @@ void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
   __m512 acc[HN][NV];
   for (int h = 0; h < HN; h++)
     for (int v = 0; v < NV; v++) acc[h][v] = _mm512_loadu_ps(o[h] + v * 16);
-  const float* vr = kv.v + long(j0) * NV * 16;
+  const KT* vr = values_of<KT>(kv) + long(j0) * NV * 16;
   for (int j = j0; j < j1; j++, vr += NV * 16) {
-    if (ahead)
-      for (int v = 0; v < NV; v++) _mm_prefetch(reinterpret_cast<const char*>(vr + v * 16) + AVX512_AHEAD, _MM_HINT_T0);
+    if (ahead) prefetch_ahead(vr, NV * 16 * long(sizeof(KT)), AVX512_AHEAD);
     __m512 row[NV];
-    for (int v = 0; v < NV; v++) row[v] = _mm512_loadu_ps(vr + v * 16);
+    for (int v = 0; v < NV; v++) row[v] = load16(vr + v * 16);
     for (int h = 0; h < HN; h++) {
       const __m512 w = _mm512_set1_ps(p[h][j]);
       for (int v = 0; v < NV; v++) acc[h][v] = _mm512_fmadd_ps(w, row[v], acc[h][v]);
@@ -247,17 +277,17 @@ void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
     for (int v = 0; v < NV; v++) _mm512_storeu_ps(o[h] + v * 16, acc[h][v]);
 }
 
-template <int NV, int HB>
+template <int NV, int HB, typename KT>
 void pv_group(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int h0, bool ahead) {
   switch (std::min(HB, pairs(t) - h0)) {
-    case 1: return pv_heads<NV, 1>(a, t, s, j0, j1, h0, ahead);
-    case 2: return pv_heads<NV, std::min(2, HB)>(a, t, s, j0, j1, h0, ahead);
-    case 3: return pv_heads<NV, std::min(3, HB)>(a, t, s, j0, j1, h0, ahead);
-    case 4: return pv_heads<NV, std::min(4, HB)>(a, t, s, j0, j1, h0, ahead);
-    case 5: return pv_heads<NV, std::min(5, HB)>(a, t, s, j0, j1, h0, ahead);
-    case 6: return pv_heads<NV, std::min(6, HB)>(a, t, s, j0, j1, h0, ahead);
-    case 7: return pv_heads<NV, std::min(7, HB)>(a, t, s, j0, j1, h0, ahead);
-    default: return pv_heads<NV, HB>(a, t, s, j0, j1, h0, ahead);
+    case 1: return pv_heads<NV, 1, KT>(a, t, s, j0, j1, h0, ahead);
+    case 2: return pv_heads<NV, std::min(2, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    case 3: return pv_heads<NV, std::min(3, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    case 4: return pv_heads<NV, std::min(4, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    case 5: return pv_heads<NV, std::min(5, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    case 6: return pv_heads<NV, std::min(6, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    case 7: return pv_heads<NV, std::min(7, HB), KT>(a, t, s, j0, j1, h0, ahead);
+    default: return pv_heads<NV, HB, KT>(a, t, s, j0, j1, h0, ahead);
   }
 }
 
@@ -268,27 +298,31 @@ void pv_group(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
 // llama-3-8b heads at 4K (d 128: 2 heads per batch) 18.89 vs 17.43 ms; 16384 was between. One batch: no change.
 long PV_BLOCK_BYTES = 32768;
 
-template <int NV>
+// A bf16 cache is only read here with PV_HEADS on (attention() widens it for the other paths).
+template <int NV, typename KT>
 void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
-  if (!PV_HEADS) return pv_tile_blocks<NV>(a, t, s, visible);
+  if constexpr (std::is_same_v<KT, float>)
+    if (!PV_HEADS) return pv_tile_blocks<NV>(a, t, s, visible);
   constexpr int HB = NV >= 8 ? 2 : NV >= 4 ? 4 : 8;  // heads per pass: at most 16-24 accumulators
   const int np = pairs(t);
   for (int k = 0; k < np; k++) std::fill_n(pair_out(a, t, k), NV * 16, 0.f);
-  const int block = np <= HB || PV_BLOCK_BYTES <= 0 ? visible : std::max(1, int(PV_BLOCK_BYTES / (NV * 64)));
+  const long row_bytes = NV * 16 * long(sizeof(KT));
+  const int block = np <= HB || PV_BLOCK_BYTES <= 0 ? visible : std::max(1, int(PV_BLOCK_BYTES / row_bytes));
   for (int j0 = 0; j0 < visible; j0 += block) {
     const int j1 = std::min(visible, j0 + block);
-    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB>(a, t, s, j0, j1, h0, AVX512_AHEAD && h0 == 0);
+    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB, KT>(a, t, s, j0, j1, h0, AVX512_AHEAD && h0 == 0);
   }
 }
 
+// Any d, one (row, head) pair at a time.
 __attribute__((target(AVX512)))
 void pv_tile_any(const Attention& a, const Tile& t, Scratch& s, int visible) {
   const HeadView& kv = a.heads[t.g];
   const int d = a.d;
-  for (int r = 0; r < t.n; r++) {
-    float* o = out_row(a, t.i, t.h0 + r);
+  for (int k = 0; k < pairs(t); k++) {
+    float* o = pair_out(a, t, k);
     std::fill(o, o + d, 0.f);
-    const float* p = s.row(r);
+    const float* p = s.row(k);
     for (int j = 0; j < visible; j++) {
       if (p[j] == 0.f) continue;
       const __m512 w = _mm512_set1_ps(p[j]);
@@ -303,13 +337,20 @@ void pv_tile_any(const Attention& a, const Tile& t, Scratch& s, int visible) {
   }
 }
 
+template <typename KT>
 void pv(const Attention& a, const Tile& t, Scratch& s, int visible) {
   switch (a.d) {
-    case 32: return pv_tile<2>(a, t, s, visible);
-    case 64: return pv_tile<4>(a, t, s, visible);
-    case 96: return pv_tile<6>(a, t, s, visible);
-    case 128: return pv_tile<8>(a, t, s, visible);
-    default: return pv_tile_any(a, t, s, visible);
+    case 16: return pv_tile<1, KT>(a, t, s, visible);
+    case 32: return pv_tile<2, KT>(a, t, s, visible);
+    case 48: return pv_tile<3, KT>(a, t, s, visible);
+    case 64: return pv_tile<4, KT>(a, t, s, visible);
+    case 80: return pv_tile<5, KT>(a, t, s, visible);
+    case 96: return pv_tile<6, KT>(a, t, s, visible);
+    case 112: return pv_tile<7, KT>(a, t, s, visible);
+    case 128: return pv_tile<8, KT>(a, t, s, visible);
+    default:
+      // d not a multiple of 16 up to 128: the fp32 path only (a bf16 cache is widened first).
+      if constexpr (std::is_same_v<KT, float>) return pv_tile_any(a, t, s, visible);
   }
 }
 
@@ -340,13 +381,20 @@ float dot_avx512(const float* a, const float* b, int d) {
 
 // Decode logits of keys [j, len) one by one (past the last whole block of 16), then padding to a whole block
 // (-inf: weight 0); the row maxima are updated.
+template <typename KT>
 void logits_decode_tail(const Attention& a, const Tile& t, Scratch& s, int j, int len, float* mx) {
   const HeadView& kv = a.heads[t.g];
+  alignas(64) float wide[128];
   for (int r = 0; r < t.n; r++) {
     float* p = s.row(r);
     const float* q = q_row(a, t.i, t.h0 + r);
     for (int jj = j; jj < len; jj++) {
-      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, kv.k + long(jj) * a.d, a.d) * a.scale;
+      const float* k = kv.k + long(jj) * a.d;
+      if constexpr (!std::is_same_v<KT, float>) {
+        for (int c = 0; c < a.d; c++) wide[c] = bf16_to_f32(kv.k16[long(jj) * a.d + c]);
+        k = wide;
+      }
+      p[jj] = kv.pos[jj] > a.q_pos[t.i] ? -INFINITY : dot_avx512(q, k, a.d) * a.scale;
       mx[r] = std::max(mx[r], p[jj]);
     }
     for (int jj = len; jj < (len + KB - 1) / KB * KB; jj++) p[jj] = -INFINITY;
@@ -385,7 +433,7 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
     }
   }
   for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
-  logits_decode_tail(a, t, s, j, len, mx);
+  logits_decode_tail<float>(a, t, s, j, len, mx);
 }
 
 // Tuning (attn_packed): decode logits with several heads packed in each vector (below) for tiles of 2 or more
@@ -408,7 +456,8 @@ long SPLIT_MAX_BYTES = 768 << 10;
 // consecutive dims, so one W-float broadcast of a key meets HP heads in one FMA, and 16 keys need a W:1 reduction
 // (two shuffle-add stages for W 4, three for W 8, then a transpose of 128-bit lanes) instead of 16:1 per head.
 // Heads past the tile's are zero lanes. Same contract as logits_decode.
-template <int NV, int HP, int S>
+// A bf16 cache's keys are widened per block into an L1 buffer that the broadcasts then read.
+template <int NV, int HP, int S, typename KT>
 __attribute__((target(AVX512)))
 void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
   static_assert(HP == 2 || HP == 4, "two or four heads per vector");
@@ -432,10 +481,11 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
   const int nblk = len / KB, part = nblk * KS;
   for (int b = 0; b < nblk; b++) {
     int k0[S];
+    const KT* src[S];
     const float* kp[S];
     for (int p = 0; p < S; p++) {
       k0[p] = p * part + b * KS;
-      kp[p] = kv.k + long(k0[p]) * D;
+      src[p] = keys_of<KT>(kv) + long(k0[p]) * D;
     }
     const __m512i pos =
         S == 1 ? _mm512_loadu_si512(kv.pos + k0[0])
@@ -443,8 +493,16 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[S - 1])), 1);
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(pos, qpos);
     if (AVX512_AHEAD)
-      for (int l = 0; l < KS * NV; l++)
-        for (int p = 0; p < S; p++) _mm_prefetch(reinterpret_cast<const char*>(kp[p] + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
+      for (int p = 0; p < S; p++) prefetch_ahead(src[p], KS * D * long(sizeof(KT)), AVX512_AHEAD);
+    alignas(64) float wide[std::is_same_v<KT, float> ? 1 : KB * D];
+    for (int p = 0; p < S; p++) {
+      if constexpr (std::is_same_v<KT, float>) {
+        kp[p] = src[p];
+      } else {
+        for (int l = 0; l < KS * NV; l++) _mm512_store_ps(wide + p * KS * D + l * 16, load16(src[p] + l * 16));
+        kp[p] = wide + p * KS * D;
+      }
+    }
     for (int gr = 0; gr < groups; gr++) {
       __m512 acc[KB];
       for (int u = 0; u < KB; u++) acc[u] = _mm512_setzero_ps();
@@ -500,26 +558,29 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
     }
   }
   for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
-  logits_decode_tail(a, t, s, nblk * KB, len, mx);
+  logits_decode_tail<KT>(a, t, s, nblk * KB, len, mx);
 }
 
-template <int NV, int HP>
+template <int NV, int HP, typename KT>
 void logits_decode_packed_streams(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
-  if (SPLIT_KEYS && len >= 2 * KB && long(len) * NV * 64 <= SPLIT_MAX_BYTES) logits_decode_packed<NV, HP, 2>(a, t, s, len, mx);
-  else logits_decode_packed<NV, HP, 1>(a, t, s, len, mx);
+  if (SPLIT_KEYS && len >= 2 * KB && long(len) * NV * 16 * long(sizeof(KT)) <= SPLIT_MAX_BYTES) logits_decode_packed<NV, HP, 2, KT>(a, t, s, len, mx);
+  else logits_decode_packed<NV, HP, 1, KT>(a, t, s, len, mx);
 }
 
-template <int NV>
+// A bf16 cache comes here with PACKED_LOGITS and PV_HEADS on (see attention()); a tile of
+// one head then takes the two-per-vector logits with the second head's lanes zero.
+template <int NV, typename KT>
 void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
   const HeadView& kv = a.heads[t.g];
   s.reserve(t.n, kv.len);
   float mx[MAX_TILE];
-  if (!PACKED_LOGITS || t.n == 1) logits_decode<NV>(a, t, s, kv.len, mx);
-  else if (t.n == 2) logits_decode_packed_streams<NV, 2>(a, t, s, kv.len, mx);
-  else logits_decode_packed_streams<NV, 4>(a, t, s, kv.len, mx);
+  constexpr bool fp32 = std::is_same_v<KT, float>;
+  if (fp32 && (!PACKED_LOGITS || t.n == 1)) logits_decode<NV>(a, t, s, kv.len, mx);
+  else if (t.n <= 2) logits_decode_packed_streams<NV, 2, KT>(a, t, s, kv.len, mx);
+  else logits_decode_packed_streams<NV, 4, KT>(a, t, s, kv.len, mx);
   const int padded = (kv.len + KB - 1) / KB * KB;
   for (int r = 0; r < t.n; r++) softmax_row(s.row(r), padded, kv.len, mx[r]);
-  if (a.out) pv(a, t, s, kv.len);
+  if (a.out) pv<KT>(a, t, s, kv.len);
   accumulate_stats(a, t, s, kv.len);
 }
 
@@ -656,7 +717,7 @@ void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk
     default: logits_blocked_tile<8>(a, t, pk, s, nblocks, mx); break;
   }
   for (int k = 0; k < pairs(t); k++) softmax_row(s.row(k), nblocks * KB, kv.len, mx[k]);
-  if (a.out) pv(a, t, s, std::min(visible, kv.len));
+  if (a.out) pv<float>(a, t, s, std::min(visible, kv.len));
   accumulate_stats(a, t, s, kv.len);
 }
 
@@ -1219,6 +1280,36 @@ void attention_decode_avx2(const Attention& a) {
   }
 }
 
+// A bf16 cache's rows widened to fp32, per KV head, in the calling thread's kept buffers, for the paths that read
+// fp32 only.
+Attention widened(const Attention& a) {
+  static thread_local std::vector<AlignedVector<float>> kept;
+  std::vector<AlignedVector<float>>& wide = kept;  // the pool's workers must see this thread's buffers
+  if (wide.size() < size_t(2 * a.n_kv)) wide.resize(size_t(2 * a.n_kv));
+  Attention w = a;
+  w.bf16 = false;
+  for (int g = 0; g < a.n_kv; g++) {
+    const size_t n = size_t(a.heads[g].len) * a.d;
+    if (wide[2 * g].size() < n) wide[2 * g].resize(n);
+    if (wide[2 * g + 1].size() < n) wide[2 * g + 1].resize(n);
+    w.heads[g].k = wide[2 * g].data();
+    w.heads[g].v = wide[2 * g + 1].data();
+    w.heads[g].k16 = w.heads[g].v16 = nullptr;
+  }
+  pool_run([&](int t, int T) {
+    long u0, u1;
+    split_range(2L * a.n_kv, t, T, &u0, &u1);
+    for (long u = u0; u < u1; u++) {
+      const HeadView& h = a.heads[u / 2];
+      const uint16_t* src = u % 2 ? h.v16 : h.k16;
+      float* dst = wide[u].data();
+      const long n = long(h.len) * a.d;
+      for (long i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
+    }
+  });
+  return w;
+}
+
 }  // namespace
 
 bool attention_set(const std::string& key, double value) {
@@ -1238,6 +1329,8 @@ bool attention_set(const std::string& key, double value) {
 
 void attention(const Attention& a) {
   if (a.nq <= 0 || a.n_heads <= 0) return;
+  const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
+  if (a.bf16 && !(cpu().avx512 && decode_shape && PACKED_LOGITS && PV_HEADS)) return attention(widened(a));
   if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return a.nq <= 2 ? attention_decode_avx2(a) : attention_rows_avx2(a);
   if (!cpu().avx512) {
     const long rows = long(a.n_heads) * a.nq;
@@ -1261,18 +1354,32 @@ void attention(const Attention& a) {
     }
     return;
   }
-  const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
+  if (decode_shape && a.bf16) {
+    run_tiles(a, [&](const Tile& t, Scratch& s) {
+      switch (a.d / 16) {
+        case 1: return attend_decode_tile<1, uint16_t>(a, t, s);
+        case 2: return attend_decode_tile<2, uint16_t>(a, t, s);
+        case 3: return attend_decode_tile<3, uint16_t>(a, t, s);
+        case 4: return attend_decode_tile<4, uint16_t>(a, t, s);
+        case 5: return attend_decode_tile<5, uint16_t>(a, t, s);
+        case 6: return attend_decode_tile<6, uint16_t>(a, t, s);
+        case 7: return attend_decode_tile<7, uint16_t>(a, t, s);
+        default: return attend_decode_tile<8, uint16_t>(a, t, s);
+      }
+    });
+    return;
+  }
   if (decode_shape) {
     run_tiles(a, [&](const Tile& t, Scratch& s) {
       switch (a.d / 16) {
-        case 1: return attend_decode_tile<1>(a, t, s);
-        case 2: return attend_decode_tile<2>(a, t, s);
-        case 3: return attend_decode_tile<3>(a, t, s);
-        case 4: return attend_decode_tile<4>(a, t, s);
-        case 5: return attend_decode_tile<5>(a, t, s);
-        case 6: return attend_decode_tile<6>(a, t, s);
-        case 7: return attend_decode_tile<7>(a, t, s);
-        default: return attend_decode_tile<8>(a, t, s);
+        case 1: return attend_decode_tile<1, float>(a, t, s);
+        case 2: return attend_decode_tile<2, float>(a, t, s);
+        case 3: return attend_decode_tile<3, float>(a, t, s);
+        case 4: return attend_decode_tile<4, float>(a, t, s);
+        case 5: return attend_decode_tile<5, float>(a, t, s);
+        case 6: return attend_decode_tile<6, float>(a, t, s);
+        case 7: return attend_decode_tile<7, float>(a, t, s);
+        default: return attend_decode_tile<8, float>(a, t, s);
       }
     });
     return;

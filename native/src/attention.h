@@ -5,11 +5,15 @@
 
 namespace kvlab {
 
+// A KV head's rows [0, len): fp32 keys and values in k, v, or, in a bf16 cache (Attention::bf16), their bf16 bits in
+// k16, v16.
 struct HeadView {
   const float* k;
   const float* v;
   const int32_t* pos;
   int len;
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
 };
 
 struct Attention {
@@ -23,6 +27,7 @@ struct Attention {
   std::vector<float*> stat_max;  // per KV head, or empty
   std::vector<float*> stat_sum;
   const float* query_weight = nullptr;  // optional: probabilities of query row i are scaled by this before accumulation
+  bool bf16 = false;                    // every head's keys and values are bf16 (k16, v16)
 };
 
 // Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i].

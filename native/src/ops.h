@@ -13,5 +13,7 @@ void add(float* out, const float* a, const float* b, long len);
 void add_row_bias(float* x, long n, long w, const float* bias);
 // dst[dst_off + i*width + c] = src[src_off + i*src_stride + c]: new cache rows out of a [n, heads, d] block.
 void copy_rows(float* dst, long dst_off, const float* src, long src_off, long src_stride, long rows, long width);
+// The same into a bf16 cache: each value rounded to the nearest bf16, ties to even (NaN stays a quiet NaN).
+void copy_rows_bf16(uint16_t* dst, long dst_off, const float* src, long src_off, long src_stride, long rows, long width);
 
 }  // namespace kvlab

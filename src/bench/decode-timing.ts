@@ -1,4 +1,4 @@
-import type { KvCache } from '../cache/kv-cache.ts';
+import type { KvCache, KvDtype } from '../cache/kv-cache.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { seededRandom } from '../engine/sampler.ts';
 import { alternate } from './alternate.ts';
@@ -69,13 +69,20 @@ export interface AlternatingRatio {
   ratio: number;
 }
 
+/** A model and the dtype of the cache it decodes from. */
+export interface DecodeSide {
+  lm: LoadedModel;
+  kvDtype: KvDtype;
+}
+
 /**
- * Decode speed of two loaded models (say bf16 and int8 weights of one checkpoint) at the same context,
- * compared on a shared machine: `steps` tokens of each per round, alternating (see alternate()).
+ * Decode speed of two loaded models (say bf16 and int8 weights of one checkpoint), or of one model on two
+ * cache dtypes, at the same context, compared on a shared machine: `steps` tokens of each per round,
+ * alternating (see alternate()).
  */
-export function alternatingDecodeRatio(a: LoadedModel, b: LoadedModel, context: number, rounds = 8, steps = 3): AlternatingRatio {
-  const side = (lm: LoadedModel) => {
-    const cache = lm.newCache();
+export function alternatingDecodeRatio(a: DecodeSide, b: DecodeSide, context: number, rounds = 8, steps = 3): AlternatingRatio {
+  const side = ({ lm, kvDtype }: DecodeSide) => {
+    const cache = lm.newCache(kvDtype);
     fillCache(cache, context);
     const mark = cache.mark();
     return () => {

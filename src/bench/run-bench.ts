@@ -1,7 +1,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { KvCache } from '../cache/kv-cache.ts';
+import type { KvCache, KvDtype } from '../cache/kv-cache.ts';
 import { ContextSession } from '../engine/context-session.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
 import { prefill } from '../engine/prefill.ts';
@@ -18,6 +18,8 @@ import { decodeWeightBytes } from '../model/weights.ts';
 export interface BenchOptions {
   models: string[];
   weights: ('bf16' | 'int8')[];
+  /** Cache dtypes decode is measured on. */
+  kvDtypes: KvDtype[];
   prefillTokens: number;
   decodeContexts: number[];
   kvzip: { model: string; context: number; ratio: number } | null;
@@ -64,7 +66,8 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   const scratch = mkdtempSync(join(tmpdir(), 'kvlab-bench-'));
   const models: Record<string, unknown>[] = [];
   let kvzip: Record<string, unknown> | null = null;
-  const alternating = new Map<string, AlternatingRatio[]>();
+  const alternating = new Map<string, (AlternatingRatio & { kvDtype: KvDtype })[]>();
+  const kvAlternating = new Map<string, AlternatingRatio[]>();
   try {
     for (const name of opts.models) {
       const dir = modelDir(name, scratch, log);
@@ -91,45 +94,47 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         // On AVX2-only CPUs the hardware ceiling is the FMA peak, measured separately from any GEMM kernel.
         const avx2Prefill = /^avx2/.test((timed.inner as NativeBackend).matmulPath(opts.prefillTokens, lm.model.weights.layers[0]!.gate));
         const decode: Record<string, unknown>[] = [];
-        for (const ctx of opts.decodeContexts) {
-          if (ctx + 16 > lm.config.maxPositionEmbeddings) {
-            decode.push({ context: ctx, skipped: `model allows ${lm.config.maxPositionEmbeddings} positions` });
-            continue;
+        for (const ctx of opts.decodeContexts)
+          for (const kvDtype of opts.kvDtypes) {
+            if (ctx + 16 > lm.config.maxPositionEmbeddings) {
+              decode.push({ context: ctx, kv_dtype: kvDtype, skipped: `model allows ${lm.config.maxPositionEmbeddings} positions` });
+              continue;
+            }
+            const cache = lm.newCache(kvDtype);
+            fillCache(cache, ctx);
+            // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the
+            // bound is the median over rounds of the round's tokens/s over the round's bound.
+            timed.reset();
+            const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
+            const ms = median(paired.steps);
+            const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
+            const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
+            const kvBytes = cache.bytes();
+            const bytes = wBytes + kvBytes;
+            const boundTokS = (localBandwidth * 1e9) / bytes;
+            const roundFractions = paired.rounds.map((r) => bytes / (r.bandwidthGBs * 1e9) / (r.ms / 1000));
+            decode.push({
+              context: ctx,
+              kv_dtype: kvDtype,
+              tokens_per_s: r1(1000 / ms),
+              ms_per_token: r3(ms),
+              bytes_per_token: bytes,
+              bandwidth_gbs_around: r1(localBandwidth),
+              bandwidth_gbs_rounds: paired.rounds.map((r) => r1(r.bandwidthGBs)),
+              kv_bytes: kvBytes,
+              bound_tokens_per_s: r1(boundTokS),
+              fraction_of_bound: r3(median(roundFractions)),
+              ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
+              fraction_of_bound_rounds: roundFractions.map(r3),
+              // Mean over all timed steps (the figures above are medians): where a token's time goes, and how
+              // fast the weight matrices alone streamed against the probe.
+              time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
+              matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
+              matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
+              // forward() against forwardAsync() at the first context: the async step's cost and the event loop.
+              ...(ctx === opts.decodeContexts[0] && kvDtype === opts.kvDtypes[0] ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
+            });
           }
-          const cache = lm.newCache();
-          fillCache(cache, ctx);
-          // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the
-          // bound is the median over rounds of the round's tokens/s over the round's bound.
-          timed.reset();
-          const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
-          const ms = median(paired.steps);
-          const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
-          const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
-          const kvBytes = cache.bytes();
-          const bytes = wBytes + kvBytes;
-          const boundTokS = (localBandwidth * 1e9) / bytes;
-          const roundFractions = paired.rounds.map((r) => bytes / (r.bandwidthGBs * 1e9) / (r.ms / 1000));
-          decode.push({
-            context: ctx,
-            tokens_per_s: r1(1000 / ms),
-            ms_per_token: r3(ms),
-            bytes_per_token: bytes,
-            bandwidth_gbs_around: r1(localBandwidth),
-            bandwidth_gbs_rounds: paired.rounds.map((r) => r1(r.bandwidthGBs)),
-            kv_bytes: kvBytes,
-            bound_tokens_per_s: r1(boundTokS),
-            fraction_of_bound: r3(median(roundFractions)),
-            ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
-            fraction_of_bound_rounds: roundFractions.map(r3),
-            // Mean over all timed steps (the figures above are medians): where a token's time goes, and how
-            // fast the weight matrices alone streamed against the probe.
-            time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
-            matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
-            matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
-            // forward() against forwardAsync() at the first context: the async step's cost and the event loop.
-            ...(ctx === opts.decodeContexts[0] ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
-          });
-        }
         const entry = {
           model: name,
           weights,
@@ -148,20 +153,32 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
           },
           decode,
         };
-        log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context}: ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
+        log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context} (${d.kv_dtype} cache): ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
         models.push(entry);
       }
       const bf16 = loaded.get('bf16');
       const int8 = loaded.get('int8');
       if (bf16 && int8) {
+        const runs: (AlternatingRatio & { kvDtype: KvDtype })[] = [];
+        for (const ctx of opts.decodeContexts)
+          for (const kvDtype of opts.kvDtypes) {
+            if (ctx + 16 > bf16.config.maxPositionEmbeddings) continue;
+            const a = alternatingDecodeRatio({ lm: bf16, kvDtype }, { lm: int8, kvDtype }, ctx);
+            log(`${name}: decode at ${ctx} (${kvDtype} cache), bf16 ${r1(a.ms_per_token.a)} vs int8 ${r1(a.ms_per_token.b)} ms/token: int8 ${r3(a.ratio)}x`);
+            runs.push({ ...a, kvDtype });
+          }
+        alternating.set(name, runs);
+      }
+      const first = loaded.get(opts.weights[0]!);
+      if (first && opts.kvDtypes.includes('f32') && opts.kvDtypes.includes('bf16')) {
         const runs: AlternatingRatio[] = [];
         for (const ctx of opts.decodeContexts) {
-          if (ctx + 16 > bf16.config.maxPositionEmbeddings) continue;
-          const a = alternatingDecodeRatio(bf16, int8, ctx);
-          log(`${name}: decode at ${ctx}, bf16 ${r1(a.ms_per_token.a)} vs int8 ${r1(a.ms_per_token.b)} ms/token: int8 ${r3(a.ratio)}x`);
+          if (ctx + 16 > first.config.maxPositionEmbeddings) continue;
+          const a = alternatingDecodeRatio({ lm: first, kvDtype: 'f32' }, { lm: first, kvDtype: 'bf16' }, ctx);
+          log(`${name} ${opts.weights[0]}: decode at ${ctx}, f32 cache ${r1(a.ms_per_token.a)} vs bf16 cache ${r1(a.ms_per_token.b)} ms/token: bf16 ${r3(a.ratio)}x`);
           runs.push(a);
         }
-        alternating.set(name, runs);
+        kvAlternating.set(name, runs);
       }
     }
     if (opts.kvzip) kvzip = await benchKvzip(opts.kvzip, scratch, log);
@@ -169,16 +186,17 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
     rmSync(scratch, { recursive: true, force: true });
   }
   const int8vsBf16 = opts.models.map((m) => {
-    const b = models.find((x) => x.model === m && x.weights === 'bf16') as { decode: { context: number; tokens_per_s?: number }[] } | undefined;
+    const b = models.find((x) => x.model === m && x.weights === 'bf16') as { decode: { context: number; kv_dtype: KvDtype; tokens_per_s?: number }[] } | undefined;
     const q = models.find((x) => x.model === m && x.weights === 'int8') as typeof b;
     if (!b || !q) return null;
     return {
       model: m,
       // From the separate runs above, minutes apart on a possibly shared machine.
-      decode_speedup: b.decode.map((d, i) => ({ context: d.context, ratio: d.tokens_per_s && q.decode[i]?.tokens_per_s ? r3(q.decode[i]!.tokens_per_s! / d.tokens_per_s) : null })),
+      decode_speedup: b.decode.map((d, i) => ({ context: d.context, kv_dtype: d.kv_dtype, ratio: d.tokens_per_s && q.decode[i]?.tokens_per_s ? r3(q.decode[i]!.tokens_per_s! / d.tokens_per_s) : null })),
       // The two models loaded side by side, timed in alternating rounds: the controlled ratio.
       decode_speedup_alternating: (alternating.get(m) ?? []).map((a) => ({
         context: a.context,
+        kv_dtype: a.kvDtype,
         ratio: r3(a.ratio),
         bf16_ms_per_token: r3(a.ms_per_token.a),
         int8_ms_per_token: r3(a.ms_per_token.b),
@@ -192,6 +210,14 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
     machine: { ...limits, bandwidthGBs: r1(limits.bandwidthGBs), gemmBf16ActivationsGflops: r1(limits.gemmBf16ActivationsGflops), gemmF32ActivationsGflops: r1(limits.gemmF32ActivationsGflops), fmaPeakGflops: r1(limits.fmaPeakGflops), fmaPeakOneThreadGflops: r1(limits.fmaPeakOneThreadGflops) },
     models,
     int8_vs_bf16: int8vsBf16.filter(Boolean),
+    // One model (the first weights listed) decoding from an fp32 and a bf16 cache, in alternating rounds.
+    kv_bf16_vs_f32: opts.models
+      .filter((m) => kvAlternating.has(m))
+      .map((m) => ({
+        model: m,
+        weights: opts.weights[0],
+        decode_speedup_alternating: kvAlternating.get(m)!.map((a) => ({ context: a.context, ratio: r3(a.ratio), f32_ms_per_token: r3(a.ms_per_token.a), bf16_ms_per_token: r3(a.ms_per_token.b), rounds: a.rounds })),
+      })),
     kvzip,
   };
 }

@@ -1,4 +1,4 @@
-import type { AttentionArgs, Backend, RopeTable, StepRecording, Weight } from '../tensor/backend.ts';
+import type { AttentionArgs, Backend, KvRows, RopeTable, StepRecording, Weight } from '../tensor/backend.ts';
 
 /** Wraps a backend and accounts time (and matmul FLOPs) per operation, for benchmarks. */
 export class TimedBackend implements Backend {
@@ -58,7 +58,7 @@ export class TimedBackend implements Backend {
   addRowBias(x: Float32Array, n: number, bias: Float32Array): void {
     this.time('add', () => this.inner.addRowBias(x, n, bias));
   }
-  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+  copyRows(dst: KvRows, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
     this.time('cache_append', () => this.inner.copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width));
   }
 }

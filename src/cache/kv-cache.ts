@@ -1,20 +1,47 @@
-import { alignedFloat32Array } from '../tensor/aligned.ts';
-import type { Backend, KvHeadView } from '../tensor/backend.ts';
+import { alignedFloat32Array, alignedUint16Array } from '../tensor/aligned.ts';
+import type { Backend, KvHeadView, KvRows } from '../tensor/backend.ts';
+import { kvRowsToF32 } from '../tensor/dtype.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 
 const MIN_CAPACITY = 16;
 
+/**
+ * How cache rows are stored: fp32, or bf16 (half the bytes to hold and to read per decoded token; keys and
+ * values rounded to nearest bf16 as they are appended, then widened exactly wherever they are read).
+ */
+export type KvDtype = 'f32' | 'bf16';
+export const KV_DTYPES: readonly KvDtype[] = ['f32', 'bf16'];
+
+export function parseKvDtype(s: string): KvDtype {
+  if (!(KV_DTYPES as readonly string[]).includes(s)) throw new Error(`unknown KV cache dtype "${s}"; known: ${KV_DTYPES.join(', ')}`);
+  return s as KvDtype;
+}
+
+function rows(dtype: KvDtype, length: number): KvRows {
+  return dtype === 'bf16' ? alignedUint16Array(length) : alignedFloat32Array(length);
+}
+
 /** One (layer, KV head) slot: rows [0, len) of post-RoPE keys, values and their absolute positions. */
 export class HeadStore implements KvHeadView {
-  k: Float32Array;
-  v: Float32Array;
+  k: KvRows;
+  v: KvRows;
   pos: Int32Array;
   len = 0;
 
-  constructor(readonly headDim: number, capacity = MIN_CAPACITY) {
-    this.k = alignedFloat32Array(capacity * headDim);
-    this.v = alignedFloat32Array(capacity * headDim);
+  constructor(readonly headDim: number, capacity = MIN_CAPACITY, readonly dtype: KvDtype = 'f32') {
+    this.k = rows(dtype, capacity * headDim);
+    this.v = rows(dtype, capacity * headDim);
     this.pos = new Int32Array(capacity);
+  }
+
+  /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one. */
+  keys(from = 0, to = this.len): Float32Array {
+    return kvRowsToF32(this.k, from * this.headDim, to * this.headDim);
+  }
+
+  /** Values of rows [from, to) as fp32, as keys() does. */
+  values(from = 0, to = this.len): Float32Array {
+    return kvRowsToF32(this.v, from * this.headDim, to * this.headDim);
   }
 
   get capacity(): number {
@@ -70,8 +97,8 @@ export class HeadStore implements KvHeadView {
 
   private resize(capacity: number): void {
     const d = this.headDim;
-    const k = alignedFloat32Array(capacity * d);
-    const v = alignedFloat32Array(capacity * d);
+    const k = rows(this.dtype, capacity * d);
+    const v = rows(this.dtype, capacity * d);
     const pos = new Int32Array(capacity);
     k.set(this.k.subarray(0, this.len * d));
     v.set(this.v.subarray(0, this.len * d));
@@ -103,8 +130,8 @@ export class KvCache {
   private epoch = 0;
   private busyWith: string | null = null;
 
-  constructor(readonly numLayers: number, readonly numKvHeads: number, readonly headDim: number) {
-    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim)));
+  constructor(readonly numLayers: number, readonly numKvHeads: number, readonly headDim: number, readonly dtype: KvDtype = 'f32') {
+    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim, undefined, dtype)));
   }
 
   layer(l: number): HeadStore[] {
@@ -172,11 +199,16 @@ export class KvCache {
     this.epoch++;
   }
 
-  /** Bytes of the K and V rows held (fp32), the figure compression must shrink. */
+  /** Bytes of one row's key and value in the cache's dtype. */
+  get rowBytes(): number {
+    return this.headDim * 2 * (this.dtype === 'bf16' ? 2 : 4);
+  }
+
+  /** Bytes of the K and V rows held, the figure compression must shrink. */
   bytes(): number {
     let rows = 0;
     this.forEachHead((s) => (rows += s.len));
-    return rows * this.headDim * 2 * 4;
+    return rows * this.rowBytes;
   }
 
   /** Bytes actually allocated for K, V and positions, spare capacity included. */
@@ -186,14 +218,21 @@ export class KvCache {
     return total;
   }
 
-  clone(): KvCache {
-    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim);
+  /** A copy, in another dtype if asked (to bf16: rounded to nearest even; to fp32: widened exactly). */
+  clone(dtype: KvDtype = this.dtype): KvCache {
+    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype);
     copy.nextPos = this.nextPos;
+    const d = this.headDim;
     this.forEachHead((s, l, h) => {
       const t = copy.head(l, h);
       t.reserve(s.len);
-      t.k.set(s.k.subarray(0, s.len * this.headDim));
-      t.v.set(s.v.subarray(0, s.len * this.headDim));
+      if (dtype === this.dtype) {
+        t.k.set(s.k.subarray(0, s.len * d));
+        t.v.set(s.v.subarray(0, s.len * d));
+      } else {
+        jsCopier.copyRows(t.k, 0, s.keys(), 0, d, s.len, d);
+        jsCopier.copyRows(t.v, 0, s.values(), 0, d, s.len, d);
+      }
       t.pos.set(s.pos.subarray(0, s.len));
       t.len = s.len;
     });

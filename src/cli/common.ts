@@ -1,4 +1,5 @@
 import { InvalidArgumentError, type Command } from 'commander';
+import { KV_DTYPES, parseKvDtype, type KvDtype } from '../cache/kv-cache.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
 import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
@@ -18,24 +19,34 @@ function weightsOption(value: string): WeightsChoice {
   throw new InvalidArgumentError(`--weights must be checkpoint, int8, int8/row or int8/g<N> (N > 0), got "${value}"`);
 }
 
-/** --model and --weights, for a command that loads a model with openModel(o.model, o.weights). */
+function kvDtypeOption(value: string): KvDtype {
+  try {
+    return parseKvDtype(value);
+  } catch {
+    throw new InvalidArgumentError(`--kv-dtype must be ${KV_DTYPES.join(' or ')}, got "${value}"`);
+  }
+}
+
+/** --model, --weights and --kv-dtype, for a command that loads a model with openModel(o.model, o.weights, o.kvDtype). */
 export function modelOptions(cmd: Command): Command {
   return cmd
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
-    .option('--weights <kind>', WEIGHTS_HELP, weightsOption);
+    .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
+    .option('--kv-dtype <dtype>', 'KV cache storage: f32, or bf16 (half the memory and the cache bytes read per token; keys and values rounded to bf16); default f32', kvDtypeOption);
 }
 
 export function weightsLabel(w: WeightsChoice): string {
   return w.kind === 'checkpoint' ? 'checkpoint' : int8Label(w.group);
 }
 
-export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }): LoadedModel {
+export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }, kvDtype: KvDtype = 'f32'): LoadedModel {
   const bar = progressBar(weights.kind === 'int8' ? `loading (${weightsLabel(weights)})` : 'loading', 50);
   try {
     return loadModel(dir ?? DEFAULT_MODEL_DIR, {
       backend: selectBackend(),
       weights: weights.kind,
       int8Group: weights.kind === 'int8' ? weights.group : undefined,
+      kvDtype,
       onProgress: (d, t) => bar.update(d, t),
     });
   } finally {

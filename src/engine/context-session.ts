@@ -140,7 +140,7 @@ export class ContextSession {
       for (let h = 0; h < cache.numKvHeads; h++)
         if (cache.head(l, h).len !== this.ids.length) throw new Error('compression applies once, to an uncompressed, prefilled context');
     const bytesFull = cache.bytes();
-    const rowBytes = cache.headDim * 2 * 4;
+    const rowBytes = cache.rowBytes;
     const contextBytesFull = T * rowBytes * cache.numLayers * cache.numKvHeads;
     const perLayerKept: number[] = [];
     let keptRows = 0;

@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { KvCache } from '../cache/kv-cache.ts';
+import { KvCache, type KvDtype } from '../cache/kv-cache.ts';
 import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/config.ts';
 import { LlamaModel } from '../model/llama.ts';
 import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
@@ -22,6 +22,8 @@ export interface LoadOptions {
   int8Group?: Int8Grouping;
   /** Read tensors through an mmap (zero copy) when the native addon is present. Default true. */
   mmap?: boolean;
+  /** How new KV caches store keys and values (newCache()). Default 'f32'. */
+  kvDtype?: KvDtype;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -34,10 +36,11 @@ export class LoadedModel {
     readonly model: LlamaModel,
     /** Identifies these weights (folder, sizes, modification times) for caches of per-model results. */
     readonly fingerprint: string,
+    readonly kvDtype: KvDtype = 'f32',
   ) {}
 
-  newCache(): KvCache {
-    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim);
+  newCache(dtype: KvDtype = this.kvDtype): KvCache {
+    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype);
   }
 
   openContext(context: string, opts?: ContextOptions): ContextSession {
@@ -54,11 +57,13 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   if (opts.weights === 'int8') weights = quantizeModelWeights(weights, group);
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
-  const fingerprint = JSON.stringify([config, opts.weights === 'int8' ? int8Label(group) : 'checkpoint', files.map((f) => {
+  // A bf16 cache changes results; an fp32 one leaves the fingerprints of earlier results as they were.
+  const weightsLabel = (opts.weights === 'int8' ? int8Label(group) : 'checkpoint') + (opts.kvDtype === 'bf16' ? ' + kv bf16' : '');
+  const fingerprint = JSON.stringify([config, weightsLabel, files.map((f) => {
     const st = statSync(f);
     return [f, st.size, st.mtimeMs];
   })]);
-  return new LoadedModel(dir, config, tokenizer, model, fingerprint);
+  return new LoadedModel(dir, config, tokenizer, model, fingerprint, opts.kvDtype);
 }
 
 function quantizeModelWeights(w: ModelWeights, group: Int8Grouping): ModelWeights {

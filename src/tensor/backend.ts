@@ -19,10 +19,16 @@ export interface Weight {
   readonly groupSize?: number;
 }
 
-/** One KV head's cache as attention reads it: rows [0, len) of k and v ([cap, headDim]) and their absolute positions. */
+/** KV cache rows: fp32 values, or a bf16 cache's bits in a Uint16Array (widened exactly wherever they are read). */
+export type KvRows = Float32Array | Uint16Array;
+
+/**
+ * One KV head's cache as attention reads it: rows [0, len) of k and v ([cap, headDim]) and their absolute
+ * positions. k and v are both fp32 or both bf16, and so are all the heads of one call.
+ */
 export interface KvHeadView {
-  k: Float32Array;
-  v: Float32Array;
+  k: KvRows;
+  v: KvRows;
   pos: Int32Array;
   len: number;
 }
@@ -85,8 +91,11 @@ export interface Backend {
   add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
   /** x[i, c] += bias[c] over n rows of width bias.length. */
   addRowBias(x: Float32Array, n: number, bias: Float32Array): void;
-  /** dst[dstOffset + i * width + c] = src[srcOffset + i * srcStride + c] for i < rows, c < width. */
-  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
+  /**
+   * dst[dstOffset + i * width + c] = src[srcOffset + i * srcStride + c] for i < rows, c < width; into a bf16 dst
+   * (Uint16Array) each value is rounded to the nearest bf16, ties to even.
+   */
+  copyRows(dst: KvRows, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
   /**
    * A backend whose calls are recorded instead of run, and a run() that executes them in order off the JS
    * thread; absent where the backend cannot do that. Arrays named in recorded calls must not be touched

@@ -58,6 +58,11 @@ export function bf16ArrayToF32(src: Uint16Array): Float32Array {
   return out;
 }
 
+/** Elements [start, end) as fp32: a view of an fp32 array, a widened copy of bf16 bits (a Uint16Array). */
+export function kvRowsToF32(rows: Float32Array | Uint16Array, start: number, end: number): Float32Array {
+  return rows instanceof Float32Array ? rows.subarray(start, end) : bf16ArrayToF32(rows.subarray(start, end));
+}
+
 export function f16ArrayToF32(src: Uint16Array): Float32Array {
   const out = new Float32Array(src.length);
   for (let i = 0; i < src.length; i++) out[i] = f16ToF32(src[i]!);

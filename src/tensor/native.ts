@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import type { AttentionArgs, Backend, RopeTable, StepRecording, Weight } from './backend.ts';
+import type { AttentionArgs, Backend, KvRows, RopeTable, StepRecording, Weight } from './backend.ts';
 import { StepList, type Kernels } from './step-list.ts';
 
 export interface NativeInfo {
@@ -52,7 +52,7 @@ export interface Addon {
     nKv: number,
     d: number,
     qPos: Int32Array,
-    heads: [Float32Array, Float32Array, Int32Array, number][],
+    heads: [KvRows, KvRows, Int32Array, number][],
     scale: number,
     statsFrom: number,
     max: Float32Array[] | null,
@@ -64,7 +64,7 @@ export interface Addon {
   siluMul(out: Float32Array, gate: Float32Array, up: Float32Array, len: number): void;
   add(out: Float32Array, a: Float32Array, b: Float32Array, len: number): void;
   addRowBias(x: Float32Array, n: number, bias: Float32Array, width: number): void;
-  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
+  copyRows(dst: KvRows, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void;
   /** Runs [code, label, ...kernel arguments] ops in order as one async work (see step-list.ts). */
   runStep(ops: readonly (readonly unknown[])[], done: (err: Error | null) => void): void;
   embedding(out: Float32Array, table: ArrayBufferView, type: number, rows: number, cols: number, scales: Float32Array | null, group: number, ids: Int32Array): void;
@@ -268,8 +268,10 @@ export class NativeBackend implements Backend {
     const { nq, nHeads, nKvHeads, headDim: d } = a;
     if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
     if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
+    const bf16 = a.heads[0]!.k instanceof Uint16Array;
     for (let g = 0; g < nKvHeads; g++) {
       const h = a.heads[g]!;
+      if (h.k instanceof Uint16Array !== bf16 || h.v instanceof Uint16Array !== bf16) throw new TypeError(`attention: KV head ${g} mixes fp32 and bf16 rows (every head's k and v must be one dtype)`);
       if (h.k.length < h.len * d || h.v.length < h.len * d || h.pos.length < h.len) throw new RangeError(`attention: KV head ${g} shorter than its len ${h.len}`);
       if ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len)) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
@@ -301,7 +303,7 @@ export class NativeBackend implements Backend {
     this.k.addRowBias(x, n, bias, bias.length);
   }
 
-  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+  copyRows(dst: KvRows, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
     if (rows <= 0) return;
     if (dstOffset < 0 || srcOffset < 0 || dstOffset + rows * width > dst.length || srcOffset + (rows - 1) * srcStride + width > src.length) {
       throw new RangeError(`copyRows: ${rows} rows of ${width} outside dst (${dst.length}) or src (${src.length})`);

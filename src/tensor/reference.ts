@@ -1,4 +1,5 @@
-import type { AttentionArgs, Backend, RopeTable, Weight } from './backend.ts';
+import type { AttentionArgs, Backend, KvRows, RopeTable, Weight } from './backend.ts';
+import { f32ToBf16, kvRowsToF32 } from './dtype.ts';
 
 const widened = new WeakMap<Weight, Float32Array>();
 
@@ -112,8 +113,9 @@ export class ReferenceBackend implements Backend {
   }
 
   attention(a: AttentionArgs): void {
-    const { q, out, nq, nHeads, nKvHeads, headDim: d, qPos, heads, scale, stats } = a;
+    const { q, out, nq, nHeads, nKvHeads, headDim: d, qPos, scale, stats } = a;
     const group = nHeads / nKvHeads;
+    const heads = a.heads.slice(0, nKvHeads).map((h) => ({ ...h, k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) }));
     for (let h = 0; h < nHeads; h++) {
       const g = Math.floor(h / group);
       const kv = heads[g]!;
@@ -169,7 +171,11 @@ export class ReferenceBackend implements Backend {
     for (let i = 0; i < n; i++) for (let c = 0; c < w; c++) x[i * w + c] = x[i * w + c]! + bias[c]!;
   }
 
-  copyRows(dst: Float32Array, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
-    for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOffset + i * srcStride, srcOffset + i * srcStride + width), dstOffset + i * width);
+  copyRows(dst: KvRows, dstOffset: number, src: Float32Array, srcOffset: number, srcStride: number, rows: number, width: number): void {
+    if (dst instanceof Float32Array) {
+      for (let i = 0; i < rows; i++) dst.set(src.subarray(srcOffset + i * srcStride, srcOffset + i * srcStride + width), dstOffset + i * width);
+      return;
+    }
+    for (let i = 0; i < rows; i++) for (let c = 0; c < width; c++) dst[dstOffset + i * width + c] = f32ToBf16(src[srcOffset + i * srcStride + c]!);
   }
 }

@@ -1,6 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { runBench } from '../../bench/run-bench.ts';
+import { parseKvDtype } from '../../cache/kv-cache.ts';
 import { listOption } from '../common.ts';
 
 export function registerBench(program: Command): void {
@@ -9,6 +10,7 @@ export function registerBench(program: Command): void {
     .description('measure the machine limits, then prefill/decode speed and KVzip cost; prints JSON')
     .option('--models <names>', 'tiny, qwen2.5-0.5b, llama-3.2-1b (random weights, written to a temp folder), or none', listOption)
     .option('--weights <list>', 'bf16,int8', listOption)
+    .option('--kv-dtypes <list>', 'KV cache dtypes decode is measured on: f32,bf16', listOption)
     .option('--contexts <list>', 'decode context lengths', listOption)
     .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', '8192')
     .option('--quick', 'tiny model only, short contexts, no KVzip measurement')
@@ -19,6 +21,7 @@ export function registerBench(program: Command): void {
       const report = await runBench({
         models: (o.models ?? (quick ? ['tiny'] : ['tiny', 'qwen2.5-0.5b', 'llama-3.2-1b'])).filter((m: string) => m !== 'none'),
         weights: (o.weights ?? ['bf16', 'int8']) as ('bf16' | 'int8')[],
+        kvDtypes: ((o.kvDtypes ?? ['f32', 'bf16']) as string[]).map(parseKvDtype),
         prefillTokens: 512,
         decodeContexts: (o.contexts ?? (quick ? ['1024'] : ['1024', '8192'])).map(Number),
         kvzip: kvzipContext > 0 ? { model: 'qwen2.5-0.5b', context: kvzipContext, ratio: 0.3 } : null,

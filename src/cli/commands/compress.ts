@@ -17,7 +17,7 @@ export function registerCompress(program: Command): void {
     .action(async (o) => {
       const press = getPress(o.method);
       const context = readFileSync(o.context, 'utf8');
-      const lm = openModel(o.model, o.weights);
+      const lm = openModel(o.model, o.weights, o.kvDtype);
       const prefillBar = progressBar('prefill', 512);
       const session = lm.openContext(context, {
         system: o.system,

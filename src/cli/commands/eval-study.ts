@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
+import type { KvDtype } from '../../cache/kv-cache.ts';
 import { loadInstructions, loadLeakage } from '../../eval/datasets.ts';
 import { runPromptStudy, type StudyItem, type StudyResult } from '../../eval/prompt-study.ts';
 import { studyReport } from '../../eval/study-report.ts';
@@ -18,6 +19,7 @@ interface StudyCliOptions {
   protect: string[];
   model?: string;
   weights?: WeightsChoice;
+  kvDtype?: KvDtype;
   limit?: number;
   maxTokens: number;
   document?: string;
@@ -58,7 +60,7 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     const ids = [...new Set(items.map((i) => i.id))].slice(0, o.limit);
     items = items.filter((i) => ids.includes(i.id));
   }
-  const lm = openModel(o.model, o.weights);
+  const lm = openModel(o.model, o.weights, o.kvDtype);
   const bar = progressBar(`eval ${kind}`, 1);
   const { results, samples } = await runPromptStudy(lm, items, {
     methods,

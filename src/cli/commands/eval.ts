@@ -22,7 +22,7 @@ export function registerEval(program: Command): Command {
       const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
-      const lm = openModel(o.model, o.weights);
+      const lm = openModel(o.model, o.weights, o.kvDtype);
       const bar = progressBar('eval qa', 1);
       const { results, samples } = await evalQa(lm, rows, {
         methods,

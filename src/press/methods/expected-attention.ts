@@ -31,6 +31,7 @@ export function expectedAttentionScorer(opts: ExpectedAttentionOptions = {}): Sc
         Array.from({ length: numKvHeads }, (_, g) => {
           const hs = cache.head(l, g);
           const nKeys = span.end - keyFrom;
+          const keys = hs.keys(keyFrom, span.end);
           const avg = new Float64Array(span.end - span.start);
           for (let h = g * group; h < (g + 1) * group; h++) {
             const mu = matVec(R, m.mean[l]!.subarray(h * d, (h + 1) * d), d);
@@ -38,7 +39,7 @@ export function expectedAttentionScorer(opts: ExpectedAttentionOptions = {}): Sc
             const z = new Float64Array(nKeys);
             let zmax = -Infinity;
             for (let j = 0; j < nKeys; j++) {
-              const k = hs.k.subarray((keyFrom + j) * d, (keyFrom + j + 1) * d);
+              const k = keys.subarray(j * d, (j + 1) * d);
               let s = 0;
               for (let a = 0; a < d; a++) s += k[a]! * mu[a]!;
               s /= Math.sqrt(d);
@@ -58,9 +59,10 @@ export function expectedAttentionScorer(opts: ExpectedAttentionOptions = {}): Sc
             for (let j = 0; j < nKeys; j++) denom += Math.exp(z[j]! - zmax);
             for (let j = span.start; j < span.end; j++) avg[j - span.start] += Math.exp(z[j - keyFrom]! - zmax) / denom / group;
           }
+          const values = useVnorm ? hs.values(span.start, span.end) : null;
           return Float32Array.from(avg, (p, j) => {
-            if (!useVnorm) return p;
-            const v = hs.v.subarray((span.start + j) * d, (span.start + j + 1) * d);
+            if (!values) return p;
+            const v = values.subarray(j * d, (j + 1) * d);
             let ss = 0;
             for (let a = 0; a < d; a++) ss += v[a]! ** 2;
             return p * Math.sqrt(ss);

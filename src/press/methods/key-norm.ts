@@ -7,14 +7,14 @@ export function keyNormScorer(): Scorer {
     score({ cache, span }) {
       const d = cache.headDim;
       return cache.heads.map((layer) =>
-        layer.map((hs) =>
-          Float32Array.from({ length: span.end - span.start }, (_, j) => {
-            const o = (span.start + j) * d;
+        layer.map((hs) => {
+          const keys = hs.keys(span.start, span.end);
+          return Float32Array.from({ length: span.end - span.start }, (_, j) => {
             let ss = 0;
-            for (let c = 0; c < d; c++) ss += hs.k[o + c]! ** 2;
+            for (let c = 0; c < d; c++) ss += keys[j * d + c]! ** 2;
             return -Math.sqrt(ss);
-          }),
-        ),
+          });
+        }),
       );
     },
   };

@@ -11,13 +11,14 @@ export function keyDiffScorer(): Scorer {
         layer.map((hs) => {
           const unit = new Float64Array(T * d);
           const anchor = new Float64Array(d);
+          const keys = hs.keys(span.start, span.end);
           for (let j = 0; j < T; j++) {
-            const o = (span.start + j) * d;
+            const o = j * d;
             let ss = 0;
-            for (let c = 0; c < d; c++) ss += hs.k[o + c]! ** 2;
+            for (let c = 0; c < d; c++) ss += keys[o + c]! ** 2;
             const inv = 1 / Math.max(Math.sqrt(ss), 1e-12);
             for (let c = 0; c < d; c++) {
-              unit[j * d + c] = hs.k[o + c]! * inv;
+              unit[j * d + c] = keys[o + c]! * inv;
               anchor[c] = anchor[c]! + unit[j * d + c]! / T;
             }
           }

@@ -1,3 +1,4 @@
+import type { HeadStore } from '../../cache/kv-cache.ts';
 import { prefill } from '../../engine/prefill.ts';
 import type { LayerCapture } from '../../model/llama.ts';
 import type { KvHeadView, Weight } from '../../tensor/backend.ts';
@@ -99,13 +100,13 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
 }
 
 /** Copies the keys and positions of the given row ranges into one view (values are not read for statistics). */
-function gatherRows(hs: KvHeadView, d: number, ranges: [number, number][]): KvHeadView {
+function gatherRows(hs: HeadStore, d: number, ranges: [number, number][]): KvHeadView {
   const len = ranges.reduce((s, [a, b]) => s + (b - a), 0);
   const k = new Float32Array(len * d);
   const pos = new Int32Array(len);
   let at = 0;
   for (const [a, b] of ranges) {
-    k.set(hs.k.subarray(a * d, b * d), at * d);
+    k.set(hs.keys(a, b), at * d);
     pos.set(hs.pos.subarray(a, b), at);
     at += b - a;
   }
@@ -141,9 +142,8 @@ function normalizedScores(ctx: ScoringContext, c: LayerCapture, heads: KvHeadVie
     // ||W_O^h v_j|| for the chunk's values: W_O^h is columns [h d, (h + 1) d) of o_proj.
     const slice: Weight = { name: 'o_proj.head', dtype: 'f32', rows: D, cols: d, data: new Float32Array(D * d) };
     for (let r = 0; r < D; r++) (slice.data as Float32Array).set(wo.subarray(r * cfg.numHeads * d + h * d, r * cfg.numHeads * d + (h + 1) * d), r * d);
-    const hs = ctx.cache.head(c.layer, g);
     const projected = new Float32Array(m * D);
-    be.matmul(projected, hs.v.subarray(cs * d, ce * d), m, slice);
+    be.matmul(projected, ctx.cache.head(c.layer, g).values(cs, ce), m, slice);
     const dst = out[g]!;
     for (let j = 0; j < m; j++) {
       let ss = 0;
