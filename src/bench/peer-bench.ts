@@ -180,13 +180,17 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
       const ids = Array.from({ length: Math.max(opts.prefillTokens, opts.decodeContext) }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
       const llama = await llamaSide(peer, gguf, opts.threads, opts.decodeContext + opts.decodeSteps + 16, opts.prefillTokens);
       peerInfo = llama.describe;
-      const kvCache = lm.newCache();
+      // llama.cpp keeps its cache in F16; kvlab decodes from its fp32 cache and, as a second figure, a bf16 one.
+      const kvCache = lm.newCache('f32');
       fillCache(kvCache, opts.decodeContext);
+      const kvCacheBf16 = lm.newCache('bf16');
+      fillCache(kvCacheBf16, opts.decodeContext);
       const prefillIds = ids.slice(0, opts.prefillTokens);
       prefill(lm.model, lm.newCache(), prefillIds.slice(0, 32));
       await llama.prefillMs(prefillIds.slice(0, 32));
 
       const k = { prefill: [] as number[], decode: [] as number[] };
+      const kBf16: number[] = [];
       const l = { prefill: [] as number[], decode: [] as number[] };
       const bandwidth: number[] = [];
       for (let round = 0; round < opts.rounds; round++) {
@@ -203,10 +207,12 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
         bandwidth.push(...probeBandwidth(2));
         k.decode.push(timeDecode(lm, kvCache, opts.decodeSteps));
         l.decode.push(median(await llama.decodeMs(opts.decodeSteps)));
+        kBf16.push(timeDecode(lm, kvCacheBf16, opts.decodeSteps));
       }
       await llama.dispose();
       const bw = median(bandwidth);
       const bytes = decodeWeightBytes(lm.model.weights) + kvCache.bytes();
+      const bytesBf16 = decodeWeightBytes(lm.model.weights) + kvCacheBf16.bytes();
       const side = (s: { prefill: number[]; decode: number[] }) => ({
         prefill_tokens_per_s: r1(opts.prefillTokens / (median(s.prefill) / 1000)),
         decode_tokens_per_s: r1(1000 / median(s.decode)),
@@ -225,8 +231,15 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
           prefill: r3(median(l.prefill) / median(k.prefill)),
           decode: r3(median(l.decode) / median(k.decode)),
         },
+        kvlab_bf16_cache: {
+          decode_bytes_per_token: bytesBf16,
+          decode_tokens_per_s: r1(1000 / median(kBf16)),
+          decode_fraction_of_bound: r3(1000 / median(kBf16) / ((bw * 1e9) / bytesBf16)),
+          decode_ms_per_token_runs: kBf16.map(r1),
+          decode_over_llama_cpp: r3(median(l.decode) / median(kBf16)),
+        },
       };
-      log(`${name}: prefill ${entry.kvlab.prefill_tokens_per_s} vs ${entry.llama_cpp.prefill_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.prefill}x); decode ${entry.kvlab.decode_tokens_per_s} vs ${entry.llama_cpp.decode_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.decode}x)`);
+      log(`${name}: prefill ${entry.kvlab.prefill_tokens_per_s} vs ${entry.llama_cpp.prefill_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.prefill}x); decode ${entry.kvlab.decode_tokens_per_s} vs ${entry.llama_cpp.decode_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.decode}x); on a bf16 cache ${entry.kvlab_bf16_cache.decode_tokens_per_s} tok/s (${entry.kvlab_bf16_cache.decode_over_llama_cpp}x)`);
       results.push(entry);
       rmSync(gguf, { force: true });
     }
