@@ -611,8 +611,13 @@ void pack_keys(const HeadView& kv, int d, PackedKeys& pk) {
   pk.sorted = ascending(kv);
   for (int j = 0; j < kv.len; j++) {
     float* dst = pk.kt.data() + size_t(j / KB) * d * KB + j % KB;
-    const float* src = kv.k + long(j) * d;
-    for (int c = 0; c < d; c++) dst[c * KB] = src[c];
+    if (kv.k16) {
+      const uint16_t* src = kv.k16 + long(j) * d;
+      for (int c = 0; c < d; c++) dst[c * KB] = bf16_to_f32(src[c]);
+    } else {
+      const float* src = kv.k + long(j) * d;
+      for (int c = 0; c < d; c++) dst[c * KB] = src[c];
+    }
     pk.pos[j] = kv.pos[j];
   }
 }
@@ -717,7 +722,8 @@ void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk
     default: logits_blocked_tile<8>(a, t, pk, s, nblocks, mx); break;
   }
   for (int k = 0; k < pairs(t); k++) softmax_row(s.row(k), nblocks * KB, kv.len, mx[k]);
-  if (a.out) pv<float>(a, t, s, std::min(visible, kv.len));
+  if (a.out && a.bf16) pv<uint16_t>(a, t, s, std::min(visible, kv.len));
+  else if (a.out) pv<float>(a, t, s, std::min(visible, kv.len));
   accumulate_stats(a, t, s, kv.len);
 }
 
@@ -1281,7 +1287,8 @@ void attention_decode_avx2(const Attention& a) {
 }
 
 // A bf16 cache's rows widened to fp32, per KV head, in the calling thread's kept buffers, for the paths that read
-// fp32 only.
+// fp32 only (AVX2, scalar, d not a multiple of 16 or above 128, the per-head knobs). The buffers grow to the
+// largest call's heads.
 Attention widened(const Attention& a) {
   static thread_local std::vector<AlignedVector<float>> kept;
   std::vector<AlignedVector<float>>& wide = kept;  // the pool's workers must see this thread's buffers
@@ -1330,7 +1337,10 @@ bool attention_set(const std::string& key, double value) {
 void attention(const Attention& a) {
   if (a.nq <= 0 || a.n_heads <= 0) return;
   const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
-  if (a.bf16 && !(cpu().avx512 && decode_shape && PACKED_LOGITS && PV_HEADS)) return attention(widened(a));
+  // A bf16 cache is read as it is by the AVX-512 tiles whose P.V batches heads (d a multiple of 16 up to 128):
+  // decode with packed logits, and the many-row tiles, whose keys are widened while they are packed.
+  const bool bf16_direct = cpu().avx512 && a.d % 16 == 0 && a.d <= 128 && PV_HEADS && (PACKED_LOGITS || !decode_shape);
+  if (a.bf16 && !bf16_direct) return attention(widened(a));
   if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return a.nq <= 2 ? attention_decode_avx2(a) : attention_rows_avx2(a);
   if (!cpu().avx512) {
     const long rows = long(a.n_heads) * a.nq;
