@@ -473,16 +473,21 @@ function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
   return { bits: { ...h, k, v }, wide: { ...h, k: bf16ArrayToF32(k), v: bf16ArrayToF32(v) } };
 }
 
-test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to fp32, on every path`, { skip }, () => {
-  // AVX-512 decode reads bf16 rows directly (widened per block of keys, or per value row in registers); every
-  // other path (many rows, AVX2, scalar, the per-head knobs, d not a multiple of 32) widens the cache first. Each
-  // sums in the fp32 path's order, except one-head decode tiles (bf16: two heads per vector, one of them zero;
-  // fp32: per head), which must match the reference.
+test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to fp32, on every path`, { skip }, (t) => {
+  // AVX-512 tiles read bf16 rows directly: decode keys either widened per block of 16 or, on AVX512-BF16
+  // (attn_bf16_dot), multiplied as they are by the query split into two bf16 parts; values widened per row in
+  // registers; many-row keys widened while packed. Every other path (AVX2, scalar, the per-head knobs, d not a
+  // multiple of 16) widens the cache first. All but the split-query logits sum in the fp32 path's order, so
+  // they give the bits of the widened cache (except one-head decode tiles: bf16 takes two heads per vector, one
+  // of them zero; fp32 one head with a 16:1 reduction). The split query holds q to 2^-18 relative, so its logits
+  // are within 2^-18 scale sum|q k| (~3e-5 here) of exact, and the outputs within 5e-5 of the reference (measured 3.4e-6).
   const lib = loadAddon()!;
   const nat = new NativeBackend();
-  const knobs: [string, number][] = [['attn_packed', 1], ['attn_pv_heads', 1], ['attn_split', 1]];
+  const hasDot = nativeInfo()!.features.avx512_bf16 === true;
+  const knobs: [string, number][] = [['attn_packed', 1], ['attn_pv_heads', 1], ['attn_split', 1], ['attn_bf16_dot', 1]];
+  let worst = 0;
   try {
-    for (const [packed, pvHeads, split] of [[1, 1, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]])
+    for (const [packed, pvHeads, split, dot] of [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 1, 1]])
       for (const G of [1, 2, 4, 7])
         for (const d of [16, 32, 40, 64, 128])
           for (const nq of [1, 2, 5]) {
@@ -490,6 +495,8 @@ test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to 
             lib.setTuning('attn_packed', packed!);
             lib.setTuning('attn_pv_heads', pvHeads!);
             lib.setTuning('attn_split', split!);
+            lib.setTuning('attn_bf16_dot', dot!);
+            const splitQuery = hasDot && dot === 1 && packed === 1 && pvHeads === 1 && nq <= 2 && d % 16 === 0;
             const nKv = 2;
             const nHeads = G * nKv;
             const views = orderedAndReversed(d).map(bf16Head);
@@ -503,18 +510,20 @@ test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to 
               be.attention({ ...args, heads, out: plain });
               return { out, sum, max, plain };
             };
-            const label = `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} pv_heads ${pvHeads} split ${split}`;
+            const label = `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} pv_heads ${pvHeads} split ${split} bf16_dot ${dot}`;
+            const tol = splitQuery ? 5e-5 : 1e-5;
             const bf = run(nat, views.map((h) => h.bits));
             const wide = run(nat, views.map((h) => h.wide));
             const expect = run(ref, views.map((h) => h.wide));
             const refBits = run(ref, views.map((h) => h.bits));
             assert.deepEqual(refBits.out, expect.out, `reference: bf16 rows are the widened values (${label})`);
-            assert.ok(maxRelErr(bf.out, expect.out) < 1e-5, `against the reference ${label}: ${maxRelErr(bf.out, expect.out)}`);
+            if (splitQuery) worst = Math.max(worst, maxRelErr(bf.out, expect.out));
+            assert.ok(maxRelErr(bf.out, expect.out) < tol, `against the reference ${label}: ${maxRelErr(bf.out, expect.out)}`);
             assert.ok(maxRelErr(wide.out, expect.out) < 1e-5, `fp32 cache against the reference ${label}: ${maxRelErr(wide.out, expect.out)}`);
             assert.deepEqual(bf.plain, bf.out, `statistics do not change the output (${label})`);
-            bf.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < 1e-5, `sum stats ${label}`));
-            bf.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < 1e-5, `max stats ${label}`));
-            if (G > 1) {
+            bf.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < tol, `sum stats ${label}`));
+            bf.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < tol, `max stats ${label}`));
+            if (G > 1 && !splitQuery) {
               assert.deepEqual(bf.out, wide.out, `same bits as the widened cache (${label})`);
               bf.sum.forEach((x, g) => assert.deepEqual(x, wide.sum[g], `same statistics as the widened cache (${label})`));
             }
@@ -522,6 +531,7 @@ test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to 
   } finally {
     for (const [k, v] of knobs) lib.setTuning(k, v);
   }
+  if (hasDot) t.diagnostic(`bf16 split-query decode: max relative error against the reference ${worst.toExponential(2)}`);
   const mixed = orderedAndReversed(32);
   mixed[1] = bf16Head(mixed[1]!).bits;
   assert.throws(

@@ -41,6 +41,11 @@ constexpr int MAX_TILE = 8;  // query heads per tile
 // Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 20.2 vs 21.3 ms and 17.9 vs 20.2 ms per token (2048 vs off);
 // 4096 and 8192 were no better. The AVX2 flash-decoding kernels ran no faster there (22.2-22.8 vs 21.0 ms).
 long AVX512_AHEAD = 2048;
+// Tuning (attn_ahead_bf16): the same for a bf16 cache. 1B's cache at 8K, split-query logits, alternating: 4096
+// 6.30-6.55 vs 2048 6.84-6.91 ms per token (8192 6.39-6.44); at 1K no difference.
+long AVX512_AHEAD_BF16 = 4096;
+template <typename KT>
+inline long ahead_bytes() { return std::is_same_v<KT, float> ? AVX512_AHEAD : AVX512_AHEAD_BF16; }
 // Tuning (attn_pv_heads): P.V loads each value row once for a batch of heads (pv_heads) rather than once per
 // head from L1 (pv_tile_blocks). Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 13.6 vs 16.0 ms per token;
 // L2-resident on one thread 1.39x. Reading each key row once for two heads in the logits (queries of both in
@@ -265,7 +270,7 @@ void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
     for (int v = 0; v < NV; v++) acc[h][v] = _mm512_loadu_ps(o[h] + v * 16);
   const KT* vr = values_of<KT>(kv) + long(j0) * NV * 16;
   for (int j = j0; j < j1; j++, vr += NV * 16) {
-    if (ahead) prefetch_ahead(vr, NV * 16 * long(sizeof(KT)), AVX512_AHEAD);
+    if (ahead) prefetch_ahead(vr, NV * 16 * long(sizeof(KT)), ahead_bytes<KT>());
     __m512 row[NV];
     for (int v = 0; v < NV; v++) row[v] = load16(vr + v * 16);
     for (int h = 0; h < HN; h++) {
@@ -310,7 +315,7 @@ void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
   const int block = np <= HB || PV_BLOCK_BYTES <= 0 ? visible : std::max(1, int(PV_BLOCK_BYTES / row_bytes));
   for (int j0 = 0; j0 < visible; j0 += block) {
     const int j1 = std::min(visible, j0 + block);
-    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB, KT>(a, t, s, j0, j1, h0, AVX512_AHEAD && h0 == 0);
+    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB, KT>(a, t, s, j0, j1, h0, ahead_bytes<KT>() && h0 == 0);
   }
 }
 
@@ -452,6 +457,91 @@ int PACKED_LOGITS = 1;
 int SPLIT_KEYS = 1;
 long SPLIT_MAX_BYTES = 768 << 10;
 
+// acc[u] holds head r's W = 16 / HP partial sums for key u in lanes W r .. W r + W - 1; rows[r] = head r's 16 sums.
+template <int HP>
+__attribute__((target(AVX512), always_inline))
+inline void reduce_packed(const __m512* acc, __m512* rows) {
+  // First sum within 128-bit lanes.
+  __m512 p2[8], p4[4];
+  for (int m = 0; m < 8; m++)
+    p2[m] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * m], acc[2 * m + 1]), _mm512_unpackhi_ps(acc[2 * m], acc[2 * m + 1]));
+  for (int m = 0; m < 4; m++)
+    p4[m] = _mm512_add_ps(_mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0x44), _mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0xEE));
+  // p4[m], 128-bit lane L: keys 4m..4m+3 summed over lane L's 4 partials.
+  if constexpr (HP == 4) {
+    // Lane L is head L: transpose the 4x4 grid of 128-bit lanes.
+    const __m512 t0 = _mm512_shuffle_f32x4(p4[0], p4[1], 0x44), t1 = _mm512_shuffle_f32x4(p4[0], p4[1], 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(p4[2], p4[3], 0x44), t3 = _mm512_shuffle_f32x4(p4[2], p4[3], 0xEE);
+    rows[0] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+    rows[1] = _mm512_shuffle_f32x4(t0, t2, 0xDD);
+    rows[2] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+    rows[3] = _mm512_shuffle_f32x4(t1, t3, 0xDD);
+  } else {
+    // Lanes 2r and 2r + 1 are head r's halves: add them, then gather each head's four key groups.
+    const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[0], p4[1], 0x88), _mm512_shuffle_f32x4(p4[0], p4[1], 0xDD));
+    const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[2], p4[3], 0x88), _mm512_shuffle_f32x4(p4[2], p4[3], 0xDD));
+    rows[0] = _mm512_shuffle_f32x4(t01, t23, 0x88);
+    rows[1] = _mm512_shuffle_f32x4(t01, t23, 0xDD);
+  }
+}
+
+// Tuning (attn_bf16_dot): on CPUs with AVX512-BF16, decode logits over a bf16 cache multiply its keys as they are
+// (vdpbf16ps: two bf16 products per lane, exact, accumulated in fp32) by the query split into two bf16 parts,
+// hi = bf16(q) and lo = bf16(q - hi), which together hold q to 2^-18 relative: against the keys' own bf16
+// rounding (2^-9) this adds a hundredth. 0: keys widened to fp32 (the fp32 path's arithmetic, same bits as an
+// fp32 cache holding the widened values).
+int BF16_DOT = 1;
+
+inline uint16_t f32_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+// The split query of a group of HP heads: part [0] hi, [1] lo; in chunk c, 32-bit lane W r + i holds head r's
+// dims E c + 2i and E c + 2i + 1 (E = 2 W), as a key's E dims broadcast to every head's lanes line up with them.
+template <int NV, int HP>
+struct SplitQuery {
+  static constexpr int E = 32 / HP;
+  alignas(64) uint16_t part[2][NV * 16 / E][32];
+};
+
+template <int NV, int HP>
+void split_query(const Attention& a, const Tile& t, int gr, SplitQuery<NV, HP>& q) {
+  constexpr int E = SplitQuery<NV, HP>::E;
+  for (int c = 0; c < NV * 16 / E; c++)
+    for (int r = 0; r < HP; r++)
+      for (int e = 0; e < E; e++) {
+        const int h = HP * gr + r;
+        const float x = h < t.n ? q_row(a, t.i, t.h0 + h)[E * c + e] : 0.f;
+        const uint16_t hi = f32_to_bf16(x);
+        q.part[0][c][E * r + e] = hi;
+        q.part[1][c][E * r + e] = f32_to_bf16(x - bf16_to_f32(hi));
+      }
+}
+
+// One block's 16 keys (KS from each of S streams) against a group's split query: rows[r] = head r's 16 logits.
+template <int NV, int HP, int S>
+__attribute__((target(AVX512 ",avx512bf16"), noinline))
+void dot_block(const uint16_t* const* src, const SplitQuery<NV, HP>& q, __m512* rows) {
+  constexpr int D = NV * 16, E = SplitQuery<NV, HP>::E, KS = KB / S;
+  __m512 acc[KB];
+  for (int u = 0; u < KB; u++) acc[u] = _mm512_setzero_ps();
+  for (int c = 0; c < D / E; c++) {
+    const __m512bh hi = (__m512bh)_mm512_load_si512(q.part[0][c]), lo = (__m512bh)_mm512_load_si512(q.part[1][c]);
+    #pragma GCC unroll 16
+    for (int u = 0; u < KB; u++) {
+      const uint16_t* kr = src[u / KS] + (u % KS) * D + E * c;
+      const __m512i k = HP == 4 ? _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kr)))
+                                : _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kr)));
+      acc[u] = _mm512_dpbf16_ps(acc[u], hi, (__m512bh)k);
+      acc[u] = _mm512_dpbf16_ps(acc[u], lo, (__m512bh)k);
+    }
+  }
+  reduce_packed<HP>(acc, rows);
+}
+
 // Logits of the tile's heads, HP heads per vector: lanes W r .. W r + W - 1 (W = 16 / HP) hold head r's query at W
 // consecutive dims, so one W-float broadcast of a key meets HP heads in one FMA, and 16 keys need a W:1 reduction
 // (two shuffle-add stages for W 4, three for W 8, then a transpose of 128-bit lanes) instead of 16:1 per head.
@@ -473,6 +563,11 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
           const int h = HP * gr + r;
           qp[gr][c][W * r + i] = h < t.n ? q_row(a, t.i, t.h0 + h)[W * c + i] : 0.f;
         }
+  constexpr bool bf16 = !std::is_same_v<KT, float>;
+  const bool dot = bf16 && BF16_DOT && cpu().avx512_bf16;
+  SplitQuery<NV, HP> split[bf16 ? MAX_TILE / HP : 1];
+  if (dot)
+    for (int gr = 0; gr < groups; gr++) split_query<NV, HP>(a, t, gr, split[gr]);
   const __m512i qpos = _mm512_set1_epi32(a.q_pos[t.i]);
   const __m512 scale = _mm512_set1_ps(a.scale), neg = _mm512_set1_ps(-INFINITY);
   __m512 vmax[MAX_TILE];
@@ -492,8 +587,32 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
                : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[0]))),
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[S - 1])), 1);
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(pos, qpos);
-    if (AVX512_AHEAD)
-      for (int p = 0; p < S; p++) prefetch_ahead(src[p], KS * D * long(sizeof(KT)), AVX512_AHEAD);
+    if (ahead_bytes<KT>())
+      for (int p = 0; p < S; p++) prefetch_ahead(src[p], KS * D * long(sizeof(KT)), ahead_bytes<KT>());
+    // The group's logits scaled, masked and stored; the row maxima updated.
+    const auto store_block = [&](int gr, const __m512* rows) __attribute__((target(AVX512))) {
+      for (int r = 0; r < HP && HP * gr + r < t.n; r++) {
+        const int h = HP * gr + r;
+        const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(rows[r], scale), hidden, neg);
+        if constexpr (S == 1) {
+          _mm512_storeu_ps(s.row(h) + k0[0], logits);
+        } else {
+          _mm256_storeu_ps(s.row(h) + k0[0], _mm512_castps512_ps256(logits));
+          _mm256_storeu_ps(s.row(h) + k0[1], _mm512_extractf32x8_ps(logits, 1));
+        }
+        vmax[h] = _mm512_max_ps(vmax[h], logits);
+      }
+    };
+    if constexpr (!std::is_same_v<KT, float>) {
+      if (dot) {
+        for (int gr = 0; gr < groups; gr++) {
+          __m512 rows[HP];
+          dot_block<NV, HP, S>(src, split[gr], rows);
+          store_block(gr, rows);
+        }
+        continue;
+      }
+    }
     alignas(64) float wide[std::is_same_v<KT, float> ? 1 : KB * D];
     for (int p = 0; p < S; p++) {
       if constexpr (std::is_same_v<KT, float>) {
@@ -521,40 +640,9 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
           }
         }
       }
-      // acc[u]: head r's W partial sums for key u in lanes W r ..; first sum within 128-bit lanes.
-      __m512 p2[8], p4[4];
-      for (int m = 0; m < 8; m++)
-        p2[m] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * m], acc[2 * m + 1]), _mm512_unpackhi_ps(acc[2 * m], acc[2 * m + 1]));
-      for (int m = 0; m < 4; m++)
-        p4[m] = _mm512_add_ps(_mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0x44), _mm512_shuffle_ps(p2[2 * m], p2[2 * m + 1], 0xEE));
-      // p4[m], 128-bit lane L: keys 4m..4m+3 summed over lane L's 4 partials.
       __m512 rows[HP];
-      if constexpr (HP == 4) {
-        // Lane L is head L: transpose the 4x4 grid of 128-bit lanes.
-        const __m512 t0 = _mm512_shuffle_f32x4(p4[0], p4[1], 0x44), t1 = _mm512_shuffle_f32x4(p4[0], p4[1], 0xEE);
-        const __m512 t2 = _mm512_shuffle_f32x4(p4[2], p4[3], 0x44), t3 = _mm512_shuffle_f32x4(p4[2], p4[3], 0xEE);
-        rows[0] = _mm512_shuffle_f32x4(t0, t2, 0x88);
-        rows[1] = _mm512_shuffle_f32x4(t0, t2, 0xDD);
-        rows[2] = _mm512_shuffle_f32x4(t1, t3, 0x88);
-        rows[3] = _mm512_shuffle_f32x4(t1, t3, 0xDD);
-      } else {
-        // Lanes 2r and 2r + 1 are head r's halves: add them, then gather each head's four key groups.
-        const __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[0], p4[1], 0x88), _mm512_shuffle_f32x4(p4[0], p4[1], 0xDD));
-        const __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(p4[2], p4[3], 0x88), _mm512_shuffle_f32x4(p4[2], p4[3], 0xDD));
-        rows[0] = _mm512_shuffle_f32x4(t01, t23, 0x88);
-        rows[1] = _mm512_shuffle_f32x4(t01, t23, 0xDD);
-      }
-      for (int r = 0; r < HP && HP * gr + r < t.n; r++) {
-        const int h = HP * gr + r;
-        const __m512 logits = _mm512_mask_mov_ps(_mm512_mul_ps(rows[r], scale), hidden, neg);
-        if constexpr (S == 1) {
-          _mm512_storeu_ps(s.row(h) + k0[0], logits);
-        } else {
-          _mm256_storeu_ps(s.row(h) + k0[0], _mm512_castps512_ps256(logits));
-          _mm256_storeu_ps(s.row(h) + k0[1], _mm512_extractf32x8_ps(logits, 1));
-        }
-        vmax[h] = _mm512_max_ps(vmax[h], logits);
-      }
+      reduce_packed<HP>(acc, rows);
+      store_block(gr, rows);
     }
   }
   for (int r = 0; r < t.n; r++) mx[r] = _mm512_reduce_max_ps(vmax[r]);
@@ -1322,6 +1410,7 @@ Attention widened(const Attention& a) {
 bool attention_set(const std::string& key, double value) {
   if (key == "rows") ROW_KERNELS = value != 0;
   else if (key == "ahead") AVX512_AHEAD = long(value);
+  else if (key == "ahead_bf16") AVX512_AHEAD_BF16 = long(value);
   else if (key == "pv_heads") PV_HEADS = int(value);
   else if (key == "pv_block") PV_BLOCK_BYTES = long(value);
   else if (key == "kv_major") KV_MAJOR = int(value);
@@ -1330,6 +1419,7 @@ bool attention_set(const std::string& key, double value) {
   else if (key == "split") SPLIT_KEYS = int(value);
   else if (key == "split_max_bytes") SPLIT_MAX_BYTES = long(value);
   else if (key == "packed") PACKED_LOGITS = int(value);
+  else if (key == "bf16_dot") BF16_DOT = int(value);
   else return false;
   return true;
 }
