@@ -723,7 +723,7 @@ test(`[${mode}] mmap regions return the bytes fs.readSync reads`, { skip }, () =
 test(`[${mode}] info reports features, paths and threads`, { skip }, () => {
   const info = nativeInfo()!;
   assert.ok(info.threads >= 1);
-  for (const key of ['decode_matmul', 'decode_matmul_int8', 'prefill_matmul_bf16', 'prefill_matmul_f32', 'attention', 'amx']) assert.equal(typeof info.paths[key], 'string', key);
+  for (const key of ['decode_matmul', 'decode_matmul_int8', 'prefill_matmul_bf16', 'prefill_matmul_f32', 'attention', 'attention_bf16_cache', 'amx']) assert.equal(typeof info.paths[key], 'string', key);
   if (mode === 'avx2' || mode === 'scalar') assert.match(info.paths.decode_matmul!, new RegExp(mode));
   if (mode === 'amx-emulated' && info.features.avx512_bf16) assert.match(info.paths.prefill_matmul_bf16!, /amx.*emulated/);
 });
