@@ -492,13 +492,6 @@ inline void reduce_packed(const __m512* acc, __m512* rows) {
 // fp32 cache holding the widened values).
 int BF16_DOT = 1;
 
-inline uint16_t f32_to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
 // The split query of a group of HP heads: part [0] hi, [1] lo; in chunk c, 32-bit lane W r + i holds head r's
 // dims E c + 2i and E c + 2i + 1 (E = 2 W), as a key's E dims broadcast to every head's lanes line up with them.
 template <int NV, int HP>
@@ -508,17 +501,24 @@ struct SplitQuery {
 };
 
 template <int NV, int HP>
+__attribute__((target(AVX512 ",avx512bf16")))
 void split_query(const Attention& a, const Tile& t, int gr, SplitQuery<NV, HP>& q) {
-  constexpr int E = SplitQuery<NV, HP>::E;
-  for (int c = 0; c < NV * 16 / E; c++)
-    for (int r = 0; r < HP; r++)
-      for (int e = 0; e < E; e++) {
-        const int h = HP * gr + r;
-        const float x = h < t.n ? q_row(a, t.i, t.h0 + h)[E * c + e] : 0.f;
-        const uint16_t hi = f32_to_bf16(x);
-        q.part[0][c][E * r + e] = hi;
-        q.part[1][c][E * r + e] = f32_to_bf16(x - bf16_to_f32(hi));
-      }
+  constexpr int D = NV * 16, E = SplitQuery<NV, HP>::E;
+  for (int r = 0; r < HP; r++) {
+    const int h = HP * gr + r;
+    alignas(64) uint16_t hi[D], lo[D];
+    for (int v = 0; v < NV; v++) {
+      const __m512 x = h < t.n ? _mm512_loadu_ps(q_row(a, t.i, t.h0 + h) + v * 16) : _mm512_setzero_ps();
+      const __m256bh xh = _mm512_cvtneps_pbh(x);
+      const __m512 wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)xh), 16));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hi + v * 16), (__m256i)xh);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lo + v * 16), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, wide)));
+    }
+    for (int c = 0; c < D / E; c++) {
+      std::memcpy(q.part[0][c] + E * r, hi + E * c, E * sizeof(uint16_t));
+      std::memcpy(q.part[1][c] + E * r, lo + E * c, E * sizeof(uint16_t));
+    }
+  }
 }
 
 // One block's 16 keys (KS from each of S streams) against a group's split query: rows[r] = head r's 16 logits.
