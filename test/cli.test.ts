@@ -107,4 +107,5 @@ test('demo runs on the embedded model and shows memory before and after KVzip', 
   const out = run('demo');
   assert.match(out, /KVzip, 30% of the context kept/);
   assert.match(out, /context KV: [\d.]+ KiB -> [\d.]+ KiB/);
+  assert.match(out, /KV cache [\d.]+ KiB \(f32\)/);
 });

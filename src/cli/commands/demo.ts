@@ -23,7 +23,7 @@ export function registerDemo(program: Command): void {
       const full = lm.openContext(row.context, { queryTemplate: 'Question: {query}' });
       const t0 = performance.now();
       full.prefillCapture([]);
-      out(`context: ${full.context.end - full.context.start} tokens, prefilled in ${(performance.now() - t0).toFixed(0)} ms; KV cache ${kib(full.cache.bytes())}`);
+      out(`context: ${full.context.end - full.context.start} tokens, prefilled in ${(performance.now() - t0).toFixed(0)} ms; KV cache ${kib(full.cache.bytes())} (${full.cache.dtype})`);
       out('\n-- full cache --');
       for (const [i, q] of questions.entries()) {
         const r = await full.ask(q, { maxTokens: 24 });
