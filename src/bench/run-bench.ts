@@ -58,6 +58,43 @@ function asyncStepReport(a: AsyncDecodeResult): Record<string, number> {
   };
 }
 
+/** Decode steps at one context on one cache dtype, each round right after a probe pass, against the bound. */
+async function decodeEntry(lm: LoadedModel, timed: TimedBackend, wBytes: number, ctx: number, kvDtype: KvDtype, withAsync: boolean): Promise<Record<string, unknown>> {
+  const cache = lm.newCache(kvDtype);
+  fillCache(cache, ctx);
+  // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the bound is
+  // the median over rounds of the round's tokens/s over the round's bound.
+  timed.reset();
+  const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
+  const ms = median(paired.steps);
+  const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
+  const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
+  const kvBytes = cache.bytes();
+  const bytes = wBytes + kvBytes;
+  const roundFractions = paired.rounds.map((r) => bytes / (r.bandwidthGBs * 1e9) / (r.ms / 1000));
+  return {
+    context: ctx,
+    kv_dtype: kvDtype,
+    tokens_per_s: r1(1000 / ms),
+    ms_per_token: r3(ms),
+    bytes_per_token: bytes,
+    bandwidth_gbs_around: r1(localBandwidth),
+    bandwidth_gbs_rounds: paired.rounds.map((r) => r1(r.bandwidthGBs)),
+    kv_bytes: kvBytes,
+    bound_tokens_per_s: r1((localBandwidth * 1e9) / bytes),
+    fraction_of_bound: r3(median(roundFractions)),
+    ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
+    fraction_of_bound_rounds: roundFractions.map(r3),
+    // Mean over all timed steps (the figures above are medians): where a token's time goes, and how fast the
+    // weight matrices alone streamed against the probe.
+    time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
+    matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
+    matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
+    // forward() against forwardAsync() (once per model): the async step's cost and the event loop.
+    ...(withAsync ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
+  };
+}
+
 export async function runBench(opts: BenchOptions): Promise<Record<string, unknown>> {
   const log = opts.log;
   log('measuring machine limits (1 GiB streaming read, 512x2048x2048 GEMM)');
@@ -100,40 +137,8 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
               decode.push({ context: ctx, kv_dtype: kvDtype, skipped: `model allows ${lm.config.maxPositionEmbeddings} positions` });
               continue;
             }
-            const cache = lm.newCache(kvDtype);
-            fillCache(cache, ctx);
-            // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the
-            // bound is the median over rounds of the round's tokens/s over the round's bound.
-            timed.reset();
-            const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
-            const ms = median(paired.steps);
-            const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
-            const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
-            const kvBytes = cache.bytes();
-            const bytes = wBytes + kvBytes;
-            const boundTokS = (localBandwidth * 1e9) / bytes;
-            const roundFractions = paired.rounds.map((r) => bytes / (r.bandwidthGBs * 1e9) / (r.ms / 1000));
-            decode.push({
-              context: ctx,
-              kv_dtype: kvDtype,
-              tokens_per_s: r1(1000 / ms),
-              ms_per_token: r3(ms),
-              bytes_per_token: bytes,
-              bandwidth_gbs_around: r1(localBandwidth),
-              bandwidth_gbs_rounds: paired.rounds.map((r) => r1(r.bandwidthGBs)),
-              kv_bytes: kvBytes,
-              bound_tokens_per_s: r1(boundTokS),
-              fraction_of_bound: r3(median(roundFractions)),
-              ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
-              fraction_of_bound_rounds: roundFractions.map(r3),
-              // Mean over all timed steps (the figures above are medians): where a token's time goes, and how
-              // fast the weight matrices alone streamed against the probe.
-              time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
-              matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
-              matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
-              // forward() against forwardAsync() at the first context: the async step's cost and the event loop.
-              ...(ctx === opts.decodeContexts[0] && kvDtype === opts.kvDtypes[0] ? { async_step: asyncStepReport(await measureAsyncDecode(lm.model, cache, 8)) } : {}),
-            });
+            const withAsync = ctx === opts.decodeContexts[0] && kvDtype === opts.kvDtypes[0];
+            decode.push(await decodeEntry(lm, timed, wBytes, ctx, kvDtype, withAsync));
           }
         const entry = {
           model: name,
