@@ -27,6 +27,7 @@ writeFileSync(longFile, long);
 test('compress --json: one KVzip-compressed 1,500-token context answers every question; kept bytes <= 0.31 at ratio 0.3', () => {
   const out = JSON.parse(run('compress', '--context', longFile, '--method', 'kvzip', '--ratio', '0.3', '--ask', 'What is the code of tean?', '--ask', 'What is the color of loth?', '--json'));
   assert.ok(out.cache.context_tokens >= 1500);
+  assert.equal(out.cache.kv_dtype, 'f32');
   assert.equal(out.answers.length, 2);
   assert.ok(out.cache.kept_ratio <= 0.31, `kept ${out.cache.kept_ratio}`);
   assert.ok(out.cache.context_bytes_kept < out.cache.context_bytes_full);

@@ -90,6 +90,7 @@ test('every press scores a bf16 cache as it scores an fp32 cache holding the sam
 test('kvlab generate --kv-dtype bf16 runs on a bf16 cache; an unknown dtype is refused by name', () => {
   const out = JSON.parse(execFileSync(process.execPath, [cli, 'generate', '--kv-dtype', 'bf16', '--temperature', '0', '--max-tokens', '4', '--json', '--prompt', 'Hello'], { encoding: 'utf8' }));
   assert.equal(out.tokens.length, 4);
+  assert.equal(out.kv_dtype, 'bf16');
   const bad = spawnSync(process.execPath, [cli, 'generate', '--kv-dtype', 'fp8', '--prompt', 'Hello'], { encoding: 'utf8' });
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--kv-dtype must be f32 or bf16, got "fp8"/);

@@ -41,6 +41,7 @@ export function registerCompress(program: Command): void {
       }
       const t3 = performance.now();
       const cache = {
+        kv_dtype: session.cache.dtype,
         context_tokens: report.contextTokens,
         bytes_full: report.bytesFull,
         bytes_kept: report.bytesKept,

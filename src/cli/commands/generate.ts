@@ -42,6 +42,7 @@ export function registerGenerate(program: Command): void {
             prompt_tokens: result.promptTokens,
             finish_reason: result.finishReason,
             weights: { kind: weightsLabel(o.weights ?? { kind: 'checkpoint' }), decode_bytes_per_token: decodeWeightBytes(lm.model.weights) },
+            kv_dtype: lm.kvDtype,
             timings: {
               prefill_ms: round(result.timings.prefillMs),
               decode_ms: round(result.timings.decodeMs),
