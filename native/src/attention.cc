@@ -29,6 +29,7 @@
 #include "cpu.h"
 #include "pool.h"
 #include "vecmath.h"
+#include "weights.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
 
@@ -81,13 +82,7 @@ template <typename KT>
 __attribute__((target(AVX512)))
 inline __m512 load16(const KT* p) {
   if constexpr (std::is_same_v<KT, float>) return _mm512_loadu_ps(p);
-  else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-inline float bf16_to_f32(uint16_t b) {
-  const uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  else return bf16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 // Prefetches the bytes [p + ahead, p + ahead + bytes) into L1.
 inline void prefetch_ahead(const void* p, long bytes, long ahead) {
@@ -510,7 +505,7 @@ void split_query(const Attention& a, const Tile& t, int gr, SplitQuery<NV, HP>& 
     for (int v = 0; v < NV; v++) {
       const __m512 x = h < t.n ? _mm512_loadu_ps(q_row(a, t.i, t.h0 + h) + v * 16) : _mm512_setzero_ps();
       const __m256bh xh = _mm512_cvtneps_pbh(x);
-      const __m512 wide = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)xh), 16));
+      const __m512 wide = bf16x16_to_f32((__m256i)xh);
       _mm256_store_si256(reinterpret_cast<__m256i*>(hi + v * 16), (__m256i)xh);
       _mm256_store_si256(reinterpret_cast<__m256i*>(lo + v * 16), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, wide)));
     }
@@ -888,6 +883,23 @@ void run_tiles(const Attention& a, F f) {
       const long end = std::min<long>({r1, long(i) * a.n_heads + long(g + 1) * G, r + MAX_TILE});
       f(Tile{g, i, h, int(end - r)}, s);
       r = end;
+    }
+  });
+}
+
+// Every decode tile of the call (d a multiple of 16 up to 128).
+template <typename KT>
+void attend_decode_tiles(const Attention& a) {
+  run_tiles(a, [&](const Tile& t, Scratch& s) {
+    switch (a.d / 16) {
+      case 1: return attend_decode_tile<1, KT>(a, t, s);
+      case 2: return attend_decode_tile<2, KT>(a, t, s);
+      case 3: return attend_decode_tile<3, KT>(a, t, s);
+      case 4: return attend_decode_tile<4, KT>(a, t, s);
+      case 5: return attend_decode_tile<5, KT>(a, t, s);
+      case 6: return attend_decode_tile<6, KT>(a, t, s);
+      case 7: return attend_decode_tile<7, KT>(a, t, s);
+      default: return attend_decode_tile<8, KT>(a, t, s);
     }
   });
 }
@@ -1454,36 +1466,7 @@ void attention(const Attention& a) {
     }
     return;
   }
-  if (decode_shape && a.bf16) {
-    run_tiles(a, [&](const Tile& t, Scratch& s) {
-      switch (a.d / 16) {
-        case 1: return attend_decode_tile<1, uint16_t>(a, t, s);
-        case 2: return attend_decode_tile<2, uint16_t>(a, t, s);
-        case 3: return attend_decode_tile<3, uint16_t>(a, t, s);
-        case 4: return attend_decode_tile<4, uint16_t>(a, t, s);
-        case 5: return attend_decode_tile<5, uint16_t>(a, t, s);
-        case 6: return attend_decode_tile<6, uint16_t>(a, t, s);
-        case 7: return attend_decode_tile<7, uint16_t>(a, t, s);
-        default: return attend_decode_tile<8, uint16_t>(a, t, s);
-      }
-    });
-    return;
-  }
-  if (decode_shape) {
-    run_tiles(a, [&](const Tile& t, Scratch& s) {
-      switch (a.d / 16) {
-        case 1: return attend_decode_tile<1, float>(a, t, s);
-        case 2: return attend_decode_tile<2, float>(a, t, s);
-        case 3: return attend_decode_tile<3, float>(a, t, s);
-        case 4: return attend_decode_tile<4, float>(a, t, s);
-        case 5: return attend_decode_tile<5, float>(a, t, s);
-        case 6: return attend_decode_tile<6, float>(a, t, s);
-        case 7: return attend_decode_tile<7, float>(a, t, s);
-        default: return attend_decode_tile<8, float>(a, t, s);
-      }
-    });
-    return;
-  }
+  if (decode_shape) return a.bf16 ? attend_decode_tiles<uint16_t>(a) : attend_decode_tiles<float>(a);
   std::vector<PackedKeys> fresh;
   const std::vector<PackedKeys>& packed = pack_all_keys(a, fresh);
   const auto tile = [&](const Tile& t, Scratch& s) { attend_blocked_tile(a, t, packed[t.g], s); };

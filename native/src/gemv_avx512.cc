@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "gemv.h"
+#include "vecmath.h"
 
 namespace kvlab {
 namespace {
@@ -26,7 +27,7 @@ __attribute__((target(AVX512))) inline __m512 load16(const char* row, long k, __
   if constexpr (TYPE == W_F32) return _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float*>(row) + k);
   const __m256i h = _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(row) + k);
   if constexpr (TYPE == W_F16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return bf16x16_to_f32(h);
 }
 
 template <int R, int N, WeightType TYPE>

@@ -17,6 +17,7 @@
 #include "gemm_avx2.h"
 #include "gemv.h"
 #include "pool.h"
+#include "vecmath.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
 
@@ -64,7 +65,7 @@ void widen_row_avx512(const WeightRef& w, long r, long c0, long c1, float* dst) 
       case W_F32: v = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w.data) + base + c); break;
       case W_BF16: {
         const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.data) + base + c);
-        v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        v = bf16x16_to_f32(h);
         break;
       }
       case W_F16: v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.data) + base + c)); break;

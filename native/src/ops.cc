@@ -4,12 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "cpu.h"
 #include "pool.h"
 #include "vecmath.h"
+#include "weights.h"
 
 #define AVX512 "avx512f,avx512bw,avx512vl,avx512dq"
 #define AVX2 "avx2,fma"
@@ -211,18 +211,11 @@ void copy_rows(float* dst, long dst_off, const float* src, long src_off, long sr
   for (long i = 0; i < rows; i++) std::copy(src + src_off + i * src_stride, src + src_off + i * src_stride + width, dst + dst_off + i * width);
 }
 
-static inline uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
-
 void copy_rows_bf16(uint16_t* dst, long dst_off, const float* src, long src_off, long src_stride, long rows, long width) {
   for (long i = 0; i < rows; i++) {
     const float* s = src + src_off + i * src_stride;
     uint16_t* o = dst + dst_off + i * width;
-    for (long c = 0; c < width; c++) o[c] = to_bf16(s[c]);
+    for (long c = 0; c < width; c++) o[c] = f32_to_bf16(s[c]);
   }
 }
 

@@ -3,6 +3,12 @@
 
 namespace kvlab {
 
+// 16 bf16 values (bits) widened exactly to fp32: bf16 is the top half of an fp32.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+static inline __m512 bf16x16_to_f32(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 // e^x on 16 lanes (inputs below -87 flush to ~0).
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 static inline __m512 exp512(__m512 x) {
