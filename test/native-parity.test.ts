@@ -50,7 +50,7 @@ function f16Bits(k: number): number {
   return (k < 0 ? 0x8000 : 0) | bits;
 }
 
-type Kind = 'f32' | 'bf16' | 'f16' | 'int8/row' | 'int8/g32' | 'int8/g40' | 'int8/g64' | 'int8/g128';
+type Kind = 'f32' | 'bf16' | 'f16' | 'int8/row' | 'int8/g32' | 'int8/g40' | 'int8/g64' | 'int8/g128' | 'int8/g256';
 
 function weight(kind: Kind, rows: number, cols: number): Weight {
   const f = vec(rows * cols);
@@ -152,8 +152,8 @@ test(`[${mode}] matmul: int8 decode on VNNI and dequantized in registers, each w
   try {
     for (const vnni of [1, 0]) {
       lib.setTuning('int8_vnni', vnni);
-      for (const kind of ['int8/row', 'int8/g32', 'int8/g40', 'int8/g64', 'int8/g128'] as const)
-        for (const [rows, cols] of [...SHAPES, [20, 300], [37, 320], [70, 2048]] as [number, number][])
+      for (const kind of ['int8/row', 'int8/g32', 'int8/g40', 'int8/g64', 'int8/g128', 'int8/g256'] as const)
+        for (const [rows, cols] of [...SHAPES, [20, 300], [37, 320], [70, 2048], [21, 768]] as [number, number][])
           for (const n of [1, 2, 3, 4, 5, 7]) {
             const path = checkMatmul('int8', nat, kind, rows, cols, n);
             // VNNI takes per-row scales (a group as wide as the row is one) and groups of whole 64-column steps;
@@ -408,13 +408,15 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
 });
 
 test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk the rows`, { skip }, () => {
-  // On AVX2, gemv_streams 0 reads passes of consecutive rows; 1..6 read that many row ranges side by side
-  // (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree exactly.
+  // gemv_streams 0 reads passes of consecutive rows; 1..6 read that many row ranges side by side (fewer for
+  // n > 1). Each row is summed in the same order either way, so the outputs agree exactly. On VNNI this also
+  // holds the unrolled kernel for blocks of whole lines (ranges) to the generic one (passes prefetching the next
+  // pass).
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   try {
-    for (const kind of KINDS)
-      for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256]] as const) {
+    for (const kind of [...KINDS, 'int8/g256'] as const)
+      for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256], [9, 512]] as const) {
         const w = weight(kind, rows, cols);
         for (const n of [1, 2, 3, 5]) {
           const x = vec(n * cols);
