@@ -146,9 +146,17 @@ bool int8_vnni_applies(long n, const WeightRef& w) {
 void gemv_int8_vnni_dispatch(const Matmul& m) {
   // Activation blocks: the weight's groups, or 128 columns under per-row scales.
   const long K = m.w.cols, B = m.w.per_row() ? VNNI_ROW_BLOCK : m.w.group, blocks = (K + B - 1) / B, stride = (K + 63) / 64 * 64;
-  std::vector<int8_t> q(size_t(m.n * stride));
-  std::vector<float> scale(size_t(m.n * blocks));
-  std::vector<int32_t> sum(size_t(m.n * blocks));
+  // The caller's buffers, kept across calls. Reached through references: a worker naming the thread_locals
+  // themselves would get its own, empty ones.
+  thread_local std::vector<int8_t> q_tls;
+  thread_local std::vector<float> scale_tls;
+  thread_local std::vector<int32_t> sum_tls;
+  std::vector<int8_t>& q = q_tls;
+  std::vector<float>& scale = scale_tls;
+  std::vector<int32_t>& sum = sum_tls;
+  q.resize(std::max(q.size(), size_t(m.n * stride)));
+  scale.resize(std::max(scale.size(), size_t(m.n * blocks)));
+  sum.resize(std::max(sum.size(), size_t(m.n * blocks)));
   quantize_activations_int8(m.x, m.n, K, B, q.data(), stride, scale.data(), sum.data());
   const PrefetchPolicy pf{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX512};
   run_rows(m.w.rows, [&](long r0, long r1) {
