@@ -478,8 +478,9 @@ function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
 test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to fp32, on every path`, { skip }, (t) => {
   // AVX-512 tiles read bf16 rows directly: decode keys either widened per block of 16 or, on AVX512-BF16
   // (attn_bf16_dot), multiplied as they are by the query split into two bf16 parts; values widened per row in
-  // registers; many-row keys widened while packed. Every other path (AVX2, scalar, the per-head knobs, d not a
-  // multiple of 16) widens the cache first. All but the split-query logits sum in the fp32 path's order, so
+  // registers; many-row keys widened while packed. AVX2 decode widens keys and values in registers, 8 at a
+  // time. Every other path (AVX2 prefill, scalar, the per-head knobs, d not a multiple of 16 on AVX-512) widens
+  // the cache first. All but the split-query logits sum in the fp32 path's order, so
   // they give the bits of the widened cache (except one-head decode tiles: bf16 takes two heads per vector, one
   // of them zero; fp32 one head with a 16:1 reduction). The split query holds q to 2^-18 relative, so its logits
   // are within 2^-18 scale sum|q k| (~3e-5 here) of exact, and the outputs within 5e-5 of the reference (measured 3.4e-6).

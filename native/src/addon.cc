@@ -238,7 +238,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   paths.Set("prefill_matmul_int8", matmul_path(512, i8, true));
   paths.Set("attention", f.avx512 ? "avx512" : f.avx2_fma ? "avx2" : "scalar");
   paths.Set("attention_bf16_cache", f.avx512 ? (f.avx512_bf16 ? "avx512, bf16 rows read directly, decode logits by vdpbf16ps (split query)" : "avx512, bf16 rows read directly")
-                                             : f.avx2_fma ? "avx2, rows widened to fp32 per call" : "scalar, rows widened to fp32 per call");
+                                             : f.avx2_fma ? "avx2, decode reads bf16 rows directly, prefill widens them per call" : "scalar, rows widened to fp32 per call");
   paths.Set("amx", f.amx_status);
   o.Set("paths", paths);
   return o;

@@ -939,10 +939,17 @@ bool ROW_KERNELS = true;      // tuning (attn_rows): the row-order decode kernel
 constexpr int ROW_AHEAD = 32;  // keys the row-order logits prefetch ahead
 constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row attention, at least one query row
 
+// Eight cache values as fp32: fp32 rows loaded, bf16 rows widened exactly.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+template <typename KT>
 __attribute__((target("avx2,fma")))
-float dot_avx2(const float* a, const float* b, int d) {
+float dot_avx2(const float* a, const KT* b, int d) {
   __m256 acc = _mm256_setzero_ps();
-  for (int c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc);
+  for (int c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), load8(b + c), acc);
   return hsum256(acc);
 }
 
@@ -1183,30 +1190,30 @@ void dots_avx2(const float* const* q, const float* k, const float* v, int j, int
 // dots_avx2 for up to four heads with d = 8 DV, two keys per step, each key's row read whole before
 // the next's, so keys are touched in address order and the hardware prefetcher keeps up (the four-row
 // interleave of dots_avx2 defeats it). The sums are reduced as in dots_avx2, so the logits are the same.
-template <int NH, int DV>
+template <int NH, int DV, typename KT>
 __attribute__((target("avx2,fma")))
-void dots_heads_avx2(const float* const* qs, const float* k, int j, int n, bool prefetch, float* const* dots) {
+void dots_heads_avx2(const float* const* qs, const KT* k, int j, int n, bool prefetch, float* const* dots) {
   constexpr int d = 8 * DV;
   const float* q[NH];
   #pragma GCC unroll 4
   for (int h = 0; h < NH; h++) q[h] = qs[h];
   const int end4 = j + (n - j) / 4 * 4;  // keys after it take dot_avx2, as in dots_avx2
   for (; j + 2 <= end4; j += 2) {
-    const float* kr = k + long(j) * d;
+    const KT* kr = k + long(j) * d;
     if (prefetch)
       #pragma GCC unroll 16
-      for (int c = 0; c < 2 * d; c += 16) _mm_prefetch(reinterpret_cast<const char*>(kr + ROW_AHEAD * d + c), _MM_HINT_T0);
+      for (long c = 0; c < 2 * d * long(sizeof(KT)); c += 64) _mm_prefetch(reinterpret_cast<const char*>(kr + ROW_AHEAD * d) + c, _MM_HINT_T0);
     __m256 acc[NH][2];
     #pragma GCC unroll 2
     for (int u = 0; u < 2; u++) {
       {
-        const __m256 kv = _mm256_loadu_ps(kr + u * d);
+        const __m256 kv = load8(kr + u * d);
         #pragma GCC unroll 4
         for (int h = 0; h < NH; h++) acc[h][u] = _mm256_mul_ps(_mm256_loadu_ps(q[h]), kv);
       }
       #pragma GCC unroll 8
       for (int c = 1; c < DV; c++) {
-        const __m256 kv = _mm256_loadu_ps(kr + u * d + 8 * c);
+        const __m256 kv = load8(kr + u * d + 8 * c);
         #pragma GCC unroll 4
         for (int h = 0; h < NH; h++) acc[h][u] = _mm256_fmadd_ps(_mm256_loadu_ps(q[h] + 8 * c), kv, acc[h][u]);
       }
@@ -1226,16 +1233,16 @@ void dots_heads_avx2(const float* const* qs, const float* k, int j, int n, bool 
 
 // o[0, 8 DV) (+)= sum over keys [j0, j0 + nk) of p[j] v[j][0, 8 DV), value rows d apart, one head, key
 // after key: the same order of operations as pv_avx2, with the output (slice) in registers.
-template <int DV>
+template <int DV, typename KT>
 __attribute__((target("avx2,fma")))
-void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, float* o, long d = 8 * DV) {
+void pv_rows_avx2(const float* p, const KT* v, int j0, int nk, bool add, float* o, long d = 8 * DV) {
   __m256 acc[DV];
   #pragma GCC unroll 8
   for (int c = 0; c < DV; c++) acc[c] = add ? _mm256_loadu_ps(o + 8 * c) : _mm256_setzero_ps();
   for (int j = j0; j < j0 + nk; j++) {
     const __m256 w = _mm256_broadcast_ss(p + j);
     #pragma GCC unroll 8
-    for (int c = 0; c < DV; c++) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + long(j) * d + 8 * c), acc[c]);
+    for (int c = 0; c < DV; c++) acc[c] = _mm256_fmadd_ps(w, load8(v + long(j) * d + 8 * c), acc[c]);
   }
   #pragma GCC unroll 8
   for (int c = 0; c < DV; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
@@ -1243,24 +1250,24 @@ void pv_rows_avx2(const float* p, const float* v, int j0, int nk, bool add, floa
 
 // Logits of a tile's heads against keys [0, len), or P . V over them, in blocks of KB keys that stay in L1
 // while the heads read them.
-template <int DV>
+template <int DV, typename KT>
 __attribute__((target("avx2,fma")))
-void tile_rows_avx2(const float* const* q, int nh, const float* k, const float* v, int len, float* const* p, float* const* o, bool logits) {
+void tile_rows_avx2(const float* const* q, int nh, const KT* k, const KT* v, int len, float* const* p, float* const* o, bool logits) {
   for (int j = 0; j < len; j += KB) {
     const int n = std::min(len, j + KB);
     if (logits)
       for (int h = 0; h < nh; h += 4) switch (std::min(4, nh - h)) {
-          case 1: dots_heads_avx2<1, DV>(q + h, k, j, n, h == 0, p + h); break;
-          case 2: dots_heads_avx2<2, DV>(q + h, k, j, n, h == 0, p + h); break;
-          case 3: dots_heads_avx2<3, DV>(q + h, k, j, n, h == 0, p + h); break;
-          default: dots_heads_avx2<4, DV>(q + h, k, j, n, h == 0, p + h); break;
+          case 1: dots_heads_avx2<1, DV, KT>(q + h, k, j, n, h == 0, p + h); break;
+          case 2: dots_heads_avx2<2, DV, KT>(q + h, k, j, n, h == 0, p + h); break;
+          case 3: dots_heads_avx2<3, DV, KT>(q + h, k, j, n, h == 0, p + h); break;
+          default: dots_heads_avx2<4, DV, KT>(q + h, k, j, n, h == 0, p + h); break;
         }
     else
       // Wider heads in slices of 64 columns, so the output slice stays in registers.
       for (int h = 0; h < nh; h++)
         for (int c0 = 0; c0 < 8 * DV; c0 += 64) {
-          if (8 * DV - c0 >= 64) pv_rows_avx2<8>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
-          else pv_rows_avx2<(DV % 8 ? DV % 8 : 8)>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
+          if (8 * DV - c0 >= 64) pv_rows_avx2<8, KT>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
+          else pv_rows_avx2<(DV % 8 ? DV % 8 : 8), KT>(p[h], v + c0, j, n - j, j > 0, o[h] + c0, 8 * DV);
         }
   }
   if (!logits && len == 0)
@@ -1269,18 +1276,19 @@ void tile_rows_avx2(const float* const* q, int nh, const float* k, const float* 
 
 // Whether tile_rows_avx2 handles head dimension d, and the call for it.
 bool rows_fit(int d) { return ROW_KERNELS && d % 8 == 0 && (d <= 64 || d == 96 || d == 128); }
-void tile_rows(int d, const float* const* q, int nh, const float* k, const float* v, int len, float* const* p, float* const* o, bool logits) {
+template <typename KT>
+void tile_rows(int d, const float* const* q, int nh, const KT* k, const KT* v, int len, float* const* p, float* const* o, bool logits) {
   switch (d / 8) {
-    case 1: return tile_rows_avx2<1>(q, nh, k, v, len, p, o, logits);
-    case 2: return tile_rows_avx2<2>(q, nh, k, v, len, p, o, logits);
-    case 3: return tile_rows_avx2<3>(q, nh, k, v, len, p, o, logits);
-    case 4: return tile_rows_avx2<4>(q, nh, k, v, len, p, o, logits);
-    case 5: return tile_rows_avx2<5>(q, nh, k, v, len, p, o, logits);
-    case 6: return tile_rows_avx2<6>(q, nh, k, v, len, p, o, logits);
-    case 7: return tile_rows_avx2<7>(q, nh, k, v, len, p, o, logits);
-    case 12: return tile_rows_avx2<12>(q, nh, k, v, len, p, o, logits);
-    case 16: return tile_rows_avx2<16>(q, nh, k, v, len, p, o, logits);
-    default: return tile_rows_avx2<8>(q, nh, k, v, len, p, o, logits);
+    case 1: return tile_rows_avx2<1, KT>(q, nh, k, v, len, p, o, logits);
+    case 2: return tile_rows_avx2<2, KT>(q, nh, k, v, len, p, o, logits);
+    case 3: return tile_rows_avx2<3, KT>(q, nh, k, v, len, p, o, logits);
+    case 4: return tile_rows_avx2<4, KT>(q, nh, k, v, len, p, o, logits);
+    case 5: return tile_rows_avx2<5, KT>(q, nh, k, v, len, p, o, logits);
+    case 6: return tile_rows_avx2<6, KT>(q, nh, k, v, len, p, o, logits);
+    case 7: return tile_rows_avx2<7, KT>(q, nh, k, v, len, p, o, logits);
+    case 12: return tile_rows_avx2<12, KT>(q, nh, k, v, len, p, o, logits);
+    case 16: return tile_rows_avx2<16, KT>(q, nh, k, v, len, p, o, logits);
+    default: return tile_rows_avx2<8, KT>(q, nh, k, v, len, p, o, logits);
   }
 }
 
@@ -1336,6 +1344,14 @@ void attention_decode_avx2(const Attention& a) {
         q[h] = q_row(a, un.t.i, un.t.h0 + h);
         p[h] = keep ? weights(u, h) : s.row(h);
         o[h] = partial(u, h);
+      }
+      if (a.bf16) {  // rows_fit(d): the caller widens the cache otherwise
+        const uint16_t* k16 = kv.k16 + long(un.j0) * d;
+        const uint16_t* v16 = kv.v16 + long(un.j0) * d;
+        tile_rows(d, q, un.t.n, k16, v16, un.n, p, o, true);
+        for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+        if (a.out) tile_rows(d, q, un.t.n, k16, v16, un.n, p, o, false);
+        continue;
       }
       const float* k = kv.k + long(un.j0) * d;
       const float* v = kv.v + long(un.j0) * d;
@@ -1441,7 +1457,9 @@ void attention(const Attention& a) {
   const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
   // A bf16 cache is read as it is by the AVX-512 tiles whose P.V batches heads (d a multiple of 16 up to 128):
   // decode with packed logits, and the many-row tiles, whose keys are widened while they are packed.
-  const bool bf16_direct = cpu().avx512 && a.d % 16 == 0 && a.d <= 128 && PV_HEADS && (PACKED_LOGITS || !decode_shape);
+  // On AVX2, decode reads it as it is where the row-order kernels take the head size.
+  const bool avx2_decode = !cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0 && a.nq <= 2;
+  const bool bf16_direct = cpu().avx512 ? a.d % 16 == 0 && a.d <= 128 && PV_HEADS && (PACKED_LOGITS || !decode_shape) : avx2_decode && rows_fit(a.d);
   if (a.bf16 && !bf16_direct) return attention(widened(a));
   if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return a.nq <= 2 ? attention_decode_avx2(a) : attention_rows_avx2(a);
   if (!cpu().avx512) {
