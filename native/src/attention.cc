@@ -1403,8 +1403,8 @@ void attention_decode_avx2(const Attention& a) {
 }
 
 // A bf16 cache's rows widened to fp32, per KV head, in the calling thread's kept buffers, for the paths that read
-// fp32 only (AVX2, scalar, d not a multiple of 16 or above 128, the per-head knobs). The buffers grow to the
-// largest call's heads.
+// fp32 only (AVX2 prefill and head sizes the row kernels do not take, scalar, on AVX-512 d not a multiple of 16
+// or above 128, the per-head knobs). The buffers grow to the largest call's heads.
 Attention widened(const Attention& a) {
   static thread_local std::vector<AlignedVector<float>> kept;
   std::vector<AlignedVector<float>>& wide = kept;  // the pool's workers must see this thread's buffers
