@@ -1345,11 +1345,14 @@ void attention_decode_avx2(const Attention& a) {
         p[h] = keep ? weights(u, h) : s.row(h);
         o[h] = partial(u, h);
       }
+      auto exp_rows = [&] {
+        for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+      };
       if (a.bf16) {  // rows_fit(d): the caller widens the cache otherwise
         const uint16_t* k16 = kv.k16 + long(un.j0) * d;
         const uint16_t* v16 = kv.v16 + long(un.j0) * d;
         tile_rows(d, q, un.t.n, k16, v16, un.n, p, o, true);
-        for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+        exp_rows();
         if (a.out) tile_rows(d, q, un.t.n, k16, v16, un.n, p, o, false);
         continue;
       }
@@ -1364,7 +1367,7 @@ void attention_decode_avx2(const Attention& a) {
           for (; h + 2 <= un.t.n; h += 2) dots_avx2<2>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
           if (h < un.t.n) dots_avx2<1>(q + h, k, h == 0 ? v : nullptr, j, n, d, p + h);
         }
-      for (int h = 0; h < un.t.n; h++) mz[u * MAX_TILE + h].m = exp_row_avx2(p[h], kv.pos + un.j0, a.q_pos[un.t.i], un.n, a.scale, &mz[u * MAX_TILE + h].z);
+      exp_rows();
       if (a.out && rows) tile_rows(d, q, un.t.n, k, v, un.n, p, o, false);
       else if (a.out) pv_avx2(p, un.t.n, v, un.n, d, o, KB);
     }

@@ -113,95 +113,73 @@ __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, 
 // int8 on VNNI: per 64 columns one xor (weights to u8) and one vpdpbusd per activation row; each activation
 // block's int32 lane sums are scaled once into the row's fp32 accumulator, by the block's activation step times
 // the weight group's scale (grouped weights: blocks are the groups) or, per-row scales, times the row's scale
-// at the end.
-template <int R, int N>
-__attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-  const long K = m.w.cols, B = qa.block, ngroups = m.w.groups_per_row(), rows = m.w.rows;
-  const bool per_row = m.w.per_row();
-  const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
-  const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
-  const float* s0 = m.w.scales + rr[0] * ngroups;
-  const char* row[R];
-  for (int q = 0; q < R; q++) row[q] = reinterpret_cast<const char*>(w0 + q * stride);
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  __m512 acc[R][N];
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-  for (long b = 0; b < qa.blocks; b++) {
-    const long k0 = b * B, k1 = std::min(K, k0 + B);
-    // Each lane sum starts from 0 but lane 0's, which starts from -128 x (the block's activation sum): that
-    // undoes the +128 on the weights once the lanes are added up.
-    __m512i ia[R][N];
-    for (int t = 0; t < N; t++) {
-      const __m512i unshift = _mm512_maskz_mov_epi32(1, _mm512_set1_epi32(-128 * qa.sum[t * qa.blocks + b]));
-      for (int q = 0; q < R; q++) ia[q][t] = unshift;
-    }
-    long k = k0;
-    for (; k + 64 <= k1; k += 64) {
-      prefetch_line<R>(pf, row, k);
-      __m512i xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.q + t * qa.stride + k);
-      #pragma GCC unroll 8
-      for (int q = 0; q < R; q++) {
-        const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(w0 + q * stride + k), flip);
-        for (int t = 0; t < N; t++) ia[q][t] = _mm512_dpbusd_epi32(ia[q][t], wv, xv[t]);
-      }
-    }
-    if (k < k1) {
-      prefetch_line<R>(pf, row, k);
-      // Masked-off weights become 0 (not 0 ^ 0x80), so they add nothing whatever the activations hold there.
-      const __mmask64 mask = (~__mmask64(0)) >> (64 - (k1 - k));
-      __m512i xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(qa.q + t * qa.stride + k);
-      #pragma GCC unroll 8
-      for (int q = 0; q < R; q++) {
-        const __m512i wv = _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w0 + q * stride + k), flip));
-        for (int t = 0; t < N; t++) ia[q][t] = _mm512_dpbusd_epi32(ia[q][t], wv, xv[t]);
-      }
-    }
-    for (int t = 0; t < N; t++) {
-      const float xs = qa.scale[t * qa.blocks + b];
-      for (int q = 0; q < R; q++) acc[q][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[q][t]), _mm512_set1_ps(per_row ? xs : xs * s0[q * sstride + b]), acc[q][t]);
-    }
+// at the end. The rows are addressed from one pointer that advances block by block.
+// - LB > 0: blocks of exactly LB whole 64-column lines (K a multiple of the block), unrolled; LB == 0: any
+//   block, its last partial line masked.
+// - PF 1: along each row's range into L1 (the walk's default) with the distance fixed per call; PF 2: as the
+//   policy says (prefetch_line); PF 0: none.
+// With LB > 0 and PF 1 known at compile time: L2-resident 1.16-1.56x (qwen2.5-0.5b shapes, 1 and 2 threads)
+// the kernel that decided both per line.
+template <int R, int N, bool MASKED>
+__attribute__((target(AVX512 ",avx512vnni"), always_inline)) inline void vnni_line(__m512i (&ia)[R][N], const int8_t* w, long stride, const int8_t* xq, long xstride, __m512i flip, __mmask64 mask) {
+  __m512i xv[N];
+  for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(xq + t * xstride);
+  #pragma GCC unroll 8
+  for (int q = 0; q < R; q++) {
+    // Masked-off weights become 0 (not 0 ^ 0x80), so they add nothing whatever the activations hold there.
+    const __m512i wv = MASKED ? _mm512_maskz_mov_epi8(mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + q * stride), flip))
+                              : _mm512_xor_si512(_mm512_loadu_si512(w + q * stride), flip);
+    for (int t = 0; t < N; t++) ia[q][t] = _mm512_dpbusd_epi32(ia[q][t], wv, xv[t]);
   }
-  for (int q = 0; q < R; q++)
-    for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]) * (per_row ? s0[q * sstride] : 1.f);
 }
 
-// The same for blocks of exactly LB whole 64-column lines (K a multiple of the block), for the walk's default
-// prefetch (along each row's range into L1, PF) or none: the block's lines unrolled, the rows addressed from
-// one pointer that advances block by block (L2-resident on one thread, qwen2.5-0.5b shapes: 1.24x the generic
-// kernel, whose prefetch choice and loop bounds were decided per line).
-template <int R, int N, int LB, bool PER_ROW, bool PF>
-__attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni_lines(const Matmul& m, const Int8Activations& qa, const long* rr, long ahead) {
-  const long K = m.w.cols, ngroups = m.w.groups_per_row(), rows = m.w.rows, blocks = qa.blocks;
+template <int R, int N, int LB, bool PER_ROW, int PF>
+__attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
+  const long K = m.w.cols, B = LB ? 64 * LB : qa.block, ngroups = m.w.groups_per_row(), rows = m.w.rows, blocks = qa.blocks;
   const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
-  const int8_t* p = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
+  const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
   const float* sc = m.w.scales + rr[0] * ngroups;
-  const int8_t* xq = qa.q;
-  const char* pa = reinterpret_cast<const char*>(p) + ahead;
+  const char* row[R];
+  for (int q = 0; q < R; q++) row[q] = reinterpret_cast<const char*>(w0 + q * stride);
+  const char* ahead = reinterpret_cast<const char*>(w0) + pf.ahead;
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   __m512 acc[R][N];
   for (int q = 0; q < R; q++)
     for (int t = 0; t < N; t++) acc[q][t] = _mm512_setzero_ps();
-  for (long b = 0; b < blocks; b++, p += 64 * LB, pa += 64 * LB, xq += 64 * LB) {
+  for (long b = 0; b < blocks; b++) {
+    const long k0 = b * B, k1 = LB ? k0 + B : std::min(K, k0 + B);
+    const int8_t* p = w0 + k0;
+    const int8_t* xq = qa.q + k0;
+    // Each lane sum starts from 0 but lane 0's, which starts from -128 x (the block's activation sum): that
+    // undoes the +128 on the weights once the lanes are added up.
     __m512i ia[R][N];
     for (int t = 0; t < N; t++) {
       const __m512i unshift = _mm512_maskz_mov_epi32(1, _mm512_set1_epi32(-128 * qa.sum[t * blocks + b]));
       for (int q = 0; q < R; q++) ia[q][t] = unshift;
     }
-    #pragma GCC unroll 4
-    for (int l = 0; l < LB; l++) {
-      if constexpr (PF) {
+    auto prefetch = [&](long k) __attribute__((always_inline)) {
+      if constexpr (PF == 1) {
         #pragma GCC unroll 8
-        for (int q = 0; q < R; q++) _mm_prefetch(pa + q * stride + l * 64, _MM_HINT_T0);
+        for (int q = 0; q < R; q++) _mm_prefetch(ahead + q * stride + k, _MM_HINT_T0);
+      } else if constexpr (PF == 2) {
+        prefetch_line<R>(pf, row, k);
       }
-      __m512i xv[N];
-      for (int t = 0; t < N; t++) xv[t] = _mm512_loadu_si512(xq + t * qa.stride + l * 64);
-      #pragma GCC unroll 8
-      for (int q = 0; q < R; q++) {
-        const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(p + q * stride + l * 64), flip);
-        for (int t = 0; t < N; t++) ia[q][t] = _mm512_dpbusd_epi32(ia[q][t], wv, xv[t]);
+    };
+    if constexpr (LB > 0) {
+      #pragma GCC unroll 4
+      for (int l = 0; l < LB; l++) {
+        prefetch(k0 + 64 * l);
+        vnni_line<R, N, false>(ia, p + 64 * l, stride, xq + 64 * l, qa.stride, flip, 0);
+      }
+    } else {
+      long k = k0;
+      for (; k + 64 <= k1; k += 64) {
+        prefetch(k);
+        vnni_line<R, N, false>(ia, w0 + k, stride, qa.q + k, qa.stride, flip, 0);
+      }
+      if (k < k1) {
+        prefetch(k);
+        vnni_line<R, N, true>(ia, w0 + k, stride, qa.q + k, qa.stride, flip, (~__mmask64(0)) >> (64 - (k1 - k)));
       }
     }
     for (int t = 0; t < N; t++) {
@@ -213,11 +191,10 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni_lines(const Ma
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]) * (PER_ROW ? sc[q * sstride] : 1.f);
 }
 
-template <int R, int N, int LB>
-void rows_int8_vnni_lines(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-  const bool pr = m.w.per_row(), on = pf.level != 0;
-  if (pr) return on ? rows_int8_vnni_lines<R, N, LB, true, true>(m, qa, rr, pf.ahead) : rows_int8_vnni_lines<R, N, LB, true, false>(m, qa, rr, 0);
-  return on ? rows_int8_vnni_lines<R, N, LB, false, true>(m, qa, rr, pf.ahead) : rows_int8_vnni_lines<R, N, LB, false, false>(m, qa, rr, 0);
+template <int R, int N, int LB, int PF>
+void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
+  if (m.w.per_row()) rows_int8_vnni<R, N, LB, true, PF>(m, qa, rr, pf);
+  else rows_int8_vnni<R, N, LB, false, PF>(m, qa, rr, pf);
 }
 
 struct Avx512Rows {
@@ -240,17 +217,16 @@ namespace {
 struct VnniRows {
   template <int R, int N>
   static void rows(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-    // The lines kernel prefetches along the rows' ranges into L1 (the default walk) or not at all.
-    const bool plain_prefetch = pf.level == 0 || (pf.level == 1 && !pf.next);
-    if (plain_prefetch && m.w.cols % qa.block == 0) {
-      switch (qa.block) {
-        case 64: return rows_int8_vnni_lines<R, N, 1>(m, qa, rr, pf);
-        case 128: return rows_int8_vnni_lines<R, N, 2>(m, qa, rr, pf);
-        case 256: return rows_int8_vnni_lines<R, N, 4>(m, qa, rr, pf);
-        default: break;
-      }
+    if (pf.level == 0 || (pf.level == 1 && !pf.next)) {
+      const bool on = pf.level != 0;
+      if (m.w.cols % qa.block == 0) switch (qa.block) {
+          case 64: return on ? rows_int8_vnni<R, N, 1, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 1, 0>(m, qa, rr, pf);
+          case 128: return on ? rows_int8_vnni<R, N, 2, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 2, 0>(m, qa, rr, pf);
+          case 256: return on ? rows_int8_vnni<R, N, 4, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 4, 0>(m, qa, rr, pf);
+          default: break;
+        }
     }
-    rows_int8_vnni<R, N>(m, qa, rr, pf);
+    rows_int8_vnni<R, N, 0, 2>(m, qa, rr, pf);
   }
 };
 }  // namespace
