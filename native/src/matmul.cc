@@ -146,25 +146,31 @@ bool int8_vnni_applies(long n, const WeightRef& w) {
 void gemv_int8_vnni_dispatch(const Matmul& m) {
   // Activation blocks: the weight's groups, or 128 columns under per-row scales.
   const long K = m.w.cols, B = m.w.per_row() ? VNNI_ROW_BLOCK : m.w.group, blocks = (K + B - 1) / B, stride = (K + 63) / 64 * 64;
-  // The caller's buffers, kept across calls. Reached through references: a worker naming the thread_locals
-  // themselves would get its own, empty ones.
-  thread_local std::vector<int8_t> q_tls;
-  thread_local std::vector<float> scale_tls;
-  thread_local std::vector<int32_t> sum_tls;
-  std::vector<int8_t>& q = q_tls;
-  std::vector<float>& scale = scale_tls;
-  std::vector<int32_t>& sum = sum_tls;
-  q.resize(std::max(q.size(), size_t(m.n * stride)));
-  scale.resize(std::max(scale.size(), size_t(m.n * blocks)));
-  sum.resize(std::max(sum.size(), size_t(m.n * blocks)));
-  quantize_activations_int8(m.x, m.n, K, B, q.data(), stride, scale.data(), sum.data());
+  // The caller's buffers, kept across calls, reached through a reference: a worker naming the thread_local
+  // itself would get its own, empty one.
+  struct Buffers {
+    std::vector<int8_t> q;
+    std::vector<float> scale;
+    std::vector<int32_t> sum;
+  };
+  thread_local Buffers kept;
+  Buffers& b = kept;
+  if (b.q.size() < size_t(m.n * stride)) b.q.resize(size_t(m.n * stride));
+  if (b.scale.size() < size_t(m.n * blocks)) {
+    b.scale.resize(size_t(m.n * blocks));
+    b.sum.resize(size_t(m.n * blocks));
+  }
+  int8_t* const q = b.q.data();
+  float* const scale = b.scale.data();
+  int32_t* const sum = b.sum.data();
+  quantize_activations_int8(m.x, m.n, K, B, q, stride, scale, sum);
   const PrefetchPolicy pf{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX512};
   run_rows(m.w.rows, [&](long r0, long r1) {
     for (long t0 = 0; t0 < m.n; t0 += 4) {
       Matmul s = m;
       s.out = m.out + t0 * m.w.rows;
       s.n = std::min<long>(4, m.n - t0);
-      const Int8Activations qa{q.data() + t0 * stride, stride, scale.data() + t0 * blocks, sum.data() + t0 * blocks, B, blocks};
+      const Int8Activations qa{q + t0 * stride, stride, scale + t0 * blocks, sum + t0 * blocks, B, blocks};
       gemv_int8_vnni(s, qa, r0, r1, pf);
     }
   });
