@@ -408,8 +408,8 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
 });
 
 test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk the rows`, { skip }, () => {
-  // gemv_streams 0 reads passes of consecutive rows; 1..6 read that many row ranges side by side (fewer for
-  // n > 1). Each row is summed in the same order either way, so the outputs agree exactly. On VNNI this also
+  // gemv_streams (gemv_streams_int8 for VNNI) 0 reads passes of consecutive rows; 1..6 read that many row ranges
+  // side by side (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree exactly. On VNNI this also
   // holds the unrolled kernel for blocks of whole lines (ranges) to the generic one (passes prefetching the next
   // pass).
   const lib = loadAddon()!;
@@ -422,6 +422,7 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
           const x = vec(n * cols);
           const run = (streams: number) => {
             assert.ok(lib.setTuning('gemv_streams', streams));
+            assert.ok(lib.setTuning('gemv_streams_int8', streams));
             const out = new Float32Array(n * rows);
             nat.matmul(out, x, n, w);
             return out;
@@ -432,6 +433,7 @@ test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk 
       }
   } finally {
     lib.setTuning('gemv_streams', 4);
+    lib.setTuning('gemv_streams_int8', 3);
   }
 });
 

@@ -91,7 +91,8 @@ export interface Addon {
   fmaPeak(threads?: number): number;
   /**
    * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (decode
-   * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_ahead' (bytes, their prefetch
+   * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_streams_int8' (the same for the VNNI
+   * int8 GEMV), 'gemv_ahead' (bytes, their prefetch
    * distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0: dequantized in registers), 'gemm_kc' /
    * 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2 address-order decode attention),
    * 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'attn_pv_block' (bytes of
