@@ -41,7 +41,9 @@ constexpr int MAX_TILE = 8;  // query heads per tile
 // Tuning (attn_ahead): AVX-512 decode prefetches keys and values this many bytes ahead into L1 (0: off). On a
 // Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 20.2 vs 21.3 ms and 17.9 vs 20.2 ms per token (2048 vs off);
 // 4096 and 8192 were no better. The AVX2 flash-decoding kernels ran no faster there (22.2-22.8 vs 21.0 ms).
-long AVX512_AHEAD = 2048;
+// Session 12, the faster kernels of since, alternating on a busy host: 4096 vs 2048 1.03-1.11x on the 1B's cache
+// at 8K (11.9 vs 13.0 ms), 1.035x qwen2.5-0.5b's at 8K, 1.03x d 128 at 4K, 1.00-1.03x at 1K; 8192 1.10x, 12288 1.04x.
+long AVX512_AHEAD = 4096;
 // Tuning (attn_ahead_bf16): the same for a bf16 cache. 1B's cache at 8K, split-query logits, alternating: 4096
 // 6.30-6.55 vs 2048 6.84-6.91 ms per token (8192 6.39-6.44); at 1K no difference.
 long AVX512_AHEAD_BF16 = 4096;
