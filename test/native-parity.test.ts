@@ -408,10 +408,10 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
 });
 
 test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk the rows`, { skip }, () => {
-  // gemv_streams (gemv_streams_int8 for VNNI) 0 reads passes of consecutive rows; 1..6 read that many row ranges
-  // side by side (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree exactly. On VNNI this also
-  // holds the unrolled kernel for blocks of whole lines (ranges) to the generic one (passes prefetching the next
-  // pass).
+  // gemv_streams (gemv_streams_int8 for VNNI) 0 reads passes of consecutive rows; 1..6 read that many row
+  // ranges side by side (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree
+  // exactly. On VNNI this also holds the unrolled kernel for blocks of whole lines (ranges) to the generic one
+  // (passes prefetching the next pass).
   const lib = loadAddon()!;
   const nat = new NativeBackend();
   try {
