@@ -92,15 +92,15 @@ export interface Addon {
   /**
    * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (decode
    * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_streams_int8' (the same for the VNNI
-   * int8 GEMV), 'gemv_ahead' (bytes, their prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it
-   * applies, 0: dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking),
-   * 'attn_rows' (0/1, AVX2 address-order decode attention), 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1), 'attn_pv_block' (bytes of
-   * values per block when a tile's heads take several register batches; 0: one pass per batch), 'attn_packed' (0/1:
-   * decode logits several heads per vector), 'attn_split' (0/1: packed logits read both halves of the keys),
-   * 'attn_split_max_bytes' (only for tiles whose keys take at most this many bytes),
+   * int8 GEMV), 'gemv_ahead' (bytes, their prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0:
+   * dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2
+   * address-order decode attention), 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1),
+   * 'attn_pv_block' (bytes of values per block when a tile's heads take several register batches; 0: one pass per
+   * batch), 'attn_packed' (0/1: decode logits several heads per vector), 'attn_split' (0/1: packed logits read both
+   * halves of the keys), 'attn_split_max_bytes' (only for tiles whose keys take at most this many bytes),
    * 'attn_kv_major' (0/1: many-row tiles split KV-head-major), 'attn_keep_packed' (0/1: packed keys kept across calls),
-   * 'attn_many_rows' (0/1: many-row calls group query rows into tiles), 'step_placement' (0/1: async
-   * steps and products pin their threads to distinct CPUs); false if unknown.
+   * 'attn_many_rows' (0/1: many-row calls group query rows into tiles), 'step_placement' (0/1: async steps and products
+   * pin their threads to distinct CPUs); false if unknown.
    * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
    */
   setTuning(key: string, value: number): boolean;
