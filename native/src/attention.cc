@@ -944,7 +944,7 @@ constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row at
 // Eight cache values as fp32: fp32 rows loaded, bf16 rows widened exactly.
 __attribute__((target("avx2,fma"), always_inline)) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 __attribute__((target("avx2,fma"), always_inline)) inline __m256 load8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  return bf16x8_to_f32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 template <typename KT>

@@ -34,6 +34,7 @@
 
 #include "cpu.h"
 #include "pool.h"
+#include "vecmath.h"
 
 #define KVLAB_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -97,7 +98,7 @@ KVLAB_AVX2 void widen_segment(const WeightRef& w, long r, long c0, long len, flo
     const uint16_t* src = static_cast<const uint16_t*>(w.data) + base;
     for (; k + 8 <= len; k += 8) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
-      _mm256_storeu_ps(dst + k, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+      _mm256_storeu_ps(dst + k, bf16x8_to_f32(h));
     }
     for (; k < len; k++) dst[k] = bf16_to_f32(src[k]);
   } else if constexpr (T == W_F16) {

@@ -68,7 +68,7 @@ __attribute__((target(AVX2))) inline __m256 load8(const void* data, long off) {
   if constexpr (TYPE == W_F32) return _mm256_loadu_ps(static_cast<const float*>(data) + off);
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(data) + off));
   if constexpr (TYPE == W_F16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return bf16x8_to_f32(h);
 }
 
 template <int R, int N, WeightType TYPE>

@@ -95,7 +95,7 @@ void widen_row_avx2(const WeightRef& w, long r, long c0, long c1, float* dst) {
       if (w.type == W_F32) v = _mm256_loadu_ps(static_cast<const float*>(w.data) + base + c);
       else {
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w.data) + base + c));
-        v = w.type == W_F16 ? _mm256_cvtph_ps(h) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        v = w.type == W_F16 ? _mm256_cvtph_ps(h) : bf16x8_to_f32(h);
       }
       _mm256_storeu_ps(dst + (c - c0), v);
     }
