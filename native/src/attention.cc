@@ -1466,7 +1466,8 @@ void attention(const Attention& a) {
   const bool avx2_decode = !cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0 && a.nq <= 2;
   const bool bf16_direct = cpu().avx512 ? a.d % 16 == 0 && a.d <= 128 && PV_HEADS && (PACKED_LOGITS || !decode_shape) : avx2_decode && rows_fit(a.d);
   if (a.bf16 && !bf16_direct) return attention(widened(a));
-  if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return a.nq <= 2 ? attention_decode_avx2(a) : attention_rows_avx2(a);
+  if (avx2_decode) return attention_decode_avx2(a);
+  if (!cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0) return attention_rows_avx2(a);
   if (!cpu().avx512) {
     const long rows = long(a.n_heads) * a.nq;
     if (has_stats(a)) {
