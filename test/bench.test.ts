@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { median } from '../src/bench/machine-limits.ts';
+import { median, quartiles } from '../src/bench/machine-limits.ts';
 import { nativeAvailable } from '../src/tensor/select-backend.ts';
 
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
@@ -24,10 +24,17 @@ interface Decode {
   bandwidth_gbs_rounds: number[];
   ms_per_token_rounds: number[];
   fraction_of_bound_rounds: number[];
+  fraction_of_bound_quartiles: number[];
   time_by_op_ms_per_token: Record<string, number>;
   matmul_gbs: number;
   matmul_fraction_of_bandwidth: number;
 }
+
+test('quartiles interpolate between order statistics, whatever the input order', () => {
+  assert.deepEqual(quartiles([5, 1, 4, 2, 3]), [2, 4]);
+  assert.deepEqual(quartiles([4, 1, 3, 2]), [1.75, 3.25]);
+  assert.deepEqual(quartiles([7]), [7, 7]);
+});
 
 test('bench --quick: the JSON report holds the machine limits and every figure beside its bound', { skip }, () => {
   const out = join(mkdtempSync(join(tmpdir(), 'kvlab-bench-')), 'bench.json');
@@ -63,6 +70,9 @@ test('bench --quick: the JSON report holds the machine limits and every figure b
       assert.ok(Math.abs(f - expected) <= 0.01 * expected + 0.002, `round ${r}: ${f} vs ${expected}`);
     });
     assert.ok(Math.abs(d!.fraction_of_bound - median(d!.fraction_of_bound_rounds)) < 0.002);
+    const [q1, q3] = d!.fraction_of_bound_quartiles;
+    assert.ok(q1! <= d!.fraction_of_bound + 0.002 && d!.fraction_of_bound <= q3! + 0.002, `quartiles ${q1}-${q3} around ${d!.fraction_of_bound}`);
+    assert.ok(d!.fraction_of_bound_rounds.filter((f) => f < q1! - 0.002).length <= d!.fraction_of_bound_rounds.length / 4);
     assert.ok(d!.time_by_op_ms_per_token.matmul! > 0 && d!.time_by_op_ms_per_token.attention! > 0);
     assert.ok(d!.matmul_gbs > 0 && d!.matmul_fraction_of_bandwidth > 0);
   }

@@ -30,6 +30,17 @@ export function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** The first and third quartiles (linear interpolation between order statistics). */
+export function quartiles(xs: number[]): [number, number] {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (f: number) => {
+    const i = f * (s.length - 1);
+    const lo = Math.floor(i);
+    return s[lo]! + (s[Math.min(lo + 1, s.length - 1)]! - s[lo]!) * (i - lo);
+  };
+  return [at(0.25), at(0.75)];
+}
+
 let probeBuffer: Float32Array | null = null;
 
 /**

@@ -8,7 +8,7 @@ import { prefill } from '../engine/prefill.ts';
 import { seededRandom } from '../engine/sampler.ts';
 import { getPress } from '../press/registry.ts';
 import { NativeBackend } from '../tensor/native.ts';
-import { measureMachineLimits, median, probeBandwidth, type MachineLimits } from './machine-limits.ts';
+import { measureMachineLimits, median, probeBandwidth, quartiles, type MachineLimits } from './machine-limits.ts';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.ts';
 import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
@@ -58,14 +58,21 @@ function asyncStepReport(a: AsyncDecodeResult): Record<string, number> {
   };
 }
 
+/**
+ * Rounds of decode steps per figure. Twelve, not six: on a shared VM a single round's fraction of the bound can
+ * be far off (quartiles 0.55 and 1.26 over 20 rounds of the 1B at 8K while the host was saturated), and the
+ * median of six moved between runs (0.70-0.93 for one 1B figure over four runs).
+ */
+const DECODE_ROUNDS = 12;
+
 /** Decode steps at one context on one cache dtype, each round right after a probe pass, against the bound. */
 async function decodeEntry(lm: LoadedModel, timed: TimedBackend, wBytes: number, ctx: number, kvDtype: KvDtype, withAsync: boolean): Promise<Record<string, unknown>> {
   const cache = lm.newCache(kvDtype);
   fillCache(cache, ctx);
   // The machine is shared: each round of steps runs right after a probe pass, and the fraction of the bound is
-  // the median over rounds of the round's tokens/s over the round's bound.
+  // the median over rounds of the round's tokens/s over the round's bound; its quartiles show the spread.
   timed.reset();
-  const paired = pairedDecode(lm, cache, 6, 3, () => probeBandwidth(1)[0]!);
+  const paired = pairedDecode(lm, cache, DECODE_ROUNDS, 3, () => probeBandwidth(1)[0]!);
   const ms = median(paired.steps);
   const perToken = (op: string) => (timed.ms[op] ?? 0) / paired.stepsRun;
   const localBandwidth = median(paired.rounds.map((r) => r.bandwidthGBs));
@@ -83,6 +90,7 @@ async function decodeEntry(lm: LoadedModel, timed: TimedBackend, wBytes: number,
     kv_bytes: kvBytes,
     bound_tokens_per_s: r1((localBandwidth * 1e9) / bytes),
     fraction_of_bound: r3(median(roundFractions)),
+    fraction_of_bound_quartiles: quartiles(roundFractions).map(r3),
     ms_per_token_rounds: paired.rounds.map((r) => r3(r.ms)),
     fraction_of_bound_rounds: roundFractions.map(r3),
     // Mean over all timed steps (the figures above are medians): where a token's time goes, and how fast the
@@ -158,7 +166,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
           },
           decode,
         };
-        log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context} (${d.kv_dtype} cache): ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound)`).join(', ')}`);
+        log(`${name} ${weights}: prefill ${entry.prefill.tokens_per_s} tok/s (matmuls ${entry.prefill.matmul_gflops} GFLOP/s); decode ${decode.map((d) => `${d.context} (${d.kv_dtype} cache): ${d.tokens_per_s ?? '-'} tok/s (${d.fraction_of_bound ?? '-'} of bound, quartiles ${(d.fraction_of_bound_quartiles as number[] | undefined)?.join('-') ?? '-'})`).join(', ')}`);
         models.push(entry);
       }
       const bf16 = loaded.get('bf16');
