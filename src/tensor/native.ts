@@ -94,7 +94,8 @@ export interface Addon {
    * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_streams_int8' (the same for the VNNI
    * int8 GEMV), 'gemv_ahead' (bytes, their prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0:
    * dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2
-   * address-order decode attention), 'attn_ahead' (bytes, AVX-512 decode attention prefetch), 'attn_pv_heads' (0/1),
+   * address-order decode attention), 'attn_ahead' / 'attn_ahead_bf16' (bytes, AVX-512 decode attention prefetch over an
+   * fp32 / bf16 cache), 'attn_bf16_dot' (0/1: bf16-cache decode logits by vdpbf16ps), 'attn_pv_heads' (0/1),
    * 'attn_pv_block' (bytes of values per block when a tile's heads take several register batches; 0: one pass per
    * batch), 'attn_packed' (0/1: decode logits several heads per vector), 'attn_split' (0/1: packed logits read both
    * halves of the keys), 'attn_split_max_bytes' (only for tiles whose keys take at most this many bytes),
