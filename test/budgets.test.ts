@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { adaKvBudget, globalBudget, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget } from '../src/press/budgets.ts';
 import { topKIndices } from '../src/press/topk.ts';
-import { seededRandom } from '../src/engine/sampler.ts';
+import { seededRandom } from '../src/tensor/seeded-random.ts';
 import type { Scores } from '../src/press/types.ts';
 
 function randomScores(L: number, H: number, T: number, seed = 1): Scores {

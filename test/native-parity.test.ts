@@ -26,7 +26,7 @@ import { mapFileRegion, mmapSource } from '../src/tensor/mmap-source.ts';
 import { quantizeInt8 } from '../src/tensor/quantize.ts';
 import { ReferenceBackend, widenWeight } from '../src/tensor/reference.ts';
 import { nativeAvailable, nativeInfo } from '../src/tensor/select-backend.ts';
-import { seededRandom } from '../src/engine/sampler.ts';
+import { seededRandom } from '../src/tensor/seeded-random.ts';
 
 const skip = nativeAvailable() ? false : 'native addon not built (npm run build:native)';
 const mode = process.env.KVLAB_ISA ?? (process.env.KVLAB_AMX_EMULATE === '1' ? 'amx-emulated' : 'default');

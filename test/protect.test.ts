@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { globalBudget, keptCount, uniformBudget } from '../src/press/budgets.ts';
 import { apportion, parseProtection, protectedSelect, type NamedRange } from '../src/press/protect.ts';
 import { keepRateBySpan } from '../src/eval/prompt-study.ts';
-import { seededRandom } from '../src/engine/sampler.ts';
+import { seededRandom } from '../src/tensor/seeded-random.ts';
 import type { Scores } from '../src/press/types.ts';
 
 const T = 60;

@@ -4,7 +4,7 @@ import type { Weight } from '../src/tensor/backend.ts';
 import { int8StepBound, quantizeInt8, quantizeInt8Portable } from '../src/tensor/quantize.ts';
 import { widenWeight } from '../src/tensor/reference.ts';
 import { nativeAvailable } from '../src/tensor/select-backend.ts';
-import { seededRandom } from '../src/engine/sampler.ts';
+import { seededRandom } from '../src/tensor/seeded-random.ts';
 
 const rand = seededRandom(11);
 

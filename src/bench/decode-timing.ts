@@ -1,6 +1,6 @@
 import type { KvCache, KvDtype } from '../cache/kv-cache.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
-import { seededRandom } from '../engine/sampler.ts';
+import { seededRandom } from '../tensor/seeded-random.ts';
 import { alternate } from './alternate.ts';
 import { median } from './machine-limits.ts';
 

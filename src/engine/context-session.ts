@@ -1,15 +1,16 @@
 import { KvCache } from '../cache/kv-cache.ts';
+import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../model/capture.ts';
+import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
 import { checkRatio } from '../press/budgets.ts';
-import { capturingPrefill } from '../press/capture.ts';
 import type { Press } from '../press/registry.ts';
-import type { CaptureNeeds, PrefillCapture, Scores, ScoringContext, Span } from '../press/types.ts';
+import type { Scores, ScoringContext, ScoringModel } from '../press/types.ts';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { LoadedModel } from './loaded-model.ts';
+import { scoringModel } from './scoring-model.ts';
 
-export interface ContextOptions {
-  system?: string;
-  /** How a query becomes user text; `{query}` is replaced. Default: the query itself. */
-  queryTemplate?: string;
+export type { SessionLayout } from '../model/prompt-layout.ts';
+
+export interface ContextOptions extends UserContextOptions {
   chunkSize?: number;
   onPrefillProgress?: (done: number, total: number) => void;
 }
@@ -26,44 +27,6 @@ export interface CompressionReport {
   bytesKept: number;
   /** Fraction of context rows kept, per layer (averaged over KV heads). */
   perLayerKept: number[];
-}
-
-/**
- * A context placed in the user turn of the model's own chat template, prefilled once, compressed once,
- * then asked any number of queries: each is appended as "\n\n" + query + end-of-user/assistant header,
- * answered, and truncated away so the compressed context is untouched for the next one.
- */
-/** Where the compressible span sits in a prompt, and how a query is appended after it. */
-export interface SessionLayout {
-  ids: number[];
-  /** Template rows before the span (never evicted). */
-  prefix: Span;
-  /** The compressible span. */
-  context: Span;
-  /** The template's end-of-user-turn + assistant header (what KVzip's reconstruction prompt ends with). */
-  suffix: string;
-  /** What opens a query after the span (KVzip's repeat prompt starts with it). */
-  queryLead: string;
-  queryIds: (query: string) => number[];
-}
-
-/** Layout of a context placed in the user turn: queries are appended as "\n\n" + query + suffix. */
-export function userContextLayout(lm: LoadedModel, contextText: string, opts: ContextOptions = {}): SessionLayout {
-  const parts = lm.tokenizer.chat.userTurnParts(opts.system);
-  const prefixIds = lm.tokenizer.encode(parts.prefix);
-  const ids = lm.tokenizer.encode(parts.prefix + contextText);
-  if (prefixIds.some((id, i) => ids[i] !== id)) {
-    throw new Error('the chat template prefix does not tokenize as a prefix of prefix + context');
-  }
-  const template = opts.queryTemplate ?? '{query}';
-  return {
-    ids,
-    prefix: { start: 0, end: prefixIds.length },
-    context: { start: prefixIds.length, end: ids.length },
-    suffix: parts.suffix,
-    queryLead: '\n\n',
-    queryIds: (query) => lm.tokenizer.encode(`\n\n${template.replaceAll('{query}', query)}${parts.suffix}`),
-  };
 }
 
 /**
@@ -96,7 +59,7 @@ export class ContextSession {
   prefillCapture(needs: (CaptureNeeds | undefined)[], extraSpans: Span[] = []): { capture: PrefillCapture; logits: Float32Array } {
     if (this.prefilled) throw new Error('this context is already prefilled');
     const spans = [this.context, ...extraSpans];
-    const result = capturingPrefill(this.lm, this.cache, this.ids, spans, needs.filter((n) => n !== undefined), {
+    const result = capturingPrefill(this.lm.model, this.cache, this.ids, spans, needs.filter((n) => n !== undefined), {
       chunkSize: this.opts.chunkSize,
       onProgress: this.opts.onPrefillProgress,
     });
@@ -106,7 +69,7 @@ export class ContextSession {
 
   scoringContext(capture: PrefillCapture, over: Partial<Pick<ScoringContext, 'span' | 'keys' | 'onProgress'>> = {}): ScoringContext {
     return {
-      lm: this.lm,
+      lm: this.scoringModel(),
       cache: this.cache,
       ids: this.ids,
       span: over.span ?? this.context,
@@ -178,6 +141,14 @@ export class ContextSession {
     Object.assign(copy, this);
     copy.cache = this.cache.clone();
     return copy;
+  }
+
+  /** The model as scorers see it; scoring another text opens a session of its own on the same model. */
+  scoringModel(): ScoringModel {
+    return scoringModel(this.lm, (text, scorer) => {
+      const other = new ContextSession(this.lm, userContextLayout(this.lm, text));
+      return scorer.score(other.scoringContext(other.prefillCapture([scorer.needs]).capture));
+    });
   }
 
   queryIds(query: string): number[] {

@@ -1,6 +1,6 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { LoadedModel } from './loaded-model.ts';
-import { prefill, type PrefillOptions } from './prefill.ts';
+import { prefill, type PrefillOptions } from '../model/prefill.ts';
 import { Sampler, type SamplingOptions } from './sampler.ts';
 
 export interface GenerateOptions {

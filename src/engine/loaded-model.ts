@@ -10,7 +10,8 @@ import type { Backend } from '../tensor/backend.ts';
 import { mmapSource } from '../tensor/mmap-source.ts';
 import { DEFAULT_INT8_GROUP, int8Label, quantizeInt8, type Int8Grouping } from '../tensor/quantize.ts';
 import type { ModelWeights } from '../model/weights.ts';
-import { ContextSession, userContextLayout, type ContextOptions } from './context-session.ts';
+import { userContextLayout } from '../model/prompt-layout.ts';
+import { ContextSession, type ContextOptions } from './context-session.ts';
 
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/kvlab-tiny-chat', import.meta.url));
 

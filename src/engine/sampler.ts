@@ -1,3 +1,5 @@
+import { seededRandom } from '../tensor/seeded-random.ts';
+
 export interface SamplingOptions {
   /** 0 (default) = greedy. */
   temperature?: number;
@@ -20,18 +22,6 @@ export function argmax(logits: Float32Array, offset = 0, length = logits.length 
     }
   }
   return best;
-}
-
-/** mulberry32: a small seeded PRNG so sampled runs are reproducible. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export class Sampler {

@@ -1,6 +1,6 @@
 import { ContextSession } from '../engine/context-session.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
-import { systemPromptLayout, type PromptLayout } from '../engine/prompt-layout.ts';
+import { systemPromptLayout, type PromptLayout } from '../model/prompt-layout.ts';
 import { describeProtection, protectedSelect, type NamedRange, type Protection } from '../press/protect.ts';
 import { getPress, type Press } from '../press/registry.ts';
 import type { PrefillCapture, Scores } from '../press/types.ts';

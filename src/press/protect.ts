@@ -1,13 +1,10 @@
 import { keptCount } from './budgets.ts';
 import { topKIndices } from './topk.ts';
+import type { TokenSpan } from '../model/segments.ts';
 import type { BudgetPolicy, Scores } from './types.ts';
 
 /** A named range of the compressible span, span-relative, half-open. */
-export interface NamedRange {
-  name: string;
-  start: number;
-  end: number;
-}
+export type NamedRange = TokenSpan;
 
 export interface Protection {
   /** Span names whose tokens are always kept, inside the same total budget. */

@@ -1,48 +1,50 @@
 import type { KvCache } from '../cache/kv-cache.ts';
-import type { LoadedModel } from '../engine/loaded-model.ts';
+import type { CaptureNeeds, PrefillCapture } from '../model/capture.ts';
+import type { ModelConfig } from '../model/config.ts';
+import type { LayerCapture } from '../model/llama.ts';
+import type { Span } from '../model/prompt-layout.ts';
+import type { KvHeadView } from '../tensor/backend.ts';
+
+export type { CaptureNeeds, PrefillCapture, QueryMoments } from '../model/capture.ts';
+export type { Span } from '../model/prompt-layout.ts';
 
 /** Scores per [layer][kvHead], one per position of the scored span (span-relative index). Higher = keep. */
 export type Scores = Float32Array[][];
 
-/** A half-open range of cache rows (= sequence positions before any compression). */
-export interface Span {
-  start: number;
-  end: number;
-}
-
-/** What a scorer wants recorded while the context is prefilled. */
-export interface CaptureNeeds {
-  /** Post- and pre-RoPE queries of these absolute positions, per layer. */
-  queryPositions?: (span: Span, sequenceLength: number) => number[];
-  /** Online sum of attention probabilities over every prefill query, per (layer, KV head, key). */
-  observedAttention?: boolean;
-  /** Running mean and covariance of pre-RoPE queries per query head, over positions >= skipFirst. */
-  queryMoments?: { skipFirst: number };
-}
-
-/** Per layer: mean [nHeads, d] and covariance [nHeads, d, d] of pre-RoPE queries over `count` positions. */
-export interface QueryMoments {
-  count: number;
-  mean: Float64Array[];
-  cov: Float64Array[];
-}
-
-/** What the prefill recorded for the scorers. */
-export interface PrefillCapture {
-  /** Captured query positions, ascending. */
-  queryPositions: Int32Array;
-  /** Per layer: post-RoPE queries [nPositions, nHeads, headDim]. */
-  queries: Float32Array[];
-  /** Per layer: pre-RoPE queries [nPositions, nHeads, headDim]. */
-  queriesPreRope: Float32Array[];
-  /** Per layer, per KV head: sum over prefill queries of attention probabilities (index = cache row). */
-  observedSum?: Float32Array[][];
-  queryMoments?: QueryMoments;
+/**
+ * The model as scorers see it: its shapes, its tokenizer, attention statistics over chosen keys, and runs of
+ * a prompt on top of a cache. Nothing here changes the weights or the session.
+ */
+export interface ScoringModel {
+  readonly config: ModelConfig;
+  /** Identifies the weights (and cache dtype), for results saved per model such as KVzip head scores. */
+  readonly fingerprint: string;
+  /** RoPE inverse frequencies of the first half of a head, scaling applied. */
+  readonly ropeInvFreq: Float32Array;
+  encode(text: string): number[];
+  /**
+   * Attention of post-RoPE queries [nq, nHeads, headDim] at positions qPos over the given KV head views (query
+   * head h reads view floor(h / (nHeads / views))): per view, the sum or the max over the group's query heads
+   * and the queries of each key's softmax probability, times queryWeight[i] of query row i when given.
+   */
+  attentionStats(
+    q: Float32Array,
+    qPos: Int32Array,
+    heads: KvHeadView[],
+    reduce: 'sum' | 'max',
+    opts?: { nHeads?: number; queryWeight?: Float32Array },
+  ): Float32Array[];
+  /** Runs ids through the model on top of the cache, calling onLayer per layer; the new rows stay (the caller truncates). */
+  run(cache: KvCache, ids: number[], onLayer: (c: LayerCapture) => void): void;
+  /** ||W_O^h v_j|| for query head h of a layer and value rows [n, headDim]: what head h writes into the residual. */
+  outputNorms(layer: number, head: number, values: Float32Array, n: number): Float32Array;
+  /** Scores another text laid out as a context in the user turn, prefilled in a cache of its own. */
+  scoreText(text: string, scorer: Scorer): Scores;
 }
 
 /** Everything a scorer may read; the cache is prefilled and not yet compressed (row index = position). */
 export interface ScoringContext {
-  lm: LoadedModel;
+  lm: ScoringModel;
   cache: KvCache;
   /** All prefilled token ids (template prefix, then the context). */
   ids: number[];

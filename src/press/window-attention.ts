@@ -29,19 +29,7 @@ export function windowAttention(ctx: ScoringContext, positions: number[], reduce
             len: span.end - span.start,
           }))
         : cache.layer(l);
-    const acc = heads.map((h) => new Float32Array(h.len));
-    ctx.lm.model.backend.attention({
-      q,
-      out: null,
-      nq: slots.length,
-      nHeads: cfg.numHeads,
-      nKvHeads: cfg.numKvHeads,
-      headDim: cfg.headDim,
-      qPos,
-      heads,
-      scale: 1 / Math.sqrt(cfg.headDim),
-      stats: reduce === 'sum' ? { fromQuery: 0, sum: acc } : { fromQuery: 0, max: acc },
-    });
+    const acc = ctx.lm.attentionStats(q, qPos, heads, reduce);
     out.push(acc.map((a) => (ctx.keys === 'span' ? a : a.slice(span.start, span.end))));
   }
   return out;

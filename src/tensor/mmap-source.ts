@@ -1,4 +1,4 @@
-import type { TensorByteSource } from '../model/safetensors.ts';
+import type { TensorByteSource } from './byte-source.ts';
 import { loadAddon, type MappedFile } from './native.ts';
 
 /**

@@ -25,7 +25,7 @@ export function expectedAttentionScorer(opts: ExpectedAttentionOptions = {}): Sc
       if (!m) throw new Error('expected-attention needs query moments recorded during prefill');
       const { numLayers, numHeads, numKvHeads, headDim: d } = lm.config;
       const group = numHeads / numKvHeads;
-      const R = averagedRotation(lm.model.rope.invFreq, d, ids.length, nFuture);
+      const R = averagedRotation(lm.ropeInvFreq, d, ids.length, nFuture);
       const keyFrom = keys === 'span' ? span.start : Math.min(nSink, span.start);
       return Array.from({ length: numLayers }, (_, l) =>
         Array.from({ length: numKvHeads }, (_, g) => {

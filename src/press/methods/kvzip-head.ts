@@ -2,9 +2,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { LoadedModel } from '../../engine/loaded-model.ts';
-import type { Scorer, ScoringContext } from '../types.ts';
-import { kvzipScores } from './kvzip.ts';
+import type { Scorer, ScoringContext, ScoringModel } from '../types.ts';
+import { kvzipScorer } from './kvzip.ts';
 
 /** Per [layer][kvHead]: max KVzip score the head gives any position of a long sample context. */
 export type HeadScores = number[][];
@@ -25,13 +24,13 @@ export function kvzipHeadScorer(load: (ctx: ScoringContext) => HeadScores = (ctx
 }
 
 /** Where head scores of a model are saved: KVLAB_CACHE_DIR or ~/.cache/kvlab, keyed by the weights' identity. */
-export function headScoresPath(lm: LoadedModel): string {
+export function headScoresPath(lm: Pick<ScoringModel, 'fingerprint'>): string {
   const root = process.env.KVLAB_CACHE_DIR ?? join(homedir(), '.cache', 'kvlab');
   const key = createHash('sha256').update(lm.fingerprint).digest('hex').slice(0, 16);
   return join(root, `kvzip-head-scores-${key}.json`);
 }
 
-export function headScoresFor(lm: LoadedModel, sample: string = defaultSample()): HeadScores {
+export function headScoresFor(lm: ScoringModel, sample: string = defaultSample()): HeadScores {
   const path = headScoresPath(lm);
   if (existsSync(path)) {
     const saved = JSON.parse(readFileSync(path, 'utf8')) as { scores: HeadScores };
@@ -40,15 +39,13 @@ export function headScoresFor(lm: LoadedModel, sample: string = defaultSample())
   const scores = computeHeadScores(lm, sample);
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify({ model: lm.dir, scores }));
+  writeFileSync(tmp, JSON.stringify({ fingerprint: lm.fingerprint, scores }));
   renameSync(tmp, path);
   return scores;
 }
 
-export function computeHeadScores(lm: LoadedModel, sample: string): HeadScores {
-  const session = lm.openContext(sample);
-  const ctx = session.scoringContext(session.prefillCapture([]).capture);
-  const pair = kvzipScores(ctx);
+export function computeHeadScores(lm: ScoringModel, sample: string): HeadScores {
+  const pair = lm.scoreText(sample, kvzipScorer());
   return pair.map((layer) => layer.map((s) => s.reduce((m, x) => Math.max(m, x), 0)));
 }
 

@@ -1,8 +1,6 @@
 import type { HeadStore } from '../../cache/kv-cache.ts';
-import { prefill } from '../../engine/prefill.ts';
 import type { LayerCapture } from '../../model/llama.ts';
-import type { KvHeadView, Weight } from '../../tensor/backend.ts';
-import { widenWeight } from '../../tensor/reference.ts';
+import type { KvHeadView } from '../../tensor/backend.ts';
 import type { Scorer, Scores, ScoringContext } from '../types.ts';
 
 export interface KvzipOptions {
@@ -34,10 +32,9 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
   const cfg = lm.config;
   const m = opts.chunkSize ?? 2000;
   const tail = opts.tailTokens ?? 8;
-  const tok = lm.tokenizer;
-  const first = tok.encode(ctx.queryLead + (opts.firstPrompt ?? KVZIP_FIRST_PROMPT));
-  const next = tok.encode(ctx.queryLead + (opts.nextPrompt ?? KVZIP_NEXT_PROMPT));
-  const post = tok.encode(ctx.suffix);
+  const first = lm.encode(ctx.queryLead + (opts.firstPrompt ?? KVZIP_FIRST_PROMPT));
+  const next = lm.encode(ctx.queryLead + (opts.nextPrompt ?? KVZIP_NEXT_PROMPT));
+  const post = lm.encode(ctx.suffix);
   const T = span.end - span.start;
   const scores: Scores = Array.from({ length: cfg.numLayers }, () =>
     Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)),
@@ -52,43 +49,29 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
     const mark = cache.mark();
     const N = cache.nextPos;
     try {
-      prefill(lm.model, cache, R, {
-        onLayer: (c) => {
-          const rEnd = c.positions[c.n - 1]! - N + 1;
-          const heads: KvHeadView[] = cache.layer(c.layer).map((hs) =>
-            gatherRows(hs, d, [
-              [prefix.start, prefix.end],
-              [cs, ce],
-              [hs.len - rEnd, hs.len],
-            ]),
-          );
-          if (opts.normalized) {
-            normalizedScores(ctx, c, heads, cs, ce, scores[c.layer]!);
-            return;
+      lm.run(cache, R, (c) => {
+        const rEnd = c.positions[c.n - 1]! - N + 1;
+        const heads: KvHeadView[] = cache.layer(c.layer).map((hs) =>
+          gatherRows(hs, d, [
+            [prefix.start, prefix.end],
+            [cs, ce],
+            [hs.len - rEnd, hs.len],
+          ]),
+        );
+        if (opts.normalized) {
+          normalizedScores(ctx, c, heads, cs, ce, scores[c.layer]!);
+          return;
+        }
+        const max = lm.attentionStats(c.q, c.positions, heads, 'max');
+        const chunkOffset = prefix.end - prefix.start;
+        for (let g = 0; g < cfg.numKvHeads; g++) {
+          const dst = scores[c.layer]![g]!;
+          const src = max[g]!;
+          for (let j = 0; j < ce - cs; j++) {
+            const v = src[chunkOffset + j]!;
+            if (v > dst[cs - span.start + j]!) dst[cs - span.start + j] = v;
           }
-          const max = heads.map((h) => new Float32Array(h.len));
-          lm.model.backend.attention({
-            q: c.q,
-            out: null,
-            nq: c.n,
-            nHeads: cfg.numHeads,
-            nKvHeads: cfg.numKvHeads,
-            headDim: d,
-            qPos: c.positions,
-            heads,
-            scale: 1 / Math.sqrt(d),
-            stats: { fromQuery: 0, max },
-          });
-          const chunkOffset = prefix.end - prefix.start;
-          for (let g = 0; g < cfg.numKvHeads; g++) {
-            const dst = scores[c.layer]![g]!;
-            const src = max[g]!;
-            for (let j = 0; j < ce - cs; j++) {
-              const v = src[chunkOffset + j]!;
-              if (v > dst[cs - span.start + j]!) dst[cs - span.start + j] = v;
-            }
-          }
-        },
+        }
       });
     } finally {
       cache.truncate(mark);
@@ -119,7 +102,6 @@ function gatherRows(hs: HeadStore, d: number, ranges: [number, number][]): KvHea
  */
 function normalizedScores(ctx: ScoringContext, c: LayerCapture, heads: KvHeadView[], cs: number, ce: number, out: Float32Array[]): void {
   const cfg = ctx.lm.config;
-  const be = ctx.lm.model.backend;
   const d = cfg.headDim;
   const D = cfg.hiddenSize;
   const G = cfg.numHeads / cfg.numKvHeads;
@@ -132,23 +114,15 @@ function normalizedScores(ctx: ScoringContext, c: LayerCapture, heads: KvHeadVie
     for (let k = 0; k < D; k++) ss += c.hidden[i * D + k]! ** 2;
     queryWeight[i] = 1 / Math.max(Math.sqrt(ss), 1e-12);
   }
-  const wo = widenWeight(ctx.lm.model.weights.layers[c.layer]!.wo);
   for (let h = 0; h < cfg.numHeads; h++) {
     const g = Math.floor(h / G);
     const q = new Float32Array(c.n * d);
     for (let i = 0; i < c.n; i++) q.set(c.q.subarray((i * cfg.numHeads + h) * d, (i * cfg.numHeads + h + 1) * d), i * d);
-    const max = [new Float32Array(heads[g]!.len)];
-    be.attention({ q, out: null, nq: c.n, nHeads: 1, nKvHeads: 1, headDim: d, qPos: c.positions, heads: [heads[g]!], scale: 1 / Math.sqrt(d), stats: { fromQuery: 0, max, queryWeight } });
-    // ||W_O^h v_j|| for the chunk's values: W_O^h is columns [h d, (h + 1) d) of o_proj.
-    const slice: Weight = { name: 'o_proj.head', dtype: 'f32', rows: D, cols: d, data: new Float32Array(D * d) };
-    for (let r = 0; r < D; r++) (slice.data as Float32Array).set(wo.subarray(r * cfg.numHeads * d + h * d, r * cfg.numHeads * d + (h + 1) * d), r * d);
-    const projected = new Float32Array(m * D);
-    be.matmul(projected, ctx.cache.head(c.layer, g).values(cs, ce), m, slice);
+    const [max] = ctx.lm.attentionStats(q, c.positions, [heads[g]!], 'max', { nHeads: 1, queryWeight });
+    const valueNorms = ctx.lm.outputNorms(c.layer, h, ctx.cache.head(c.layer, g).values(cs, ce), m);
     const dst = out[g]!;
     for (let j = 0; j < m; j++) {
-      let ss = 0;
-      for (let k = 0; k < D; k++) ss += projected[j * D + k]! ** 2;
-      const v = max[0]![chunkOffset + j]! * Math.sqrt(ss);
+      const v = max![chunkOffset + j]! * valueNorms[j]!;
       if (v > dst[cs - span.start + j]!) dst[cs - span.start + j] = v;
     }
   }

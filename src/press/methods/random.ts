@@ -1,4 +1,4 @@
-import { seededRandom } from '../../engine/sampler.ts';
+import { seededRandom } from '../../tensor/seeded-random.ts';
 import type { Scorer } from '../types.ts';
 
 /** Random: U(0, 1) per (layer, head, position), reproducible from the seed. */

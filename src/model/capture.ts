@@ -1,8 +1,38 @@
 import type { KvCache } from '../cache/kv-cache.ts';
-import type { LoadedModel } from '../engine/loaded-model.ts';
-import { prefill, type PrefillOptions } from '../engine/prefill.ts';
 import type { AttentionStats } from '../tensor/backend.ts';
-import type { CaptureNeeds, PrefillCapture, QueryMoments, Span } from './types.ts';
+import type { LlamaModel } from './llama.ts';
+import { prefill, type PrefillOptions } from './prefill.ts';
+import type { Span } from './prompt-layout.ts';
+
+/** What a scorer wants recorded while the context is prefilled. */
+export interface CaptureNeeds {
+  /** Post- and pre-RoPE queries of these absolute positions, per layer. */
+  queryPositions?: (span: Span, sequenceLength: number) => number[];
+  /** Online sum of attention probabilities over every prefill query, per (layer, KV head, key). */
+  observedAttention?: boolean;
+  /** Running mean and covariance of pre-RoPE queries per query head, over positions >= skipFirst. */
+  queryMoments?: { skipFirst: number };
+}
+
+/** Per layer: mean [nHeads, d] and covariance [nHeads, d, d] of pre-RoPE queries over `count` positions. */
+export interface QueryMoments {
+  count: number;
+  mean: Float64Array[];
+  cov: Float64Array[];
+}
+
+/** What the prefill recorded for the scorers. */
+export interface PrefillCapture {
+  /** Captured query positions, ascending. */
+  queryPositions: Int32Array;
+  /** Per layer: post-RoPE queries [nPositions, nHeads, headDim]. */
+  queries: Float32Array[];
+  /** Per layer: pre-RoPE queries [nPositions, nHeads, headDim]. */
+  queriesPreRope: Float32Array[];
+  /** Per layer, per KV head: sum over prefill queries of attention probabilities (index = cache row). */
+  observedSum?: Float32Array[][];
+  queryMoments?: QueryMoments;
+}
 
 /**
  * Prefills ids into an empty cache while recording what the scorers need: queries at chosen positions
@@ -10,14 +40,14 @@ import type { CaptureNeeds, PrefillCapture, QueryMoments, Span } from './types.t
  * every key receives.
  */
 export function capturingPrefill(
-  lm: LoadedModel,
+  model: LlamaModel,
   cache: KvCache,
   ids: number[],
   spans: Span[],
   needs: CaptureNeeds[],
   opts: Pick<PrefillOptions, 'chunkSize' | 'onProgress'> = {},
 ): { logits: Float32Array; capture: PrefillCapture } {
-  const cfg = lm.config;
+  const cfg = model.config;
   const T = ids.length;
   const wanted = new Set<number>();
   for (const need of needs)
@@ -36,7 +66,7 @@ export function capturingPrefill(
   const moments = momentsNeed ? new MomentAccumulator(cfg.numLayers, cfg.numHeads, cfg.headDim, momentsNeed.skipFirst) : undefined;
   const stats: AttentionStats[] | undefined = observedSum?.map((sum) => ({ fromQuery: 0, sum }));
 
-  const logits = prefill(lm.model, cache, ids, {
+  const logits = prefill(model, cache, ids, {
     ...opts,
     stats: stats ? (l) => stats[l] : undefined,
     onLayer:

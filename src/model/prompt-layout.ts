@@ -1,12 +1,60 @@
-import type { ChatMessage } from '../model/chat-template.ts';
-import { chatSpans } from '../model/segments.ts';
-import type { NamedRange } from '../press/protect.ts';
-import type { SessionLayout } from './context-session.ts';
-import type { LoadedModel } from './loaded-model.ts';
+import type { ChatMessage } from './chat-template.ts';
+import { chatSpans, type TokenSpan } from './segments.ts';
+import type { KvTokenizer } from './tokenizer.ts';
+
+/** A half-open range of cache rows (= sequence positions before any compression). */
+export interface Span {
+  start: number;
+  end: number;
+}
+
+/** Where the compressible span sits in a prompt, and how a query is appended after it. */
+export interface SessionLayout {
+  ids: number[];
+  /** Template rows before the span (never evicted). */
+  prefix: Span;
+  /** The compressible span. */
+  context: Span;
+  /** The template's end-of-user-turn + assistant header (what KVzip's reconstruction prompt ends with). */
+  suffix: string;
+  /** What opens a query after the span (KVzip's repeat prompt starts with it). */
+  queryLead: string;
+  queryIds: (query: string) => number[];
+}
+
+/** Anything that carries the model's tokenizer (a loaded model does). */
+export interface WithTokenizer {
+  readonly tokenizer: KvTokenizer;
+}
+
+export interface UserContextOptions {
+  system?: string;
+  /** How a query becomes user text; `{query}` is replaced. Default: the query itself. */
+  queryTemplate?: string;
+}
+
+/** Layout of a context placed in the user turn: queries are appended as "\n\n" + query + suffix. */
+export function userContextLayout({ tokenizer }: WithTokenizer, contextText: string, opts: UserContextOptions = {}): SessionLayout {
+  const parts = tokenizer.chat.userTurnParts(opts.system);
+  const prefixIds = tokenizer.encode(parts.prefix);
+  const ids = tokenizer.encode(parts.prefix + contextText);
+  if (prefixIds.some((id, i) => ids[i] !== id)) {
+    throw new Error('the chat template prefix does not tokenize as a prefix of prefix + context');
+  }
+  const template = opts.queryTemplate ?? '{query}';
+  return {
+    ids,
+    prefix: { start: 0, end: prefixIds.length },
+    context: { start: prefixIds.length, end: ids.length },
+    suffix: parts.suffix,
+    queryLead: '\n\n',
+    queryIds: (query) => tokenizer.encode(`\n\n${template.replaceAll('{query}', query)}${parts.suffix}`),
+  };
+}
 
 export interface PromptLayout extends SessionLayout {
   /** Named ranges tiling the compressible span (span-relative). */
-  ranges: NamedRange[];
+  ranges: TokenSpan[];
 }
 
 export interface PromptLayoutOptions {
@@ -23,8 +71,7 @@ export interface PromptLayoutOptions {
  * turn) is the compressible span; each query is a whole user turn appended uncompressed, then answered.
  * Spans come from the model's own chat template: no hand-typed token positions.
  */
-export function systemPromptLayout(lm: LoadedModel, system: string, opts: PromptLayoutOptions = {}): PromptLayout {
-  const tok = lm.tokenizer;
+export function systemPromptLayout({ tokenizer: tok }: WithTokenizer, system: string, opts: PromptLayoutOptions = {}): PromptLayout {
   const head: ChatMessage[] = [{ role: 'system', content: system }];
   if (opts.document !== undefined) head.push({ role: 'user', content: opts.document });
   const seg = chatSpans(tok, head, { addGenerationPrompt: false, systemSplit: 'sentence', explicit: opts.explicit });
@@ -33,7 +80,7 @@ export function systemPromptLayout(lm: LoadedModel, system: string, opts: Prompt
   if (!sys) throw new Error('the chat template did not place the system prompt (does it support a system role?)');
   const end = opts.document !== undefined ? seg.spans.find((s) => s.name === 'user')!.end : sys.end;
   const span = { start: sys.start, end };
-  const ranges: NamedRange[] = [];
+  const ranges: TokenSpan[] = [];
   const named = seg.spans.filter((s) => s.start >= span.start && s.end <= span.end && s.name !== 'system' && s.end > s.start);
   for (const s of named) {
     const name = s.name.startsWith('instruction:') && opts.otherName ? opts.otherName : s.name;
@@ -63,8 +110,8 @@ export function systemPromptLayout(lm: LoadedModel, system: string, opts: Prompt
 }
 
 /** Drops nested/overlapping duplicates and fills gaps by extending the previous range, so ranges tile [0, T). */
-function tileRanges(ranges: NamedRange[], T: number): NamedRange[] {
-  const out: NamedRange[] = [];
+function tileRanges(ranges: TokenSpan[], T: number): TokenSpan[] {
+  const out: TokenSpan[] = [];
   let at = 0;
   for (const r of ranges) {
     if (r.end <= at) continue;

@@ -1,5 +1,5 @@
 import type { KvCache } from '../cache/kv-cache.ts';
-import type { ForwardOptions, LlamaModel } from '../model/llama.ts';
+import type { ForwardOptions, LlamaModel } from './llama.ts';
 
 export interface PrefillOptions extends Omit<ForwardOptions, 'logits'> {
   /** Tokens per forward pass (bounds activation memory). */
