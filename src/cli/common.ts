@@ -47,6 +47,8 @@ export function openModel(dir: string | undefined, weights: WeightsChoice = { ki
       weights: weights.kind,
       int8Group: weights.kind === 'int8' ? weights.group : undefined,
       kvDtype,
+      // Weights are read into memory unless KVLAB_MMAP=1 asks for a mapping (see README, "Weights in memory").
+      mmap: process.env.KVLAB_MMAP === '1',
       onProgress: (d, t) => bar.update(d, t),
     });
   } finally {
