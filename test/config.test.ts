@@ -140,7 +140,7 @@ test('bad sizes and inconsistent heads are named', () => {
 test('loadModelConfig names a missing or malformed config.json', () => {
   const empty = join(scratch, 'empty');
   mkdirSync(empty);
-  assert.throws(() => loadModelConfig(empty), /config\.json not found in .*empty/);
+  assert.throws(() => loadModelConfig(empty), /config\.json not found: .*empty\/config\.json/);
   const broken = join(scratch, 'broken');
   mkdirSync(broken);
   writeFileSync(join(broken, 'config.json'), '{"model_type": "llama",');

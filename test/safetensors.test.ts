@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,20 +32,20 @@ function writeFile(bytes: Uint8Array, name = `t${serial++}.safetensors`, dir = s
   return path;
 }
 
-// Two tensors with a 4-byte gap between them, and a zero-sized one.
+// Two tensors tiling the data section, and a zero-sized one.
 const f32Values = new Float32Array([1.5, -2, 3.25, 0]);
 const bf16Bits = new Uint16Array([0x3f80, 0xc000, 0x4049]); // 1, -2, 3.140625
-const data = new Uint8Array(16 + 4 + 6);
+const data = new Uint8Array(16 + 6);
 data.set(new Uint8Array(f32Values.buffer), 0);
-data.set(new Uint8Array(bf16Bits.buffer), 20);
+data.set(new Uint8Array(bf16Bits.buffer), 16);
 const goodHeader = {
   __metadata__: { format: 'pt' },
   a: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 16] },
-  b: { dtype: 'BF16', shape: [3], data_offsets: [20, 26] },
-  empty: { dtype: 'F16', shape: [0, 5], data_offsets: [26, 26] },
+  b: { dtype: 'BF16', shape: [3], data_offsets: [16, 22] },
+  empty: { dtype: 'F16', shape: [0, 5], data_offsets: [22, 22] },
 };
 
-test('a well-formed header gives absolute offsets, dtypes and shapes (gaps allowed, metadata skipped)', () => {
+test('a well-formed header gives absolute offsets, dtypes and shapes (metadata skipped)', () => {
   const file = writeFile(encode(goodHeader, data));
   const headerLen = JSON.stringify(goodHeader).length;
   const infos = readSafetensorsHeader(file);
@@ -52,8 +53,8 @@ test('a well-formed header gives absolute offsets, dtypes and shapes (gaps allow
     infos.map((t) => [t.name, t.dtype, t.shape, t.offset, t.byteLength]),
     [
       ['a', 'F32', [2, 2], 8 + headerLen, 16],
-      ['b', 'BF16', [3], 8 + headerLen + 20, 6],
-      ['empty', 'F16', [0, 5], 8 + headerLen + 26, 0],
+      ['b', 'BF16', [3], 8 + headerLen + 16, 6],
+      ['empty', 'F16', [0, 5], 8 + headerLen + 22, 0],
     ],
   );
   assert.ok(infos.every((t) => t.file === file));
@@ -105,7 +106,7 @@ test('unsupported dtypes are named with the tensor', () => {
 });
 
 test('byte size that does not match dtype and shape', () => {
-  rejects(withEntry('b', { dtype: 'BF16', shape: [4], data_offsets: [20, 26] }), /tensor b: data_offsets \[20, 26\] hold 6 bytes but BF16 shape \[4\] needs 8/);
+  rejects(withEntry('b', { dtype: 'BF16', shape: [4], data_offsets: [16, 22] }), /tensor b: data_offsets \[16, 22\] hold 6 bytes but BF16 shape \[4\] needs 8/);
   rejects(withEntry('a', { dtype: 'BF16', shape: [2, 2], data_offsets: [0, 16] }), /tensor a: .*needs 8/);
 });
 
@@ -118,7 +119,7 @@ test('malformed shapes and offsets', () => {
 });
 
 test('offsets past the data section (truncated file)', () => {
-  rejects(encode(goodHeader, data.subarray(0, 24)), /tensor b: data_offsets \[20, 26\] out of range: the data section has 24 bytes \(truncated file\?\)/);
+  rejects(encode(goodHeader, data.subarray(0, 20)), /tensor b: data_offsets \[16, 22\] out of range: the data section has 20 bytes \(truncated file\?\)/);
 });
 
 test('overlapping tensors, including one inside another', () => {
@@ -129,7 +130,38 @@ test('overlapping tensors, including one inside another', () => {
 
 test('a missing file is named', () => {
   const file = join(scratch, 'nope.safetensors');
-  assert.throws(() => readSafetensorsHeader(file), new RegExp(`${file}: file not found`));
+  assert.throws(() => readSafetensorsHeader(file), new RegExp(`safetensors file not found: ${file}`));
+});
+
+test('the tensors must tile the data section: gaps, trailing bytes and a short header length are refused', () => {
+  rejects(withEntry('b', { dtype: 'BF16', shape: [2], data_offsets: [18, 22] }), /data bytes \[16, 18\) belong to no tensor \(after tensor a\)/);
+  rejects(encode({ b: goodHeader.b }, data), /data bytes \[0, 16\) belong to no tensor \(before the first tensor\)/);
+  rejects(encode(goodHeader, Buffer.concat([data, Buffer.alloc(3)])), /3 trailing bytes after the last tensor \(the tensors end at 22 of a 25-byte data section\)/);
+  rejects(encode({}, data), /22 trailing bytes/);
+  rejects(withEntry('z', { dtype: 'F32', shape: [0], data_offsets: [4, 4] }), /tensors a \[0, 16\] and z \[4, 4\] overlap/);
+  // A header padded with spaces (as writers align the data section) whose length field is 4 bytes short:
+  // the JSON still parses, and every tensor would be read 4 bytes early.
+  const padded = `${JSON.stringify(goodHeader)}        `;
+  const shortBy4 = encode(padded, data, BigInt(padded.length - 4));
+  rejects(shortBy4, /4 trailing bytes after the last tensor/);
+  assert.equal(readSafetensorsHeader(writeFile(encode(padded, data))).length, 3, 'the same header with its true length parses');
+});
+
+test('duplicate header keys are refused, at any depth; the header must start with {', () => {
+  const text = JSON.stringify(goodHeader);
+  rejects(encode(text.replace('{"__metadata__"', '{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"__metadata__"'), data), /header has the key "a" twice/);
+  rejects(encode(text.replace('"dtype":"BF16"', '"dtype":"BF16","dtype":"F16"'), data), /header has the key "dtype" twice \(in b\)/);
+  rejects(encode(` ${text}`, data), /header does not start with '\{'/);
+});
+
+test('a FIFO or a directory as a checkpoint file is refused without opening it', () => {
+  const dir = join(scratch, `fifo${serial++}`);
+  mkdirSync(dir);
+  execFileSync('mkfifo', [join(dir, 'model.safetensors')]);
+  assert.throws(() => readCheckpointIndex(dir), /safetensors file .*model\.safetensors is a FIFO, not a regular file/);
+  const dir2 = join(scratch, `dir${serial++}`);
+  mkdirSync(join(dir2, 'model.safetensors'), { recursive: true });
+  assert.throws(() => readCheckpointIndex(dir2), /model\.safetensors is a directory, not a regular file/);
 });
 
 /** A source that serves bytes from a Uint8Array view placed at the given byte offset of a larger buffer. */
@@ -195,10 +227,10 @@ test('a sharded checkpoint is indexed across its shards', () => {
 test('sharded checkpoint errors: missing shard, tensor not in its shard, duplicates, bad index', () => {
   const s1 = 'model-00001-of-00002.safetensors';
   const s2 = 'model-00002-of-00002.safetensors';
-  assert.throws(() => readCheckpointIndex(shardedDir({ a: s1, b: s1, c: 'model-00003-of-00002.safetensors' })), /model-00003-of-00002\.safetensors: file not found/);
+  assert.throws(() => readCheckpointIndex(shardedDir({ a: s1, b: s1, c: 'model-00003-of-00002.safetensors' })), /shard model-00003-of-00002\.safetensors .* not found: .*model-00003-of-00002\.safetensors/);
   assert.throws(() => readCheckpointIndex(shardedDir({ a: s2, b: s1, c: s2 })), /model-00002-of-00002\.safetensors: tensor a is missing, though .*index\.json places it in this shard/);
   const dup = shardedDir();
-  writeFile(encode({ b: goodHeader.b }, data), s2, dup);
+  writeFile(encode({ b: { ...goodHeader.b, data_offsets: [0, 6] } }, data.subarray(16)), s2, dup);
   writeFileSync(join(dup, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { a: s1, b: s2 } }));
   assert.throws(() => readCheckpointIndex(dup), /tensor b is stored twice/);
   assert.throws(() => readCheckpointIndex(shardedDir({ a: '../elsewhere.safetensors' })), /tensor a maps to "\.\.\/elsewhere\.safetensors", not a file name inside the checkpoint folder/);

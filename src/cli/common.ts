@@ -3,6 +3,7 @@ import { KV_DTYPES, parseKvDtype, type KvDtype } from '../cache/kv-cache.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
 import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
+import { parseProtection } from '../press/protect.ts';
 import { progressBar } from './progress.ts';
 
 /** --weights: the checkpoint as stored, or int8 quantized at load with one scale per `group` columns (or per row). */
@@ -47,6 +48,8 @@ export function openModel(dir: string | undefined, weights: WeightsChoice = { ki
       weights: weights.kind,
       int8Group: weights.kind === 'int8' ? weights.group : undefined,
       kvDtype,
+      // Weights are read into memory unless KVLAB_MMAP=1 asks for a mapping (see README, "Weights in memory").
+      mmap: process.env.KVLAB_MMAP === '1',
       onProgress: (d, t) => bar.update(d, t),
     });
   } finally {
@@ -54,32 +57,63 @@ export function openModel(dir: string | undefined, weights: WeightsChoice = { ki
   }
 }
 
+const INTEGER = /^[+-]?\d+$/;
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+const shown = (value: string) => (value.trim() === '' ? 'an empty value' : `"${value}"`);
+
+/** An integer option >= min; empty values, "0x10" or "1e3" are refused (Number() would read "" as 0). */
 export function intOption(name: string, min = 0) {
   return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got "${value}"`);
+    const n = INTEGER.test(value.trim()) ? Number(value) : NaN;
+    if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${shown(value)}`);
     return n;
   };
 }
 
+/** A decimal number option in [min, max]; an empty value is refused. */
 export function numberOption(name: string, min = -Infinity, max = Infinity) {
   return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got "${value}"`);
+    const n = DECIMAL.test(value.trim()) ? Number(value) : NaN;
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}], got ${shown(value)}`);
     return n;
   };
 }
 
-export function listOption(value: string, previous: string[] = []): string[] {
-  return [...previous, ...value.split(',').map((s) => s.trim()).filter(Boolean)];
+/** The items of a comma-separated value; an empty item (",", "a,,b", a trailing comma) is refused. */
+function splitList(value: string): string[] {
+  const items = value.split(',').map((s) => s.trim());
+  if (items.some((s) => s === '')) throw new InvalidArgumentError(`the list ${shown(value)} has an empty item (a stray or trailing comma?)`);
+  return items;
 }
 
+/** A repeatable comma-separated option: each occurrence adds its items. */
+export function listOption(value: string, previous: string[] = []): string[] {
+  return [...previous, ...splitList(value)];
+}
+
+/** Comma-separated kept ratios, each in [0, 1]. */
 export function ratioList(value: string): number[] {
-  return value.split(',').map((s) => {
-    const r = Number(s.trim());
+  return splitList(value).map((s) => {
+    const r = DECIMAL.test(s) ? Number(s) : NaN;
     if (!(r >= 0 && r <= 1)) throw new InvalidArgumentError(`ratio must be in [0, 1] (fraction of the context kept), got "${s}"`);
     return r;
   });
+}
+
+/** --query-template: the text a question becomes, which must contain {query}. */
+export function queryTemplateOption(value: string): string {
+  if (!value.includes('{query}')) throw new InvalidArgumentError(`--query-template must contain {query} (where the question goes), got ${shown(value)}`);
+  return value;
+}
+
+/** --protect: parsed once at option time, so a bad mode fails before the model loads. */
+export function protectOption(value: string, previous: string[] = []): string[] {
+  try {
+    parseProtection(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return [...previous, value];
 }
 
 export function collect(value: string, previous: string[] = []): string[] {

@@ -58,6 +58,7 @@ export class ContextSession {
   /** Prefills the prompt, recording what the given scorers need for the context and any extra spans. */
   prefillCapture(needs: (CaptureNeeds | undefined)[], extraSpans: Span[] = []): { capture: PrefillCapture; logits: Float32Array } {
     if (this.prefilled) throw new Error('this context is already prefilled');
+    this.lm.checkMappedFiles();
     const spans = [this.context, ...extraSpans];
     const result = capturingPrefill(this.lm.model, this.cache, this.ids, spans, needs.filter((n) => n !== undefined), {
       chunkSize: this.opts.chunkSize,

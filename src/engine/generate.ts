@@ -39,6 +39,7 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
   const vocab = lm.model.weights.lmHead.rows;
   const limit = lm.config.maxPositionEmbeddings;
 
+  lm.checkMappedFiles();
   const t0 = performance.now();
   let logits = prefill(lm.model, cache, promptIds, opts.prefill);
   const t1 = performance.now();
@@ -68,6 +69,7 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
       emitted = safe;
     }
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
+    lm.checkMappedFiles();
     logits = (await lm.model.forwardAsync([id], cache))!;
   }
   if (text.length > emitted) opts.onText?.(text.slice(emitted));

@@ -5,7 +5,7 @@ import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/conf
 import { LlamaModel } from '../model/llama.ts';
 import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
 import { loadWeights } from '../model/weights.ts';
-import { readCheckpointIndex } from '../model/safetensors.ts';
+import { CheckpointError, readCheckpointIndex } from '../model/safetensors.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { mmapSource } from '../tensor/mmap-source.ts';
 import { DEFAULT_INT8_GROUP, int8Label, quantizeInt8, type Int8Grouping } from '../tensor/quantize.ts';
@@ -21,7 +21,11 @@ export interface LoadOptions {
   weights?: 'checkpoint' | 'int8';
   /** Columns per int8 scale, or 'row' for one scale per row. Default DEFAULT_INT8_GROUP (128). */
   int8Group?: Int8Grouping;
-  /** Read tensors through an mmap (zero copy) when the native addon is present. Default true. */
+  /**
+   * Map the checkpoint (zero copy, needs the native addon) instead of reading it into memory. Default false:
+   * a mapped file that is truncated while in use kills the process with SIGBUS, and one overwritten in place
+   * changes the weights under it. With mapping, checkMappedFiles() refuses to run once a file changed.
+   */
   mmap?: boolean;
   /** How new KV caches store keys and values (newCache()). Default 'f32'. */
   kvDtype?: KvDtype;
@@ -38,7 +42,24 @@ export class LoadedModel {
     /** Identifies these weights (folder, sizes, modification times) for caches of per-model results. */
     readonly fingerprint: string,
     readonly kvDtype: KvDtype = 'f32',
+    /** Size, inode and modification time of each mapped checkpoint file at load (empty when read into memory). */
+    readonly mappedFiles: FileStamp[] = [],
   ) {}
+
+  /**
+   * Throws, naming the file, if a mapped checkpoint file changed since load (truncated, rewritten or
+   * replaced). Cheap (one stat per file); the engine calls it before prefills and decode steps. A file
+   * truncated during a step still faults: mapping is for checkpoints that stay as they are.
+   */
+  checkMappedFiles(): void {
+    for (const was of this.mappedFiles) {
+      const now = stampOf(was.file);
+      if (!now || now.size !== was.size || now.mtimeMs !== was.mtimeMs || now.ino !== was.ino) {
+        const what = !now ? 'is gone' : now.size !== was.size ? `changed size (${was.size} -> ${now.size} bytes)` : now.ino !== was.ino ? 'was replaced' : 'was modified';
+        throw new CheckpointError(`${was.file} ${what} since it was mapped; the weights in use are no longer the file's (load the model again)`);
+      }
+    }
+  }
 
   newCache(dtype: KvDtype = this.kvDtype): KvCache {
     return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype);
@@ -49,10 +70,26 @@ export class LoadedModel {
   }
 }
 
+export interface FileStamp {
+  file: string;
+  size: number;
+  mtimeMs: number;
+  ino: number;
+}
+
+function stampOf(file: string): FileStamp | null {
+  try {
+    const st = statSync(file);
+    return { file, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino };
+  } catch {
+    return null;
+  }
+}
+
 export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): LoadedModel {
   const config = loadModelConfig(dir);
   const tokenizer = loadTokenizer(dir);
-  const source = opts.mmap === false ? undefined : (mmapSource() ?? undefined);
+  const source = opts.mmap === true ? (mmapSource() ?? undefined) : undefined;
   let weights = loadWeights(dir, config, { onProgress: opts.onProgress, source });
   const group = opts.int8Group ?? DEFAULT_INT8_GROUP;
   if (opts.weights === 'int8') weights = quantizeModelWeights(weights, group);
@@ -64,7 +101,8 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
     const st = statSync(f);
     return [f, st.size, st.mtimeMs];
   })]);
-  return new LoadedModel(dir, config, tokenizer, model, fingerprint, opts.kvDtype);
+  const mappedFiles = source ? files.map((f) => stampOf(f)!) : [];
+  return new LoadedModel(dir, config, tokenizer, model, fingerprint, opts.kvDtype, mappedFiles);
 }
 
 function quantizeModelWeights(w: ModelWeights, group: Int8Grouping): ModelWeights {

@@ -58,6 +58,7 @@ export interface StudyResult {
  */
 export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): Promise<{ results: StudyResult[]; samples: StudySample[] }> {
   const presses = opts.methods.map(getPress);
+  checkWhitelistedSpans(lm, items, opts);
   const samples: StudySample[] = [];
   const total = presses.length * items.length;
   let done = 0;
@@ -93,6 +94,20 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
     }
   }
   return { results: aggregate(samples), samples };
+}
+
+/** Every span a whitelist names must exist in some item; a misspelt name would silently protect nothing. */
+function checkWhitelistedSpans(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): void {
+  const wanted = new Set(opts.protections.flatMap((p) => p?.whitelist ?? []));
+  if (wanted.size === 0) return;
+  const present = new Set<string>();
+  for (const item of items) {
+    const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
+    for (const r of layout.ranges) present.add(r.name);
+  }
+  for (const name of wanted) {
+    if (!present.has(name)) throw new Error(`--protect whitelist:${name}: no item has a span named "${name}" (spans here: ${[...present].sort().join(', ')})`);
+  }
 }
 
 function withTemplateKept(p: Protection | undefined, ranges: NamedRange[]): Protection | undefined {

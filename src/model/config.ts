@@ -1,7 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RopeTable } from '../tensor/backend.ts';
 import { ConfigError } from './checkpoint-errors.ts';
+import { readRegularText } from './regular-file.ts';
 
 export { ConfigError };
 
@@ -48,10 +48,10 @@ const QWEN3_DEFAULT_HEAD_DIM = 128;
 
 export function loadModelConfig(dir: string): ModelConfig {
   const path = join(dir, 'config.json');
-  if (!existsSync(path)) throw new ConfigError(`config.json not found in ${dir}`);
+  const text = readRegularText(path, 'config.json', (msg) => new ConfigError(msg));
   let json: unknown;
   try {
-    json = JSON.parse(readFileSync(path, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
     throw new ConfigError(`${path} is not valid JSON: ${(e as Error).message}`);
   }

@@ -1,7 +1,9 @@
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { isAbsolute, join, normalize } from 'node:path';
 import { CheckpointError } from './checkpoint-errors.ts';
+import { checkRegularFile, readRegularText } from './regular-file.ts';
+import { firstDuplicateKey } from './strict-json.ts';
 
 export { CheckpointError };
 
@@ -55,9 +57,16 @@ function readFully(fd: number, into: Uint8Array, position: number, file: string)
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
-/** Parses and validates one safetensors header: bounds, JSON, dtypes, shapes, sizes, offsets, overlaps. */
+const checkpointError = (msg: string) => new CheckpointError(msg);
+
+/**
+ * Parses and validates one safetensors header as the reference library does: bounds, JSON starting with
+ * '{' (trailing spaces are padding), no duplicate keys, dtypes, shapes, sizes, and tensors that tile the
+ * data section exactly (no gaps, overlaps or trailing bytes). A header length a few bytes off therefore
+ * fails here instead of shifting every tensor.
+ */
 export function readSafetensorsHeader(file: string): TensorInfo[] {
-  if (!existsSync(file)) throw new CheckpointError(`${file}: file not found`);
+  checkRegularFile(file, 'safetensors file', checkpointError);
   const fd = openSync(file, 'r');
   let headerBytes: Uint8Array;
   let size: number;
@@ -79,12 +88,19 @@ export function readSafetensorsHeader(file: string): TensorInfo[] {
     closeSync(fd);
   }
   let header: unknown;
+  let text: string;
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+    text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
+    header = JSON.parse(text);
   } catch (e) {
-    throw new CheckpointError(`${file}: header is not valid JSON (${(e as Error).message})`);
+    throw new CheckpointError(`${file}: header is not valid JSON (${(e as Error).message}); a wrong header length also shows this way`);
   }
   if (!isObject(header)) throw new CheckpointError(`${file}: header is not a JSON object`);
+  if (text[0] !== '{') throw new CheckpointError(`${file}: header does not start with '{' (only trailing spaces may pad it)`);
+  const duplicate = firstDuplicateKey(text);
+  if (duplicate) {
+    throw new CheckpointError(`${file}: header has the key ${JSON.stringify(duplicate.key)} twice${duplicate.path ? ` (in ${duplicate.path})` : ''}`);
+  }
   const dataStart = 8 + headerBytes.length;
   return parseEntries(header, file, dataStart, size - dataStart);
 }
@@ -117,16 +133,25 @@ function parseEntries(header: Record<string, unknown>, file: string, dataStart: 
     }
     if (end > dataSize) fail(`data_offsets [${begin}, ${end}] out of range: the data section has ${dataSize} bytes (truncated file?)`);
     infos.push({ name, file, dtype: dtype as SafetensorsDType, shape: dims, offset: dataStart + begin, byteLength: bytes });
-    if (bytes > 0) ranges.push({ name, begin, end });
+    ranges.push({ name, begin, end });
   }
-  // Gaps between tensors are tolerated; shared bytes are not.
-  ranges.sort((a, b) => a.begin - b.begin);
-  let reach = ranges[0];
-  for (const r of ranges.slice(1)) {
-    if (r.begin < reach!.end) {
-      throw new CheckpointError(`${file}: tensors ${reach!.name} [${reach!.begin}, ${reach!.end}] and ${r.name} [${r.begin}, ${r.end}] overlap`);
+  // The tensors must tile [0, dataSize) exactly, in offset order, as the reference library requires.
+  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let reach = 0;
+  let previous: (typeof ranges)[number] | undefined;
+  for (const r of ranges) {
+    if (r.begin < reach) {
+      throw new CheckpointError(`${file}: tensors ${previous!.name} [${previous!.begin}, ${previous!.end}] and ${r.name} [${r.begin}, ${r.end}] overlap`);
     }
-    if (r.end > reach!.end) reach = r;
+    if (r.begin > reach) {
+      const after = previous ? `after tensor ${previous.name}` : 'before the first tensor';
+      throw new CheckpointError(`${file}: data bytes [${reach}, ${r.begin}) belong to no tensor (${after}); a wrong header length or offset shows this way`);
+    }
+    reach = r.end;
+    previous = r;
+  }
+  if (reach !== dataSize) {
+    throw new CheckpointError(`${file}: ${dataSize - reach} trailing bytes after the last tensor (the tensors end at ${reach} of a ${dataSize}-byte data section); a wrong header length or an extended file shows this way`);
   }
   return infos;
 }
@@ -148,7 +173,7 @@ export function readCheckpointIndex(dir: string): Map<string, TensorInfo> {
   const shards = new Map<string, Map<string, TensorInfo>>();
   for (const shard of new Set(weightMap.values())) {
     const path = join(dir, shard);
-    if (!existsSync(path) || !statSync(path).isFile()) throw new CheckpointError(`${shard}: file not found (${path}), named in ${index}`);
+    checkRegularFile(path, `shard ${shard} (named in ${index})`, checkpointError);
     shards.set(shard, new Map(readSafetensorsHeader(path).map((t) => [t.name, t])));
   }
   for (const [tensor, shard] of weightMap) {
@@ -168,9 +193,10 @@ export function readCheckpointIndex(dir: string): Map<string, TensorInfo> {
 }
 
 function readWeightMap(index: string): Map<string, string> {
+  const text = readRegularText(index, 'checkpoint index', checkpointError);
   let json: unknown;
   try {
-    json = JSON.parse(readFileSync(index, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
     throw new CheckpointError(`${index}: not valid JSON (${(e as Error).message})`);
   }

@@ -1,5 +1,6 @@
 import type { Weight, WeightDType } from '../tensor/backend.ts';
 import { bf16ArrayToF32, f16ArrayToF32 } from '../tensor/dtype.ts';
+import { join } from 'node:path';
 import type { ModelConfig } from './config.ts';
 import { CheckpointError, fileByteSource, readCheckpointIndex, readTensor, type TensorByteSource, type TensorInfo } from './safetensors.ts';
 
@@ -89,6 +90,7 @@ const plural = (n: number) => (n === 1 ? '' : 's');
 /** Checks a checkpoint's tensor set against a config (names, shapes) from headers alone; returns the tensors to load. */
 export function planWeights(dir: string, cfg: ModelConfig): Map<string, TensorInfo> {
   const index = readCheckpointIndex(dir);
+  checkLayerCount(dir, cfg, index);
   const expected = expectedTensors(cfg);
   // With tied embeddings a stored lm_head.weight is allowed but unused, as in Hugging Face.
   if (cfg.tieWordEmbeddings && index.has(LM_HEAD)) expected.set(LM_HEAD, [cfg.vocabSize, cfg.hiddenSize]);
@@ -110,6 +112,23 @@ export function planWeights(dir: string, cfg: ModelConfig): Map<string, TensorIn
     if (!(cfg.tieWordEmbeddings && name === LM_HEAD)) plan.set(name, t);
   }
   return plan;
+}
+
+const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
+
+/**
+ * Compares num_hidden_layers with the layers the checkpoint holds before anything is sized by it, so a
+ * config claiming 10^9 layers fails at once instead of building a tensor list of that length.
+ */
+function checkLayerCount(dir: string, cfg: ModelConfig, index: Map<string, TensorInfo>): void {
+  const layers = new Set<number>();
+  for (const name of index.keys()) {
+    const m = LAYER_TENSOR.exec(name);
+    if (m) layers.add(Number(m[1]));
+  }
+  if (cfg.numLayers === layers.size && (layers.size === 0 || Math.max(...layers) === layers.size - 1)) return;
+  const held = layers.size === 0 ? 'no layer tensors' : `tensors of ${layers.size} layer${plural(layers.size)} (indices ${Math.min(...layers)}..${Math.max(...layers)})`;
+  throw new CheckpointError(`${join(dir, 'config.json')}: num_hidden_layers is ${cfg.numLayers} but the checkpoint in ${dir} holds ${held}`);
 }
 
 /**

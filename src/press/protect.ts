@@ -33,11 +33,12 @@ export function parseProtection(text: string, defaultWhitelist = ['defense']): P
   for (const part of t.split('+')) {
     const [kind, arg] = splitOnce(part, ':');
     if (kind === 'whitelist') {
-      const names = (arg ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-      out.whitelist = names.length ? names : defaultWhitelist;
+      const names = arg === undefined ? defaultWhitelist : arg.split(',').map((s) => s.trim());
+      if (names.some((n) => n === '')) throw new RangeError(`whitelist needs span names (whitelist:NAME[,NAME]), got "${part}"`);
+      out.whitelist = names;
     } else if (kind === 'fair') {
-      const lambda = arg === undefined ? 1 : Number(arg);
-      if (!(lambda >= 0 && lambda <= 1)) throw new RangeError(`fair lambda must be in [0, 1], got "${arg}"`);
+      const lambda = arg === undefined ? 1 : arg.trim() === '' ? NaN : Number(arg);
+      if (!(lambda >= 0 && lambda <= 1)) throw new RangeError(`fair lambda must be a number in [0, 1] (fair or fair:LAMBDA), got "${part}"`);
       out.fair = { lambda };
     } else throw new Error(`unknown protection "${part}"; use whitelist:NAME[,NAME], fair[:lambda], both or none`);
   }

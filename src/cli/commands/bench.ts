@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { runBench } from '../../bench/run-bench.ts';
 import { parseKvDtype } from '../../cache/kv-cache.ts';
-import { listOption } from '../common.ts';
+import { intOption, listOption } from '../common.ts';
 
 export function registerBench(program: Command): void {
   program
@@ -12,12 +12,12 @@ export function registerBench(program: Command): void {
     .option('--weights <list>', 'bf16,int8', listOption)
     .option('--kv-dtypes <list>', 'KV cache dtypes decode is measured on: f32,bf16', listOption)
     .option('--contexts <list>', 'decode context lengths', listOption)
-    .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', '8192')
+    .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', intOption('--kvzip-context'), 8192)
     .option('--quick', 'tiny model only, short contexts, no KVzip measurement')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (o) => {
       const quick = Boolean(o.quick);
-      const kvzipContext = quick ? 0 : Number(o.kvzipContext);
+      const kvzipContext = quick ? 0 : (o.kvzipContext as number);
       const report = await runBench({
         models: (o.models ?? (quick ? ['tiny'] : ['tiny', 'qwen2.5-0.5b', 'llama-3.2-1b'])).filter((m: string) => m !== 'none'),
         weights: (o.weights ?? ['bf16', 'int8']) as ('bf16' | 'int8')[],

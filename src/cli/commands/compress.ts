@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { collect, intOption, numberOption, openModel, modelOptions } from '../common.ts';
+import { collect, intOption, numberOption, openModel, modelOptions, queryTemplateOption } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerCompress(program: Command): void {
@@ -11,7 +11,7 @@ export function registerCompress(program: Command): void {
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')
     .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1]', numberOption('--ratio', 0, 1), 0.3)
     .option('-q, --ask <question>', 'a question (repeatable)', collect, [])
-    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', '{query}')
+    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, '{query}')
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens'), 64)
     .option('--json', 'print {answers, cache, timings} as JSON')
     .action(async (o) => {

@@ -2,14 +2,14 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { getPress } from '../../press/registry.ts';
-import { openModel, modelOptions } from '../common.ts';
+import { numberOption, openModel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 const DEMO_DATA = fileURLToPath(new URL('../../../data/dev/qa.jsonl', import.meta.url));
 
 export function registerDemo(program: Command): void {
   modelOptions(program.command('demo').description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache'))
-    .option('--ratio <r>', 'fraction of the context kept by KVzip', '0.3')
+    .option('--ratio <r>', 'fraction of the context kept by KVzip', numberOption('--ratio', 0, 1), 0.3)
     .action(async (o) => {
       const lm = openModel(o.model, o.weights, o.kvDtype);
       const row = JSON.parse(readFileSync(DEMO_DATA, 'utf8').split('\n')[0]!) as { context: string; questions: string[]; answers: string[] };
@@ -30,7 +30,7 @@ export function registerDemo(program: Command): void {
         out(`Q: ${q}\n   answer: ${JSON.stringify(r.text)}   expected: ${JSON.stringify(row.answers[i])}`);
       }
 
-      const ratio = Number(o.ratio);
+      const ratio = o.ratio as number;
       const press = getPress('kvzip');
       const session = lm.openContext(row.context, { queryTemplate: 'Question: {query}' });
       const bar = progressBar('kvzip', 256);

@@ -8,7 +8,7 @@ import { writeEvalOutputs, markdownTable } from '../../eval/write-outputs.ts';
 import { instructionItems, leakageItems } from '../../eval/study-items.ts';
 import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
-import { collect, intOption, listOption, openModel, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
+import { intOption, listOption, openModel, protectOption, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 interface StudyCliOptions {
@@ -37,7 +37,7 @@ function studyCommand(ev: Command, name: 'instructions' | 'leakage', description
     .option('--format <f>', 'dev | sys_ifeval (guessed from the rows when omitted)')
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.9, 0.7, 0.5, 0.3, 0.1])
-    .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', collect, [])
+    .option('--protect <mode>', 'none | whitelist:NAME[,NAME] | fair[:lambda] | both (repeatable; compared side by side)', protectOption, [])
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per response', intOption('--max-tokens', 1), 48)
     .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')

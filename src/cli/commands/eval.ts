@@ -3,7 +3,7 @@ import { loadQa } from '../../eval/datasets.ts';
 import { evalQa } from '../../eval/qa-eval.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
-import { intOption, listOption, openModel, ratioList, modelOptions } from '../common.ts';
+import { intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
 import { progressBar } from '../progress.ts';
 
@@ -13,7 +13,7 @@ export function registerEval(program: Command): Command {
     .requiredOption('-d, --data <file>', 'JSONL rows {id, context, questions[], answers[]}')
     .option('--method <names>', 'comma-separated methods', listOption)
     .option('-r, --ratio <list>', 'comma-separated kept ratios', ratioList, [1, 0.5, 0.3, 0.2, 0.1])
-    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', 'Question: {query}')
+    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, 'Question: {query}')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
     .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and plots here')
