@@ -61,9 +61,8 @@ test('every press scores a bf16 cache as it scores an fp32 cache holding the sam
   for (const method of [...methodNames(), 'adakv:snapkv']) {
     const press = getPress(method);
     const session = lm.openContext(context, { queryTemplate: 'Question: {query}' });
-    const { capture } = session.prefillCapture([press.scorer.needs]);
-    const ctx = session.scoringContext(capture);
-    const scores = press.scorer.score(ctx);
+    const scored = session.score(press);
+    const { context: ctx, scores } = scored;
     if (method.startsWith('kvzip')) {
       // KVzip prefills its repeat prompts into the cache it scores, rounded to bf16 there and not in an fp32 copy:
       // checked for sane scores and a working compressed cache instead.
@@ -78,7 +77,7 @@ test('every press scores a bf16 cache as it scores an fp32 cache holding the sam
       );
     }
     const full = session.cache.bytes();
-    const report = session.applyScores(press, scores, 0.5);
+    const { report } = scored.compressInPlace(0.5);
     assert.equal(session.cache.dtype, 'bf16');
     assert.equal(report.contextBytesFull, (session.context.end - session.context.start) * lm.config.numLayers * lm.config.numKvHeads * lm.config.headDim * 4);
     assert.ok(session.cache.bytes() < full, `${method}: compression frees bf16 rows`);

@@ -19,7 +19,6 @@ async function answerIds(session: ReturnType<typeof lm.openContext>): Promise<nu
 }
 
 const uncompressed = lm.openContext(context, { queryTemplate: 'Question: {query}' });
-uncompressed.prefillCapture([]);
 const reference = await answerIds(uncompressed);
 const L = lm.config.numLayers;
 const H = lm.config.numKvHeads;
@@ -28,14 +27,12 @@ for (const method of methods) {
   test(`press matrix: ${method}`, async () => {
     const press = getPress(method);
     const base = lm.openContext(context, { queryTemplate: 'Question: {query}' });
-    const { capture } = base.prefillCapture([press.scorer.needs]);
-    const scores = press.scorer.score(base.scoringContext(capture));
+    const scored = base.score(press);
     const N = base.ids.length;
     const T = base.context.end - base.context.start;
     const P = base.context.start;
     for (const ratio of ratios) {
-      const s = base.fork();
-      const report = s.applyScores(press, scores, ratio);
+      const { session: s, report } = scored.compressed(ratio);
       const lens = s.cache.lengths();
       const kept = lens.map((layer) => layer.map((n) => n - P));
       const total = kept.flat().reduce((a, b) => a + b, 0);

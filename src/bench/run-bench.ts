@@ -252,27 +252,21 @@ async function benchKvzip(k: { model: string; context: number; ratio: number }, 
   };
   const session = new ContextSession(lm, layout);
   const press = getPress('kvzip');
-  log(`kvzip: prefilling ${k.context} tokens of ${k.model}`);
-  let t = performance.now();
-  const { capture } = session.prefillCapture([press.scorer.needs]);
-  const prefillMs = performance.now() - t;
-  log(`kvzip: prefill ${r1(prefillMs)} ms; scoring`);
-  t = performance.now();
-  const scores = press.scorer.score(session.scoringContext(capture));
-  const scoreMs = performance.now() - t;
-  const full = session.fork();
+  log(`kvzip: prefilling and scoring ${k.context} tokens of ${k.model}`);
+  const scored = session.score(press);
+  const { prefillMs, scoreMs } = scored.timings;
   // Decode time per token, and the attention share of it: what the compressed cache actually changes.
   const decodeSplit = (cache: KvCache) => {
     timed.reset();
     const ms = timeDecode(lm, cache);
     return { ms, attentionMs: (timed.ms.attention ?? 0) / 15 };
   };
-  const fullRun = decodeSplit(full.cache);
-  const report = session.applyScores(press, scores, k.ratio);
-  const keptRun = decodeSplit(session.cache);
+  const fullRun = decodeSplit(session.cache);
+  const { session: kept, report } = scored.compressed(k.ratio);
+  const keptRun = decodeSplit(kept.cache);
   const fullMs = fullRun.ms;
   const keptMs = keptRun.ms;
-  log(`kvzip: scoring ${r1(scoreMs)} ms (${r3(scoreMs / prefillMs)}x prefill); decode ${r3(fullMs)} -> ${r3(keptMs)} ms/token`);
+  log(`kvzip: prefill ${r1(prefillMs)} ms, scoring ${r1(scoreMs)} ms (${r3(scoreMs / prefillMs)}x prefill); decode ${r3(fullMs)} -> ${r3(keptMs)} ms/token`);
   return {
     model: k.model,
     context: k.context,

@@ -1,7 +1,9 @@
 import { KvCache } from '../cache/kv-cache.ts';
 import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../model/capture.ts';
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
+import type { TokenSpan } from '../model/segments.ts';
 import { checkRatio } from '../press/budgets.ts';
+import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
 import type { Scores, ScoringContext, ScoringModel } from '../press/types.ts';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
@@ -27,6 +29,30 @@ export interface CompressionReport {
   bytesKept: number;
   /** Fraction of context rows kept, per layer (averaged over KV heads). */
   perLayerKept: number[];
+  /** Wall time of each step: the prefill with capture, the scorer, and selecting and keeping the rows. */
+  timings: { prefillMs: number; scoreMs: number; keepMs: number };
+}
+
+export interface ScoreOptions {
+  /**
+   * Also score each named range of the layout on its own keys (span-local scores, what fair eviction ranks
+   * a range by); needs a layout with ranges.
+   */
+  spanLocal?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface CompressOptions extends ScoreOptions {
+  /** Whitelist and fair eviction over the layout's named ranges, inside the press's own budget. */
+  protection?: Protection;
+}
+
+/** A compressed session, what its compression kept, and the report. */
+export interface Compressed {
+  session: ContextSession;
+  report: CompressionReport;
+  /** Span-relative rows kept per [layer][KV head], ascending. */
+  keep: Int32Array[][];
 }
 
 /**
@@ -83,21 +109,47 @@ export class ContextSession {
     };
   }
 
-  /** Prefill (if not yet), score and compress in one call. */
-  compress(press: Press, ratio: number, onScoreProgress?: (done: number, total: number) => void): CompressionReport {
+  /**
+   * The compression pipeline in one call, on this session's own cache: prefill (recording what the scorer
+   * needs), score, select the rows the press's budget keeps at `ratio`, keep them.
+   */
+  compress(press: Press, ratio: number, opts: CompressOptions = {}): CompressionReport {
     checkRatio(ratio);
-    const { capture } = this.prefillCapture([press.scorer.needs]);
-    const scores = press.scorer.score(this.scoringContext(capture, { onProgress: onScoreProgress }));
-    return this.applyScores(press, scores, ratio);
+    return this.score(press, opts).compressInPlace(ratio, opts.protection).report;
   }
 
-  /** Applies a budget policy's keep sets to the context rows of every (layer, KV head). */
-  applyScores(press: Press, scores: Scores, ratio: number): CompressionReport {
-    checkRatio(ratio);
-    return this.applyKeep(press.name, ratio, press.budget.select(scores, ratio));
+  /**
+   * Prefills and scores once; the result compresses copies of this session at any number of ratios and
+   * protections (the sweeps), each starting from this one prefill.
+   */
+  score(press: Press, opts: ScoreOptions = {}): ScoredContext {
+    const ranges = this.layout.ranges;
+    if (opts.spanLocal && !ranges) throw new Error('span-local scores need a layout with named ranges');
+    const rangeSpans = opts.spanLocal ? ranges!.map((r) => ({ start: this.context.start + r.start, end: this.context.start + r.end })) : [];
+    const t0 = performance.now();
+    const { capture } = this.prefillCapture([press.scorer.needs], rangeSpans);
+    const t1 = performance.now();
+    const context = this.scoringContext(capture, { onProgress: opts.onProgress });
+    const scores = press.scorer.score(context);
+    const local = opts.spanLocal ? this.spanLocalScores(press, capture, ranges!) : undefined;
+    return new ScoredContext(this, press, context, scores, local, { prefillMs: t1 - t0, scoreMs: performance.now() - t1 });
   }
 
-  applyKeep(method: string, ratio: number, keep: Int32Array[][]): CompressionReport {
+  /** Each named range scored on its own keys, written at the range's place in the span. */
+  private spanLocalScores(press: Press, capture: PrefillCapture, ranges: TokenSpan[]): Scores {
+    const { numLayers, numKvHeads } = this.lm.config;
+    const T = this.context.end - this.context.start;
+    const out: Scores = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new Float32Array(T)));
+    for (const r of ranges) {
+      const span = { start: this.context.start + r.start, end: this.context.start + r.end };
+      const s = press.scorer.score(this.scoringContext(capture, { span, keys: 'span' }));
+      s.forEach((layer, l) => layer.forEach((x, h) => out[l]![h]!.set(x, r.start)));
+    }
+    return out;
+  }
+
+  /** Keeps the given span rows of every (layer, KV head); the prefix and any rows after the span stay. */
+  applyKeep(method: string, ratio: number, keep: Int32Array[][], timings: CompressionReport['timings']): CompressionReport {
     const { cache, context } = this;
     const T = context.end - context.start;
     for (let l = 0; l < cache.numLayers; l++)
@@ -133,6 +185,7 @@ export class ContextSession {
       bytesFull,
       bytesKept: cache.bytes(),
       perLayerKept,
+      timings,
     };
   }
 
@@ -165,5 +218,47 @@ export class ContextSession {
     } finally {
       this.cache.truncate(mark);
     }
+  }
+}
+
+/**
+ * A prefilled session scored once by a press. `compressed` makes a compressed copy per call, so every ratio
+ * and protection starts from the same prefill and scores; `compressInPlace` compresses the session itself.
+ */
+export class ScoredContext {
+  constructor(
+    readonly session: ContextSession,
+    readonly press: Press,
+    /** What the scorer read (the session's cache, uncompressed until compressInPlace). */
+    readonly context: ScoringContext,
+    readonly scores: Scores,
+    /** Per named range, scores over the range's own keys (ScoreOptions.spanLocal). */
+    readonly localScores: Scores | undefined,
+    readonly timings: { prefillMs: number; scoreMs: number },
+  ) {}
+
+  /** Span-relative rows the press's budget keeps at ratio, per [layer][KV head], under an optional protection. */
+  keep(ratio: number, protection?: Protection): Int32Array[][] {
+    checkRatio(ratio);
+    if (!protection) return this.press.budget.select(this.scores, ratio);
+    const ranges = this.session.layout.ranges;
+    if (!ranges) throw new Error('protection needs a layout with named ranges');
+    return protectedSelect(this.press.budget, this.scores, ratio, ranges, protection, this.localScores);
+  }
+
+  compressed(ratio: number, protection?: Protection): Compressed {
+    return this.apply(this.session.fork(), ratio, protection);
+  }
+
+  compressInPlace(ratio: number, protection?: Protection): Compressed {
+    return this.apply(this.session, ratio, protection);
+  }
+
+  private apply(session: ContextSession, ratio: number, protection: Protection | undefined): Compressed {
+    const t = performance.now();
+    const keep = this.keep(ratio, protection);
+    const report = session.applyKeep(this.press.name, ratio, keep, { ...this.timings, keepMs: 0 });
+    report.timings.keepMs = performance.now() - t;
+    return { session, report, keep };
   }
 }

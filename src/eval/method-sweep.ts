@@ -1,6 +1,5 @@
-import type { ContextSession } from '../engine/context-session.ts';
+import type { ContextOptions, ContextSession } from '../engine/context-session.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
-import type { ContextOptions } from '../engine/context-session.ts';
 import type { Press } from '../press/registry.ts';
 
 export interface SweepPoint {
@@ -14,12 +13,9 @@ export interface SweepPoint {
  * ratio (and every question asked of it) reuses that one prefill and scoring.
  */
 export function* sweepRatios(lm: LoadedModel, context: string, press: Press, ratios: number[], opts: ContextOptions = {}): Generator<SweepPoint> {
-  const base = lm.openContext(context, opts);
-  const { capture } = base.prefillCapture([press.scorer.needs]);
-  const scores = press.scorer.score(base.scoringContext(capture));
+  const scored = lm.openContext(context, opts).score(press);
   for (const ratio of ratios) {
-    const session = base.fork();
-    const report = session.applyScores(press, scores, ratio);
+    const { session, report } = scored.compressed(ratio);
     yield { ratio, session, keptBytesRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1 };
   }
 }

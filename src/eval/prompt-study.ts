@@ -1,9 +1,8 @@
 import { ContextSession } from '../engine/context-session.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
-import { systemPromptLayout, type PromptLayout } from '../model/prompt-layout.ts';
-import { describeProtection, protectedSelect, type NamedRange, type Protection } from '../press/protect.ts';
-import { getPress, type Press } from '../press/registry.ts';
-import type { PrefillCapture, Scores } from '../press/types.ts';
+import { systemPromptLayout } from '../model/prompt-layout.ts';
+import { describeProtection, type NamedRange, type Protection } from '../press/protect.ts';
+import { getPress } from '../press/registry.ts';
 
 export type Metrics = Record<string, number | boolean | null>;
 
@@ -66,18 +65,12 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
   for (const press of presses) {
     for (const item of items) {
       const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
-      const base = new ContextSession(lm, layout);
-      const rangeSpans = layout.ranges.map((r) => ({ start: layout.context.start + r.start, end: layout.context.start + r.end }));
-      const { capture } = base.prefillCapture([press.scorer.needs], needFair ? rangeSpans : []);
-      const scores = press.scorer.score(base.scoringContext(capture));
-      const local = needFair ? spanLocalScores(base, press, capture, layout) : undefined;
+      const scored = new ContextSession(lm, layout).score(press, { spanLocal: needFair });
       for (const protection of opts.protections) {
         for (const ratio of opts.ratios) {
-          const s = base.fork();
           // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
-          const keep = protectedSelect(press.budget, scores, ratio, layout.ranges, withTemplateKept(protection, layout.ranges), local);
-          s.applyKeep(press.name, ratio, keep);
-          const response = (await s.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
+          const { session, keep } = scored.compressed(ratio, withTemplateKept(protection, layout.ranges));
+          const response = (await session.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
           samples.push({
             id: item.id,
             variant: item.variant ?? 'original',
@@ -113,19 +106,6 @@ function checkWhitelistedSpans(lm: LoadedModel, items: StudyItem[], opts: StudyO
 function withTemplateKept(p: Protection | undefined, ranges: NamedRange[]): Protection | undefined {
   if (!ranges.some((r) => r.name === 'template')) return p;
   return { ...p, whitelist: [...new Set([...(p?.whitelist ?? []), 'template'])] };
-}
-
-/** Each range scored on its own: the span-local view fair eviction ranks by. */
-function spanLocalScores(session: ContextSession, press: Press, capture: PrefillCapture, layout: PromptLayout): Scores {
-  const T = layout.context.end - layout.context.start;
-  const cfg = session.lm.config;
-  const out: Scores = Array.from({ length: cfg.numLayers }, () => Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)));
-  for (const r of layout.ranges) {
-    const span = { start: layout.context.start + r.start, end: layout.context.start + r.end };
-    const s = press.scorer.score(session.scoringContext(capture, { span, keys: 'span' }));
-    s.forEach((layer, l) => layer.forEach((x, h) => out[l]![h]!.set(x, r.start)));
-  }
-  return out;
 }
 
 /** keep[t] = fraction of KV heads (averaged over layers) that kept span row t; mean per span name. */

@@ -20,6 +20,8 @@ export interface SessionLayout {
   /** What opens a query after the span (KVzip's repeat prompt starts with it). */
   queryLead: string;
   queryIds: (query: string) => number[];
+  /** Named ranges tiling the compressible span (span-relative), where the layout names them. */
+  ranges?: TokenSpan[];
 }
 
 /** Anything that carries the model's tokenizer (a loaded model does). */
@@ -53,7 +55,6 @@ export function userContextLayout({ tokenizer }: WithTokenizer, contextText: str
 }
 
 export interface PromptLayout extends SessionLayout {
-  /** Named ranges tiling the compressible span (span-relative). */
   ranges: TokenSpan[];
 }
 

@@ -24,14 +24,14 @@ export function registerCompress(program: Command): void {
         queryTemplate: o.queryTemplate,
         onPrefillProgress: (d, t) => prefillBar.update(d, t),
       });
-      const t0 = performance.now();
-      const { capture } = session.prefillCapture([press.scorer.needs]);
-      prefillBar.stop();
-      const t1 = performance.now();
       const scoreBar = progressBar('scoring', 512);
-      const scores = press.scorer.score(session.scoringContext(capture, { onProgress: (d, t) => scoreBar.update(d, t) }));
+      const scoring = (d: number, t: number) => {
+        prefillBar.stop();
+        scoreBar.update(d, t);
+      };
+      const report = session.compress(press, o.ratio, { onProgress: scoring });
+      prefillBar.stop();
       scoreBar.stop();
-      const report = session.applyScores(press, scores, o.ratio);
       const t2 = performance.now();
       const answers: string[] = [];
       for (const q of o.ask as string[]) {
@@ -51,7 +51,7 @@ export function registerCompress(program: Command): void {
         total_kept_ratio: report.bytesKept / report.bytesFull,
         per_layer_kept: report.perLayerKept.map((x) => Math.round(x * 1e4) / 1e4),
       };
-      const timings = { prefill_ms: ms(t1 - t0), score_ms: ms(t2 - t1), answer_ms: ms(t3 - t2) };
+      const timings = { prefill_ms: ms(report.timings.prefillMs), score_ms: ms(report.timings.scoreMs + report.timings.keepMs), answer_ms: ms(t3 - t2) };
       if (o.json) process.stdout.write(`${JSON.stringify({ method: press.name, ratio: o.ratio, answers, cache, timings })}\n`);
       else
         process.stdout.write(

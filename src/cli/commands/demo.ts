@@ -35,7 +35,7 @@ export function registerDemo(program: Command): void {
       const session = lm.openContext(row.context, { queryTemplate: 'Question: {query}' });
       const bar = progressBar('kvzip', 256);
       const t1 = performance.now();
-      const report = session.compress(press, ratio, (d, t) => bar.update(d, t));
+      const report = session.compress(press, ratio, { onProgress: (d, t) => bar.update(d, t) });
       bar.stop();
       out(`\n-- KVzip, ${Math.round(ratio * 100)}% of the context kept (prefill + scoring ${(performance.now() - t1).toFixed(0)} ms) --`);
       out(`context KV: ${kib(report.contextBytesFull)} -> ${kib(report.contextBytesKept)}; whole cache ${kib(report.bytesFull)} -> ${kib(report.bytesKept)}`);
