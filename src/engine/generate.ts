@@ -1,4 +1,5 @@
 import type { KvCache } from '../cache/kv-cache.ts';
+import { checkLogits } from '../model/non-finite.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { prefill, type PrefillOptions } from '../model/prefill.ts';
 import { Sampler, type SamplingOptions } from './sampler.ts';
@@ -70,7 +71,9 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
     }
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
     lm.checkMappedFiles();
+    const mark = cache.mark();
     logits = (await lm.model.forwardAsync([id], cache))!;
+    checkLogits(lm.model, logits, cache, mark, [id], `decode step ${tokens.length}`);
   }
   if (text.length > emitted) opts.onText?.(text.slice(emitted));
   const t2 = performance.now();

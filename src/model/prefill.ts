@@ -1,5 +1,6 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ForwardOptions, LlamaModel } from './llama.ts';
+import { checkLogits } from './non-finite.ts';
 
 export interface PrefillOptions extends Omit<ForwardOptions, 'logits'> {
   /** Tokens per forward pass (bounds activation memory). */
@@ -20,6 +21,7 @@ export function prefill(model: LlamaModel, cache: KvCache, ids: ArrayLike<number
     throw new RangeError(`context of ${cache.nextPos + total} tokens is longer than the model allows (${limit})`);
   }
   const arr = Array.from(ids);
+  const mark = cache.mark();
   let logits: Float32Array | null = null;
   for (let s = 0; s < total; s += chunk) {
     const part = arr.slice(s, Math.min(total, s + chunk));
@@ -27,5 +29,6 @@ export function prefill(model: LlamaModel, cache: KvCache, ids: ArrayLike<number
     logits = model.forward(part, cache, { ...opts, logits: last ? 'last' : 'none' });
     opts.onProgress?.(s + part.length, total);
   }
+  checkLogits(model, logits!, cache, mark, arr, `the prefill of ${total} tokens`, chunk);
   return logits!;
 }

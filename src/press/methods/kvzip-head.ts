@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Scorer, ScoringContext, ScoringModel } from '../types.ts';
@@ -30,18 +30,49 @@ export function headScoresPath(lm: Pick<ScoringModel, 'fingerprint'>): string {
   return join(root, `kvzip-head-scores-${key}.json`);
 }
 
+/**
+ * The model's head scores: read from the cache file when it holds scores of this model's shape (and this
+ * model's fingerprint), computed and saved otherwise. A file that does not fit is named in a warning and
+ * replaced, never used: a stale or corrupt file would silently reorder every head.
+ */
 export function headScoresFor(lm: ScoringModel, sample: string = defaultSample()): HeadScores {
   const path = headScoresPath(lm);
   if (existsSync(path)) {
-    const saved = JSON.parse(readFileSync(path, 'utf8')) as { scores: HeadScores };
-    return saved.scores;
+    const saved = readSavedHeadScores(path, lm);
+    if (Array.isArray(saved)) return saved;
+    process.emitWarning(`${path}: ${saved.problem}; recomputing the KVzip head scores and replacing the file`, 'KvzipHeadScoresWarning');
   }
   const scores = computeHeadScores(lm, sample);
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify({ fingerprint: lm.fingerprint, scores }));
+  writeFileSync(tmp, JSON.stringify({ fingerprint: fingerprintKey(lm), layers: lm.config.numLayers, kv_heads: lm.config.numKvHeads, scores }));
   renameSync(tmp, path);
   return scores;
+}
+
+const fingerprintKey = (lm: Pick<ScoringModel, 'fingerprint'>) => createHash('sha256').update(lm.fingerprint).digest('hex');
+
+/** The scores a saved file holds if they fit this model: [numLayers][numKvHeads] finite numbers >= 0. */
+export function readSavedHeadScores(path: string, lm: ScoringModel): HeadScores | { problem: string } {
+  if (!statSync(path).isFile()) return { problem: 'not a regular file' };
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    return { problem: `not valid JSON (${(e as Error).message})` };
+  }
+  const saved = json as { fingerprint?: unknown; scores?: unknown };
+  if (typeof json !== 'object' || json === null || !Array.isArray(saved.scores)) return { problem: 'no "scores" array' };
+  if (saved.fingerprint !== fingerprintKey(lm)) return { problem: 'saved for other weights (fingerprint differs)' };
+  const { numLayers, numKvHeads } = lm.config;
+  const scores = saved.scores as unknown[];
+  if (scores.length !== numLayers) return { problem: `scores for ${scores.length} layers, the model has ${numLayers}` };
+  for (const [l, layer] of scores.entries()) {
+    if (!Array.isArray(layer) || layer.length !== numKvHeads) return { problem: `layer ${l} does not hold ${numKvHeads} KV-head scores` };
+    const bad = layer.findIndex((x) => typeof x !== 'number' || !Number.isFinite(x) || x < 0);
+    if (bad >= 0) return { problem: `layer ${l}, KV head ${bad}: ${JSON.stringify(layer[bad])} is not a finite score >= 0` };
+  }
+  return scores as HeadScores;
 }
 
 export function computeHeadScores(lm: ScoringModel, sample: string): HeadScores {

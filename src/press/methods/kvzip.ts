@@ -30,12 +30,13 @@ export function kvzipScorer(opts: KvzipOptions = {}, name = 'kvzip'): Scorer {
 export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Scores {
   const { lm, cache, span, prefix } = ctx;
   const cfg = lm.config;
-  const m = opts.chunkSize ?? 2000;
+  const requested = opts.chunkSize ?? 2000;
   const tail = opts.tailTokens ?? 8;
   const first = lm.encode(ctx.queryLead + (opts.firstPrompt ?? KVZIP_FIRST_PROMPT));
   const next = lm.encode(ctx.queryLead + (opts.nextPrompt ?? KVZIP_NEXT_PROMPT));
   const post = lm.encode(ctx.suffix);
   const T = span.end - span.start;
+  const m = reconstructionChunk(cfg.maxPositionEmbeddings, cache.nextPos, Math.max(first.length, next.length + tail) + post.length, requested, T);
   const scores: Scores = Array.from({ length: cfg.numLayers }, () =>
     Array.from({ length: cfg.numKvHeads }, () => new Float32Array(T)),
   );
@@ -80,6 +81,29 @@ export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Score
     ctx.onProgress?.(done, T);
   }
   return scores;
+}
+
+/**
+ * The chunk length reconstruction can use: each R_t runs at positions after the whole cached prompt, so the
+ * context end plus the repeat prompt plus the chunk must stay within max_position_embeddings. A shorter
+ * chunk is used (and announced: scores depend on the chunking) when the requested one does not fit.
+ */
+export function reconstructionChunk(maxPositions: number, cached: number, promptTokens: number, requested: number, spanTokens: number): number {
+  const room = maxPositions - cached - promptTokens;
+  if (room < 1) {
+    throw new RangeError(
+      `kvzip cannot score this context: its reconstruction runs after the ${cached} cached tokens and needs ${promptTokens} tokens of repeat prompt ` +
+        `plus at least one context token, but max_position_embeddings is ${maxPositions}; shorten the context by ${1 - room} tokens or more, or use another method`,
+    );
+  }
+  const wanted = Math.min(requested, spanTokens);
+  if (room >= wanted) return requested;
+  process.emitWarning(
+    `kvzip: ${cached} cached tokens leave room for reconstruction chunks of ${room} tokens within max_position_embeddings ${maxPositions} ` +
+      `(not ${requested}); scoring in ${Math.ceil(spanTokens / room)} chunks of at most ${room} tokens`,
+    'KvzipChunkWarning',
+  );
+  return room;
 }
 
 /** Copies the keys and positions of the given row ranges into one view (values are not read for statistics). */
