@@ -3,7 +3,7 @@ import type { Addon } from './native.ts';
 /** The addon's kernel functions a forward step calls, with the addon's own argument lists. */
 export type Kernels = Pick<Addon, 'matmul' | 'attention' | 'rmsnorm' | 'rope' | 'siluMul' | 'embedding' | 'add' | 'addRowBias' | 'copyRows'>;
 
-/** Op codes of runStep, in the order of the OpCode enum in native/src/addon.cc. */
+/** Op codes of runStep, in the order of the OpCode enum in native/src/step.cc. */
 const OP = { matmul: 0, attention: 1, rmsnorm: 2, rope: 3, siluMul: 4, embedding: 5, add: 6, addRowBias: 7, copyRows: 8 } as const;
 
 export type StepOp = readonly [code: number, label: string, ...args: unknown[]];
