@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { adaKvBudget, globalBudget, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget } from '../src/press/budgets.ts';
+import { adaKvBudget, globalBudget, keptAtLevel, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget } from '../src/press/budgets.ts';
 import { topKIndices } from '../src/press/topk.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 import type { Scores } from '../src/press/types.ts';
@@ -66,4 +66,16 @@ test('whole heads: the top round(L*H*ratio) heads keep everything, the rest noth
   const s: Scores = [[new Float32Array(10).fill(3), new Float32Array(10).fill(1)], [new Float32Array(10).fill(2), new Float32Array(10).fill(0)]];
   const keep = wholeHeadBudget.select(s, 0.5);
   assert.deepEqual(keep.map((l) => l.map((k) => k.length)), [[10, 0], [10, 0]]);
+});
+
+test('every policy keeps exactly what its expectedKept states, whatever the scores', () => {
+  const policies = [uniformBudget, globalBudget, pyramidBudget(20), adaKvBudget(0.2), wholeHeadBudget];
+  for (const policy of policies)
+    for (const [L, H, T] of [[3, 2, 101], [1, 4, 7], [4, 1, 1]] as const)
+      for (const ratio of [1, 0.7, 0.3, 0.05, 0])
+        for (const seed of [1, 2]) {
+          const kept = policy.select(randomScores(L, H, T, seed), ratio).map((layer) => layer.map((k) => k.length));
+          const want = policy.expectedKept(L, H, T, ratio);
+          assert.deepEqual(keptAtLevel(kept, want.level), want.counts, `${policy.name} L${L} H${H} T${T} ratio ${ratio}`);
+        }
 });

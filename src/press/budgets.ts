@@ -1,5 +1,5 @@
 import { compareScores, topKIndices } from './topk.ts';
-import type { BudgetPolicy, Scores } from './types.ts';
+import type { BudgetPolicy, KeptCounts, Scores } from './types.ts';
 
 /** n_kept = floor(T * ratio), the project's one ratio convention (fraction of the span KEPT). */
 export function keptCount(spanLength: number, ratio: number): number {
@@ -14,18 +14,33 @@ function spanLength(scores: Scores): number {
   return scores[0]?.[0]?.length ?? 0;
 }
 
+/** Rows kept per [layer][head], counted at a policy's level (to compare with its expectedKept). */
+export function keptAtLevel(kept: number[][], level: KeptCounts['level']): number[] {
+  switch (level) {
+    case 'head':
+      return kept.flat();
+    case 'head-multiset':
+      return kept.flat().sort((a, b) => a - b);
+    case 'layer':
+      return kept.map((layer) => layer.reduce((a, b) => a + b, 0));
+    case 'total':
+      return [kept.flat().reduce((a, b) => a + b, 0)];
+  }
+}
+
 /** Every (layer, head) keeps its own top floor(T * ratio). */
 export const uniformBudget: BudgetPolicy = {
-  name: 'uniform',
+  name: 'uniform (top-k per layer and head)',
   select(scores, ratio) {
     const k = keptCount(spanLength(scores), ratio);
     return scores.map((layer) => layer.map((s) => topKIndices(s, k)));
   },
+  expectedKept: (layers, heads, T, ratio) => ({ level: 'head', counts: new Array<number>(layers * heads).fill(keptCount(T, ratio)) }),
 };
 
 /** One top-k over all layers, heads and positions (KVzip "pair"): heads and layers get unequal budgets. */
 export const globalBudget: BudgetPolicy = {
-  name: 'global',
+  name: 'global (one top-k over all layers and heads)',
   select(scores, ratio) {
     const L = scores.length;
     const H = scores[0]!.length;
@@ -45,16 +60,21 @@ export const globalBudget: BudgetPolicy = {
     }
     return chosen.map((layer) => layer.map((idx) => Int32Array.from(idx).sort()));
   },
+  expectedKept: (layers, heads, T, ratio) => ({ level: 'total', counts: [keptCount(layers * heads * T, ratio)] }),
 };
 
 /** PyramidKV: per-layer budgets decreasing linearly with depth (beta sets the top/bottom ratio), uniform per head. */
 export function pyramidBudget(beta = 20): BudgetPolicy {
   return {
-    name: `pyramid(beta=${beta})`,
+    name: `pyramid (layer budgets decreasing with depth, beta ${beta})`,
     select(scores, ratio) {
       const budgets = pyramidLayerBudgets(scores.length, spanLength(scores), ratio, beta);
       return scores.map((layer, l) => layer.map((s) => topKIndices(s, budgets[l]!)));
     },
+    expectedKept: (layers, heads, T, ratio) => ({
+      level: 'head',
+      counts: pyramidLayerBudgets(layers, T, ratio, beta).flatMap((n) => new Array<number>(heads).fill(n)),
+    }),
   };
 }
 
@@ -91,7 +111,7 @@ export function pyramidLayerBudgets(layers: number, T: number, ratio: number, be
  */
 export function adaKvBudget(alphaSafeguard = 0.2): BudgetPolicy {
   return {
-    name: `adakv(alpha=${alphaSafeguard})`,
+    name: `adakv (one top-k per layer, each head guaranteed ${alphaSafeguard} of its share)`,
     select(scores, ratio) {
       const T = spanLength(scores);
       const perHead = keptCount(T, ratio);
@@ -109,6 +129,7 @@ export function adaKvBudget(alphaSafeguard = 0.2): BudgetPolicy {
         return kept.map((set) => Int32Array.from(set).sort());
       });
     },
+    expectedKept: (layers, heads, T, ratio) => ({ level: 'layer', counts: new Array<number>(layers).fill(heads * keptCount(T, ratio)) }),
   };
 }
 
@@ -117,7 +138,7 @@ export function adaKvBudget(alphaSafeguard = 0.2): BudgetPolicy {
  * and keep the span of the top round(L * H * ratio) heads entirely, nothing of the others.
  */
 export const wholeHeadBudget: BudgetPolicy = {
-  name: 'heads',
+  name: 'whole heads (the top heads keep the whole span, the others none)',
   select(scores, ratio) {
     const H = scores[0]!.length;
     const T = spanLength(scores);
@@ -127,5 +148,9 @@ export const wholeHeadBudget: BudgetPolicy = {
     const all = Int32Array.from({ length: T }, (_, i) => i);
     const keepHead = new Set(heads.slice(0, nHeads).map((x) => x.l * H + x.h));
     return scores.map((layer, l) => layer.map((_, h) => (keepHead.has(l * H + h) ? all.slice() : new Int32Array(0))));
+  },
+  expectedKept(layers, heads, T, ratio) {
+    const whole = Math.round(layers * heads * ratio);
+    return { level: 'head-multiset', counts: Array.from({ length: layers * heads }, (_, i) => (i < layers * heads - whole ? 0 : T)) };
   },
 };

@@ -14,28 +14,39 @@ import type { BudgetPolicy, Scorer } from './types.ts';
 /** A compression method: how positions are scored and how the budget is shared out. */
 export interface Press {
   readonly name: string;
+  /** One line: what the scores favour, the scorer's options and the budget policy. */
+  readonly describe: string;
   readonly scorer: Scorer;
   readonly budget: BudgetPolicy;
 }
 
-const methods: Record<string, { describe: string; make: () => Press }> = {
-  kvzip: { describe: 'KVzip, context reconstruction, one global top-k (pair)', make: () => press('kvzip', kvzipScorer(), globalBudget) },
-  'kvzip-uniform': { describe: 'KVzip scores, top-k per (layer, head)', make: () => press('kvzip-uniform', kvzipScorer(), uniformBudget) },
-  'kvzip+': { describe: 'KVzip+, attention weighted by ||W_O v|| / ||h|| before the max, global top-k', make: () => press('kvzip+', kvzipScorer({ normalized: true }, 'kvzip+'), globalBudget) },
-  'kvzip-head': { describe: 'KVzip head-level: whole heads keep or drop the context (scores computed once per model)', make: () => press('kvzip-head', kvzipHeadScorer(), wholeHeadBudget) },
-  streamingllm: { describe: 'StreamingLLM: sinks + most recent tokens', make: () => press('streamingllm', streamingLlmScorer(), uniformBudget) },
-  snapkv: { describe: 'SnapKV (window 64, kernel 5)', make: () => press('snapkv', snapKvScorer(), uniformBudget) },
-  pyramidkv: { describe: 'PyramidKV: SnapKV scores, linearly decreasing layer budgets (beta 20)', make: () => press('pyramidkv', snapKvScorer({}, 'pyramidkv'), pyramidBudget(20)) },
-  h2o: { describe: 'H2O / observed attention, normalized by the number of queries', make: () => press('h2o', observedAttentionScorer(), uniformBudget) },
-  tova: { describe: 'TOVA: last query, mean over all heads', make: () => press('tova', tovaScorer(), uniformBudget) },
-  knorm: { describe: 'K-norm: keep low-norm keys', make: () => press('knorm', keyNormScorer(), uniformBudget) },
-  keydiff: { describe: 'KeyDiff: keep keys least similar to the mean key', make: () => press('keydiff', keyDiffScorer(), uniformBudget) },
-  'expected-attention': { describe: 'ExpectedAttention (512 future positions, 4 sinks)', make: () => press('expected-attention', expectedAttentionScorer(), uniformBudget) },
-  random: { describe: 'Random scores (seed 0)', make: () => press('random', randomScorer(0), uniformBudget) },
+/** Every method by name. A new method is one file in methods/ and one line here. */
+const methods: Record<string, [Scorer, BudgetPolicy]> = {
+  kvzip: [kvzipScorer(), globalBudget],
+  'kvzip-uniform': [kvzipScorer(), uniformBudget],
+  'kvzip+': [kvzipScorer({ normalized: true }), globalBudget],
+  'kvzip-head': [kvzipHeadScorer(), wholeHeadBudget],
+  streamingllm: [streamingLlmScorer(), uniformBudget],
+  snapkv: [snapKvScorer(), uniformBudget],
+  pyramidkv: [snapKvScorer(), pyramidBudget(20)],
+  h2o: [observedAttentionScorer(), uniformBudget],
+  tova: [tovaScorer(), uniformBudget],
+  knorm: [keyNormScorer(), uniformBudget],
+  keydiff: [keyDiffScorer(), uniformBudget],
+  'expected-attention': [expectedAttentionScorer(), uniformBudget],
+  random: [randomScorer(0), uniformBudget],
 };
 
-function press(name: string, scorer: Scorer, budget: BudgetPolicy): Press {
-  return { name, scorer, budget };
+const ADAKV_ALPHA = 0.2;
+
+export function press(name: string, scorer: Scorer, budget: BudgetPolicy): Press {
+  return { name, scorer, budget, describe: describePress(scorer, budget) };
+}
+
+/** "summary (option value, ...); budget NAME", from the scorer and the policy themselves. */
+export function describePress(scorer: Scorer, budget: BudgetPolicy): string {
+  const options = Object.entries(scorer.options ?? {}).map(([k, v]) => `${k} ${typeof v === 'string' ? JSON.stringify(v) : v}`);
+  return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}`;
 }
 
 export function methodNames(): string[] {
@@ -43,17 +54,14 @@ export function methodNames(): string[] {
 }
 
 export function describeMethods(): { name: string; describe: string }[] {
-  return Object.entries(methods).map(([name, m]) => ({ name, describe: m.describe }));
+  return methodNames().map((name) => ({ name, describe: getPress(name).describe }));
 }
 
 /** Resolves a method name; `adakv:<method>` wraps any method's scorer in the AdaKV budget. */
 export function getPress(name: string): Press {
   const ada = /^adakv:(.+)$/.exec(name);
-  if (ada) {
-    const inner = getPress(ada[1]!);
-    return press(name, inner.scorer, adaKvBudget(0.2));
-  }
+  if (ada) return press(name, getPress(ada[1]!).scorer, adaKvBudget(ADAKV_ALPHA));
   const m = methods[name];
   if (!m) throw new Error(`unknown method "${name}"; known: ${[...methodNames(), 'adakv:<method>'].join(', ')}`);
-  return m.make();
+  return press(name, ...m);
 }

@@ -66,9 +66,21 @@ export interface ScoringContext {
 }
 
 export interface Scorer {
-  readonly name: string;
+  /** What the scores favour, in a few words (the method's describe string starts with it). */
+  readonly summary: string;
+  /** The settings the scores depend on, printed after the summary. */
+  readonly options?: Readonly<Record<string, number | string | boolean>>;
   readonly needs?: CaptureNeeds;
   score(ctx: ScoringContext): Scores;
+}
+
+/**
+ * How many rows a budget policy keeps, stated at the finest level it fixes: per (layer, head) in order, per
+ * (layer, head) as a multiset (which heads get which count depends on the scores), per layer, or in total.
+ */
+export interface KeptCounts {
+  level: 'head' | 'head-multiset' | 'layer' | 'total';
+  counts: number[];
 }
 
 /** Decides how many and which rows of the span each (layer, KV head) keeps. */
@@ -76,4 +88,6 @@ export interface BudgetPolicy {
   readonly name: string;
   /** Returns span-relative indices to keep per [layer][head], ascending. */
   select(scores: Scores, ratio: number): Int32Array[][];
+  /** What select keeps of a span of T rows in a cache of layers x heads, whatever the scores. */
+  expectedKept(layers: number, heads: number, T: number, ratio: number): KeptCounts;
 }

@@ -1,3 +1,4 @@
+import { norm, perHead } from '../per-head.ts';
 import type { Scorer } from '../types.ts';
 
 export interface ExpectedAttentionOptions {
@@ -18,57 +19,49 @@ export function expectedAttentionScorer(opts: ExpectedAttentionOptions = {}): Sc
   const useCov = opts.useCovariance ?? true;
   const useVnorm = opts.useValueNorm ?? true;
   return {
-    name: 'expected-attention',
+    summary: 'ExpectedAttention: attention future queries are expected to pay, from query statistics',
+    options: { nFuture, nSink, useCovariance: useCov, useValueNorm: useVnorm },
     needs: { queryMoments: { skipFirst: nSink } },
-    score({ lm, cache, span, ids, capture, keys }) {
+    score(ctx) {
+      const { lm, span, ids, capture } = ctx;
       const m = capture.queryMoments;
       if (!m) throw new Error('expected-attention needs query moments recorded during prefill');
-      const { numLayers, numHeads, numKvHeads, headDim: d } = lm.config;
+      const { numHeads, numKvHeads, headDim: d } = lm.config;
       const group = numHeads / numKvHeads;
       const R = averagedRotation(lm.ropeInvFreq, d, ids.length, nFuture);
-      const keyFrom = keys === 'span' ? span.start : Math.min(nSink, span.start);
-      return Array.from({ length: numLayers }, (_, l) =>
-        Array.from({ length: numKvHeads }, (_, g) => {
-          const hs = cache.head(l, g);
-          const nKeys = span.end - keyFrom;
-          const keys = hs.keys(keyFrom, span.end);
-          const avg = new Float64Array(span.end - span.start);
-          for (let h = g * group; h < (g + 1) * group; h++) {
-            const mu = matVec(R, m.mean[l]!.subarray(h * d, (h + 1) * d), d);
-            const sigma = useCov ? rotateCov(R, m.cov[l]!.subarray(h * d * d, (h + 1) * d * d), d) : null;
-            const z = new Float64Array(nKeys);
-            let zmax = -Infinity;
-            for (let j = 0; j < nKeys; j++) {
-              const k = keys.subarray(j * d, (j + 1) * d);
-              let s = 0;
-              for (let a = 0; a < d; a++) s += k[a]! * mu[a]!;
-              s /= Math.sqrt(d);
-              if (sigma) {
-                let quad = 0;
-                for (let a = 0; a < d; a++) {
-                  let row = 0;
-                  for (let b = 0; b < d; b++) row += sigma[a * d + b]! * k[b]!;
-                  quad += k[a]! * row;
-                }
-                s += quad / d / 2;
+      const keyFrom = ctx.keys === 'span' ? span.start : Math.min(nSink, span.start);
+      return perHead(ctx, ({ layer: l, head: g, store, values }) => {
+        const nKeys = span.end - keyFrom;
+        const keys = store.keys(keyFrom, span.end);
+        const avg = new Float64Array(span.end - span.start);
+        for (let h = g * group; h < (g + 1) * group; h++) {
+          const mu = matVec(R, m.mean[l]!.subarray(h * d, (h + 1) * d), d);
+          const sigma = useCov ? rotateCov(R, m.cov[l]!.subarray(h * d * d, (h + 1) * d * d), d) : null;
+          const z = new Float64Array(nKeys);
+          let zmax = -Infinity;
+          for (let j = 0; j < nKeys; j++) {
+            const k = keys.subarray(j * d, (j + 1) * d);
+            let s = 0;
+            for (let a = 0; a < d; a++) s += k[a]! * mu[a]!;
+            s /= Math.sqrt(d);
+            if (sigma) {
+              let quad = 0;
+              for (let a = 0; a < d; a++) {
+                let row = 0;
+                for (let b = 0; b < d; b++) row += sigma[a * d + b]! * k[b]!;
+                quad += k[a]! * row;
               }
-              z[j] = s;
-              if (s > zmax) zmax = s;
+              s += quad / d / 2;
             }
-            let denom = 0;
-            for (let j = 0; j < nKeys; j++) denom += Math.exp(z[j]! - zmax);
-            for (let j = span.start; j < span.end; j++) avg[j - span.start] += Math.exp(z[j - keyFrom]! - zmax) / denom / group;
+            z[j] = s;
+            if (s > zmax) zmax = s;
           }
-          const values = useVnorm ? hs.values(span.start, span.end) : null;
-          return Float32Array.from(avg, (p, j) => {
-            if (!values) return p;
-            const v = values.subarray(j * d, (j + 1) * d);
-            let ss = 0;
-            for (let a = 0; a < d; a++) ss += v[a]! ** 2;
-            return p * Math.sqrt(ss);
-          });
-        }),
-      );
+          let denom = 0;
+          for (let j = 0; j < nKeys; j++) denom += Math.exp(z[j]! - zmax);
+          for (let j = span.start; j < span.end; j++) avg[j - span.start] += Math.exp(z[j - keyFrom]! - zmax) / denom / group;
+        }
+        return useVnorm ? Array.from(avg, (p, j) => p * norm(values[j]!)) : avg;
+      });
     },
   };
 }

@@ -14,7 +14,7 @@ export type HeadScores = number[][];
  */
 export function kvzipHeadScorer(load: (ctx: ScoringContext) => HeadScores = (ctx) => headScoresFor(ctx.lm)): Scorer {
   return {
-    name: 'kvzip-head',
+    summary: 'KVzip head-level: one score per head, its max KVzip score on a sample text (saved once per model)',
     score(ctx) {
       const heads = load(ctx);
       const T = ctx.span.end - ctx.span.start;

@@ -16,6 +16,8 @@ export interface KvzipOptions {
 
 export const KVZIP_FIRST_PROMPT = 'Repeat the previous context exactly.';
 export const KVZIP_NEXT_PROMPT = 'Repeat the part of the previous context exactly, starting with ';
+const KVZIP_CHUNK = 2000;
+const KVZIP_TAIL = 8;
 
 /**
  * KVzip scores by context reconstruction. For each chunk c_t of the span, R_t = P_t ++ post ++ c_t is run on
@@ -23,15 +25,20 @@ export const KVZIP_NEXT_PROMPT = 'Repeat the part of the previous context exactl
  * head, the G grouped queries of R_t attend over the reduced key set [prefix ++ c_t ++ R_t] (causal only in
  * R_t x R_t, fp32 softmax); a key's score is the max probability over the G heads and all R_t queries.
  */
-export function kvzipScorer(opts: KvzipOptions = {}, name = 'kvzip'): Scorer {
-  return { name, score: (ctx) => kvzipScores(ctx, opts) };
+export function kvzipScorer(opts: KvzipOptions = {}): Scorer {
+  const { chunkSize = KVZIP_CHUNK, tailTokens = KVZIP_TAIL, normalized = false } = opts;
+  return {
+    summary: normalized ? 'KVzip+: context reconstruction, attention weighted by ||W_O v|| / ||h||' : 'KVzip: context reconstruction',
+    options: { chunkSize, tailTokens, ...(opts.firstPrompt ? { firstPrompt: opts.firstPrompt } : {}), ...(opts.nextPrompt ? { nextPrompt: opts.nextPrompt } : {}) },
+    score: (ctx) => kvzipScores(ctx, opts),
+  };
 }
 
 export function kvzipScores(ctx: ScoringContext, opts: KvzipOptions = {}): Scores {
   const { lm, cache, span, prefix } = ctx;
   const cfg = lm.config;
-  const requested = opts.chunkSize ?? 2000;
-  const tail = opts.tailTokens ?? 8;
+  const requested = opts.chunkSize ?? KVZIP_CHUNK;
+  const tail = opts.tailTokens ?? KVZIP_TAIL;
   const first = lm.encode(ctx.queryLead + (opts.firstPrompt ?? KVZIP_FIRST_PROMPT));
   const next = lm.encode(ctx.queryLead + (opts.nextPrompt ?? KVZIP_NEXT_PROMPT));
   const post = lm.encode(ctx.suffix);

@@ -1,3 +1,4 @@
+import { perHead } from '../per-head.ts';
 import type { Scorer } from '../types.ts';
 
 /**
@@ -6,16 +7,14 @@ import type { Scorer } from '../types.ts';
  */
 export function observedAttentionScorer(): Scorer {
   return {
-    name: 'h2o',
+    summary: 'H2O / observed attention, normalized by the number of queries',
     needs: { observedAttention: true },
-    score({ lm, span, ids, capture }) {
-      const sums = capture.observedSum;
+    score(ctx) {
+      const sums = ctx.capture.observedSum;
       if (!sums) throw new Error('h2o needs observed attention recorded during prefill');
-      const group = lm.config.numHeads / lm.config.numKvHeads;
-      const T = ids.length;
-      return sums.map((layer) =>
-        layer.map((sum) => Float32Array.from({ length: span.end - span.start }, (_, j) => sum[span.start + j]! / group / (T - (span.start + j)))),
-      );
+      const group = ctx.lm.config.numHeads / ctx.lm.config.numKvHeads;
+      const T = ctx.ids.length;
+      return perHead(ctx, ({ layer, head, positions }) => Array.from(positions, (p) => sums[layer]![head]![p]! / group / (T - p)));
     },
   };
 }

@@ -11,9 +11,10 @@ export interface SnapKvOptions {
  * smoothed by an average pool of width `kernel` (zero padded); the window itself ranks first (kept inside
  * the budget, as kvpress does).
  */
-export function snapKvScorer({ window = 64, kernel = 5 }: SnapKvOptions = {}, name = 'snapkv'): Scorer {
+export function snapKvScorer({ window = 64, kernel = 5 }: SnapKvOptions = {}): Scorer {
   return {
-    name,
+    summary: 'SnapKV: attention of the last queries of the span, pooled',
+    options: { window, kernel },
     needs: { queryPositions: (span) => lastPositions(span, window) },
     score(ctx) {
       const positions = lastPositions(ctx.span, window);

@@ -4,7 +4,7 @@ import { lastPositions, windowAttention } from '../window-attention.ts';
 /** TOVA: attention of the last query averaged over ALL query heads; one ranking shared by every KV head. */
 export function tovaScorer(): Scorer {
   return {
-    name: 'tova',
+    summary: 'TOVA: attention of the last query, mean over all heads',
     needs: { queryPositions: (span) => lastPositions(span, 1) },
     score(ctx) {
       const sums = windowAttention(ctx, lastPositions(ctx.span, 1), 'sum');
