@@ -4,7 +4,7 @@ import { pyramidBudget, uniformBudget } from '../src/press/budgets.ts';
 import { keyNormScorer } from '../src/press/methods/key-norm.ts';
 import { snapKvScorer } from '../src/press/methods/snapkv.ts';
 import { perHead } from '../src/press/per-head.ts';
-import { describePress, getPress, methodNames } from '../src/press/registry.ts';
+import { describeMethods, describePress, getPress, methodNames } from '../src/press/registry.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
 const lm = tinyModel();
@@ -43,6 +43,7 @@ test('a press describes itself from its scorer options and its budget', () => {
   assert.equal(getPress('snapkv').describe, describePress(snapKvScorer(), uniformBudget));
   assert.match(describePress(snapKvScorer({ window: 8, kernel: 3 }), pyramidBudget(5)), /^SnapKV: .*\(window 8, kernel 3\); budget pyramid .*beta 5\)$/);
   assert.match(getPress('adakv:knorm').describe, /^K-norm: keep low-norm keys; budget adakv /);
-  for (const name of methodNames()) assert.ok(getPress(name).describe.length > 0);
+  assert.deepEqual(describeMethods().map((m) => m.name), [...methodNames(), 'adakv:<method>']);
+  assert.match(describeMethods().at(-1)!.describe, /budget adakv \(one top-k per layer, each head guaranteed 0.2 of its share\)/);
   assert.throws(() => getPress('nope'), /unknown method "nope"; known: kvzip, /);
 });

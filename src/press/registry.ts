@@ -53,8 +53,10 @@ export function methodNames(): string[] {
   return Object.keys(methods);
 }
 
+/** Every method's describe line, and the AdaKV wrapper's. */
 export function describeMethods(): { name: string; describe: string }[] {
-  return methodNames().map((name) => ({ name, describe: getPress(name).describe }));
+  const wrapper = { name: 'adakv:<method>', describe: `any method's scores; budget ${adaKvBudget(ADAKV_ALPHA).name}` };
+  return [...methodNames().map((name) => ({ name, describe: getPress(name).describe })), wrapper];
 }
 
 /** Resolves a method name; `adakv:<method>` wraps any method's scorer in the AdaKV budget. */

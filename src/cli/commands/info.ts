@@ -21,6 +21,5 @@ export function registerInfo(program: Command): void {
     .description('list the compression methods')
     .action(() => {
       for (const m of describeMethods()) process.stdout.write(`${m.name.padEnd(20)} ${m.describe}\n`);
-      process.stdout.write(`${'adakv:<method>'.padEnd(20)} AdaKV budget (alpha 0.2) around any method's scores\n`);
     });
 }
