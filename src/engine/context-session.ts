@@ -111,11 +111,13 @@ export class ContextSession {
 
   /**
    * The compression pipeline in one call, on this session's own cache: prefill (recording what the scorer
-   * needs), score, select the rows the press's budget keeps at `ratio`, keep them.
+   * needs), score, select the rows the press's budget keeps at `ratio`, keep them. Fair eviction scores each
+   * named range on its own keys as well.
    */
   compress(press: Press, ratio: number, opts: CompressOptions = {}): CompressionReport {
     checkRatio(ratio);
-    return this.score(press, opts).compressInPlace(ratio, opts.protection).report;
+    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
+    return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, opts.protection).report;
   }
 
   /**

@@ -42,7 +42,7 @@ export function scoringModel(lm: LoadedModel, scoreText: (text: string, scorer: 
       const d = cfg.headDim;
       const projected = new Float32Array(n * D);
       backend.matmul(projected, values, n, headColumns(widenWeight(lm.model.weights.layers[layer]!.wo), D, cfg.numHeads, d, head));
-      return Float32Array.from({ length: n }, (_, j) => {
+      return Float64Array.from({ length: n }, (_, j) => {
         let ss = 0;
         for (let k = 0; k < D; k++) ss += projected[j * D + k]! ** 2;
         return Math.sqrt(ss);

@@ -37,7 +37,7 @@ export interface ScoringModel {
   /** Runs ids through the model on top of the cache, calling onLayer per layer; the new rows stay (the caller truncates). */
   run(cache: KvCache, ids: number[], onLayer: (c: LayerCapture) => void): void;
   /** ||W_O^h v_j|| for query head h of a layer and value rows [n, headDim]: what head h writes into the residual. */
-  outputNorms(layer: number, head: number, values: Float32Array, n: number): Float32Array;
+  outputNorms(layer: number, head: number, values: Float32Array, n: number): Float64Array;
   /** Scores another text laid out as a context in the user turn, prefilled in a cache of its own. */
   scoreText(text: string, scorer: Scorer): Scores;
 }
