@@ -4,6 +4,9 @@ import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded
 import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { parseProtection } from '../press/protect.ts';
+import { resolve } from 'node:path';
+import { checkOutDir } from '../eval/out-dir.ts';
+import { PartialResults } from '../eval/partial-results.ts';
 import { progressBar } from './progress.ts';
 
 /** --weights: the checkpoint as stored, or int8 quantized at load with one scale per `group` columns (or per row). */
@@ -38,6 +41,33 @@ export function modelOptions(cmd: Command): Command {
 
 export function weightsLabel(w: WeightsChoice): string {
   return w.kind === 'checkpoint' ? 'checkpoint' : int8Label(w.group);
+}
+
+/**
+ * For an eval with --out: checks the folder is writable before the run and opens its partial results
+ * (<out>/partial.jsonl; --resume continues them). Without --out there is nothing to save or resume.
+ */
+export async function evalRunOutputs<U>(out: string | undefined, resume: boolean | undefined, settings: Record<string, unknown>): Promise<PartialResults<U> | null> {
+  if (!out) {
+    if (resume) throw new InvalidArgumentError('--resume needs --out (the folder whose partial.jsonl it continues)');
+    return null;
+  }
+  await checkOutDir(out);
+  return PartialResults.open<U>(out, settings, Boolean(resume));
+}
+
+/** The settings an eval's partial results must share with a run that resumes them. */
+export function evalSettings(command: string, o: { data: string; model?: string; weights?: WeightsChoice; kvDtype?: KvDtype; limit?: number; maxTokens?: number }, extra: Record<string, unknown>): Record<string, unknown> {
+  return {
+    command,
+    data: resolve(o.data),
+    model: resolve(o.model ?? DEFAULT_MODEL_DIR),
+    weights: weightsLabel(o.weights ?? { kind: 'checkpoint' }),
+    kv_dtype: o.kvDtype ?? 'f32',
+    limit: o.limit ?? null,
+    max_tokens: o.maxTokens ?? null,
+    ...extra,
+  };
 }
 
 export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }, kvDtype: KvDtype = 'f32'): LoadedModel {

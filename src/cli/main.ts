@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { OutDirTimeoutError } from '../eval/out-dir.ts';
 import { registerBench } from './commands/bench.ts';
 import { registerBenchPeer } from './commands/bench-peer.ts';
 import { registerChat } from './commands/chat.ts';
@@ -27,4 +28,6 @@ registerBenchPeer(program);
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exitCode = 1;
+  // A file system call that never returns would keep the process alive after the message.
+  if (err instanceof OutDirTimeoutError) process.exit(1);
 });

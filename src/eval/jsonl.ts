@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { readRegularText } from '../model/regular-file.ts';
 
 /** A data file that cannot be used; the message names the file (and the line, for JSONL). */
 export class DataFileError extends Error {
@@ -12,8 +12,7 @@ export interface JsonlLine {
 }
 
 function readText(path: string): string {
-  if (!existsSync(path)) throw new DataFileError(`data file not found: ${path}`);
-  return readFileSync(path, 'utf8');
+  return readRegularText(path, 'data file', (msg) => new DataFileError(msg));
 }
 
 /** Parses JSONL text: one JSON object per line, blank lines skipped; `source` names the text in errors. */

@@ -26,7 +26,13 @@ export interface StudyOptions {
   document?: string;
   maxTokens?: number;
   onProgress?: (done: number, total: number) => void;
+  /** Units (an item under a method, keyed by studyUnitKey) done by an earlier run: used as they are. */
+  resumed?: Map<string, StudySample[]>;
+  /** Called as each unit completes (to save it). */
+  onUnit?: (key: string, samples: StudySample[]) => void;
 }
+
+export const studyUnitKey = (method: string, index: number, item: StudyItem) => JSON.stringify([method, index, item.id, item.variant ?? 'original']);
 
 export interface StudySample {
   id: string;
@@ -57,13 +63,21 @@ export interface StudyResult {
  */
 export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): Promise<{ results: StudyResult[]; samples: StudySample[] }> {
   const presses = opts.methods.map(getPress);
-  checkWhitelistedSpans(lm, items, opts);
+  checkItems(lm, items, opts);
   const samples: StudySample[] = [];
   const total = presses.length * items.length;
   let done = 0;
   const needFair = opts.protections.some((p) => p?.fair);
   for (const press of presses) {
-    for (const item of items) {
+    for (const [index, item] of items.entries()) {
+      const key = studyUnitKey(press.name, index, item);
+      const saved = opts.resumed?.get(key);
+      if (saved) {
+        samples.push(...saved);
+        opts.onProgress?.(++done, total);
+        continue;
+      }
+      const unit: StudySample[] = [];
       const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
       const scored = new ContextSession(lm, layout).score(press, { spanLocal: needFair });
       for (const protection of opts.protections) {
@@ -71,7 +85,7 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
           // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
           const { session, keep } = scored.compressed(ratio, withTemplateKept(protection, layout.ranges));
           const response = (await session.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
-          samples.push({
+          unit.push({
             id: item.id,
             variant: item.variant ?? 'original',
             method: press.name,
@@ -83,20 +97,30 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
           });
         }
       }
+      opts.onUnit?.(key, unit);
+      samples.push(...unit);
       opts.onProgress?.(++done, total);
     }
   }
   return { results: aggregate(samples), samples };
 }
 
-/** Every span a whitelist names must exist in some item; a misspelt name would silently protect nothing. */
-function checkWhitelistedSpans(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): void {
+/**
+ * Checks every item before anything runs: its prompt and user turn must fit the model's positions (a long
+ * run should not die at its 900th item), and every span a whitelist names must exist in some item (a
+ * misspelt name would silently protect nothing).
+ */
+function checkItems(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): void {
   const wanted = new Set(opts.protections.flatMap((p) => p?.whitelist ?? []));
-  if (wanted.size === 0) return;
   const present = new Set<string>();
+  const limit = lm.config.maxPositionEmbeddings;
   for (const item of items) {
     const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
     for (const r of layout.ranges) present.add(r.name);
+    const user = layout.queryIds(item.user).length;
+    if (layout.ids.length + user + 1 > limit) {
+      throw new RangeError(`item ${JSON.stringify(item.id)}: its system prompt (${layout.ids.length} tokens with the template) and user turn (${user}) leave no room for a response within max_position_embeddings ${limit}`);
+    }
   }
   for (const name of wanted) {
     if (!present.has(name)) throw new Error(`--protect whitelist:${name}: no item has a span named "${name}" (spans here: ${[...present].sort().join(', ')})`);

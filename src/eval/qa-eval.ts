@@ -1,3 +1,4 @@
+import { userContextLayout } from '../model/prompt-layout.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { getPress } from '../press/registry.ts';
 import type { QaRow } from './datasets.ts';
@@ -11,6 +12,34 @@ export interface QaEvalOptions {
   maxTokens?: number;
   system?: string;
   onProgress?: (done: number, total: number) => void;
+  /** Units (a row under a method, keyed by qaUnitKey) done by an earlier run: used as they are. */
+  resumed?: Map<string, QaUnit>;
+  /** Called as each unit completes (to save it). */
+  onUnit?: (key: string, unit: QaUnit) => void;
+}
+
+/** One row under one method: its samples at every ratio and the kept-bytes ratio of each. */
+export interface QaUnit {
+  samples: QaSample[];
+  kept: [ratio: number, keptBytesRatio: number][];
+}
+
+export const qaUnitKey = (method: string, index: number, id: string) => JSON.stringify([method, index, id]);
+
+/**
+ * Every row's context and longest question must fit the model's positions; checked before anything runs,
+ * so a long run does not die at its 900th row. Returns the first row that does not fit, described.
+ */
+export function qaRowTooLong(lm: LoadedModel, rows: QaRow[], opts: Pick<QaEvalOptions, 'queryTemplate' | 'system'>): string | null {
+  const limit = lm.config.maxPositionEmbeddings;
+  for (const row of rows) {
+    const layout = userContextLayout(lm, row.context, { queryTemplate: opts.queryTemplate, system: opts.system });
+    const question = Math.max(...row.questions.map((q) => layout.queryIds(q).length));
+    if (layout.ids.length + question + 1 > limit) {
+      return `row ${JSON.stringify(row.id)}: its context (${layout.ids.length} tokens with the template) and longest question (${question}) leave no room for an answer within max_position_embeddings ${limit}`;
+    }
+  }
+  return null;
 }
 
 export interface QaResult {
@@ -34,21 +63,30 @@ export interface QaSample {
 /** Multi-query QA under compression: exact match of the stripped answer, per (method, ratio). */
 export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions): Promise<{ results: QaResult[]; samples: QaSample[] }> {
   const presses = opts.methods.map(getPress);
+  const tooLong = qaRowTooLong(lm, rows, opts);
+  if (tooLong) throw new RangeError(tooLong);
   const samples: QaSample[] = [];
   const kept = new Map<string, number[]>();
   const total = rows.length * presses.length;
   let done = 0;
   for (const press of presses) {
-    for (const row of rows) {
-      for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system })) {
-        const key = `${press.name}@${point.ratio}`;
-        kept.set(key, [...(kept.get(key) ?? []), point.keptBytesRatio]);
-        for (const [qi, q] of row.questions.entries()) {
-          const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
-          const answer = r.text.trim();
-          samples.push({ id: row.id, question_index: qi, method: press.name, ratio: point.ratio, answer, expected: row.answers[qi]!, correct: answer === row.answers[qi]! });
+    for (const [index, row] of rows.entries()) {
+      const key = qaUnitKey(press.name, index, row.id);
+      let unit = opts.resumed?.get(key);
+      if (!unit) {
+        unit = { samples: [], kept: [] };
+        for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system })) {
+          unit.kept.push([point.ratio, point.keptBytesRatio]);
+          for (const [qi, q] of row.questions.entries()) {
+            const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
+            const answer = r.text.trim();
+            unit.samples.push({ id: row.id, question_index: qi, method: press.name, ratio: point.ratio, answer, expected: row.answers[qi]!, correct: answer === row.answers[qi]! });
+          }
         }
+        opts.onUnit?.(key, unit);
       }
+      for (const [ratio, k] of unit.kept) kept.set(`${press.name}@${ratio}`, [...(kept.get(`${press.name}@${ratio}`) ?? []), k]);
+      samples.push(...unit.samples);
       opts.onProgress?.(++done, total);
     }
   }

@@ -1,15 +1,20 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { ChatTemplate } from './chat-template.ts';
+import { CheckpointError } from './checkpoint-errors.ts';
+import { readRegularText } from './regular-file.ts';
 
 function readJson(path: string, what: string): Record<string, unknown> {
-  if (!existsSync(path)) throw new Error(`${what} not found: ${path}`);
+  const text = readRegularText(path, what, (msg) => new CheckpointError(msg));
+  let json: unknown;
   try {
-    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    json = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${what} is not valid JSON: ${path} (${(e as Error).message})`);
+    throw new CheckpointError(`${what} is not valid JSON: ${path} (${(e as Error).message})`);
   }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new CheckpointError(`${path}: expected a JSON object`);
+  return json as Record<string, unknown>;
 }
 
 function tokenText(t: unknown): string | undefined {
@@ -54,16 +59,35 @@ export class KvTokenizer {
       const source = this.config.chat_template;
       const text = typeof source === 'string' ? source : Array.isArray(source) ? (source.find((t) => t?.name === 'default')?.template as string | undefined) : undefined;
       if (!text) throw new Error(`no chat_template in ${join(this.dir, 'tokenizer_config.json')}; use --raw to feed prompts as is`);
-      this.chatTemplate = new ChatTemplate(text, { bos_token: tokenText(this.config.bos_token), eos_token: tokenText(this.config.eos_token) });
+      this.chatTemplate = new ChatTemplate(text, { bos_token: tokenText(this.config.bos_token), eos_token: tokenText(this.config.eos_token) }, join(this.dir, 'tokenizer_config.json'));
     }
     return this.chatTemplate;
+  }
+}
+
+/**
+ * The tokenizer, checked by encoding and decoding a probe string: @huggingface/tokenizers reads its JSON
+ * lazily, so a structural error (a model without a vocab, a malformed merge) would otherwise surface as a
+ * TypeError deep in the first encode, naming no file.
+ */
+function buildTokenizer(json: Record<string, unknown>, config: Record<string, unknown>, path: string): Tokenizer {
+  const model = json.model as Record<string, unknown> | undefined;
+  if (typeof model !== 'object' || model === null || Array.isArray(model)) throw new CheckpointError(`${path}: no "model" object (not a tokenizer.json?)`);
+  if (typeof model.vocab !== 'object' || model.vocab === null) throw new CheckpointError(`${path}: model.vocab is missing or not an object/list`);
+  if (model.merges !== undefined && !Array.isArray(model.merges)) throw new CheckpointError(`${path}: model.merges is not a list`);
+  try {
+    const tok = new Tokenizer(json as never, config as never);
+    tok.decode(tok.encode('kvlab probe: Hello, world! 123', { add_special_tokens: false }).ids);
+    return tok;
+  } catch (e) {
+    throw new CheckpointError(`${path}: not a usable tokenizer (${(e as Error).message})`);
   }
 }
 
 export function loadTokenizer(dir: string): KvTokenizer {
   const tokJson = readJson(join(dir, 'tokenizer.json'), 'tokenizer.json');
   const config = existsSync(join(dir, 'tokenizer_config.json')) ? readJson(join(dir, 'tokenizer_config.json'), 'tokenizer_config.json') : {};
-  const tok = new Tokenizer(tokJson, config);
+  const tok = buildTokenizer(tokJson, config, join(dir, 'tokenizer.json'));
   const eos = new Set<number>();
   const addIds = (v: unknown) => {
     for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'number') eos.add(x);

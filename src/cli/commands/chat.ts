@@ -4,6 +4,28 @@ import { generate } from '../../engine/generate.ts';
 import type { ChatMessage } from '../../model/chat-template.ts';
 import { intOption, numberOption, openModel, modelOptions } from '../common.ts';
 
+/**
+ * The conversation trimmed to fit `limit` positions with room for a reply: the oldest user/assistant
+ * messages are dropped (the system prompt and the new message stay). `count` gives a conversation's prompt
+ * length in tokens. Not ok when the system prompt and the new message alone do not fit.
+ */
+export function fitConversation(
+  messages: ChatMessage[],
+  count: (m: ChatMessage[]) => number,
+  limit: number,
+): { ok: true; messages: ChatMessage[]; dropped: number } | { ok: false; tokens: number } {
+  const system = messages[0]?.role === 'system' ? [messages[0]] : [];
+  const turns = messages.slice(system.length);
+  for (let dropped = 0; dropped < turns.length; dropped++) {
+    const kept = turns.slice(dropped);
+    // A conversation resumes on a user message, so an assistant reply is never left first.
+    if (kept[0]!.role !== 'user') continue;
+    const candidate = [...system, ...kept];
+    if (count(candidate) < limit) return { ok: true, messages: candidate, dropped };
+  }
+  return { ok: false, tokens: count([...system, turns.at(-1)!]) };
+}
+
 export function registerChat(program: Command): void {
   modelOptions(program.command('chat').description('interactive multi-turn chat in the terminal (/reset clears, /exit or Ctrl-D quits)'))
     .option('-s, --system <text>', 'system prompt')
@@ -33,6 +55,16 @@ export function registerChat(program: Command): void {
           continue;
         }
         messages.push({ role: 'user', content: line });
+        const fitted = fitConversation(messages, (m) => lm.tokenizer.encode(lm.tokenizer.chat.render(m, { addGenerationPrompt: true })).length, lm.config.maxPositionEmbeddings);
+        if (!fitted.ok) {
+          messages.pop();
+          process.stdout.write(`(this message does not fit the model's ${lm.config.maxPositionEmbeddings} positions even on its own: ${fitted.tokens} tokens; not sent)\n> `);
+          continue;
+        }
+        if (fitted.dropped) {
+          messages = fitted.messages;
+          process.stdout.write(`(the conversation outgrew the model's ${lm.config.maxPositionEmbeddings} positions: dropped the ${fitted.dropped} oldest message${fitted.dropped === 1 ? '' : 's'})\n`);
+        }
         const ids = lm.tokenizer.encode(lm.tokenizer.chat.render(messages, { addGenerationPrompt: true }));
         // Reuse the cache when the new prompt extends what it holds; otherwise start over.
         const reuse = fed.length > 0 && fed.length < ids.length && fed.every((id, i) => ids[i] === id);
@@ -40,11 +72,21 @@ export function registerChat(program: Command): void {
           cache = lm.newCache();
           fed = [];
         }
-        const result = await generate(lm, cache, ids.slice(fed.length), {
-          maxTokens: o.maxTokens,
-          sampling: { temperature: o.temperature, seed: o.seed },
-          onText: (t) => process.stdout.write(t),
-        });
+        let result;
+        try {
+          result = await generate(lm, cache, ids.slice(fed.length), {
+            maxTokens: o.maxTokens,
+            sampling: { temperature: o.temperature, seed: o.seed },
+            onText: (t) => process.stdout.write(t),
+          });
+        } catch (e) {
+          // The turn fails, the session goes on: the message is taken back and the cache rebuilt next turn.
+          messages.pop();
+          cache = lm.newCache();
+          fed = [];
+          process.stdout.write(`\n(this turn failed: ${(e as Error).message})\n> `);
+          continue;
+        }
         process.stdout.write('\n');
         fed = [...ids, ...result.tokens].slice(0, cache.nextPos);
         messages.push({ role: 'assistant', content: result.text });

@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
+import { readRegularText } from '../../model/regular-file.ts';
 import { getPress } from '../../press/registry.ts';
 import { collect, intOption, numberOption, openModel, modelOptions, queryTemplateOption } from '../common.ts';
 import { progressBar } from '../progress.ts';
@@ -16,7 +16,7 @@ export function registerCompress(program: Command): void {
     .option('--json', 'print {answers, cache, timings} as JSON')
     .action(async (o) => {
       const press = getPress(o.method);
-      const context = readFileSync(o.context, 'utf8');
+      const context = readRegularText(o.context, '--context file');
       const lm = openModel(o.model, o.weights, o.kvDtype);
       const prefillBar = progressBar('prefill', 512);
       const session = lm.openContext(context, {

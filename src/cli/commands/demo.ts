@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import { loadQa } from '../../eval/datasets.ts';
 import { getPress } from '../../press/registry.ts';
 import { numberOption, openModel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
@@ -12,7 +12,7 @@ export function registerDemo(program: Command): void {
     .option('--ratio <r>', 'fraction of the context kept by KVzip', numberOption('--ratio', 0, 1), 0.3)
     .action(async (o) => {
       const lm = openModel(o.model, o.weights, o.kvDtype);
-      const row = JSON.parse(readFileSync(DEMO_DATA, 'utf8').split('\n')[0]!) as { context: string; questions: string[]; answers: string[] };
+      const row = loadQa(DEMO_DATA)[0]!;
       const questions = row.questions.slice(0, 4);
       const c = lm.config;
       const out = (s: string) => process.stdout.write(`${s}\n`);

@@ -1,14 +1,16 @@
-import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { KvDtype } from '../../cache/kv-cache.ts';
-import { loadInstructions, loadLeakage } from '../../eval/datasets.ts';
-import { runPromptStudy, type StudyItem, type StudyResult } from '../../eval/prompt-study.ts';
+import { DataFileError, loadInstructions, loadLeakage, readJsonl } from '../../eval/datasets.ts';
+import { runPromptStudy, type StudyItem, type StudyResult, type StudySample } from '../../eval/prompt-study.ts';
+import { readRegularText } from '../../model/regular-file.ts';
+import { getPress } from '../../press/registry.ts';
 import { studyReport } from '../../eval/study-report.ts';
 import { writeEvalOutputs, markdownTable } from '../../eval/write-outputs.ts';
 import { instructionItems, leakageItems } from '../../eval/study-items.ts';
 import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
-import { intOption, listOption, openModel, protectOption, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
+import { evalRunOutputs, evalSettings, intOption, listOption, openModel, protectOption, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 interface StudyCliOptions {
@@ -28,6 +30,7 @@ interface StudyCliOptions {
   defense: string;
   attack: string;
   out?: string;
+  resume?: boolean;
   json?: boolean;
 }
 
@@ -43,14 +46,16 @@ function studyCommand(ev: Command, name: 'instructions' | 'leakage', description
     .option('--document <file>', '"context" variant: compress this document (user turn) together with the system prompt')
     .option('--defense <name>', 'sys_ifeval leakage: RaccoonBench defense template (standard = defense first, flipped = last)', 'standard')
     .option('--attack <id>', 'sys_ifeval leakage: attack as Category/promptN from singular_attacks.json', 'Plain/prompt1')
-    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and SVG plots here')
+    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and SVG plots here (items are saved to partial.jsonl as they complete)')
+    .option('--resume', 'continue the interrupted run whose partial.jsonl is in --out')
     .option('--json', 'print {model, results} as JSON');
 }
 
 async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): Promise<void> {
   const methods = o.method ?? ['streamingllm', 'snapkv', 'tova', 'h2o', 'knorm', 'kvzip'];
   const protections = (o.protect.length ? o.protect : ['none']).map((p) => parseProtection(p));
-  const firstRow = JSON.parse(readFileSync(o.data, 'utf8').split('\n')[0]!) as Record<string, unknown>;
+  const firstRow = readJsonl(o.data)[0]?.value;
+  if (!firstRow) throw new DataFileError(`${o.data}: no rows`);
   const format = o.format ?? ('instruction_id_list' in firstRow ? 'sys_ifeval' : 'dev');
   let items: StudyItem[];
   if (format === 'sys_ifeval') items = externalItems(kind, o.data, { defense: o.defense, attack: o.attack });
@@ -60,15 +65,21 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     const ids = [...new Set(items.map((i) => i.id))].slice(0, o.limit);
     items = items.filter((i) => ids.includes(i.id));
   }
+  methods.forEach(getPress);
+  const document = o.document ? readRegularText(o.document, '--document file') : undefined;
+  const settings = { methods, ratios: o.ratio, protect: o.protect, format, document: o.document ? resolve(o.document) : null, defense: o.defense, attack: o.attack, order: o.order ?? false, add_defense: o.addDefense ?? false };
+  const partial = await evalRunOutputs<StudySample[]>(o.out, o.resume, evalSettings(`eval ${kind}`, o, settings));
   const lm = openModel(o.model, o.weights, o.kvDtype);
   const bar = progressBar(`eval ${kind}`, 1);
   const { results, samples } = await runPromptStudy(lm, items, {
     methods,
     ratios: o.ratio,
     protections,
-    document: o.document ? readFileSync(o.document, 'utf8') : undefined,
+    document,
     maxTokens: o.maxTokens,
     onProgress: (d, t) => bar.update(d, t),
+    resumed: partial?.done,
+    onUnit: (key, unit) => partial?.record(key, unit),
   });
   bar.stop();
   const flat = results.map(flatten);
@@ -77,6 +88,7 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     const { report, plots } = studyReport(kind, lm.dir, o.data, results);
     const rows = samples.map((s) => ({ id: s.id, variant: s.variant, method: s.method, ratio: s.ratio, protect: s.protect, response: s.response, ...s.metrics, ...prefixKeys('keep_', s.keepRate) }));
     const files = writeEvalOutputs(o.out, { results: summary, samples: rows, report, plots });
+    partial?.finish();
     if (!o.json) process.stdout.write(`wrote ${files.join(', ')}\n`);
   }
   if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);

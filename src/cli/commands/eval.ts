@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
-import { loadQa } from '../../eval/datasets.ts';
-import { evalQa } from '../../eval/qa-eval.ts';
+import { DataFileError, loadQa } from '../../eval/datasets.ts';
+import { evalQa, qaRowTooLong, type QaUnit } from '../../eval/qa-eval.ts';
+import { getPress } from '../../press/registry.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
-import { intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
+import { evalRunOutputs, evalSettings, intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
 import { progressBar } from '../progress.ts';
 
@@ -16,13 +17,18 @@ export function registerEval(program: Command): Command {
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, 'Question: {query}')
     .option('--limit <n>', 'only the first n rows', intOption('--limit', 1))
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
-    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and plots here')
+    .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and plots here (rows are saved to partial.jsonl as they complete)')
+    .option('--resume', 'continue the interrupted run whose partial.jsonl is in --out')
     .option('--json', 'print {model, results} as JSON')
     .action(async (o) => {
       const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
+      methods.forEach(getPress);
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
+      const partial = await evalRunOutputs<QaUnit>(o.out, o.resume, evalSettings('eval qa', o, { methods, ratios: o.ratio, query_template: o.queryTemplate }));
       const lm = openModel(o.model, o.weights, o.kvDtype);
+      const tooLong = qaRowTooLong(lm, rows, { queryTemplate: o.queryTemplate });
+      if (tooLong) throw new DataFileError(`${o.data}: ${tooLong}`);
       const bar = progressBar('eval qa', 1);
       const { results, samples } = await evalQa(lm, rows, {
         methods,
@@ -30,6 +36,8 @@ export function registerEval(program: Command): Command {
         queryTemplate: o.queryTemplate,
         maxTokens: o.maxTokens,
         onProgress: (d, t) => bar.update(d, t),
+        resumed: partial?.done,
+        onUnit: (key, unit) => partial?.record(key, unit),
       });
       bar.stop();
       const summary = { model: lm.dir, data: o.data, results };
@@ -46,6 +54,7 @@ export function registerEval(program: Command): Command {
         });
         const report = `# QA under compression\n\nModel: ${lm.dir}\nData: ${o.data} (${rows.length} contexts, ${samples.length / Math.max(1, results.length)} questions per point)\n\n${markdownTable(results as unknown as Record<string, unknown>[])}\n![accuracy vs ratio](accuracy.svg)\n`;
         const files = writeEvalOutputs(o.out, { results: summary, samples: samples as unknown as Record<string, unknown>[], report, plots: { 'accuracy.svg': plot } });
+        partial?.finish();
         if (!o.json) process.stdout.write(`wrote ${files.join(', ')}\n`);
       }
       if (o.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
