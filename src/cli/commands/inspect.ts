@@ -4,14 +4,23 @@ import { collectInspection, type InspectLayout } from '../../inspect/collect.ts'
 import { inspectionJson } from '../../inspect/export-json.ts';
 import { renderInspectPage } from '../../inspect/render.ts';
 import { servePage } from '../../inspect/serve-page.ts';
-import { parseProtection } from '../../press/protect.ts';
+import { parseProtection, type Protection } from '../../press/protect.ts';
 import { writeAtomic } from '../../eval/write-outputs.ts';
-import { collect, intOption, listOption, numberOption, openModel, modelOptions, ratioList } from '../common.ts';
+import { collect, intOption, listOption, numberOption, openModel, modelOptions, queryTemplateOption, ratioList } from '../common.ts';
 import { progressBar } from '../progress.ts';
 
 function layoutOption(value: string): InspectLayout {
   if (value === 'user' || value === 'system') return value;
   throw new InvalidArgumentError(`--layout must be user or system, got "${value}"`);
+}
+
+/** --protect, parsed at option time so a bad mode fails before the model loads. */
+function protectionOption(value: string): Protection | undefined {
+  try {
+    return parseProtection(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 export function registerInspect(program: Command): void {
@@ -24,12 +33,12 @@ export function registerInspect(program: Command): void {
     .option('-s, --system <text>', 'system prompt')
     .option('--method <names>', 'one or two methods, comma-separated (see `kvlab methods`)', listOption)
     .option('-r, --ratio <r>', 'the ratio the page opens at (fraction of the context KV kept)', numberOption('--ratio', 0, 1), 0.3)
-    .option('--protect <p>', 'whitelist:NAME[,NAME], fair[:lambda], both or none', 'none')
+    .option('--protect <p>', 'whitelist:NAME[,NAME], fair[:lambda], both or none (default none)', protectionOption)
     .option('--layout <where>', 'user: the context in the user turn, the system prompt never evicted (as `kvlab compress`); system: the system prompt compressed with the context (the pitfalls study)', layoutOption, 'user')
     .option('--defense <text>', 'a sentence of the system prompt to name `defense`')
     .option('-q, --ask <question>', 'a question each method answers from its compressed cache (repeatable)', collect, [])
     .option('--answer-ratios <list>', 'ratios to answer --ask at, comma-separated (default: --ratio)', ratioList)
-    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', '{query}')
+    .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, '{query}')
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens'), 32)
     .option('--port <n>', 'port of the local page on 127.0.0.1 (0: any free port)', intOption('--port'), 8130)
     .option('--html <file>', 'write the page as one self-contained HTML file instead of serving it')
@@ -48,7 +57,7 @@ export function registerInspect(program: Command): void {
         system: o.system,
         layout: o.layout,
         defense: o.defense,
-        protection: parseProtection(o.protect),
+        protection: o.protect,
         questions: o.ask,
         answerRatios: o.answerRatios,
         maxTokens: o.maxTokens,
