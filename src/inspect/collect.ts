@@ -106,7 +106,7 @@ export async function collectInspection(lm: LoadedModel, contextText: string, op
     spans: displaySpans(lm.tokenizer, layout, layoutKind, opts.system, contextText, explicit),
     ranges,
     protection,
-    protectLabel: describeProtection(opts.protection),
+    protectLabel: describeProtection(opts.protection) + (protection !== opts.protection ? ' (template pieces inside the span always kept)' : ''),
     ratio: opts.ratio,
     answerRatios,
     questions,

@@ -101,9 +101,9 @@ function buildMethodView(m, select) {
       el('figure', {}, [grid.svg, el('figcaption', {}, ['kept fraction per layer (rows) and KV head (columns); click a cell to shade the text by that head'])]),
       el('figure', {}, [bars, el('figcaption', {}, ['keep rate per span of the compressible text'])]),
     ]),
-    text,
   );
   if (answers) root.append(answers);
+  root.append(text);
   return { data: m, select, keep: [], counts: new Int32Array(T), root, tokens, cells: grid.cells, stats, bars, answers };
 }
 
