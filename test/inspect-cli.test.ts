@@ -85,6 +85,7 @@ test('inspect refuses bad input with a clear first line', () => {
     [['--context', contextFile, '--method', 'nonsense', '--json'], /unknown method "nonsense"/],
     [['--context', empty, '--json'], /empty\.txt: the file is empty/],
     [['--context', contextFile, '--layout', 'system', '--json'], /give --system/],
+    [['--context', contextFile, '--method', 'kvzip,snapkv,tova', '--html', join(dir, 'x.html')], /one or two methods side by side, got 3/],
     [['--context', contextFile, '--layout', 'sideways'], /--layout must be user or system/],
     [['--context', contextFile, '--protect', 'fair:2', '--json'], /fair lambda must be .*in \[0, 1\]/],
     [['--context', contextFile, '--protect', 'whitelist:nosuch', '--json'], /no range named "nosuch" \(ranges: user\)/],

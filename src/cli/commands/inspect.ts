@@ -31,7 +31,7 @@ export function registerInspect(program: Command): void {
   )
     .requiredOption('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
-    .option('--method <names>', 'one or two methods, comma-separated (see `kvlab methods`)', listOption)
+    .option('--method <names>', 'one or two methods, comma-separated (see `kvlab methods`); default kvzip', listOption)
     .option('-r, --ratio <r>', 'the ratio the page opens at (fraction of the context KV kept)', numberOption('--ratio', 0, 1), 0.3)
     .option('--protect <p>', 'whitelist:NAME[,NAME], fair[:lambda], both or none (default none)', protectionOption)
     .option('--layout <where>', 'user: the context in the user turn, the system prompt never evicted (as `kvlab compress`); system: the system prompt compressed with the context (the pitfalls study)', layoutOption, 'user')
@@ -45,6 +45,7 @@ export function registerInspect(program: Command): void {
     .option('--json', 'print scores and keep sets (at --ratio and each answer ratio) as JSON instead of serving the page')
     .action(async (o) => {
       const methods: string[] = o.method?.length ? o.method : ['kvzip'];
+      if (methods.length > 2 && !o.json) throw new InvalidArgumentError(`--method: the page shows one or two methods side by side, got ${methods.length} (--json takes any number)`);
       if (o.port > 65535) throw new InvalidArgumentError(`--port must be at most 65535, got ${o.port}`);
       const context = readFileSync(o.context, 'utf8');
       if (!context.trim()) throw new Error(`--context ${o.context}: the file is empty; there is nothing to compress`);
