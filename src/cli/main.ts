@@ -8,6 +8,7 @@ import { registerDemo } from './commands/demo.ts';
 import { registerEval } from './commands/eval.ts';
 import { registerGenerate } from './commands/generate.ts';
 import { registerInfo } from './commands/info.ts';
+import { registerInspect } from './commands/inspect.ts';
 
 const program = new Command();
 program
@@ -19,6 +20,7 @@ program
 registerGenerate(program);
 registerChat(program);
 registerCompress(program);
+registerInspect(program);
 registerDemo(program);
 registerEval(program);
 registerInfo(program);

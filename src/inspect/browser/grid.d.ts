@@ -1,0 +1,1 @@
+export function decodeGrid(base64: string, layers: number, heads: number, length: number): Float32Array[][];
