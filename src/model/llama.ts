@@ -31,7 +31,13 @@ export interface ForwardOptions {
 /** One sequence of a batched step: its new tokens and the cache they continue. */
 export interface BatchSequence {
   ids: ArrayLike<number>;
+  /** The sequence's own rows; new rows are appended here. */
   cache: KvCache;
+  /**
+   * A read-only shared context the sequence continues: attention reads its rows before the cache's own, and
+   * never changes or copies them. The cache then starts at the context's next position.
+   */
+  context?: KvCache;
   /** Whether the step returns logits for the sequence's last row (default true; a prefill chunk that does not end its prompt needs none). */
   logits?: boolean;
 }
@@ -136,6 +142,9 @@ export class LlamaModel {
     const offsets = new Int32Array(seqs.length + 1);
     seqs.forEach((s, i) => {
       if (s.ids.length === 0) throw new RangeError(`forwardBatch(): sequence ${i} has no tokens`);
+      if (s.context && s.cache.nextPos < s.context.nextPos) {
+        throw new RangeError(`forwardBatch(): sequence ${i} starts at position ${s.cache.nextPos}, inside its context (${s.context.nextPos} positions)`);
+      }
       if (s.cache.nextPos + s.ids.length > cfg.maxPositionEmbeddings) {
         throw new RangeError(
           `forwardBatch(): sequence ${i} reaches ${s.cache.nextPos + s.ids.length} tokens, longer than the model allows (max_position_embeddings ${cfg.maxPositionEmbeddings})`,
@@ -191,6 +200,7 @@ export class LlamaModel {
           headDim: hd,
           qPos: pos,
           heads: s.cache.layer(l),
+          prefix: s.context?.layer(l),
           scale,
         });
       });
