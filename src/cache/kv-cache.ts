@@ -280,9 +280,12 @@ export class KvCache {
     return total;
   }
 
-  /** A copy, in another dtype if asked (to bf16: rounded to nearest even; to fp32: widened exactly), charged to `pool`. */
-  clone(dtype: KvDtype = this.dtype, pool: KvPool | undefined = this.pool): KvCache {
-    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype, pool);
+  /**
+   * A copy, in another dtype if asked (to bf16: rounded to nearest even; to fp32: widened exactly), charged to
+   * `pool` (default this cache's; null: unpooled).
+   */
+  clone(dtype: KvDtype = this.dtype, pool: KvPool | null = this.pool ?? null): KvCache {
+    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype, pool ?? undefined);
     copy.nextPos = this.nextPos;
     const d = this.headDim;
     this.forEachHead((s, l, h) => {
