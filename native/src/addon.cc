@@ -113,6 +113,12 @@ Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionPrefixed(q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale)
+Napi::Value AttentionPrefixedFn(const Napi::CallbackInfo& info) {
+  attention_prefixed_op(info)();
+  return info.Env().Undefined();
+}
+
 Napi::Value RmsnormFn(const Napi::CallbackInfo& info) {
   rmsnorm_op(info)();
   return info.Env().Undefined();
@@ -175,6 +181,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("matmulAsync", Napi::Function::New(env, MatmulAsyncFn));
   exports.Set("matmulPath", Napi::Function::New(env, MatmulPathFn));
   exports.Set("attention", Napi::Function::New(env, AttentionFn));
+  exports.Set("attentionPrefixed", Napi::Function::New(env, AttentionPrefixedFn));
   exports.Set("rmsnorm", Napi::Function::New(env, RmsnormFn));
   exports.Set("rope", Napi::Function::New(env, RopeFn));
   exports.Set("siluMul", Napi::Function::New(env, SiluMulFn));

@@ -5,8 +5,10 @@
 
 #include <functional>
 #include <utility>
+#include <vector>
 
 #include "attention.h"
+#include "attention_prefixed.h"
 #include "matmul.h"
 #include "ops.h"
 
@@ -105,6 +107,44 @@ Kernel attention_op(const A& info) {
   }
   a.query_weight = data_of<float>(info[12]);
   return [a = std::move(a)] { attention(a); };
+}
+
+// [k, v, pos, len] of each KV head; sets bf16 when the rows are bf16 bits (Uint16Array).
+inline std::vector<HeadView> head_views(const Napi::Array& heads, bool* bf16) {
+  std::vector<HeadView> views;
+  for (uint32_t g = 0; g < heads.Length(); g++) {
+    Napi::Array h = heads.Get(g).As<Napi::Array>();
+    HeadView view{nullptr, nullptr, data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))};
+    *bf16 = is_bf16(h.Get(0u));
+    if (*bf16) {
+      view.k16 = data_of<uint16_t>(h.Get(0u));
+      view.v16 = data_of<uint16_t>(h.Get(1u));
+    } else {
+      view.k = data_of<float>(h.Get(0u));
+      view.v = data_of<float>(h.Get(1u));
+    }
+    views.push_back(view);
+  }
+  return views;
+}
+
+// (q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale): attention over a
+// shared prefix's rows followed by each head's own
+template <class A>
+Kernel attention_prefixed_op(const A& info) {
+  Attention a;
+  a.q = data_of<float>(info[0]);
+  a.out = data_of<float>(info[1]);
+  a.nq = int(num(info[2]));
+  a.n_heads = int(num(info[3]));
+  a.n_kv = int(num(info[4]));
+  a.d = int(num(info[5]));
+  a.q_pos = data_of<int32_t>(info[6]);
+  a.heads = head_views(info[7].template As<Napi::Array>(), &a.bf16);
+  bool prefix_bf16 = a.bf16;
+  std::vector<HeadView> prefix = head_views(info[8].template As<Napi::Array>(), &prefix_bf16);
+  a.scale = float(dbl(info[9]));
+  return [a = std::move(a), prefix = std::move(prefix)] { attention_prefixed(a, prefix); };
 }
 
 // (out, x, n, dim, weight, eps)

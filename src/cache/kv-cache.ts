@@ -2,8 +2,10 @@ import { alignedFloat32Array, alignedUint16Array } from '../tensor/aligned.ts';
 import type { Backend, KvHeadView, KvRows } from '../tensor/backend.ts';
 import { kvRowsToF32 } from '../tensor/dtype.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
+import { blockRows, KV_BLOCK_ROWS, kvRowBytes, type KvPool } from './kv-pool.ts';
 
-const MIN_CAPACITY = 16;
+/** Rows an unpooled head starts with (a pooled one starts empty and takes blocks as rows arrive). */
+const MIN_CAPACITY = KV_BLOCK_ROWS;
 
 /**
  * How cache rows are stored: fp32, or bf16 (half the bytes to hold and to read per decoded token; keys and
@@ -21,17 +23,28 @@ function rows(dtype: KvDtype, length: number): KvRows {
   return dtype === 'bf16' ? alignedUint16Array(length) : alignedFloat32Array(length);
 }
 
-/** One (layer, KV head) slot: rows [0, len) of post-RoPE keys, values and their absolute positions. */
+/**
+ * One (layer, KV head) slot: rows [0, len) of post-RoPE keys, values and their absolute positions. Storage
+ * is a whole number of KV_BLOCK_ROWS-row blocks; with a pool, every block is charged to it, and blocks past
+ * the rows held are given back as soon as rows are evicted or truncated away.
+ */
 export class HeadStore implements KvHeadView {
   k: KvRows;
   v: KvRows;
   pos: Int32Array;
   len = 0;
 
-  constructor(readonly headDim: number, capacity = MIN_CAPACITY, readonly dtype: KvDtype = 'f32') {
-    this.k = rows(dtype, capacity * headDim);
-    this.v = rows(dtype, capacity * headDim);
-    this.pos = new Int32Array(capacity);
+  /** A pooled head starts empty (`capacity` applies to unpooled ones) and takes blocks as rows arrive. */
+  constructor(readonly headDim: number, capacity = MIN_CAPACITY, readonly dtype: KvDtype = 'f32', readonly pool?: KvPool) {
+    const cap = pool ? 0 : blockRows(capacity);
+    this.k = rows(dtype, cap * headDim);
+    this.v = rows(dtype, cap * headDim);
+    this.pos = new Int32Array(cap);
+  }
+
+  /** Bytes of storage this head holds (whole blocks: keys, values, positions), the figure a pool is charged. */
+  get allocatedBytes(): number {
+    return this.capacity * kvRowBytes(this.headDim, this.dtype);
   }
 
   /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one. */
@@ -48,9 +61,15 @@ export class HeadStore implements KvHeadView {
     return this.pos.length;
   }
 
+  /** Makes room for `rows` rows in all (growing by half the capacity at least, so appends copy rarely). */
   reserve(rows: number): void {
     if (rows <= this.capacity) return;
-    this.resize(Math.max(rows, Math.ceil(this.capacity * 1.5), MIN_CAPACITY));
+    this.resize(blockRows(Math.max(rows, Math.ceil(this.capacity * 1.5), KV_BLOCK_ROWS)));
+  }
+
+  /** Room for exactly `rows` rows in all (whole blocks), no geometric growth: for callers that know the final length. */
+  reserveExact(rows: number): void {
+    if (rows > this.capacity) this.resize(blockRows(rows));
   }
 
   /**
@@ -65,7 +84,7 @@ export class HeadStore implements KvHeadView {
     return first;
   }
 
-  /** Keeps rows at the given strictly increasing indices, compacting in place; shrinks the allocation when mostly empty. */
+  /** Keeps rows at the given strictly increasing indices, compacting in place; blocks no longer needed are freed at once. */
   keep(indices: ArrayLike<number>): void {
     const d = this.headDim;
     let prev = -1;
@@ -85,18 +104,30 @@ export class HeadStore implements KvHeadView {
     this.shrinkToFit();
   }
 
+  /** Drops rows past `len`; the blocks they took are freed at once. */
   truncate(len: number): void {
     if (len > this.len) throw new RangeError(`truncate(${len}) beyond the current length ${this.len}`);
     this.len = len;
+    this.shrinkToFit();
   }
 
-  /** Releases spare capacity when less than half of it is used. */
+  /** Frees every block past the last one holding rows (an unpooled head keeps one block at least). */
   shrinkToFit(): void {
-    if (this.capacity > MIN_CAPACITY && this.len < this.capacity / 2) this.resize(Math.max(this.len, MIN_CAPACITY));
+    const need = blockRows(Math.max(this.len, this.pool ? 0 : MIN_CAPACITY));
+    if (need < this.capacity) this.resize(need);
+  }
+
+  /** Drops every row and frees all storage. */
+  release(): void {
+    this.len = 0;
+    this.shrinkToFit();
   }
 
   private resize(capacity: number): void {
     const d = this.headDim;
+    const delta = (capacity - this.capacity) * kvRowBytes(d, this.dtype);
+    if (delta > 0) this.pool?.allocate(delta, `a KV head of ${capacity} rows`);
+    else this.pool?.release(-delta);
     const k = rows(this.dtype, capacity * d);
     const v = rows(this.dtype, capacity * d);
     const pos = new Int32Array(capacity);
@@ -130,8 +161,15 @@ export class KvCache {
   private epoch = 0;
   private busyWith: string | null = null;
 
-  constructor(readonly numLayers: number, readonly numKvHeads: number, readonly headDim: number, readonly dtype: KvDtype = 'f32') {
-    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim, undefined, dtype)));
+  constructor(
+    readonly numLayers: number,
+    readonly numKvHeads: number,
+    readonly headDim: number,
+    readonly dtype: KvDtype = 'f32',
+    /** Where the heads' blocks are charged; without one the cache is unbounded. */
+    readonly pool?: KvPool,
+  ) {
+    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim, undefined, dtype, pool)));
   }
 
   layer(l: number): HeadStore[] {
@@ -193,6 +231,23 @@ export class KvCache {
     this.nextPos = mark.nextPos;
   }
 
+  /**
+   * Gives every head room for `rows` more rows (exactly, in whole blocks), so appends up to that many never
+   * reallocate; with a pool this charges the growth now, or throws KvPoolExhaustedError.
+   */
+  reserveRows(rows: number): void {
+    this.assertIdle('reserveRows');
+    this.forEachHead((s) => s.reserveExact(s.len + rows));
+  }
+
+  /** Drops every row and returns all storage (to the pool, if any) at once; the cache can be filled again. */
+  release(): void {
+    this.assertIdle('release');
+    this.forEachHead((s) => s.release());
+    this.nextPos = 0;
+    this.epoch++;
+  }
+
   keep(l: number, h: number, indices: ArrayLike<number>): void {
     this.assertIdle('keep');
     this.heads[l]![h]!.keep(indices);
@@ -218,14 +273,24 @@ export class KvCache {
     return total;
   }
 
-  /** A copy, in another dtype if asked (to bf16: rounded to nearest even; to fp32: widened exactly). */
-  clone(dtype: KvDtype = this.dtype): KvCache {
-    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype);
+  /** Bytes of the blocks the heads hold (what a pool is charged for this cache). */
+  blockBytes(): number {
+    let total = 0;
+    this.forEachHead((s) => (total += s.allocatedBytes));
+    return total;
+  }
+
+  /**
+   * A copy, in another dtype if asked (to bf16: rounded to nearest even; to fp32: widened exactly), charged to
+   * `pool` (default this cache's; null: unpooled).
+   */
+  clone(dtype: KvDtype = this.dtype, pool: KvPool | null = this.pool ?? null): KvCache {
+    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype, pool ?? undefined);
     copy.nextPos = this.nextPos;
     const d = this.headDim;
     this.forEachHead((s, l, h) => {
       const t = copy.head(l, h);
-      t.reserve(s.len);
+      t.reserveExact(s.len);
       if (dtype === this.dtype) {
         t.k.set(s.k.subarray(0, s.len * d));
         t.v.set(s.v.subarray(0, s.len * d));

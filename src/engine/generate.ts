@@ -3,6 +3,7 @@ import { checkLogits } from '../model/non-finite.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { prefill, type PrefillOptions } from '../model/prefill.ts';
 import { Sampler, type SamplingOptions } from './sampler.ts';
+import { firstStop, stableLength } from './stop-strings.ts';
 
 export interface GenerateOptions {
   maxTokens?: number;
@@ -90,28 +91,4 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
       decodeTokensPerSecond: tokens.length > 1 ? ((tokens.length - 1) * 1000) / decodeMs : 0,
     },
   };
-}
-
-function firstStop(text: string, stops: string[]): number {
-  let at = -1;
-  for (const s of stops) {
-    const i = text.indexOf(s);
-    if (i >= 0 && (at < 0 || i < at)) at = i;
-  }
-  return at;
-}
-
-/** How much of text is final: not ending in a replacement char of an unfinished UTF-8 sequence, nor a stop-string prefix. */
-function stableLength(text: string, stops: string[]): number {
-  let end = text.length;
-  while (end > 0 && text[end - 1] === '\uFFFD') end--;
-  for (const s of stops) {
-    for (let k = Math.min(s.length - 1, end); k > 0; k--) {
-      if (text.slice(end - k, end) === s.slice(0, k)) {
-        end -= k;
-        break;
-      }
-    }
-  }
-  return end;
 }

@@ -28,6 +28,20 @@ export interface ForwardOptions {
   stats?: (layer: number) => AttentionStats | undefined;
 }
 
+/** One sequence of a batched step: its new tokens and the cache they continue. */
+export interface BatchSequence {
+  ids: ArrayLike<number>;
+  /** The sequence's own rows; new rows are appended here. */
+  cache: KvCache;
+  /**
+   * A read-only shared context the sequence continues: attention reads its rows before the cache's own, and
+   * never changes or copies them. The cache then starts at the context's next position.
+   */
+  context?: KvCache;
+  /** Whether the step returns logits for the sequence's last row (default true; a prefill chunk that does not end its prompt needs none). */
+  logits?: boolean;
+}
+
 /**
  * The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms;
  * attention_bias checkpoints also carry an o_proj bias).
@@ -78,6 +92,145 @@ export class LlamaModel {
       cache.truncate(mark);
       throw e;
     }
+  }
+
+  /**
+   * One step for several sequences at once: their rows are stacked so every linear layer runs once over all of
+   * them (the weights stream once per step), while RoPE, the cache append and attention run per sequence on its
+   * own positions and its own ragged cache. Each sequence may feed any number of rows (a decode token or a
+   * prefill chunk). Returns the logits of each sequence's last row ([vocab]), or null where not asked for.
+   */
+  forwardBatch(seqs: readonly BatchSequence[]): (Float32Array | null)[] {
+    return this.batchPass(this.backend, seqs);
+  }
+
+  /** forwardBatch() run off the JS thread as one async work, as forwardAsync() does for one sequence. */
+  async forwardBatchAsync(seqs: readonly BatchSequence[]): Promise<(Float32Array | null)[]> {
+    for (const s of seqs) if (s.cache.busy) throw new Error('forwardBatchAsync(): a cache is in use by another async step; await it first');
+    if (new Set(seqs.map((s) => s.cache)).size !== seqs.length) throw new Error('forwardBatchAsync(): two sequences of a batch share one cache');
+    const recording = this.backend.recordStep?.();
+    if (!recording) {
+      await new Promise((resolve) => setImmediate(resolve));
+      return this.forwardBatch(seqs);
+    }
+    const marks = seqs.map((s) => s.cache.mark());
+    try {
+      const logits = this.batchPass(recording.backend, seqs);
+      for (const s of seqs) s.cache.setBusy('forwardBatchAsync()');
+      try {
+        await recording.run();
+      } finally {
+        for (const s of seqs) s.cache.setBusy(null);
+      }
+      return logits;
+    } catch (e) {
+      seqs.forEach((s, i) => s.cache.truncate(marks[i]!));
+      throw e;
+    }
+  }
+
+  /** The batched pass, every operation on activations issued through `be`. */
+  private batchPass(be: Backend, seqs: readonly BatchSequence[]): (Float32Array | null)[] {
+    const cfg = this.config;
+    const W = this.weights;
+    if (seqs.length === 0) throw new RangeError('forwardBatch() needs at least one sequence');
+    const D = cfg.hiddenSize;
+    const nH = cfg.numHeads;
+    const nKv = cfg.numKvHeads;
+    const hd = cfg.headDim;
+    // Row offsets of each sequence in the stacked activations, and every row's absolute position.
+    const offsets = new Int32Array(seqs.length + 1);
+    seqs.forEach((s, i) => {
+      if (s.ids.length === 0) throw new RangeError(`forwardBatch(): sequence ${i} has no tokens`);
+      if (s.context && s.cache.nextPos < s.context.nextPos) {
+        throw new RangeError(`forwardBatch(): sequence ${i} starts at position ${s.cache.nextPos}, inside its context (${s.context.nextPos} positions)`);
+      }
+      if (s.cache.nextPos + s.ids.length > cfg.maxPositionEmbeddings) {
+        throw new RangeError(
+          `forwardBatch(): sequence ${i} reaches ${s.cache.nextPos + s.ids.length} tokens, longer than the model allows (max_position_embeddings ${cfg.maxPositionEmbeddings})`,
+        );
+      }
+      offsets[i + 1] = offsets[i]! + s.ids.length;
+    });
+    const n = offsets[seqs.length]!;
+    const ids = new Int32Array(n);
+    const positions = new Int32Array(n);
+    seqs.forEach((s, i) => {
+      for (let r = 0; r < s.ids.length; r++) {
+        ids[offsets[i]! + r] = s.ids[r]!;
+        positions[offsets[i]! + r] = s.cache.nextPos + r;
+      }
+    });
+    const rowsOf = (a: Float32Array, i: number, width: number) => a.subarray(offsets[i]! * width, offsets[i + 1]! * width);
+
+    const x = new Float32Array(n * D);
+    be.embedding(x, W.embed, ids);
+    const xn = new Float32Array(n * D);
+    const q = new Float32Array(n * nH * hd);
+    const k = new Float32Array(n * nKv * hd);
+    const v = new Float32Array(n * nKv * hd);
+    const attn = new Float32Array(n * nH * hd);
+    const proj = new Float32Array(n * D);
+    const gate = new Float32Array(n * cfg.intermediateSize);
+    const up = new Float32Array(n * cfg.intermediateSize);
+    const scale = 1 / Math.sqrt(hd);
+
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const L = W.layers[l]!;
+      be.rmsnorm(xn, x, n, D, L.inputNorm, cfg.rmsNormEps);
+      be.matmul(q, xn, n, L.wq);
+      be.matmul(k, xn, n, L.wk);
+      be.matmul(v, xn, n, L.wv);
+      if (L.bq) be.addRowBias(q, n, L.bq);
+      if (L.bk) be.addRowBias(k, n, L.bk);
+      if (L.bv) be.addRowBias(v, n, L.bv);
+      if (L.qNorm) be.rmsnorm(q, q, n * nH, hd, L.qNorm, cfg.rmsNormEps);
+      if (L.kNorm) be.rmsnorm(k, k, n * nKv, hd, L.kNorm, cfg.rmsNormEps);
+      be.rope(q, n, nH, positions, this.rope);
+      be.rope(k, n, nKv, positions, this.rope);
+      seqs.forEach((s, i) => {
+        const pos = positions.subarray(offsets[i]!, offsets[i + 1]!);
+        s.cache.appendLayer(l, rowsOf(k, i, nKv * hd), rowsOf(v, i, nKv * hd), pos, be);
+        be.attention({
+          q: rowsOf(q, i, nH * hd),
+          out: rowsOf(attn, i, nH * hd),
+          nq: pos.length,
+          nHeads: nH,
+          nKvHeads: nKv,
+          headDim: hd,
+          qPos: pos,
+          heads: s.cache.layer(l),
+          prefix: s.context?.layer(l),
+          scale,
+        });
+      });
+      be.matmul(proj, attn, n, L.wo);
+      if (L.bo) be.addRowBias(proj, n, L.bo);
+      be.add(x, x, proj, n * D);
+
+      be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);
+      be.matmul(gate, xn, n, L.gate);
+      be.matmul(up, xn, n, L.up);
+      be.siluMul(gate, gate, up, n * cfg.intermediateSize);
+      be.matmul(proj, gate, n, L.down);
+      be.add(x, x, proj, n * D);
+    }
+    seqs.forEach((s) => s.cache.advance(s.ids.length));
+
+    // The LM head runs once over the last rows of the sequences that want logits.
+    const wanted = seqs.map((s, i) => (s.logits === false ? -1 : i)).filter((i) => i >= 0);
+    const out: (Float32Array | null)[] = seqs.map(() => null);
+    if (wanted.length === 0) return out;
+    const last = new Float32Array(wanted.length * D);
+    // Through the backend: in a recorded step x holds its values only once the step runs.
+    wanted.forEach((i, r) => be.copyRows(last, r * D, x, (offsets[i + 1]! - 1) * D, D, 1, D));
+    const normed = new Float32Array(wanted.length * D);
+    be.rmsnorm(normed, last, wanted.length, D, W.finalNorm, cfg.rmsNormEps);
+    const vocab = W.lmHead.rows;
+    const logits = new Float32Array(wanted.length * vocab);
+    be.matmul(logits, normed, wanted.length, W.lmHead);
+    wanted.forEach((i, r) => (out[i] = logits.subarray(r * vocab, (r + 1) * vocab)));
+    return out;
   }
 
   /** The forward pass, every operation on activations issued through `be`. */

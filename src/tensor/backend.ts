@@ -58,6 +58,12 @@ export interface AttentionArgs {
   qPos: Int32Array;
   /** One view per KV head; query head h reads KV head floor(h / (nHeads / nKvHeads)). */
   heads: KvHeadView[];
+  /**
+   * Optional rows read before each head's own, one view per KV head (a shared read-only context): keys of both
+   * take part in one softmax, as if the head held the prefix's rows followed by its own. Same dtype as heads.
+   * Not combined with stats.
+   */
+  prefix?: KvHeadView[];
   scale: number;
   stats?: AttentionStats;
 }

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import type { AttentionArgs, Backend, KvRows, RopeTable, StepRecording, Weight } from './backend.ts';
+import type { AttentionArgs, Backend, KvHeadView, KvRows, RopeTable, StepRecording, Weight } from './backend.ts';
 import { StepList, type Kernels } from './step-list.ts';
 
 export interface NativeInfo {
@@ -58,6 +58,19 @@ export interface Addon {
     max: Float32Array[] | null,
     sum: Float32Array[] | null,
     queryWeight: Float32Array | null,
+  ): void;
+  /** attention() over a shared prefix's rows followed by each head's own (no statistics). */
+  attentionPrefixed(
+    q: Float32Array,
+    out: Float32Array,
+    nq: number,
+    nHeads: number,
+    nKv: number,
+    d: number,
+    qPos: Int32Array,
+    heads: [KvRows, KvRows, Int32Array, number][],
+    prefix: [KvRows, KvRows, Int32Array, number][],
+    scale: number,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -125,7 +138,7 @@ export function loadAddon(): Addon | null {
   if (addon || loadError) return addon;
   try {
     const lib = createRequire(import.meta.url)(ADDON_PATH) as Partial<Addon>;
-    if (typeof lib.runStep !== 'function' || typeof lib.mapFile !== 'function') {
+    if (typeof lib.runStep !== 'function' || typeof lib.mapFile !== 'function' || typeof lib.attentionPrefixed !== 'function') {
       throw new Error(`${ADDON_PATH} is an older build of the addon; rebuild it with npm run build:native`);
     }
     addon = lib as Addon;
@@ -270,13 +283,23 @@ export class NativeBackend implements Backend {
     if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
     if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
     const bf16 = a.heads[0]!.k instanceof Uint16Array;
-    for (let g = 0; g < nKvHeads; g++) {
-      const h = a.heads[g]!;
-      if (h.k instanceof Uint16Array !== bf16 || h.v instanceof Uint16Array !== bf16) throw new TypeError(`attention: KV head ${g} mixes fp32 and bf16 rows (every head's k and v must be one dtype)`);
-      if (h.k.length < h.len * d || h.v.length < h.len * d || h.pos.length < h.len) throw new RangeError(`attention: KV head ${g} shorter than its len ${h.len}`);
-      if ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len)) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
+    if (a.prefix && a.prefix.length < nKvHeads) throw new RangeError(`attention: ${a.prefix.length} prefix views for ${nKvHeads} KV heads`);
+    for (let x = 0; x < nKvHeads * (a.prefix ? 2 : 1); x++) {
+      const g = x % nKvHeads;
+      const h = x < nKvHeads ? a.heads[g]! : a.prefix![g]!;
+      const name = x < nKvHeads ? `KV head ${g}` : `the prefix of KV head ${g}`;
+      if (h.k instanceof Uint16Array !== bf16 || h.v instanceof Uint16Array !== bf16) throw new TypeError(`attention: ${name} mixes fp32 and bf16 rows (every head's k and v must be one dtype)`);
+      if (h.k.length < h.len * d || h.v.length < h.len * d || h.pos.length < h.len) throw new RangeError(`attention: ${name} shorter than its len ${h.len}`);
+      if (x < nKvHeads && ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len))) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
     if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
+    const views = (hs: KvHeadView[]) => hs.slice(0, nKvHeads).map((h): [KvRows, KvRows, Int32Array, number] => [h.k, h.v, h.pos, h.len]);
+    if (a.prefix) {
+      if (a.stats || !a.out) throw new Error('attention: a shared-prefix call computes outputs only, no statistics');
+      if (nHeads / nKvHeads > 16) throw new RangeError(`attention: a shared-prefix call takes at most 16 query heads per KV head, got ${nHeads / nKvHeads}`);
+      this.k.attentionPrefixed(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads), views(a.prefix), a.scale);
+      return;
+    }
     this.k.attention(
       a.q,
       a.out,

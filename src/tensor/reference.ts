@@ -115,7 +115,27 @@ export class ReferenceBackend implements Backend {
   attention(a: AttentionArgs): void {
     const { q, out, nq, nHeads, nKvHeads, headDim: d, qPos, scale, stats } = a;
     const group = nHeads / nKvHeads;
-    const heads = a.heads.slice(0, nKvHeads).map((h) => ({ ...h, k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) }));
+    if (a.prefix && stats) throw new Error('attention: statistics over a prefixed (shared-context) call are not supported');
+    const heads = a.heads.slice(0, nKvHeads).map((h, g) => {
+      const p = a.prefix?.[g];
+      if (!p) return { ...h, k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) };
+      // The prefix's rows, then the head's own, as one head.
+      const cat = (x: Float32Array, y: Float32Array) => {
+        const r = new Float32Array(x.length + y.length);
+        r.set(x);
+        r.set(y, x.length);
+        return r;
+      };
+      const pos = new Int32Array(p.len + h.len);
+      pos.set(p.pos.subarray(0, p.len));
+      pos.set(h.pos.subarray(0, h.len), p.len);
+      return {
+        k: cat(kvRowsToF32(p.k, 0, p.len * d), kvRowsToF32(h.k, 0, h.len * d)),
+        v: cat(kvRowsToF32(p.v, 0, p.len * d), kvRowsToF32(h.v, 0, h.len * d)),
+        pos,
+        len: p.len + h.len,
+      };
+    });
     for (let h = 0; h < nHeads; h++) {
       const g = Math.floor(h / group);
       const kv = heads[g]!;
