@@ -61,7 +61,7 @@ test('inspector selection: every budget policy and protection on tied scores equ
 });
 
 test('inspector selection: an unknown budget policy is refused by name', () => {
-  assert.throws(() => budgetSpec({ name: 'mystery', select: () => [] }), /no browser-side selection for budget policy "mystery"/);
+  assert.throws(() => budgetSpec({ name: 'mystery', select: () => [], expectedKept: () => ({ level: 'total', counts: [0] }) }), /no browser-side selection for budget policy "mystery"/);
 });
 
 /** Decodes the page's data the way the page does and checks its selection against the engine's at each ratio. */
