@@ -1,8 +1,7 @@
 // AVX-512 decode GEMVs: weights widened exactly in registers (fp32 products, fp32 sums), 16 lanes, tails by
 // masks. The row walk and its prefetch are gemv_walk.h's. 16-bit weights are read 16 at a time (256-bit loads)
-// and widened: on a Zen 5, bf16 read 32 at a time (one 512-bit load per line, even/odd halves as the AVX2
-// kernel does) streamed at 45.6 GB/s where this read 76.1 (decode matmuls of llama-3.2-1b from DRAM, four
-// row ranges per thread, alternating in one process).
+// and widened (from DRAM this streams faster than reading bf16 32 at a time as even/odd halves of one 512-bit
+// load, as the AVX2 kernel does).
 // GCC 12 warns that _mm512_reduce_add_ps reads an uninitialized value (its extract intrinsics); a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
@@ -61,8 +60,7 @@ __attribute__((target(AVX512))) void rows_float(const Matmul& m, const long* rr,
 
 // int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator. The rows
 // of a pass are evenly spaced (both walks make them so): one row pointer and one stride, unmasked loads but for
-// a group's last partial step (L2-resident on one thread, 4 rows of g128 on a Zen 5: 31 -> 36-39 GB/s over a
-// pointer per row with masked loads throughout).
+// a group's last partial step.
 template <int R, int N>
 __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, const PassPrefetch& pf) {
   const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
