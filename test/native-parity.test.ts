@@ -10,8 +10,9 @@
  *     64 columns: activations quantized per group, or per 128 columns, to step a = max|x_block| / 127; groups
  *     nest in the 128-column blocks the bound takes its maxima over): |err| <= sum_k (a_k / 2) |w_k| + (K + 2) u S.
  * Attention, rmsnorm, rope and silu compare to the reference's fp64 arithmetic at 1e-5 / 1e-6 relative.
- * The suite reruns itself in child processes under KVLAB_ISA=avx2, KVLAB_ISA=scalar and KVLAB_AMX_EMULATE=1
- * (the AMX GEMM's tiling and tails on a scalar tile model), so every dispatch level is checked here.
+ * The suite reruns itself in child processes under KVLAB_ISA=avx512f (AVX-512 CPUs only: no BF16, no VNNI),
+ * KVLAB_ISA=avx2, KVLAB_ISA=scalar and KVLAB_AMX_EMULATE=1 (the AMX GEMM's tiling and tails on a scalar tile
+ * model), so every dispatch level is checked here.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -365,11 +366,10 @@ test(`[${mode}] attention: decode and two-row queries over a long cache, with st
   }
 });
 
-test(`[${mode}] attention: the address-order decode kernels give the bits of the paired ones`, { skip }, () => {
-  // On AVX2 without AVX-512, decode with d <= 64, 96 or 128 reads keys and values in address order (attn_rows);
-  // turned off, the same logits and P . V come from the four-row kernels. Both sum in the same order, so the
-  // outputs agree exactly.
-  const lib = loadAddon()!;
+test(`[${mode}] attention: decode of one or two query rows matches the reference for every head size, with statistics`, { skip }, () => {
+  // On AVX2 without AVX-512, head sizes up to 64, 96 and 128 take the address-order kernels and the other multiples
+  // of 8 the four-row ones; on AVX-512, multiples of 16 up to 128 take the decode tiles and the rest the generic
+  // tiles; elsewhere the scalar path. Every head size must give the reference's outputs and statistics.
   const nat = new NativeBackend();
   for (const [nHeads, nKv, d, len] of [
     [32, 8, 64, 1037],
@@ -378,97 +378,69 @@ test(`[${mode}] attention: the address-order decode kernels give the bits of the
     [8, 1, 16, 9],
     [16, 2, 128, 301],
     [3, 1, 96, 70],
+    [4, 2, 80, 130],
+    [6, 3, 112, 90],
+    [4, 1, 136, 50],
+    [4, 2, 24, 33],
   ] as const)
     for (const nq of [1, 2]) {
       const heads = Array.from({ length: nKv }, (_, g) => head(len - 3 * g, d, Array.from({ length: len - 3 * g }, (_, i) => i)));
       const args = { q: vec(nq * nHeads * d, 2), nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => len - 1 - (len >> 2) * i), heads, scale: 1 / Math.sqrt(d) };
-      const run = (rows: number) => {
-        assert.ok(lib.setTuning('attn_rows', rows));
+      const run = (be: NativeBackend | ReferenceBackend) => {
         const out = new Float32Array(nq * nHeads * d);
         const sum = heads.map((h) => new Float32Array(h.len));
-        nat.attention({ ...args, out, stats: { fromQuery: 0, sum } });
+        be.attention({ ...args, out, stats: { fromQuery: 0, sum } });
         return { out, sum };
       };
-      try {
-        const on = run(1);
-        const off = run(0);
-        const label = `${nHeads}:${nKv} d=${d} len=${len} nq=${nq}`;
-        assert.deepEqual(on.out, off.out, `outputs ${label}`);
-        on.sum.forEach((s, g) => assert.deepEqual(s, off.sum[g], `statistics ${label}`));
-        assert.ok(maxRelErr(on.out, run1Ref(args)) < 1e-5, `against the reference ${label}`);
-      } finally {
-        lib.setTuning('attn_rows', 1);
+      const a = run(nat);
+      const b = run(ref);
+      const label = `${nHeads}:${nKv} d=${d} len=${len} nq=${nq}`;
+      assert.ok(maxRelErr(a.out, b.out) < 1e-5, `outputs ${label}: ${maxRelErr(a.out, b.out)}`);
+      a.sum.forEach((x, g) => assert.ok(maxRelErr(x, b.sum[g]!) < 1e-5, `statistics ${label} head ${g}`));
+    }
+});
+test(`[${mode}] matmul: a decode GEMV gives each activation row the bits it gets alone`, { skip }, () => {
+  // A thread's rows are read as several ranges side by side (four, three on VNNI int8, two for more than two
+  // activation rows); each output is summed in the same order whatever the number of rows and ranges, over odd
+  // row counts that leave rows past the last whole pass.
+  const nat = new NativeBackend();
+  for (const kind of [...KINDS, 'int8/g256'] as const)
+    for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256], [9, 512]] as const) {
+      const w = weight(kind, rows, cols);
+      for (const n of [2, 3, 5]) {
+        const x = vec(n * cols);
+        const out = new Float32Array(n * rows);
+        nat.matmul(out, x, n, w);
+        for (let t = 0; t < n; t++) {
+          const alone = new Float32Array(rows);
+          nat.matmul(alone, x.subarray(t * cols, (t + 1) * cols), 1, w);
+          assert.deepEqual(out.subarray(t * rows, (t + 1) * rows), alone, `${kind} ${rows}x${cols} n=${n} row ${t}`);
+        }
       }
     }
-  function run1Ref(args: Omit<Parameters<ReferenceBackend['attention']>[0], 'out'>): Float32Array {
-    const out = new Float32Array(args.nq * args.nHeads * args.headDim);
-    ref.attention({ ...args, out });
-    return out;
-  }
 });
-
-test(`[${mode}] matmul: decode GEMVs give the same bits whichever way they walk the rows`, { skip }, () => {
-  // gemv_streams (gemv_streams_int8 for VNNI) 0 reads passes of consecutive rows; 1..6 read that many row
-  // ranges side by side (fewer for n > 1). Each row is summed in the same order either way, so the outputs agree
-  // exactly. On VNNI this also holds the unrolled kernel for blocks of whole lines (ranges) to the generic one
-  // (passes prefetching the next pass).
-  const lib = loadAddon()!;
+test(`[${mode}] attention: decode logits with heads packed per vector match the reference, from one or two key streams`, { skip }, () => {
+  // AVX-512 decode packs two (tiles of 2) or four (3-8) heads' queries per vector, one head alone per head; a
+  // tile whose keys fit in three quarters of the L2 takes each block's keys from both halves of the cache, a
+  // longer one (the last case: 4 MB of keys) 16 consecutive keys. All must match the reference for every tile
+  // size, head size, tail and mask.
   const nat = new NativeBackend();
-  try {
-    for (const kind of [...KINDS, 'int8/g256'] as const)
-      for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256], [9, 512]] as const) {
-        const w = weight(kind, rows, cols);
-        for (const n of [1, 2, 3, 5]) {
-          const x = vec(n * cols);
-          const run = (streams: number) => {
-            assert.ok(lib.setTuning('gemv_streams', streams));
-            assert.ok(lib.setTuning('gemv_streams_int8', streams));
-            const out = new Float32Array(n * rows);
-            nat.matmul(out, x, n, w);
-            return out;
-          };
-          const passes = run(0);
-          for (const streams of [1, 2, 3, 4, 5, 6]) assert.deepEqual(run(streams), passes, `${kind} ${rows}x${cols} n=${n} streams=${streams}`);
-        }
-      }
-  } finally {
-    lib.setTuning('gemv_streams', 4);
-    lib.setTuning('gemv_streams_int8', 3);
-  }
+  const cases: [number, number, number, KvHeadView[]][] = [];
+  for (const G of [1, 2, 3, 4, 5, 6, 7, 8]) for (const d of [32, 64, 96, 128]) cases.push([G, 2, d, orderedAndReversed(d)]);
+  cases.push([4, 1, 128, [head(8200, 128, Array.from({ length: 8200 }, (_, i) => i))]]);
+  for (const [G, nKv, d, heads] of cases)
+    for (const nq of [1, 2]) {
+      const nHeads = G * nKv;
+      const q = vec(nq * nHeads * d, 3);
+      // The first query sees only part of the reversed head.
+      const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), heads, scale: 1 / Math.sqrt(d) };
+      const expect = new Float32Array(nq * nHeads * d);
+      ref.attention({ ...args, out: expect });
+      const out = new Float32Array(nq * nHeads * d);
+      nat.attention({ ...args, out });
+      assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} len=${heads[0]!.len} nq=${nq}: ${maxRelErr(out, expect)}`);
+    }
 });
-
-test(`[${mode}] attention: decode logits with heads packed per vector match the reference and the per-head kernel`, { skip }, () => {
-  // attn_packed 1 (AVX-512 decode) packs two (tiles of 2) or four (3-8) heads' queries per vector, taking keys from
-  // both halves of the cache in each block (attn_split 1) or consecutively; 0 takes every tile per head. All must
-  // match the reference for every tile size, head size, tail and mask.
-  const lib = loadAddon()!;
-  const nat = new NativeBackend();
-  try {
-    for (const G of [1, 2, 3, 4, 5, 6, 7, 8])
-      for (const d of [32, 64, 96, 128])
-        for (const nq of [1, 2]) {
-          const nKv = 2;
-          const nHeads = G * nKv;
-          // The first query sees only part of the reversed head.
-          const heads = orderedAndReversed(d);
-          const q = vec(nq * nHeads * d, 3);
-          const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), heads, scale: 1 / Math.sqrt(d) };
-          const expect = new Float32Array(nq * nHeads * d);
-          ref.attention({ ...args, out: expect });
-          for (const [packed, split] of [[1, 1], [1, 0], [0, 1]]) {
-            assert.ok(lib.setTuning('attn_packed', packed!));
-            assert.ok(lib.setTuning('attn_split', split!));
-            const out = new Float32Array(nq * nHeads * d);
-            nat.attention({ ...args, out });
-            assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} split ${split}: ${maxRelErr(out, expect)}`);
-          }
-        }
-  } finally {
-    lib.setTuning('attn_packed', 1);
-    lib.setTuning('attn_split', 1);
-  }
-});
-
 /** The head's rows rounded to bf16: the bits (for a bf16 cache) and the same values widened back to fp32. */
 function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
   const bits = (a: KvRows) => Uint16Array.from(a as Float32Array, bf16Bits);
@@ -478,64 +450,51 @@ function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
 }
 
 test(`[${mode}] attention: a bf16 cache gives the bits of its values widened to fp32, on every path`, { skip }, (t) => {
-  // AVX-512 tiles read bf16 rows directly: decode keys either widened per block of 16 or, on AVX512-BF16
-  // (attn_bf16_dot), multiplied as they are by the query split into two bf16 parts; values widened per row in
-  // registers; many-row keys widened while packed. AVX2 decode widens keys and values in registers, 8 at a
-  // time. Every other path (AVX2 prefill, scalar, the per-head knobs, d not a multiple of 16 on AVX-512) widens
-  // the cache first. All but the split-query logits sum in the fp32 path's order, so
-  // they give the bits of the widened cache (except one-head decode tiles: bf16 takes two heads per vector, one
-  // of them zero; fp32 one head with a 16:1 reduction). The split query holds q to 2^-18 relative, so its logits
+  // AVX-512 tiles read bf16 rows directly: decode keys either widened per block of 16 or, on AVX512-BF16,
+  // multiplied as they are by the query split into two bf16 parts; values widened per row in registers;
+  // many-row keys widened while packed. AVX2 decode widens keys and values in registers, 8 at a time. Every
+  // other path (AVX2 prefill, scalar, d not a multiple of 16 on AVX-512) widens the cache first. All but the
+  // split-query logits sum in the fp32 path's order, so they give the bits of the widened cache (except one-head
+  // decode tiles: bf16 takes two heads per vector, one of them zero; fp32 one head with a 16:1 reduction). The split query holds q to 2^-18 relative, so its logits
   // are within 2^-18 scale sum|q k| (~3e-5 here) of exact, and the outputs within 5e-5 of the reference (measured 3.4e-6).
-  const lib = loadAddon()!;
   const nat = new NativeBackend();
   const hasDot = nativeInfo()!.features.avx512_bf16 === true;
-  const knobs: [string, number][] = [['attn_packed', 1], ['attn_pv_heads', 1], ['attn_split', 1], ['attn_bf16_dot', 1]];
   let worst = 0;
-  try {
-    for (const [packed, pvHeads, split, dot] of [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 1, 1]])
-      for (const G of [1, 2, 4, 7])
-        for (const d of [16, 32, 40, 64, 128])
-          for (const nq of [1, 2, 5]) {
-            if ((packed === 0 || pvHeads === 0 || split === 0) && (nq > 1 || d !== 64)) continue;
-            lib.setTuning('attn_packed', packed!);
-            lib.setTuning('attn_pv_heads', pvHeads!);
-            lib.setTuning('attn_split', split!);
-            lib.setTuning('attn_bf16_dot', dot!);
-            const splitQuery = hasDot && dot === 1 && packed === 1 && pvHeads === 1 && nq <= 2 && d % 16 === 0;
-            const nKv = 2;
-            const nHeads = G * nKv;
-            const views = orderedAndReversed(d).map(bf16Head);
-            const args = { q: vec(nq * nHeads * d, 3), nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), scale: 1 / Math.sqrt(d) };
-            const run = (be: ReferenceBackend | NativeBackend, heads: KvHeadView[]) => {
-              const out = new Float32Array(nq * nHeads * d);
-              const sum = heads.map((h) => new Float32Array(h.len));
-              const max = heads.map((h) => new Float32Array(h.len));
-              be.attention({ ...args, heads, out, stats: { fromQuery: 0, sum, max } });
-              const plain = new Float32Array(nq * nHeads * d);
-              be.attention({ ...args, heads, out: plain });
-              return { out, sum, max, plain };
-            };
-            const label = `${nHeads}:${nKv} d=${d} nq=${nq} packed ${packed} pv_heads ${pvHeads} split ${split} bf16_dot ${dot}`;
-            const tol = splitQuery ? 5e-5 : 1e-5;
-            const bf = run(nat, views.map((h) => h.bits));
-            const wide = run(nat, views.map((h) => h.wide));
-            const expect = run(ref, views.map((h) => h.wide));
-            const refBits = run(ref, views.map((h) => h.bits));
-            assert.deepEqual(refBits.out, expect.out, `reference: bf16 rows are the widened values (${label})`);
-            if (splitQuery) worst = Math.max(worst, maxRelErr(bf.out, expect.out));
-            assert.ok(maxRelErr(bf.out, expect.out) < tol, `against the reference ${label}: ${maxRelErr(bf.out, expect.out)}`);
-            assert.ok(maxRelErr(wide.out, expect.out) < 1e-5, `fp32 cache against the reference ${label}: ${maxRelErr(wide.out, expect.out)}`);
-            assert.deepEqual(bf.plain, bf.out, `statistics do not change the output (${label})`);
-            bf.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < tol, `sum stats ${label}`));
-            bf.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < tol, `max stats ${label}`));
-            if (G > 1 && !splitQuery) {
-              assert.deepEqual(bf.out, wide.out, `same bits as the widened cache (${label})`);
-              bf.sum.forEach((x, g) => assert.deepEqual(x, wide.sum[g], `same statistics as the widened cache (${label})`));
-            }
-          }
-  } finally {
-    for (const [k, v] of knobs) lib.setTuning(k, v);
-  }
+  for (const G of [1, 2, 4, 7])
+    for (const d of [16, 32, 40, 64, 128])
+      for (const nq of [1, 2, 5]) {
+        const splitQuery = hasDot && nq <= 2 && d % 16 === 0;
+        const nKv = 2;
+        const nHeads = G * nKv;
+        const views = orderedAndReversed(d).map(bf16Head);
+        const args = { q: vec(nq * nHeads * d, 3), nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 90 + 200 * i), scale: 1 / Math.sqrt(d) };
+        const run = (be: ReferenceBackend | NativeBackend, heads: KvHeadView[]) => {
+          const out = new Float32Array(nq * nHeads * d);
+          const sum = heads.map((h) => new Float32Array(h.len));
+          const max = heads.map((h) => new Float32Array(h.len));
+          be.attention({ ...args, heads, out, stats: { fromQuery: 0, sum, max } });
+          const plain = new Float32Array(nq * nHeads * d);
+          be.attention({ ...args, heads, out: plain });
+          return { out, sum, max, plain };
+        };
+        const label = `${nHeads}:${nKv} d=${d} nq=${nq}`;
+        const tol = splitQuery ? 5e-5 : 1e-5;
+        const bf = run(nat, views.map((h) => h.bits));
+        const wide = run(nat, views.map((h) => h.wide));
+        const expect = run(ref, views.map((h) => h.wide));
+        const refBits = run(ref, views.map((h) => h.bits));
+        assert.deepEqual(refBits.out, expect.out, `reference: bf16 rows are the widened values (${label})`);
+        if (splitQuery) worst = Math.max(worst, maxRelErr(bf.out, expect.out));
+        assert.ok(maxRelErr(bf.out, expect.out) < tol, `against the reference ${label}: ${maxRelErr(bf.out, expect.out)}`);
+        assert.ok(maxRelErr(wide.out, expect.out) < 1e-5, `fp32 cache against the reference ${label}: ${maxRelErr(wide.out, expect.out)}`);
+        assert.deepEqual(bf.plain, bf.out, `statistics do not change the output (${label})`);
+        bf.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < tol, `sum stats ${label}`));
+        bf.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < tol, `max stats ${label}`));
+        if (G > 1 && !splitQuery) {
+          assert.deepEqual(bf.out, wide.out, `same bits as the widened cache (${label})`);
+          bf.sum.forEach((x, g) => assert.deepEqual(x, wide.sum[g], `same statistics as the widened cache (${label})`));
+        }
+      }
   if (hasDot) t.diagnostic(`bf16 split-query decode: max relative error against the reference ${worst.toExponential(2)}`);
   const mixed = orderedAndReversed(32);
   mixed[1] = bf16Head(mixed[1]!).bits;
@@ -563,116 +522,85 @@ test(`[${mode}] copyRows into a bf16 cache rounds to nearest even as the referen
   assert.deepEqual([...one], [0x3f80, 0x3f82, 0x3f81, 0x7fc0], 'ties to even, above a tie up, NaN quiet');
 });
 
-test(`[${mode}] attention: many-row calls give the same bits with kept or fresh packed keys, in either tile order`, { skip }, () => {
-  // attn_keep_packed 1 reuses each thread's packed-key buffers across calls; a longer call first leaves stale keys
-  // past a shorter call's end, which must not change its results. attn_kv_major only reorders the tiles.
-  const lib = loadAddon()!;
+test(`[${mode}] attention: many-row calls give the same bits whatever earlier calls left in the kept buffers`, { skip }, () => {
+  // Each thread keeps its packed-key buffers across calls; a longer call leaves stale keys past a shorter call's
+  // end, which must not change its results (with and without statistics, which schedule the tiles per KV head).
   const nat = new NativeBackend();
-  try {
-    for (const d of [64, 40]) {
-      const long = [head(300, d, Array.from({ length: 300 }, (_, i) => i)), head(290, d, Array.from({ length: 290 }, (_, i) => i))];
-      const short = orderedAndReversed(d);
-      const nq = 9;
-      const qLong = vec(nq * 8 * d, 2);
-      const qShort = vec(nq * 8 * d, 2);
-      const call = (heads: KvHeadView[], q: Float32Array) => {
-        const args = { q, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 150 + 20 * i), heads, scale: 1 / Math.sqrt(d) };
-        const out = new Float32Array(nq * 8 * d);
-        nat.attention({ ...args, out });
-        // With statistics the tiles are scheduled per KV head instead.
-        const withStats = new Float32Array(nq * 8 * d);
-        const sum = heads.map((h) => new Float32Array(h.len));
-        nat.attention({ ...args, out: withStats, stats: { fromQuery: 0, sum } });
-        return { out, withStats, sum };
-      };
-      const run = (keep: number, kvMajor: number) => {
-        assert.ok(lib.setTuning('attn_keep_packed', keep));
-        assert.ok(lib.setTuning('attn_kv_major', kvMajor));
-        call(long, qLong);
-        return call(short, qShort);
-      };
-      const fresh = run(0, 0);
-      const expect = new Float32Array(nq * 8 * d);
-      ref.attention({ q: qShort, out: expect, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 150 + 20 * i), heads: short, scale: 1 / Math.sqrt(d) });
-      assert.ok(maxRelErr(fresh.out, expect) < 1e-5, `d=${d}: ${maxRelErr(fresh.out, expect)}`);
-      for (const [keep, kvMajor] of [[1, 1], [1, 0], [0, 1]]) assert.deepEqual(run(keep!, kvMajor!), fresh, `d=${d} keep ${keep} kv-major ${kvMajor}`);
-    }
-  } finally {
-    lib.setTuning('attn_keep_packed', 1);
-    lib.setTuning('attn_kv_major', 1);
+  for (const d of [64, 40]) {
+    const long = [head(300, d, Array.from({ length: 300 }, (_, i) => i)), head(290, d, Array.from({ length: 290 }, (_, i) => i))];
+    const short = orderedAndReversed(d);
+    const nq = 9;
+    const qLong = vec(nq * 8 * d, 2);
+    const qShort = vec(nq * 8 * d, 2);
+    const qPos = Int32Array.from({ length: nq }, (_, i) => 150 + 20 * i);
+    const call = (heads: KvHeadView[], q: Float32Array) => {
+      const args = { q, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) };
+      const out = new Float32Array(nq * 8 * d);
+      nat.attention({ ...args, out });
+      const withStats = new Float32Array(nq * 8 * d);
+      const sum = heads.map((h) => new Float32Array(h.len));
+      nat.attention({ ...args, out: withStats, stats: { fromQuery: 0, sum } });
+      return { out, withStats, sum };
+    };
+    const first = call(short, qShort);
+    call(long, qLong);
+    const after = call(short, qShort);
+    const expect = new Float32Array(nq * 8 * d);
+    ref.attention({ q: qShort, out: expect, nq, nHeads: 8, nKvHeads: 2, headDim: d, qPos, heads: short, scale: 1 / Math.sqrt(d) });
+    assert.ok(maxRelErr(first.out, expect) < 1e-5, `d=${d}: ${maxRelErr(first.out, expect)}`);
+    assert.deepEqual(after, first, `d=${d}: after a longer call`);
   }
 });
-
-test(`[${mode}] attention: many-row calls give the same bits with query rows grouped into tiles or one per tile`, { skip }, () => {
-  // attn_many_rows 1 (AVX-512, d a multiple of 16) groups up to 3-8 consecutive query rows per tile so packed keys
-  // and values are read once per group; 0 takes one row per tile. Each (row, head) pair's logits, softmax, P.V
-  // (keys in order; keys only later rows see weigh 0) and statistics (rows in order) are computed the same way.
-  const lib = loadAddon()!;
+test(`[${mode}] attention: many-row calls match the reference, query rows grouped into tiles, with weighted statistics`, { skip }, () => {
+  // AVX-512 groups up to 3-8 consecutive query rows per tile (d a multiple of 16) so packed keys and values are
+  // read once per group; rows see different prefixes (keys only later rows see weigh 0 for the earlier ones),
+  // and statistics take rows from the third on, weighted per query row.
   const nat = new NativeBackend();
-  try {
-    for (const G of [1, 2, 3, 4, 5, 7, 8])
-      for (const d of [32, 64, 128])
-        for (const nq of [3, 10, 17]) {
-          const nKv = 2;
-          const nHeads = G * nKv;
-          const heads = orderedAndReversed(d);
-          const q = vec(nq * nHeads * d, 2);
-          // Rows see different prefixes: the first only part of head 0, the last all of it.
-          const qPos = Int32Array.from({ length: nq }, (_, i) => 40 + 11 * i);
-          const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) };
-          const run = (grouped: number) => {
-            assert.ok(lib.setTuning('attn_many_rows', grouped));
-            const out = new Float32Array(nq * nHeads * d);
-            nat.attention({ ...args, out });
-            const withStats = new Float32Array(nq * nHeads * d);
-            const sum = heads.map((h) => new Float32Array(h.len));
-            const max = heads.map((h) => new Float32Array(h.len));
-            nat.attention({ ...args, out: withStats, stats: { fromQuery: 2, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 1 + i / 4) } });
-            return { out, withStats, sum, max };
-          };
-          const one = run(0);
-          const expect = new Float32Array(nq * nHeads * d);
-          ref.attention({ ...args, out: expect });
-          const label = `${nHeads}:${nKv} d=${d} nq=${nq}`;
-          assert.ok(maxRelErr(one.out, expect) < 1e-5, `${label}: ${maxRelErr(one.out, expect)}`);
-          assert.deepEqual(run(1), one, label);
-        }
-  } finally {
-    lib.setTuning('attn_many_rows', 1);
-  }
-});
-
-test(`[${mode}] attention: P.V gives the same bits with values read per head, once for all heads, or in blocks`, { skip }, () => {
-  // attn_pv_heads 1 (AVX-512) loads each value row once for a batch of heads; 0 walks the heads per block of
-  // keys. With more heads than one batch holds, attn_pv_block takes the values in blocks of that many bytes,
-  // every batch meeting a block before the next (0: each batch streams all the values). Each head sums over the
-  // keys in the same order every way. Elsewhere all settings take one path.
-  const lib = loadAddon()!;
-  const nat = new NativeBackend();
-  try {
-    for (const [nHeads, nKv, d] of [[8, 2, 64], [14, 2, 64], [8, 1, 128], [6, 3, 32], [10, 2, 96], [4, 2, 40]] as const)
-      for (const nq of [1, 2, 5]) {
-        // Lengths from under one block to several blocks and a part (a block holds 32768 / (4 d) keys).
-        const lens = [37, 87, 300 + 41 * nKv];
-        const heads = Array.from({ length: nKv }, (_, g) => head(lens[g % 3]!, d, Array.from({ length: lens[g % 3]! }, (_, i) => i)));
+  for (const G of [1, 2, 3, 4, 5, 7, 8])
+    for (const d of [32, 64, 128])
+      for (const nq of [3, 10, 17]) {
+        const nKv = 2;
+        const nHeads = G * nKv;
+        const heads = orderedAndReversed(d);
         const q = vec(nq * nHeads * d, 2);
-        const qPos = Int32Array.from({ length: nq }, (_, i) => 400 + 20 * i);
-        const run = (pvHeads: number, block: number) => {
-          assert.ok(lib.setTuning('attn_pv_heads', pvHeads));
-          assert.ok(lib.setTuning('attn_pv_block', block));
+        // Rows see different prefixes: the first only part of head 0, the last all of it.
+        const qPos = Int32Array.from({ length: nq }, (_, i) => 40 + 11 * i);
+        const args = { q, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) };
+        const run = (be: NativeBackend | ReferenceBackend) => {
           const out = new Float32Array(nq * nHeads * d);
-          nat.attention({ q, out, nq, nHeads, nKvHeads: nKv, headDim: d, qPos, heads, scale: 1 / Math.sqrt(d) });
-          return out;
+          be.attention({ ...args, out });
+          const withStats = new Float32Array(nq * nHeads * d);
+          const sum = heads.map((h) => new Float32Array(h.len));
+          const max = heads.map((h) => new Float32Array(h.len));
+          be.attention({ ...args, out: withStats, stats: { fromQuery: 2, sum, max, queryWeight: Float32Array.from({ length: nq }, (_, i) => 1 + i / 4) } });
+          return { out, withStats, sum, max };
         };
-        const perHead = run(0, 32768);
-        for (const block of [32768, 0, 1000]) assert.deepEqual(run(1, block), perHead, `${nHeads}:${nKv} d=${d} nq=${nq} block ${block}`);
+        const a = run(nat);
+        const b = run(ref);
+        const label = `${nHeads}:${nKv} d=${d} nq=${nq}`;
+        assert.ok(maxRelErr(a.out, b.out) < 1e-5, `${label}: ${maxRelErr(a.out, b.out)}`);
+        assert.deepEqual(a.withStats, a.out, `statistics do not change the output (${label})`);
+        a.sum.forEach((x, g) => assert.ok(maxRelErr(x, b.sum[g]!) < 1e-5, `sum stats ${label} head ${g}`));
+        a.max.forEach((x, g) => assert.ok(maxRelErr(x, b.max[g]!) < 1e-5, `max stats ${label} head ${g}`));
       }
-  } finally {
-    lib.setTuning('attn_pv_heads', 1);
-    lib.setTuning('attn_pv_block', 32768);
-  }
 });
-
+test(`[${mode}] attention: P.V matches the reference when a tile's heads take several register batches`, { skip }, () => {
+  // AVX-512 P.V loads each value row once for a batch of heads; with more heads than one batch holds (7 per KV
+  // head, 4 at d 128) the values are taken in blocks of 32 KiB that every batch meets in turn. Lengths run from
+  // under one block to several blocks and a part (a block holds 32768 / (4 d) keys).
+  const nat = new NativeBackend();
+  for (const [nHeads, nKv, d] of [[8, 2, 64], [14, 2, 64], [8, 1, 128], [6, 3, 32], [10, 2, 96], [4, 2, 40]] as const)
+    for (const nq of [1, 2, 5]) {
+      const lens = [37, 87, 300 + 41 * nKv];
+      const heads = Array.from({ length: nKv }, (_, g) => head(lens[g % 3]!, d, Array.from({ length: lens[g % 3]! }, (_, i) => i)));
+      const args = { q: vec(nq * nHeads * d, 2), nq, nHeads, nKvHeads: nKv, headDim: d, qPos: Int32Array.from({ length: nq }, (_, i) => 400 + 20 * i), heads, scale: 1 / Math.sqrt(d) };
+      const out = new Float32Array(nq * nHeads * d);
+      nat.attention({ ...args, out });
+      const expect = new Float32Array(nq * nHeads * d);
+      ref.attention({ ...args, out: expect });
+      assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} nq=${nq}: ${maxRelErr(out, expect)}`);
+    }
+});
 test(`[${mode}] the bandwidth probe reads every element of its buffer, both read loops`, { skip }, () => {
   // streamRead returns the sum of what it read: a probe that skipped data would report bandwidth it never used.
   const lib = loadAddon()!;
@@ -809,7 +737,10 @@ test('KVLAB_BACKEND=native without the addon is a clear error; the default falls
 
 // The same suite under each fallback level, in child processes (KVLAB_ISA caps the dispatch).
 if (mode === 'default') {
+  // On AVX-512 CPUs also without BF16 and VNNI: decode keys of a bf16 cache widened per block, int8 dequantized.
+  const avx512 = nativeInfo()?.features.avx512 === true;
   for (const [label, extra] of [
+    ...(avx512 ? ([['KVLAB_ISA=avx512f', { KVLAB_ISA: 'avx512f' }]] as const) : []),
     ['KVLAB_ISA=avx2', { KVLAB_ISA: 'avx2' }],
     ['KVLAB_ISA=scalar', { KVLAB_ISA: 'scalar' }],
     ['KVLAB_AMX_EMULATE=1', { KVLAB_AMX_EMULATE: '1' }],

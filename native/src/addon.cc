@@ -160,17 +160,18 @@ Napi::Value QuantizeFn(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// setTuning(key, value) -> whether the knob exists (benchmarks A/B kernel variants in one process)
+// setTuning(key, value) -> whether the key exists. Run-time switches with a meaning beyond speed, for tests that
+// compare both sides in one process: "int8_vnni" (0/1, the int8 decode GEMV's arithmetic; KVLAB_INT8_GEMV),
+// "step_placement" (0/1, async steps pin their threads; KVLAB_STEP_PLACEMENT), "step_fail_at" (the next runStep
+// fails at that op index).
 Napi::Value SetTuningFn(const Napi::CallbackInfo& info) {
-  if (info[0].As<Napi::String>().Utf8Value() == "step_placement") {
-    pool_set_placement(num(info[1]) != 0);
-    return Napi::Boolean::New(info.Env(), true);
-  }
-  if (info[0].As<Napi::String>().Utf8Value() == "step_fail_at") {
-    step_fail_next_at(long(num(info[1])));
-    return Napi::Boolean::New(info.Env(), true);
-  }
-  return Napi::Boolean::New(info.Env(), set_tuning(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Number>().DoubleValue()));
+  const std::string key = info[0].As<Napi::String>().Utf8Value();
+  const long value = num(info[1]);
+  if (key == "int8_vnni") set_int8_vnni(value != 0);
+  else if (key == "step_placement") pool_set_placement(value != 0);
+  else if (key == "step_fail_at") step_fail_next_at(value);
+  else return Napi::Boolean::New(info.Env(), false);
+  return Napi::Boolean::New(info.Env(), true);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

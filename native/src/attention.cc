@@ -8,15 +8,11 @@
 
 namespace kvlab {
 
-bool attention_set(const std::string& key, double value) {
-  return attn::attention_common_set(key, value) || attn::attention_avx512_set(key, value) || attn::attention_avx2_set(key, value);
-}
-
 void attention(const Attention& a) {
   using namespace attn;
   if (a.nq <= 0 || a.n_heads <= 0) return;
-  // A bf16 cache is read as it is by the AVX-512 tiles whose P.V batches heads (d a multiple of 16 up to 128):
-  // decode with packed logits, and the many-row tiles, whose keys are widened while they are packed.
+  // A bf16 cache is read as it is by the AVX-512 tiles (d a multiple of 16 up to 128; the many-row tiles widen
+  // keys while they pack them).
   // On AVX2, decode reads it as it is where the row-order kernels take the head size.
   const bool avx2_decode = !cpu().avx512 && cpu().avx2_fma && a.d % 8 == 0 && a.nq <= 2;
   const bool bf16_direct = cpu().avx512 ? avx512_reads_bf16(a) : avx2_decode && avx2_rows_fit(a.d);

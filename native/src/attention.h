@@ -1,6 +1,5 @@
 #pragma once
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace kvlab {
@@ -32,7 +31,5 @@ struct Attention {
 
 // Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i].
 void attention(const Attention& a);
-// Benchmark knob: setTuning('attn_rows', 0) turns the row-order AVX2 decode kernels off.
-bool attention_set(const std::string& key, double value);
 
 }  // namespace kvlab

@@ -19,7 +19,6 @@ namespace {
 
 constexpr int PANEL = 6;
 constexpr int DECODE_CHUNK = 256;
-bool ROW_KERNELS = true;      // tuning (attn_rows): the row-order decode kernels below (see rows_fit)
 constexpr int ROW_AHEAD = 32;  // keys the row-order logits prefetch ahead
 constexpr int UNIT_ROWS = 24;  // (query row, head) rows per unit of many-row attention, at least one query row
 
@@ -357,7 +356,7 @@ void tile_rows_avx2(const float* const* q, int nh, const KT* k, const KT* v, int
 }
 
 // Whether tile_rows_avx2 handles head dimension d, and the call for it.
-bool rows_fit(int d) { return ROW_KERNELS && d % 8 == 0 && (d <= 64 || d == 96 || d == 128); }
+bool rows_fit(int d) { return d % 8 == 0 && (d <= 64 || d == 96 || d == 128); }
 template <typename KT>
 void tile_rows(int d, const float* const* q, int nh, const KT* k, const KT* v, int len, float* const* p, float* const* o, bool logits) {
   switch (d / 8) {
@@ -492,11 +491,5 @@ void attention_decode_avx2(const Attention& a) {
 bool avx2_rows_fit(int d) { return rows_fit(d); }
 void attention_avx2_decode(const Attention& a) { attention_decode_avx2(a); }
 void attention_avx2_rows(const Attention& a) { attention_rows_avx2(a); }
-
-bool attention_avx2_set(const std::string& key, double value) {
-  if (key == "rows") ROW_KERNELS = value != 0;
-  else return false;
-  return true;
-}
 
 }  // namespace kvlab::attn

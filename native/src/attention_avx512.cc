@@ -7,7 +7,7 @@
 //   - prefill / scoring (many rows): keys packed transposed per 16 (per call, per KV head), so logits are
 //     broadcast-FMAs with each packed vector reused by all the tile's pairs.
 // Softmax is two-pass in fp32 (max, then exp and sum), probabilities are normalized before the optional
-// statistics, and P.V runs over key blocks with the tile's heads inner.
+// statistics, and P.V loads each value row once for a batch of the tile's heads.
 // GCC 12 warns that _mm512_reduce_add_ps / _mm512_reduce_max_ps read an uninitialized value (its extract
 // intrinsics); a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -27,22 +27,8 @@
 namespace kvlab::attn {
 namespace {
 
-// Tuning (attn_ahead): AVX-512 decode prefetches keys and values this many bytes ahead into L1 (0: off). On a
-// Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 20.2 vs 21.3 ms and 17.9 vs 20.2 ms per token (2048 vs off);
-// 4096 and 8192 were no better. The AVX2 flash-decoding kernels ran no faster there (22.2-22.8 vs 21.0 ms).
-// Session 12, the faster kernels of since, alternating on a busy host: 4096 vs 2048 1.03-1.11x on the 1B's cache
-// at 8K (11.9 vs 13.0 ms), 1.035x qwen2.5-0.5b's at 8K, 1.03x d 128 at 4K, 1.00-1.03x at 1K; 8192 1.10x, 12288 1.04x.
-long AVX512_AHEAD = 4096;
-// Tuning (attn_ahead_bf16): the same for a bf16 cache. 1B's cache at 8K, split-query logits, alternating: 4096
-// 6.30-6.55 vs 2048 6.84-6.91 ms per token (8192 6.39-6.44); at 1K no difference.
-long AVX512_AHEAD_BF16 = 4096;
-template <typename KT>
-inline long ahead_bytes() { return std::is_same_v<KT, float> ? AVX512_AHEAD : AVX512_AHEAD_BF16; }
-// Tuning (attn_pv_heads): P.V loads each value row once for a batch of heads (pv_heads) rather than once per
-// head from L1 (pv_tile_blocks). Zen 5, llama-3.2-1b at 8K from DRAM, alternating: 13.6 vs 16.0 ms per token;
-// L2-resident on one thread 1.39x. Reading each key row once for two heads in the logits (queries of both in
-// registers, 8 keys per reduction) was 1.04x L2-resident but 0.84x from DRAM, so the logits stay per head.
-int PV_HEADS = 1;
+// Decode prefetches keys and values this many bytes ahead into L1 (an fp32 or a bf16 cache alike).
+constexpr long AHEAD = 4096;
 
 // Cache rows are fp32 (KT float) or bf16 bits (KT uint16_t), widened exactly to fp32 on load.
 template <typename KT>
@@ -109,43 +95,9 @@ void accumulate_stats(const Attention& a, const Tile& t, Scratch& s, int len) {
   }
 }
 
-// out rows of the tile = P . V over keys [0, visible). Keys in blocks of 64 outer, heads inner, so each value
-// row is fetched from memory once per tile; per head NV = d / 16 accumulators live in registers.
-template <int NV>
-__attribute__((target(AVX512)))
-void pv_tile_blocks(const Attention& a, const Tile& t, Scratch& s, int visible) {
-  const HeadView& kv = a.heads[t.g];
-  constexpr int KEYS = 64;
-  __m512 acc[MAX_TILE][NV];
-  for (int r = 0; r < t.n; r++)
-    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
-  for (int j0 = 0; j0 < visible; j0 += KEYS) {
-    const int j1 = std::min(visible, j0 + KEYS);
-    if (AVX512_AHEAD) {
-      const char* vb = reinterpret_cast<const char*>(kv.v + long(j0) * NV * 16) + AVX512_AHEAD;
-      for (long l = 0; l < long(j1 - j0) * NV; l++) _mm_prefetch(vb + 64 * l, _MM_HINT_T0);
-    }
-    for (int r = 0; r < t.n; r++) {
-      const float* p = s.row(r);
-      __m512 ac[NV];
-      for (int v = 0; v < NV; v++) ac[v] = acc[r][v];
-      for (int j = j0; j < j1; j++) {
-        const __m512 w = _mm512_set1_ps(p[j]);
-        const float* vr = kv.v + long(j) * NV * 16;
-        for (int v = 0; v < NV; v++) ac[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + v * 16), ac[v]);
-      }
-      for (int v = 0; v < NV; v++) acc[r][v] = ac[v];
-    }
-  }
-  for (int r = 0; r < t.n; r++) {
-    float* o = out_row(a, t.i, t.h0 + r);
-    for (int v = 0; v < NV; v++) _mm512_storeu_ps(o + v * 16, acc[r][v]);
-  }
-}
-
 // Out rows of (row, head) pairs [h0, h0 + HN) of the tile += P . V over keys [j0, j1): each value row is loaded
 // once into registers and meets every pair's probability, HN x NV accumulators in registers (kept in the out
-// rows between calls). Each pair's sums run over the keys in order, as in pv_tile_blocks.
+// rows between calls). Each pair's sums run over the keys in order.
 template <int NV, int HN, typename KT>
 __attribute__((target(AVX512)))
 void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int h0, bool ahead) {
@@ -161,7 +113,7 @@ void pv_heads(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
     for (int v = 0; v < NV; v++) acc[h][v] = _mm512_loadu_ps(o[h] + v * 16);
   const KT* vr = values_of<KT>(kv) + long(j0) * NV * 16;
   for (int j = j0; j < j1; j++, vr += NV * 16) {
-    if (ahead) prefetch_ahead(vr, NV * 16 * long(sizeof(KT)), ahead_bytes<KT>());
+    if (ahead) prefetch_ahead(vr, NV * 16 * long(sizeof(KT)), AHEAD);
     __m512 row[NV];
     for (int v = 0; v < NV; v++) row[v] = load16(vr + v * 16);
     for (int h = 0; h < HN; h++) {
@@ -187,26 +139,22 @@ void pv_group(const Attention& a, const Tile& t, Scratch& s, int j0, int j1, int
   }
 }
 
-// Tuning (attn_pv_block): with more heads in a tile than fit in registers at once, values are taken in blocks
-// of this many bytes (L1-resident), every head group meeting a block before the next one is read, so each value
-// row comes from memory once per tile instead of once per head group (0: each group streams all the values).
-// Zen 5, decode from DRAM, alternating, 0 vs 32768: qwen2.5-0.5b at 8K (7 heads per KV head) 9.29 vs 8.49 ms,
-// llama-3-8b heads at 4K (d 128: 2 heads per batch) 18.89 vs 17.43 ms; 16384 was between. One batch: no change.
-long PV_BLOCK_BYTES = 32768;
+// With more heads in a tile than fit in registers at once, values are taken in blocks of this many bytes
+// (L1-resident), every head group meeting a block before the next one is read, so each value row comes from
+// memory once per tile instead of once per head group.
+constexpr long PV_BLOCK_BYTES = 32768;
 
-// A bf16 cache is only read here with PV_HEADS on (attention() widens it for the other paths).
+// P.V of the tile: each value row loaded once for a batch of HB heads (pv_heads).
 template <int NV, typename KT>
 void pv_tile(const Attention& a, const Tile& t, Scratch& s, int visible) {
-  if constexpr (std::is_same_v<KT, float>)
-    if (!PV_HEADS) return pv_tile_blocks<NV>(a, t, s, visible);
   constexpr int HB = NV >= 8 ? 2 : NV >= 4 ? 4 : 8;  // heads per pass: at most 16-24 accumulators
   const int np = pairs(t);
   for (int k = 0; k < np; k++) std::fill_n(pair_out(a, t, k), NV * 16, 0.f);
   const long row_bytes = NV * 16 * long(sizeof(KT));
-  const int block = np <= HB || PV_BLOCK_BYTES <= 0 ? visible : std::max(1, int(PV_BLOCK_BYTES / row_bytes));
+  const int block = np <= HB ? visible : std::max(1, int(PV_BLOCK_BYTES / row_bytes));
   for (int j0 = 0; j0 < visible; j0 += block) {
     const int j1 = std::min(visible, j0 + block);
-    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB, KT>(a, t, s, j0, j1, h0, ahead_bytes<KT>() && h0 == 0);
+    for (int h0 = 0; h0 < np; h0 += HB) pv_group<NV, HB, KT>(a, t, s, j0, j1, h0, h0 == 0);
   }
 }
 
@@ -310,8 +258,7 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
   for (; j + KB <= len; j += KB) {
     const float* kb = kv.k + long(j) * NV * 16;
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512(kv.pos + j), qp);
-    if (AVX512_AHEAD)
-      for (int l = 0; l < KB * NV; l++) _mm_prefetch(reinterpret_cast<const char*>(kb + l * 16) + AVX512_AHEAD, _MM_HINT_T0);
+    for (int l = 0; l < KB * NV; l++) _mm_prefetch(reinterpret_cast<const char*>(kb + l * 16) + AHEAD, _MM_HINT_T0);
     for (int r = 0; r < t.n; r++) {
       const float* q = q_row(a, t.i, t.h0 + r);
       __m512 qv[NV];
@@ -332,21 +279,12 @@ void logits_decode(const Attention& a, const Tile& t, Scratch& s, int len, float
   logits_decode_tail<float>(a, t, s, j, len, mx);
 }
 
-// Tuning (attn_packed): decode logits with several heads packed in each vector (below) for tiles of 2 or more
-// heads: two per vector for tiles of 2, four for more; 0: per head with a 16-key transpose-reduction
-// (logits_decode). Zen 5 from DRAM, alternating, per token's attention: llama-3.2-1b at 8K 11.95 vs 15.13 ms,
-// qwen2.5-0.5b 6.02 vs 7.77 ms, 4 heads of d 128 1.05x; 2 heads of d 128 11.82 vs 13.95 ms, of d 64 1.03x; 5 heads
-// 7.09 vs 7.65 ms (three of eight lanes idle) and 7.02 at two per vector. Four per vector beat two at 4 heads
-// (12.16 vs 13.02 ms) and tied at 7.
-int PACKED_LOGITS = 1;
-// Tuning (attn_split, attn_split_max_bytes): when a tile's keys take at most SPLIT_MAX_BYTES, the packed logits take
-// each block's 16 keys as 8 from each half of the keys, so two key streams are read side by side (attn_split 0:
-// always 16 consecutive keys). Zen 5 from DRAM, alternating, 32:8 heads of d 64 (llama-3.2-1b's cache): two
-// streams 1.03-1.06x at 1K and 2K keys, 0.99x at 4K, 0.91-0.95x at 8K; qwen2.5-0.5b 1.07x at 2K, 0.96-0.98x at
-// 8K; d 128 at 4K 0.95x. (Before the key loop below was unrolled, with its accumulators on the stack, two
-// streams won at 8K too: 13.48 vs 14.27 ms.) Two value streams in P.V gave nothing (12.55 vs 12.52 ms, 1B at 8K).
-int SPLIT_KEYS = 1;
-long SPLIT_MAX_BYTES = 768 << 10;
+// Decode logits of tiles of 2 or more heads pack several heads in each vector (logits_decode_packed): two per
+// vector for tiles of 2, four for more; one head alone takes 16 keys with a 16:1 transpose-reduction
+// (logits_decode). While a tile's keys fit in three quarters of a core's L2, the packed logits take each
+// block's 16 keys as 8 from each half of the keys, so two key streams are read side by side; past that one
+// stream of 16 consecutive keys reads faster.
+long split_max_bytes() { return cpu().l2_bytes / 4 * 3; }
 
 // acc[u] holds head r's W = 16 / HP partial sums for key u in lanes W r .. W r + W - 1; rows[r] = head r's 16 sums.
 template <int HP>
@@ -376,12 +314,10 @@ inline void reduce_packed(const __m512* acc, __m512* rows) {
   }
 }
 
-// Tuning (attn_bf16_dot): on CPUs with AVX512-BF16, decode logits over a bf16 cache multiply its keys as they are
-// (vdpbf16ps: two bf16 products per lane, exact, accumulated in fp32) by the query split into two bf16 parts,
-// hi = bf16(q) and lo = bf16(q - hi), which together hold q to 2^-18 relative: against the keys' own bf16
-// rounding (2^-9) this adds a hundredth. 0: keys widened to fp32 (the fp32 path's arithmetic, same bits as an
-// fp32 cache holding the widened values).
-int BF16_DOT = 1;
+// On CPUs with AVX512-BF16, decode logits over a bf16 cache multiply its keys as they are (vdpbf16ps: two bf16
+// products per lane, exact, accumulated in fp32) by the query split into two bf16 parts, hi = bf16(q) and
+// lo = bf16(q - hi), which together hold q to 2^-18 relative: against the keys' own bf16 rounding (2^-9) this
+// adds a hundredth. Without AVX512-BF16 the keys are widened to fp32 (the fp32 path's arithmetic).
 
 // The split query of a group of HP heads: part [0] hi, [1] lo; in chunk c, 32-bit lane W r + i holds head r's
 // dims E c + 2i and E c + 2i + 1 (E = 2 W), as a key's E dims broadcast to every head's lanes line up with them.
@@ -455,7 +391,7 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
           qp[gr][c][W * r + i] = h < t.n ? q_row(a, t.i, t.h0 + h)[W * c + i] : 0.f;
         }
   constexpr bool bf16 = !std::is_same_v<KT, float>;
-  const bool dot = bf16 && BF16_DOT && cpu().avx512_bf16;
+  const bool dot = bf16 && cpu().avx512_bf16;
   SplitQuery<NV, HP> split[bf16 ? MAX_TILE / HP : 1];
   if (dot)
     for (int gr = 0; gr < groups; gr++) split_query<NV, HP>(a, t, gr, split[gr]);
@@ -478,8 +414,7 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
                : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[0]))),
                                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kv.pos + k0[S - 1])), 1);
     const __mmask16 hidden = _mm512_cmpgt_epi32_mask(pos, qpos);
-    if (ahead_bytes<KT>())
-      for (int p = 0; p < S; p++) prefetch_ahead(src[p], KS * D * long(sizeof(KT)), ahead_bytes<KT>());
+    for (int p = 0; p < S; p++) prefetch_ahead(src[p], KS * D * long(sizeof(KT)), AHEAD);
     // The group's logits scaled, masked and stored; the row maxima updated.
     const auto store_block = [&](int gr, const __m512* rows) __attribute__((target(AVX512))) {
       for (int r = 0; r < HP && HP * gr + r < t.n; r++) {
@@ -519,8 +454,7 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
       for (int v = 0; v < NV; v++) {
         __m512 qv[HP];
         for (int c = 0; c < HP; c++) qv[c] = _mm512_load_ps(qp[gr][HP * v + c]);
-        // Unrolled, or GCC keeps acc[] on the stack. Zen 5, both builds in one process, alternating: the unrolled
-        // one 1.08-1.09x on the 1B's cache at 1K, 1.02-1.04x at 8K, 1.05-1.09x on qwen2.5-0.5b's at 8K.
+        // Unrolled, or GCC keeps acc[] on the stack.
         #pragma GCC unroll 16
         for (int u = 0; u < KB; u++) {
           const float* kr = kp[u / KS] + (u % KS) * D + v * 16;
@@ -542,19 +476,19 @@ void logits_decode_packed(const Attention& a, const Tile& t, Scratch& s, int len
 
 template <int NV, int HP, typename KT>
 void logits_decode_packed_streams(const Attention& a, const Tile& t, Scratch& s, int len, float* mx) {
-  if (SPLIT_KEYS && len >= 2 * KB && long(len) * NV * 16 * long(sizeof(KT)) <= SPLIT_MAX_BYTES) logits_decode_packed<NV, HP, 2, KT>(a, t, s, len, mx);
+  if (len >= 2 * KB && long(len) * NV * 16 * long(sizeof(KT)) <= split_max_bytes()) logits_decode_packed<NV, HP, 2, KT>(a, t, s, len, mx);
   else logits_decode_packed<NV, HP, 1, KT>(a, t, s, len, mx);
 }
 
-// A bf16 cache comes here with PACKED_LOGITS and PV_HEADS on (see attention()); a tile of
-// one head then takes the two-per-vector logits with the second head's lanes zero.
+// A tile of one head takes the per-head logits over an fp32 cache, and over a bf16 cache the two-per-vector
+// logits with the second head's lanes zero.
 template <int NV, typename KT>
 void attend_decode_tile(const Attention& a, const Tile& t, Scratch& s) {
   const HeadView& kv = a.heads[t.g];
   s.reserve(t.n, kv.len);
   float mx[MAX_TILE];
   constexpr bool fp32 = std::is_same_v<KT, float>;
-  if (fp32 && (!PACKED_LOGITS || t.n == 1)) logits_decode<NV>(a, t, s, kv.len, mx);
+  if (fp32 && t.n == 1) logits_decode<NV>(a, t, s, kv.len, mx);
   else if (t.n <= 2) logits_decode_packed_streams<NV, 2, KT>(a, t, s, kv.len, mx);
   else logits_decode_packed_streams<NV, 4, KT>(a, t, s, kv.len, mx);
   const int padded = (kv.len + KB - 1) / KB * KB;
@@ -653,15 +587,11 @@ void attend_blocked_tile(const Attention& a, const Tile& t, const PackedKeys& pk
 
 // ---------- scheduling ----------
 
-// Tuning (attn_kv_major): tiles of (KV head, query row) pairs split KV-head-major over the threads (0: row-major).
-int KV_MAJOR = 1;
-
 // Runs unit(g, k, scratch) for every KV head g and k < per_kv on the pool. With statistics each KV head's units all
 // run on one thread (its statistics are accumulated by that thread alone); otherwise the n_kv x per_kv units are
-// split evenly, KV-head-major (a thread's consecutive units read the same keys and values) or, with kv_major
-// false, row-major.
+// split evenly, KV-head-major (a thread's consecutive units read the same keys and values).
 template <typename U>
-void run_kv_units(const Attention& a, long per_kv, bool kv_major, U unit) {
+void run_kv_units(const Attention& a, long per_kv, U unit) {
   if (has_stats(a)) {
     pool_run([&](int t, int T) {
       Scratch& s = thread_scratch();
@@ -676,10 +606,7 @@ void run_kv_units(const Attention& a, long per_kv, bool kv_major, U unit) {
     Scratch& s = thread_scratch();
     long u0, u1;
     split_range(long(a.n_kv) * per_kv, t, T, &u0, &u1);
-    for (long u = u0; u < u1; u++) {
-      if (kv_major) unit(int(u / per_kv), u % per_kv, s);
-      else unit(int(u % a.n_kv), u / a.n_kv, s);
-    }
+    for (long u = u0; u < u1; u++) unit(int(u / per_kv), u % per_kv, s);
   });
 }
 
@@ -688,7 +615,7 @@ void run_kv_units(const Attention& a, long per_kv, bool kv_major, U unit) {
 template <typename F>
 void run_tiles(const Attention& a, F f) {
   if (has_stats(a) || long(a.n_kv) * a.nq >= pool_threads()) {
-    run_kv_units(a, a.nq, KV_MAJOR, [&](int g, long i, Scratch& s) { for_tiles_of(a, g, int(i), [&](const Tile& tile) { f(tile, s); }); });
+    run_kv_units(a, a.nq, [&](int g, long i, Scratch& s) { for_tiles_of(a, g, int(i), [&](const Tile& tile) { f(tile, s); }); });
     return;
   }
   // Fewer (KV head, query) pairs than threads (e.g. one KV head at decode): split the heads instead.
@@ -726,31 +653,26 @@ void attend_decode_tiles(const Attention& a) {
   });
 }
 
-// Tuning (attn_many_rows): many-row calls group consecutive query rows into tiles (rows_per_tile), so packed keys
-// and values are read once per group instead of once per row (0: one row per tile). Zen 5, 2 threads, alternating:
-// 256 queries x 8K keys of qwen's 14:2 heads 32.6 vs 41.4 ms, x 4K keys of 32:8 heads 31.7 vs 37.2 ms; prefill
-// of 4K tokens of qwen2.5-0.5b 8.24 vs 9.41 s, 2K of llama-3.2-1b 8.95 vs 10.2 s. Same bits.
-int MANY_ROWS = 1;
 
-// Runs many-row tiles (G heads x up to rows_per_tile(G) rows) where P.V takes them (d a multiple of 16 up to
+// Many-row calls group consecutive query rows into tiles, so packed keys and values are read once per group
+// instead of once per row. Runs many-row tiles (G heads x up to rows_per_tile(G) rows) where P.V takes them (d a multiple of 16 up to
 // 128, values once per head batch) and there are enough for every thread; false otherwise (nothing run).
 template <typename F>
 bool run_row_tiles(const Attention& a, F f) {
   const int G = a.n_heads / a.n_kv;
-  if (!MANY_ROWS || !PV_HEADS || a.d % 16 != 0 || a.d > 128 || G > MAX_TILE) return false;
+  if (a.d % 16 != 0 || a.d > 128 || G > MAX_TILE) return false;
   const int QR = rows_per_tile(G);
   const long groups = (a.nq + QR - 1) / QR;
   const auto tile = [&](int g, long grp) { return Tile{g, int(grp * QR), g * G, G, int(std::min<long>(QR, a.nq - grp * QR))}; };
   if (!has_stats(a) && long(a.n_kv) * groups < pool_threads()) return false;
-  run_kv_units(a, groups, true, [&](int g, long grp, Scratch& s) { f(tile(g, grp), s); });
+  run_kv_units(a, groups, [&](int g, long grp, Scratch& s) { f(tile(g, grp), s); });
   return true;
 }
 
 }  // namespace
 
 bool avx512_reads_bf16(const Attention& a) {
-  const bool decode_shape = a.d % 16 == 0 && a.d <= 128 && a.nq <= 2;
-  return a.d % 16 == 0 && a.d <= 128 && PV_HEADS && (PACKED_LOGITS || !decode_shape);
+  return a.d % 16 == 0 && a.d <= 128;
 }
 
 void attention_avx512(const Attention& a) {
@@ -760,21 +682,6 @@ void attention_avx512(const Attention& a) {
   const std::vector<PackedKeys>& packed = pack_all_keys(a, fresh);
   const auto tile = [&](const Tile& t, Scratch& s) { attend_blocked_tile(a, t, packed[t.g], s); };
   if (!run_row_tiles(a, tile)) run_tiles(a, tile);
-}
-
-bool attention_avx512_set(const std::string& key, double value) {
-  if (key == "ahead") AVX512_AHEAD = long(value);
-  else if (key == "ahead_bf16") AVX512_AHEAD_BF16 = long(value);
-  else if (key == "pv_heads") PV_HEADS = int(value);
-  else if (key == "pv_block") PV_BLOCK_BYTES = long(value);
-  else if (key == "kv_major") KV_MAJOR = int(value);
-  else if (key == "many_rows") MANY_ROWS = int(value);
-  else if (key == "split") SPLIT_KEYS = int(value);
-  else if (key == "split_max_bytes") SPLIT_MAX_BYTES = long(value);
-  else if (key == "packed") PACKED_LOGITS = int(value);
-  else if (key == "bf16_dot") BF16_DOT = int(value);
-  else return false;
-  return true;
 }
 
 }  // namespace kvlab::attn

@@ -7,19 +7,15 @@
 namespace kvlab::attn {
 namespace {
 
-// Tuning (attn_keep_packed): prefill/scoring reuse their packed keys' buffers across calls (0: fresh per call).
-// With KV-head-major tiles (attn_kv_major) on a Zen 5, 2 threads, 256 queries x 4K keys of 32:8 heads: 35.5 ms
-// against 69.4 with neither (50.4 with only KV-head-major tiles, 54.3 with only kept buffers); 512 x 512: 5.3 vs
-// 7.2 ms; qwen's 14:2 at 8K keys 33.6 vs 35.5 ms. Same bits either way.
-int KEEP_PACKED = 1;
+// Packed keys up to this many bytes per call stay in the calling thread's buffers across calls.
 constexpr long KEPT_PACKED_MAX = 64L << 20;
 
 void pack_keys(const HeadView& kv, int d, PackedKeys& pk) {
   pk.blocks = (kv.len + KB - 1) / KB;
   const size_t n = size_t(pk.blocks) * d * KB + 16;
   // Kept across calls (no fresh pages to fault in and zero per layer). The last block's padding lanes are
-  // masked by their positions whatever they hold; they are zeroed anyway, as fresh buffers were.
-  if (pk.kt.size() < n || !KEEP_PACKED) pk.kt.assign(n, 0.f);
+  // masked by their positions whatever they hold; they are zeroed anyway.
+  if (pk.kt.size() < n) pk.kt.assign(n, 0.f);
   else std::fill(pk.kt.begin() + size_t(kv.len / KB) * d * KB, pk.kt.begin() + n, 0.f);
   pk.pos.assign(size_t(pk.blocks) * KB, INT32_MAX);
   pk.sorted = ascending(kv);
@@ -66,7 +62,7 @@ std::vector<PackedKeys>& pack_all_keys(const Attention& a, std::vector<PackedKey
   static thread_local std::vector<PackedKeys> kept;
   long need = 0;
   for (int g = 0; g < a.n_kv; g++) need += (long(a.heads[g].len) + KB - 1) / KB * KB * a.d * long(sizeof(float));
-  const bool keep = KEEP_PACKED && need <= KEPT_PACKED_MAX;
+  const bool keep = need <= KEPT_PACKED_MAX;
   if (!keep) std::vector<PackedKeys>().swap(kept);
   std::vector<PackedKeys>& packed = keep ? kept : fresh;
   if (packed.size() < size_t(a.n_kv)) packed.resize(size_t(a.n_kv));
@@ -104,12 +100,6 @@ Attention widened(const Attention& a) {
     }
   });
   return w;
-}
-
-bool attention_common_set(const std::string& key, double value) {
-  if (key == "keep_packed") KEEP_PACKED = int(value);
-  else return false;
-  return true;
 }
 
 }  // namespace kvlab::attn

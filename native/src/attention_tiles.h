@@ -4,7 +4,6 @@
 // transposed for many-row calls, and a bf16 cache widened for the paths that read fp32 only.
 #include <algorithm>
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "aligned.h"
@@ -81,7 +80,7 @@ void for_tiles_of(const Attention& a, int g, int i, F f) {
 
 // A bf16 cache's rows widened to fp32, per KV head, in the calling thread's kept buffers, for the paths that read
 // fp32 only (AVX2 prefill and head sizes the row kernels do not take, scalar, on AVX-512 d not a multiple of 16
-// or above 128, the per-head knobs). The buffers grow to the largest call's heads.
+// or above 128). The buffers grow to the largest call's heads.
 Attention widened(const Attention& a);
 
 // ---------- the paths (one file each) ----------
@@ -97,10 +96,5 @@ bool avx512_reads_bf16(const Attention& a);
 void attention_avx2_decode(const Attention& a);
 void attention_avx2_rows(const Attention& a);
 bool avx2_rows_fit(int d);
-
-// Benchmark knobs of each file (key without the "attn_" prefix); false if the key is not theirs.
-bool attention_common_set(const std::string& key, double value);
-bool attention_avx512_set(const std::string& key, double value);
-bool attention_avx2_set(const std::string& key, double value);
 
 }  // namespace kvlab::attn

@@ -22,6 +22,8 @@ uint64_t xcr0() {
 
 CpuFeatures detect() {
   CpuFeatures f;
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l2 > 0) f.l2_bytes = l2;
   unsigned a, b, c, d;
   bool osxsave = false;
   uint64_t xcr = 0;
@@ -53,7 +55,8 @@ CpuFeatures detect() {
     f.amx_bf16 = true;
     f.amx_status = "active";
   }
-  // KVLAB_ISA caps the paths (amx | avx512 | avx2 | scalar) so every fallback can be exercised on one machine.
+  // KVLAB_ISA caps the paths (amx | avx512 | avx512f | avx2 | scalar) so every fallback can be exercised on one
+  // machine; avx512f keeps AVX-512 F/BW/VL/DQ without BF16 and VNNI.
   if (const char* isa = std::getenv("KVLAB_ISA")) {
     const std::string want(isa);
     f.isa_cap = want;
@@ -61,6 +64,7 @@ CpuFeatures detect() {
       f.amx_bf16 = false;
       f.amx_status = "disabled by KVLAB_ISA=" + want;
     }
+    if (want == "avx512f") f.avx512_bf16 = f.avx512_vnni = false;
     if (want == "avx2" || want == "scalar") f.avx512 = f.avx512_bf16 = f.avx512_vnni = false;
     if (want == "scalar") f.avx2_fma = f.f16c = false;
   }

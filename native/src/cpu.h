@@ -15,6 +15,7 @@ struct CpuFeatures {
   bool amx_emulated = false; // KVLAB_AMX_EMULATE=1: the AMX GEMM runs on a scalar tile emulator (tests its logic)
   std::string amx_status;    // why AMX is or is not used
   std::string isa_cap;       // KVLAB_ISA value, if any
+  long l2_bytes = 1L << 20;  // one core's L2 cache (sysconf; 1 MiB when the OS does not say)
 };
 
 const CpuFeatures& cpu();

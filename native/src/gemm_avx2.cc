@@ -14,13 +14,8 @@
 // Every output is computed with the same K blocking and the same kernel whichever thread takes its chunk, so
 // the result does not depend on the thread count.
 //
-// Measured (AMD EPYC, AVX2 only, bf16 weights, fp32 activations, shared noisy machine): the 6x16 kernel alone
-// reaches ~0.92 of the register-resident FMA peak (fma_peak_gflops) and takes ~0.94 of the whole GEMM's
-// time on one thread; 2.5-2.8x the previous 3x32 tile kernel. KC 256 / MC 144 (BLIS's Zen sgemm blocking)
-// measured as good as any tried (KC 128-512, MC 72-288, NC 128-512). Claiming NC 256 chunks instead of a
-// static half of the columns per thread, with the activations packed once: 1.04-1.08x on 2 threads (geomean
-// of the six 512-row bf16/int8 shapes of the kernel bench, interleaved A/B), 123-139 GFLOP/s = 0.72-0.80 of
-// the 2-thread FMA peak (172-186) in a quiet moment; the whole 512-token prefill of llama-3.2-1b 1.04x.
+// KC 256 / MC 144 are BLIS's Zen sgemm blocking. Output columns are claimed in chunks of NC rather than split
+// statically, so a thread slowed down by other processes takes fewer of them.
 #include "gemm_avx2.h"
 
 #include <immintrin.h>
@@ -43,9 +38,9 @@ namespace {
 
 constexpr int MR = 6;   // activation rows per register tile
 constexpr int NR = 16;  // output columns per register tile / packed weight panel
-long KC = 256;          // inner dimension per block
-long MC = 144;          // activation rows per packed block (multiple of MR)
-long NC = 256;          // output columns per packed weight block and unit of work (multiple of NR)
+constexpr long KC = 256;  // inner dimension per block
+constexpr long MC = 144;  // activation rows per packed block (multiple of MR)
+constexpr long NC = 256;  // output columns per packed weight block and unit of work (multiple of NR)
 
 // Grow-only 64-byte aligned scratch, one per thread (pool workers live as long as the addon).
 struct Scratch {
@@ -323,15 +318,6 @@ KVLAB_AVX2 __attribute__((noinline)) float fma_chains(long iters) {
 }
 
 }  // namespace
-
-bool gemm_avx2_set(const char* key, long value) {
-  if (value <= 0) return false;
-  if (!std::strcmp(key, "kc")) KC = value;
-  else if (!std::strcmp(key, "mc")) MC = (value + MR - 1) / MR * MR;
-  else if (!std::strcmp(key, "nc")) NC = (value + NR - 1) / NR * NR;
-  else return false;
-  return true;
-}
 
 void gemm_avx2(const Matmul& m) {
   const long n = m.n, N = m.w.rows, K = m.w.cols;

@@ -12,10 +12,4 @@ void gemm_avx2(const Matmul& m);
 // (clamped to the pool size), timed over ~0.2 s: the peak the AVX2 GEMM is compared with.
 double fma_peak_gflops(int threads);
 
-// Blocking of gemm_avx2 (benchmarks / tuning): "kc" (inner dimension per block), "mc" (activation rows per
-// packed block, rounded to a multiple of 6), "nc" (output columns per packed weight block and per unit of
-// work of a thread, multiple of 16).
-// False for an unknown key.
-bool gemm_avx2_set(const char* key, long value);
-
 }  // namespace kvlab

@@ -1,8 +1,7 @@
 // AVX-512 decode GEMVs: weights widened exactly in registers (fp32 products, fp32 sums), 16 lanes, tails by
 // masks. The row walk and its prefetch are gemv_walk.h's. 16-bit weights are read 16 at a time (256-bit loads)
-// and widened: on a Zen 5, bf16 read 32 at a time (one 512-bit load per line, even/odd halves as the AVX2
-// kernel does) streamed at 45.6 GB/s where this read 76.1 (decode matmuls of llama-3.2-1b from DRAM, four
-// row ranges per thread, alternating in one process).
+// and widened (from DRAM this streams faster than reading bf16 32 at a time as even/odd halves of one 512-bit
+// load, as the AVX2 kernel does).
 // GCC 12 warns that _mm512_reduce_add_ps reads an uninitialized value (its extract intrinsics); a false positive.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
@@ -61,8 +60,7 @@ __attribute__((target(AVX512))) void rows_float(const Matmul& m, const long* rr,
 
 // int8: each group's products summed in fp32 registers, then scaled once into the row's accumulator. The rows
 // of a pass are evenly spaced (both walks make them so): one row pointer and one stride, unmasked loads but for
-// a group's last partial step (L2-resident on one thread, 4 rows of g128 on a Zen 5: 31 -> 36-39 GB/s over a
-// pointer per row with masked loads throughout).
+// a group's last partial step.
 template <int R, int N>
 __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, const PassPrefetch& pf) {
   const long K = m.w.cols, G = m.w.group, ngroups = m.w.groups_per_row(), rows = m.w.rows;
@@ -116,12 +114,9 @@ __attribute__((target(AVX512))) void rows_int8(const Matmul& m, const long* rr, 
 // at the end. The rows are addressed from one pointer that advances block by block.
 // - LB > 0: blocks of exactly LB whole 64-column lines (K a multiple of the block), unrolled; LB == 0: any
 //   block, its last partial line masked.
-// - PF 1: along each row's range into L1 (the walk's default) with the distance fixed per call; PF 2: as the
-//   policy says (prefetch_line); PF 0: none. Grouped scales are prefetched along with the weights (SCALE_AHEAD).
-// With LB > 0 and PF 1 known at compile time: L2-resident 1.16-1.56x (qwen2.5-0.5b shapes, 1 and 2 threads)
-// the kernel that decided both per line.
-// A whole line as two 256-bit loads: from DRAM, three ranges per thread, 1.05-1.10x over one 512-bit load
-// (llama-3.2-1b and qwen2.5-0.5b decode matmuls, builds alternating in one process; 0.98-1.03x at four ranges).
+// - Every row prefetches its weights pf.ahead bytes along its range into L1, and grouped scales SCALE_AHEAD
+//   bytes ahead, a line per 16 blocks.
+// A whole line is read as two 256-bit loads (from DRAM, at three ranges per thread, faster than one 512-bit load).
 __attribute__((target(AVX512), always_inline)) inline __m512i load_line_halves(const int8_t* p) {
   const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), 1);
@@ -140,19 +135,16 @@ __attribute__((target(AVX512 ",avx512vnni"), always_inline)) inline void vnni_li
   }
 }
 
-// Each row's group scales, a line at a time, this many bytes ahead along the row's range: 1.05-1.06x on the
-// llama-3.2-1b decode matmuls from DRAM, 1.01-1.02x on qwen2.5-0.5b's (256 and 1024 bytes measured the same).
-// With the scales in L1 throughout (wrong results, same weight traffic) the 1B's matmuls took 1.086x less time.
+// Each row's group scales, a line at a time, this many bytes ahead along the row's range: the scales are a stream
+// of their own beside the weights, which the hardware prefetcher does not follow.
 constexpr long SCALE_AHEAD = 512;
 
-template <int R, int N, int LB, bool PER_ROW, int PF>
+template <int R, int N, int LB, bool PER_ROW>
 __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
   const long K = m.w.cols, B = LB ? 64 * LB : qa.block, ngroups = m.w.groups_per_row(), rows = m.w.rows, blocks = qa.blocks;
   const long spacing = R > 1 ? rr[1] - rr[0] : 0, stride = spacing * K, sstride = spacing * ngroups;
   const int8_t* w0 = static_cast<const int8_t*>(m.w.data) + rr[0] * K;
   const float* sc = m.w.scales + rr[0] * ngroups;
-  const char* row[R];
-  for (int q = 0; q < R; q++) row[q] = reinterpret_cast<const char*>(w0 + q * stride);
   const char* ahead = reinterpret_cast<const char*>(w0) + pf.ahead;
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   __m512 acc[R][N];
@@ -170,15 +162,11 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& 
       for (int q = 0; q < R; q++) ia[q][t] = unshift;
     }
     auto prefetch = [&](long k) __attribute__((always_inline)) {
-      if constexpr (PF == 1) {
-        #pragma GCC unroll 8
-        for (int q = 0; q < R; q++) _mm_prefetch(ahead + q * stride + k, _MM_HINT_T0);
-      } else if constexpr (PF == 2) {
-        prefetch_line<R>(pf, row, k);
-      }
+      #pragma GCC unroll 8
+      for (int q = 0; q < R; q++) _mm_prefetch(ahead + q * stride + k, _MM_HINT_T0);
     };
-    if constexpr (!PER_ROW && PF != 0) {
-      if ((b & 15) == 0 && (PF == 1 || pf.level)) {
+    if constexpr (!PER_ROW) {
+      if ((b & 15) == 0) {
         #pragma GCC unroll 8
         for (int q = 0; q < R; q++) _mm_prefetch(reinterpret_cast<const char*>(sc + q * sstride + b) + SCALE_AHEAD, _MM_HINT_T0);
       }
@@ -209,10 +197,10 @@ __attribute__((target(AVX512 ",avx512vnni"))) void rows_int8_vnni(const Matmul& 
     for (int t = 0; t < N; t++) m.out[t * rows + rr[q]] = _mm512_reduce_add_ps(acc[q][t]) * (PER_ROW ? sc[q * sstride] : 1.f);
 }
 
-template <int R, int N, int LB, int PF>
+template <int R, int N, int LB>
 void rows_int8_vnni(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-  if (m.w.per_row()) rows_int8_vnni<R, N, LB, true, PF>(m, qa, rr, pf);
-  else rows_int8_vnni<R, N, LB, false, PF>(m, qa, rr, pf);
+  if (m.w.per_row()) rows_int8_vnni<R, N, LB, true>(m, qa, rr, pf);
+  else rows_int8_vnni<R, N, LB, false>(m, qa, rr, pf);
 }
 
 struct Avx512Rows {
@@ -235,16 +223,13 @@ namespace {
 struct VnniRows {
   template <int R, int N>
   static void rows(const Matmul& m, const Int8Activations& qa, const long* rr, const PassPrefetch& pf) {
-    if (pf.level == 0 || (pf.level == 1 && !pf.next)) {
-      const bool on = pf.level != 0;
-      if (m.w.cols % qa.block == 0) switch (qa.block) {
-          case 64: return on ? rows_int8_vnni<R, N, 1, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 1, 0>(m, qa, rr, pf);
-          case 128: return on ? rows_int8_vnni<R, N, 2, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 2, 0>(m, qa, rr, pf);
-          case 256: return on ? rows_int8_vnni<R, N, 4, 1>(m, qa, rr, pf) : rows_int8_vnni<R, N, 4, 0>(m, qa, rr, pf);
-          default: break;
-        }
-    }
-    rows_int8_vnni<R, N, 0, 2>(m, qa, rr, pf);
+    if (m.w.cols % qa.block == 0) switch (qa.block) {
+        case 64: return rows_int8_vnni<R, N, 1>(m, qa, rr, pf);
+        case 128: return rows_int8_vnni<R, N, 2>(m, qa, rr, pf);
+        case 256: return rows_int8_vnni<R, N, 4>(m, qa, rr, pf);
+        default: break;
+      }
+    rows_int8_vnni<R, N, 0>(m, qa, rr, pf);
   }
 };
 }  // namespace

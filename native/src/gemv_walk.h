@@ -10,12 +10,11 @@
 
 namespace kvlab {
 
-// level: 0 off, 1 into L1, 2 into L2. streams == 0: passes of consecutive rows, each prefetching the next pass
-// (only when a pass is at most max_pass bytes); streams > 0: that many contiguous row ranges read side by side
-// (for one activation row; more rows use fewer), each prefetched `ahead` bytes along its own range.
+// A thread's rows are cut into `streams` contiguous ranges read side by side (one row from each per pass, so each
+// range is one long stream the hardware prefetcher follows; more activation rows use fewer ranges), and every
+// row prefetches `ahead` bytes further along its own range, into L1 (level 1) or L2 (level 2).
 struct PrefetchPolicy {
   int level;
-  long max_pass;
   int streams;
   long ahead;
 };
@@ -25,15 +24,10 @@ namespace gemv {
 // The activations are m.x as given.
 struct Plain {};
 
-// Rows are read in passes of R rows (indices rr[0..R)). Two ways to keep DRAM busy (PrefetchPolicy):
-// - streams == 0: a pass is R consecutive rows, and it prefetches the next pass linearly at the rate it
-//   consumes its own;
-// - streams > 0: a thread's rows are cut into `streams` contiguous ranges and a pass takes one row from each,
-//   so each range is one long stream, and every row prefetches `ahead` bytes further along its own stream.
+// What a pass's rows prefetch: `ahead` bytes along each row's range, into cache `level`.
 struct PassPrefetch {
-  const char* next = nullptr;  // streams == 0: the next pass's first byte
-  long ahead = 0;              // streams > 0
-  int level = 0;
+  long ahead = 0;
+  int level = 1;
 };
 
 // Always inlined: GCC treats a function that only prefetches as free of side effects and drops calls to it.
@@ -43,37 +37,14 @@ __attribute__((always_inline)) inline void prefetch_at(const char* p, int level)
 }
 
 // Called once per 64 bytes the rows advance, at byte offset `off` of the rows: a line of each row further
-// along its range, or R lines of the next pass.
+// along its range.
 template <int R>
 __attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf, const char* const* row, long off) {
-  if (!pf.level) return;
-  if (pf.next) {
-    #pragma GCC unroll 8
-    for (int q = 0; q < R; q++) prefetch_at(pf.next + R * off + 64 * q, pf.level);
-  } else {
-    #pragma GCC unroll 8
-    for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
-  }
+  #pragma GCC unroll 8
+  for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
 }
 
 inline long element_size(int t) { return t == W_F32 ? 4 : t == W_I8 ? 1 : 2; }
-
-template <class K, int N, class A>
-void run_passes(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
-  constexpr int R = N <= 2 ? 4 : 2;
-  const long row_bytes = m.w.cols * element_size(m.w.type);
-  const int level = pf.level && R * row_bytes <= pf.max_pass ? pf.level : 0;
-  long r = r0;
-  for (; r + R <= r1; r += R) {
-    long rr[R];
-    for (int q = 0; q < R; q++) rr[q] = r + q;
-    PassPrefetch p;
-    p.next = static_cast<const char*>(m.w.data) + (r + R) * row_bytes;
-    p.level = level;
-    K::template rows<R, N>(m, act, rr, p);
-  }
-  for (; r < r1; r++) K::template rows<1, N>(m, act, &r, PassPrefetch{});
-}
 
 template <class K, int S, int N, class A>
 void run_streams(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
@@ -91,17 +62,10 @@ void run_streams(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy
 
 template <class K, int N, class A>
 void run(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
-  if (pf.streams <= 0) return run_passes<K, N>(m, act, r0, r1, pf);
   if constexpr (N > 2) return run_streams<K, 2, N>(m, act, r0, r1, pf);
   else if constexpr (N == 2) return run_streams<K, 4, N>(m, act, r0, r1, pf);
-  else switch (pf.streams) {
-      case 1: return run_streams<K, 1, N>(m, act, r0, r1, pf);
-      case 2: return run_streams<K, 2, N>(m, act, r0, r1, pf);
-      case 3: return run_streams<K, 3, N>(m, act, r0, r1, pf);
-      case 4: return run_streams<K, 4, N>(m, act, r0, r1, pf);
-      case 5: return run_streams<K, 5, N>(m, act, r0, r1, pf);
-      default: return run_streams<K, 6, N>(m, act, r0, r1, pf);
-    }
+  else if (pf.streams == 3) return run_streams<K, 3, N>(m, act, r0, r1, pf);
+  else return run_streams<K, 4, N>(m, act, r0, r1, pf);
 }
 
 // Rows [r0, r1) for m.n <= 4 activation rows.

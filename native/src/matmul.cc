@@ -12,7 +12,6 @@
 
 #include "aligned.h"
 #include "amx.h"
-#include "attention.h"
 #include "cpu.h"
 #include "gemm_avx2.h"
 #include "gemv.h"
@@ -27,23 +26,13 @@ namespace {
 constexpr long GEMM_MIN_N = 8;  // from here on a packed GEMM beats re-streaming the weights per row
 constexpr int NR = 32;          // output columns (weight rows) per packed panel
 constexpr int MR = 8;           // activation rows per register tile
-// Tuning knobs (set_tuning): how decode GEMVs walk and prefetch their rows (gemv_walk.h); the int8 GEMV flavour.
-// Decode GEMVs read a few rows at a time; without help the hardware prefetcher restarts at every row and
-// short rows (2-4 KiB) lose up to a third of the bandwidth. Each thread's rows are cut into GEMV_STREAMS
-// contiguous ranges, a pass takes one row from each, and every row prefetches a fixed distance ahead along its
-// range (gemv_streams 0: the older passes of consecutive rows, each prefetching the next pass). Measured
-// alternating in one process, 2 threads, decode matmuls of llama-3.2-1b from DRAM:
-// - AVX2 kernels on a Zen 3 (no AVX-512): ranges 1.17-1.38x tokens/s over the passes (whole decode at 1K);
-//   512 bytes ahead into L2 was best (768 worse, 256 worse).
-// - AVX-512 kernels on a Zen 5: bf16 76.1 GB/s and int8/g128 62.4 GB/s, against 38.2 and 45.6 for the passes
-//   into L2; 2048 bytes ahead into L1 beat 1024 and 4096, and into L2 (bf16 74.8 vs 68.4 GB/s, int8 62.4 vs 59.5).
-int PREFETCH_AVX2 = 2;            // 0 off, 1 into L1, 2 into L2
-int PREFETCH_AVX512 = 1;
-long PREFETCH_MAX_PASS = 1 << 18; // passes: only when one pass (rows per pass x row bytes) is at most this many bytes
-int GEMV_STREAMS = 4;             // row ranges read side by side per thread (0: passes of consecutive rows)
-int GEMV_STREAMS_INT8 = 3;        // the same for the VNNI int8 GEMV: three beat four 1.07-1.16x (README)
-long GEMV_AHEAD_AVX2 = 512;       // prefetch distance along each range, bytes
-long GEMV_AHEAD_AVX512 = 2048;
+// How decode GEMVs walk their rows (gemv_walk.h), per ISA: each thread's rows as that many ranges read side by
+// side, each row prefetching a fixed distance ahead along its range, into L2 on AVX2 and into L1 on AVX-512
+// (without help the hardware prefetcher restarts at every row, and short rows of 2-4 KiB lose up to a third of
+// the bandwidth). The VNNI int8 GEMV reads three ranges, the others four.
+constexpr PrefetchPolicy GEMV_AVX2{2, 4, 512};
+constexpr PrefetchPolicy GEMV_AVX512{1, 4, 2048};
+constexpr PrefetchPolicy GEMV_VNNI{1, 3, 2048};
 
 int INT8_MODE = -1;  // -1: not yet read from KVLAB_INT8_GEMV, 0: dequantize in registers, 1: VNNI where it applies
 
@@ -165,7 +154,7 @@ void gemv_int8_vnni_dispatch(const Matmul& m) {
   float* const scale = b.scale.data();
   int32_t* const sum = b.sum.data();
   quantize_activations_int8(m.x, m.n, K, B, q, stride, scale, sum);
-  const PrefetchPolicy pf{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS_INT8, GEMV_AHEAD_AVX512};
+  const PrefetchPolicy pf = GEMV_VNNI;
   run_rows(m.w.rows, [&](long r0, long r1) {
     for (long t0 = 0; t0 < m.n; t0 += 4) {
       Matmul s = m;
@@ -352,8 +341,7 @@ void gemv_dispatch(const Matmul& m, bool avx512) {
   const bool pairs = !avx512 && gemv_avx2_uses_pairs(m.w);
   std::vector<float> split(pairs ? size_t(2 * m.n * K2) : 0);
   if (pairs) split_even_odd(m.x, m.n, K, split.data(), split.data() + m.n * K2);
-  const PrefetchPolicy pf = avx512 ? PrefetchPolicy{PREFETCH_AVX512, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX512}
-                                  : PrefetchPolicy{PREFETCH_AVX2, PREFETCH_MAX_PASS, GEMV_STREAMS, GEMV_AHEAD_AVX2};
+  const PrefetchPolicy pf = avx512 ? GEMV_AVX512 : GEMV_AVX2;
   run_rows(m.w.rows, [&](long r0, long r1) {
     for (long t0 = 0; t0 < m.n; t0 += 4) {
       Matmul s = m;
@@ -386,16 +374,8 @@ Path choose(long n, const WeightRef& w, bool bf16_activations) {
 
 }  // namespace
 
-bool set_tuning(const std::string& key, double value) {
-  if (key == "prefetch") PREFETCH_AVX2 = PREFETCH_AVX512 = int(value);
-  else if (key == "prefetch_max_pass") PREFETCH_MAX_PASS = long(value);
-  else if (key == "gemv_streams") GEMV_STREAMS = int(value);
-  else if (key == "gemv_streams_int8") GEMV_STREAMS_INT8 = int(value);
-  else if (key == "gemv_ahead") GEMV_AHEAD_AVX2 = GEMV_AHEAD_AVX512 = long(value);
-  else if (key == "int8_vnni") INT8_MODE = value != 0 ? 1 : 0;
-  else if (key.rfind("gemm_", 0) == 0) return gemm_avx2_set(key.c_str() + 5, long(value));
-  else if (key.rfind("attn_", 0) == 0) return attention_set(key.substr(5), value);
-  else return false;
+bool set_int8_vnni(bool on) {
+  INT8_MODE = on ? 1 : 0;
   return true;
 }
 

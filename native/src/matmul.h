@@ -21,9 +21,10 @@ void matmul(const Matmul& m, bool bf16_activations);
 // The kernel a call of this shape takes, for `kvlab info` and benchmarks.
 const char* matmul_path(long n, const WeightRef& w, bool bf16_activations);
 
-// Benchmark knobs: "prefetch" (0/1/2, decode GEMV software prefetch: off, L1, L2), "prefetch_max_pass",
-// "int8_vnni" (1: int8 decode GEMV on VNNI where it applies, 0: dequantized in registers). False if unknown.
-bool set_tuning(const std::string& key, double value);
+// The int8 decode GEMV's arithmetic, read from KVLAB_INT8_GEMV at first use (dequant: off): on, VNNI where it
+// applies, with activations quantized per block; off, weights dequantized in registers against exact fp32
+// activations. Tests compare both in one process. Returns true.
+bool set_int8_vnni(bool on);
 
 // Symmetric absmax int8 per (row, group): q = round(v / s), s = max|v| / 127 (1 for an all-zero group).
 void quantize_int8(const WeightRef& src, long group, int8_t* q, float* scales);

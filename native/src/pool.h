@@ -18,7 +18,7 @@ void pool_run(const std::function<void(int, int)>& fn);
 // is on, each worker to another of the CPUs the process had at pool start, and all are unpinned afterwards.
 // For an async step or product, whose caller is a libuv thread: on a 2-vCPU VM that packs threads which wake
 // each other onto one vCPU, the caller and the worker were seen taking turns on one vCPU (each spinning out
-// its wait while the other could not run) with the second idle for up to 20 ms. A no-op with one thread,
+// its wait while the other could not run) while the second vCPU idled. A no-op with one thread,
 // more threads than CPUs, placement turned off (KVLAB_STEP_PLACEMENT=0, setTuning('step_placement', 0)), or while another
 // PoolPlacement is alive (two async steps at once: the second caller stays free to move).
 class PoolPlacement {

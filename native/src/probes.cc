@@ -19,9 +19,8 @@ namespace kvlab::bind {
 namespace {
 
 // Sum of p[0, S part) read as S streams side by side, 64 bytes from each in turn; AHEAD > 0: each stream also
-// prefetches AHEAD bytes ahead into L1. On an AMD EPYC Zen 3 (AVX2) three plain streams per thread read
-// fastest (26.5 vs 23.6 GB/s for one; two 17.8); on a Zen 5 (standalone, 2 threads) three plain streams read
-// 37-55 GB/s where four with a prefetch 1 KiB ahead read 67-72. The probe takes the faster of the two.
+// prefetches AHEAD bytes ahead into L1. Which of the two read loops reads faster depends on the CPU (three plain
+// streams on some, four prefetching ones on others), so the probe takes the faster of the two.
 template <int S, long AHEAD>
 __attribute__((target("avx2")))
 double sum_streams_avx2(const float* p, long part) {

@@ -7,8 +7,7 @@
  */
 import type { Weight, WeightDType } from '../tensor/backend.ts';
 import { HeadStore } from '../cache/kv-cache.ts';
-import { loadAddon, NativeBackend } from '../tensor/native.ts';
-import { alternate, type Alternation } from './alternate.ts';
+import { NativeBackend } from '../tensor/native.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 
 export interface GemvResult {
@@ -47,16 +46,14 @@ export interface AttentionResult {
   context: number;
   /** fp32 keys and values read per token (all layers). */
   kvBytes: number;
-  /** The two kernel arrangements compared: `on` is the default, `off` the one it replaced. */
-  variants: { knob: string; on: string; off: string };
-  /** Median milliseconds per token (one decode query through every layer) per kernel variant. */
-  ms: { on: number; off: number };
-  GBs: { on: number; off: number };
+  /** The attention path the addon takes on this CPU. */
+  path: string;
+  /** Median milliseconds per token (one decode query through every layer). */
+  ms: number;
+  GBs: number;
   /** Streaming-read bandwidth probed between the rounds (median). */
   streamGBs: number;
-  fractionOfBandwidth: { on: number; off: number };
-  /** off / on time, per round, median. */
-  speedup: number;
+  fractionOfBandwidth: number;
 }
 
 export interface DecodeMatmulsResult {
@@ -65,13 +62,12 @@ export interface DecodeMatmulsResult {
   layers: number;
   /** Weight (+ scale) bytes of one token's matmuls: every layer's projections and the LM head. */
   bytes: number;
-  /** Median milliseconds per token per way of walking the rows (AVX2 gemv_streams 4 vs 0). */
-  ms: { streams: number; passes: number };
-  GBs: { streams: number; passes: number };
+  /** Median milliseconds per token. */
+  ms: number;
+  GBs: number;
+  /** Streaming-read bandwidth probed between the rounds (median). */
   streamGBs: number;
-  fractionOfBandwidth: { streams: number; passes: number };
-  /** passes / streams time, per round, median. */
-  speedup: number;
+  fractionOfBandwidth: number;
 }
 
 export interface KernelBench {
@@ -155,42 +151,22 @@ function timeGemm(be: NativeBackend, w: Weight, n: number, runs: number): number
   return median(times);
 }
 
-/**
- * `pass` (ms, reading `bytes`) with a tuning knob at its default `on` and at `off`, alternating round by round
- * with the streaming probe; the knob is left at `on`.
- */
-function compareKnob(knob: string, on: number, off: number, bytes: number, rounds: number, pass: () => number) {
-  const lib = loadAddon();
-  if (!lib) throw new Error('benchmarks need the native addon (npm install builds it)');
+/** `pass` (ms, reading `bytes`) over `rounds` rounds after a warm-up pass, the streaming probe before each round. */
+function timeAgainstProbe(bytes: number, rounds: number, pass: () => number) {
   const probes: number[] = [];
-  let a: Alternation;
-  try {
-    const at = (value: number) => () => {
-      lib.setTuning(knob, value);
-      return pass();
-    };
-    a = alternate(rounds, [at(on), at(off)], () => probes.push(...probeBandwidth(1)));
-  } finally {
-    lib.setTuning(knob, on);
+  const times: number[] = [];
+  pass();
+  for (let r = 0; r < rounds; r++) {
+    probes.push(...probeBandwidth(1));
+    times.push(pass());
   }
-  const ms = { on: median(a.times[0]!), off: median(a.times[1]!) };
-  const GBs = { on: bytes / ms.on / 1e6, off: bytes / ms.off / 1e6 };
+  const ms = median(times);
+  const GBs = bytes / ms / 1e6;
   const streamGBs = median(probes);
-  return {
-    ms: { on: round(ms.on, 2), off: round(ms.off, 2) },
-    GBs: { on: round(GBs.on, 1), off: round(GBs.off, 1) },
-    streamGBs: round(streamGBs, 1),
-    fraction: { on: round(GBs.on / streamGBs, 3), off: round(GBs.off / streamGBs, 3) },
-    speedup: round(a.ratio, 2),
-  };
+  return { ms: round(ms, 2), GBs: round(GBs, 1), streamGBs: round(streamGBs, 1), fraction: round(GBs / streamGBs, 3) };
 }
 
-/**
- * Decode attention from DRAM: one query through every layer of a cache far larger than the L3, the default
- * kernels against the ones they replaced, alternating round by round: on AVX2 the address-order kernels
- * (attn_rows 1) against the paired ones (0); on AVX-512 P.V with each value row loaded once for a batch of heads
- * (attn_pv_heads 1) against heads walked per block of keys (0). Scalar: both take the same path.
- */
+/** Decode attention from DRAM: one query through every layer of a cache far larger than the L3. */
 export function benchDecodeAttention(
   be: NativeBackend,
   shape: { name: string; layers: number; heads: number; kvHeads: number; headDim: number },
@@ -219,11 +195,7 @@ export function benchDecodeAttention(
     return performance.now() - t;
   };
   const kvBytes = layers * kvHeads * context * d * 4 * 2;
-  const variants =
-    be.info().paths.attention === 'avx512'
-      ? { knob: 'attn_pv_heads', on: 'values once per head batch', off: 'heads per key block' }
-      : { knob: 'attn_rows', on: 'address-order', off: 'paired' };
-  const c = compareKnob(variants.knob, 1, 0, kvBytes, rounds, pass);
+  const c = timeAgainstProbe(kvBytes, rounds, pass);
   return {
     shape: shape.name,
     layers,
@@ -232,19 +204,17 @@ export function benchDecodeAttention(
     headDim: d,
     context,
     kvBytes,
-    variants,
+    path: be.info().paths.attention,
     ms: c.ms,
     GBs: c.GBs,
     streamGBs: c.streamGBs,
     fractionOfBandwidth: c.fraction,
-    speedup: c.speedup,
   };
 }
 
 /**
  * One decode token's matmuls in model order (q, k, v, o, gate, up, down per layer, then the LM head), each a
- * distinct weight so the sequence streams from DRAM as in a forward pass; the row ranges read side by side
- * (gemv_streams 4) and the passes of consecutive rows (0) alternate round by round with the probe.
+ * distinct weight so the sequence streams from DRAM as in a forward pass, the probe between rounds.
  */
 export function benchDecodeMatmuls(
   be: NativeBackend,
@@ -266,18 +236,8 @@ export function benchDecodeMatmuls(
     for (const w of ws) be.matmul(out, x, 1, w);
     return performance.now() - t;
   };
-  const c = compareKnob('gemv_streams', 4, 0, bytes, rounds, pass);
-  return {
-    shape: shape.name,
-    dtype,
-    layers,
-    bytes,
-    ms: { streams: c.ms.on, passes: c.ms.off },
-    GBs: { streams: c.GBs.on, passes: c.GBs.off },
-    streamGBs: c.streamGBs,
-    fractionOfBandwidth: { streams: c.fraction.on, passes: c.fraction.off },
-    speedup: c.speedup,
-  };
+  const c = timeAgainstProbe(bytes, rounds, pass);
+  return { shape: shape.name, dtype, layers, bytes, ms: c.ms, GBs: c.GBs, streamGBs: c.streamGBs, fractionOfBandwidth: c.fraction };
 }
 
 export const LLAMA_1B_MATMULS = { name: 'llama-3.2-1b', layers: 16, hidden: 2048, intermediate: 8192, kvDim: 512, vocab: 128256 };
@@ -353,8 +313,7 @@ export function benchKernels(opts: { quick?: boolean; log?: (s: string) => void 
     attention.push(r);
     log(
       `decode attention ${r.shape} (${r.heads}:${r.kvHeads} heads, d ${r.headDim}, ${r.context} keys, ${(r.kvBytes / 1e6).toFixed(0)} MB): ` +
-        `${r.variants.on} ${r.ms.on} ms = ${Math.round(100 * r.fractionOfBandwidth.on)}%, ${r.variants.off} ${r.ms.off} ms = ` +
-        `${Math.round(100 * r.fractionOfBandwidth.off)}% of ${r.streamGBs} GB/s streaming; ${r.speedup}x`,
+        `${r.ms} ms = ${Math.round(100 * r.fractionOfBandwidth)}% of ${r.streamGBs} GB/s streaming (${r.path})`,
     );
   }
   const decodeMatmuls: DecodeMatmulsResult[] = [];
@@ -363,9 +322,8 @@ export function benchKernels(opts: { quick?: boolean; log?: (s: string) => void 
     const r = benchDecodeMatmuls(be, shape, dtype, quick ? 3 : 7);
     decodeMatmuls.push(r);
     log(
-      `decode matmuls ${r.shape} ${r.dtype} (${r.layers} layers + LM head, ${(r.bytes / 1e6).toFixed(0)} MB): row ranges side by side ${r.ms.streams} ms = ` +
-        `${Math.round(100 * r.fractionOfBandwidth.streams)}%, passes of consecutive rows ${r.ms.passes} ms = ${Math.round(100 * r.fractionOfBandwidth.passes)}% ` +
-        `of ${r.streamGBs} GB/s streaming; ${r.speedup}x`,
+      `decode matmuls ${r.shape} ${r.dtype} (${r.layers} layers + LM head, ${(r.bytes / 1e6).toFixed(0)} MB): ${r.ms} ms = ` +
+        `${Math.round(100 * r.fractionOfBandwidth)}% of ${r.streamGBs} GB/s streaming`,
     );
   }
   return { threads: info.threads, bandwidthGBs: round(bandwidthGBs, 1), gemv, gemm, attention, decodeMatmuls };

@@ -103,19 +103,11 @@ export interface Addon {
   /** Register-resident AVX2 FMA throughput on that many pool threads, GFLOP/s (0 without AVX2+FMA). */
   fmaPeak(threads?: number): number;
   /**
-   * Benchmark knobs: 'prefetch' (0 off, 1 into L1, 2 into L2: decode GEMV software prefetch), 'gemv_streams' (decode
-   * GEMV: 0 passes of consecutive rows, 1-6 row ranges read side by side), 'gemv_streams_int8' (the same for the VNNI
-   * int8 GEMV), 'gemv_ahead' (bytes, their prefetch distance), 'int8_vnni' (1: int8 decode on VNNI where it applies, 0:
-   * dequantized in registers), 'gemm_kc' / 'gemm_mc' / 'gemm_nc' (AVX2 prefill GEMM blocking), 'attn_rows' (0/1, AVX2
-   * address-order decode attention), 'attn_ahead' / 'attn_ahead_bf16' (bytes, AVX-512 decode attention prefetch over an
-   * fp32 / bf16 cache), 'attn_bf16_dot' (0/1: bf16-cache decode logits by vdpbf16ps), 'attn_pv_heads' (0/1),
-   * 'attn_pv_block' (bytes of values per block when a tile's heads take several register batches; 0: one pass per
-   * batch), 'attn_packed' (0/1: decode logits several heads per vector), 'attn_split' (0/1: packed logits read both
-   * halves of the keys), 'attn_split_max_bytes' (only for tiles whose keys take at most this many bytes),
-   * 'attn_kv_major' (0/1: many-row tiles split KV-head-major), 'attn_keep_packed' (0/1: packed keys kept across calls),
-   * 'attn_many_rows' (0/1: many-row calls group query rows into tiles), 'step_placement' (0/1: async steps and products
-   * pin their threads to distinct CPUs); false if unknown.
-   * Tests: 'step_fail_at' (i) makes the next runStep fail at op i.
+   * Run-time switches with a meaning beyond speed, so tests can compare both sides in one process: 'int8_vnni'
+   * (1: int8 decode GEMV on VNNI with activations quantized per block where it applies, 0: weights dequantized in
+   * registers against exact fp32 activations; KVLAB_INT8_GEMV), 'step_placement' (0/1: async steps and products
+   * pin their threads to distinct CPUs; KVLAB_STEP_PLACEMENT), 'step_fail_at' (i: the next runStep fails at op i).
+   * False if the key is unknown.
    */
   setTuning(key: string, value: number): boolean;
   /** One pool job whose workers sleep `ms` while the caller waits: the caller's CPU time over the wall time. */
