@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KvCache, KvDtype } from '../cache/kv-cache.ts';
@@ -30,6 +30,8 @@ export interface BatchBenchOptions {
   fitRatios: number[];
   /** Rows each sequence's answer may add on top of its context in the fit figure. */
   fitAnswerTokens: number;
+  /** A folder that keeps the random checkpoints between runs (default: a temporary one, removed at the end). */
+  checkpoints?: string;
   log: (line: string) => void;
 }
 
@@ -100,13 +102,15 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
   o.log('measuring machine limits (1 GiB streaming read, 512x2048x2048 GEMM)');
   const limits: MachineLimits = measureMachineLimits();
   o.log(`${limits.cpu}, ${limits.threads} threads; bandwidth ${r1(limits.bandwidthGBs)} GB/s`);
-  const scratch = mkdtempSync(join(tmpdir(), 'kvlab-batch-bench-'));
+  const scratch = o.checkpoints ?? mkdtempSync(join(tmpdir(), 'kvlab-batch-bench-'));
   const models: Record<string, unknown>[] = [];
   try {
     for (const name of o.models) {
       const dir = join(scratch, name);
-      o.log(`writing random-weight ${name} checkpoint`);
-      writeRandomCheckpoint(name, dir);
+      if (!existsSync(join(dir, 'model.safetensors'))) {
+        o.log(`writing random-weight ${name} checkpoint to ${dir}`);
+        writeRandomCheckpoint(name, dir);
+      }
       const backend = new NativeBackend();
       const lm = loadModel(dir, { backend, mmap: false, kvDtype: o.kvDtype });
       const wBytes = decodeWeightBytes(lm.model.weights);
@@ -164,7 +168,7 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
       });
     }
   } finally {
-    rmSync(scratch, { recursive: true, force: true });
+    if (!o.checkpoints) rmSync(scratch, { recursive: true, force: true });
   }
   return {
     machine: { ...limits, bandwidthGBs: r1(limits.bandwidthGBs), gemmBf16ActivationsGflops: r1(limits.gemmBf16ActivationsGflops), gemmF32ActivationsGflops: r1(limits.gemmF32ActivationsGflops), fmaPeakGflops: r1(limits.fmaPeakGflops), fmaPeakOneThreadGflops: r1(limits.fmaPeakOneThreadGflops) },

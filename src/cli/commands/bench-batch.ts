@@ -22,6 +22,7 @@ export function registerBenchBatch(program: Command): void {
     .option('--kv-memory <bytes>', 'KV pool of the fit figure (e.g. 4G)', '4G')
     .option('--fit-context <n>', 'context rows per sequence in the fit figure', intOption('--fit-context', 1), 8192)
     .option('--fit-ratios <list>', 'ratios of the fit figure', listOption)
+    .option('--checkpoints <dir>', 'keep the random checkpoints in this folder between runs')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (_local, cmd: Command) => {
       // The bench command's own options (--models, -o) are parsed by it; read them merged with this command's.
@@ -44,6 +45,7 @@ export function registerBenchBatch(program: Command): void {
         fitContext: o.fitContext as number,
         fitRatios: num(o.fitRatios ?? ['1', '0.3', '0.1'], 'fit-ratios'),
         fitAnswerTokens: 256,
+        checkpoints: o.checkpoints as string | undefined,
         log: (line) => process.stderr.write(`bench batch: ${line}\n`),
       });
       const text = `${JSON.stringify(report, null, 2)}\n`;
