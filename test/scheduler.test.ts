@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { KvPool } from '../src/cache/kv-pool.ts';
+import { defaultKvMemoryBytes, KvPool } from '../src/cache/kv-pool.ts';
 import { generate } from '../src/engine/generate.ts';
 import { DEFAULT_MODEL_DIR, loadModel } from '../src/engine/loaded-model.ts';
 import { BatchScheduler } from '../src/engine/scheduler.ts';
@@ -157,4 +157,14 @@ test('stop strings cut the text before them and end the sequence; max tokens end
   assert.equal(l.finishReason, 'length');
   assert.equal(l.tokens.length, 3);
   assert.equal(pool.usedBytes, 0);
+});
+
+test("without a pool given, the scheduler allocates from the model's one KV pool (a quarter of RAM by default)", async () => {
+  const s = new BatchScheduler(lm);
+  assert.equal(s.stats().poolBytesBudget, defaultKvMemoryBytes());
+  assert.equal(lm.kvPool(), lm.kvPool());
+  const r = await s.submit({ promptIds: prompts[0]!, maxTokens: 2 }).result;
+  assert.equal(r.completionTokens + (r.finishReason === 'stop' ? 1 : 0) > 0, true);
+  assert.equal(lm.kvPool().usedBytes, 0);
+  assert.throws(() => lm.kvPool(123), /already exists/);
 });

@@ -104,11 +104,13 @@ export class HeadStore implements KvHeadView {
     this.shrinkToFit();
   }
 
-  /** Drops rows past `len`; the blocks they took are freed at once. */
+  /**
+   * Drops rows past `len`, keeping their storage: a step undone and redone (benchmarks, a failed async step)
+   * must not reallocate the head each time. shrinkToFit() gives the blocks back.
+   */
   truncate(len: number): void {
     if (len > this.len) throw new RangeError(`truncate(${len}) beyond the current length ${this.len}`);
     this.len = len;
-    this.shrinkToFit();
   }
 
   /** Frees every block past the last one holding rows (an unpooled head keeps one block at least). */
@@ -238,6 +240,12 @@ export class KvCache {
   reserveRows(rows: number): void {
     this.assertIdle('reserveRows');
     this.forEachHead((s) => s.reserveExact(s.len + rows));
+  }
+
+  /** Frees every head's blocks past the rows it holds (e.g. a query's rows truncated away), at once. */
+  shrinkToFit(): void {
+    this.assertIdle('shrinkToFit');
+    this.forEachHead((s) => s.shrinkToFit());
   }
 
   /** Drops every row and returns all storage (to the pool, if any) at once; the cache can be filled again. */

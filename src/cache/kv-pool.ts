@@ -1,3 +1,4 @@
+import { totalmem } from 'node:os';
 import type { KvDtype } from './kv-cache.ts';
 
 /** Rows per block: every head's storage is a whole number of blocks, allocated and returned block by block. */
@@ -11,6 +12,11 @@ export function kvRowBytes(headDim: number, dtype: KvDtype): number {
 /** Rows rounded up to whole blocks. */
 export function blockRows(rows: number): number {
   return Math.ceil(rows / KV_BLOCK_ROWS) * KV_BLOCK_ROWS;
+}
+
+/** The default KV pool budget (--kv-memory): a quarter of the machine's RAM, leaving the rest to weights and activations. */
+export function defaultKvMemoryBytes(): number {
+  return Math.floor(totalmem() / 4);
 }
 
 /** An allocation the pool cannot grant: the bytes asked for exceed what is free. */

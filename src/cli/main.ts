@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { OutDirTimeoutError } from '../eval/out-dir.ts';
 import { registerBench } from './commands/bench.ts';
+import { registerBenchBatch } from './commands/bench-batch.ts';
 import { registerBenchPeer } from './commands/bench-peer.ts';
 import { registerChat } from './commands/chat.ts';
 import { registerCompress } from './commands/compress.ts';
@@ -25,6 +26,7 @@ registerDemo(program);
 registerEval(program);
 registerInfo(program);
 registerBench(program);
+registerBenchBatch(program);
 registerBenchPeer(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -218,7 +218,9 @@ export class ContextSession {
     try {
       return await generate(this.lm, this.cache, this.queryIds(query), gen);
     } finally {
+      // The query's and answer's rows go, and so do the blocks they grew the heads by.
       this.cache.truncate(mark);
+      this.cache.shrinkToFit();
     }
   }
 }

@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { KvCache, type KvDtype } from '../cache/kv-cache.ts';
+import { defaultKvMemoryBytes, KvPool } from '../cache/kv-pool.ts';
 import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/config.ts';
 import { LlamaModel } from '../model/llama.ts';
 import { loadTokenizer, type KvTokenizer } from '../model/tokenizer.ts';
@@ -63,6 +64,23 @@ export class LoadedModel {
 
   newCache(dtype: KvDtype = this.kvDtype): KvCache {
     return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype);
+  }
+
+  private pool: KvPool | null = null;
+
+  /**
+   * The model's one KV memory pool (made at first use, of `budgetBytes` or defaultKvMemoryBytes()): the batching
+   * scheduler's sequences and shared contexts allocate from it. Caches from newCache() stay outside it.
+   */
+  kvPool(budgetBytes?: number): KvPool {
+    if (!this.pool) this.pool = new KvPool(budgetBytes ?? defaultKvMemoryBytes());
+    else if (budgetBytes !== undefined && budgetBytes !== this.pool.budgetBytes) throw new Error(`kvPool(): the model's KV pool already exists with ${this.pool.budgetBytes} bytes`);
+    return this.pool;
+  }
+
+  /** An empty cache charged to the model's KV pool. */
+  newPooledCache(dtype: KvDtype = this.kvDtype): KvCache {
+    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype, this.kvPool());
   }
 
   openContext(context: string, opts?: ContextOptions): ContextSession {

@@ -18,8 +18,8 @@ import {
 import { firstStop, stableLength } from './stop-strings.ts';
 
 export interface BatchSchedulerOptions {
-  /** The loaded model's KV memory pool: every sequence's own rows are allocated from it. */
-  pool: KvPool;
+  /** The KV memory pool every sequence's own rows are allocated from. Default the loaded model's (lm.kvPool()). */
+  pool?: KvPool;
   /** Sequences advanced together per step. Default 16. */
   maxBatch?: number;
   /** Prompt tokens prefilled per step, over all sequences still reading their prompts. Default 256. */
@@ -78,8 +78,8 @@ export class BatchScheduler implements Scheduler {
   private draining = false;
   private readonly idleWaiters: (() => void)[] = [];
 
-  constructor(readonly lm: LoadedModel, opts: BatchSchedulerOptions) {
-    this.pool = opts.pool;
+  constructor(readonly lm: LoadedModel, opts: BatchSchedulerOptions = {}) {
+    this.pool = opts.pool ?? lm.kvPool();
     this.maxBatch = opts.maxBatch ?? 16;
     this.prefillChunk = opts.prefillChunk ?? 256;
     this.maxQueue = opts.maxQueue ?? 1024;
