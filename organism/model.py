@@ -115,11 +115,13 @@ class Llama(torch.nn.Module):
             else:
                 torch.nn.init.normal_(p, 0.0, std)
 
-    def forward(self, ids, positions=None, segments=None, checkpoint_layers=False):
+    def forward(self, ids, positions=None, segments=None, checkpoint_layers=False, rows=None):
         """Logits [B, T, V] for ids [B, T]. `segments` [B, T] (optional) restricts attention to tokens of the
         same segment (several examples packed into one row); `positions` restart at 0 in each segment.
         `checkpoint_layers` recomputes each layer in the backward pass instead of keeping its attention
-        matrices (T^2 per head), which long rows would otherwise need gigabytes for."""
+        matrices (T^2 per head), which long rows would otherwise need gigabytes for. `rows` (bool [B, T])
+        returns logits [N, V] for the selected positions only (training needs them at targets alone; the
+        output projection is a fifth of a small model's compute)."""
         B, T = ids.shape
         if positions is None:
             positions = torch.arange(T).expand(B, T)
@@ -135,7 +137,7 @@ class Llama(torch.nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask)
-        x = self.norm(x)
+        x = self.norm(x if rows is None else x[rows])
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return x @ w.t()
 

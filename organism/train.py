@@ -229,8 +229,9 @@ def main(argv=None):
         ids, tgt, pos, seg, _ = pack(exs, rows, seq_len, tok.specials['<|endoftext|>'])
         for g in opt.param_groups:
             g['lr'] = lr_at(recipe, step, args.steps)
-        logits = model(ids, pos, seg, checkpoint_layers=seq_len > 512)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1), ignore_index=-100)
+        is_target = tgt >= 0
+        logits = model(ids, pos, seg, checkpoint_layers=seq_len > 512, rows=is_target)
+        loss = F.cross_entropy(logits, tgt[is_target])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -256,7 +257,8 @@ def main(argv=None):
         if step % args.eval_every == 0:
             run_validation()
     checkpoint()
-    run_validation()
+    if step % args.eval_every:
+        run_validation()
 
 
 if __name__ == '__main__':
