@@ -64,6 +64,7 @@ def parse_args(argv=None):
     ap.add_argument('--val-families', default=','.join(VAL_FAMILIES), help='families to validate (comma-separated)')
     ap.add_argument('--ckpt-every', type=int, default=100)
     ap.add_argument('--tokenizer', default=DEFAULT_TOKENIZER)
+    ap.add_argument('--validate-only', action='store_true', help='validate the run\'s checkpoint and exit (does not write)')
     return ap.parse_args(argv)
 
 
@@ -179,8 +180,10 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     torch.set_num_threads(args.threads)
-    os.makedirs(args.run, exist_ok=True)
     ckpt_path = os.path.join(args.run, 'ckpt.pt')
+    if args.validate_only and not os.path.exists(ckpt_path):
+        raise SystemExit(f'{ckpt_path}: no checkpoint to validate')
+    os.makedirs(args.run, exist_ok=True)
     args_path = os.path.join(args.run, 'args.json')
     tok = Tokenizer(args.tokenizer)
     if os.path.exists(args_path):
@@ -207,7 +210,6 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f'--val-families: unknown family {unknown[0]!r} (known: {", ".join(VAL_FAMILIES)})')
     val = validation_set(recipe, tok, args.eval_examples, families)
-    log = open(os.path.join(args.run, 'log.jsonl'), 'a')
 
     def checkpoint():
         save_atomic({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step,
@@ -222,6 +224,11 @@ def main(argv=None):
         log.write(json.dumps({'step': step, 'tokens_seen': tokens_seen, 'val': res}) + '\n')
         log.flush()
 
+    if args.validate_only:
+        res = validate(model, val)
+        print(f'[val step {step}] token_acc/exact: ' + ' '.join(f'{f} {r["token_acc"]:.3f}/{r["exact"]:.2f}' for f, r in res.items()))
+        return
+    log = open(os.path.join(args.run, 'log.jsonl'), 'a')
     model.train()
     window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
     while step < args.steps:
