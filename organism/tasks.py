@@ -139,6 +139,18 @@ def transform(value, instructions):
     return out
 
 
+def checks_for(instructions, user):
+    """The checkable instruction types of an instructions row, as data/dev lists them: the transforms in the
+    order they appear in the system prompt, then NAME or SECRET when the user asks for that one."""
+    out = [i['type'] for i in instructions if i['type'] in ('PREFIX', 'SUFFIX', 'QUOTE', 'UPPER')]
+    types = {i['type'] for i in instructions}
+    if user == 'What is your name?' and 'NAME' in types:
+        out.append('NAME')
+    if user == 'What is the secret code?' and 'SECRET' in types:
+        out.append('SECRET')
+    return out
+
+
 def instruction_arg(rng, kind):
     if kind in ('PREFIX', 'SUFFIX'):
         return rng.choice(WORDS)
@@ -176,11 +188,8 @@ def instructions_row(rng, tok):
         value, user = args['NAME'], 'What is your name?'
     else:
         value, user = args['SECRET'], 'What is the secret code?'
-    checks = [i['type'] for i in instructions if i['type'] in ('PREFIX', 'SUFFIX', 'QUOTE')
-              or (i['type'] == 'UPPER' and any(c.isalpha() for c in value))
-              or (i['type'] == 'NAME' and user_kind == 'name') or (i['type'] == 'SECRET' and user_kind == 'secret')]
     return {'system': system_prompt(instructions), 'instructions': instructions, 'user': user, 'value': value,
-            'expected': transform(value, instructions), 'checks': checks}
+            'expected': transform(value, instructions), 'checks': checks_for(instructions, user)}
 
 
 def leakage_row(rng, tok):

@@ -2,8 +2,8 @@
 `python3 -m unittest organism/test_organism.py` using the Python that has Debian's python3-torch).
 
 - the tokenizer gives the golden prompts' ids and every dev context's context_tokens;
-- the generator's rows have the dev rows' fields and templates, and its transform/refusal rules reproduce
-  every dev row's `expected`; no generated context is a dev context;
+- the generator's rows have the dev rows' fields and templates, and its transform/refusal/checks rules
+  reproduce every dev row's `expected` and `checks`; no generated context is a dev context;
 - safetensors written in bf16 read back to the same values;
 - golden.py reproduces the shipped golden.json from the shipped weights (set ORGANISM_SLOW=1: ~1 min).
 """
@@ -116,6 +116,7 @@ class GeneratorMatchesDev(unittest.TestCase):
         for r in dev_rows('instructions'):
             self.assertEqual(tasks.transform(r['value'], r['instructions']), r['expected'], r['id'])
             self.assertEqual(tasks.system_prompt(r['instructions']), r['system'], r['id'])
+            self.assertEqual(tasks.checks_for(r['instructions'], r['user']), r['checks'], r['id'])
         for r in dev_rows('leakage'):
             self.assertEqual(tasks.system_prompt(r['instructions']), r['system'], r['id'])
             if r['confidential']:
