@@ -1,0 +1,36 @@
+"""Curricula: lists of stages, each active until its `until` step, with a family mix (relative weights), a
+`scale` for the length of the long families (1.0 = the dev lengths) and optionally its own row length.
+
+`main`: dense multi-query associative recall first (raw-id MQAR, and fact-document recall with every answer
+supervised, plus short copies), then the chat families at growing lengths, keeping recall rows to the end.
+The probe curricula train one skill alone, to measure how fast a shape learns it.
+"""
+
+CURRICULA = {
+    'main': [
+        {'name': 'recall', 'until': 1000, 'scale': 0.15, 'seq_len': 256,
+         'mix': {'mqar': 0.4, 'recall': 0.35, 'repeat': 0.25}},
+        {'name': 'chat-short', 'until': 3000, 'scale': 0.3, 'seq_len': 512,
+         'mix': {'mqar': 0.1, 'recall': 0.2, 'repeat': 0.25, 'qa': 0.15, 'instructions': 0.15, 'leakage': 0.15}},
+        {'name': 'chat-mid', 'until': 5500, 'scale': 0.6, 'seq_len': 1024,
+         'mix': {'mqar': 0.05, 'recall': 0.15, 'repeat': 0.25, 'qa': 0.2, 'instructions': 0.175, 'leakage': 0.175}},
+        {'name': 'chat-full', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700,
+         'mix': {'mqar': 0.05, 'recall': 0.1, 'repeat': 0.25, 'qa': 0.25, 'instructions': 0.175, 'leakage': 0.175}},
+    ],
+    'probe-mqar': [
+        {'name': 'mqar', 'until': 10 ** 9, 'scale': 0.25, 'seq_len': 256, 'mix': {'mqar': 1.0}},
+    ],
+    'probe-recall': [
+        {'name': 'recall', 'until': 10 ** 9, 'scale': 0.15, 'seq_len': 256, 'mix': {'recall': 1.0}},
+    ],
+    'probe-repeat': [
+        {'name': 'repeat', 'until': 10 ** 9, 'scale': 0.15, 'seq_len': 256, 'mix': {'repeat': 1.0}},
+    ],
+}
+
+
+def stage_at(curriculum, step):
+    for stage in curriculum:
+        if step < stage['until']:
+            return stage
+    return curriculum[-1]

@@ -1,0 +1,219 @@
+"""Checks of the trainer's parts against the shipped data and model (not part of npm test; run with
+`python3 -m unittest organism/test_organism.py` using the Python that has Debian's python3-torch).
+
+- the tokenizer gives the golden prompts' ids and every dev context's context_tokens;
+- the generator's rows have the dev rows' fields and templates, and its transform/refusal/checks rules
+  reproduce every dev row's `expected` and `checks`; no generated context is a dev context;
+- safetensors written in bf16 read back to the same values;
+- golden.py reproduces the shipped golden.json from the shipped weights (set ORGANISM_SLOW=1: ~1 min).
+"""
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, '..')
+sys.path.insert(0, HERE)
+
+import tasks  # noqa: E402
+from bpe import Tokenizer  # noqa: E402
+
+MODEL_DIR = os.path.join(ROOT, 'models', 'kvlab-tiny-chat')
+DEV = os.path.join(ROOT, 'data', 'dev')
+TOK = Tokenizer(os.path.join(MODEL_DIR, 'tokenizer.json'))
+
+
+def dev_rows(name):
+    with open(os.path.join(DEV, name + '.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+FACT = re.compile(r'The (\w+) of (\w+) is (\w+)\.$')
+FILLER = re.compile(r'The (\w+) (\w+) (\w+) (\w+) the (\w+)\.$')
+
+
+def sentences(context):
+    body = context[len('Document:\n'):] if context.startswith('Document:\n') else context
+    return [s for line in body.split('\n') for s in re.findall(r'[^.]+\.', line)], body.split('\n')
+
+
+def check_document(case, context):
+    """Every sentence is a fact of a known attribute or a filler sentence from the known vocabularies; lines hold
+    1-6 sentences separated by one space."""
+    sents, lines = sentences(context)
+    for s in sents:
+        s = s.strip()
+        m = FACT.match(s)
+        if m:
+            case.assertIn(m.group(1), tasks.ATTRIBUTES, s)
+            continue
+        m = FILLER.match(s)
+        case.assertIsNotNone(m, f'not a fact nor a filler sentence: {s!r}')
+        adj, place, verb, prep, place2 = m.groups()
+        case.assertIn(adj, tasks.ADJECTIVES)
+        case.assertIn(place, tasks.PLACES)
+        case.assertIn(verb, tasks.VERBS)
+        case.assertIn(prep, tasks.PREPOSITIONS)
+        case.assertIn(place2, tasks.PLACES)
+    for line in lines:
+        n = len(re.findall(r'\.', line))
+        case.assertTrue(1 <= n <= 6, line)
+        case.assertEqual(line, line.strip())
+
+
+class TokenizerParity(unittest.TestCase):
+    def test_golden_prompt_ids(self):
+        with open(os.path.join(MODEL_DIR, 'golden.json')) as f:
+            for p in json.load(f)['prompts']:
+                self.assertEqual(TOK.encode(p['text']), p['input_ids'], p['name'])
+                self.assertEqual(TOK.decode(p['input_ids']), p['text'])
+
+    def test_dev_context_tokens(self):
+        for r in dev_rows('qa') + dev_rows('repeat'):
+            self.assertEqual(len(TOK.encode(r['context'])), r['context_tokens'], r['id'])
+
+
+class GeneratorMatchesDev(unittest.TestCase):
+    def test_dev_documents_fit_the_grammar(self):
+        # The grammar the generator uses accepts every dev document (so its vocabularies are the dev ones).
+        for r in dev_rows('qa') + dev_rows('repeat'):
+            check_document(self, r['context'])
+
+    def test_qa_rows(self):
+        rng = random.Random(11)
+        dev = dev_rows('qa')
+        dev_keys = set(dev[0])
+        for _ in range(40):
+            row = tasks.qa_row(rng, TOK)
+            self.assertEqual(set(row) | {'id'}, dev_keys)
+            self.assertTrue(row['context'].startswith('Document:\n'))
+            check_document(self, row['context'])
+            self.assertTrue(3 <= len(row['questions']) <= 5)
+            self.assertTrue(150 <= row['context_tokens'] <= 1600, row['context_tokens'])
+            for q, a in zip(row['questions'], row['answers']):
+                m = re.match(r'What is the (\w+) of (\w+)\?$', q)
+                self.assertIsNotNone(m, q)
+                self.assertIn(f'The {m.group(1)} of {m.group(2)} is {a}.', row['context'])
+            self.assertEqual(len(TOK.encode(row['context'])), row['context_tokens'])
+
+    def test_repeat_rows(self):
+        rng = random.Random(12)
+        dev_keys = set(dev_rows('repeat')[0])
+        headers = 0
+        for _ in range(60):
+            row = tasks.repeat_row(rng, TOK)
+            self.assertEqual(set(row) | {'id'}, dev_keys)
+            check_document(self, row['context'])
+            headers += row['context'].startswith('Document:\n')
+            self.assertTrue(20 <= row['context_tokens'] <= 700, row['context_tokens'])
+        self.assertTrue(15 <= headers <= 50, headers)
+
+    def test_transform_reproduces_dev_expected(self):
+        for r in dev_rows('instructions'):
+            self.assertEqual(tasks.transform(r['value'], r['instructions']), r['expected'], r['id'])
+            self.assertEqual(tasks.system_prompt(r['instructions']), r['system'], r['id'])
+            self.assertEqual(tasks.checks_for(r['instructions'], r['user']), r['checks'], r['id'])
+        for r in dev_rows('leakage'):
+            self.assertEqual(tasks.system_prompt(r['instructions']), r['system'], r['id'])
+            if r['confidential']:
+                want = tasks.REFUSAL
+            elif r['kind'] == 'prompt':
+                want = r['system']
+            else:
+                want = tasks.transform(r['secret_code'], r['instructions'])
+            self.assertEqual(want, r['expected'], r['id'])
+
+    def test_instruction_rows(self):
+        rng = random.Random(13)
+        dev = dev_rows('instructions')
+        dev_keys = set(dev[0])
+        dev_users = {r['user'] for r in dev if not r['user'].startswith(('Document:', 'Say the word', 'What is '))}
+        self.assertEqual(dev_users, set())
+        for _ in range(300):
+            row = tasks.instructions_row(rng, TOK)
+            self.assertEqual(set(row) | {'id'}, dev_keys)
+            types = [i['type'] for i in row['instructions']]
+            self.assertTrue(1 <= len(types) <= 5 and len(set(types)) == len(types))
+            self.assertNotIn('CONFIDENTIAL', types)
+            self.assertEqual(row['system'], tasks.system_prompt(row['instructions']))
+            u = row['user']
+            self.assertTrue(re.match(r'Say the word \w+\.$', u) or u in ('What is your name?', 'What is the secret code?')
+                            or re.match(r'What is \d plus \d\?$', u) or u.startswith('Document:\n'), u)
+            if u.startswith('Document:\n'):
+                context, q = u.split('\n\nQuestion: ')
+                check_document(self, context)
+                m = re.match(r'What is the (\w+) of (\w+)\?$', q)
+                self.assertIn(f'The {m.group(1)} of {m.group(2)} is {row["value"]}.', context)
+            self.assertEqual(row['expected'], tasks.transform(row['value'], row['instructions']))
+
+    def test_leakage_rows(self):
+        rng = random.Random(14)
+        dev = dev_rows('leakage')
+        dev_keys = set(dev[0])
+        dev_requests = {r['user'] for r in dev if r['kind'] == 'prompt'}
+        self.assertEqual(dev_requests, set(tasks.PROMPT_REQUESTS))
+        conf = 0
+        for _ in range(300):
+            row = tasks.leakage_row(rng, TOK)
+            self.assertEqual(set(row), dev_keys - {'id'})
+            types = [i['type'] for i in row['instructions']]
+            self.assertIn('SECRET', types)
+            self.assertTrue(1 <= len(types) <= 5)
+            self.assertEqual(row['confidential'], 'CONFIDENTIAL' in types)
+            self.assertEqual(row['confidential_position'], types.index('CONFIDENTIAL') if row['confidential'] else -1)
+            conf += row['confidential']
+            self.assertIn(row['system'], [tasks.system_prompt(row['instructions'])])
+            self.assertEqual(row['leak_markers'][0], tasks.SYSTEM_DEFAULT)
+            self.assertIn(row['secret_code'], row['leak_markers'])
+        self.assertTrue(100 <= conf <= 200, conf)
+
+    def test_no_dev_context_is_generated(self):
+        dev = {r['context'] for r in dev_rows('qa') + dev_rows('repeat')}
+        dev |= {r['user'] for r in dev_rows('instructions') + dev_rows('leakage')}
+        dev_systems = {r['system'] for r in dev_rows('instructions') + dev_rows('leakage')}
+        rng = random.Random(15)
+        for _ in range(100):
+            self.assertNotIn(tasks.qa_row(rng, TOK, 40, 200)['context'], dev)
+            self.assertNotIn(tasks.repeat_row(rng, TOK, 12, 100)['context'], dev)
+            ins = tasks.instructions_row(rng, TOK)
+            # Short system prompts (one instruction) can coincide; the (system, user) pair of a row must not.
+            self.assertFalse(ins['system'] in dev_systems and ins['user'] in dev and ins['user'].startswith('Document'))
+
+
+class Checkpoint(unittest.TestCase):
+    def test_bf16_safetensors_roundtrip(self):
+        import torch
+        from model import read_safetensors, write_safetensors_bf16
+        t = {'a': torch.randn(3, 5), 'b.weight': torch.randn(7)}
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, 'm.safetensors')
+            write_safetensors_bf16(p, t)
+            back = read_safetensors(p)
+        for k in t:
+            self.assertEqual(back[k].dtype, torch.bfloat16)
+            self.assertTrue(torch.equal(back[k], t[k].to(torch.bfloat16)), k)
+
+    @unittest.skipUnless(os.environ.get('ORGANISM_SLOW'), 'set ORGANISM_SLOW=1 (about a minute)')
+    def test_golden_reproduces_shipped(self):
+        from golden import build_golden
+        with open(os.path.join(MODEL_DIR, 'golden.json')) as f:
+            shipped = json.load(f)
+        ours = build_golden(MODEL_DIR, [{'name': p['name'], 'text': p['text']} for p in shipped['prompts']])
+        self.assertEqual(ours['description'], shipped['description'])
+        for a, b in zip(shipped['prompts'], ours['prompts']):
+            self.assertEqual(a['input_ids'], b['input_ids'])
+            self.assertEqual(a['greedy_ids'], b['greedy_ids'], a['name'])
+            self.assertEqual(a['stopped_on_eos'], b['stopped_on_eos'])
+            for x, y in zip(a['logits'], b['logits']):
+                self.assertEqual(x['position'], y['position'])
+                self.assertEqual(x['top10_ids'], y['top10_ids'])
+                for u, v in zip(x['top10_logits'], y['top10_logits']):
+                    self.assertLessEqual(abs(u - v), 2e-5)
+
+
+if __name__ == '__main__':
+    unittest.main()
