@@ -5,7 +5,7 @@ import type { TokenSpan } from '../model/segments.ts';
 import { checkRatio } from '../press/budgets.ts';
 import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
-import type { Scores, ScoringContext, ScoringModel } from '../press/types.ts';
+import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/types.ts';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
@@ -125,26 +125,32 @@ export class ContextSession {
    * protections (the sweeps), each starting from this one prefill.
    */
   score(press: Press, opts: ScoreOptions = {}): ScoredContext {
+    const { context, scores, local, timings } = this.prefillAndScore(press.scorer, opts);
+    return new ScoredContext(this, press, context, scores, local, timings);
+  }
+
+  /** The pipeline's first half: prefill with capture, then the scorer (and span-local scores when asked). */
+  private prefillAndScore(scorer: Scorer, opts: ScoreOptions) {
     const ranges = this.layout.ranges;
     if (opts.spanLocal && !ranges) throw new Error('span-local scores need a layout with named ranges');
     const rangeSpans = opts.spanLocal ? ranges!.map((r) => ({ start: this.context.start + r.start, end: this.context.start + r.end })) : [];
     const t0 = performance.now();
-    const { capture } = this.prefillCapture([press.scorer.needs], rangeSpans);
+    const { capture } = this.prefillCapture([scorer.needs], rangeSpans);
     const t1 = performance.now();
     const context = this.scoringContext(capture, { onProgress: opts.onProgress });
-    const scores = press.scorer.score(context);
-    const local = opts.spanLocal ? this.spanLocalScores(press, capture, ranges!) : undefined;
-    return new ScoredContext(this, press, context, scores, local, { prefillMs: t1 - t0, scoreMs: performance.now() - t1 });
+    const scores = scorer.score(context);
+    const local = opts.spanLocal ? this.spanLocalScores(scorer, capture, ranges!) : undefined;
+    return { context, scores, local, timings: { prefillMs: t1 - t0, scoreMs: performance.now() - t1 } };
   }
 
   /** Each named range scored on its own keys, written at the range's place in the span. */
-  private spanLocalScores(press: Press, capture: PrefillCapture, ranges: TokenSpan[]): Scores {
+  private spanLocalScores(scorer: Scorer, capture: PrefillCapture, ranges: TokenSpan[]): Scores {
     const { numLayers, numKvHeads } = this.lm.config;
     const T = this.context.end - this.context.start;
     const out: Scores = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new Float32Array(T)));
     for (const r of ranges) {
       const span = { start: this.context.start + r.start, end: this.context.start + r.end };
-      const s = press.scorer.score(this.scoringContext(capture, { span, keys: 'span' }));
+      const s = scorer.score(this.scoringContext(capture, { span, keys: 'span' }));
       s.forEach((layer, l) => layer.forEach((x, h) => out[l]![h]!.set(x, r.start)));
     }
     return out;
@@ -201,10 +207,7 @@ export class ContextSession {
 
   /** The model as scorers see it; scoring another text opens a session of its own on the same model. */
   scoringModel(): ScoringModel {
-    return scoringModel(this.lm, (text, scorer) => {
-      const other = new ContextSession(this.lm, userContextLayout(this.lm, text));
-      return scorer.score(other.scoringContext(other.prefillCapture([scorer.needs]).capture));
-    });
+    return scoringModel(this.lm, (text, scorer) => new ContextSession(this.lm, userContextLayout(this.lm, text)).prefillAndScore(scorer, {}).scores);
   }
 
   queryIds(query: string): number[] {
