@@ -41,9 +41,9 @@ test('perHead hands each (layer, KV head) its own span rows, in cache order', ()
 
 test('a press describes itself from its scorer options and its budget', () => {
   assert.equal(getPress('snapkv').describe, describePress(snapKvScorer(), uniformBudget));
-  assert.match(describePress(snapKvScorer({ window: 8, kernel: 3 }), pyramidBudget(5)), /^SnapKV: .*\(window 8, kernel 3\); budget pyramid .*beta 5\)$/);
-  assert.match(getPress('adakv:knorm').describe, /^K-norm: keep low-norm keys; budget adakv /);
+  assert.match(describePress(snapKvScorer({ window: 8, kernel: 3 }), pyramidBudget(5)), /^SnapKV: .*\(window 8, kernel 3\); budget pyramid\(beta=5\)$/);
+  assert.match(getPress('adakv:knorm').describe, /^K-norm: keep low-norm keys; budget adakv\(alpha=0.2\)$/);
   assert.deepEqual(describeMethods().map((m) => m.name), [...methodNames(), 'adakv:<method>']);
-  assert.match(describeMethods().at(-1)!.describe, /budget adakv \(one top-k per layer, each head guaranteed 0.2 of its share\)/);
+  assert.match(describeMethods().at(-1)!.describe, /budget adakv\(alpha=0.2\)$/);
   assert.throws(() => getPress('nope'), /unknown method "nope"; known: kvzip, /);
 });

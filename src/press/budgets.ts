@@ -30,7 +30,7 @@ export function keptAtLevel(kept: number[][], level: KeptCounts['level']): numbe
 
 /** Every (layer, head) keeps its own top floor(T * ratio). */
 export const uniformBudget: BudgetPolicy = {
-  name: 'uniform (top-k per layer and head)',
+  name: 'uniform',
   select(scores, ratio) {
     const k = keptCount(spanLength(scores), ratio);
     return scores.map((layer) => layer.map((s) => topKIndices(s, k)));
@@ -40,7 +40,7 @@ export const uniformBudget: BudgetPolicy = {
 
 /** One top-k over all layers, heads and positions (KVzip "pair"): heads and layers get unequal budgets. */
 export const globalBudget: BudgetPolicy = {
-  name: 'global (one top-k over all layers and heads)',
+  name: 'global',
   select(scores, ratio) {
     const L = scores.length;
     const H = scores[0]!.length;
@@ -66,7 +66,7 @@ export const globalBudget: BudgetPolicy = {
 /** PyramidKV: per-layer budgets decreasing linearly with depth (beta sets the top/bottom ratio), uniform per head. */
 export function pyramidBudget(beta = 20): BudgetPolicy {
   return {
-    name: `pyramid (layer budgets decreasing with depth, beta ${beta})`,
+    name: `pyramid(beta=${beta})`,
     select(scores, ratio) {
       const budgets = pyramidLayerBudgets(scores.length, spanLength(scores), ratio, beta);
       return scores.map((layer, l) => layer.map((s) => topKIndices(s, budgets[l]!)));
@@ -111,7 +111,7 @@ export function pyramidLayerBudgets(layers: number, T: number, ratio: number, be
  */
 export function adaKvBudget(alphaSafeguard = 0.2): BudgetPolicy {
   return {
-    name: `adakv (one top-k per layer, each head guaranteed ${alphaSafeguard} of its share)`,
+    name: `adakv(alpha=${alphaSafeguard})`,
     select(scores, ratio) {
       const T = spanLength(scores);
       const perHead = keptCount(T, ratio);
@@ -138,7 +138,7 @@ export function adaKvBudget(alphaSafeguard = 0.2): BudgetPolicy {
  * and keep the span of the top round(L * H * ratio) heads entirely, nothing of the others.
  */
 export const wholeHeadBudget: BudgetPolicy = {
-  name: 'whole heads (the top heads keep the whole span, the others none)',
+  name: 'heads',
   select(scores, ratio) {
     const H = scores[0]!.length;
     const T = spanLength(scores);
