@@ -69,6 +69,11 @@ function shade(/** @type {number} */ f) {
   return `rgba(37, 99, 235, ${(0.08 + 0.55 * f).toFixed(3)})`;
 }
 
+/** Two decimals on the slider's grid of 0.01; three for an opening ratio between its steps (e.g. 0.333). */
+function formatRatio(/** @type {number} */ r) {
+  return Math.abs(r * 100 - Math.round(r * 100)) < 1e-9 ? r.toFixed(2) : r.toFixed(3);
+}
+
 function pct(/** @type {number} */ x) {
   return `${(100 * x).toFixed(1)}%`;
 }
@@ -230,7 +235,7 @@ function update() {
     v.counts = keptCounts(v.keep, T);
   }
   const output = document.getElementById('ratio-value');
-  if (output) output.textContent = ratio.toFixed(2);
+  if (output) output.textContent = formatRatio(ratio);
   const focusNote = document.getElementById('focus-note');
   if (focusNote) focusNote.textContent = focus ? `text shaded by layer ${focus.l}, head ${focus.h} alone` : 'text shaded by the fraction of all (layer, head) pairs';
   const clear = /** @type {HTMLButtonElement | null} */ (document.getElementById('clear-focus'));
