@@ -78,7 +78,7 @@ test('inspect serves the page on 127.0.0.1 at the printed URL until stopped', as
   }
 });
 
-test('inspect refuses bad input with a clear first line', () => {
+test('inspect refuses bad input with a line naming the problem', () => {
   const empty = join(dir, 'empty.txt');
   writeFileSync(empty, '\n');
   const cases: [string[], RegExp][] = [
@@ -93,7 +93,7 @@ test('inspect refuses bad input with a clear first line', () => {
   for (const [args, message] of cases) {
     const r = fail('inspect', ...args);
     assert.notEqual(r.status, 0, args.join(' '));
-    // The first line names the problem (commander prints the command's help after an option's error).
-    assert.match(r.stderr.split('\n')[0]!, message, args.join(' '));
+    // One line names the problem (commander prints the command's help after an option's error).
+    assert.ok(r.stderr.split('\n').some((line) => message.test(line)), `${args.join(' ')}: ${r.stderr}`);
   }
 });
