@@ -28,12 +28,20 @@ export function compressContext(lm: LoadedModel, ctx: ConversationContext, press
   const t1 = performance.now();
   const scores = press.scorer.score(session.scoringContext(capture));
   const local = protection?.fair ? spanLocalScores(session, press, capture, ctx) : undefined;
-  const withTemplate: Protection | undefined = ctx.ranges.some((r) => r.name === 'template')
-    ? { ...protection, whitelist: [...new Set([...(protection?.whitelist ?? []), 'template'])] }
-    : protection;
-  const keep = protectedSelect(press.budget, scores, ratio, ctx.ranges, withTemplate, local);
+  const keep = protectedSelect(press.budget, scores, ratio, ctx.ranges, effectiveProtection(protection, ctx), local);
   const report = session.applyKeep(press.name, ratio, keep);
   return { session, report, timings: { prefillMs: t1 - t0, scoreMs: performance.now() - t1 } };
+}
+
+/**
+ * The protection as applied: in-span template ranges join the whitelist, and names the context has no
+ * range for leave it (so a context without a defense span is selected exactly as the bare method selects).
+ */
+export function effectiveProtection(protection: Protection | undefined, ctx: ConversationContext): Protection | undefined {
+  const present = new Set(ctx.ranges.map((r) => r.name));
+  const whitelist = [...new Set([...(protection?.whitelist ?? []), 'template'])].filter((n) => present.has(n));
+  const out: Protection = { ...protection, whitelist: whitelist.length ? whitelist : undefined };
+  return out.whitelist || out.fair ? out : undefined;
 }
 
 /** Each range scored on its own (keys of that range only): the view fair eviction ranks by. */
