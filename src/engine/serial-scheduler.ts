@@ -85,7 +85,7 @@ export class SerialScheduler implements Scheduler {
     if (ownRows * this.rowBytesAllHeads > this.budget) {
       throw new KvCapacityError(`a sequence of ${ownRows} tokens needs ${ownRows * this.rowBytesAllHeads} bytes of KV, more than the ${this.budget}-byte budget`);
     }
-    if (this.queue.length >= this.maxQueue) throw new QueueFullError(`the queue is full (${this.queue.length} sequences waiting)`, 1);
+    if (this.running && this.queue.length >= this.maxQueue) throw new QueueFullError(`the queue is full (${this.queue.length} sequences waiting)`, 1);
 
     const channel = new EventChannel<SequenceEvent>();
     let resolve!: (r: SequenceResult) => void;
