@@ -71,7 +71,8 @@ export function createApp(state: ServerState, opts: AppOptions): Hono<AppEnv> {
     bodyLimit({
       maxSize: opts.bodyLimitBytes,
       onError: () => {
-        throw new ApiError(413, `the request body is larger than ${opts.bodyLimitBytes} bytes`, null, 'request_too_large');
+        // The unread rest of the body leaves the connection unusable: tell the client not to reuse it.
+        throw new ApiError(413, `the request body is larger than ${opts.bodyLimitBytes} bytes`, null, 'request_too_large', { Connection: 'close' });
       },
     }),
   );

@@ -141,6 +141,7 @@ function usage(r: SequenceResult) {
 
 function record(opts: AppOptions, r: SequenceResult): void {
   const m = opts.metrics;
+  m.sequences.inc({ finish_reason: r.finishReason });
   m.promptTokens.inc(r.promptTokens);
   m.cachedTokens.inc(r.cachedTokens);
   m.completionTokens.inc(r.completionTokens);

@@ -8,6 +8,7 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 export class ServerMetrics {
   readonly registry = new Registry();
   readonly requests: Counter<'route' | 'status'>;
+  readonly sequences: Counter<'finish_reason'>;
   readonly promptTokens: Counter;
   readonly cachedTokens: Counter;
   readonly completionTokens: Counter;
@@ -18,6 +19,7 @@ export class ServerMetrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'kvlab_' });
     this.requests = new Counter({ name: 'kvlab_requests_total', help: 'HTTP requests answered, by route and status', labelNames: ['route', 'status'], registers });
+    this.sequences = new Counter({ name: 'kvlab_sequences_total', help: 'Sequences ended, by finish reason (cancelled: the client went away)', labelNames: ['finish_reason'], registers });
     this.promptTokens = new Counter({ name: 'kvlab_prompt_tokens_total', help: 'Prompt tokens of completed chat requests (stored-context tokens included)', registers });
     this.cachedTokens = new Counter({ name: 'kvlab_cached_tokens_total', help: 'Prompt tokens served from stored contexts instead of prefilled', registers });
     this.completionTokens = new Counter({ name: 'kvlab_completion_tokens_total', help: 'Generated tokens', registers });
