@@ -1,7 +1,7 @@
 import type { ChatMessage } from '../model/chat-template.ts';
+import { userContextLayout, type SessionLayout } from '../model/prompt-layout.ts';
 import { chatSpans } from '../model/segments.ts';
 import type { NamedRange } from '../press/protect.ts';
-import { userContextLayout, type SessionLayout } from './context-session.ts';
 import type { LoadedModel } from './loaded-model.ts';
 
 /**
@@ -41,10 +41,11 @@ export function conversationContext(lm: LoadedModel, spec: ContextSpec): Convers
 }
 
 function textContext(lm: LoadedModel, spec: Extract<ContextSpec, { kind: 'text' }>): ConversationContext {
-  const layout = userContextLayout(lm, spec.text, { system: spec.system });
+  const base = userContextLayout(lm, spec.text, { system: spec.system });
+  const layout: SessionLayout = { ...base, ranges: [{ name: 'user', start: 0, end: base.context.end - base.context.start }] };
   const messages: ChatMessage[] = [...(spec.system !== undefined ? [{ role: 'system' as const, content: spec.system }] : []), { role: 'user', content: spec.text }];
   const rendered = lm.tokenizer.chat.userTurnParts(spec.system).prefix + spec.text;
-  return { spec, messages, rendered, layout, ranges: [{ name: 'user', start: 0, end: layout.context.end - layout.context.start }] };
+  return { spec, messages, rendered, layout, ranges: layout.ranges! };
 }
 
 function messagesContext(lm: LoadedModel, spec: Extract<ContextSpec, { kind: 'messages' }>): ConversationContext {
@@ -77,6 +78,7 @@ function messagesContext(lm: LoadedModel, spec: Extract<ContextSpec, { kind: 'me
     suffix: after.slice(cut + SENTINEL.length),
     queryLead: after.slice(seg.text.length, cut),
     queryIds: (query) => continuationIds(lm, { spec, messages, rendered: seg.text }, [{ role: 'user', content: query }]),
+    ranges,
   };
   return { spec, messages, rendered: seg.text, layout, ranges };
 }

@@ -1,7 +1,7 @@
 import type { KvCache } from '../cache/kv-cache.ts';
+import { DEFAULT_PREFILL_CHUNK } from '../model/prefill.ts';
 import { EventChannel } from './event-channel.ts';
 import type { LoadedModel } from './loaded-model.ts';
-import { DEFAULT_PREFILL_CHUNK } from './prefill.ts';
 import { Sampler } from './sampler.ts';
 import {
   KvCapacityError,

@@ -98,7 +98,7 @@ export class ContextStore {
   /** Registers a freshly compressed context under a new id and writes its file; returns its record. */
   add(tenant: string, ctx: ConversationContext, built: CompressedContext, protect: string): { record: ContextRecord; saveMs: number } {
     const id = `ctx_${randomBytes(12).toString('hex')}`;
-    const { report, session, timings } = built;
+    const { report, session } = built;
     const record: ContextRecord = {
       id,
       tenant,
@@ -117,7 +117,7 @@ export class ContextStore {
       keptRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1,
       bytes: report.bytesKept,
       perLayerKept: report.perLayerKept,
-      timings,
+      timings: { prefillMs: report.timings.prefillMs, scoreMs: report.timings.scoreMs + report.timings.keepMs },
     };
     const t0 = performance.now();
     const path = this.dir ? join(this.dir, `${id}${CONTEXT_FILE_EXTENSION}`) : null;
