@@ -97,38 +97,22 @@ export class ContextStore {
 
   /** Registers a freshly compressed context under a new id and writes its file; returns its record. */
   add(tenant: string, ctx: ConversationContext, built: CompressedContext, protect: string): { record: ContextRecord; saveMs: number } {
-    const id = `ctx_${randomBytes(12).toString('hex')}`;
-    const { report, session } = built;
-    const record: ContextRecord = {
-      id,
-      tenant,
-      createdAt: new Date().toISOString(),
-      spec: ctx.spec,
-      messages: ctx.messages,
-      rendered: ctx.rendered,
-      method: report.method,
-      ratio: report.ratio,
-      protect,
-      ids: session.ids,
-      prefix: session.prefix,
-      context: session.context,
-      ranges: ctx.ranges,
-      contextTokens: report.contextTokens,
-      keptRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1,
-      bytes: report.bytesKept,
-      perLayerKept: report.perLayerKept,
-      timings: { prefillMs: report.timings.prefillMs, scoreMs: report.timings.scoreMs + report.timings.keepMs },
-    };
+    const record = contextRecord(`ctx_${randomBytes(12).toString('hex')}`, tenant, ctx, built, protect);
     const t0 = performance.now();
-    const path = this.dir ? join(this.dir, `${id}${CONTEXT_FILE_EXTENSION}`) : null;
-    const fileBytes = path ? writeContextFile(path, session.cache, this.fingerprint, record as unknown as Record<string, unknown>) : 0;
-    this.entries.set(id, { record, path, fileBytes, shared: sharedOf(record, session.cache) });
+    const path = this.dir ? join(this.dir, `${record.id}${CONTEXT_FILE_EXTENSION}`) : null;
+    const fileBytes = path ? writeContextFile(path, built.session.cache, this.fingerprint, record as unknown as Record<string, unknown>) : 0;
+    this.entries.set(record.id, { record, path, fileBytes, shared: sharedOf(record, built.session.cache) });
     return { record, saveMs: performance.now() - t0 };
   }
 
   /** Bytes of the context's file (0 in memory-only stores). */
   fileBytes(id: string): number {
     return this.entries.get(id)?.fileBytes ?? 0;
+  }
+
+  /** Every context, whoever owns it (the command line's view of a store). */
+  listAll(): ContextRecord[] {
+    return [...this.entries.values()].map((e) => e.record);
   }
 
   list(tenant: string): ContextRecord[] {
@@ -188,16 +172,53 @@ export class ContextStore {
   }
 }
 
+/** The record of a compressed context: what its file's header keeps besides the rows. */
+export function contextRecord(id: string, tenant: string, ctx: ConversationContext, built: CompressedContext, protect: string): ContextRecord {
+  const { report, session } = built;
+  return {
+    id,
+    tenant,
+    createdAt: new Date().toISOString(),
+    spec: ctx.spec,
+    messages: ctx.messages,
+    rendered: ctx.rendered,
+    method: report.method,
+    ratio: report.ratio,
+    protect,
+    ids: session.ids,
+    prefix: session.prefix,
+    context: session.context,
+    ranges: ctx.ranges,
+    contextTokens: report.contextTokens,
+    keptRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1,
+    bytes: report.bytesKept,
+    perLayerKept: report.perLayerKept,
+    timings: { prefillMs: report.timings.prefillMs, scoreMs: report.timings.scoreMs + report.timings.keepMs },
+  };
+}
+
+/** Writes one context's file (atomically) at any path: what `kvlab compress --save` does. */
+export function saveContextFile(path: string, record: ContextRecord, cache: KvCache, fingerprint: string): number {
+  return writeContextFile(path, cache, fingerprint, record as unknown as Record<string, unknown>);
+}
+
+/** Reads one context's file, verified against the model's fingerprint; errors name the file and problem. */
+export function loadContextFile(path: string, fingerprint: string): { record: ContextRecord; shared: SharedContext } {
+  const { header, cache } = readContextFile(path, fingerprint);
+  const record = checkRecord(header.meta, null);
+  return { record, shared: sharedOf(record, cache) };
+}
+
 function sharedOf(r: ContextRecord, cache: KvCache): SharedContext {
   return { id: r.id, cache, ids: r.ids, prefix: r.prefix, context: r.context, method: r.method, ratio: r.ratio };
 }
 
 /** The fields a request path relies on, checked on a record read from a file. */
-function checkRecord(meta: Record<string, unknown>, file: string): ContextRecord {
+function checkRecord(meta: Record<string, unknown>, file: string | null): ContextRecord {
   const r = meta as Partial<ContextRecord>;
   const ok =
     typeof r.id === 'string' &&
-    `${r.id}${CONTEXT_FILE_EXTENSION}` === file &&
+    (file === null || `${r.id}${CONTEXT_FILE_EXTENSION}` === file) &&
     typeof r.tenant === 'string' &&
     Array.isArray(r.ids) &&
     Array.isArray(r.messages) &&
@@ -205,6 +226,6 @@ function checkRecord(meta: Record<string, unknown>, file: string): ContextRecord
     r.spec !== undefined &&
     r.prefix !== undefined &&
     r.context !== undefined;
-  if (!ok) throw new Error(`${file}: the header's context metadata is incomplete or names another id`);
+  if (!ok) throw new Error(`${file ?? 'context file'}: the header's context metadata is incomplete or names another id`);
   return r as ContextRecord;
 }
