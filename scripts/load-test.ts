@@ -3,8 +3,8 @@
  * process on a loopback port (embedded model, a fresh store), compresses one shared context over HTTP, then
  * runs N streaming clients for a fixed time with the official openai client: half ask questions on the
  * shared context, half chat without one. Prints one JSON object: errors, client-side TTFT and TPOT
- * percentiles per group, throughput, and the server's RSS sampled from /metrics (after warm-up: first,
- * last, max, and the least-squares slope in MiB per minute).
+ * percentiles per group, throughput, and the server's RSS, JS heap and external memory sampled from
+ * /metrics every 5 s (after warm-up: first, last, max, and the least-squares slope in MiB per minute).
  *
  *   npm run load -- [--clients 64] [--seconds 600] [--warmup 60] [--max-tokens 32] [--method kvzip] [--ratio 0.3]
  */
@@ -68,12 +68,17 @@ async function main() {
   let completionTokens = 0;
   const errors: string[] = [];
   const rss: { t: number; bytes: number }[] = [];
+  const heap: typeof rss = [];
+  const external: typeof rss = [];
 
   const sampler = (async () => {
     while (performance.now() < end) {
       const text = await (await fetch(`${url}/metrics`)).text();
-      const m = /^kvlab_process_resident_memory_bytes (\S+)$/m.exec(text);
-      if (m) rss.push({ t: (performance.now() - t0) / 1000, bytes: Number(m[1]) });
+      const t = (performance.now() - t0) / 1000;
+      for (const [name, series] of [['kvlab_process_resident_memory_bytes', rss], ['kvlab_nodejs_heap_size_used_bytes', heap], ['kvlab_nodejs_external_memory_bytes', external]] as const) {
+        const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+        if (m) series.push({ t, bytes: Number(m[1]) });
+      }
       await sleep(5000);
     }
   })();
@@ -121,8 +126,13 @@ async function main() {
   const elapsed = (performance.now() - t0) / 1000;
   await sampler;
 
-  const after = rss.filter((s) => s.t >= warmup);
   const mib = (b: number) => Math.round((b / 2 ** 20) * 10) / 10;
+  const memory = (series: typeof rss) => {
+    const after = series.filter((s) => s.t >= warmup);
+    return after.length
+      ? { samples: after.length, after_warmup: mib(after[0]!.bytes), end: mib(after.at(-1)!.bytes), max: mib(Math.max(...after.map((s) => s.bytes))), slope_per_minute: mib(slope(after) * 60) }
+      : null;
+  };
   const report = {
     machine: { cpu: cpuName(), cores: cpus().length },
     config: { clients, seconds, warmup_seconds: warmup, max_tokens: maxTokens, method: args.method, ratio: Number(args.ratio), context_tokens: ctx.tokens, context_kept_ratio: ctx.kept_ratio, scheduler: 'serial' },
@@ -132,9 +142,9 @@ async function main() {
     completion_tokens_per_second: Math.round((completionTokens / elapsed) * 10) / 10,
     ttft_ms: { shared: percentiles(samples.shared.ttft), plain: percentiles(samples.plain.ttft) },
     tpot_ms: { shared: percentiles(samples.shared.tpot), plain: percentiles(samples.plain.tpot) },
-    rss_mib: after.length
-      ? { samples: after.length, after_warmup: mib(after[0]!.bytes), end: mib(after.at(-1)!.bytes), max: mib(Math.max(...after.map((s) => s.bytes))), slope_per_minute: mib(slope(after) * 60) }
-      : null,
+    rss_mib: memory(rss),
+    heap_used_mib: memory(heap),
+    external_mib: memory(external),
   };
   process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   return errors.length === 0;

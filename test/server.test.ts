@@ -150,6 +150,22 @@ test('bad requests are OpenAI error objects raised as the right client error cla
   assert.deepEqual(Object.keys(((await raw.json()) as { error: object }).error).sort(), ['code', 'message', 'param', 'type']);
 });
 
+test('/health answers 503 while the model loads, then 200; other routes say the model is loading', async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const slow = await startServer({ load: async () => (await gate, lm), port: 0, storeDir: null, log: () => {} });
+  try {
+    assert.equal((await fetch(`${slow.url}/health`)).status, 503);
+    const early = await new OpenAI({ apiKey: 'none', baseURL: `${slow.url}/v1`, maxRetries: 0 }).models.list().catch((e: unknown) => e);
+    assert.ok(early instanceof OpenAI.InternalServerError && early.status === 503 && early.code === 'model_loading', String(early));
+    release();
+    await slow.ready;
+    assert.equal((await fetch(`${slow.url}/health`)).status, 200);
+  } finally {
+    await slow.shutdown();
+  }
+});
+
 test('a full queue is 429 with Retry-After; a client that disconnects cancels its sequence', async () => {
   const tight = await startServer({ load: () => lm, port: 0, storeDir: null, maxQueue: 0, log: () => {} });
   await tight.ready;

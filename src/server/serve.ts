@@ -12,8 +12,8 @@ import { ContextStore } from './context-store.ts';
 import { ServerMetrics } from './metrics.ts';
 
 export interface ServeOptions {
-  /** Loads the model; called once the server listens (GET /health answers 503 until it returns). */
-  load: () => LoadedModel;
+  /** Loads the model; called once the server listens (GET /health answers 503 until it has returned). */
+  load: () => LoadedModel | Promise<LoadedModel>;
   host?: string;
   /** 0 picks a free port. */
   port?: number;
@@ -66,7 +66,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const ready = (async () => {
     // Let the listener answer /health (503) before the synchronous load takes the thread.
     await new Promise((r) => setImmediate(r));
-    const lm = opts.load();
+    const lm = await opts.load();
     const store = new ContextStore(lm, persistentFingerprint(lm), opts.storeDir);
     const scan = store.scan();
     for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
