@@ -14,7 +14,7 @@ import {
   type SequenceRequest,
   type SequenceResult,
 } from './scheduler-types.ts';
-import { firstStop, stableLength } from './stop-text.ts';
+import { firstStop, stableLength } from './stop-strings.ts';
 
 export interface SerialSchedulerOptions {
   /** Sequences that may wait behind the running one; more are refused with QueueFullError. Default 64. */
