@@ -123,3 +123,24 @@ test('a bf16 cache holds half the bytes, rounds rows to nearest even and reads t
   assert.equal(b.clone().dtype, 'bf16');
   assert.throws(() => parseKvDtype('fp8'), /unknown KV cache dtype "fp8"; known: f32, bf16/);
 });
+
+test('loadHead puts back exactly the rows keys()/values() read, in either dtype', () => {
+  for (const dtype of ['f32', 'bf16'] as KvDtype[]) {
+    const src = filled(1, 2, 4, 40).clone(dtype);
+    src.keep(0, 1, [0, 3, 7, 39]);
+    const dst = new KvCache(1, 2, 4, dtype);
+    src.forEachHead((s, l, h) => dst.loadHead(l, h, s.pos.slice(0, s.len), s.keys(), s.values()));
+    dst.nextPos = src.nextPos;
+    assert.deepEqual(dst.lengths(), [[40, 4]]);
+    src.forEachHead((s, l, h) => {
+      const t = dst.head(l, h);
+      assert.deepEqual([...t.keys()], [...s.keys()]);
+      assert.deepEqual([...t.values()], [...s.values()]);
+      assert.deepEqual([...t.pos.subarray(0, t.len)], [...s.pos.subarray(0, s.len)]);
+    });
+    const mark = dst.mark();
+    dst.loadHead(0, 0, new Int32Array([5]), new Float32Array(4), new Float32Array(4));
+    assert.throws(() => dst.truncate(mark), /compacted/);
+    assert.throws(() => dst.loadHead(0, 0, new Int32Array([1, 2]), new Float32Array(4), new Float32Array(8)), /2 positions need 8/);
+  }
+});

@@ -105,6 +105,25 @@ export class HeadStore implements KvHeadView {
   }
 
   /**
+   * Replaces the head's rows with these: positions, and keys and values as fp32 [n, headDim] (stored in the
+   * head's dtype; bf16 rows read back through keys()/values() load exactly). How persisted caches come back.
+   */
+  load(pos: Int32Array, keys: Float32Array, values: Float32Array): void {
+    const d = this.headDim;
+    const n = pos.length;
+    if (keys.length !== n * d || values.length !== n * d) {
+      throw new RangeError(`load(): ${n} positions need ${n * d} key and value floats, got ${keys.length} and ${values.length}`);
+    }
+    this.len = 0;
+    this.reserveExact(n);
+    jsCopier.copyRows(this.k, 0, keys, 0, d, n, d);
+    jsCopier.copyRows(this.v, 0, values, 0, d, n, d);
+    this.pos.set(pos);
+    this.len = n;
+    this.shrinkToFit();
+  }
+
+  /**
    * Drops rows past `len`, keeping their storage: a step undone and redone (benchmarks, a failed async step)
    * must not reallocate the head each time. shrinkToFit() gives the blocks back.
    */
@@ -259,6 +278,13 @@ export class KvCache {
   keep(l: number, h: number, indices: ArrayLike<number>): void {
     this.assertIdle('keep');
     this.heads[l]![h]!.keep(indices);
+    this.epoch++;
+  }
+
+  /** Replaces one head's rows (HeadStore.load); a mark taken before can no longer be restored. */
+  loadHead(l: number, h: number, pos: Int32Array, keys: Float32Array, values: Float32Array): void {
+    this.assertIdle('loadHead');
+    this.heads[l]![h]!.load(pos, keys, values);
     this.epoch++;
   }
 

@@ -10,6 +10,8 @@ import { registerEval } from './commands/eval.ts';
 import { registerGenerate } from './commands/generate.ts';
 import { registerInfo } from './commands/info.ts';
 import { registerInspect } from './commands/inspect.ts';
+import { registerServe } from './commands/serve.ts';
+import { registerContext } from './commands/context.ts';
 
 const program = new Command();
 program
@@ -28,6 +30,8 @@ registerInfo(program);
 registerBench(program);
 registerBenchBatch(program);
 registerBenchPeer(program);
+registerServe(program);
+registerContext(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -1,12 +1,17 @@
-import type { Command } from 'commander';
+import { basename } from 'node:path';
+import { InvalidArgumentError, type Command } from 'commander';
+import { conversationContext } from '../../engine/conversation-context.ts';
+import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
 import { readRegularText } from '../../model/regular-file.ts';
 import { getPress } from '../../press/registry.ts';
+import { contextRecord, loadContextFile, saveContextFile } from '../../server/context-store.ts';
 import { collect, intOption, numberOption, openModel, modelOptions, queryTemplateOption } from '../common.ts';
 import { progressBar } from '../progress.ts';
+import { answerOnContext } from './context.ts';
 
 export function registerCompress(program: Command): void {
   modelOptions(program.command('compress').description('compress a context once with a method, then answer every question from the compressed cache'))
-    .requiredOption('-c, --context <file>', 'text file holding the context')
+    .option('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')
     .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1]', numberOption('--ratio', 0, 1), 0.3)
@@ -14,7 +19,11 @@ export function registerCompress(program: Command): void {
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, '{query}')
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens'), 64)
     .option('--json', 'print {answers, cache, timings} as JSON')
+    .option('--save <file>', 'also write the compressed cache to this context file (atomically)')
+    .option('--load <file>', 'answer from a context file written by --save (or a stored context) instead of compressing')
     .action(async (o) => {
+      if (o.load) return answerFromFile(o);
+      if (!o.context) throw new InvalidArgumentError('give --context FILE (or --load FILE)');
       const press = getPress(o.method);
       const context = readRegularText(o.context, '--context file');
       const lm = openModel(o.model, o.weights, o.kvDtype);
@@ -32,6 +41,11 @@ export function registerCompress(program: Command): void {
       const report = session.compress(press, o.ratio, { onProgress: scoring });
       prefillBar.stop();
       scoreBar.stop();
+      if (o.save) {
+        const spec = { kind: 'text' as const, text: context, ...(o.system !== undefined ? { system: o.system } : {}) };
+        const record = contextRecord(basename(o.save).replace(/\.kvctx$/, ''), 'local', conversationContext(lm, spec), { session, report }, 'none');
+        saveContextFile(o.save, record, session.cache, persistentFingerprint(lm));
+      }
       const t2 = performance.now();
       const answers: string[] = [];
       for (const q of o.ask as string[]) {
@@ -59,6 +73,27 @@ export function registerCompress(program: Command): void {
             `(${(cache.kept_ratio * 100).toFixed(1)}% kept); prefill ${timings.prefill_ms} ms, scoring ${timings.score_ms} ms\n`,
         );
     });
+}
+
+/** --load: the compressed cache comes from a file; only the questions run. */
+async function answerFromFile(o: Record<string, any>): Promise<void> {
+  if (o.context || o.save) throw new InvalidArgumentError('--load answers from a saved context: give it without --context or --save');
+  const lm = openModel(o.model, o.weights, o.kvDtype);
+  const t0 = performance.now();
+  const { record, shared } = loadContextFile(o.load, persistentFingerprint(lm));
+  const t1 = performance.now();
+  if (record.spec.kind === 'text' && (record.spec.system ?? undefined) !== (o.system ?? undefined)) {
+    throw new InvalidArgumentError(`--system differs from the one ${o.load} was compressed with`);
+  }
+  const answers = await answerOnContext(lm, record, shared, o.ask, o.maxTokens, o.queryTemplate);
+  const t2 = performance.now();
+  if (o.json) {
+    const cache = { kv_dtype: shared.cache.dtype, context_tokens: record.contextTokens, bytes_kept: record.bytes, kept_ratio: record.keptRatio, per_layer_kept: record.perLayerKept };
+    process.stdout.write(`${JSON.stringify({ method: record.method, ratio: record.ratio, answers, cache, timings: { load_ms: ms(t1 - t0), answer_ms: ms(t2 - t1) } })}\n`);
+  } else {
+    (o.ask as string[]).forEach((q, i) => process.stdout.write(`Q: ${q}\nA: ${answers[i]}\n`));
+    process.stdout.write(`${record.method} at ratio ${record.ratio}, loaded from ${o.load} in ${ms(t1 - t0)} ms (${(record.keptRatio * 100).toFixed(1)}% of the context kept)\n`);
+  }
 }
 
 function ms(x: number): number {

@@ -1,0 +1,235 @@
+import { createHash } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { bf16ArrayToF32, f32ToBf16 } from '../tensor/dtype.ts';
+import { KvCache, parseKvDtype, type KvDtype } from './kv-cache.ts';
+
+/**
+ * One compressed cache in one file:
+ *
+ *   "KVLABCTX" | u32 format version | u32 header bytes | header (JSON) | rows | sha256 of everything before
+ *
+ * The header names the model the rows belong to (a fingerprint the caller computes), the cache's shape and
+ * dtype, every (layer, KV head)'s row count, and the caller's own metadata (method, ratio, token ids,
+ * spans...). The rows follow per (layer, head) in order: positions (int32), keys, values (fp32 or bf16
+ * bits, the cache's dtype), little-endian. Writes are atomic: a temp file in the same folder, fsync,
+ * rename, fsync of the folder; a reader never sees half a file under the final name.
+ */
+
+export const CONTEXT_FILE_MAGIC = 'KVLABCTX';
+export const CONTEXT_FILE_VERSION = 1;
+export const CONTEXT_FILE_EXTENSION = '.kvctx';
+const PREAMBLE = 16;
+const CHECKSUM = 32;
+
+export interface ContextFileHeader {
+  /** Identifies the model (config, tensor shapes and dtypes, tokenizer) the rows were computed with. */
+  fingerprint: string;
+  dtype: KvDtype;
+  numLayers: number;
+  numKvHeads: number;
+  headDim: number;
+  nextPos: number;
+  /** Rows per (layer, KV head), layer-major. */
+  lengths: number[];
+  /** The caller's metadata, stored as given. */
+  meta: Record<string, unknown>;
+}
+
+/** A context file that cannot be used: the message names the file and the problem. */
+export class ContextFileError extends Error {
+  constructor(
+    readonly path: string,
+    readonly problem: 'truncated' | 'corrupted' | 'not-a-context' | 'newer-version' | 'other-model',
+    detail: string,
+  ) {
+    super(`${path}: ${detail}`);
+    this.name = 'ContextFileError';
+  }
+}
+
+function bytesPerValue(dtype: KvDtype): number {
+  return dtype === 'bf16' ? 2 : 4;
+}
+
+function bodyBytes(h: ContextFileHeader): number {
+  let rows = 0;
+  for (const n of h.lengths) rows += n;
+  return rows * (4 + 2 * h.headDim * bytesPerValue(h.dtype));
+}
+
+/** Writes the cache and metadata to `path` atomically; returns the file's size in bytes. */
+export function writeContextFile(path: string, cache: KvCache, fingerprint: string, meta: Record<string, unknown>): number {
+  if (cache.busy) throw new Error(`cannot save a cache while an async step writes into it (${path})`);
+  const header: ContextFileHeader = {
+    fingerprint,
+    dtype: cache.dtype,
+    numLayers: cache.numLayers,
+    numKvHeads: cache.numKvHeads,
+    headDim: cache.headDim,
+    nextPos: cache.nextPos,
+    lengths: cache.lengths().flat(),
+    meta,
+  };
+  const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
+  const preamble = Buffer.alloc(PREAMBLE);
+  preamble.write(CONTEXT_FILE_MAGIC, 0, 'latin1');
+  preamble.writeUInt32LE(CONTEXT_FILE_VERSION, 8);
+  preamble.writeUInt32LE(headerBytes.length, 12);
+
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  const fd = openSync(tmp, 'wx', 0o600);
+  const hash = createHash('sha256');
+  let size = 0;
+  const put = (b: Uint8Array, hashed = true) => {
+    if (hashed) hash.update(b);
+    let off = 0;
+    while (off < b.length) off += writeSync(fd, b, off, b.length - off);
+    size += b.length;
+  };
+  try {
+    put(preamble);
+    put(headerBytes);
+    cache.forEachHead((s) => {
+      put(asBytes(s.pos.slice(0, s.len)));
+      for (const rows of [s.keys(), s.values()]) put(asBytes(cache.dtype === 'bf16' ? Uint16Array.from(rows, f32ToBf16) : rows));
+    });
+    put(hash.digest(), false);
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  renameSync(tmp, path);
+  syncFolder(dirname(path));
+  return size;
+}
+
+/** Reads and checks the preamble and header only (no checksum): what a listing needs, cheaply. */
+export function readContextHeader(path: string): ContextFileHeader {
+  const fd = openSync(path, 'r');
+  try {
+    return readHeader(path, fd, statSync(path).size).header;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads a context file whole, verifies its checksum and that it belongs to the model with this
+ * fingerprint, and rebuilds the cache. Any problem is a ContextFileError naming the file.
+ */
+export function readContextFile(path: string, fingerprint: string): { header: ContextFileHeader; cache: KvCache } {
+  const fd = openSync(path, 'r');
+  let file: Buffer;
+  let header: ContextFileHeader;
+  let bodyAt: number;
+  try {
+    const size = statSync(path).size;
+    ({ header, bodyAt } = readHeader(path, fd, size));
+    file = Buffer.allocUnsafe(size);
+    let off = 0;
+    while (off < size) {
+      const n = readSync(fd, file, off, size - off, off);
+      if (n === 0) throw new ContextFileError(path, 'truncated', `file ended at byte ${off} of ${size} while reading`);
+      off += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  const digest = createHash('sha256').update(file.subarray(0, file.length - CHECKSUM)).digest();
+  if (!digest.equals(file.subarray(file.length - CHECKSUM))) {
+    throw new ContextFileError(path, 'corrupted', 'checksum mismatch: the file is corrupted (a byte changed since it was written)');
+  }
+  if (header.fingerprint !== fingerprint) {
+    throw new ContextFileError(path, 'other-model', 'the context was saved by another model (its fingerprint differs from the loaded model\'s)');
+  }
+  const cache = new KvCache(header.numLayers, header.numKvHeads, header.headDim, header.dtype);
+  const d = header.headDim;
+  const vb = bytesPerValue(header.dtype);
+  let at = bodyAt;
+  const take = (bytes: number) => {
+    const copy = new Uint8Array(bytes);
+    copy.set(file.subarray(at, at + bytes));
+    at += bytes;
+    return copy.buffer;
+  };
+  const widen = (buf: ArrayBuffer) => (header.dtype === 'bf16' ? bf16ArrayToF32(new Uint16Array(buf)) : new Float32Array(buf));
+  cache.forEachHead((_, l, h) => {
+    const n = header.lengths[l * header.numKvHeads + h]!;
+    const pos = new Int32Array(take(n * 4));
+    const keys = widen(take(n * d * vb));
+    const values = widen(take(n * d * vb));
+    cache.loadHead(l, h, pos, keys, values);
+  });
+  cache.nextPos = header.nextPos;
+  return { header, cache };
+}
+
+function readHeader(path: string, fd: number, size: number): { header: ContextFileHeader; bodyAt: number } {
+  if (size < PREAMBLE) throw new ContextFileError(path, 'truncated', `file is truncated (${size} bytes, shorter than the ${PREAMBLE}-byte preamble)`);
+  const pre = Buffer.alloc(PREAMBLE);
+  readSync(fd, pre, 0, PREAMBLE, 0);
+  if (pre.toString('latin1', 0, 8) !== CONTEXT_FILE_MAGIC) throw new ContextFileError(path, 'not-a-context', 'not a kvlab context file (bad magic bytes)');
+  const version = pre.readUInt32LE(8);
+  if (version > CONTEXT_FILE_VERSION) {
+    throw new ContextFileError(path, 'newer-version', `format version ${version} is newer than this kvlab reads (up to ${CONTEXT_FILE_VERSION}); upgrade kvlab`);
+  }
+  if (version < 1) throw new ContextFileError(path, 'corrupted', `format version ${version} is not valid`);
+  const headerLength = pre.readUInt32LE(12);
+  if (PREAMBLE + headerLength + CHECKSUM > size) {
+    throw new ContextFileError(path, 'truncated', `file is truncated (${size} bytes; its header alone needs ${PREAMBLE + headerLength + CHECKSUM})`);
+  }
+  const raw = Buffer.alloc(headerLength);
+  readSync(fd, raw, 0, headerLength, PREAMBLE);
+  let header: ContextFileHeader;
+  try {
+    header = checkHeader(JSON.parse(raw.toString('utf8')));
+  } catch (e) {
+    throw new ContextFileError(path, 'corrupted', `header is corrupted (${(e as Error).message})`);
+  }
+  const expected = PREAMBLE + headerLength + bodyBytes(header) + CHECKSUM;
+  if (size < expected) throw new ContextFileError(path, 'truncated', `file is truncated (${size} of ${expected} bytes)`);
+  if (size > expected) throw new ContextFileError(path, 'corrupted', `file has ${size - expected} unexpected trailing bytes (${size}, expected ${expected})`);
+  return { header, bodyAt: PREAMBLE + headerLength };
+}
+
+function checkHeader(h: unknown): ContextFileHeader {
+  if (!h || typeof h !== 'object') throw new Error('not an object');
+  const o = h as Record<string, unknown>;
+  const int = (k: string, min: number) => {
+    if (!Number.isInteger(o[k]) || (o[k] as number) < min) throw new Error(`field ${k} must be an integer >= ${min}`);
+    return o[k] as number;
+  };
+  if (typeof o.fingerprint !== 'string') throw new Error('field fingerprint must be a string');
+  const dtype = parseKvDtype(String(o.dtype));
+  const numLayers = int('numLayers', 1);
+  const numKvHeads = int('numKvHeads', 1);
+  const headDim = int('headDim', 1);
+  const nextPos = int('nextPos', 0);
+  const lengths = o.lengths;
+  if (!Array.isArray(lengths) || lengths.length !== numLayers * numKvHeads || !lengths.every((n) => Number.isInteger(n) && n >= 0 && n <= nextPos)) {
+    throw new Error(`field lengths must hold ${numLayers * numKvHeads} row counts in [0, nextPos]`);
+  }
+  if (!o.meta || typeof o.meta !== 'object' || Array.isArray(o.meta)) throw new Error('field meta must be an object');
+  return { fingerprint: o.fingerprint, dtype, numLayers, numKvHeads, headDim, nextPos, lengths: lengths as number[], meta: o.meta as Record<string, unknown> };
+}
+
+function asBytes(a: Int32Array | Float32Array | Uint16Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Makes a rename durable: the folder entry itself is flushed (ignored where folders cannot be opened for sync). */
+function syncFolder(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, 'r');
+    fsyncSync(fd);
+  } catch {
+    // Some platforms refuse fsync on a directory; the rename is still atomic there.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}

@@ -1,0 +1,53 @@
+import type { Command } from 'commander';
+import { defaultStoreDir, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS, startServer } from '../../server/serve.ts';
+import { intOption, modelOptions, openModel } from '../common.ts';
+
+/** "512MiB", "2GiB", "1e9": bytes. */
+function bytesOption(value: string): number {
+  const m = /^(\d+(?:\.\d+)?(?:e\d+)?)\s*(k|ki|kib|kb|m|mi|mib|mb|g|gi|gib|gb)?$/i.exec(value.trim());
+  if (!m) throw new Error(`expected a size like 512MiB or 2GiB, got "${value}"`);
+  const unit = (m[2] ?? '').toLowerCase();
+  const scale = unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 ** 2 : unit.startsWith('g') ? 1024 ** 3 : 1;
+  return Math.floor(Number(m[1]) * scale);
+}
+
+export function registerServe(program: Command): void {
+  modelOptions(program.command('serve').description('OpenAI-compatible HTTP server; long contexts are compressed once (POST /v1/contexts), stored and reused'))
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'port (0 picks a free one)', intOption('--port'), 8080)
+    .option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`)
+    .option('--no-store', 'keep contexts in memory only')
+    .option('--api-key <key>', 'require Authorization: Bearer <key> on every route but /health (repeatable; or KVLAB_API_KEY)', (v: string, p: string[] = []) => [...p, v])
+    .option('--kv-memory <size>', 'KV bytes one sequence may add (e.g. 512MiB); default: one sequence of the model\'s maximum length', bytesOption)
+    .option('--max-queue <n>', 'sequences that may wait; more get 429', intOption('--max-queue'), 64)
+    .option('--max-body <size>', 'largest request body', bytesOption, DEFAULT_BODY_LIMIT)
+    .option('--default-max-tokens <n>', 'max_tokens when a request gives none', intOption('--default-max-tokens', 1), DEFAULT_MAX_TOKENS)
+    .action(async (o) => {
+      const keys: string[] = [...(o.apiKey ?? []), ...(process.env.KVLAB_API_KEY ? [process.env.KVLAB_API_KEY] : [])];
+      const running = await startServer({
+        load: () => openModel(o.model, o.weights, o.kvDtype),
+        host: o.host,
+        port: o.port,
+        storeDir: o.store === false ? null : typeof o.store === 'string' ? o.store : defaultStoreDir(),
+        apiKeys: keys,
+        kvMemoryBytes: o.kvMemory,
+        maxQueue: o.maxQueue,
+        bodyLimitBytes: o.maxBody,
+        defaultMaxTokens: o.defaultMaxTokens,
+      });
+      process.stdout.write(`listening on ${running.url}\n`);
+      const stop = (signal: string) => {
+        process.stderr.write(`kvlab serve: ${signal}: draining in-flight requests\n`);
+        running.shutdown().then(
+          () => process.exit(0),
+          (e: unknown) => {
+            process.stderr.write(`kvlab serve: shutdown failed: ${(e as Error).message}\n`);
+            process.exit(1);
+          },
+        );
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+      await running.ready;
+    });
+}

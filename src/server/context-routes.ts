@@ -1,0 +1,91 @@
+import type { Hono } from 'hono';
+import { compressContext, DEFAULT_CONTEXT_PROTECTION, effectiveProtection } from '../engine/compress-context.ts';
+import { conversationContext, type ContextSpec } from '../engine/conversation-context.ts';
+import { describeProtection, parseProtection, type Protection } from '../press/protect.ts';
+import { getPress, type Press } from '../press/registry.ts';
+import { ApiError, badRequest } from './api-error.ts';
+import { readJson, type AppEnv, type ReadyState } from './app.ts';
+import type { ContextRecord, ContextStore } from './context-store.ts';
+import { parseContextRequest } from './validate.ts';
+
+/** kvlab's extension: POST/GET /v1/contexts, GET/DELETE /v1/contexts/{id}, each scoped to the caller's tenant. */
+export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void {
+  app.post('/v1/contexts', async (c) => {
+    const s = ready();
+    const r = parseContextRequest(await readJson(c));
+    let press: Press;
+    try {
+      press = getPress(r.method);
+    } catch (e) {
+      throw badRequest((e as Error).message, 'method', 'invalid_value');
+    }
+    let protection: Protection | undefined;
+    try {
+      protection = r.protect === null ? DEFAULT_CONTEXT_PROTECTION : parseProtection(r.protect);
+    } catch (e) {
+      throw badRequest((e as Error).message, 'protect', 'invalid_value');
+    }
+    const spec: ContextSpec = r.text !== null ? { kind: 'text', text: r.text, ...(r.system !== null ? { system: r.system } : {}) } : { kind: 'messages', messages: r.messages! };
+    let ctx;
+    try {
+      ctx = conversationContext(s.lm, spec);
+    } catch (e) {
+      throw badRequest((e as Error).message, r.text !== null ? 'text' : 'messages', 'invalid_value');
+    }
+    const limit = s.lm.config.maxPositionEmbeddings;
+    if (ctx.layout.ids.length >= limit) {
+      throw badRequest(`This model's maximum context length is ${limit} tokens. However, the context resulted in ${ctx.layout.ids.length} tokens.`, r.text !== null ? 'text' : 'messages', 'context_length_exceeded');
+    }
+    if (ctx.layout.context.end === ctx.layout.context.start) throw badRequest('the context is empty', r.text !== null ? 'text' : 'messages', 'invalid_value');
+    const built = compressContext(s.lm, ctx, press, r.ratio, protection);
+    const { record, saveMs } = s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
+    return c.json(view(record, s.store, saveMs));
+  });
+
+  app.get('/v1/contexts', (c) => {
+    const s = ready();
+    return c.json({ object: 'list', data: s.store.list(c.get('tenant')).map((r) => view(r, s.store)) });
+  });
+
+  app.get('/v1/contexts/:id', (c) => {
+    const s = ready();
+    const r = s.store.get(c.get('tenant'), c.req.param('id'));
+    if (!r) throw notFound(c.req.param('id'));
+    return c.json(view(r, s.store));
+  });
+
+  app.delete('/v1/contexts/:id', (c) => {
+    const s = ready();
+    if (!s.store.remove(c.get('tenant'), c.req.param('id'))) throw notFound(c.req.param('id'));
+    return c.json({ id: c.req.param('id'), object: 'context.deleted', deleted: true });
+  });
+}
+
+function notFound(id: string): ApiError {
+  return new ApiError(404, `no context '${id}'`, 'id', 'context_not_found');
+}
+
+function round(x: number, digits = 4): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function view(r: ContextRecord, store: ContextStore, saveMs?: number) {
+  return {
+    id: r.id,
+    object: 'context',
+    created: Math.floor(Date.parse(r.createdAt) / 1000),
+    kind: r.spec.kind,
+    messages: r.messages.length,
+    tokens: r.ids.length,
+    context_tokens: r.contextTokens,
+    method: r.method,
+    ratio: r.ratio,
+    protect: r.protect,
+    kept_ratio: round(r.keptRatio),
+    bytes: r.bytes,
+    file_bytes: store.fileBytes(r.id),
+    per_layer_kept: r.perLayerKept.map((x) => round(x)),
+    timings: { prefill_ms: round(r.timings.prefillMs, 1), score_ms: round(r.timings.scoreMs, 1), ...(saveMs !== undefined ? { save_ms: round(saveMs, 1) } : {}) },
+  };
+}

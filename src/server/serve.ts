@@ -1,0 +1,94 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { homedir } from 'node:os';
+import { basename, join } from 'node:path';
+import { serve } from '@hono/node-server';
+import type { LoadedModel } from '../engine/loaded-model.ts';
+import { persistentFingerprint } from '../engine/model-fingerprint.ts';
+import type { Scheduler } from '../engine/scheduler-types.ts';
+import { SerialScheduler } from '../engine/serial-scheduler.ts';
+import { createApp, type ServerState } from './app.ts';
+import { ContextStore } from './context-store.ts';
+import { ServerMetrics } from './metrics.ts';
+
+export interface ServeOptions {
+  /** Loads the model; called once the server listens (GET /health answers 503 until it has returned). */
+  load: () => LoadedModel | Promise<LoadedModel>;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Folder of context files; null keeps contexts in memory only. */
+  storeDir: string | null;
+  apiKeys?: string[];
+  bodyLimitBytes?: number;
+  defaultMaxTokens?: number;
+  /** The scheduler to drive; by default the serial one with these limits. */
+  makeScheduler?: (lm: LoadedModel) => Scheduler;
+  maxQueue?: number;
+  kvMemoryBytes?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  readonly url: string;
+  readonly port: number;
+  readonly state: ServerState;
+  /** Resolves once the model is loaded and the store listed. */
+  readonly ready: Promise<void>;
+  /** Stops taking requests, lets every running and queued sequence finish, closes the listener. */
+  shutdown(): Promise<void>;
+}
+
+export const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
+export const DEFAULT_MAX_TOKENS = 256;
+
+/** Where contexts persist by default: the user's cache folder ($XDG_CACHE_HOME or ~/.cache), kvlab/contexts. */
+export function defaultStoreDir(): string {
+  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'kvlab', 'contexts');
+}
+
+export async function startServer(opts: ServeOptions): Promise<RunningServer> {
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null };
+  const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0);
+  const app = createApp(state, {
+    apiKeys: opts.apiKeys ?? [],
+    bodyLimitBytes: opts.bodyLimitBytes ?? DEFAULT_BODY_LIMIT,
+    defaultMaxTokens: opts.defaultMaxTokens ?? DEFAULT_MAX_TOKENS,
+    metrics,
+  });
+  const server = await new Promise<Server>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: opts.port ?? 8080, hostname: opts.host ?? '127.0.0.1' }, () => resolve(s as Server));
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${opts.host ?? '127.0.0.1'}:${port}`;
+
+  const ready = (async () => {
+    // Let the listener answer /health (503) before the synchronous load takes the thread.
+    await new Promise((r) => setImmediate(r));
+    const lm = await opts.load();
+    const store = new ContextStore(lm, persistentFingerprint(lm), opts.storeDir);
+    const scan = store.scan();
+    for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
+    state.lm = lm;
+    state.store = store;
+    state.modelId = basename(lm.dir);
+    state.scheduler = opts.makeScheduler ? opts.makeScheduler(lm) : new SerialScheduler(lm, { maxQueue: opts.maxQueue, kvMemoryBytes: opts.kvMemoryBytes });
+    state.phase = 'ready';
+    log(`kvlab serve: ${state.modelId} on ${url}; ${scan.listed} stored context(s)${opts.storeDir ? ` in ${opts.storeDir}` : ' (memory only)'}`);
+  })();
+
+  let closing: Promise<void> | null = null;
+  const shutdown = () =>
+    (closing ??= (async () => {
+      state.phase = 'draining';
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await ready.catch(() => {});
+      await state.scheduler?.drain();
+      // Responses of the drained sequences are written by now; whatever stays open is idle or a finished stream.
+      setTimeout(() => server.closeAllConnections(), 1000).unref();
+      await closed;
+    })());
+  return { url, port, state, ready, shutdown };
+}
