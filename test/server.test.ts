@@ -167,7 +167,7 @@ test('/health answers 503 while the model loads, then 200; other routes say the 
 });
 
 test('a full queue is 429 with Retry-After; a client that disconnects cancels its sequence', async () => {
-  const tight = await startServer({ load: () => lm, port: 0, storeDir: null, maxQueue: 0, log: () => {} });
+  const tight = await startServer({ load: () => lm, port: 0, storeDir: null, maxQueue: 0, maxBatch: 1, log: () => {} });
   await tight.ready;
   try {
     const client = new OpenAI({ apiKey: 'none', baseURL: `${tight.url}/v1`, maxRetries: 0 });

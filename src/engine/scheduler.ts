@@ -110,7 +110,9 @@ export class BatchScheduler implements Scheduler {
           `${contextBytes ? ` beside its context's ${formatBytes(contextBytes)}` : ''}, more than the whole pool (${formatBytes(this.pool.budgetBytes)}, --kv-memory)`,
       );
     }
-    if (this.queue.length >= this.maxQueue) throw new QueueFullError(`scheduler queue is full (${this.maxQueue} waiting)`);
+    // maxQueue counts requests that wait: one admitted at once (a free batch slot, room in the pool) does not.
+    const admitsNow = this.queue.length === 0 && this.running.length < this.maxBatch && this.pool.canReserve(needBytes + this.bytesOutsideReservations());
+    if (!admitsNow && this.queue.length >= this.maxQueue) throw new QueueFullError(`scheduler queue is full (${this.maxQueue} waiting)`);
 
     const events = new EventStream<SequenceEvent>();
     let resolve!: (r: SequenceResult) => void;

@@ -6,7 +6,7 @@ import { serve } from '@hono/node-server';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { persistentFingerprint } from '../engine/model-fingerprint.ts';
 import type { Scheduler } from '../engine/scheduler-types.ts';
-import { SerialScheduler } from '../engine/serial-scheduler.ts';
+import { BatchScheduler } from '../engine/scheduler.ts';
 import { createApp, type ServerState } from './app.ts';
 import { ContextStore } from './context-store.ts';
 import { ServerMetrics } from './metrics.ts';
@@ -25,6 +25,9 @@ export interface ServeOptions {
   /** The scheduler to drive; by default the serial one with these limits. */
   makeScheduler?: (lm: LoadedModel) => Scheduler;
   maxQueue?: number;
+  /** Sequences decoded together per step (the batching scheduler's batch size). Default 16. */
+  maxBatch?: number;
+  /** The model's KV memory pool budget in bytes. Default a quarter of RAM. */
   kvMemoryBytes?: number;
   log?: (line: string) => void;
 }
@@ -73,7 +76,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     state.lm = lm;
     state.store = store;
     state.modelId = basename(lm.dir);
-    state.scheduler = opts.makeScheduler ? opts.makeScheduler(lm) : new SerialScheduler(lm, { maxQueue: opts.maxQueue, kvMemoryBytes: opts.kvMemoryBytes });
+    state.scheduler = opts.makeScheduler ? opts.makeScheduler(lm) : new BatchScheduler(lm, { pool: lm.kvPool(opts.kvMemoryBytes), maxQueue: opts.maxQueue, maxBatch: opts.maxBatch });
     state.phase = 'ready';
     log(`kvlab serve: ${state.modelId} on ${url}; ${scan.listed} stored context(s)${opts.storeDir ? ` in ${opts.storeDir}` : ' (memory only)'}`);
   })();

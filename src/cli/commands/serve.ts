@@ -18,7 +18,8 @@ export function registerServe(program: Command): void {
     .option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`)
     .option('--no-store', 'keep contexts in memory only')
     .option('--api-key <key>', 'require Authorization: Bearer <key> on every route but /health (repeatable; or KVLAB_API_KEY)', (v: string, p: string[] = []) => [...p, v])
-    .option('--kv-memory <size>', 'KV bytes one sequence may add (e.g. 512MiB); default: one sequence of the model\'s maximum length', bytesOption)
+    .option('--kv-memory <size>', 'byte budget of the KV memory pool every sequence allocates from (e.g. 4GiB); default a quarter of RAM', bytesOption)
+    .option('--max-batch <n>', 'sequences decoded together per step', intOption('--max-batch', 1), 16)
     .option('--max-queue <n>', 'sequences that may wait; more get 429', intOption('--max-queue'), 64)
     .option('--max-body <size>', 'largest request body', bytesOption, DEFAULT_BODY_LIMIT)
     .option('--default-max-tokens <n>', 'max_tokens when a request gives none', intOption('--default-max-tokens', 1), DEFAULT_MAX_TOKENS)
@@ -32,6 +33,7 @@ export function registerServe(program: Command): void {
         apiKeys: keys,
         kvMemoryBytes: o.kvMemory,
         maxQueue: o.maxQueue,
+        maxBatch: o.maxBatch,
         bodyLimitBytes: o.maxBody,
         defaultMaxTokens: o.defaultMaxTokens,
       });
