@@ -1,3 +1,4 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import type { KvDtype } from './kv-cache.ts';
 
 /** Rows per block: every head's storage is a whole number of blocks, allocated and returned block by block. */
@@ -14,11 +15,9 @@ export function blockRows(rows: number): number {
 }
 
 /** An allocation the pool cannot grant: the bytes asked for exceed what is free. */
-export class KvPoolExhaustedError extends Error {
-  readonly code = 'kv_pool_exhausted';
+export class KvPoolExhaustedError extends KvlabError {
   constructor(message: string) {
-    super(message);
-    this.name = 'KvPoolExhaustedError';
+    super('kv_pool_exhausted', message);
   }
 }
 
