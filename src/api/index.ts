@@ -95,3 +95,20 @@ export { NonFiniteError } from '../model/non-finite.ts';
 export { KvPoolExhaustedError } from '../cache/kv-pool.ts';
 export { KvCapacityError, QueueFullError } from '../engine/scheduler-types.ts';
 export { DataFileError } from '../eval/jsonl.ts';
+
+// Types the API's classes and functions mention, so a user can name them.
+export type { Span, SessionLayout } from '../model/prompt-layout.ts';
+export type { HeadStore, CacheMark } from '../cache/kv-cache.ts';
+export type { KvPool } from '../cache/kv-pool.ts';
+export type { ModelConfig } from '../model/config.ts';
+export type { FileStamp } from '../engine/loaded-model.ts';
+export type { LlamaModel, LayerCapture } from '../model/llama.ts';
+export type { KvTokenizer } from '../model/tokenizer.ts';
+export type { PrefillOptions } from '../model/prefill.ts';
+export type { PrefillCapture } from '../model/capture.ts';
+export type { Instruction, InstructionType, LeakageKind } from '../eval/datasets.ts';
+export type { Int8Grouping } from '../tensor/quantize.ts';
+export type { QaUnit } from '../eval/qa-eval.ts';
+export type { Metrics } from '../eval/prompt-study.ts';
+export type { FinishReason as SequenceFinishReason, SchedulerStats } from '../engine/scheduler-types.ts';
+export type { Backend, KvHeadView } from '../tensor/backend.ts';
