@@ -19,7 +19,7 @@ const npm = (args: string[], cwd: string) =>
 test('npm pack holds what a user needs; installed in an empty project, the typed API, the examples and the CLI run', { timeout: 900_000 }, () => {
   const packed = JSON.parse(npm(['pack', '--json', '--pack-destination', scratch], repo)) as { filename: string; files: { path: string }[] }[];
   const files = packed[0]!.files.map((f) => f.path);
-  for (const needed of ['bin/kvlab.js', 'dist/api/index.js', 'dist/api/index.d.ts', 'dist/cli/main.js', 'native/binding.gyp', 'models/kvlab-tiny-chat/model.safetensors', 'data/dev/qa.jsonl']) {
+  for (const needed of ['bin/kvlab.js', 'dist/api/index.js', 'dist/api/index.d.ts', 'dist/cli/main.js', 'native/binding.gyp', 'models/kvlab-tiny-chat/model.safetensors', 'data/dev/qa.jsonl', 'dist/inspect/browser/page.js']) {
     assert.ok(files.includes(needed), `the tarball holds ${needed}`);
   }
   for (const prefix of ['test/', 'results/', 'src/', 'native/build/', 'organism/']) {
