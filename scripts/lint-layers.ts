@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 
 /** Lowest first. */
-export const LAYERS: readonly (readonly string[])[] = [['tensor'], ['cache'], ['model'], ['press'], ['engine'], ['eval', 'bench', 'server', 'inspect'], ['cli']];
+export const LAYERS: readonly (readonly string[])[] = [['tensor'], ['cache'], ['model'], ['press'], ['engine'], ['eval', 'bench', 'server', 'inspect'], ['cli', 'api']];
 
 export const LAYER_ORDER = LAYERS.map((rank) => rank.join('|')).join(' -> ');
 

@@ -1,4 +1,5 @@
 import { totalmem } from 'node:os';
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import type { KvDtype } from './kv-cache.ts';
 
 /** Rows per block: every head's storage is a whole number of blocks, allocated and returned block by block. */
@@ -20,11 +21,9 @@ export function defaultKvMemoryBytes(): number {
 }
 
 /** An allocation the pool cannot grant: the bytes asked for exceed what is free. */
-export class KvPoolExhaustedError extends Error {
-  readonly code = 'kv_pool_exhausted';
+export class KvPoolExhaustedError extends KvlabError {
   constructor(message: string) {
-    super(message);
-    this.name = 'KvPoolExhaustedError';
+    super('kv_pool_exhausted', message);
   }
 }
 

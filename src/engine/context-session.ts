@@ -1,3 +1,4 @@
+import { ContextTooLongError } from '../tensor/kvlab-error.ts';
 import { KvCache } from '../cache/kv-cache.ts';
 import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../model/capture.ts';
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
@@ -71,7 +72,7 @@ export class ContextSession {
 
   constructor(readonly lm: LoadedModel, layout: SessionLayout, readonly opts: ContextOptions = {}) {
     if (layout.ids.length > lm.config.maxPositionEmbeddings) {
-      throw new RangeError(`context of ${layout.ids.length} tokens is longer than the model allows (${lm.config.maxPositionEmbeddings})`);
+      throw new ContextTooLongError(`context of ${layout.ids.length} tokens is longer than the model allows (${lm.config.maxPositionEmbeddings})`);
     }
     this.layout = layout;
     this.ids = layout.ids;

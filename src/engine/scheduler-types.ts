@@ -1,5 +1,6 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { Span } from '../press/types.ts';
+import { KvlabError } from '../tensor/kvlab-error.ts';
 
 /**
  * The contract between the batching scheduler (engine side) and what drives it (the HTTP server, the
@@ -91,19 +92,15 @@ export interface Scheduler {
 }
 
 /** A request that can never fit the KV memory pool, whatever else ends. */
-export class KvCapacityError extends Error {
-  readonly code = 'kv_capacity';
+export class KvCapacityError extends KvlabError {
   constructor(message: string) {
-    super(message);
-    this.name = 'KvCapacityError';
+    super('kv_capacity', message);
   }
 }
 
 /** The scheduler's queue is full; the caller may retry later. */
-export class QueueFullError extends Error {
-  readonly code = 'queue_full';
+export class QueueFullError extends KvlabError {
   constructor(message: string, readonly retryAfterSeconds = 1) {
-    super(message);
-    this.name = 'QueueFullError';
+    super('queue_full', message);
   }
 }

@@ -1,8 +1,11 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import { readRegularText } from '../model/regular-file.ts';
 
 /** A data file that cannot be used; the message names the file (and the line, for JSONL). */
-export class DataFileError extends Error {
-  override name = 'DataFileError';
+export class DataFileError extends KvlabError {
+  constructor(message: string) {
+    super('data_file', message);
+  }
 }
 
 export interface JsonlLine {

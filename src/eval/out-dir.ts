@@ -1,9 +1,12 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** The output folder could not be created or written in time (a hung mount, say): the process should exit. */
-export class OutDirTimeoutError extends Error {
-  override name = 'OutDirTimeoutError';
+export class OutDirTimeoutError extends KvlabError {
+  constructor(message: string) {
+    super('out_dir_timeout', message);
+  }
 }
 
 export interface OutDirChecks {

@@ -1,3 +1,4 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
 
 export interface ChatMessage {
@@ -12,8 +13,10 @@ export interface RenderOptions {
 }
 
 /** A chat template that does not parse, loops past its limits, or renders without the messages. */
-export class ChatTemplateError extends Error {
-  override name = 'ChatTemplateError';
+export class ChatTemplateError extends KvlabError {
+  constructor(message: string) {
+    super('chat_template', message);
+  }
 }
 
 const SENTINEL = '\u0000KVLAB_USER_CONTENT\u0000';

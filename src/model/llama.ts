@@ -1,3 +1,4 @@
+import { ContextTooLongError } from '../tensor/kvlab-error.ts';
 import type { AttentionStats, Backend, RopeTable } from '../tensor/backend.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ModelConfig } from './config.ts';
@@ -146,7 +147,7 @@ export class LlamaModel {
         throw new RangeError(`forwardBatch(): sequence ${i} starts at position ${s.cache.nextPos}, inside its context (${s.context.nextPos} positions)`);
       }
       if (s.cache.nextPos + s.ids.length > cfg.maxPositionEmbeddings) {
-        throw new RangeError(
+        throw new ContextTooLongError(
           `forwardBatch(): sequence ${i} reaches ${s.cache.nextPos + s.ids.length} tokens, longer than the model allows (max_position_embeddings ${cfg.maxPositionEmbeddings})`,
         );
       }
@@ -241,7 +242,7 @@ export class LlamaModel {
     if (n === 0) throw new RangeError('forward() needs at least one token');
     const start = cache.nextPos;
     if (start + n > cfg.maxPositionEmbeddings) {
-      throw new RangeError(
+      throw new ContextTooLongError(
         `sequence of ${start + n} tokens is longer than the model allows (max_position_embeddings ${cfg.maxPositionEmbeddings})`,
       );
     }

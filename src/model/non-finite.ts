@@ -1,10 +1,13 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { Weight } from '../tensor/backend.ts';
 import type { LlamaModel } from './llama.ts';
 
 /** Logits or activations that hold NaN or +-Infinity; the message names the first layer (and tensor) at fault. */
-export class NonFiniteError extends Error {
-  override name = 'NonFiniteError';
+export class NonFiniteError extends KvlabError {
+  constructor(message: string) {
+    super('non_finite', message);
+  }
 }
 
 /** Index of the first NaN or infinite element, or -1. */

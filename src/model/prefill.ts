@@ -1,3 +1,4 @@
+import { ContextTooLongError } from '../tensor/kvlab-error.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ForwardOptions, LlamaModel } from './llama.ts';
 import { checkLogits } from './non-finite.ts';
@@ -18,7 +19,7 @@ export function prefill(model: LlamaModel, cache: KvCache, ids: ArrayLike<number
   if (total === 0) throw new RangeError('prefill needs at least one token');
   const limit = model.config.maxPositionEmbeddings;
   if (cache.nextPos + total > limit) {
-    throw new RangeError(`context of ${cache.nextPos + total} tokens is longer than the model allows (${limit})`);
+    throw new ContextTooLongError(`context of ${cache.nextPos + total} tokens is longer than the model allows (${limit})`);
   }
   const arr = Array.from(ids);
   const mark = cache.mark();

@@ -1,3 +1,4 @@
+import { RatioError } from '../tensor/kvlab-error.ts';
 import { compareScores, topKIndices } from './topk.ts';
 import type { BudgetPolicy, KeptCounts, Scores } from './types.ts';
 
@@ -7,7 +8,7 @@ export function keptCount(spanLength: number, ratio: number): number {
 }
 
 export function checkRatio(ratio: number): void {
-  if (!(ratio >= 0 && ratio <= 1)) throw new RangeError(`ratio must be in [0, 1] (fraction of the context kept), got ${ratio}`);
+  if (!(ratio >= 0 && ratio <= 1)) throw new RatioError(`ratio must be in [0, 1] (fraction of the context kept), got ${ratio}`);
 }
 
 function spanLength(scores: Scores): number {

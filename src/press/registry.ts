@@ -10,6 +10,7 @@ import { snapKvScorer } from './methods/snapkv.ts';
 import { streamingLlmScorer } from './methods/streaming-llm.ts';
 import { tovaScorer } from './methods/tova.ts';
 import type { BudgetPolicy, Scorer } from './types.ts';
+import { MethodNameError } from '../tensor/kvlab-error.ts';
 
 /** A compression method: how positions are scored and how the budget is shared out. */
 export interface Press {
@@ -64,6 +65,19 @@ export function getPress(name: string): Press {
   const ada = /^adakv:(.+)$/.exec(name);
   if (ada) return press(name, getPress(ada[1]!).scorer, adaKvBudget(ADAKV_ALPHA));
   const m = methods[name];
-  if (!m) throw new Error(`unknown method "${name}"; known: ${[...methodNames(), 'adakv:<method>'].join(', ')}`);
+  if (!m) throw new MethodNameError(`unknown method "${name}"; known: ${[...methodNames(), 'adakv:<method>'].join(', ')}`);
   return press(name, ...m);
+}
+
+/**
+ * Adds a method under a new name (from user code: a scorer and a budget policy, e.g. uniformBudget), to be
+ * used by name everywhere a built-in one is. Names are lower-case words joined by "-", "_", "." or "+"; a
+ * taken name or the `adakv:` prefix is refused.
+ */
+export function registerMethod(name: string, scorer: Scorer, budget: BudgetPolicy): void {
+  if (!/^[a-z0-9][a-z0-9._+-]*$/.test(name)) throw new MethodNameError(`method name "${name}" must be lower-case letters, digits, ".", "_", "+" or "-"`);
+  if (name in methods) throw new MethodNameError(`method "${name}" is already registered`);
+  if (typeof scorer?.score !== 'function' || typeof scorer.summary !== 'string') throw new TypeError(`method "${name}": the scorer needs a summary string and a score(ctx) function`);
+  if (typeof budget?.select !== 'function' || typeof budget.expectedKept !== 'function') throw new TypeError(`method "${name}": the budget needs select() and expectedKept()`);
+  methods[name] = [scorer, budget];
 }

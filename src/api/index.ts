@@ -1,0 +1,114 @@
+/**
+ * kvlab's public API: what `import { ... } from 'kvlab'` gives. Everything else under src/ is internal
+ * and may change without notice.
+ *
+ * @example
+ * ```ts
+ * import { getPress, openModel } from 'kvlab';
+ * const lm = openModel();                         // the embedded kvlab-tiny-chat, or openModel('/path/to/hf-folder')
+ * const session = lm.openContext(documentText);   // the context in the user turn of the model's chat template
+ * session.compress(getPress('kvzip'), 0.3);       // prefill, score, keep 30% of the context's KV pairs
+ * const { text } = await session.ask('What is the code of tean?', { maxTokens: 16 });
+ * ```
+ * @packageDocumentation
+ */
+import { DEFAULT_MODEL_DIR, loadModel, LoadedModel } from '../engine/loaded-model.ts';
+import type { KvDtype } from '../cache/kv-cache.ts';
+import type { Int8Grouping } from '../tensor/quantize.ts';
+import type { Backend } from '../tensor/backend.ts';
+import { NativeBackend } from '../tensor/native.ts';
+import { ReferenceBackend } from '../tensor/reference.ts';
+import { nativeAvailable, selectBackend } from '../tensor/select-backend.ts';
+import { KvlabError } from '../tensor/kvlab-error.ts';
+
+export interface OpenModelOptions {
+  /** 'int8' quantizes every linear weight at load (about half the bytes per decoded token of bf16). */
+  weights?: 'checkpoint' | 'int8';
+  /** Columns per int8 scale, or 'row'. Default 128. */
+  int8Group?: Int8Grouping;
+  /** How KV caches store keys and values: 'f32' (default) or 'bf16' (half the memory). */
+  kvDtype?: KvDtype;
+  /** 'native' (the compiled kernels; an error if the addon did not build) or 'reference' (pure TypeScript). Default: native where it loads. */
+  backend?: 'native' | 'reference';
+  /** Read the weights through a file mapping instead of into memory (refuses to run once the file changes). */
+  mmap?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Loads a Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json, tokenizer_config.json). */
+export function openModel(dir: string = DEFAULT_MODEL_DIR, opts: OpenModelOptions = {}): LoadedModel {
+  return loadModel(dir, {
+    backend: backendFor(opts.backend),
+    weights: opts.weights,
+    int8Group: opts.int8Group,
+    kvDtype: opts.kvDtype,
+    mmap: opts.mmap ?? false,
+    onProgress: opts.onProgress,
+  });
+}
+
+function backendFor(choice: OpenModelOptions['backend']): Backend {
+  if (choice === undefined) return selectBackend();
+  if (choice === 'reference') return new ReferenceBackend();
+  if (choice === 'native') {
+    if (!nativeAvailable()) throw new KvlabError('native_unavailable', 'backend "native" was asked for, but the native addon did not load');
+    return new NativeBackend();
+  }
+  throw new KvlabError('bad_option', `backend must be "native" or "reference", got ${JSON.stringify(choice)}`);
+}
+
+// Models, sessions and generation.
+export { DEFAULT_MODEL_DIR, LoadedModel };
+export { ContextSession, ScoredContext } from '../engine/context-session.ts';
+export type { CompressOptions, CompressionReport, Compressed, ContextOptions, ScoreOptions } from '../engine/context-session.ts';
+export { generate } from '../engine/generate.ts';
+export type { FinishReason, GenerateOptions, GenerateResult } from '../engine/generate.ts';
+export type { SamplingOptions } from '../engine/sampler.ts';
+export type { KvDtype } from '../cache/kv-cache.ts';
+export { KvCache } from '../cache/kv-cache.ts';
+
+// Compression methods: the registry, the pieces of a custom press, protection.
+export { describeMethods, describePress, getPress, methodNames, press, registerMethod } from '../press/registry.ts';
+export type { Press } from '../press/registry.ts';
+export { HeadSpan, perHead, norm, dot } from '../press/per-head.ts';
+export { adaKvBudget, globalBudget, keptCount, pyramidBudget, uniformBudget, wholeHeadBudget } from '../press/budgets.ts';
+export type { BudgetPolicy, KeptCounts, Scorer, Scores, ScoringContext, ScoringModel, CaptureNeeds } from '../press/types.ts';
+export { parseProtection, describeProtection } from '../press/protect.ts';
+export type { Protection } from '../press/protect.ts';
+
+// The scheduler contract (batched serving).
+export type { Scheduler, SequenceRequest, SequenceHandle, SequenceEvent, SequenceResult, SharedContext, SamplingParams } from '../engine/scheduler-types.ts';
+
+// Evaluation harnesses as functions.
+export { evalQa } from '../eval/qa-eval.ts';
+export type { QaEvalOptions, QaResult, QaSample } from '../eval/qa-eval.ts';
+export { runPromptStudy } from '../eval/prompt-study.ts';
+export type { StudyItem, StudyOptions, StudyResult, StudySample } from '../eval/prompt-study.ts';
+export { loadInstructions, loadLeakage, loadQa, loadRepeat } from '../eval/datasets.ts';
+export type { InstructionRow, LeakageRow, QaRow, RepeatRow } from '../eval/datasets.ts';
+
+// Errors: every one kvlab raises on purpose is a KvlabError with a stable `code`.
+export { KvlabError, ContextTooLongError, MethodNameError, RatioError } from '../tensor/kvlab-error.ts';
+export { CheckpointError, ConfigError } from '../model/checkpoint-errors.ts';
+export { ChatTemplateError } from '../model/chat-template.ts';
+export { NonFiniteError } from '../model/non-finite.ts';
+export { KvPoolExhaustedError } from '../cache/kv-pool.ts';
+export { KvCapacityError, QueueFullError } from '../engine/scheduler-types.ts';
+export { DataFileError } from '../eval/jsonl.ts';
+
+// Types the API's classes and functions mention, so a user can name them.
+export type { Span, SessionLayout } from '../model/prompt-layout.ts';
+export type { HeadStore, CacheMark } from '../cache/kv-cache.ts';
+export type { KvPool } from '../cache/kv-pool.ts';
+export type { ModelConfig } from '../model/config.ts';
+export type { FileStamp } from '../engine/loaded-model.ts';
+export type { LlamaModel, LayerCapture } from '../model/llama.ts';
+export type { KvTokenizer } from '../model/tokenizer.ts';
+export type { PrefillOptions } from '../model/prefill.ts';
+export type { PrefillCapture } from '../model/capture.ts';
+export type { Instruction, InstructionType, LeakageKind } from '../eval/datasets.ts';
+export type { Int8Grouping } from '../tensor/quantize.ts';
+export type { QaUnit } from '../eval/qa-eval.ts';
+export type { Metrics } from '../eval/prompt-study.ts';
+export type { FinishReason as SequenceFinishReason, SchedulerStats } from '../engine/scheduler-types.ts';
+export type { Backend, KvHeadView } from '../tensor/backend.ts';
