@@ -37,3 +37,25 @@ test('errors are typed with stable codes', () => {
   assert.throws(() => lm.openContext('word '.repeat(lm.config.maxPositionEmbeddings)), (e: unknown) => e instanceof kvlab.ContextTooLongError && e.code === 'context_too_long');
   assert.throws(() => kvlab.openModel('/nonexistent/model'), (e: unknown) => e instanceof kvlab.CheckpointError && e.code.length > 0);
 });
+
+test('a context saved through the API loads back for this model and answers as the compressed session does', async () => {
+  const { mkdtempSync, rmSync, writeFileSync, readFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'kvlab-api-'));
+  try {
+    const lm = kvlab.openModel();
+    const text = 'Document:\nThe code of tean is 4242. The code of ruko is 1717.';
+    const path = join(dir, 'doc.kvctx');
+    const record = kvlab.saveContext(lm, path, text, kvlab.getPress('snapkv'), 0.5);
+    assert.equal(record.method, 'snapkv');
+    const { shared } = kvlab.loadContext(lm, path);
+    assert.equal(shared.cache.bytes(), record.bytes);
+    const bytes = readFileSync(path);
+    bytes[bytes.length - 3]! ^= 0xff;
+    writeFileSync(path, bytes);
+    assert.throws(() => kvlab.loadContext(lm, path), (e: unknown) => e instanceof kvlab.ContextFileError && e.code === 'context_file');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -12,6 +12,7 @@
  * ```
  * @packageDocumentation
  */
+import { basename } from 'node:path';
 import { DEFAULT_MODEL_DIR, loadModel, LoadedModel } from '../engine/loaded-model.ts';
 import type { KvDtype } from '../cache/kv-cache.ts';
 import type { Int8Grouping } from '../tensor/quantize.ts';
@@ -20,6 +21,15 @@ import { NativeBackend } from '../tensor/native.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 import { nativeAvailable, selectBackend } from '../tensor/select-backend.ts';
 import { KvlabError } from '../tensor/kvlab-error.ts';
+import { defaultStoreDir, startServer, type RunningServer } from '../server/serve.ts';
+import { persistentFingerprint } from '../engine/model-fingerprint.ts';
+import { conversationContext } from '../engine/conversation-context.ts';
+import { compressContext, DEFAULT_CONTEXT_PROTECTION } from '../engine/compress-context.ts';
+import { describeProtection } from '../press/protect.ts';
+import { contextRecord, loadContextFile, saveContextFile, type ContextRecord } from '../server/context-store.ts';
+import type { Press } from '../press/registry.ts';
+import type { Protection } from '../press/protect.ts';
+import type { SharedContext } from '../engine/scheduler-types.ts';
 
 export interface OpenModelOptions {
   /** 'int8' quantizes every linear weight at load (about half the bytes per decoded token of bf16). */
@@ -57,6 +67,60 @@ function backendFor(choice: OpenModelOptions['backend']): Backend {
   throw new KvlabError('bad_option', `backend must be "native" or "reference", got ${JSON.stringify(choice)}`);
 }
 
+export interface ServeOptions {
+  /** Checkpoint folder; default the embedded model. */
+  model?: string;
+  open?: OpenModelOptions;
+  host?: string;
+  /** 0 picks a free port. Default 8080. */
+  port?: number;
+  /** Folder of stored contexts; null keeps them in memory only. Default the user's cache folder (kvlab/contexts). */
+  store?: string | null;
+  apiKeys?: string[];
+  /** Byte budget of the KV memory pool. Default a quarter of RAM. */
+  kvMemoryBytes?: number;
+  maxBatch?: number;
+  maxQueue?: number;
+  log?: (line: string) => void;
+}
+
+/**
+ * Starts `kvlab serve` inside this process: the OpenAI-compatible routes, /v1/contexts, /metrics, on the
+ * batching scheduler. Resolves once it listens; `ready` once the model is loaded; `shutdown()` drains and closes.
+ */
+export function serve(opts: ServeOptions = {}): Promise<RunningServer> {
+  return startServer({
+    load: () => openModel(opts.model, opts.open),
+    host: opts.host,
+    port: opts.port,
+    storeDir: opts.store === undefined ? defaultStoreDir() : opts.store,
+    apiKeys: opts.apiKeys,
+    kvMemoryBytes: opts.kvMemoryBytes,
+    maxBatch: opts.maxBatch,
+    maxQueue: opts.maxQueue,
+    log: opts.log,
+  });
+}
+
+/**
+ * Compresses a text context (in the user turn, optionally after a system prompt) and writes it to a context
+ * file (versioned, checksummed, written atomically), which loadContext() or `kvlab compress --load` reads back
+ * without compressing again. Protection defaults to keeping a detected "never reveal" sentence.
+ */
+export function saveContext(lm: LoadedModel, path: string, text: string, press: Press, ratio: number, opts: { system?: string; protection?: Protection } = {}): ContextRecord {
+  const ctx = conversationContext(lm, { kind: 'text', text, system: opts.system });
+  const protection = opts.protection ?? DEFAULT_CONTEXT_PROTECTION;
+  const built = compressContext(lm, ctx, press, ratio, protection);
+  const record = contextRecord(basename(path).replace(/\.kvctx$/, ''), 'local', ctx, built, describeProtection(protection));
+  saveContextFile(path, record, built.session.cache, persistentFingerprint(lm));
+  return record;
+}
+
+/** Reads a context file written for this model (another model's, a truncated or a corrupted file is refused by name). */
+export function loadContext(lm: LoadedModel, path: string): { record: ContextRecord; shared: SharedContext } {
+  return loadContextFile(path, persistentFingerprint(lm));
+}
+
 // Models, sessions and generation.
 export { DEFAULT_MODEL_DIR, LoadedModel };
 export { ContextSession, ScoredContext } from '../engine/context-session.ts';
@@ -78,6 +142,14 @@ export type { Protection } from '../press/protect.ts';
 
 // The scheduler contract (batched serving).
 export type { Scheduler, SequenceRequest, SequenceHandle, SequenceEvent, SequenceResult, SharedContext, SamplingParams } from '../engine/scheduler-types.ts';
+
+export { BatchScheduler } from '../engine/scheduler.ts';
+export type { BatchSchedulerOptions } from '../engine/scheduler.ts';
+export { SerialScheduler } from '../engine/serial-scheduler.ts';
+export { startServer, defaultStoreDir } from '../server/serve.ts';
+export type { RunningServer } from '../server/serve.ts';
+export type { ContextRecord } from '../server/context-store.ts';
+export { ContextFileError } from '../cache/context-file.ts';
 
 // Evaluation harnesses as functions.
 export { evalQa } from '../eval/qa-eval.ts';

@@ -1,3 +1,4 @@
+import { KvlabError } from '../tensor/kvlab-error.ts';
 import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -37,14 +38,13 @@ export interface ContextFileHeader {
 }
 
 /** A context file that cannot be used: the message names the file and the problem. */
-export class ContextFileError extends Error {
+export class ContextFileError extends KvlabError {
   constructor(
     readonly path: string,
     readonly problem: 'truncated' | 'corrupted' | 'not-a-context' | 'newer-version' | 'other-model',
     detail: string,
   ) {
-    super(`${path}: ${detail}`);
-    this.name = 'ContextFileError';
+    super('context_file', `${path}: ${detail}`);
   }
 }
 
