@@ -293,6 +293,7 @@ export class NativeBackend implements Backend {
       if (x < nKvHeads && ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len))) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
     if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
+    if (a.window !== undefined && windowMasksAnyKey(a)) throw new Error(`attention: a sliding window of ${a.window} that masks cached keys is not implemented by the native addon yet (KVLAB_BACKEND=reference runs it)`);
     const views = (hs: KvHeadView[]) => hs.slice(0, nKvHeads).map((h): [KvRows, KvRows, Int32Array, number] => [h.k, h.v, h.pos, h.len]);
     if (a.prefix) {
       if (a.stats || !a.out) throw new Error('attention: a shared-prefix call computes outputs only, no statistics');
@@ -334,4 +335,14 @@ export class NativeBackend implements Backend {
     }
     this.k.copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width);
   }
+}
+
+/** Whether any query of the call is further than `window` positions from a key it could otherwise see. */
+function windowMasksAnyKey(a: AttentionArgs): boolean {
+  let maxQ = -Infinity;
+  for (let i = 0; i < a.nq; i++) maxQ = Math.max(maxQ, a.qPos[i]!);
+  for (const h of [...a.heads.slice(0, a.nKvHeads), ...(a.prefix ?? []).slice(0, a.nKvHeads)]) {
+    for (let j = 0; j < h.len; j++) if (maxQ - h.pos[j]! >= a.window!) return true;
+  }
+  return false;
 }
