@@ -12,9 +12,12 @@ import { after, test } from 'node:test';
 import { archFamily, familyPrompts, MISTRAL_TEST_WINDOW, writeFamilyCheckpoint } from '../src/bench/arch-families.ts';
 import { loadModel, type LoadedModel } from '../src/engine/loaded-model.ts';
 import type { Backend, KvHeadView } from '../src/tensor/backend.ts';
+import { NativeBackend } from '../src/tensor/native.ts';
 import { ReferenceBackend } from '../src/tensor/reference.ts';
+import { nativeAvailable } from '../src/tensor/select-backend.ts';
 
 const backends: [string, () => Backend][] = [['reference', () => new ReferenceBackend()]];
+if (nativeAvailable()) backends.push(['native', () => new NativeBackend()]);
 
 /**
  * One KV head whose keys are all zero (so every visible key gets the same weight) and whose value at row j is
@@ -133,4 +136,33 @@ test('reference: evicting what the window already hides changes nothing; evictin
   // Dropping rows inside the window does change the output (the window does not slide back to refill itself).
   const dropVisible = run((pos, len) => Array.from({ length: len }, (_, j) => j).filter((j) => pos[j]! < 2 * W - 3));
   assert.ok(maxAbsDiff(keepAll, dropVisible) > 1e-3);
+});
+
+test('native against reference on the windowed checkpoint: prefill, decode, a bf16 cache, an async step, after eviction', { skip: nativeAvailable() ? false : 'native addon not built (npm run build:native)' }, async () => {
+  const ref = load(() => new ReferenceBackend());
+  const nat = load(() => new NativeBackend());
+  const V = ref.config.vocabSize;
+  const ids = prompt.slice(0, prompt.length - 5);
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const a = ref.model.forward(ids, ref.newCache(dtype), { logits: 'all' })!;
+    const b = nat.model.forward(ids, nat.newCache(dtype), { logits: 'all' })!;
+    assert.ok(maxAbsDiff(a, b) < 2e-3, `prefill ${dtype}: ${maxAbsDiff(a, b)}`);
+  }
+  // Decode through an evicted cache (every third row dropped), synchronously and as an async step.
+  const run = async (lm: LoadedModel, async: boolean) => {
+    const cache = lm.newCache();
+    lm.model.forward(ids, cache, { logits: 'none' });
+    for (let l = 0; l < lm.config.numLayers; l++)
+      for (let h = 0; h < lm.config.numKvHeads; h++) cache.keep(l, h, Array.from({ length: cache.head(l, h).len }, (_, j) => j).filter((j) => j % 3 !== 1));
+    const rows: Float32Array[] = [];
+    for (const t of prompt.slice(ids.length)) rows.push((async ? await lm.model.forwardAsync([t], cache) : lm.model.forward([t], cache))!.slice());
+    return rows;
+  };
+  const want = await run(ref, false);
+  for (const async of [false, true]) {
+    const got = await run(nat, async);
+    got.forEach((r, i) => assert.ok(maxAbsDiff(r, want[i]!) < 2e-3, `decode step ${i}${async ? ' (async)' : ''}: ${maxAbsDiff(r, want[i]!)}`));
+  }
+  assert.equal(want.length, 5);
+  assert.equal(want[0]!.length, V);
 });

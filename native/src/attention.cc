@@ -15,6 +15,7 @@ bool attention_set(const std::string& key, double value) {
 void attention(const Attention& a) {
   using namespace attn;
   if (a.nq <= 0 || a.n_heads <= 0) return;
+  if (window_masks_keys(a, nullptr)) return attention_windowed(a, nullptr);
   // A bf16 cache is read as it is by the AVX-512 tiles whose P.V batches heads (d a multiple of 16 up to 128):
   // decode with packed logits, and the many-row tiles, whose keys are widened while they are packed.
   // On AVX2, decode reads it as it is where the row-order kernels take the head size.

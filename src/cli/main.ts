@@ -9,6 +9,7 @@ import { registerEval } from './commands/eval.ts';
 import { registerGenerate } from './commands/generate.ts';
 import { registerInfo } from './commands/info.ts';
 import { registerInspect } from './commands/inspect.ts';
+import { registerVerifyArch } from './commands/verify-arch.ts';
 
 const program = new Command();
 program
@@ -26,6 +27,7 @@ registerEval(program);
 registerInfo(program);
 registerBench(program);
 registerBenchPeer(program);
+registerVerifyArch(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);

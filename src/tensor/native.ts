@@ -58,6 +58,8 @@ export interface Addon {
     max: Float32Array[] | null,
     sum: Float32Array[] | null,
     queryWeight: Float32Array | null,
+    /** Sliding window in positions; 0: none. */
+    window: number,
   ): void;
   /** attention() over a shared prefix's rows followed by each head's own (no statistics). */
   attentionPrefixed(
@@ -71,6 +73,7 @@ export interface Addon {
     heads: [KvRows, KvRows, Int32Array, number][],
     prefix: [KvRows, KvRows, Int32Array, number][],
     scale: number,
+    window: number,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -293,12 +296,13 @@ export class NativeBackend implements Backend {
       if (x < nKvHeads && ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len))) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
     if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
-    if (a.window !== undefined && windowMasksAnyKey(a)) throw new Error(`attention: a sliding window of ${a.window} that masks cached keys is not implemented by the native addon yet (KVLAB_BACKEND=reference runs it)`);
+    if (a.window !== undefined && !(Number.isSafeInteger(a.window) && a.window > 0)) throw new RangeError(`attention: window must be a positive integer, got ${a.window}`);
+    const window = a.window ?? 0;
     const views = (hs: KvHeadView[]) => hs.slice(0, nKvHeads).map((h): [KvRows, KvRows, Int32Array, number] => [h.k, h.v, h.pos, h.len]);
     if (a.prefix) {
       if (a.stats || !a.out) throw new Error('attention: a shared-prefix call computes outputs only, no statistics');
       if (nHeads / nKvHeads > 16) throw new RangeError(`attention: a shared-prefix call takes at most 16 query heads per KV head, got ${nHeads / nKvHeads}`);
-      this.k.attentionPrefixed(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads), views(a.prefix), a.scale);
+      this.k.attentionPrefixed(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads), views(a.prefix), a.scale, window);
       return;
     }
     this.k.attention(
@@ -315,6 +319,7 @@ export class NativeBackend implements Backend {
       a.stats?.max ?? null,
       a.stats?.sum ?? null,
       a.stats?.queryWeight ?? null,
+      window,
     );
   }
 
@@ -337,12 +342,3 @@ export class NativeBackend implements Backend {
   }
 }
 
-/** Whether any query of the call is further than `window` positions from a key it could otherwise see. */
-function windowMasksAnyKey(a: AttentionArgs): boolean {
-  let maxQ = -Infinity;
-  for (let i = 0; i < a.nq; i++) maxQ = Math.max(maxQ, a.qPos[i]!);
-  for (const h of [...a.heads.slice(0, a.nKvHeads), ...(a.prefix ?? []).slice(0, a.nKvHeads)]) {
-    for (let j = 0; j < h.len; j++) if (maxQ - h.pos[j]! >= a.window!) return true;
-  }
-  return false;
-}
