@@ -58,7 +58,7 @@ test('llama attention_bias puts biases on q, k, v and o', () => {
   assert.equal(parse({ model_type: 'llama', attention_bias: false }).attentionBias, false);
 });
 
-test('mistral: sliding window is kept (informational), no biases', () => {
+test('mistral: the sliding window is applied (all layers), no biases', () => {
   const cfg = parse({ model_type: 'mistral', sliding_window: 4096, attention_bias: true, eos_token_id: 2 });
   assert.equal(cfg.slidingWindow, 4096);
   assert.equal(cfg.attentionBias, false);
@@ -75,7 +75,20 @@ test('qwen2: q/k/v biases always, no o bias; sliding window only when used; eos 
   assert.equal(cfg.slidingWindow, null);
   assert.deepEqual(cfg.eosTokenIds, [7, 9]);
   assert.equal(cfg.tieWordEmbeddings, true);
-  assert.equal(parse({ model_type: 'qwen2', sliding_window: 4096, use_sliding_window: true }).slidingWindow, 4096);
+  assert.throws(() => parse({ model_type: 'qwen2', sliding_window: 4096, use_sliding_window: true }), /test-config\.json: use_sliding_window true is not supported for qwen2/);
+});
+
+test('quantized checkpoints are refused early, naming the config field', () => {
+  assert.throws(() => parse({ model_type: 'llama', quantization_config: { quant_method: 'gptq', bits: 4 } }), /test-config\.json: quantization_config "gptq" is not supported: quantized checkpoint formats/);
+  assert.throws(() => parse({ model_type: 'qwen2', quantization_config: { quant_method: 'fp8' } }), /quantization_config "fp8"/);
+  assert.throws(() => parse({ model_type: 'llama', quantization: { bits: 8, group_size: 64, mode: 'affine' } }), /quantization "affine" is not supported/);
+  assert.equal(parse({ model_type: 'llama', quantization_config: null }).modelType, 'llama');
+});
+
+test('transformers v5 layer_types must all be the attention kind the model runs', () => {
+  assert.equal(parse({ model_type: 'qwen2', layer_types: ['full_attention', 'full_attention'] }).slidingWindow, null);
+  assert.throws(() => parse({ model_type: 'qwen2', layer_types: ['full_attention', 'sliding_attention'] }), /layer_types\[1\] "sliding_attention" is not supported here \(every layer must be full_attention\)/);
+  assert.equal(parse({ model_type: 'mistral', sliding_window: 16, layer_types: ['sliding_attention', 'sliding_attention'] }).slidingWindow, 16);
 });
 
 test('qwen3: q/k norms and an explicit head_dim that is not hidden / heads', () => {

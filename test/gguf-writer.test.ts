@@ -172,3 +172,40 @@ test('a qwen2-shaped checkpoint keeps its q/k/v biases unpermuted, and llama3 ro
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a mistral with a sliding window is written as llama.cpp granite_swa with neutral scales and inert sinks; F32 matrices hold the bf16 values exactly', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvlab-gguf-'));
+  try {
+    const mistral = join(dir, 'mistral');
+    writeRandomCheckpoint({
+      architectures: ['MistralForCausalLM'], model_type: 'mistral', vocab_size: 2048, hidden_size: 32, intermediate_size: 48,
+      num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 256,
+      rms_norm_eps: 1e-5, rope_theta: 1e6, tie_word_embeddings: false, sliding_window: 12,
+    }, mistral);
+    writeGguf(mistral, join(dir, 'm.gguf'), { matrices: 'f32' });
+    const g = readGguf(join(dir, 'm.gguf'));
+    assert.equal(g.meta.get('general.architecture'), 'granite_swa');
+    assert.equal(g.meta.get('granite_swa.attention.sliding_window'), 12);
+    assert.deepEqual(g.meta.get('granite_swa.attention.sliding_window_pattern'), [true, true]);
+    for (const k of ['embedding_scale', 'residual_scale', 'logit_scale']) assert.equal(g.meta.get(`granite_swa.${k}`), 1);
+    assert.ok(Math.abs((g.meta.get('granite_swa.attention.scale') as number) - 1 / Math.sqrt(8)) < 1e-7);
+    assert.deepEqual([...g.elements('blk.1.attn_sinks.weight')], [-30000, -30000, -30000, -30000]);
+    const index = readCheckpointIndex(mistral);
+    const widen = (name: string) => Float32Array.from(readTensor(index.get(name)!, fileByteSource) as Uint16Array, (x) => bf16ToF32(x));
+    assert.equal(g.tensors.get('output.weight')!.type, 0, 'F32');
+    assert.deepEqual(g.elements('output.weight'), widen('lm_head.weight'));
+    // q rows still permuted to llama.cpp's interleaved pairs (granite rotates like llama).
+    assert.deepEqual(g.elements('blk.0.attn_q.weight'), permuteRopeRows(widen('model.layers.0.self_attn.q_proj.weight'), 4, 32));
+
+    // Without a window a mistral stays llama.cpp's llama architecture, with no window keys.
+    const plain = join(dir, 'plain');
+    writeRandomCheckpoint({ ...JSON.parse(readFileSync(join(mistral, 'config.json'), 'utf8')), sliding_window: null }, plain);
+    writeGguf(plain, join(dir, 'p.gguf'));
+    const p = readGguf(join(dir, 'p.gguf'));
+    assert.equal(p.meta.get('general.architecture'), 'llama');
+    assert.equal(p.meta.has('llama.attention.sliding_window'), false);
+    assert.equal(p.tensors.has('blk.0.attn_sinks.weight'), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

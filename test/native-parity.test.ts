@@ -441,6 +441,54 @@ test(`[${mode}] attention: decode logits with heads packed per vector match the 
       assert.ok(maxRelErr(out, expect) < 1e-5, `${nHeads}:${nKv} d=${d} len=${heads[0]!.len} nq=${nq}: ${maxRelErr(out, expect)}`);
     }
 });
+
+test(`[${mode}] attention: a sliding window masks by position on every path (ordered, reversed, bf16, statistics, shared prefix)`, { skip }, () => {
+  // A windowed call runs row by row over each row's window: in place where a head's positions ascend, gathered
+  // where they do not (the reversed head), so both must match the reference, statistics included.
+  const nat = new NativeBackend();
+  for (const bf16 of [false, true])
+    for (const d of [32, 40, 64])
+      for (const [nq, window] of [[1, 1], [1, 17], [2, 40], [9, 5], [33, 64], [3, 1000]] as const) {
+        const nKv = 2;
+        const nHeads = 4;
+        const views = orderedAndReversed(d).map(bf16Head);
+        const heads = views.map((h) => (bf16 ? h.bits : h.wide));
+        const wide = views.map((h) => h.wide);
+        const qPos = Int32Array.from({ length: nq }, (_, i) => 150 - 3 * (nq - 1) + 3 * i);
+        const args = { q: vec(nq * nHeads * d, 3), nq, nHeads, nKvHeads: nKv, headDim: d, qPos, scale: 1 / Math.sqrt(d), window };
+        const queryWeight = Float32Array.from({ length: nq }, (_, i) => 0.5 + i);
+        const run = (be: ReferenceBackend | NativeBackend, hs: KvHeadView[]) => {
+          const out = new Float32Array(nq * nHeads * d);
+          const sum = hs.map((h) => new Float32Array(h.len));
+          const max = hs.map((h) => new Float32Array(h.len));
+          be.attention({ ...args, heads: hs, out, stats: { fromQuery: nq >> 1, sum, max, queryWeight } });
+          return { out, sum, max };
+        };
+        const label = `${bf16 ? 'bf16' : 'f32'} d=${d} nq=${nq} window=${window}`;
+        const got = run(nat, heads);
+        const expect = run(ref, wide);
+        assert.ok(maxRelErr(got.out, expect.out) < 1e-5, `${label}: ${maxRelErr(got.out, expect.out)}`);
+        got.sum.forEach((x, g) => assert.ok(maxRelErr(x, expect.sum[g]!) < 1e-5, `sum stats ${label}`));
+        got.max.forEach((x, g) => assert.ok(maxRelErr(x, expect.max[g]!) < 1e-5, `max stats ${label}`));
+        // The window hides keys whenever it is shorter than a query's reach: the output must differ from full attention.
+        if (window < 100) {
+          const full = new Float32Array(nq * nHeads * d);
+          ref.attention({ ...args, window: undefined, heads: wide, out: full });
+          assert.ok(maxRelErr(full, expect.out) > 1e-3, `the window changes the output (${label})`);
+        }
+        // Over a shared prefix: the prefix's rows (positions 0..59) then each head's own (60..).
+        const prefix = [head(60, d, Array.from({ length: 60 }, (_, i) => i)), head(60, d, Array.from({ length: 60 }, (_, i) => i))];
+        const own = [head(100, d, Array.from({ length: 100 }, (_, i) => 60 + i)), head(100, d, Array.from({ length: 100 }, (_, i) => 60 + i))];
+        const pArgs = { ...args, qPos: Int32Array.from({ length: nq }, (_, i) => 159 - (nq - 1 - i)) };
+        const pOut = new Float32Array(nq * nHeads * d);
+        nat.attention({ ...pArgs, heads: own, prefix, out: pOut });
+        const pExpect = new Float32Array(nq * nHeads * d);
+        ref.attention({ ...pArgs, heads: own, prefix, out: pExpect });
+        assert.ok(maxRelErr(pOut, pExpect) < 1e-5, `shared prefix ${label}: ${maxRelErr(pOut, pExpect)}`);
+      }
+  assert.throws(() => nat.attention({ q: vec(32), out: new Float32Array(32), nq: 1, nHeads: 1, nKvHeads: 1, headDim: 32, qPos: Int32Array.of(3), heads: [head(4, 32, [0, 1, 2, 3])], scale: 1, window: 0 }), /window must be a positive integer, got 0/);
+});
+
 /** The head's rows rounded to bf16: the bits (for a bf16 cache) and the same values widened back to fp32. */
 function bf16Head(h: KvHeadView): { bits: KvHeadView; wide: KvHeadView } {
   const bits = (a: KvRows) => Uint16Array.from(a as Float32Array, bf16Bits);

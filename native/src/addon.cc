@@ -107,13 +107,13 @@ Napi::Value MatmulPathFn(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), matmul_path(num(info[0]), w, info[5].As<Napi::Boolean>().Value()));
 }
 
-// attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
+// attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window)
 Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
   attention_op(info)();
   return info.Env().Undefined();
 }
 
-// attentionPrefixed(q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale)
+// attentionPrefixed(q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale, window)
 Napi::Value AttentionPrefixedFn(const Napi::CallbackInfo& info) {
   attention_prefixed_op(info)();
   return info.Env().Undefined();

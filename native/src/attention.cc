@@ -11,6 +11,7 @@ namespace kvlab {
 void attention(const Attention& a) {
   using namespace attn;
   if (a.nq <= 0 || a.n_heads <= 0) return;
+  if (window_masks_keys(a, nullptr)) return attention_windowed(a, nullptr);
   // A bf16 cache is read as it is by the AVX-512 tiles (d a multiple of 16 up to 128; the many-row tiles widen
   // keys while they pack them).
   // On AVX2, decode reads it as it is where the row-order kernels take the head size.

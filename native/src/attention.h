@@ -27,9 +27,15 @@ struct Attention {
   std::vector<float*> stat_sum;
   const float* query_weight = nullptr;  // optional: probabilities of query row i are scaled by this before accumulation
   bool bf16 = false;                    // every head's keys and values are bf16 (k16, v16)
+  long window = 0;                      // > 0: query i also needs q_pos[i] - pos[j] < window (a sliding window)
 };
 
-// Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i].
+// Softmax attention over ragged per-KV-head caches: key j is visible to query i iff pos[j] <= q_pos[i] (and, with
+// a window, q_pos[i] - pos[j] < window).
 void attention(const Attention& a);
+// The windowed case (attention_window.cc): whether a's window hides any key from any of its queries, and a run
+// of a (over prefix's rows then each head's own when prefix is given) that applies it.
+bool window_masks_keys(const Attention& a, const std::vector<HeadView>* prefix);
+void attention_windowed(const Attention& a, const std::vector<HeadView>* prefix);
 
 }  // namespace kvlab

@@ -168,6 +168,7 @@ void run_all(const Attention& a, const std::vector<HeadView>& prefix) {
 void attention_prefixed(const Attention& a, const std::vector<HeadView>& prefix) {
   if (a.out == nullptr || a.nq <= 0) return;
   if (a.n_heads / a.n_kv > MAX_GROUP) throw std::runtime_error("attention_prefixed: more than 16 query heads per KV head");
+  if (window_masks_keys(a, &prefix)) return attention_windowed(a, &prefix);
   if (a.bf16) run_all<uint16_t>(a, prefix);
   else run_all<float>(a, prefix);
 }

@@ -71,7 +71,7 @@ Kernel matmul_op(const A& a) {
   return [m, bf16] { matmul(m, bf16); };
 }
 
-// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][] (k, v all Float32Array or all Uint16Array of bf16), scale, statsFrom, max[] | null, sum[] | null, queryWeight | null)
+// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][] (k, v all Float32Array or all Uint16Array of bf16), scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window (0: none))
 template <class A>
 Kernel attention_op(const A& info) {
   Attention a;
@@ -106,6 +106,7 @@ Kernel attention_op(const A& info) {
     for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
   }
   a.query_weight = data_of<float>(info[12]);
+  a.window = long(num(info[13]));
   return [a = std::move(a)] { attention(a); };
 }
 
@@ -128,7 +129,7 @@ inline std::vector<HeadView> head_views(const Napi::Array& heads, bool* bf16) {
   return views;
 }
 
-// (q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale): attention over a
+// (q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale, window (0: none)): attention over a
 // shared prefix's rows followed by each head's own
 template <class A>
 Kernel attention_prefixed_op(const A& info) {
@@ -144,6 +145,7 @@ Kernel attention_prefixed_op(const A& info) {
   bool prefix_bf16 = a.bf16;
   std::vector<HeadView> prefix = head_views(info[8].template As<Napi::Array>(), &prefix_bf16);
   a.scale = float(dbl(info[9]));
+  a.window = long(num(info[10]));
   return [a = std::move(a), prefix = std::move(prefix)] { attention_prefixed(a, prefix); };
 }
 

@@ -6,7 +6,7 @@ import { planWeights } from '../model/weights.ts';
 import { bf16ArrayToF32, f16ArrayToF32, f32ToF16 } from '../tensor/dtype.ts';
 
 /**
- * Writes a Hugging Face Llama-family checkpoint as GGUF v3 with F16 matrices and F32 norms/biases, so
+ * Writes a Hugging Face Llama-family checkpoint as GGUF v3 with F16 (or F32) matrices and F32 norms/biases, so
  * llama.cpp can run the same weights. The vocabulary is the checkpoint's byte-level BPE (tokenizer.json)
  * padded with unused filler tokens up to vocab_size; benchmarks feed token ids directly.
  * Llama/Mistral q/k rows are permuted per head as llama.cpp's converter does (llama.cpp rotates
@@ -34,7 +34,13 @@ enum GgmlType {
   F16 = 1,
 }
 
-type Value = number | string | boolean | { of: ValueType.STRING; items: string[] } | { of: ValueType.INT32; items: Int32Array };
+type Value =
+  | number
+  | string
+  | boolean
+  | { of: ValueType.STRING; items: string[] }
+  | { of: ValueType.INT32; items: Int32Array }
+  | { of: ValueType.BOOL; items: Uint8Array };
 type Metadata = [key: string, type: ValueType, value: Value][];
 
 interface GgufTensor {
@@ -46,6 +52,18 @@ interface GgufTensor {
 }
 
 const ARCH: Record<ModelConfig['modelType'], string> = { llama: 'llama', mistral: 'llama', qwen2: 'qwen2', qwen3: 'qwen3' };
+
+/**
+ * llama.cpp's llama architecture (the one its converter gives Mistral) ignores a sliding window, so a Mistral
+ * checkpoint with one is written as granite_swa: a Llama layer with scale factors (all set to what Llama
+ * computes), attention sinks (set inert), and a per-layer sliding window, which llama.cpp applies by position.
+ */
+const SLIDING_WINDOW_ARCH = 'granite_swa';
+const INERT_SINK = -30000;
+
+function ggufArchitecture(cfg: ModelConfig): string {
+  return cfg.slidingWindow !== null ? SLIDING_WINDOW_ARCH : ARCH[cfg.modelType];
+}
 
 const LAYER_NAMES: [RegExp, string][] = [
   [/^input_layernorm\.weight$/, 'attn_norm.weight'],
@@ -149,8 +167,20 @@ function vocabulary(dir: string, cfg: ModelConfig): Metadata {
 }
 
 function metadata(dir: string, cfg: ModelConfig, name: string): Metadata {
-  const arch = ARCH[cfg.modelType];
+  const arch = ggufArchitecture(cfg);
   const u = (k: string, v: number): Metadata[number] => [`${arch}.${k}`, ValueType.U32, v];
+  const window: Metadata =
+    cfg.slidingWindow === null
+      ? []
+      : [
+          u('attention.sliding_window', cfg.slidingWindow),
+          [`${arch}.attention.sliding_window_pattern`, ValueType.ARRAY, { of: ValueType.BOOL, items: new Uint8Array(cfg.numLayers).fill(1) }],
+          // Granite's multipliers, set to what a Llama/Mistral layer computes.
+          [`${arch}.embedding_scale`, ValueType.F32, 1],
+          [`${arch}.residual_scale`, ValueType.F32, 1],
+          [`${arch}.attention.scale`, ValueType.F32, 1 / Math.sqrt(cfg.headDim)],
+          [`${arch}.logit_scale`, ValueType.F32, 1],
+        ];
   return [
     ['general.architecture', ValueType.STRING, arch],
     ['general.name', ValueType.STRING, name],
@@ -167,11 +197,12 @@ function metadata(dir: string, cfg: ModelConfig, name: string): Metadata {
     u('rope.dimension_count', cfg.headDim),
     [`${arch}.rope.freq_base`, ValueType.F32, cfg.ropeTheta],
     [`${arch}.attention.layer_norm_rms_epsilon`, ValueType.F32, cfg.rmsNormEps],
+    ...window,
     ...vocabulary(dir, cfg),
   ];
 }
 
-function tensors(dir: string, cfg: ModelConfig): GgufTensor[] {
+function tensors(dir: string, cfg: ModelConfig, matrixType: GgmlType): GgufTensor[] {
   const permute = ARCH[cfg.modelType] === 'llama';
   const out: GgufTensor[] = [];
   for (const [hf, info] of planWeights(dir, cfg)) {
@@ -180,13 +211,18 @@ function tensors(dir: string, cfg: ModelConfig): GgufTensor[] {
     out.push({
       name: ggufTensorName(hf),
       shape: info.shape,
-      type: matrix ? GgmlType.F16 : GgmlType.F32,
+      type: matrix ? matrixType : GgmlType.F32,
       data: () => {
         const raw = readTensor(info, fileByteSource);
-        const converted = matrix ? toF16(info, raw) : toF32(info, raw);
+        const converted = matrix && matrixType === GgmlType.F16 ? toF16(info, raw) : toF32(info, raw);
         return permute && heads ? permuteRopeRows(converted, heads, matrix ? info.shape[1]! : 1) : converted;
       },
     });
+  }
+  if (ggufArchitecture(cfg) === SLIDING_WINDOW_ARCH) {
+    // Its attention sinks, at a logit so low that exp() of it is 0 beside any real key: no effect.
+    const sinks = new Float32Array(cfg.numHeads).fill(INERT_SINK);
+    for (let l = 0; l < cfg.numLayers; l++) out.push({ name: `blk.${l}.attn_sinks.weight`, shape: [cfg.numHeads], type: GgmlType.F32, data: () => sinks });
   }
   if (cfg.ropeScaling) {
     const factors = ropeFreqFactors(cfg);
@@ -246,10 +282,17 @@ class ByteWriter {
 
 const alignUp = (n: number) => Math.ceil(n / ALIGNMENT) * ALIGNMENT;
 
+export interface GgufWriteOptions {
+  name?: string;
+  /** Type of the 2-D weights: F16 (default) or F32, which holds bf16 checkpoint values exactly. */
+  matrices?: 'f16' | 'f32';
+  onTensor?: (name: string, i: number, total: number) => void;
+}
+
 /** Writes dir's checkpoint to `out` (renamed into place when complete). Returns the file's size in bytes. */
-export function writeGguf(dir: string, out: string, opts: { name?: string; onTensor?: (name: string, i: number, total: number) => void } = {}): number {
+export function writeGguf(dir: string, out: string, opts: GgufWriteOptions = {}): number {
   const cfg = loadModelConfig(dir);
-  const list = tensors(dir, cfg);
+  const list = tensors(dir, cfg, opts.matrices === 'f32' ? GgmlType.F32 : GgmlType.F16);
   const head = new ByteWriter();
   head.u32(GGUF_MAGIC);
   head.u32(3);

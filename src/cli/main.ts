@@ -12,6 +12,7 @@ import { registerInfo } from './commands/info.ts';
 import { registerInspect } from './commands/inspect.ts';
 import { registerServe } from './commands/serve.ts';
 import { registerContext } from './commands/context.ts';
+import { registerVerifyArch } from './commands/verify-arch.ts';
 
 const program = new Command();
 program
@@ -32,6 +33,7 @@ registerBenchBatch(program);
 registerBenchPeer(program);
 registerServe(program);
 registerContext(program);
+registerVerifyArch(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);

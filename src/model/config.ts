@@ -38,7 +38,10 @@ export interface ModelConfig {
   qkNorm: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];
-  /** Informational only: attention is always full. */
+  /**
+   * Mistral's sliding window, applied in every layer: a query at position p attends to the keys at positions
+   * p - slidingWindow < pos <= p (positions, not cache indices, so eviction leaves it unchanged). null: full attention.
+   */
   slidingWindow: number | null;
 }
 
@@ -86,6 +89,7 @@ export function parseModelConfig(json: unknown, source: string): ModelConfig {
 
   if (present('hidden_act') && c.hidden_act !== 'silu') fail(`hidden_act ${JSON.stringify(c.hidden_act)} is not supported (only silu)`);
   if (c.mlp_bias === true) fail('mlp_bias is not supported');
+  rejectQuantized(c, fail);
 
   const vocabSize = int('vocab_size');
   const hiddenSize = int('hidden_size');
@@ -109,7 +113,12 @@ export function parseModelConfig(json: unknown, source: string): ModelConfig {
   };
   const eos = c.eos_token_id;
   const eosTokenIds = eos === undefined || eos === null ? [] : Array.isArray(eos) ? eos.map((v) => tokenId('eos_token_id', v)) : [tokenId('eos_token_id', eos)];
-  const usesSlidingWindow = modelType === 'mistral' || c.use_sliding_window === true;
+  // Qwen2/Qwen3 apply their window only to layers from max_window_layers on, a layout this engine does not run.
+  if (modelType !== 'mistral' && c.use_sliding_window === true) {
+    fail(`use_sliding_window true is not supported for ${modelType} (per-layer windows from max_window_layers); only mistral's all-layer window is`);
+  }
+  const slidingWindow = modelType === 'mistral' && present('sliding_window') ? int('sliding_window') : null;
+  checkLayerTypes(c.layer_types, slidingWindow !== null, fail);
 
   return {
     modelType,
@@ -130,8 +139,28 @@ export function parseModelConfig(json: unknown, source: string): ModelConfig {
     qkNorm: modelType === 'qwen3',
     bosTokenId: present('bos_token_id') ? tokenId('bos_token_id', c.bos_token_id) : null,
     eosTokenIds,
-    slidingWindow: usesSlidingWindow && present('sliding_window') ? int('sliding_window') : null,
+    slidingWindow,
   };
+}
+
+/** Quantized checkpoints (GPTQ, AWQ, bitsandbytes, FP8, MLX) declare it in config.json; kvlab reads bf16/f16/f32 weights only. */
+function rejectQuantized(c: Record<string, unknown>, fail: (msg: string) => never): void {
+  for (const key of ['quantization_config', 'quantization']) {
+    const q = c[key];
+    if (q === undefined || q === null) continue;
+    const method = isObject(q) ? (q.quant_method ?? q.mode ?? q.bits) : q;
+    fail(`${key} ${JSON.stringify(method ?? q)} is not supported: quantized checkpoint formats cannot be loaded (use the bf16/f16/f32 checkpoint; --weights int8 quantizes at load)`);
+  }
+}
+
+/** transformers v5 lists each layer's attention kind; every layer must be what the forward pass runs. */
+function checkLayerTypes(v: unknown, sliding: boolean, fail: (msg: string) => never): void {
+  if (v === undefined || v === null) return;
+  if (!Array.isArray(v)) fail(`layer_types must be a list, got ${JSON.stringify(v)}`);
+  const want = sliding ? 'sliding_attention' : 'full_attention';
+  (v as unknown[]).forEach((t, i) => {
+    if (t !== want) fail(`layer_types[${i}] ${JSON.stringify(t)} is not supported here (every layer must be ${want})`);
+  });
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

@@ -44,8 +44,8 @@ export interface BatchSequence {
 }
 
 /**
- * The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with q/k/v biases, Qwen3 with q/k norms;
- * attention_bias checkpoints also carry an o_proj bias).
+ * The Llama-family forward pass (Llama 2/3, Mistral with its sliding window, Qwen2 with q/k/v biases, Qwen3
+ * with q/k norms; attention_bias checkpoints also carry an o_proj bias).
  * Appends the new tokens to the cache at positions cache.nextPos.. and returns logits [rows, vocab].
  */
 export class LlamaModel {
@@ -203,6 +203,7 @@ export class LlamaModel {
           heads: s.cache.layer(l),
           prefix: s.context?.layer(l),
           scale,
+          window: cfg.slidingWindow ?? undefined,
         });
       });
       be.matmul(proj, attn, n, L.wo);
@@ -293,6 +294,7 @@ export class LlamaModel {
         qPos: positions,
         heads: cache.layer(l),
         scale,
+        window: cfg.slidingWindow ?? undefined,
         stats: opts.stats?.(l),
       });
       opts.onLayer?.({ layer: l, n, positions, hidden: hiddenIn!, qPreRope: qPre!, q, k, v });

@@ -36,6 +36,15 @@ export const RANDOM_SHAPES: Record<string, Record<string, unknown>> = {
 export interface RandomCheckpointOptions {
   seed?: number;
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** Folder whose tokenizer.json and tokenizer_config.json are copied in (default: the embedded model's). */
+  tokenizerDir?: string;
+  /** Standard deviation of matrix and bias entries (default 0.02). */
+  std?: number;
+  /**
+   * Standard deviation of norm weights around 1 (default 0: all ones). Non-zero makes a norm applied to the
+   * wrong tensor, or not at all, change the output.
+   */
+  normStd?: number;
 }
 
 const STD = 0.02;
@@ -50,11 +59,12 @@ const BF16_ONE = 0x3f80;
 export function writeRandomCheckpoint(shape: string | Record<string, unknown>, dir: string, opts: RandomCheckpointOptions = {}): void {
   const named = typeof shape === 'string' ? RANDOM_SHAPES[shape] : shape;
   if (!named) throw new Error(`unknown shape "${shape as string}"; known: ${Object.keys(RANDOM_SHAPES).join(', ')}`);
-  const json = { ...embeddedTokenIds(), ...named, torch_dtype: 'bfloat16' };
+  const json = { ...(opts.tokenizerDir ? {} : embeddedTokenIds()), ...named, torch_dtype: 'bfloat16' };
+  const tokenizerDir = opts.tokenizerDir ?? EMBEDDED_MODEL_DIR;
   const cfg = parseModelConfig(json, typeof shape === 'string' ? `shape ${shape}` : 'config');
   mkdirSync(dir, { recursive: true });
   writeAtomically(join(dir, 'config.json'), (path) => writeFileSync(path, JSON.stringify(json, null, 2) + '\n'));
-  for (const f of TOKENIZER_FILES) writeAtomically(join(dir, f), (path) => copyFileSync(join(EMBEDDED_MODEL_DIR, f), path));
+  for (const f of TOKENIZER_FILES) writeAtomically(join(dir, f), (path) => copyFileSync(join(tokenizerDir, f), path));
 
   const tensors = [...expectedTensors(cfg)].map(([name, dims]) => ({ name, count: dims.reduce((a, b) => a * b, 1), dims }));
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', note: 'random weights' } };
@@ -69,14 +79,17 @@ export function writeRandomCheckpoint(shape: string | Record<string, unknown>, d
     try {
       writeAll(fd, safetensorsPreamble(header));
       const next = normalSampler(opts.seed ?? 1);
+      const std = opts.std ?? STD;
+      const normStd = opts.normStd ?? 0;
       const chunk = new Uint16Array(CHUNK_ELEMENTS);
       let written = 0;
       for (const t of tensors) {
         const isNorm = t.name.endsWith('norm.weight');
         for (let at = 0; at < t.count; at += CHUNK_ELEMENTS) {
           const m = Math.min(CHUNK_ELEMENTS, t.count - at);
-          if (isNorm) chunk.fill(BF16_ONE, 0, m);
-          else for (let i = 0; i < m; i++) chunk[i] = f32ToBf16(STD * next());
+          if (isNorm && !normStd) chunk.fill(BF16_ONE, 0, m);
+          else if (isNorm) for (let i = 0; i < m; i++) chunk[i] = f32ToBf16(1 + normStd * next());
+          else for (let i = 0; i < m; i++) chunk[i] = f32ToBf16(std * next());
           writeAll(fd, new Uint8Array(chunk.buffer, 0, 2 * m));
           written += 2 * m;
           opts.onProgress?.(written, total);

@@ -54,8 +54,16 @@ export interface AttentionArgs {
   nHeads: number;
   nKvHeads: number;
   headDim: number;
-  /** Absolute position of each query; key j of a head is visible to query i iff pos[j] <= qPos[i]. */
+  /**
+   * Absolute position of each query; key j of a head is visible to query i iff pos[j] <= qPos[i] (and, with a
+   * window, qPos[i] - pos[j] < window).
+   */
   qPos: Int32Array;
+  /**
+   * Sliding window (Mistral): a query sees only keys less than `window` positions behind it. The mask is on
+   * positions, not cache indices, so evicted rows do not move it. Absent: full causal attention.
+   */
+  window?: number;
   /** One view per KV head; query head h reads KV head floor(h / (nHeads / nKvHeads)). */
   heads: KvHeadView[];
   /**

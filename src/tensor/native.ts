@@ -58,6 +58,8 @@ export interface Addon {
     max: Float32Array[] | null,
     sum: Float32Array[] | null,
     queryWeight: Float32Array | null,
+    /** Sliding window in positions; 0: none. */
+    window: number,
   ): void;
   /** attention() over a shared prefix's rows followed by each head's own (no statistics). */
   attentionPrefixed(
@@ -71,6 +73,7 @@ export interface Addon {
     heads: [KvRows, KvRows, Int32Array, number][],
     prefix: [KvRows, KvRows, Int32Array, number][],
     scale: number,
+    window: number,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -285,11 +288,13 @@ export class NativeBackend implements Backend {
       if (x < nKvHeads && ((a.stats?.sum && a.stats.sum[g]!.length < h.len) || (a.stats?.max && a.stats.max[g]!.length < h.len))) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
     }
     if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
+    if (a.window !== undefined && !(Number.isSafeInteger(a.window) && a.window > 0)) throw new RangeError(`attention: window must be a positive integer, got ${a.window}`);
+    const window = a.window ?? 0;
     const views = (hs: KvHeadView[]) => hs.slice(0, nKvHeads).map((h): [KvRows, KvRows, Int32Array, number] => [h.k, h.v, h.pos, h.len]);
     if (a.prefix) {
       if (a.stats || !a.out) throw new Error('attention: a shared-prefix call computes outputs only, no statistics');
       if (nHeads / nKvHeads > 16) throw new RangeError(`attention: a shared-prefix call takes at most 16 query heads per KV head, got ${nHeads / nKvHeads}`);
-      this.k.attentionPrefixed(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads), views(a.prefix), a.scale);
+      this.k.attentionPrefixed(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads), views(a.prefix), a.scale, window);
       return;
     }
     this.k.attention(
@@ -306,6 +311,7 @@ export class NativeBackend implements Backend {
       a.stats?.max ?? null,
       a.stats?.sum ?? null,
       a.stats?.queryWeight ?? null,
+      window,
     );
   }
 
@@ -327,3 +333,4 @@ export class NativeBackend implements Backend {
     this.k.copyRows(dst, dstOffset, src, srcOffset, srcStride, rows, width);
   }
 }
+

@@ -114,6 +114,7 @@ export class ReferenceBackend implements Backend {
 
   attention(a: AttentionArgs): void {
     const { q, out, nq, nHeads, nKvHeads, headDim: d, qPos, scale, stats } = a;
+    const window = a.window ?? Infinity;
     const group = nHeads / nKvHeads;
     if (a.prefix && stats) throw new Error('attention: statistics over a prefixed (shared-context) call are not supported');
     const heads = a.heads.slice(0, nKvHeads).map((h, g) => {
@@ -144,7 +145,7 @@ export class ReferenceBackend implements Backend {
         const qo = (i * nHeads + h) * d;
         let maxLogit = -Infinity;
         for (let j = 0; j < kv.len; j++) {
-          if (kv.pos[j]! > qPos[i]!) {
+          if (kv.pos[j]! > qPos[i]! || qPos[i]! - kv.pos[j]! >= window) {
             probs[j] = -Infinity;
             continue;
           }
