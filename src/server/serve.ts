@@ -1,7 +1,6 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { homedir } from 'node:os';
-import { basename, join } from 'node:path';
+import { basename } from 'node:path';
 import { serve } from '@hono/node-server';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { persistentFingerprint } from '../engine/model-fingerprint.ts';
@@ -10,6 +9,7 @@ import { BatchScheduler } from '../engine/scheduler.ts';
 import { createApp, type ServerState } from './app.ts';
 import { ContextStore } from './context-store.ts';
 import { ServerMetrics } from './metrics.ts';
+import { DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS } from './defaults.ts';
 
 export interface ServeOptions {
   /** Loads the model; called once the server listens (GET /health answers 503 until it has returned). */
@@ -42,13 +42,7 @@ export interface RunningServer {
   shutdown(): Promise<void>;
 }
 
-export const DEFAULT_BODY_LIMIT = 8 * 1024 * 1024;
-export const DEFAULT_MAX_TOKENS = 256;
-
-/** Where contexts persist by default: the user's cache folder ($XDG_CACHE_HOME or ~/.cache), kvlab/contexts. */
-export function defaultStoreDir(): string {
-  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'kvlab', 'contexts');
-}
+export { DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS, defaultStoreDir } from './defaults.ts';
 
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));

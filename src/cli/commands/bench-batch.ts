@@ -1,6 +1,5 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { runBatchBench } from '../../bench/batch-bench.ts';
 import { parseKvDtype } from '../../cache/kv-cache.ts';
 import { parseByteSize } from '../../cache/kv-pool.ts';
 import { intOption, listOption } from '../common.ts';
@@ -25,6 +24,7 @@ export function registerBenchBatch(program: Command): void {
     .option('--checkpoints <dir>', 'keep the random checkpoints in this folder between runs')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (_local, cmd: Command) => {
+      const { runBatchBench } = await import('../../bench/batch-bench.ts');
       // The bench command's own options (--models, -o) are parsed by it; read them merged with this command's.
       const o = cmd.optsWithGlobals();
       const num = (xs: string[], what: string) =>

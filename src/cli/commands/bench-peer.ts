@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { runPeerBench } from '../../bench/peer-bench.ts';
 import { writeAtomic } from '../../eval/write-outputs.ts';
 import { listOption } from '../common.ts';
 
@@ -16,6 +15,7 @@ export function registerBenchPeer(program: Command): void {
     .option('--rounds <n>', 'interleaved rounds per side', '3')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (o) => {
+      const { runPeerBench } = await import('../../bench/peer-bench.ts');
       const count = (name: string, v: string) => {
         const n = Number(v);
         if (!Number.isInteger(n) || n < 1) throw new RangeError(`--${name} must be a positive integer, got "${v}"`);

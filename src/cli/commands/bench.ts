@@ -1,6 +1,5 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { runBench } from '../../bench/run-bench.ts';
 import { parseKvDtype } from '../../cache/kv-cache.ts';
 import { intOption, listOption } from '../common.ts';
 
@@ -16,6 +15,7 @@ export function registerBench(program: Command): void {
     .option('--quick', 'tiny model only, short contexts, no KVzip measurement')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (o) => {
+      const { runBench } = await import('../../bench/run-bench.ts');
       const quick = Boolean(o.quick);
       const kvzipContext = quick ? 0 : (o.kvzipContext as number);
       const report = await runBench({

@@ -10,7 +10,7 @@ import { describeProtection, parseProtection } from '../../press/protect.ts';
 import { getPress } from '../../press/registry.ts';
 import { ContextStore, type ContextRecord } from '../../server/context-store.ts';
 import { parseMessages } from '../../server/validate.ts';
-import { defaultStoreDir } from '../../server/serve.ts';
+import { defaultStoreDir } from '../../server/defaults.ts';
 import { collect, intOption, modelOptions, numberOption, openModel, protectOption } from '../common.ts';
 
 /** Contexts made on the command line belong to the tenant of a server started without API keys. */

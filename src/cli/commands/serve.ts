@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { defaultStoreDir, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS, startServer } from '../../server/serve.ts';
+import { defaultStoreDir, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS } from '../../server/defaults.ts';
 import { intOption, modelOptions, openModel } from '../common.ts';
 
 /** "512MiB", "2GiB", "1e9": bytes. */
@@ -25,6 +25,8 @@ export function registerServe(program: Command): void {
     .option('--default-max-tokens <n>', 'max_tokens when a request gives none', intOption('--default-max-tokens', 1), DEFAULT_MAX_TOKENS)
     .action(async (o) => {
       const keys: string[] = [...(o.apiKey ?? []), ...(process.env.KVLAB_API_KEY ? [process.env.KVLAB_API_KEY] : [])];
+      // Loaded here, not at start-up: the HTTP stack is the largest import of the CLI.
+      const { startServer } = await import('../../server/serve.ts');
       const running = await startServer({
         load: () => openModel(o.model, o.weights, o.kvDtype),
         host: o.host,
