@@ -1,6 +1,6 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import { DEFAULT_PREFILL_CHUNK } from '../model/prefill.ts';
-import { EventChannel } from './event-channel.ts';
+import { EventStream } from './event-stream.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { Sampler } from './sampler.ts';
 import {
@@ -31,7 +31,7 @@ export interface SerialSchedulerOptions {
 interface Job {
   req: SequenceRequest;
   submittedAt: number;
-  channel: EventChannel<SequenceEvent>;
+  channel: EventStream<SequenceEvent>;
   resolve: (r: SequenceResult) => void;
   reject: (e: unknown) => void;
   cancelled: boolean;
@@ -87,7 +87,7 @@ export class SerialScheduler implements Scheduler {
     }
     if (this.running && this.queue.length >= this.maxQueue) throw new QueueFullError(`the queue is full (${this.queue.length} sequences waiting)`, 1);
 
-    const channel = new EventChannel<SequenceEvent>();
+    const channel = new EventStream<SequenceEvent>();
     let resolve!: (r: SequenceResult) => void;
     let reject!: (e: unknown) => void;
     const result = new Promise<SequenceResult>((res, rej) => {
@@ -146,7 +146,7 @@ export class SerialScheduler implements Scheduler {
           await this.run(job);
         } catch (e) {
           job.cleanup();
-          job.channel.close(e);
+          job.channel.fail(e);
           job.reject(e);
         } finally {
           this.running = null;
@@ -251,7 +251,7 @@ export class SerialScheduler implements Scheduler {
   private finish(job: Job, result: SequenceResult): void {
     job.cleanup();
     job.channel.push({ type: 'done', result });
-    job.channel.close();
+    job.channel.end();
     job.resolve(result);
   }
 }
