@@ -86,9 +86,11 @@ export class DecodeCompressor {
     readonly lm: LoadedModel,
     readonly cache: KvCache,
     readonly spec: DecodeCompression,
+    /** Rows of the prompt part in every head, when the cache already holds generated rows; default: all it holds now. */
+    promptRows?: number,
   ) {
     checkDecodeCompression(spec);
-    this.base = Int32Array.from(cache.heads.flat(), (s) => s.len);
+    this.base = Int32Array.from(cache.heads.flat(), (s) => promptRows ?? s.len);
     this.queries = needsDecodeQueries(spec) ? Array.from(this.base, () => ({ post: [] as Float32Array[], pre: [] as Float32Array[] })) : null;
     const refuse = (what: string) => () => {
       throw new DecodeCompressionError(`method ${spec.press.name} ${what}, which decoding-time compression cannot do; use a method that scores the cache`);

@@ -1,4 +1,5 @@
 import type { KvCache } from '../cache/kv-cache.ts';
+import { DecodeCompressionError } from './decode-compression.ts';
 import { DEFAULT_PREFILL_CHUNK } from '../model/prefill.ts';
 import { EventStream } from './event-stream.ts';
 import type { LoadedModel } from './loaded-model.ts';
@@ -76,6 +77,7 @@ export class SerialScheduler implements Scheduler {
     const maxTokens = req.maxTokens;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`maxTokens must be a non-negative integer, got ${maxTokens}`);
     if (req.promptIds.length === 0) throw new RangeError('a sequence needs at least one prompt token');
+    if (req.decodeCompression) throw new DecodeCompressionError('the serial scheduler does not run decoding-time compression; use the batching scheduler (BatchScheduler)');
     const start = req.context?.cache.nextPos ?? 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     if (start + req.promptIds.length > limit) {
