@@ -10,6 +10,7 @@ import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/type
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
+import { resolveProtection, type ProtectionChoice } from './default-protection.ts';
 import { reconstructionCheck, type ReconstructionCheck, type ReconstructionOptions } from './reconstruction-check.ts';
 
 export type { SessionLayout } from '../model/prompt-layout.ts';
@@ -47,8 +48,13 @@ export interface ScoreOptions {
 }
 
 export interface CompressOptions extends ScoreOptions {
-  /** Whitelist and fair eviction over the layout's named ranges, inside the press's own budget. */
-  protection?: Protection;
+  /**
+   * Whitelist and fair eviction over the layout's named ranges, inside the press's own budget. Default
+   * 'default': template tokens inside the span and a detected defense sentence are kept (default-protection.ts;
+   * a layout without such ranges, like openContext()'s, is compressed as the bare method does); 'none' keeps
+   * nothing on purpose.
+   */
+  protection?: ProtectionChoice;
 }
 
 /** A compressed session, what its compression kept, and the report. */
@@ -120,8 +126,9 @@ export class ContextSession {
    */
   compress(press: Press, ratio: number, opts: CompressOptions = {}): CompressionReport {
     checkRatio(ratio);
-    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
-    return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, opts.protection).report;
+    const protection = resolveProtection(opts.protection, this.layout.ranges);
+    const spanLocal = opts.spanLocal ?? Boolean(protection?.fair);
+    return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, protection).report;
   }
 
   /**
@@ -129,11 +136,12 @@ export class ContextSession {
    * still reconstructs the context (reconstruction-check.ts); the report carries every candidate's accuracy.
    */
   compressAuto(press: Press, opts: CompressOptions & { auto?: ReconstructionOptions } = {}): CompressionReport {
-    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
+    const protection = resolveProtection(opts.protection, this.layout.ranges);
+    const spanLocal = opts.spanLocal ?? Boolean(protection?.fair);
     const scored = this.score(press, { ...opts, spanLocal });
     const t = performance.now();
-    const auto = reconstructionCheck(scored, { ...opts.auto, protection: opts.protection });
-    const report = scored.compressInPlace(auto.chosen, opts.protection).report;
+    const auto = reconstructionCheck(scored, { ...opts.auto, protection });
+    const report = scored.compressInPlace(auto.chosen, protection).report;
     report.timings.scoreMs += performance.now() - t;
     return { ...report, auto };
   }
