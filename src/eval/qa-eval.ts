@@ -3,10 +3,14 @@ import type { LoadedModel } from '../engine/loaded-model.ts';
 import { getPress } from '../press/registry.ts';
 import type { QaRow } from './datasets.ts';
 import { sweepRatios } from './method-sweep.ts';
+import type { ReconstructionOptions } from '../engine/reconstruction-check.ts';
 
 export interface QaEvalOptions {
   methods: string[];
-  ratios: number[];
+  /** Kept ratios; 'auto' picks each context's ratio by the reconstruction check (reconstruction-check.ts). */
+  ratios: (number | 'auto')[];
+  /** Options of the reconstruction check behind 'auto'. */
+  auto?: Omit<ReconstructionOptions, 'protection'>;
   /** How a question becomes user text ({query} replaced); the dev set uses "Question: {query}". */
   queryTemplate: string;
   maxTokens?: number;
@@ -21,7 +25,7 @@ export interface QaEvalOptions {
 /** One row under one method: its samples at every ratio and the kept-bytes ratio of each. */
 export interface QaUnit {
   samples: QaSample[];
-  kept: [ratio: number, keptBytesRatio: number][];
+  kept: [ratio: number | 'auto', keptBytesRatio: number][];
 }
 
 export const qaUnitKey = (method: string, index: number, id: string) => JSON.stringify([method, index, id]);
@@ -44,9 +48,10 @@ export function qaRowTooLong(lm: LoadedModel, rows: QaRow[], opts: Pick<QaEvalOp
 
 export interface QaResult {
   method: string;
-  ratio: number;
+  ratio: number | 'auto';
   accuracy: number;
   n: number;
+  /** Mean over contexts of the context bytes kept (for 'auto': the average memory the chosen ratios keep). */
   kept_bytes_ratio: number;
 }
 
@@ -54,7 +59,7 @@ export interface QaSample {
   id: string;
   question_index: number;
   method: string;
-  ratio: number;
+  ratio: number | 'auto';
   answer: string;
   expected: string;
   correct: boolean;
@@ -75,7 +80,7 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
       let unit = opts.resumed?.get(key);
       if (!unit) {
         unit = { samples: [], kept: [] };
-        for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system })) {
+        for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
           unit.kept.push([point.ratio, point.keptBytesRatio]);
           for (const [qi, q] of row.questions.entries()) {
             const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
