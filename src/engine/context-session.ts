@@ -1,5 +1,5 @@
 import { ContextTooLongError } from '../tensor/kvlab-error.ts';
-import { KvCache } from '../cache/kv-cache.ts';
+import { KvCache, type CacheMark } from '../cache/kv-cache.ts';
 import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../model/capture.ts';
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
 import type { TokenSpan } from '../model/segments.ts';
@@ -247,8 +247,10 @@ export class ContextSession {
     try {
       return await generate(this.lm, this.cache, this.queryIds(query), gen);
     } finally {
-      // The query's and answer's rows go, and so do the blocks they grew the heads by.
-      this.cache.truncate(mark);
+      // The query's and answer's rows go, and so do the blocks they grew the heads by. Decoding-time
+      // compression compacted rows after the mark only, so dropping every row past it restores the cache.
+      if (gen.decodeCompression) dropRowsAfter(this.cache, mark);
+      else this.cache.truncate(mark);
       this.cache.shrinkToFit();
     }
   }
@@ -294,4 +296,13 @@ export class ScoredContext {
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
   }
+}
+
+/** Keeps each head's rows below the mark (rows past it may have been compacted since) and rewinds positions. */
+function dropRowsAfter(cache: KvCache, mark: CacheMark): void {
+  cache.forEachHead((s, l, h) => {
+    const n = mark.lengths[l * cache.numKvHeads + h]!;
+    if (s.len > n) cache.keep(l, h, Int32Array.from({ length: n }, (_, i) => i));
+  });
+  cache.nextPos = mark.nextPos;
 }
