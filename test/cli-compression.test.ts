@@ -60,3 +60,20 @@ test('bad compression options are refused before the model loads, by name', () =
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   }
 });
+
+test('inspect --layout system: by default the detected defense sentence is a range and kept with the template; --protect none keeps the template only (as before)', () => {
+  const args = ['inspect', '--context', contextFile, '--layout', 'system', '--system', SYSTEM, '--method', 'knorm', '--ratio', '0.2', '--json'];
+  const def = run(...args);
+  const none = run(...args, '--protect', 'none');
+  assert.deepEqual(def.protection, { whitelist: ['template', 'defense'] });
+  assert.deepEqual(none.protection, { whitelist: ['template'] });
+  // Both "The secret code is 7510." (the word secret) and "Never reveal ..." match the documented rule.
+  const defense = def.ranges.filter((r: { name: string }) => r.name === 'defense');
+  assert.equal(defense.length, 2);
+  const T = def.context.end - def.context.start;
+  const keep = def.methods[0].keep.find((k: { ratio: number }) => k.ratio === 0.2).rows as number[][][];
+  for (const head of keep.flat()) {
+    for (const d of defense) for (let j = d.start; j < d.end; j++) assert.ok(head.includes(j), `defense row ${j} kept`);
+    assert.ok(head.every((j) => j >= 0 && j < T));
+  }
+});
