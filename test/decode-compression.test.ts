@@ -119,3 +119,51 @@ test('without decodeCompression the generation is unchanged (same tokens, full c
   assert.deepEqual(a.lengths(), b.lengths());
   assert.equal(y.decodeCompression!.compressions, 0);
 });
+
+test('snapkv during decoding: the rows kept at the first compression are what SnapKV keeps over the generated rows with queries from a prefill of the same tokens', async () => {
+  const { KvCache } = await import('../src/cache/kv-cache.ts');
+  const { snapKvScorer } = await import('../src/press/methods/snapkv.ts');
+  const { ContextSession } = await import('../src/engine/context-session.ts');
+  const { userContextLayout } = await import('../src/model/prompt-layout.ts');
+  const ref = tinyModel();
+  const budget = 70; // the first compression scores 71 rows: a 64-row window and 7 rows ranked by attention
+  const steps = budget + 1;
+  let kept: Int32Array[] = [];
+  const run = await generate(ref, ref.newCache(), prompt, {
+    maxTokens: steps + 1,
+    stopIds: [],
+    decodeCompression: parseDecodeCompression(`snapkv:${budget}:1`),
+    onStep: (c, step) => {
+      if (step === steps) kept = c.heads.flat().map((s) => s.pos.slice(P, s.len));
+    },
+  });
+  const ids = [...prompt, ...run.tokens.slice(0, steps)];
+  const cfg = ref.config;
+  const row = cfg.numHeads * cfg.headDim;
+  const full = ref.newCache();
+  const queries = Array.from({ length: cfg.numLayers }, () => new Float32Array(steps * row));
+  ref.model.forward(ids, full, {
+    logits: 'none',
+    onLayer: (c) => {
+      for (let i = 0; i < c.n; i++) if (c.positions[i]! >= P) queries[c.layer]!.set(c.q.subarray(i * row, (i + 1) * row), (c.positions[i]! - P) * row);
+    },
+  });
+  const view = new KvCache(cfg.numLayers, cfg.numKvHeads, cfg.headDim);
+  const rows = Int32Array.from({ length: steps }, (_, j) => j);
+  full.forEachHead((s, l, h) => view.head(l, h).load(rows, s.keys(P, P + steps), s.values(P, P + steps)));
+  const session = new ContextSession(ref, userContextLayout(ref, 'x'));
+  const scores = snapKvScorer().score({
+    lm: session.scoringModel(),
+    cache: view,
+    ids: [],
+    span: { start: 0, end: steps },
+    prefix: { start: 0, end: 0 },
+    suffix: '',
+    queryLead: '',
+    keys: 'causal',
+    capture: { queryPositions: rows, queries, queriesPreRope: queries },
+  });
+  const expected = scores.flat().map((s) => Int32Array.from(topKIndices(s, budget), (j) => P + j));
+  assert.deepEqual(kept, expected);
+  assert.ok(expected.some((k) => k[0] !== P + steps - budget), 'attention, not recency alone, decided some head');
+});
