@@ -17,6 +17,8 @@ export interface DecodeCompressionBenchOptions {
 
 interface RunFigures {
   tokensPerSecondByQuarter: number[];
+  /** 1000 / the median step time of each quarter: robust to a noisy machine, blind to the rare compression steps. */
+  medianStepTokensPerSecondByQuarter: number[];
   /** K+V bytes the cache held after the last step. */
   finalCacheBytes: number;
   maxCacheBytes: number;
@@ -55,7 +57,8 @@ export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions
     // Intervals between consecutive step ends (the prefill and first step are not in any quarter).
     const q = Math.floor((stamps.length - 1) / 4);
     const quarters = [0, 1, 2, 3].map((i) => (q * 1000) / (stamps[(i + 1) * q]! - stamps[i * q]!));
-    return { tokensPerSecondByQuarter: quarters, finalCacheBytes: lastBytes, maxCacheBytes: maxBytes };
+    const medianSteps = [0, 1, 2, 3].map((i) => 1000 / median(Array.from({ length: q }, (_, k) => stamps[i * q + k + 1]! - stamps[i * q + k]!)));
+    return { tokensPerSecondByQuarter: quarters, medianStepTokensPerSecondByQuarter: medianSteps, finalCacheBytes: lastBytes, maxCacheBytes: maxBytes };
   };
 
   o.log('warm-up run');
@@ -65,7 +68,10 @@ export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions
     for (const compressed of r % 2 === 0 ? [true, false] : [false, true]) {
       const f = await once(compressed);
       (compressed ? runs.compressed : runs.full).push(f);
-      o.log(`round ${r + 1}/${o.rounds} ${compressed ? o.spec : 'full cache'}: tokens/s by quarter ${f.tokensPerSecondByQuarter.map((x) => x.toFixed(1)).join(', ')}`);
+      o.log(
+        `round ${r + 1}/${o.rounds} ${compressed ? o.spec : 'full cache'}: tokens/s by quarter ${f.tokensPerSecondByQuarter.map((x) => x.toFixed(1)).join(', ')}; ` +
+          `median step ${f.medianStepTokensPerSecondByQuarter.map((x) => x.toFixed(1)).join(', ')}`,
+      );
     }
   }
   const summary = (fs: RunFigures[]) => {
@@ -73,6 +79,8 @@ export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions
     return {
       tokens_per_s_by_quarter_median: byQuarter,
       last_over_first_quarter: r3(median(fs.map((f) => f.tokensPerSecondByQuarter[3]! / f.tokensPerSecondByQuarter[0]!))),
+      median_step_tokens_per_s_by_quarter: [0, 1, 2, 3].map((i) => r1(median(fs.map((f) => f.medianStepTokensPerSecondByQuarter[i]!)))),
+      median_step_last_over_first_quarter: r3(median(fs.map((f) => f.medianStepTokensPerSecondByQuarter[3]! / f.medianStepTokensPerSecondByQuarter[0]!))),
       final_cache_bytes: fs[0]!.finalCacheBytes,
       max_cache_bytes: Math.max(...fs.map((f) => f.maxCacheBytes)),
       rounds: fs.map((f) => f.tokensPerSecondByQuarter.map(r1)),
