@@ -23,7 +23,7 @@ test('compress --ratio auto: the chosen ratio is kept and every candidate has it
   const passing = out.auto.candidates.filter((c: { accuracy: number }) => c.accuracy >= 0.9 * full - 1e-4).map((c: { ratio: number }) => c.ratio);
   assert.equal(out.auto.chosen, Math.min(...passing));
   assert.ok(Math.abs(out.cache.kept_ratio - out.ratio) < 0.01);
-  assert.equal(out.protect, 'none', 'the context in the user turn has no template or defense range to keep');
+  assert.equal(out.protect, 'default: none', 'the context in the user turn has no template or defense range to keep');
 });
 
 test('generate --decode-compress: the generated rows stay within budget + every - 1; generate --compress keeps the detected defense by default', () => {

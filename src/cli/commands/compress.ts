@@ -79,7 +79,7 @@ export function registerCompress(program: Command): void {
       };
       const timings = { prefill_ms: ms(report.timings.prefillMs), score_ms: ms(report.timings.scoreMs + report.timings.keepMs), answer_ms: ms(t3 - t2) };
       const auto = report.auto ? { auto: autoJson(report.auto) } : {};
-      if (o.json) process.stdout.write(`${JSON.stringify({ method: press.name, ratio: report.ratio, protect: describeProtection(protection), answers, cache, timings, ...auto })}\n`);
+      if (o.json) process.stdout.write(`${JSON.stringify({ method: press.name, ratio: report.ratio, protect: o.protect === undefined || o.protect === 'default' ? `default: ${describeProtection(protection)}` : describeProtection(protection), answers, cache, timings, ...auto })}\n`);
       else {
         if (report.auto) process.stdout.write(autoLine(report.auto));
         process.stdout.write(
