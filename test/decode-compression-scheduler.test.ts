@@ -41,10 +41,27 @@ test('batched decoding-time compression gives what generate() gives alone with i
   assert.equal(pool.reserved, 0);
 });
 
-test('the batching scheduler refuses scorers that read decode queries; the serial one refuses decoding-time compression', () => {
+test('the batching scheduler refuses scorers that read decode queries', () => {
   const s = new BatchScheduler(lm, { pool: new KvPool(16 * MiB) });
   assert.throws(() => s.submit({ promptIds: prompts[0]!, maxTokens: 8, decodeCompression: parseDecodeCompression('snapkv:8:2') }), DecodeCompressionError);
   assert.throws(() => s.submit({ promptIds: prompts[0]!, maxTokens: 8, decodeCompression: parseDecodeCompression('snapkv:8:2') }), /batched steps do not record/);
+});
+
+test('the serial scheduler runs decoding-time compression (query-reading scorers too) as generate() does, and a shared context comes back whole', async () => {
   const serial = new SerialScheduler(lm);
-  assert.throws(() => serial.submit({ promptIds: prompts[0]!, maxTokens: 8, decodeCompression: parseDecodeCompression('knorm:8:2') }), /serial scheduler does not run decoding-time compression/);
+  for (const spec of ['knorm:6:2', 'snapkv:6:1']) {
+    const dc = parseDecodeCompression(spec);
+    const r = await serial.submit({ promptIds: prompts[1]!, maxTokens: 30, stopIds: [], decodeCompression: dc }).result;
+    const solo = await generate(lm, lm.newCache(), prompts[1]!, { maxTokens: 30, stopIds: [], decodeCompression: dc });
+    assert.deepEqual(r.tokens, solo.tokens, spec);
+  }
+  const context = lm.newCache();
+  await generate(lm, context, prompts[0]!, { maxTokens: 1 });
+  const before = context.lengths();
+  const keys = context.head(0, 0).keys();
+  const shared = { id: 'ctx', cache: context, ids: prompts[0]!, prefix: { start: 0, end: 0 }, context: { start: 0, end: prompts[0]!.length }, method: 'none', ratio: 1 };
+  await serial.submit({ context: shared, promptIds: prompts[2]!, maxTokens: 20, stopIds: [], decodeCompression: parseDecodeCompression('keydiff:4:1') }).result;
+  assert.deepEqual(context.lengths(), before);
+  assert.deepEqual(context.head(0, 0).keys(), keys);
+  await serial.drain();
 });

@@ -1,5 +1,5 @@
 import { ContextTooLongError } from '../tensor/kvlab-error.ts';
-import { KvCache, type CacheMark } from '../cache/kv-cache.ts';
+import { KvCache } from '../cache/kv-cache.ts';
 import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../model/capture.ts';
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
 import type { TokenSpan } from '../model/segments.ts';
@@ -11,6 +11,7 @@ import { generate, type GenerateOptions, type GenerateResult } from './generate.
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
 import { resolveProtection, type ProtectionChoice } from './default-protection.ts';
+import { dropRowsAfter } from './decode-compression.ts';
 import { reconstructionCheck, type ReconstructionCheck, type ReconstructionOptions } from './reconstruction-check.ts';
 
 export type { SessionLayout } from '../model/prompt-layout.ts';
@@ -296,13 +297,4 @@ export class ScoredContext {
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
   }
-}
-
-/** Keeps each head's rows below the mark (rows past it may have been compacted since) and rewinds positions. */
-function dropRowsAfter(cache: KvCache, mark: CacheMark): void {
-  cache.forEachHead((s, l, h) => {
-    const n = mark.lengths[l * cache.numKvHeads + h]!;
-    if (s.len > n) cache.keep(l, h, Int32Array.from({ length: n }, (_, i) => i));
-  });
-  cache.nextPos = mark.nextPos;
 }

@@ -1,4 +1,4 @@
-import { KvCache } from '../cache/kv-cache.ts';
+import { KvCache, type CacheMark } from '../cache/kv-cache.ts';
 import type { LayerCapture } from '../model/llama.ts';
 import { getPress, type Press } from '../press/registry.ts';
 import { topKIndices } from '../press/topk.ts';
@@ -196,4 +196,17 @@ export class DecodeCompressor {
         }
     return { queryPositions: Int32Array.from(wanted), queries, queriesPreRope };
   }
+}
+
+/**
+ * Returns a cache to a mark taken before a decode-compressed generation: decoding-time compression compacts
+ * only rows past the mark (the generated part), so keeping each head's rows below the mark restores it,
+ * where truncate() refuses any compaction after its mark.
+ */
+export function dropRowsAfter(cache: KvCache, mark: CacheMark): void {
+  cache.forEachHead((s, l, h) => {
+    const n = mark.lengths[l * cache.numKvHeads + h]!;
+    if (s.len > n) cache.keep(l, h, Int32Array.from({ length: n }, (_, i) => i));
+  });
+  cache.nextPos = mark.nextPos;
 }
