@@ -85,7 +85,7 @@ function measureRatio(lm: LoadedModel, o: PoolThroughputOptions, ratio: number):
       step_ms: r3(ms),
       step_ms_runs: steps.map(r1),
       bandwidth_gbs_median_of_rounds: r1(median(bandwidth)),
-      aggregate_tokens_per_second: r1((B * 1000) / ms),
+      aggregate_tokens_per_second: r3((B * 1000) / ms),
     };
   } finally {
     for (const c of caches) c.release();
@@ -96,13 +96,15 @@ function measureRatio(lm: LoadedModel, o: PoolThroughputOptions, ratio: number):
 /** One entry per ratio, measured one after the other (each holds the whole pool), and each ratio's aggregate over the first's. */
 export function poolThroughput(lm: LoadedModel, o: PoolThroughputOptions): Record<string, unknown> {
   const entries = o.ratios.map((ratio) => measureRatio(lm, o, ratio));
-  const first = entries[0]?.aggregate_tokens_per_second as number | undefined;
+  // From the unrounded step times.
+  const rate = (e: Record<string, unknown>) => (typeof e.step_ms === 'number' ? (e.sequences as number) / e.step_ms : NaN);
+  const first = entries[0] ? rate(entries[0]) : NaN;
   return {
     pool_bytes: o.poolBytes,
     context_rows: o.context,
     answer_rows: o.answerRows,
     kv_dtype: o.kvDtype,
     note: 'sequences admitted as the scheduler admits them (kept rows + answer rows per head, whole blocks); each on its own copy of the cache in the pool; the ratios are measured one after the other, not interleaved',
-    ratios: entries.map((e) => ({ ...e, aggregate_vs_first: first && typeof e.aggregate_tokens_per_second === 'number' ? r3(e.aggregate_tokens_per_second / first) : null })),
+    ratios: entries.map((e) => ({ ...e, aggregate_vs_first: first > 0 && rate(e) > 0 ? r3(rate(e) / first) : null })),
   };
 }
