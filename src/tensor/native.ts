@@ -177,7 +177,7 @@ const checked = new WeakSet<Weight>();
 
 export interface NativeOptions {
   /**
-   * Prefill GEMMs (n >= 8) with activations rounded to bf16 (AMX tiles or AVX512-BF16 dot products, fp32
+   * Prefill GEMMs (more than 16 rows) with activations rounded to bf16 (AMX tiles or AVX512-BF16 dot products, fp32
    * accumulation; non-bf16 weights rounded to bf16 too): faster, less exact. Default: on, unless
    * KVLAB_PREFILL_PRECISION=f32.
    */
