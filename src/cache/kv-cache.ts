@@ -155,6 +155,20 @@ export class HeadStore implements KvHeadView {
   }
 
   /**
+   * Room for `rows` more rows as appends will hold them: all in k and v for fp32 and bf16; for int4 / int2 the
+   * positions, a residual window of at most residual + group rows, and the packed groups of the rest.
+   */
+  reserveGrowth(rows: number): void {
+    const q = this.quant;
+    if (!q) return this.reserveExact(this.len + rows);
+    const { group: G, residual: R } = this.quantOptions;
+    const total = this.len + rows;
+    const held = Math.min(total - q.rows, R + G);
+    if (total > this.capacity || held > this.rowCapacity) this.resize(Math.max(this.capacity, blockRows(total)), Math.max(this.rowCapacity, blockRows(held)));
+    q.reserve(q.rows + Math.max(0, Math.floor((total - q.rows - R) / G) * G));
+  }
+
+  /**
    * Adds rows for these positions (capacity reserved first, positions written, len advanced) and returns the
    * index of the first: the caller fills their k and v rows (at rowOffset(index)), possibly later, into the
    * arrays as they are now.
@@ -423,7 +437,7 @@ export class KvCache {
    */
   reserveRows(rows: number): void {
     this.assertIdle('reserveRows');
-    this.forEachHead((s) => s.reserveExact(s.len + rows));
+    this.forEachHead((s) => s.reserveGrowth(rows));
   }
 
   /** Frees every head's blocks past the rows it holds (e.g. a query's rows truncated away), at once. */

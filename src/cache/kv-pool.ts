@@ -16,6 +16,17 @@ export function kvRowBytes(headDim: number, dtype: KvDtype, group = 32): number 
   return headDim * 2 * (dtype === 'bf16' ? 2 : 4) + 4;
 }
 
+/**
+ * The most bytes one head of `rows` rows can hold while it is filled in appends of at most `chunk` rows: whole
+ * blocks of rows for fp32 and bf16; for int4 / int2 the packed groups, a residual of up to residual + group + chunk
+ * fp32 rows, and the positions.
+ */
+export function kvHeadBytes(headDim: number, dtype: KvDtype, rows: number, quant: { group: number; residual: number }, chunk: number): number {
+  if (dtype !== 'int4' && dtype !== 'int2') return blockRows(rows) * kvRowBytes(headDim, dtype);
+  const packed = Math.floor(Math.max(0, rows - quant.residual) / quant.group) * quant.group;
+  return blockRows(rows) * 4 + quantizedBytes(packed, headDim, dtype === 'int4' ? 4 : 2, quant.group) + blockRows(Math.min(rows, quant.residual + quant.group + chunk)) * headDim * 2 * 4;
+}
+
 /** Rows rounded up to whole blocks. */
 export function blockRows(rows: number): number {
   return Math.ceil(rows / KV_BLOCK_ROWS) * KV_BLOCK_ROWS;
