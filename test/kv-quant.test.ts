@@ -278,3 +278,30 @@ test('the reference attention reads a packed head as the fp32 head of its dequan
   assert.deepEqual(a.max.map((m) => [...m]), b.max.map((m) => [...m]));
   assert.ok(cache.head(0, 0).quantRows > 0);
 });
+
+test('truncate(mark) restores positions and the residual when the residual storage shrank since the mark', () => {
+  // The mark holds 100 fp32 rows (nothing packed yet); appends then pack most of them and shrink the residual.
+  const { cache } = appended('int4', { group: 8, residual: 8 }, 8, 1, 100, 100, 14);
+  const s = cache.head(0, 0);
+  assert.equal(s.quantRows, 0);
+  const mark = cache.mark();
+  const k = s.keys();
+  for (let t = 0; t < 3; t++) {
+    cache.appendLayer(0, new Float32Array(8).fill(t), new Float32Array(8).fill(-t), Int32Array.of(100 + t));
+    cache.advance(1);
+  }
+  assert.ok(s.quantRows >= 88);
+  cache.truncate(mark);
+  assert.equal(s.quantRows, 0);
+  assert.deepEqual([...s.pos.subarray(0, 100)], Array.from({ length: 100 }, (_, i) => i));
+  assert.deepEqual([...s.keys()], [...k]);
+  // The same through HeadStore.truncate into packed rows.
+  for (let t = 0; t < 3; t++) {
+    cache.appendLayer(0, new Float32Array(8).fill(t), new Float32Array(8).fill(-t), Int32Array.of(100 + t));
+    cache.advance(1);
+  }
+  const packed = s.keys(0, 61);
+  s.truncate(61);
+  assert.deepEqual([...s.pos.subarray(0, 61)], Array.from({ length: 61 }, (_, i) => i));
+  assert.deepEqual([...s.keys()], [...packed]);
+});

@@ -121,18 +121,7 @@ void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
   float* p = s.p.data();
   if (pre) source_logits(a, K, *pre, nh, s.qsc.data(), qp, p, L, 0, s);
   source_logits(a, K, own, nh, s.qsc.data(), qp, p, L, plen, s);
-  for (int h = 0; h < nh; h++) {
-    float* ph = p + h * L;
-    float mx = -INFINITY;
-    for (long j = 0; j < L; j++) mx = std::max(mx, ph[j]);
-    double z = 0;
-    for (long j = 0; j < L; j++) {
-      ph[j] = ph[j] == -INFINITY ? 0.f : std::exp(ph[j] - mx);
-      z += ph[j];
-    }
-    const float inv = z > 0 ? float(1.0 / z) : 0.f;
-    for (long j = 0; j < L; j++) ph[j] *= inv;
-  }
+  K.softmax(p, nh, L, L);
   if (i >= a.stats_from && (!a.stat_max.empty() || !a.stat_sum.empty())) {
     float* mx = a.stat_max.empty() ? nullptr : a.stat_max[g];
     float* sum = a.stat_sum.empty() ? nullptr : a.stat_sum[g];

@@ -53,6 +53,9 @@ struct Kernels {
   void (*dots)(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride);
   // acc[h * d + c] += sum_r w[h * wstride + r * ng + c / group] * rows[r * d + c], for h < nh, r < n.
   void (*accum)(float* acc, int nh, const float* w, long wstride, int ng, int group, const float* rows, int n, int d);
+  // Softmax in place of p[h * stride + j], j < L, for h < nh: -inf (masked) becomes exactly 0; a row with no visible
+  // key becomes all 0.
+  void (*softmax)(float* p, int nh, long L, long stride);
 };
 
 extern const Kernels scalar_kernels;

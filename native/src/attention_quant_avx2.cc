@@ -2,6 +2,9 @@
 // whole row): codes unpacked 8 channels per variable shift, row dots reduced 8 rows at a time by one transpose.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "attention_quant.h"
 #include "vecmath.h"
 
@@ -82,8 +85,43 @@ AVX2 void accum_avx2(float* acc, int nh, const float* w, long wstride, int ng, i
   }
 }
 
+AVX2 void softmax_avx2(float* p, int nh, long L, long stride) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  for (int h = 0; h < nh; h++) {
+    float* ph = p + h * stride;
+    const long L8 = L / 8 * 8;
+    __m256 m = ninf;
+    for (long j = 0; j < L8; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(ph + j));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float mx = _mm_cvtss_f32(m4);
+    for (long j = L8; j < L; j++) mx = std::max(mx, ph[j]);
+    if (mx == -INFINITY) {
+      std::fill(ph, ph + L, 0.f);
+      continue;
+    }
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 sum = _mm256_setzero_ps();
+    for (long j = 0; j < L8; j += 8) {
+      const __m256 x = _mm256_loadu_ps(ph + j);
+      const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), exp256(_mm256_sub_ps(x, vmx)));
+      _mm256_storeu_ps(ph + j, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    double z = hsum256(sum);
+    for (long j = L8; j < L; j++) {
+      ph[j] = ph[j] == -INFINITY ? 0.f : std::exp(ph[j] - mx);
+      z += ph[j];
+    }
+    const __m256 inv = _mm256_set1_ps(float(1.0 / z));
+    for (long j = 0; j < L8; j += 8) _mm256_storeu_ps(ph + j, _mm256_mul_ps(_mm256_loadu_ps(ph + j), inv));
+    for (long j = L8; j < L; j++) ph[j] *= float(1.0 / z);
+  }
+}
+
 }  // namespace
 
-const Kernels avx2_kernels = {unpack_avx2, dots_avx2, accum_avx2};
+const Kernels avx2_kernels = {unpack_avx2, dots_avx2, accum_avx2, softmax_avx2};
 
 }  // namespace kvlab::qattn

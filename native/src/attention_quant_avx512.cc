@@ -3,7 +3,11 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "attention_quant.h"
+#include "vecmath.h"
 
 namespace kvlab::qattn {
 namespace {
@@ -66,8 +70,41 @@ AVX512 void accum_avx512(float* acc, int nh, const float* w, long wstride, int n
   }
 }
 
+AVX512 void softmax_avx512(float* p, int nh, long L, long stride) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  for (int h = 0; h < nh; h++) {
+    float* ph = p + h * stride;
+    const long L16 = L / 16 * 16;
+    __m512 m = ninf;
+    for (long j = 0; j < L16; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(ph + j));
+    float mx = _mm512_reduce_max_ps(m);
+    for (long j = L16; j < L; j++) mx = std::max(mx, ph[j]);
+    if (mx == -INFINITY) {
+      std::fill(ph, ph + L, 0.f);
+      continue;
+    }
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 sum = _mm512_setzero_ps();
+    for (long j = 0; j < L16; j += 16) {
+      const __m512 x = _mm512_loadu_ps(ph + j);
+      const __mmask16 live = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(x, vmx)));
+      _mm512_storeu_ps(ph + j, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    double z = _mm512_reduce_add_ps(sum);
+    for (long j = L16; j < L; j++) {
+      ph[j] = ph[j] == -INFINITY ? 0.f : std::exp(ph[j] - mx);
+      z += ph[j];
+    }
+    const __m512 inv = _mm512_set1_ps(float(1.0 / z));
+    for (long j = 0; j < L16; j += 16) _mm512_storeu_ps(ph + j, _mm512_mul_ps(_mm512_loadu_ps(ph + j), inv));
+    for (long j = L16; j < L; j++) ph[j] *= float(1.0 / z);
+  }
+}
+
 }  // namespace
 
-const Kernels avx512_kernels = {unpack_avx512, dots_avx512, accum_avx512};
+const Kernels avx512_kernels = {unpack_avx512, dots_avx512, accum_avx512, softmax_avx512};
 
 }  // namespace kvlab::qattn

@@ -1,4 +1,7 @@
 // Portable pieces of the quantized attention: plain loops, fp32.
+#include <algorithm>
+#include <cmath>
+
 #include "attention_quant.h"
 
 namespace kvlab::qattn {
@@ -27,8 +30,23 @@ void accum_scalar(float* acc, int nh, const float* w, long wstride, int ng, int 
     }
 }
 
+void softmax_scalar(float* p, int nh, long L, long stride) {
+  for (int h = 0; h < nh; h++) {
+    float* ph = p + h * stride;
+    float mx = -INFINITY;
+    for (long j = 0; j < L; j++) mx = std::max(mx, ph[j]);
+    double z = 0;
+    for (long j = 0; j < L; j++) {
+      ph[j] = ph[j] == -INFINITY ? 0.f : std::exp(ph[j] - mx);
+      z += ph[j];
+    }
+    const float inv = z > 0 ? float(1.0 / z) : 0.f;
+    for (long j = 0; j < L; j++) ph[j] *= inv;
+  }
+}
+
 }  // namespace
 
-const Kernels scalar_kernels = {unpack_scalar, dots_scalar, accum_scalar};
+const Kernels scalar_kernels = {unpack_scalar, dots_scalar, accum_scalar, softmax_scalar};
 
 }  // namespace kvlab::qattn

@@ -257,11 +257,10 @@ export class HeadStore implements KvHeadView {
       const keys = this.keys(from, len);
       const values = this.values(from, len);
       q.rows = from;
-      this.len = from;
+      this.len = len;
       this.reserveExact(len);
       (this.k as Float32Array).set(keys, 0);
       (this.v as Float32Array).set(values, 0);
-      this.len = len;
       return;
     }
     this.len = len;
@@ -420,12 +419,12 @@ export class KvCache {
       const i = l * this.numKvHeads + h;
       const r = mark.residual;
       if (r && s.quant && s.quantRows > r.quantRows[i]!) {
+        // Positions of rows below the mark's length never change; the residual comes back from the mark.
         s.quant.rows = r.quantRows[i]!;
-        s.len = s.quantRows;
-        s.reserveExact(mark.lengths[i]!);
+        s.len = mark.lengths[i]!;
+        s.reserveExact(s.len);
         (s.k as Float32Array).set(r.keys[i]!);
         (s.v as Float32Array).set(r.values[i]!);
-        s.len = mark.lengths[i]!;
       } else s.truncate(mark.lengths[i]!);
     });
     this.nextPos = mark.nextPos;
