@@ -8,7 +8,11 @@
  * group, a kept key is within (old scale + new scale) / 2 of its original value.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { readContextFile, writeContextFile } from '../src/cache/context-file.ts';
 import { KvCache, type KvDtype, type KvQuantOptions } from '../src/cache/kv-cache.ts';
 import { KvPool } from '../src/cache/kv-pool.ts';
 import { dequantizeKeys, dequantizeValues, quantizedBytes, quantizeKeyGroup, quantizeValueRow, type KvQuantBits, type QuantizedKvRows } from '../src/tensor/kv-quant.ts';
@@ -304,4 +308,24 @@ test('truncate(mark) restores positions and the residual when the residual stora
   s.truncate(61);
   assert.deepEqual([...s.pos.subarray(0, 61)], Array.from({ length: 61 }, (_, i) => i));
   assert.deepEqual([...s.keys()], [...packed]);
+});
+
+test('a context file keeps an int2 cache: its rows, packing and G, R come back (re-packed from the saved values)', () => {
+  const { cache } = appended('int2', { group: 8, residual: 12 }, 16, 2, 90, 90, 17);
+  cache.settle();
+  const dir = mkdtempSync(join(tmpdir(), 'kvlab-kivi-'));
+  const path = join(dir, 'c.kvctx');
+  writeContextFile(path, cache, 'fp', {});
+  const { cache: back } = readContextFile(path, 'fp');
+  assert.equal(back.dtype, 'int2');
+  assert.deepEqual(back.quantOptions, { group: 8, residual: 12 });
+  cache.forEachHead((s, l, h) => {
+    const b = back.head(l, h);
+    assert.equal(b.quantRows, s.quantRows);
+    assert.deepEqual([...b.pos.subarray(0, b.len)], [...s.pos.subarray(0, s.len)]);
+    assert.deepEqual([...b.values()], [...s.values()]);
+    // Keys re-quantized from their dequantized values: the same group ranges, so the same values up to fp32 rounding.
+    const a = s.keys();
+    b.keys().forEach((x, i) => assert.ok(Math.abs(x - a[i]!) <= 1e-5 * Math.max(1, Math.abs(a[i]!)), `key ${i}: ${x} vs ${a[i]}`));
+  });
 });
