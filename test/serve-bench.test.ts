@@ -120,6 +120,7 @@ test('runServeBench reports one entry per setting and rate, and plots throughput
     ratios: [1, 0.5],
     rates: [100, 400],
     requests: 3,
+    rounds: 2,
     seed: 2,
     outputTokens: { kind: 'fixed', tokens: 2 },
     queryTemplate: 'Question: {query}',
@@ -135,7 +136,10 @@ test('runServeBench reports one entry per setting and rate, and plots throughput
     ['streamingllm', 0.5, 100],
     ['streamingllm', 0.5, 400],
   ]);
-  for (const e of entries) assert.equal(e.summary.completed, 3);
+  for (const e of entries) {
+    assert.equal(e.summary.completed, 6, 'two rounds of three requests');
+    assert.equal(e.rounds_requests_per_second.length, 2);
+  }
   assert.ok(entries[2]!.context_bytes! < entries[0]!.context_bytes!, 'a compressed context takes fewer pool bytes');
   assert.ok((report.machine as { cpu: string }).cpu);
   const plots = servePlots(entries);

@@ -63,6 +63,8 @@ export interface ServeBenchOptions {
   /** Arrival rates, requests per second; every setting replays the same seeded trace at each. */
   rates: number[];
   requests: number;
+  /** Each setting x rate is replayed this many times, settings interleaved within a round (the machine drifts). */
+  rounds: number;
   seed: number;
   outputTokens: OutputLengths;
   queryTemplate: string;
@@ -91,8 +93,10 @@ export interface ServeEntry {
   max_arrival_lag_ms: number;
   /** Sampled (t ms, batch size, waiting, pool bytes), at most 200 points. */
   timeline: [number, number, number, number][];
-  /** Per request: e2e ms, output tokens (for the CDFs and length studies). */
-  per_request: { index: number; ttft_ms: number; e2e_ms: number; output_tokens: number; finish: string }[];
+  /** Requests per second of each round (the summary holds their median). */
+  rounds_requests_per_second: number[];
+  /** Per request of every round: TTFT and e2e ms, output tokens (for the CDFs). */
+  per_request: { round: number; index: number; ttft_ms: number; e2e_ms: number; output_tokens: number; finish: string }[];
 }
 
 const r2 = (x: number) => Math.round(x * 100) / 100;
@@ -102,26 +106,48 @@ function thin(samples: StateSample[], max: number): [number, number, number, num
   return samples.filter((_, i) => i % step === 0 || i === samples.length - 1).map((s) => [r2(s.t), s.running, s.waiting, s.poolBytes]);
 }
 
-function entryOf(setting: ServeSetting, rate: number, res: ReplayResult, prepared: { contexts: PreparedContext[]; compressMs: number[] } | null): ServeEntry {
-  const tl = summarizeTimeline(res.timeline);
+const median = (xs: number[]) => {
+  const v = [...xs].sort((a, b) => a - b);
+  return v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+};
+
+/**
+ * One setting at one rate over its rounds: throughput is the median over rounds (each round's own duration),
+ * latency percentiles pool every round's requests, batch and pool figures are the worst round's (max) and the
+ * median round's (time-weighted mean batch); the timeline is the first round's.
+ */
+export function entryOf(setting: ServeSetting, rate: number, rounds: ReplayResult[], prepared: { contexts: PreparedContext[]; compressMs: number[] } | null): ServeEntry {
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+  const perRound = rounds.map((r) => summarizeRequests(r.records));
+  const pooled = summarizeRequests(rounds.flatMap((r) => r.records));
+  const timelines = rounds.map((r) => summarizeTimeline(r.timeline));
+  const hasTimeline = rounds.some((r) => r.timeline.length > 0);
+  const peaks = rounds.map((r) => r.peakPoolBytes).filter(Number.isFinite);
   return {
     method: setting.method,
     ratio: setting.ratio,
     rate,
-    summary: summarizeRequests(res.records),
-    failed: res.failed.length,
+    summary: {
+      ...pooled,
+      durationMs: median(perRound.map((s) => s.durationMs)),
+      requestsPerSecond: median(perRound.map((s) => s.requestsPerSecond)),
+      outputTokensPerSecond: median(perRound.map((s) => s.outputTokensPerSecond)),
+    },
+    rounds_requests_per_second: perRound.map((s) => r2(s.requestsPerSecond)),
+    failed: rounds.reduce((a, r) => a + r.failed.length, 0),
     context_bytes: prepared ? Math.round(mean(prepared.contexts.map((c) => c.pooledBytes))) : null,
     compress_ms: prepared ? r2(mean(prepared.compressMs)) : null,
-    batch: res.timeline.length ? { max: tl.maxBatch, time_mean: r2(tl.meanBatch) } : null,
-    max_waiting: res.timeline.length ? tl.maxWaiting : null,
-    peak_pool_bytes: Number.isFinite(res.peakPoolBytes) ? res.peakPoolBytes : null,
-    max_arrival_lag_ms: r2(res.maxArrivalLagMs),
-    timeline: thin(res.timeline, 200),
-    per_request: res.records.map((r) => {
-      const l = requestLatency(r);
-      return { index: r.index, ttft_ms: r2(l.ttftMs), e2e_ms: r2(l.e2eMs), output_tokens: r.outputTokens, finish: r.finishReason };
-    }),
+    batch: hasTimeline ? { max: Math.max(...timelines.map((t) => t.maxBatch)), time_mean: r2(median(timelines.map((t) => t.meanBatch))) } : null,
+    max_waiting: hasTimeline ? Math.max(...timelines.map((t) => t.maxWaiting)) : null,
+    peak_pool_bytes: peaks.length ? Math.max(...peaks) : null,
+    max_arrival_lag_ms: r2(Math.max(...rounds.map((r) => r.maxArrivalLagMs))),
+    timeline: thin(rounds[0]!.timeline, 200),
+    per_request: rounds.flatMap((res, round) =>
+      res.records.map((r) => {
+        const l = requestLatency(r);
+        return { round, index: r.index, ttft_ms: r2(l.ttftMs), e2e_ms: r2(l.e2eMs), output_tokens: r.outputTokens, finish: r.finishReason };
+      }),
+    ),
   };
 }
 
@@ -144,10 +170,9 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
     await replayInProcess(lm, warm.contexts, [{ index: 0, arrivalMs: 0, contextIndex: 0, questionIndex: 0, maxTokens: 4 }], { poolBytes: o.poolBytes, maxBatch: o.maxBatch, temperature: 0, seed: 0, sampleMs: o.sampleMs });
     warm.contexts.forEach((c) => c.shared.cache.release());
   }
-  for (const setting of settings) {
-    const label = settingLabel(setting);
-    if (o.url) {
-      const client = await openaiClient(o.url, o.apiKey);
+  if (o.url) {
+    const client = await openaiClient(o.url, o.apiKey);
+    for (const setting of settings) {
       const ids: string[] = [];
       for (const row of o.rows) {
         const body = { text: row.context, method: setting.method === 'full' ? 'kvzip' : setting.method, ratio: setting.ratio, protect: 'none' };
@@ -155,27 +180,39 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
       }
       for (const rate of o.rates) {
         const trace = traces.get(rate)!;
-        o.log(`${label} at ${rate} req/s: ${trace.length} requests against ${o.url}`);
+        const rounds: ReplayResult[] = [];
         const requests = trace.map((t) => ({ contextId: ids[t.contextIndex]!, message: o.queryTemplate.replaceAll('{query}', o.rows[t.contextIndex]!.questions[t.questionIndex]!) }));
-        entries.push(entryOf(setting, rate, await replayOverHttp(trace, { url: o.url, apiKey: o.apiKey, requests, temperature: o.temperature, seed: o.seed }), null));
+        for (let round = 0; round < o.rounds; round++) {
+          o.log(`${settingLabel(setting)} at ${rate} req/s, round ${round + 1}/${o.rounds}: ${trace.length} requests against ${o.url}`);
+          rounds.push(await replayOverHttp(trace, { url: o.url, apiKey: o.apiKey, requests, temperature: o.temperature, seed: o.seed }));
+        }
+        entries.push(entryOf(setting, rate, rounds, null));
       }
       for (const id of ids) await client.delete(`/contexts/${id}`);
-      continue;
     }
-    o.log(`${label}: compressing ${o.rows.length} contexts`);
-    const prepared = prepareContexts(lm!, o.rows, setting, o.queryTemplate);
-    for (const rate of o.rates) {
-      const trace = traces.get(rate)!;
-      o.log(`${label} at ${rate} req/s: ${trace.length} requests`);
-      const res = await replayInProcess(lm!, prepared.contexts, trace, { poolBytes: o.poolBytes, maxBatch: o.maxBatch, temperature: o.temperature, seed: o.seed, sampleMs: o.sampleMs });
-      const e = entryOf(setting, rate, res, prepared);
-      o.log(`${label} at ${rate} req/s: ${r2(e.summary.requestsPerSecond)} req/s, ${r2(e.summary.outputTokensPerSecond)} tok/s, e2e p50 ${r2(e.summary.e2eMs.p50)} ms, batch max ${e.batch?.max}`);
-      entries.push(e);
+  } else {
+    const prepared = settings.map((setting) => {
+      o.log(`${settingLabel(setting)}: compressing ${o.rows.length} contexts`);
+      return prepareContexts(lm!, o.rows, setting, o.queryTemplate);
+    });
+    const results = settings.map(() => o.rates.map((): ReplayResult[] => []));
+    for (let round = 0; round < o.rounds; round++) {
+      // Each round starts at another setting, so a slow spell of the machine does not always fall on the same one.
+      for (let k = 0; k < settings.length; k++) {
+        const si = (k + round) % settings.length;
+        for (const [ri, rate] of o.rates.entries()) {
+          const res = await replayInProcess(lm!, prepared[si]!.contexts, traces.get(rate)!, { poolBytes: o.poolBytes, maxBatch: o.maxBatch, temperature: o.temperature, seed: o.seed, sampleMs: o.sampleMs });
+          const s = summarizeRequests(res.records);
+          o.log(`round ${round + 1}/${o.rounds}, ${settingLabel(settings[si]!)} at ${rate} req/s: ${r2(s.requestsPerSecond)} req/s, e2e p50 ${r2(s.e2eMs.p50)} ms, ${res.failed.length} failed`);
+          results[si]![ri]!.push(res);
+        }
+      }
     }
-    prepared.contexts.forEach((c) => c.shared.cache.release());
+    settings.forEach((setting, si) => o.rates.forEach((rate, ri) => entries.push(entryOf(setting, rate, results[si]![ri]!, prepared[si]!))));
+    prepared.forEach((p) => p.contexts.forEach((c) => c.shared.cache.release()));
   }
   const report = {
-    machine: { cpu: cpus()[0]?.model ?? 'unknown', threads: cpus().length, load_average_before: loadBefore.map(r2), load_average_after: loadavg().map(r2) },
+    machine: { cpu: cpus()[0]?.model ?? 'unknown', threads: cpus().length, kvlab_threads: process.env.KVLAB_THREADS ?? null, load_average_before: loadBefore.map(r2), load_average_after: loadavg().map(r2) },
     options: {
       target: o.url ?? 'in-process BatchScheduler',
       model: lm?.dir ?? null,
@@ -184,6 +221,7 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
       ratios: o.ratios,
       rates: o.rates,
       requests: o.requests,
+      rounds: o.rounds,
       seed: o.seed,
       output_tokens: o.outputTokens,
       pool_bytes: o.url ? null : o.poolBytes,

@@ -32,6 +32,7 @@ export function registerBenchServe(program: Command): void {
     .option('-r, --ratio <list>', 'kept ratios in (0, 1]', positiveList('--ratio'))
     .option('--rate <list>', 'arrival rates, requests per second', positiveList('--rate'))
     .option('--requests <n>', 'requests per trace', intOption('--requests', 1), 24)
+    .option('--rounds <n>', 'replays of every setting x rate, settings interleaved; throughput is the median over rounds', intOption('--rounds', 1), 1)
     .option('--seed <n>', 'trace (and sampling) seed', intOption('--seed'), 1)
     .option('--output-tokens <dist>', 'max tokens per request: fixed:N or uniform:A-B', 'fixed:32')
     .option('--query-template <t>', 'how a question becomes the user message; {query} is replaced', queryTemplateOption, 'Question: {query}')
@@ -59,6 +60,7 @@ export function registerBenchServe(program: Command): void {
         ratios: o.ratio ?? [1, 0.5, 0.3, 0.1],
         rates: o.rate ?? [2, 20],
         requests: o.requests,
+        rounds: o.rounds,
         seed: o.seed,
         outputTokens,
         queryTemplate: o.queryTemplate,
