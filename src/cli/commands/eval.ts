@@ -7,6 +7,7 @@ import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
 import { evalRunOutputs, evalSettings, intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
 import { registerLength } from './eval-length.ts';
+import { registerNegatives } from './eval-negatives.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerEval(program: Command): Command {
@@ -63,5 +64,6 @@ export function registerEval(program: Command): Command {
     });
   registerStudies(ev);
   registerLength(ev);
+  registerNegatives(ev);
   return ev;
 }
