@@ -146,3 +146,23 @@ test('runServeBench reports one entry per setting and rate, and plots throughput
   assert.deepEqual(Object.keys(plots).sort(), ['e2e-cdf-100.svg', 'e2e-cdf-400.svg', 'throughput.svg', 'token-throughput.svg', 'ttft-cdf-100.svg', 'ttft-cdf-400.svg']);
   assert.match(plots['throughput.svg']!, /streamingllm @ 400\/s/);
 });
+
+test('over HTTP (kvlab serve, openai client) the same trace gets the answers the in-process replay gives', async () => {
+  const { startServer } = await import('../src/server/serve.ts');
+  const server = await startServer({ load: () => lm, port: 0, storeDir: null, kvMemoryBytes: 64 << 20, log: () => {} });
+  await server.ready;
+  try {
+    const common = { rows, methods: ['snapkv'], ratios: [0.5], rates: [50], requests: 4, rounds: 1, seed: 5, outputTokens: { kind: 'fixed', tokens: 5 } as const, queryTemplate: 'Question: {query}', poolBytes: 64 << 20, maxBatch: 4, temperature: 0, sampleMs: 2, log: () => {} };
+    const http = await runServeBench(null, { ...common, url: server.url });
+    const local = await runServeBench(lm, common);
+    assert.equal(http.entries.length, 1);
+    const e = http.entries[0]!;
+    assert.equal(e.failed, 0, e.errors.join('; '));
+    assert.equal(e.summary.completed, 4);
+    assert.equal(e.batch, null, 'the server keeps its own batch');
+    assert.deepEqual(e.per_request.map((r) => r.output_tokens), local.entries[0]!.per_request.map((r) => r.output_tokens));
+    assert.ok(e.per_request.every((r) => r.ttft_ms <= r.e2e_ms));
+  } finally {
+    await server.shutdown();
+  }
+});

@@ -84,6 +84,8 @@ export interface ServeEntry {
   rate: number;
   summary: ServeSummary;
   failed: number;
+  /** The distinct messages of failed requests (at most five). */
+  errors: string[];
   /** Mean pool bytes of one request's context copy, and mean compression time per context. */
   context_bytes: number | null;
   compress_ms: number | null;
@@ -135,6 +137,7 @@ export function entryOf(setting: ServeSetting, rate: number, rounds: ReplayResul
     },
     rounds_requests_per_second: perRound.map((s) => r2(s.requestsPerSecond)),
     failed: rounds.reduce((a, r) => a + r.failed.length, 0),
+    errors: [...new Set(rounds.flatMap((r) => r.failed.map((f) => f.error)))].slice(0, 5),
     context_bytes: prepared ? Math.round(mean(prepared.contexts.map((c) => c.pooledBytes))) : null,
     compress_ms: prepared ? r2(mean(prepared.compressMs)) : null,
     batch: hasTimeline ? { max: Math.max(...timelines.map((t) => t.maxBatch)), time_mean: r2(median(timelines.map((t) => t.meanBatch))) } : null,
@@ -172,6 +175,8 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
   }
   if (o.url) {
     const client = await openaiClient(o.url, o.apiKey);
+    const model = (await client.models.list()).data[0]?.id;
+    if (!model) throw new Error(`${o.url}/v1/models lists no model`);
     for (const setting of settings) {
       const ids: string[] = [];
       for (const row of o.rows) {
@@ -184,7 +189,7 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
         const requests = trace.map((t) => ({ contextId: ids[t.contextIndex]!, message: o.queryTemplate.replaceAll('{query}', o.rows[t.contextIndex]!.questions[t.questionIndex]!) }));
         for (let round = 0; round < o.rounds; round++) {
           o.log(`${settingLabel(setting)} at ${rate} req/s, round ${round + 1}/${o.rounds}: ${trace.length} requests against ${o.url}`);
-          rounds.push(await replayOverHttp(trace, { url: o.url, apiKey: o.apiKey, requests, temperature: o.temperature, seed: o.seed }));
+          rounds.push(await replayOverHttp(trace, { url: o.url, apiKey: o.apiKey, model, requests, temperature: o.temperature, seed: o.seed }));
         }
         entries.push(entryOf(setting, rate, rounds, null));
       }

@@ -147,6 +147,8 @@ export async function replayInProcess(lm: LoadedModel, contexts: PreparedContext
 export interface HttpReplayOptions {
   url: string;
   apiKey?: string;
+  /** The model id the server serves (GET /v1/models). */
+  model: string;
   /** Per request: the context id on the server and the user message. */
   requests: { contextId: string; message: string }[];
   temperature: number;
@@ -175,7 +177,7 @@ export async function replayOverHttp(trace: TraceRequest[], o: HttpReplayOptions
     let finish: string | null = null;
     try {
       const stream = await client.chat.completions.create({
-        model: 'kvlab',
+        model: o.model,
         messages: [{ role: 'user', content: r.message }],
         max_tokens: req.maxTokens,
         temperature: o.temperature,
