@@ -143,7 +143,7 @@ test('runServeBench reports one entry per setting and rate, and plots throughput
   assert.ok(entries[2]!.context_bytes! < entries[0]!.context_bytes!, 'a compressed context takes fewer pool bytes');
   assert.ok((report.machine as { cpu: string }).cpu);
   const plots = servePlots(entries);
-  assert.deepEqual(Object.keys(plots).sort(), ['e2e-cdf-100.svg', 'e2e-cdf-400.svg', 'throughput.svg', 'token-throughput.svg', 'ttft-cdf-100.svg', 'ttft-cdf-400.svg']);
+  assert.deepEqual(Object.keys(plots).sort(), ['batch.svg', 'e2e-cdf-100.svg', 'e2e-cdf-400.svg', 'throughput.svg', 'token-throughput.svg', 'ttft-cdf-100.svg', 'ttft-cdf-400.svg']);
   assert.match(plots['throughput.svg']!, /streamingllm @ 400\/s/);
 });
 

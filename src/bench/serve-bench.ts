@@ -265,6 +265,22 @@ export function servePlots(entries: ServeEntry[]): Record<string, string> {
       ),
     });
   }
+  if (entries.some((e) => e.batch)) {
+    plots['batch.svg'] = linePlot({
+      title: 'Largest batch vs kept ratio (the pool holds each request\'s context)',
+      xLabel: 'ratio kept',
+      yLabel: 'sequences in a step (max over the run)',
+      xDomain: [0, 1],
+      series: (methods.length ? methods : ['full']).flatMap((m) =>
+        rates.map((rate, ri) => ({
+          name: `${m} @ ${rate}/s`,
+          group: m,
+          dash: ri,
+          points: entries.filter((e) => e.rate === rate && e.batch && (e.method === m || e.method === 'full')).map((e) => [e.ratio, e.batch!.max] as [number, number]),
+        })),
+      ),
+    });
+  }
   rates.forEach((rate) => {
     for (const [kind, key] of [
       ['e2e', 'e2e_ms'],
