@@ -175,7 +175,12 @@ export async function runServeBench(lm: LoadedModel | null, o: ServeBenchOptions
   }
   if (o.url) {
     const client = await openaiClient(o.url, o.apiKey);
-    const model = (await client.models.list()).data[0]?.id;
+    const model = await client.models.list().then(
+      (list) => list.data[0]?.id,
+      (e: unknown) => {
+        throw new Error(`bench serve: cannot list the models of ${o.url}: ${e instanceof Error ? e.message : String(e)}`);
+      },
+    );
     if (!model) throw new Error(`${o.url}/v1/models lists no model`);
     for (const setting of settings) {
       const ids: string[] = [];

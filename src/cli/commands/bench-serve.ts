@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError, type Command } from 'commander';
 import { parseByteSize } from '../../cache/kv-pool.ts';
 import { DataFileError, loadQa } from '../../eval/datasets.ts';
@@ -17,6 +18,8 @@ function positiveList(what: string) {
   ];
 }
 
+const DEV_QA = fileURLToPath(new URL('../../../data/dev/qa.jsonl', import.meta.url));
+
 /** `kvlab bench serve`: a seeded Poisson trace replayed per method x ratio against the batching scheduler (or a running server). */
 export function registerBenchServe(program: Command): void {
   const bench = program.commands.find((c) => c.name() === 'bench');
@@ -26,7 +29,7 @@ export function registerBenchServe(program: Command): void {
       .command('serve')
       .description('serving study: replay a seeded Poisson trace per method x ratio against the batching scheduler (in process) or a kvlab serve URL; throughput, TTFT/TPOT/e2e percentiles, batch size and pool bytes; prints JSON'),
   )
-    .option('-d, --data <file>', 'QA JSONL rows {id, context, questions[], answers[]}: contexts and questions of the requests', 'data/dev/qa.jsonl')
+    .option('-d, --data <file>', 'QA JSONL rows {id, context, questions[], answers[]}: contexts and questions of the requests (default: the dev QA set)')
     .option('--num-contexts <n>', 'contexts used (the first n rows)', intOption('--num-contexts', 1), 4)
     .option('--method <names>', 'full and/or registered methods', listOption)
     .option('-r, --ratio <list>', 'kept ratios in (0, 1]', positiveList('--ratio'))
@@ -50,8 +53,8 @@ export function registerBenchServe(program: Command): void {
       const { runServeBench, servePlots } = await import('../../bench/serve-bench.ts');
       const outputTokens = parseOutputLengths(o.outputTokens as string);
       const poolBytes = parseByteSize(o.kvMemory as string);
-      let rows = loadQa(o.data as string);
-      if (rows.length < (o.numContexts as number)) throw new DataFileError(`${o.data}: ${rows.length} rows, fewer than --num-contexts ${o.numContexts}`);
+      let rows = loadQa((o.data as string | undefined) ?? DEV_QA);
+      if (rows.length < (o.numContexts as number)) throw new DataFileError(`${o.data ?? DEV_QA}: ${rows.length} rows, fewer than --num-contexts ${o.numContexts}`);
       rows = rows.slice(0, o.numContexts as number);
       const lm = o.url ? null : openModel(o.model, o.weights, o.kvDtype);
       const { report, entries } = await runServeBench(lm, {
