@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parseCsv, toCsv } from '../src/eval/csv.ts';
 import { loadQa } from '../src/eval/datasets.ts';
-import { featureCounts, findNegatives, negativeRows, qaSampleFeatures, readRunScores, runsDataFile, sampleOfKey } from '../src/eval/negatives.ts';
+import { featureCounts, findNegatives, instructionItemFeatures, negativeRows, qaSampleFeatures, readRunScores, runsDataFile, sampleOfKey } from '../src/eval/negatives.ts';
 
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const dev = loadQa(fileURLToPath(new URL('../data/dev/qa.jsonl', import.meta.url)));
@@ -90,6 +90,8 @@ test('features of a QA sample: the answer fact position, the attribute asked and
   assert.deepEqual(qaSampleFeatures(row, 0), { context_length: '500-999 tokens', answer_position: 'first third', attribute: 'code', answer_kind: 'number' });
   assert.equal(qaSampleFeatures(row, 1).answer_position, 'last third');
   assert.equal(qaSampleFeatures(row, 2).answer_position, 'not found');
+  const item = { id: 'i', instructions: [{ type: 'UPPER', arg: null }, { type: 'NAME', arg: 'Usze' }, { type: 'UPPER', arg: null }], user: 'What is your name?' };
+  assert.deepEqual(instructionItemFeatures(item), { instruction_count: '3', has_UPPER: 'yes', has_NAME: 'yes', asks: 'name' });
 });
 
 test('kvlab eval negatives writes a data file that kvlab eval qa takes again', () => {

@@ -156,6 +156,22 @@ export function qaSampleFeatures(row: Record<string, unknown>, questionIndex: nu
   return { context_length: length, answer_position: position, attribute, answer_kind: /^\d+$/.test(answer) ? 'number' : 'word' };
 }
 
+/** The features an instruction (or leakage) item is described by: how many instructions, which kinds, the question kind. */
+export function instructionItemFeatures(row: Record<string, unknown>): Record<string, string> {
+  const list = (row.instructions as { type?: unknown }[]).map((i) => String(i?.type ?? '?'));
+  const out: Record<string, string> = { instruction_count: String(list.length) };
+  for (const t of new Set(list)) out[`has_${t}`] = 'yes';
+  if (typeof row.user === 'string') out.asks = /name/i.test(row.user) ? 'name' : /secret|code/i.test(row.user) ? 'secret' : 'other';
+  return out;
+}
+
+/** Features of a sample of a data row: QA rows per question, instruction items per item; other rows have none. */
+function sampleFeatures(row: Record<string, unknown>, questionIndex: number): Record<string, string> {
+  if (Array.isArray(row.questions)) return qaSampleFeatures(row, questionIndex);
+  if (Array.isArray(row.instructions)) return instructionItemFeatures(row);
+  return {};
+}
+
 export interface FeatureCount {
   feature: string;
   value: string;
@@ -163,7 +179,7 @@ export interface FeatureCount {
   samples: number;
 }
 
-/** For each feature value: how many negative samples have it, beside how many of all scored samples do. */
+/** For each feature value: how many negative samples have it, beside how many of all scored samples do (QA and instruction rows). */
 export function featureCounts(dataPath: string, allKeys: string[], negativeKeys: string[]): FeatureCount[] {
   const rows = new Map(readJsonl(dataPath).map(({ value }) => [String(value.id), value]));
   const neg = new Set(negativeKeys);
@@ -171,8 +187,8 @@ export function featureCounts(dataPath: string, allKeys: string[], negativeKeys:
   for (const key of allKeys) {
     const { id, question_index } = sampleOfKey(key);
     const row = rows.get(id);
-    if (!row || !Array.isArray(row.questions)) continue;
-    for (const [feature, value] of Object.entries(qaSampleFeatures(row, question_index))) {
+    if (!row) continue;
+    for (const [feature, value] of Object.entries(sampleFeatures(row, question_index))) {
       const k = `${feature}\u0000${value}`;
       const c = counts.get(k) ?? { feature, value, negatives: 0, samples: 0 };
       c.samples++;

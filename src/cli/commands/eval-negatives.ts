@@ -69,7 +69,7 @@ export function registerNegatives(ev: Command): void {
         '',
         '## What the negative samples share',
         '',
-        features.length ? markdownTable(features.map((f) => ({ ...f, share_negative: f.samples ? f.negatives / f.samples : 0 })) as unknown as Record<string, unknown>[]) : '(features are described for QA rows only)\n',
+        features.length ? markdownTable(features.map((f) => ({ ...f, share_negative: f.samples ? f.negatives / f.samples : 0 })) as unknown as Record<string, unknown>[]) : '(features are described for QA and instruction rows only)\n',
       ].join('\n');
       writeAtomic(join(o.out, 'negatives.json'), `${JSON.stringify(summary, null, 2)}\n`);
       writeAtomic(join(o.out, 'negatives.jsonl'), rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''));
