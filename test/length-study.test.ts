@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { DEFAULT_MODEL_DIR, loadModel } from '../src/engine/loaded-model.ts';
 import { loadQa } from '../src/eval/datasets.ts';
-import { changeHistogram, impliedE2eMs, lengthPlots, runLengthStudy, summarizeLengths, type LengthSample } from '../src/eval/length-study.ts';
+import { changeHistogram, impliedE2eMs, lengthPlots, lengthUnitKey, runLengthStudy, summarizeLengths, type LengthSample } from '../src/eval/length-study.ts';
 import { getPress } from '../src/press/registry.ts';
 import { NativeBackend } from '../src/tensor/native.ts';
 import { ReferenceBackend } from '../src/tensor/reference.ts';
@@ -70,4 +70,22 @@ test('on the embedded model: full-cache lengths are the session answers, and eac
     assert.equal(c.full_tokens, f.tokens);
     assert.equal(c.hit_max, c.tokens >= 6);
   }
+});
+
+test('resumed units are used as they are: answers are paired with the full cache by question and decoding', async () => {
+  const row = { id: 'r', context: 'Document:\nx', questions: ['q0', 'q1'], answers: ['a', 'b'] };
+  const g = (method: string, ratio: number, qi: number, mode: 'greedy' | 'sampled', tokens: number) => ({ question_index: qi, mode, method, ratio, tokens, ttft_ms: 1, decode_ms: 2 });
+  const resumed = new Map([
+    [lengthUnitKey('full', 0, 'r'), [g('full', 1, 0, 'greedy', 3), g('full', 1, 0, 'sampled', 5), g('full', 1, 1, 'greedy', 2), g('full', 1, 1, 'sampled', 8)]],
+    [lengthUnitKey('knorm', 0, 'r'), [g('knorm', 0.5, 0, 'greedy', 8), g('knorm', 0.5, 0, 'sampled', 1), g('knorm', 0.5, 1, 'greedy', 2), g('knorm', 0.5, 1, 'sampled', 8)]],
+  ]);
+  // No model is touched when every unit is resumed.
+  const samples = await runLengthStudy(null as never, [row], { methods: ['knorm'], ratios: [0.5], queryTemplate: '{query}', maxTokens: 8, temperature: 0.5, seed: 1, resumed });
+  const knorm = samples.filter((s) => s.method === 'knorm').map((s) => [s.question_index, s.mode, s.tokens, s.full_tokens, s.hit_max, s.full_hit_max]);
+  assert.deepEqual(knorm, [
+    [0, 'greedy', 8, 3, true, false],
+    [0, 'sampled', 1, 5, false, false],
+    [1, 'greedy', 2, 2, false, false],
+    [1, 'sampled', 8, 8, true, true],
+  ]);
 });
