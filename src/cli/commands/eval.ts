@@ -6,6 +6,8 @@ import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
 import { evalRunOutputs, evalSettings, intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
 import { registerStudies } from './eval-study.ts';
+import { registerLength } from './eval-length.ts';
+import { registerNegatives } from './eval-negatives.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerEval(program: Command): Command {
@@ -61,5 +63,7 @@ export function registerEval(program: Command): Command {
       else process.stdout.write(markdownTable(results as unknown as Record<string, unknown>[]));
     });
   registerStudies(ev);
+  registerLength(ev);
+  registerNegatives(ev);
   return ev;
 }
