@@ -4,6 +4,7 @@ import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../mod
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
 import type { TokenSpan } from '../model/segments.ts';
 import { checkRatio } from '../press/budgets.ts';
+import { rerotateKeys } from '../press/methods/key-rerotation.ts';
 import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
 import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/types.ts';
@@ -266,6 +267,7 @@ export class ScoredContext {
     const t = performance.now();
     const keep = this.keep(ratio, protection);
     const report = session.applyKeep(this.press.name, ratio, keep, { ...this.timings, keepMs: 0 });
+    if (this.press.rerotate) rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
   }
