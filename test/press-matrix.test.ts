@@ -11,7 +11,10 @@ const row = qaRows()[0]!;
 // A short context keeps the matrix fast on the reference backend while still spanning several sentences.
 const context = row.context.split('\n').slice(0, 5).join('\n');
 const question = row.questions[0]!;
-const methods = [...methodNames(), 'adakv:snapkv'];
+// Wrapper compositions (issue 28): AdaKV x chunked x re-rotation over a few scorers; chunks of 64 rows so
+// the short context really is cut into several.
+const wrapped = ['rerotate:snapkv', 'chunked64:snapkv', 'adakv:chunked64:snapkv', 'rerotate:adakv:knorm', 'rerotate:chunked64:criticalkv', 'chunkkv:knorm', 'critical:keydiff'];
+const methods = [...methodNames(), 'adakv:snapkv', ...wrapped];
 const ratios = [1, 0.5, 0.2];
 
 async function answerIds(session: ReturnType<typeof lm.openContext>): Promise<number[]> {
@@ -44,13 +47,16 @@ for (const method of methods) {
       assert.equal(report.contextBytesKept, total * rowBytes);
       assert.equal(s.cache.bytes(), (total + L * H * P) * rowBytes);
       assert.equal(report.contextBytesFull, L * H * T * rowBytes);
-      // Prefix always kept; positions are original and increasing; new tokens continue at N.
+      // Prefix always kept; positions are original and increasing; new tokens continue at N. Re-rotated
+      // keys are packed against the end: the longest head's rows are contiguous and new tokens follow them.
+      const end = press.rerotate ? P + Math.max(...kept.flat()) : N;
       s.cache.forEachHead((hs) => {
         for (let i = 0; i < P; i++) assert.equal(hs.pos[i], i);
         for (let i = 1; i < hs.len; i++) assert.ok(hs.pos[i]! > hs.pos[i - 1]!);
-        assert.ok(hs.len === 0 || hs.pos[hs.len - 1]! < N);
+        assert.ok(hs.len === 0 || hs.pos[hs.len - 1]! < end);
+        if (press.rerotate) for (let i = P; i < hs.len; i++) assert.equal(hs.pos[i], end - (hs.len - i));
       });
-      assert.equal(s.cache.nextPos, N);
+      assert.equal(s.cache.nextPos, end);
       // Asking a query leaves the compressed cache bitwise as it was.
       const before = s.cache.clone();
       const ids = await answerIds(s);
@@ -62,10 +68,10 @@ for (const method of methods) {
         assert.deepEqual(hs.pos.subarray(0, hs.len), b.pos.subarray(0, b.len));
       });
       if (ratio === 1) assert.deepEqual(ids, reference, `${method} at ratio 1.0 must answer exactly as the uncompressed cache`);
-      // The first new token lands at the original length N in every head.
+      // The first new token lands at the original length N in every head (the packed end when re-rotated).
       const mark = s.cache.mark();
       lm.model.forward([ids[0] ?? 10], s.cache, { logits: 'none' });
-      s.cache.forEachHead((hs) => assert.equal(hs.pos[hs.len - 1], N));
+      s.cache.forEachHead((hs) => assert.equal(hs.pos[hs.len - 1], end));
       s.cache.truncate(mark);
     }
   });
