@@ -88,9 +88,9 @@ const row = qaRows()[0]!;
 const context = row.context.split('\n').slice(0, 4).join('\n');
 
 test('inspector selection: every method in the registry, on the embedded model, equals the engine at each ratio', async () => {
-  // Two-stage budgets (CriticalKV's) choose with a second score set the page does not receive: refused by name.
-  const twoStage = ['criticalkv', 'criticaladakv'];
-  for (const name of twoStage) assert.throws(() => budgetSpec(getPress(name).budget), /no browser-side selection for budget policy "critical/);
+  // Two-stage and iterative budgets (CriticalKV's, Compactor's, Block's) choose with scores the page does not receive: refused by name.
+  const twoStage = ['criticalkv', 'criticaladakv', 'compactor', 'block'];
+  for (const name of twoStage) assert.throws(() => budgetSpec(getPress(name).budget), /no browser-side selection for budget policy "(critical|compactor|block)/);
   const methods = [...methodNames().filter((m) => !twoStage.includes(m)), 'adakv:snapkv'];
   const ins = await collectInspection(lm, context, { methods, ratio: 0.3 });
   assert.deepEqual(ins.data.methods.map((m) => m.name), methods);

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { globalBudget, headsWithWindowBudget, keptCount, streamingRows, uniformBudget } from '../src/press/budgets.ts';
+import { blockBudget, blockKeyDiffScorer } from '../src/press/methods/block.ts';
 import { chunkKvScorer, chunkScores } from '../src/press/methods/chunkkv.ts';
+import { compactorBudget, compactorScorer, leverageScores } from '../src/press/methods/compactor.ts';
+import { finchScorer } from '../src/press/methods/finch.ts';
+import { topKIndices } from '../src/press/topk.ts';
 import { chunkedBudget, chunkedScorer } from '../src/press/methods/chunked.ts';
 import { criticalAdaKvBudget, criticalBudget, criticalScorer } from '../src/press/methods/criticalkv.ts';
 import { curScorer } from '../src/press/methods/cur.ts';
@@ -279,4 +283,93 @@ test('key re-rotation: a rotation by delta moves a key to position p + delta, ex
   // Ratio 1 moves nothing.
   const full = scored.compressed(1).session;
   full.cache.forEachHead((hs, l, h) => assert.deepEqual(hs.keys(), session.cache.head(l, h).keys()));
+});
+
+test('Compactor: exact ridge leverage of pre-RoPE keys (checked by QR), z-scored; blend 1 - ratio; sinks kept', () => {
+  // Leverage against an independent computation: squared row norms of Q from Gram-Schmidt on [X; sqrt(jitter) I].
+  const rows = Array.from({ length: 12 }, (_, i) => Float32Array.from({ length: 4 }, (_, c) => Math.sin(3 * i + c * c + 1) * (c + 1)));
+  const jitter = 0.01;
+  const lev = leverageScores(rows, jitter);
+  const mean = [0, 1, 2, 3].map((c) => rows.reduce((s, r) => s + r[c]!, 0) / rows.length);
+  const aug = [...rows.map((r) => Array.from(r, (x, c) => x - mean[c]!)), ...[0, 1, 2, 3].map((i) => [0, 1, 2, 3].map((c) => (c === i ? Math.sqrt(jitter) : 0)))];
+  const cols = [0, 1, 2, 3].map((c) => aug.map((r) => r[c]!));
+  const Q: number[][] = [];
+  for (const col of cols) {
+    const v = col.slice();
+    for (const q of Q) {
+      const p = q.reduce((s, x, i) => s + x * col[i]!, 0);
+      q.forEach((x, i) => (v[i] = v[i]! - p * x));
+    }
+    const n = Math.hypot(...v);
+    Q.push(v.map((x) => x / n));
+  }
+  rows.forEach((_, j) => assert.ok(close(lev[j]!, Q.reduce((s, q) => s + q[j]! ** 2, 0), 1e-9), `row ${j}`));
+  // On the model: sinks score Infinity, the leverage stage is z-scored per layer, the budget blends with 1 - ratio.
+  const scorer = compactorScorer({ sinkStart: 3, sinkEnd: 2, chunkSize: 32 });
+  const ctx = scoringContext(scorer);
+  const scores = scorer.score(ctx);
+  const T = ctx.span.end - ctx.span.start;
+  const leverage = scores.stages!.leverage!;
+  scores.forEach((layer) => layer.forEach((s) => [0, 1, 2, T - 2, T - 1].forEach((j) => assert.equal(s[j], Infinity))));
+  const inner = leverage[0]!.flatMap((s) => Array.from(s.subarray(3, T - 2)));
+  assert.ok(Math.abs(inner.reduce((a, b) => a + b, 0) / inner.length) < 1e-5, 'zero mean over the layer');
+  for (const ratio of [0.3, 0.7]) {
+    const keep = compactorBudget().select(scores, ratio);
+    const blended = scores[1]![0]!.map((x, j) => x + (1 - ratio) * leverage[1]![0]![j]!);
+    assert.deepEqual(keep[1]![0], topKIndices(blended, keptCount(T, ratio)));
+  }
+});
+
+test('Block: hand-worked iterative pruning, and KeyDiff rescored on each union', () => {
+  // rescore = the negated row index within the union: each step keeps the earliest rows, so nothing after
+  // the first n survives; with rescore = the row itself the last rows survive.
+  const make = (f: (rows: Int32Array) => Float32Array): Scores => Object.assign([[new Float32Array(10)]], { rescore: (_l: number, _h: number, rows: Int32Array) => f(rows) });
+  assert.deepEqual(Array.from(blockBudget(3).select(make((r) => Float32Array.from(r, (x) => -x)), 0.3)[0]![0]!), [0, 1, 2]);
+  assert.deepEqual(Array.from(blockBudget(3).select(make((r) => Float32Array.from(r, (x) => x)), 0.3)[0]![0]!), [7, 8, 9]);
+  // The unions rescored, n = 2 and blocks of 4: rows 0-1 with 2-5, then the kept two (x % 3 ranks rows 2
+  // and 5 first) with 6-9.
+  const unions: number[][] = [];
+  blockBudget(4).select(make((r) => (unions.push(Array.from(r)), Float32Array.from(r, (x) => x % 3))), 0.2);
+  assert.deepEqual(unions, [[0, 1, 2, 3, 4, 5], [2, 5, 6, 7, 8, 9]]);
+  assert.throws(() => blockBudget().select([[new Float32Array(4)]], 0.5), /needs scores that can be recomputed/);
+  const scorer = blockKeyDiffScorer();
+  const ctx = scoringContext(scorer);
+  const scores = scorer.score(ctx);
+  const rows = Int32Array.of(0, 3, 4, 9, 20);
+  const keys = Array.from(rows, (r) => ctx.cache.head(2, 1).keys(ctx.span.start + r, ctx.span.start + r + 1));
+  const unit = keys.map((k) => k.map((x) => x / Math.hypot(...k)));
+  const anchor = unit[0]!.map((_, c) => unit.reduce((s, u) => s + u[c]!, 0) / unit.length);
+  const an = Math.hypot(...anchor);
+  const want = unit.map((u) => -u.reduce((s, x, c) => s + x * anchor[c]!, 0) / an);
+  scores.rescore!(2, 1, rows).forEach((x, i) => assert.ok(close(x, want[i]!, 1e-5)));
+});
+
+test('FINCH: the prompt\'s attention over [prefix, chunk, prompt], brute force from the prompt\'s own queries', () => {
+  const scorer = finchScorer({ prompt: 'Which code is 1551?', chunkSize: 40 });
+  const ctx = scoringContext(scorer);
+  const scores = scorer.score(ctx);
+  const before = ctx.cache.mark();
+  const P = [...lm.tokenizer.encode(ctx.queryLead + 'Which code is 1551?'), ...lm.tokenizer.encode(ctx.suffix)];
+  const { start, end } = ctx.span;
+  const N = ctx.cache.nextPos;
+  const queries: Float32Array[] = [];
+  ctx.lm.run(ctx.cache, P, (c) => (queries[c.layer] = c.q.slice()));
+  for (const l of [0, cfg.numLayers - 1])
+    for (let g = 0; g < cfg.numKvHeads; g++) {
+      const hs = ctx.cache.head(l, g);
+      for (const [cs, ce] of [[start, start + 40], [start + 160, Math.min(end, start + 200)]] as const) {
+        const sums = new Float64Array(ce - cs);
+        for (let i = 0; i < P.length; i++)
+          for (let h = g * G; h < (g + 1) * G; h++) {
+            const q = queries[l]!.subarray((i * cfg.numHeads + h) * d, (i * cfg.numHeads + h + 1) * d);
+            const rows = [...Array.from({ length: ctx.prefix.end }, (_, r) => r), ...Array.from({ length: ce - cs }, (_, r) => cs + r), ...Array.from({ length: i + 1 }, (_, r) => N + r)];
+            const logits = rows.map((r) => hs.keys(r, r + 1).reduce((s, x, c) => s + x * q[c]!, 0) / Math.sqrt(d));
+            const top = Math.max(...logits);
+            const z = logits.reduce((s, x) => s + Math.exp(x - top), 0);
+            for (let j = 0; j < ce - cs; j++) sums[j] = sums[j]! + Math.exp(logits[ctx.prefix.end + j]! - top) / z / (P.length * G);
+          }
+        sums.forEach((x, j) => assert.ok(close(scores[l]![g]![cs - start + j]!, x, 1e-4), `layer ${l} head ${g} row ${cs - start + j}`));
+      }
+    }
+  ctx.cache.truncate(before);
 });

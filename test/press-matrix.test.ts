@@ -13,7 +13,7 @@ const context = row.context.split('\n').slice(0, 5).join('\n');
 const question = row.questions[0]!;
 // Wrapper compositions (issue 28): AdaKV x chunked x re-rotation over a few scorers; chunks of 64 rows so
 // the short context really is cut into several.
-const wrapped = ['rerotate:snapkv', 'chunked64:snapkv', 'adakv:chunked64:snapkv', 'rerotate:adakv:knorm', 'rerotate:chunked64:criticalkv', 'chunkkv:knorm', 'critical:keydiff'];
+const wrapped = ['rerotate:snapkv', 'chunked64:snapkv', 'adakv:chunked64:snapkv', 'rerotate:adakv:knorm', 'rerotate:chunked64:criticalkv', 'chunkkv:knorm', 'critical:keydiff', 'chunked64:block', 'rerotate:finch'];
 const methods = [...methodNames(), 'adakv:snapkv', ...wrapped];
 const ratios = [1, 0.5, 0.2];
 

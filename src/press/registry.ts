@@ -1,10 +1,13 @@
 import { adaKvBudget, globalBudget, headsWithWindowBudget, pyramidBudget, uniformBudget } from './budgets.ts';
+import { blockBudget, blockKeyDiffScorer } from './methods/block.ts';
 import { chunkKvScorer } from './methods/chunkkv.ts';
 import { CHUNKED_DEFAULT, chunkedBudget, chunkedScorer } from './methods/chunked.ts';
 import { criticalAdaKvBudget, criticalBudget, criticalScorer } from './methods/criticalkv.ts';
+import { compactorBudget, compactorScorer } from './methods/compactor.ts';
 import { curScorer } from './methods/cur.ts';
 import { DUO_DEFAULTS, duoAttentionScorer } from './methods/duo-attention.ts';
 import { expectedAttentionScorer } from './methods/expected-attention.ts';
+import { finchScorer } from './methods/finch.ts';
 import { lagKvScorer } from './methods/lagkv.ts';
 import { qFilterScorer } from './methods/qfilter.ts';
 import { simLayerKvScorer } from './methods/simlayerkv.ts';
@@ -54,6 +57,9 @@ const methods: Record<string, [Scorer, BudgetPolicy]> = {
   cur: [curScorer(), uniformBudget],
   qfilter: [qFilterScorer(), uniformBudget],
   'duo-attention': [duoAttentionScorer(), headsWithWindowBudget(DUO_DEFAULTS.sink, DUO_DEFAULTS.recent)],
+  compactor: [compactorScorer(), compactorBudget()],
+  block: [blockKeyDiffScorer(), blockBudget()],
+  finch: [finchScorer(), uniformBudget],
 };
 
 const ADAKV_ALPHA = 0.2;

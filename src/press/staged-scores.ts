@@ -17,5 +17,7 @@ export function subsetScores(scores: Scores, rows: number[]): Scores {
   const take = (set: Float32Array[][]) => set.map((layer) => layer.map((s) => Float32Array.from(rows, (j) => s[j]!)));
   const out: Scores = take(scores);
   if (scores.stages) out.stages = Object.fromEntries(Object.entries(scores.stages).map(([k, v]) => [k, take(v)]));
+  const rescore = scores.rescore;
+  if (rescore) out.rescore = (l, h, sub) => rescore(l, h, Int32Array.from(sub, (r) => rows[r]!));
   return out;
 }

@@ -11,9 +11,13 @@ export type { Span } from '../model/prompt-layout.ts';
 /**
  * Scores per [layer][kvHead], one per position of the scored span (span-relative index). Higher = keep.
  * Two-stage methods attach further score sets of the same shape by name in `stages` (CriticalKV's
- * first-stage ranking, Compactor's leverage scores), read by their budget policy.
+ * first-stage ranking, Compactor's leverage scores), read by their budget policy; iterative ones a `rescore`.
  */
-export type Scores = Float32Array[][] & { stages?: Record<string, Float32Array[][]> };
+export type Scores = Float32Array[][] & {
+  stages?: Record<string, Float32Array[][]>;
+  /** Scores of a subset of the span's rows (span-relative, ascending) as if they were its only rows (Block). */
+  rescore?: (layer: number, head: number, rows: Int32Array) => Float32Array;
+};
 
 /**
  * The model as scorers see it: its shapes, its tokenizer, attention statistics over chosen keys, and runs of

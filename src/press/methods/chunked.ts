@@ -66,6 +66,14 @@ export function concatScores(parts: Scores[]): Scores {
   const out: Scores = join(parts);
   const names = Object.keys(parts[0]?.stages ?? {});
   if (names.length) out.stages = Object.fromEntries(names.map((n) => [n, join(parts.map((p) => p.stages![n]!))]));
+  if (parts.every((p) => p.rescore)) {
+    const starts = parts.reduce<number[]>((acc, p) => [...acc, acc.at(-1)! + p[0]![0]!.length], [0]);
+    out.rescore = (l, h, rows) => {
+      const k = starts.findIndex((s, i) => i < parts.length && rows[0]! >= s && rows[0]! < starts[i + 1]!);
+      if (k < 0 || rows.some((r) => r < starts[k]! || r >= starts[k + 1]!)) throw new Error('a chunked score can rescore rows of one chunk only');
+      return parts[k]!.rescore!(l, h, Int32Array.from(rows, (r) => r - starts[k]!));
+    };
+  }
   return out;
 }
 
@@ -80,6 +88,8 @@ export function chunkedBudget(base: BudgetPolicy, chunkLength = CHUNKED_DEFAULT)
       for (const [a, b] of chunkBounds(T, chunkLength)) {
         const part: Scores = scores.map((layer) => layer.map((s) => s.subarray(a, b)));
         if (scores.stages) part.stages = Object.fromEntries(Object.entries(scores.stages).map(([n, s]) => [n, s.map((layer) => layer.map((x) => x.subarray(a, b)))]));
+        const rescore = scores.rescore;
+        if (rescore) part.rescore = (l, h, rows) => rescore(l, h, Int32Array.from(rows, (r) => a + r));
         base.select(part, ratio).forEach((layer, l) => layer.forEach((k, h) => keep[l]![h]!.push(...Array.from(k, (j) => a + j))));
       }
       return keep.map((layer) => layer.map((k) => Int32Array.from(k)));
