@@ -68,9 +68,10 @@ export function concatScores(parts: Scores[]): Scores {
   if (names.length) out.stages = Object.fromEntries(names.map((n) => [n, join(parts.map((p) => p.stages![n]!))]));
   if (parts.every((p) => p.rescore)) {
     const starts = parts.reduce<number[]>((acc, p) => [...acc, acc.at(-1)! + p[0]![0]!.length], [0]);
+    // Rows are rescored by the chunk holding the first of them, as offsets from its start; they lie in that
+    // chunk unless protection removed rows first and the policy's chunks straddle the scorer's.
     out.rescore = (l, h, rows) => {
-      const k = starts.findIndex((s, i) => i < parts.length && rows[0]! >= s && rows[0]! < starts[i + 1]!);
-      if (k < 0 || rows.some((r) => r < starts[k]! || r >= starts[k + 1]!)) throw new Error('a chunked score can rescore rows of one chunk only');
+      const k = Math.max(0, starts.findIndex((s, i) => i < parts.length && rows[0]! >= s && rows[0]! < starts[i + 1]!));
       return parts[k]!.rescore!(l, h, Int32Array.from(rows, (r) => r - starts[k]!));
     };
   }
