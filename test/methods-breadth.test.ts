@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { globalBudget, headsWithWindowBudget, keptCount, streamingRows, uniformBudget } from '../src/press/budgets.ts';
+import { KvCache } from '../src/cache/kv-cache.ts';
 import { blockBudget, blockKeyDiffScorer } from '../src/press/methods/block.ts';
+import { mergeEvictedValues } from '../src/press/methods/cam.ts';
 import { chunkKvScorer, chunkScores } from '../src/press/methods/chunkkv.ts';
 import { compactorBudget, compactorScorer, leverageScores } from '../src/press/methods/compactor.ts';
 import { finchScorer } from '../src/press/methods/finch.ts';
@@ -372,4 +374,36 @@ test('FINCH: the prompt\'s attention over [prefix, chunk, prompt], brute force f
       }
     }
   ctx.cache.truncate(before);
+});
+
+test('CaM: evicted values are merged into the next kept rows with probability A_i / mean A(window)', () => {
+  const cache = new KvCache(1, 1, 2);
+  const values = Float32Array.of(9, 9, 1, 0, 0, 1, 2, 2, 0, 0, 5, 5);
+  const pos = Int32Array.from({ length: 6 }, (_, i) => i);
+  cache.loadHead(0, 0, pos, new Float32Array(12), values);
+  const span = { start: 1, end: 6 };
+  const keep = [[Int32Array.of(1, 3)]];
+  // Span rows 0, 2 and 4 are evicted; A / mean(A over the window) is 2 and 4 (merged surely); row 4 has no kept row after it.
+  mergeEvictedValues(cache, span, keep, [[Float32Array.of(0, 2, 1, 4, 1, 9)]], { mergeBudget: 2 });
+  assert.deepEqual(Array.from(cache.head(0, 0).values()), [9, 9, 1, 0, 0.5, 1, 2, 2, 2.5, 2, 5, 5]);
+  // Attention 0 on the evicted rows: probability 0, nothing merges.
+  const again = new KvCache(1, 1, 2);
+  again.loadHead(0, 0, pos, new Float32Array(12), values);
+  mergeEvictedValues(again, span, keep, [[Float32Array.of(0, 0, 1, 0, 1, 0)]], { mergeBudget: 2 });
+  assert.deepEqual(Array.from(again.head(0, 0).values()), Array.from(values));
+  // On the model: same rows and keys as the plain method, merged values, and nothing changes at ratio 1.
+  const session = lm.openContext(context);
+  const cam = session.score(getPress('cam:knorm')).compressed(0.5).session.cache;
+  const plain = lm.openContext(context).score(getPress('knorm')).compressed(0.5).session.cache;
+  let differ = 0;
+  cam.forEachHead((hs, l, h) => {
+    const p = plain.head(l, h);
+    assert.deepEqual(hs.pos.subarray(0, hs.len), p.pos.subarray(0, p.len));
+    assert.deepEqual(hs.keys(), p.keys());
+    if (hs.values().some((x, i) => x !== p.values()[i])) differ++;
+  });
+  assert.ok(differ > 0, 'some kept values received merged ones');
+  const full = lm.openContext(context);
+  const whole = full.score(getPress('cam:knorm')).compressed(1).session.cache;
+  whole.forEachHead((hs, l, h) => assert.deepEqual(hs.values(), full.cache.head(l, h).values()));
 });

@@ -1,5 +1,6 @@
 import { adaKvBudget, globalBudget, headsWithWindowBudget, pyramidBudget, uniformBudget } from './budgets.ts';
 import { blockBudget, blockKeyDiffScorer } from './methods/block.ts';
+import { CAM_DEFAULTS, camScorer, type CamOptions } from './methods/cam.ts';
 import { chunkKvScorer } from './methods/chunkkv.ts';
 import { CHUNKED_DEFAULT, chunkedBudget, chunkedScorer } from './methods/chunked.ts';
 import { criticalAdaKvBudget, criticalBudget, criticalScorer } from './methods/criticalkv.ts';
@@ -32,10 +33,18 @@ export interface Press {
   readonly budget: BudgetPolicy;
   /** KeyRerotation: after eviction, kept keys are re-rotated to contiguous positions (methods/key-rerotation.ts). */
   readonly rerotate?: boolean;
+  /** CaM: evicted values are merged into the kept rows that follow them before they are dropped (methods/cam.ts). */
+  readonly merge?: CamOptions;
+}
+
+/** What a press does around the selection itself. */
+export interface PressOptions {
+  rerotate?: boolean;
+  merge?: CamOptions;
 }
 
 /** Every method by name. A new method is one file in methods/ and one line here. */
-const methods: Record<string, [Scorer, BudgetPolicy]> = {
+const methods: Record<string, [Scorer, BudgetPolicy, PressOptions?]> = {
   kvzip: [kvzipScorer(), globalBudget],
   'kvzip-uniform': [kvzipScorer(), uniformBudget],
   'kvzip+': [kvzipScorer({ normalized: true }), globalBudget],
@@ -60,30 +69,40 @@ const methods: Record<string, [Scorer, BudgetPolicy]> = {
   compactor: [compactorScorer(), compactorBudget()],
   block: [blockKeyDiffScorer(), blockBudget()],
   finch: [finchScorer(), uniformBudget],
+  cam: [camScorer(snapKvScorer()), uniformBudget, { merge: CAM_DEFAULTS }],
 };
 
 const ADAKV_ALPHA = 0.2;
 
-export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: { rerotate?: boolean } = {}): Press {
-  return { name, scorer, budget, describe: describePress(scorer, budget, opts), ...(opts.rerotate ? { rerotate: true } : {}) };
+export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: PressOptions = {}): Press {
+  return {
+    name,
+    scorer,
+    budget,
+    describe: describePress(scorer, budget, opts),
+    ...(opts.rerotate ? { rerotate: true } : {}),
+    ...(opts.merge ? { merge: opts.merge } : {}),
+  };
 }
 
-/** "summary (option value, ...); budget NAME[; keys re-rotated]", from the scorer and the policy themselves. */
-export function describePress(scorer: Scorer, budget: BudgetPolicy, opts: { rerotate?: boolean } = {}): string {
+/** "summary (option value, ...); budget NAME[; values merged][; keys re-rotated]", from the parts themselves. */
+export function describePress(scorer: Scorer, budget: BudgetPolicy, opts: PressOptions = {}): string {
   const options = Object.entries(scorer.options ?? {}).map(([k, v]) => `${k} ${typeof v === 'string' ? JSON.stringify(v) : v}`);
-  return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}${opts.rerotate ? '; keys re-rotated' : ''}`;
+  const merge = opts.merge ? `; evicted values merged (window ${opts.merge.mergeBudget ?? CAM_DEFAULTS.mergeBudget}, seed ${opts.merge.seed ?? CAM_DEFAULTS.seed})` : '';
+  return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}${merge}${opts.rerotate ? '; keys re-rotated' : ''}`;
 }
 
 /**
  * Wrappers of any method, written `PREFIX:<method>` and nested freely (e.g. `rerotate:adakv:snapkv`):
  * each turns the inner method's scorer and budget into new ones. `chunkedN:` sets the chunk length.
  */
-const wrappers: { prefix: RegExp; usage: string; wrap(inner: Press, arg?: number): [Scorer, BudgetPolicy] | 'rerotate' }[] = [
+const wrappers: { prefix: RegExp; usage: string; wrap(inner: Press, arg?: number): [Scorer, BudgetPolicy, PressOptions?] }[] = [
   { prefix: /^adakv$/, usage: 'adakv:<method>', wrap: (p) => [p.scorer, adaKvBudget(ADAKV_ALPHA)] },
   { prefix: /^chunked(\d+)?$/, usage: 'chunked[N]:<method>', wrap: (p, n = CHUNKED_DEFAULT) => [chunkedScorer(p.scorer, n), chunkedBudget(p.budget, n)] },
   { prefix: /^chunkkv$/, usage: 'chunkkv:<method>', wrap: (p) => [chunkKvScorer(p.scorer), uniformBudget] },
   { prefix: /^critical$/, usage: 'critical:<method>', wrap: (p) => [criticalScorer(p.scorer), criticalBudget()] },
-  { prefix: /^rerotate$/, usage: 'rerotate:<method>', wrap: () => 'rerotate' },
+  { prefix: /^rerotate$/, usage: 'rerotate:<method>', wrap: (p) => [p.scorer, p.budget, { rerotate: true }] },
+  { prefix: /^cam$/, usage: 'cam:<method>', wrap: (p) => [camScorer(p.scorer), p.budget, { merge: CAM_DEFAULTS }] },
 ];
 
 function wrapped(name: string): Press | undefined {
@@ -95,9 +114,8 @@ function wrapped(name: string): Press | undefined {
     if (!m) continue;
     const arg = m[1] === undefined ? undefined : Number(m[1]);
     const inner = getPress(name.slice(colon + 1));
-    const out = w.wrap(inner, arg);
-    if (out === 'rerotate') return press(name, inner.scorer, inner.budget, { rerotate: true });
-    return press(name, ...out, { rerotate: inner.rerotate });
+    const [scorer, budget, opts = {}] = w.wrap(inner, arg);
+    return press(name, scorer, budget, { rerotate: opts.rerotate ?? inner.rerotate, merge: opts.merge ?? inner.merge });
   }
   return undefined;
 }
@@ -112,6 +130,7 @@ const WRAPPER_LINES: Record<string, string> = {
   'chunkkv:<method>': "any method's scores, kept in whole chunks (ChunkKV); budget uniform",
   'critical:<method>': "any method's scores reweighted by ||W_O v||_1 in two stages (CriticalKV)",
   'rerotate:<method>': 'any method; kept keys re-rotated to close the position gaps (KeyRerotation)',
+  'cam:<method>': 'any method; evicted values merged into the kept rows after them (CaM)',
 };
 
 /** Every method's describe line, and the wrappers'. */
@@ -119,7 +138,7 @@ export function describeMethods(): { name: string; describe: string }[] {
   return [...methodNames().map((name) => ({ name, describe: getPress(name).describe })), ...Object.entries(WRAPPER_LINES).map(([name, describe]) => ({ name, describe }))];
 }
 
-/** Resolves a method name, with any wrappers (`adakv:`, `chunked[N]:`, `chunkkv:`, `critical:`, `rerotate:`). */
+/** Resolves a method name, with any wrappers (`adakv:`, `chunked[N]:`, `chunkkv:`, `critical:`, `rerotate:`, `cam:`). */
 export function getPress(name: string): Press {
   const w = wrapped(name);
   if (w) return w;
