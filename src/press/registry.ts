@@ -88,7 +88,7 @@ export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: 
 /** "summary (option value, ...); budget NAME[; values merged][; keys re-rotated]", from the parts themselves. */
 export function describePress(scorer: Scorer, budget: BudgetPolicy, opts: PressOptions = {}): string {
   const options = Object.entries(scorer.options ?? {}).map(([k, v]) => `${k} ${typeof v === 'string' ? JSON.stringify(v) : v}`);
-  const merge = opts.merge ? `; evicted values merged (window ${opts.merge.mergeBudget ?? CAM_DEFAULTS.mergeBudget}, seed ${opts.merge.seed ?? CAM_DEFAULTS.seed})` : '';
+  const merge = opts.merge ? `; evicted values merged into the next ${opts.merge.mergeBudget ?? CAM_DEFAULTS.mergeBudget} kept rows (seed ${opts.merge.seed ?? CAM_DEFAULTS.seed})` : '';
   return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}${merge}${opts.rerotate ? '; keys re-rotated' : ''}`;
 }
 

@@ -58,5 +58,5 @@ export function mergeEvictedValues(cache: KvCache, span: Span, keep: Int32Array[
 
 /** Any scorer, with the prefill also recording the attention every key receives (what CaM's merge reads). */
 export function camScorer(base: Scorer): Scorer {
-  return { ...base, summary: `CaM: ${base.summary}, evicted values merged into kept neighbours`, needs: { ...base.needs, observedAttention: true } };
+  return { ...base, summary: `CaM: ${base.summary}`, needs: { ...base.needs, observedAttention: true } };
 }
