@@ -70,6 +70,7 @@ async function main() {
   const rss: { t: number; bytes: number }[] = [];
   const heap: typeof rss = [];
   const external: typeof rss = [];
+  const running: { t: number; n: number }[] = [];
 
   const sampler = (async () => {
     while (performance.now() < end) {
@@ -79,6 +80,8 @@ async function main() {
         const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
         if (m) series.push({ t, bytes: Number(m[1]) });
       }
+      const r = /^kvlab_running_sequences (\S+)$/m.exec(text);
+      if (r) running.push({ t, n: Number(r[1]) });
       await sleep(5000);
     }
   })();
@@ -135,10 +138,12 @@ async function main() {
   };
   const report = {
     machine: { cpu: cpuName(), cores: cpus().length },
-    config: { clients, seconds, warmup_seconds: warmup, max_tokens: maxTokens, method: args.method, ratio: Number(args.ratio), context_tokens: ctx.tokens, context_kept_ratio: ctx.kept_ratio, scheduler: 'serial' },
+    config: { clients, seconds, warmup_seconds: warmup, max_tokens: maxTokens, method: args.method, ratio: Number(args.ratio), context_tokens: ctx.tokens, context_kept_ratio: ctx.kept_ratio },
     requests,
     errors: errors.length,
     first_errors: errors.slice(0, 5),
+    /** Sequences the server ran per step, sampled from /metrics every 5 s after the warm-up (the batch size). */
+    running_sequences: percentiles(running.filter((s) => s.t >= warmup).map((s) => s.n)),
     completion_tokens_per_second: Math.round((completionTokens / elapsed) * 10) / 10,
     ttft_ms: { shared: percentiles(samples.shared.ttft), plain: percentiles(samples.plain.ttft) },
     tpot_ms: { shared: percentiles(samples.shared.tpot), plain: percentiles(samples.plain.tpot) },

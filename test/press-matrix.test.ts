@@ -6,6 +6,8 @@ import { keptAtLevel } from '../src/press/budgets.ts';
 import { getPress, methodNames } from '../src/press/registry.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
+import { DEFAULT_MODEL_DIR, loadModel } from '../src/engine/loaded-model.ts';
+import { quantizedBytes } from '../src/tensor/kv-quant.ts';
 
 // The matrix checks the framework, not kernels: it runs on the default backend (native when built).
 const lm = tinyModel(selectBackend());
@@ -109,4 +111,61 @@ for (const method of ['adakv:chunked64:snapkv', 'rerotate:criticalkv', 'chunked6
       if (ratio === 1) assert.deepEqual(ids, protectedReference, `${method} at ratio 1.0 under protection answers as the uncompressed cache`);
     }
   });
+}
+
+// The dtype axis: every press on int4 and int2 caches (KIVI). A small group and residual window (8 and 16 rows) so
+// the short context is mostly packed; scores come from the dequantized rows, keep() re-quantizes split key groups.
+const QUANT = { group: 8, residual: 16 };
+for (const dtype of ['int4', 'int2'] as const) {
+  const qlm = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype: dtype, kvQuant: QUANT });
+  const qReference = await answerIdsOn(qlm.openContext(context, { queryTemplate: 'Question: {query}' }));
+  for (const method of methods) {
+    test(`press matrix: ${method} on an ${dtype} cache`, async () => {
+      const press = getPress(method);
+      const base = qlm.openContext(context, { queryTemplate: 'Question: {query}' });
+      const scored = base.score(press);
+      const T = base.context.end - base.context.start;
+      const P = base.context.start;
+      const N = base.ids.length;
+      base.cache.forEachHead((hs) => assert.ok(hs.quantRows >= N - QUANT.residual - QUANT.group, `${dtype}: ${hs.quantRows} of ${N} rows packed after prefill`));
+      scored.scores.flat().forEach((s) => s.forEach((x) => assert.ok(!Number.isNaN(x), `${method} on ${dtype}: score ${x}`)));
+      for (const ratio of ratios) {
+        const { session: s, report } = scored.compressed(ratio);
+        const kept = s.cache.lengths().map((layer) => layer.map((n) => n - P));
+        const want = press.budget.expectedKept(L, H, T, ratio);
+        assert.deepEqual(keptAtLevel(kept, want.level), want.counts, `${method}@${ratio} on ${dtype}: rows kept per ${want.level}`);
+        // Bytes: packed codes, scales and zero points of the packed rows plus the fp32 residual, head by head.
+        let held = 0;
+        s.cache.forEachHead((hs) => {
+          assert.equal(hs.quantRows % QUANT.group, 0);
+          held += quantizedBytes(hs.quantRows, hs.headDim, dtype === 'int4' ? 4 : 2, QUANT.group) + (hs.len - hs.quantRows) * hs.headDim * 2 * 4;
+          for (let i = 1; i < hs.len; i++) assert.ok(hs.pos[i]! > hs.pos[i - 1]!);
+        });
+        assert.equal(s.cache.bytes(), held);
+        assert.equal(report.bytesKept, held);
+        assert.ok(report.bytesKept < (kept.flat().reduce((a, b) => a + b, 0) + L * H * P) * lm.config.headDim * 2 * 4, `${dtype} holds fewer bytes than fp32 rows`);
+        // Asking leaves the compressed cache as it was (rows packed during the answer are unpacked by the mark).
+        const before = s.cache.clone();
+        const ids = await answerIdsOn(s);
+        s.cache.forEachHead((hs, l, h) => {
+          const b = before.head(l, h);
+          assert.equal(hs.quantRows, b.quantRows);
+          assert.deepEqual(hs.keys(), b.keys());
+          assert.deepEqual(hs.values(), b.values());
+          assert.deepEqual(hs.pos.subarray(0, hs.len), b.pos.subarray(0, b.len));
+        });
+        if (ratio === 1) assert.deepEqual(ids, qReference, `${method} at ratio 1.0 must answer exactly as the uncompressed ${dtype} cache`);
+        const mark = s.cache.mark();
+        qlm.model.forward([ids[0] ?? 10], s.cache, { logits: 'none' });
+        // Re-rotated keys are packed against the end: new tokens follow the longest head's rows.
+        const end = press.rerotate ? P + Math.max(...kept.flat()) : N;
+        s.cache.forEachHead((hs) => assert.equal(hs.pos[hs.len - 1], end));
+        s.cache.truncate(mark);
+      }
+    });
+  }
+}
+
+async function answerIdsOn(session: { ask: (q: string, o: { maxTokens: number }) => Promise<{ tokens: number[] }> }): Promise<number[]> {
+  return (await session.ask(question, { maxTokens: 8 })).tokens;
 }

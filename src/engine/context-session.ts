@@ -12,6 +12,7 @@ import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/type
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
+import { reconstructionCheck, type ReconstructionCheck, type ReconstructionOptions } from './reconstruction-check.ts';
 
 export type { SessionLayout } from '../model/prompt-layout.ts';
 
@@ -34,6 +35,8 @@ export interface CompressionReport {
   perLayerKept: number[];
   /** Wall time of each step: the prefill with capture, the scorer, and selecting and keeping the rows. */
   timings: { prefillMs: number; scoreMs: number; keepMs: number };
+  /** With `ratio: "auto"`: each candidate's reconstruction accuracy and the ratio chosen (= `ratio`). */
+  auto?: ReconstructionCheck;
 }
 
 export interface ScoreOptions {
@@ -121,6 +124,20 @@ export class ContextSession {
     checkRatio(ratio);
     const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
     return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, opts.protection).report;
+  }
+
+  /**
+   * `ratio: "auto"`: prefill and score once, then keep the smallest candidate ratio whose compressed cache
+   * still reconstructs the context (reconstruction-check.ts); the report carries every candidate's accuracy.
+   */
+  compressAuto(press: Press, opts: CompressOptions & { auto?: ReconstructionOptions } = {}): CompressionReport {
+    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
+    const scored = this.score(press, { ...opts, spanLocal });
+    const t = performance.now();
+    const auto = reconstructionCheck(scored, { ...opts.auto, protection: opts.protection });
+    const report = scored.compressInPlace(auto.chosen, opts.protection).report;
+    report.timings.scoreMs += performance.now() - t;
+    return { ...report, auto };
   }
 
   /**
@@ -273,7 +290,11 @@ export class ScoredContext {
       mergeEvictedValues(session.cache, session.context, keep, observed, this.press.merge);
     }
     const report = session.applyKeep(this.press.name, ratio, keep, { ...this.timings, keepMs: 0 });
-    if (this.press.rerotate) rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
+    if (this.press.rerotate) {
+      rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
+      // Reloading the rotated rows re-packs a quantized cache's groups: the bytes held are counted again.
+      report.bytesKept = session.cache.bytes();
+    }
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
   }

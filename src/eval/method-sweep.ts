@@ -6,6 +6,8 @@ export interface SweepPoint {
   ratio: number;
   session: ContextSession;
   keptBytesRatio: number;
+  /** Bytes the compressed cache holds (for int4 / int2: packed codes, scales, zero points and the fp32 residual). */
+  bytesKept: number;
 }
 
 /**
@@ -16,6 +18,6 @@ export function* sweepRatios(lm: LoadedModel, context: string, press: Press, rat
   const scored = lm.openContext(context, opts).score(press);
   for (const ratio of ratios) {
     const { session, report } = scored.compressed(ratio);
-    yield { ratio, session, keptBytesRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1 };
+    yield { ratio, session, keptBytesRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1, bytesKept: report.bytesKept };
   }
 }

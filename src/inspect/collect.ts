@@ -48,12 +48,6 @@ export interface Inspection {
  * each listed ratio.
  */
 export async function collectInspection(lm: LoadedModel, contextText: string, opts: InspectOptions): Promise<Inspection> {
-  if (!opts.methods.length) throw new Error('inspect needs at least one method');
-  checkRatio(opts.ratio);
-  const answerRatios = opts.answerRatios?.length ? opts.answerRatios : [opts.ratio];
-  answerRatios.forEach(checkRatio);
-  const presses = opts.methods.map(getPress);
-  const budgets = presses.map((p) => budgetSpec(p.budget));
   const layoutKind = opts.layout ?? 'user';
   const explicit = opts.defense ? [{ name: 'defense', text: opts.defense }] : undefined;
   if (opts.defense && opts.system === undefined) throw new Error('--defense names a sentence of the system prompt; give --system too');
@@ -67,7 +61,52 @@ export async function collectInspection(lm: LoadedModel, contextText: string, op
     const user = userContextLayout(lm, contextText, { system: opts.system, queryTemplate: opts.queryTemplate });
     layout = { ...user, ranges: [{ name: 'user', start: 0, end: user.context.end - user.context.start }] };
   }
-  const ranges = layout.ranges;
+  const spans = displaySpans(lm.tokenizer, layout, layoutKind, opts.system, contextText, explicit);
+  const protectLabel = describeProtection(opts.protection) + (protection !== opts.protection ? ' (template pieces inside the span always kept)' : '');
+  return inspectPrepared(lm, { layout, ranges: layout.ranges, spans, protection, protectLabel }, opts);
+}
+
+/** A layout ready to score: the session layout, its named ranges and display spans, the protection as applied. */
+export interface PreparedInspection {
+  layout: SessionLayout;
+  /** Named ranges tiling the compressible span (span-relative). */
+  ranges: NamedRange[];
+  /** Named spans tiling every token (absolute rows). */
+  spans: NamedRange[];
+  protection: Protection | undefined;
+  protectLabel: string;
+}
+
+/**
+ * The inspection of a context as kvlab serve stores it (`/inspect/{id}`): the same layout, ranges and applied
+ * protection the context was compressed with, scored again by its method (stored contexts keep their kept
+ * rows, not their scores).
+ */
+export async function inspectConversation(
+  lm: LoadedModel,
+  ctx: { layout: SessionLayout; ranges: NamedRange[] },
+  opts: Pick<InspectOptions, 'methods' | 'ratio' | 'protection' | 'onProgress'> & { protectLabel?: string },
+): Promise<Inspection> {
+  const { start, end } = ctx.layout.context;
+  const spans = tile(
+    [
+      { name: 'template', start: 0, end: ctx.layout.ids.length },
+      ...ctx.ranges.map((r) => ({ name: r.name, start: r.start + start, end: r.end + start })),
+    ],
+    ctx.layout.ids.length,
+  );
+  if (ctx.ranges.length && ctx.ranges[ctx.ranges.length - 1]!.end + start !== end) throw new Error('the context ranges do not tile its compressible span');
+  return inspectPrepared(lm, { layout: ctx.layout, ranges: ctx.ranges, spans, protection: opts.protection, protectLabel: opts.protectLabel ?? describeProtection(opts.protection) }, opts);
+}
+
+async function inspectPrepared(lm: LoadedModel, prepared: PreparedInspection, opts: Pick<InspectOptions, 'methods' | 'ratio' | 'questions' | 'answerRatios' | 'maxTokens' | 'onProgress'>): Promise<Inspection> {
+  if (!opts.methods.length) throw new Error('inspect needs at least one method');
+  checkRatio(opts.ratio);
+  const answerRatios = opts.answerRatios?.length ? opts.answerRatios : [opts.ratio];
+  answerRatios.forEach(checkRatio);
+  const presses = opts.methods.map(getPress);
+  const budgets = presses.map((p) => budgetSpec(p.budget));
+  const { layout, ranges, protection } = prepared;
   for (const name of protection?.whitelist ?? []) {
     if (!ranges.some((r) => r.name === name)) {
       throw new Error(`--protect whitelist:${name}: the compressible span has no range named "${name}" (ranges: ${[...new Set(ranges.map((r) => r.name))].join(', ')})`);
@@ -103,10 +142,10 @@ export async function collectInspection(lm: LoadedModel, contextText: string, op
     kvHeads: lm.config.numKvHeads,
     tokens: tokenPieces(lm.tokenizer, layout.ids),
     context: { start: layout.context.start, end: layout.context.end },
-    spans: displaySpans(lm.tokenizer, layout, layoutKind, opts.system, contextText, explicit),
+    spans: prepared.spans,
     ranges,
     protection,
-    protectLabel: describeProtection(opts.protection) + (protection !== opts.protection ? ' (template pieces inside the span always kept)' : ''),
+    protectLabel: prepared.protectLabel,
     ratio: opts.ratio,
     answerRatios,
     questions,

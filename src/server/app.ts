@@ -6,6 +6,7 @@ import type { Scheduler } from '../engine/scheduler-types.ts';
 import { ApiError } from './api-error.ts';
 import { chatCompletion } from './chat-route.ts';
 import { contextRoutes } from './context-routes.ts';
+import { inspectRoutes } from './inspect-route.ts';
 import type { ContextStore } from './context-store.ts';
 import type { ServerMetrics } from './metrics.ts';
 
@@ -86,6 +87,7 @@ export function createApp(state: ServerState, opts: AppOptions): Hono<AppEnv> {
   });
   app.post('/v1/chat/completions', (c) => chatCompletion(c, ready(state), opts));
   contextRoutes(app, () => ready(state));
+  inspectRoutes(app, () => ready(state));
 
   app.notFound((c) => c.json(new ApiError(404, `no route ${c.req.method} ${c.req.path}`, null, 'unknown_url').toJSON(), 404));
   app.onError((err, c) => {

@@ -33,7 +33,7 @@ export function registerChat(program: Command): void {
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', numberOption('--temperature', 0), 0)
     .option('--seed <s>', 'random seed', intOption('--seed'), 0)
     .action(async (o) => {
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const start = (): ChatMessage[] => (o.system !== undefined ? [{ role: 'system', content: o.system }] : []);
       let messages = start();
       let cache = lm.newCache();

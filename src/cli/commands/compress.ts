@@ -26,7 +26,7 @@ export function registerCompress(program: Command): void {
       if (!o.context) throw new InvalidArgumentError('give --context FILE (or --load FILE)');
       const press = getPress(o.method);
       const context = readRegularText(o.context, '--context file');
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const prefillBar = progressBar('prefill', 512);
       const session = lm.openContext(context, {
         system: o.system,
@@ -78,7 +78,7 @@ export function registerCompress(program: Command): void {
 /** --load: the compressed cache comes from a file; only the questions run. */
 async function answerFromFile(o: Record<string, any>): Promise<void> {
   if (o.context || o.save) throw new InvalidArgumentError('--load answers from a saved context: give it without --context or --save');
-  const lm = openModel(o.model, o.weights, o.kvDtype);
+  const lm = openModel(o.model, o.weights, o.kvDtype, o);
   const t0 = performance.now();
   const { record, shared } = loadContextFile(o.load, persistentFingerprint(lm));
   const t1 = performance.now();

@@ -26,7 +26,7 @@ export function registerEval(program: Command): Command {
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
       const partial = await evalRunOutputs<QaUnit>(o.out, o.resume, evalSettings('eval qa', o, { methods, ratios: o.ratio, query_template: o.queryTemplate }));
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const tooLong = qaRowTooLong(lm, rows, { queryTemplate: o.queryTemplate });
       if (tooLong) throw new DataFileError(`${o.data}: ${tooLong}`);
       const bar = progressBar('eval qa', 1);

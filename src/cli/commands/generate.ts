@@ -17,7 +17,7 @@ export function registerGenerate(program: Command): void {
     .option('--stop <text>', 'stop string (repeatable)', collect, [])
     .option('--json', 'print one JSON object {text, tokens, prompt_tokens, finish_reason, weights, timings}')
     .action(async (o) => {
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const messages = [
         ...(o.system !== undefined ? [{ role: 'system' as const, content: o.system as string }] : []),
         { role: 'user' as const, content: o.prompt as string },

@@ -1,0 +1,53 @@
+import type { Hono } from 'hono';
+import { conversationContext } from '../engine/conversation-context.ts';
+import { inspectionJson } from '../inspect/export-json.ts';
+import { inspectConversation, type Inspection } from '../inspect/collect.ts';
+import { renderInspectPage } from '../inspect/render.ts';
+import { parseProtection } from '../press/protect.ts';
+import { ApiError } from './api-error.ts';
+import type { AppEnv, ReadyState } from './app.ts';
+import type { ContextRecord } from './context-store.ts';
+
+/** Inspections kept per server, most recently used last (a page is re-scored only when it is not here). */
+const KEEP = 8;
+
+/**
+ * GET /inspect/{id}: the inspector page of a stored context, and GET /inspect/{id}/data.json its data. A stored
+ * context keeps its kept rows, not its scores, so the page re-scores the context with the method and applied
+ * protection it was compressed with; the page opens at the stored ratio, where its keep set is the stored one.
+ */
+export function inspectRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void {
+  const cache = new Map<string, Promise<Inspection>>();
+
+  const inspection = (s: ReadyState, tenant: string, id: string): Promise<Inspection> => {
+    const record = s.store.get(tenant, id);
+    if (!record) throw new ApiError(404, `no context '${id}'`, 'id', 'context_not_found');
+    const key = `${record.id}@${record.createdAt}`;
+    let hit = cache.get(key);
+    if (hit) cache.delete(key);
+    else {
+      hit = inspectRecord(s, record);
+      hit.catch(() => cache.delete(key));
+    }
+    cache.set(key, hit);
+    while (cache.size > KEEP) cache.delete(cache.keys().next().value!);
+    return hit;
+  };
+
+  app.get('/inspect/:id', async (c) => {
+    const ins = await inspection(ready(), c.get('tenant'), c.req.param('id'));
+    return c.html(renderInspectPage(ins.data));
+  });
+  app.get('/inspect/:id/data.json', async (c) => {
+    const ins = await inspection(ready(), c.get('tenant'), c.req.param('id'));
+    return c.json(inspectionJson(ins, [ins.data.ratio]));
+  });
+}
+
+async function inspectRecord(s: ReadyState, record: ContextRecord): Promise<Inspection> {
+  const ctx = conversationContext(s.lm, record.spec);
+  if (ctx.layout.ids.length !== record.ids.length || ctx.layout.ids.some((id, i) => id !== record.ids[i])) {
+    throw new ApiError(500, `context '${record.id}' no longer tokenizes to the ids it was compressed from`, 'id', 'context_mismatch');
+  }
+  return inspectConversation(s.lm, ctx, { methods: [record.method], ratio: record.ratio, protection: parseProtection(record.protect), protectLabel: record.protect });
+}
