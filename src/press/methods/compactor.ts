@@ -25,7 +25,8 @@ export interface CompactorOptions {
  * GQA group, times ||v||, average-pooled over 3 rows. Final score = attention + blending * leverage with
  * blending = 1 - ratio (kvpress's default: the compression ratio), so it is applied by compactorBudget; the
  * first sinkStart and last sinkEnd rows are always kept. Defaults (kvpress): sinkStart 8, sinkEnd 4,
- * chunkSize 256, jitter 1e-2.
+ * chunkSize 256, jitter 1e-2. Cost: the prefill records every span query (as Q-Filters), memory that grows
+ * with the context.
  */
 export function compactorScorer({ sinkStart = 8, sinkEnd = 4, chunkSize = 256, jitter = 1e-2 }: CompactorOptions = {}): Scorer {
   return {

@@ -6,7 +6,8 @@ import type { Scorer, ScoringContext } from '../types.ts';
  * instead of a calibration set: per KV head, u = the principal right singular vector of the matrix of the
  * span's post-RoPE queries of the group's query heads, oriented so the mean of q.u is positive. Queries
  * lean towards u, so q.k is predicted by k.u: score = k_j . u (kvpress stores the filter negated and scores
- * -(filter . k), the same ranking). No options: the filter comes from the span itself.
+ * -(filter . k), the same ranking). No options: the filter comes from the span itself. Cost: the prefill
+ * records every span query (layers x T x heads x headDim floats, twice), memory that grows with the context.
  */
 export function qFilterScorer(): Scorer {
   return {
