@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { adaKvBudget, globalBudget, keptAtLevel, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget } from '../src/press/budgets.ts';
+import { adaKvBudget, globalBudget, keptAtLevel, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget, headsWithWindowBudget } from '../src/press/budgets.ts';
 import { topKIndices } from '../src/press/topk.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 import type { Scores } from '../src/press/types.ts';
@@ -69,7 +69,7 @@ test('whole heads: the top round(L*H*ratio) heads keep everything, the rest noth
 });
 
 test('every policy keeps exactly what its expectedKept states, whatever the scores', () => {
-  const policies = [uniformBudget, globalBudget, pyramidBudget(20), adaKvBudget(0.2), wholeHeadBudget];
+  const policies = [uniformBudget, globalBudget, pyramidBudget(20), adaKvBudget(0.2), wholeHeadBudget, headsWithWindowBudget(2, 5)];
   for (const policy of policies)
     for (const [L, H, T] of [[3, 2, 101], [1, 4, 7], [4, 1, 1]] as const)
       for (const ratio of [1, 0.7, 0.3, 0.05, 0])

@@ -123,11 +123,11 @@ for (const bf16Activations of [false, true]) {
     const nat = new NativeBackend({ bf16Activations });
     for (const kind of KINDS)
       for (const [rows, cols] of SHAPES)
-        for (const n of [1, 2, 3, 4, 5, 7, 8, 17, 33, 100]) checkMatmul(`bf16Act=${bf16Activations}`, nat, kind, rows, cols, n);
+        for (const n of [1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 33, 100]) checkMatmul(`bf16Act=${bf16Activations}`, nat, kind, rows, cols, n);
   });
 }
 
-// Prefill GEMM (n >= 8) tails: odd activation rows (register tiles of 6 or 8 rows, blocks of 144), output
+// Prefill GEMM (n > 16) tails: odd activation rows (register tiles of 6 or 8 rows, blocks of 144), output
 // columns not a multiple of the 16/32-column panels, inner dimensions across several K blocks with a tail.
 const GEMM_SHAPES: [number, number][] = [
   [1, 2049],
@@ -141,7 +141,7 @@ const GEMM_SHAPES: [number, number][] = [
 test(`[${mode}] matmul: prefill GEMM tails, every dtype (fp32 activations)`, { skip }, () => {
   const nat = new NativeBackend({ bf16Activations: false });
   for (const kind of KINDS) {
-    for (const [rows, cols] of GEMM_SHAPES) for (const n of [9, 13, 37]) checkMatmul('gemm', nat, kind, rows, cols, n);
+    for (const [rows, cols] of GEMM_SHAPES) for (const n of [17, 23, 37]) checkMatmul('gemm', nat, kind, rows, cols, n);
     checkMatmul('gemm', nat, kind, 20, 300, 150);
   }
 });
@@ -155,12 +155,12 @@ test(`[${mode}] matmul: int8 decode on VNNI and dequantized in registers, each w
       lib.setTuning('int8_vnni', vnni);
       for (const kind of ['int8/row', 'int8/g32', 'int8/g40', 'int8/g64', 'int8/g128', 'int8/g256'] as const)
         for (const [rows, cols] of [...SHAPES, [20, 300], [37, 320], [70, 2048], [21, 768]] as [number, number][])
-          for (const n of [1, 2, 3, 4, 5, 7]) {
+          for (const n of [1, 2, 3, 4, 5, 7, 12]) {
             const path = checkMatmul('int8', nat, kind, rows, cols, n);
             // VNNI takes per-row scales (a group as wide as the row is one) and groups of whole 64-column steps;
             // other groups are dequantized.
             const group = kind === 'int8/row' ? cols : Number(kind.slice(6));
-            const expectVnni = vnni === 1 && vnniCpu && n < 8 && (group >= cols || group % 64 === 0);
+            const expectVnni = vnni === 1 && vnniCpu && n <= 16 && (group >= cols || group % 64 === 0);
             assert.equal(/vnni/.test(path), expectVnni, `${kind} ${rows}x${cols} n=${n} took ${path}`);
           }
     }
@@ -400,14 +400,14 @@ test(`[${mode}] attention: decode of one or two query rows matches the reference
     }
 });
 test(`[${mode}] matmul: a decode GEMV gives each activation row the bits it gets alone`, { skip }, () => {
-  // A thread's rows are read as several ranges side by side (four, three on VNNI int8, two for more than two
-  // activation rows); each output is summed in the same order whatever the number of rows and ranges, over odd
-  // row counts that leave rows past the last whole pass.
+  // A thread's rows are read as several ranges side by side (four, three on VNNI int8, two for three or four
+  // activation rows, four for 5-16 rows taken two at a time per pass); each output is summed in the same order
+  // whatever the number of rows and ranges, over odd row counts that leave rows past the last whole pass.
   const nat = new NativeBackend();
   for (const kind of [...KINDS, 'int8/g256'] as const)
     for (const [rows, cols] of [[37, 129], [130, 64], [1001, 40], [7, 256], [9, 512]] as const) {
       const w = weight(kind, rows, cols);
-      for (const n of [2, 3, 5]) {
+      for (const n of [2, 3, 5, 8, 11, 16]) {
         const x = vec(n * cols);
         const out = new Float32Array(n * rows);
         nat.matmul(out, x, n, w);
@@ -418,6 +418,18 @@ test(`[${mode}] matmul: a decode GEMV gives each activation row the bits it gets
         }
       }
     }
+});
+test(`[${mode}] matmul: up to 16 activation rows take the decode GEMV, more the GEMM`, { skip }, () => {
+  const nat = new NativeBackend({ bf16Activations: false });
+  for (const kind of ['f32', 'bf16', 'f16', 'int8/row', 'int8/g64'] as const) {
+    const w = weight(kind, 8, 64);
+    const paths = [1, 5, 8, 16, 17].map((n) => nat.matmulPath(n, w));
+    if (mode === 'scalar') assert.deepEqual(paths, Array(5).fill('scalar'), kind);
+    else {
+      paths.slice(0, 4).forEach((p, i) => assert.match(p, /gemv/, `${kind} n=${[1, 5, 8, 16][i]}: ${p}`));
+      assert.doesNotMatch(paths[4]!, /gemv/, `${kind} n=17: ${paths[4]}`);
+    }
+  }
 });
 test(`[${mode}] attention: decode logits with heads packed per vector match the reference, from one or two key streams`, { skip }, () => {
   // AVX-512 decode packs two (tiles of 2) or four (3-8) heads' queries per vector, one head alone per head; a

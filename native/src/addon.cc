@@ -54,6 +54,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   paths.Set("attention", f.avx512 ? "avx512" : f.avx2_fma ? "avx2" : "scalar");
   paths.Set("attention_bf16_cache", f.avx512 ? (f.avx512_bf16 ? "avx512, bf16 rows read directly, decode logits by vdpbf16ps (split query)" : "avx512, bf16 rows read directly")
                                              : f.avx2_fma ? "avx2, decode reads bf16 rows directly, prefill widens them per call" : "scalar, rows widened to fp32 per call");
+  paths.Set("attention_quant_cache", std::string(attention_quant_path(64, 32)) + ", int4 / int2 rows unpacked per tile of 8 rows");
   paths.Set("amx", f.amx_status);
   o.Set("paths", paths);
   return o;
@@ -110,6 +111,12 @@ Napi::Value MatmulPathFn(const Napi::CallbackInfo& info) {
 // attention(q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window)
 Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
   attention_op(info)();
+  return info.Env().Undefined();
+}
+
+// attentionQuant(q, out | null, nq, nHeads, nKv, d, qPos, heads, prefix | null, scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window, bits, group)
+Napi::Value AttentionQuantFn(const Napi::CallbackInfo& info) {
+  attention_quant_op(info)();
   return info.Env().Undefined();
 }
 
@@ -183,6 +190,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("matmulPath", Napi::Function::New(env, MatmulPathFn));
   exports.Set("attention", Napi::Function::New(env, AttentionFn));
   exports.Set("attentionPrefixed", Napi::Function::New(env, AttentionPrefixedFn));
+  exports.Set("attentionQuant", Napi::Function::New(env, AttentionQuantFn));
   exports.Set("rmsnorm", Napi::Function::New(env, RmsnormFn));
   exports.Set("rope", Napi::Function::New(env, RopeFn));
   exports.Set("siluMul", Napi::Function::New(env, SiluMulFn));

@@ -9,8 +9,9 @@ namespace kvlab {
 bool gemv_avx2_uses_pairs(const WeightRef& w);
 void split_even_odd(const float* x, long n, long K, float* xe, float* xo);
 
-// Rows [r0, r1) of out = x . w^T for m.n <= 4 activation rows on AVX2+FMA+F16C, weights widened exactly in
-// registers (fp32 products, fp32 sums). xe/xo: the split activations when gemv_avx2_uses_pairs, else null.
+// Rows [r0, r1) of out = x . w^T for m.n <= gemv::WIDE_MAX_N activation rows on AVX2+FMA+F16C, weights widened
+// exactly in registers (fp32 products, fp32 sums) and read from memory once for all rows (more than four:
+// gemv::walk_wide). xe/xo: the split activations of all m.n rows when gemv_avx2_uses_pairs, else null.
 void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf);
 
 // The same on AVX-512 (16 lanes, tails by masks).
@@ -27,7 +28,7 @@ struct Int8Activations {
 };
 void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum);
 
-// Rows [r0, r1) of an int8 weight, n <= 4, whose groups are the activation blocks (a multiple of 64 columns) or
+// Rows [r0, r1) of an int8 weight, n <= gemv::WIDE_MAX_N, whose groups are the activation blocks (a multiple of 64 columns) or
 // which has per-row scales (any blocks): vpdpbusd on the weights shifted to u8 (+128) against the quantized
 // activations, the shift undone per block with the activations' block sums.
 void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf);

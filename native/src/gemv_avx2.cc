@@ -191,7 +191,17 @@ void split_even_odd(const float* x, long n, long K, float* xe, float* xo) {
 }
 
 void gemv_avx2(const Matmul& m, const float* xe, const float* xo, long r0, long r1, PrefetchPolicy pf) {
-  gemv::walk<Avx2Rows>(m, SplitActivations{xe, xo}, r0, r1, pf);
+  if (m.n <= 4) return gemv::walk<Avx2Rows>(m, SplitActivations{xe, xo}, r0, r1, pf);
+  const long K = m.w.cols, K2 = K / 2;
+  gemv::walk_wide<Avx2Rows>(
+      m,
+      [&](long t0) {
+        Matmul s = m;
+        s.x = m.x + t0 * K;
+        s.out = m.out + t0 * m.w.rows;
+        return gemv::Block<SplitActivations>{s, SplitActivations{xe ? xe + t0 * K2 : nullptr, xo ? xo + t0 * K2 : nullptr}};
+      },
+      r0, r1, pf);
 }
 
 }  // namespace kvlab

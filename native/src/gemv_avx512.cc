@@ -217,7 +217,18 @@ struct Avx512Rows {
 
 }  // namespace
 
-void gemv_avx512(const Matmul& m, long r0, long r1, PrefetchPolicy pf) { gemv::walk<Avx512Rows>(m, gemv::Plain{}, r0, r1, pf); }
+void gemv_avx512(const Matmul& m, long r0, long r1, PrefetchPolicy pf) {
+  if (m.n <= 4) return gemv::walk<Avx512Rows>(m, gemv::Plain{}, r0, r1, pf);
+  gemv::walk_wide<Avx512Rows>(
+      m,
+      [&](long t0) {
+        Matmul s = m;
+        s.x = m.x + t0 * m.w.cols;
+        s.out = m.out + t0 * m.w.rows;
+        return gemv::Block<gemv::Plain>{s, gemv::Plain{}};
+      },
+      r0, r1, pf);
+}
 
 namespace {
 struct VnniRows {
@@ -235,7 +246,17 @@ struct VnniRows {
 }  // namespace
 
 void gemv_int8_vnni(const Matmul& m, const Int8Activations& qa, long r0, long r1, PrefetchPolicy pf) {
-  gemv::walk<VnniRows>(m, qa, r0, r1, pf);
+  if (m.n <= 4) return gemv::walk<VnniRows>(m, qa, r0, r1, pf);
+  gemv::walk_wide<VnniRows>(
+      m,
+      [&](long t0) {
+        Matmul s = m;
+        s.x = m.x + t0 * m.w.cols;
+        s.out = m.out + t0 * m.w.rows;
+        const Int8Activations a{qa.q + t0 * qa.stride, qa.stride, qa.scale + t0 * qa.blocks, qa.sum + t0 * qa.blocks, qa.block, qa.blocks};
+        return gemv::Block<Int8Activations>{s, a};
+      },
+      r0, r1, pf);
 }
 
 __attribute__((target(AVX512))) void quantize_activations_int8(const float* x, long n, long K, long block, int8_t* q, long stride, float* scale, int32_t* sum) {

@@ -24,7 +24,7 @@ namespace gemv {
 // The activations are m.x as given.
 struct Plain {};
 
-// What a pass's rows prefetch: `ahead` bytes along each row's range, into cache `level`.
+// What a pass's rows prefetch: `ahead` bytes along each row's range, into cache `level` (0: nothing).
 struct PassPrefetch {
   long ahead = 0;
   int level = 1;
@@ -40,6 +40,7 @@ __attribute__((always_inline)) inline void prefetch_at(const char* p, int level)
 // along its range.
 template <int R>
 __attribute__((always_inline)) inline void prefetch_line(const PassPrefetch& pf, const char* const* row, long off) {
+  if (pf.level == 0) return;
   #pragma GCC unroll 8
   for (int q = 0; q < R; q++) prefetch_at(row[q] + off + pf.ahead, pf.level);
 }
@@ -77,6 +78,65 @@ void walk(const Matmul& m, const A& act, long r0, long r1, PrefetchPolicy pf) {
     case 3: return run<K, 3>(m, act, r0, r1, pf);
     default: return run<K, 4>(m, act, r0, r1, pf);
   }
+}
+
+// The most activation rows one GEMV call takes (walk_wide); more go to a packed GEMM.
+constexpr long WIDE_MAX_N = 16;
+// walk_wide's register tile: WIDE_STREAMS weight rows per pass against WIDE_BLOCK activation rows at a time.
+// Against four rows of two, two rows of four reread a pass's weights from cache half as often but the
+// activations (the larger of the two beyond the first block) twice as often.
+constexpr int WIDE_STREAMS = 4;
+constexpr long WIDE_BLOCK = 2;
+
+// One block of at most WIDE_BLOCK activation rows: the sub-call that computes them and what it reads them from.
+template <class A>
+struct Block {
+  Matmul m;
+  A act;
+};
+
+template <class K, int R, class A>
+__attribute__((always_inline)) inline void block_rows(const Block<A>& b, const long* rr, const PassPrefetch& p) {
+  static_assert(WIDE_BLOCK >= 1 && WIDE_BLOCK <= 4, "blocks of one to four activation rows");
+  if (b.m.n == 1) return K::template rows<R, 1>(b.m, b.act, rr, p);
+  if constexpr (WIDE_BLOCK >= 2)
+    if (b.m.n == 2) return K::template rows<R, 2>(b.m, b.act, rr, p);
+  if constexpr (WIDE_BLOCK >= 3)
+    if (b.m.n == 3) return K::template rows<R, 3>(b.m, b.act, rr, p);
+  if constexpr (WIDE_BLOCK >= 4) return K::template rows<R, 4>(b.m, b.act, rr, p);
+}
+
+template <class K, int S, class A>
+void run_wide(const Block<A>* blocks, int nblocks, long r0, long r1, PrefetchPolicy pf) {
+  const long per = (r1 - r0) / S;
+  PassPrefetch first, none;
+  first.ahead = pf.ahead;
+  first.level = pf.level;
+  none.level = 0;
+  for (long i = 0; i < per; i++) {
+    long rr[S];
+    for (int j = 0; j < S; j++) rr[j] = r0 + j * per + i;
+    for (int b = 0; b < nblocks; b++) block_rows<K, S>(blocks[b], rr, b == 0 ? first : none);
+  }
+  for (long r = r0 + S * per; r < r1; r++)
+    for (int b = 0; b < nblocks; b++) block_rows<K, 1>(blocks[b], &r, b == 0 ? first : none);
+}
+
+// Rows [r0, r1) for 4 < m.n <= WIDE_MAX_N activation rows, the weights read from memory once: each pass takes
+// its WIDE_STREAMS rows for every block of WIDE_BLOCK activation rows in turn while they are still in cache
+// (only the first block prefetches). block(t0) gives the Block of the activation rows from t0 on (its m.n is set here).
+// Every output is summed in the order it has under walk(), so each row gets the bits it gets alone.
+template <class K, class MakeBlock>
+void walk_wide(const Matmul& m, MakeBlock block, long r0, long r1, PrefetchPolicy pf) {
+  using A = decltype(block(0L).act);
+  Block<A> blocks[(WIDE_MAX_N + WIDE_BLOCK - 1) / WIDE_BLOCK];
+  int nblocks = 0;
+  for (long t0 = 0; t0 < m.n && t0 < WIDE_MAX_N; t0 += WIDE_BLOCK) {
+    blocks[nblocks] = block(t0);
+    blocks[nblocks].m.n = m.n - t0 < WIDE_BLOCK ? m.n - t0 : WIDE_BLOCK;
+    nblocks++;
+  }
+  run_wide<K, WIDE_STREAMS>(blocks, nblocks, r0, r1, pf);
 }
 
 }  // namespace gemv

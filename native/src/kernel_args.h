@@ -9,6 +9,7 @@
 
 #include "attention.h"
 #include "attention_prefixed.h"
+#include "attention_quant.h"
 #include "matmul.h"
 #include "ops.h"
 
@@ -147,6 +148,60 @@ Kernel attention_prefixed_op(const A& info) {
   a.scale = float(dbl(info[9]));
   a.window = long(num(info[10]));
   return [a = std::move(a), prefix = std::move(prefix)] { attention_prefixed(a, prefix); };
+}
+
+// [k, v, pos, len, qrows, kCodes, vCodes, kScale, kZero, vScale, vZero] of each quantized KV head.
+inline std::vector<QuantHead> quant_heads(const Napi::Value& arr) {
+  std::vector<QuantHead> views;
+  if (arr.IsNull() || arr.IsUndefined()) return views;
+  Napi::Array heads = arr.As<Napi::Array>();
+  for (uint32_t g = 0; g < heads.Length(); g++) {
+    Napi::Array h = heads.Get(g).As<Napi::Array>();
+    QuantHead v;
+    v.k = data_of<float>(h.Get(0u));
+    v.v = data_of<float>(h.Get(1u));
+    v.pos = data_of<int32_t>(h.Get(2u));
+    v.len = int(num(h.Get(3u)));
+    v.qrows = int(num(h.Get(4u)));
+    v.kc = data_of<uint8_t>(h.Get(5u));
+    v.vc = data_of<uint8_t>(h.Get(6u));
+    v.ks = data_of<float>(h.Get(7u));
+    v.kz = data_of<float>(h.Get(8u));
+    v.vs = data_of<float>(h.Get(9u));
+    v.vz = data_of<float>(h.Get(10u));
+    views.push_back(v);
+  }
+  return views;
+}
+
+// (q, out | null, nq, nHeads, nKv, d, qPos, heads: quant head[], prefix: quant head[] | null, scale, statsFrom, max[] | null, sum[] | null,
+// queryWeight | null, window (0: none), bits, group): attention over KIVI-quantized heads (attention_quant.h)
+template <class A>
+Kernel attention_quant_op(const A& info) {
+  QuantAttention a;
+  a.q = data_of<float>(info[0]);
+  a.out = data_of<float>(info[1]);
+  a.nq = int(num(info[2]));
+  a.n_heads = int(num(info[3]));
+  a.n_kv = int(num(info[4]));
+  a.d = int(num(info[5]));
+  a.q_pos = data_of<int32_t>(info[6]);
+  a.heads = quant_heads(info[7]);
+  a.prefix = quant_heads(info[8]);
+  a.scale = float(dbl(info[9]));
+  a.stats_from = int(num(info[10]));
+  for (int s = 11; s <= 12; s++) {
+    const Napi::Value v = info[s];
+    if (v.IsNull() || v.IsUndefined()) continue;
+    Napi::Array arr = v.As<Napi::Array>();
+    auto& dst = s == 11 ? a.stat_max : a.stat_sum;
+    for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
+  }
+  a.query_weight = data_of<float>(info[13]);
+  a.window = long(num(info[14]));
+  a.bits = int(num(info[15]));
+  a.group = int(num(info[16]));
+  return [a = std::move(a)] { attention_quant(a); };
 }
 
 // (out, x, n, dim, weight, eps)

@@ -23,7 +23,9 @@
 namespace kvlab {
 namespace {
 
-constexpr long GEMM_MIN_N = 8;  // from here on a packed GEMM beats re-streaming the weights per row
+// Up to this many activation rows the decode GEMV reads the weights once for all of them (gemv::walk_wide);
+// from here on a packed GEMM, whose packing is paid back over the rows.
+constexpr long GEMV_MAX_N = gemv::WIDE_MAX_N;
 constexpr int NR = 32;          // output columns (weight rows) per packed panel
 constexpr int MR = 8;           // activation rows per register tile
 // How decode GEMVs walk their rows (gemv_walk.h), per ISA: each thread's rows as that many ranges read side by
@@ -130,7 +132,7 @@ bool int8_vnni_applies(long n, const WeightRef& w) {
     const char* e = std::getenv("KVLAB_INT8_GEMV");
     INT8_MODE = e && std::string(e) == "dequant" ? 0 : 1;
   }
-  return INT8_MODE == 1 && cpu().avx512_vnni && n < GEMM_MIN_N && (w.per_row() || w.group % 64 == 0);
+  return INT8_MODE == 1 && cpu().avx512_vnni && n <= GEMV_MAX_N && (w.per_row() || w.group % 64 == 0);
 }
 
 void gemv_int8_vnni_dispatch(const Matmul& m) {
@@ -155,15 +157,8 @@ void gemv_int8_vnni_dispatch(const Matmul& m) {
   int32_t* const sum = b.sum.data();
   quantize_activations_int8(m.x, m.n, K, B, q, stride, scale, sum);
   const PrefetchPolicy pf = GEMV_VNNI;
-  run_rows(m.w.rows, [&](long r0, long r1) {
-    for (long t0 = 0; t0 < m.n; t0 += 4) {
-      Matmul s = m;
-      s.out = m.out + t0 * m.w.rows;
-      s.n = std::min<long>(4, m.n - t0);
-      const Int8Activations qa{q + t0 * stride, stride, scale + t0 * blocks, sum + t0 * blocks, B, blocks};
-      gemv_int8_vnni(s, qa, r0, r1, pf);
-    }
-  });
+  const Int8Activations qa{q, stride, scale, sum, B, blocks};
+  run_rows(m.w.rows, [&](long r0, long r1) { gemv_int8_vnni(m, qa, r0, r1, pf); });
 }
 
 // ---------- packed GEMMs ----------
@@ -335,24 +330,18 @@ void gemm_bf16(const Matmul& m) {
   });
 }
 
-// Activation rows in blocks of at most four, each block's rows split over the pool.
+// All activation rows (at most GEMV_MAX_N) in one walk over the weight rows, split over the pool.
 void gemv_dispatch(const Matmul& m, bool avx512) {
   const long K = m.w.cols, K2 = K / 2;
   const bool pairs = !avx512 && gemv_avx2_uses_pairs(m.w);
   std::vector<float> split(pairs ? size_t(2 * m.n * K2) : 0);
   if (pairs) split_even_odd(m.x, m.n, K, split.data(), split.data() + m.n * K2);
   const PrefetchPolicy pf = avx512 ? GEMV_AVX512 : GEMV_AVX2;
+  const float* xe = pairs ? split.data() : nullptr;
+  const float* xo = pairs ? split.data() + m.n * K2 : nullptr;
   run_rows(m.w.rows, [&](long r0, long r1) {
-    for (long t0 = 0; t0 < m.n; t0 += 4) {
-      Matmul s = m;
-      s.x = m.x + t0 * K;
-      s.out = m.out + t0 * m.w.rows;
-      s.n = std::min<long>(4, m.n - t0);
-      const float* xe = pairs ? split.data() + t0 * K2 : nullptr;
-      const float* xo = pairs ? split.data() + (m.n + t0) * K2 : nullptr;
-      if (avx512) gemv_avx512(s, r0, r1, pf);
-      else gemv_avx2(s, xe, xo, r0, r1, pf);
-    }
+    if (avx512) gemv_avx512(m, r0, r1, pf);
+    else gemv_avx2(m, xe, xo, r0, r1, pf);
   });
 }
 
@@ -360,9 +349,9 @@ enum class Path { Scalar, Avx2Gemv, Avx2Gemm, Avx512Gemv, Avx512Bf16Gemv, Int8Vn
 
 Path choose(long n, const WeightRef& w, bool bf16_activations) {
   const CpuFeatures& f = cpu();
-  if (!f.avx512 && f.avx2_fma) return n < GEMM_MIN_N ? Path::Avx2Gemv : Path::Avx2Gemm;
+  if (!f.avx512 && f.avx2_fma) return n <= GEMV_MAX_N ? Path::Avx2Gemv : Path::Avx2Gemm;
   if (!f.avx512) return Path::Scalar;
-  if (n < GEMM_MIN_N) {
+  if (n <= GEMV_MAX_N) {
     if (w.type == W_I8) return int8_vnni_applies(n, w) ? Path::Int8Vnni : Path::Int8Dequant;
     if (w.type == W_BF16 && w.cols % 2 == 0 && n <= 4) return Path::Avx512Bf16Gemv;
     return Path::Avx512Gemv;

@@ -133,9 +133,9 @@ export { KvCache } from '../cache/kv-cache.ts';
 
 // Compression methods: the registry, the pieces of a custom press, protection.
 export { describeMethods, describePress, getPress, methodNames, press, registerMethod } from '../press/registry.ts';
-export type { Press } from '../press/registry.ts';
+export type { Press, PressOptions } from '../press/registry.ts';
 export { HeadSpan, perHead, norm, dot } from '../press/per-head.ts';
-export { adaKvBudget, globalBudget, keptCount, pyramidBudget, uniformBudget, wholeHeadBudget } from '../press/budgets.ts';
+export { adaKvBudget, globalBudget, headsWithWindowBudget, keptCount, pyramidBudget, uniformBudget, wholeHeadBudget } from '../press/budgets.ts';
 export type { BudgetPolicy, KeptCounts, Scorer, Scores, ScoringContext, ScoringModel, CaptureNeeds } from '../press/types.ts';
 export { parseProtection, describeProtection } from '../press/protect.ts';
 export type { Protection } from '../press/protect.ts';

@@ -10,6 +10,7 @@ import { decodeWeightBytes } from '../model/weights.ts';
 import { NativeBackend } from '../tensor/native.ts';
 import { seededRandom } from '../tensor/seeded-random.ts';
 import { fillCache } from './decode-timing.ts';
+import { poolThroughput } from './pool-throughput.ts';
 import { measureMachineLimits, median, probeBandwidth, quartiles, type MachineLimits } from './machine-limits.ts';
 
 export interface BatchBenchOptions {
@@ -30,6 +31,11 @@ export interface BatchBenchOptions {
   fitRatios: number[];
   /** Rows each sequence's answer may add on top of its context in the fit figure. */
   fitAnswerTokens: number;
+  /** The pool-throughput figure (pool-throughput.ts): these ratios on fitContext-row contexts in a poolBytes pool, for these models; none skips it. */
+  poolThroughputRatios: number[];
+  poolThroughputModels: string[];
+  poolThroughputRounds: number;
+  poolThroughputSteps: number;
   /** A folder that keeps the random checkpoints between runs (default: a temporary one, removed at the end). */
   checkpoints?: string;
   log: (line: string) => void;
@@ -70,27 +76,45 @@ interface Timing {
   bandwidth: number[];
 }
 
-/** Decode steps of B sequences at once (each on its own copy of `base`, restored after every step), rounds interleaving the sizes. */
-function timeBatches(lm: LoadedModel, base: KvCache, sizes: number[], rounds: number, stepsPerRound: number): Timing {
-  const maxB = Math.max(...sizes);
+export interface BatchStepper {
+  /** ms of one decode step of the first B sequences (token ids vary with i); each cache is then cut back to `base`. */
+  step(B: number, i: number): number;
+  release(): void;
+}
+
+/** Decode steps of up to maxB sequences at once, each on its own copy of `base`, restored after every step. */
+export function batchStepper(lm: LoadedModel, base: KvCache, maxB: number): BatchStepper {
   const caches = Array.from({ length: maxB }, () => base.clone());
   const marks = caches.map((c) => c.mark());
   const vocab = lm.model.weights.embed.rows;
-  const step = (B: number, i: number) => {
-    const t = performance.now();
-    lm.model.forwardBatch(caches.slice(0, B).map((cache, s) => ({ ids: [(100 + 7 * s + i) % vocab], cache })));
-    const ms = performance.now() - t;
-    caches.slice(0, B).forEach((c, s) => c.truncate(marks[s]!));
-    return ms;
+  return {
+    step(B, i) {
+      const t = performance.now();
+      lm.model.forwardBatch(caches.slice(0, B).map((cache, s) => ({ ids: [(100 + 7 * s + i) % vocab], cache })));
+      const ms = performance.now() - t;
+      caches.slice(0, B).forEach((c, s) => c.truncate(marks[s]!));
+      return ms;
+    },
+    release() {
+      for (const c of caches) c.release();
+    },
   };
-  for (const B of sizes) for (let i = 0; i < 2; i++) step(B, i);
-  const out: Timing = { steps: new Map(sizes.map((B) => [B, []])), bandwidth: [] };
-  for (let r = 0; r < rounds; r++) {
-    out.bandwidth.push(probeBandwidth(1)[0]!);
-    for (const B of sizes) for (let i = 0; i < stepsPerRound; i++) out.steps.get(B)!.push(step(B, i));
+}
+
+/** Decode steps at every batch size, rounds interleaving the sizes. */
+function timeBatches(lm: LoadedModel, base: KvCache, sizes: number[], rounds: number, stepsPerRound: number): Timing {
+  const stepper = batchStepper(lm, base, Math.max(...sizes));
+  try {
+    for (const B of sizes) for (let i = 0; i < 2; i++) stepper.step(B, i);
+    const out: Timing = { steps: new Map(sizes.map((B) => [B, []])), bandwidth: [] };
+    for (let r = 0; r < rounds; r++) {
+      out.bandwidth.push(probeBandwidth(1)[0]!);
+      for (const B of sizes) for (let i = 0; i < stepsPerRound; i++) out.steps.get(B)!.push(stepper.step(B, i));
+    }
+    return out;
+  } finally {
+    stepper.release();
   }
-  for (const c of caches) c.release();
-  return out;
 }
 
 /**
@@ -133,7 +157,7 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
             step_ms: r3(ms),
             step_ms_quartiles: [r3(q1), r3(q3)],
             tpot_ms: r3(ms),
-            aggregate_tokens_per_second: r1((B * 1000) / ms),
+            aggregate_tokens_per_second: r3((B * 1000) / ms),
             bound_ms: r3(boundMs),
             fraction_of_bound: r3(boundMs / ms),
           };
@@ -143,7 +167,8 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
           kept_ratio: ratio,
           kv_bytes_per_sequence: base.bytes(),
           bandwidth_gbs_median_of_rounds: r1(bw),
-          batches: perB.map((p) => ({ ...p, aggregate_vs_b1: one ? r3(p.aggregate_tokens_per_second / one.aggregate_tokens_per_second) : null })),
+          // From the step times, not the rounded tokens/s (a 1B step on a loaded host gives ~1 token/s).
+          batches: perB.map((p) => ({ ...p, aggregate_vs_b1: one ? r3((p.batch * one.step_ms) / p.step_ms) : null })),
         });
         base.release();
       }
@@ -152,6 +177,20 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
         return { kept_ratio: ratio, bytes_per_sequence: per, sequences_fitting: Math.floor(o.poolBytes / per) };
       });
       const full = fit.find((f) => f.kept_ratio === 1);
+      const throughput =
+        o.poolThroughputRatios.length > 0 && o.poolThroughputModels.includes(name)
+          ? poolThroughput(lm, {
+              poolBytes: o.poolBytes,
+              context: o.fitContext,
+              ratios: o.poolThroughputRatios,
+              answerRows: o.fitAnswerTokens,
+              kvDtype: o.kvDtype,
+              rounds: o.poolThroughputRounds,
+              steps: o.poolThroughputSteps,
+              evict: (c, r) => evictToRatio(c, r),
+              log: (line) => o.log(`${name}: ${line}`),
+            })
+          : null;
       models.push({
         model: name,
         config: { layers: lm.config.numLayers, kv_heads: lm.config.numKvHeads, head_dim: lm.config.headDim, hidden: lm.config.hiddenSize },
@@ -165,6 +204,7 @@ export async function runBatchBench(o: BatchBenchOptions): Promise<Record<string
           note: "from the pool's block accounting (whole 16-row blocks of keys, values and positions per head)",
           ratios: fit.map((f) => ({ ...f, vs_full: full ? r3(f.sequences_fitting / Math.max(1, full.sequences_fitting)) : null })),
         },
+        ...(throughput ? { pool_throughput: throughput } : {}),
       });
     }
   } finally {

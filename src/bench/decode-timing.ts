@@ -15,6 +15,8 @@ export function fillCache(cache: KvCache, context: number): void {
     for (let l = 0; l < cache.numLayers; l++) cache.appendLayer(l, k, k, pos);
     cache.advance(n);
   }
+  // An int4 / int2 cache packs all but its residual window, as after a prefill.
+  cache.settle();
 }
 
 export const DECODE_WARMUP = 3;

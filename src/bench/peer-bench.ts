@@ -12,6 +12,7 @@ import { decodeWeightBytes } from '../model/weights.ts';
 import { writeGguf } from './gguf-writer.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 import { BENCH_MMAP } from './run-bench.ts';
+import { peerBatchDecode, type PeerBatchLlama } from './peer-batch.ts';
 
 /**
  * kvlab against llama.cpp (through node-llama-cpp) on the same random weights: kvlab reads the bf16
@@ -28,6 +29,12 @@ export interface PeerBenchOptions {
   decodeContext: number;
   decodeSteps: number;
   rounds: number;
+  /** Batched decode against llama.cpp's parallel sequences (peer-batch.ts) at these batch sizes; empty skips it. */
+  batchSizes: number[];
+  batchContext: number;
+  batchSteps: number;
+  /** Only the batched comparison (no prefill or single-sequence decode). */
+  batchOnly: boolean;
   log: (line: string) => void;
 }
 
@@ -178,6 +185,29 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
       const lm = loadModel(dir, { backend: new NativeBackend(), mmap: BENCH_MMAP });
       const rand = seededRandom(3);
       const ids = Array.from({ length: Math.max(opts.prefillTokens, opts.decodeContext) }, () => Math.floor(rand() * Math.min(2000, lm.config.vocabSize)));
+      let batch: Record<string, unknown> | null = null;
+      if (opts.batchSizes.length > 0) {
+        const contextIds = Array.from({ length: opts.batchContext }, (_, i) => ids[i % ids.length]!);
+        const instance = await peer.getLlama({ gpu: false, build: 'never', maxThreads: opts.threads, logLevel: 'error' });
+        peerInfo = { package: `node-llama-cpp@${peer.version}`, llama_cpp: instance.llamaCppRelease, cpu: instance.systemInfo.trim(), weights: 'F16', threads: opts.threads, mmap: BENCH_MMAP };
+        try {
+          batch = await peerBatchDecode(lm, instance as unknown as PeerBatchLlama, gguf, BENCH_MMAP, contextIds, {
+            batchSizes: opts.batchSizes,
+            context: opts.batchContext,
+            steps: opts.batchSteps,
+            rounds: opts.rounds,
+            threads: opts.threads,
+            log: (line) => log(`${name}: ${line}`),
+          });
+        } finally {
+          await instance.dispose();
+        }
+      }
+      if (opts.batchOnly) {
+        results.push({ model: name, batched_decode: batch });
+        rmSync(gguf, { force: true });
+        continue;
+      }
       const llama = await llamaSide(peer, gguf, opts.threads, opts.decodeContext + opts.decodeSteps + 16, opts.prefillTokens);
       peerInfo = llama.describe;
       // llama.cpp keeps its cache in F16; kvlab decodes from its fp32 cache and, as a second figure, a bf16 one.
@@ -238,6 +268,7 @@ export async function runPeerBench(opts: PeerBenchOptions): Promise<Record<strin
           decode_ms_per_token_runs: kBf16.map(r1),
           decode_over_llama_cpp: r3(median(l.decode) / median(kBf16)),
         },
+        ...(batch ? { batched_decode: batch } : {}),
       };
       log(`${name}: prefill ${entry.kvlab.prefill_tokens_per_s} vs ${entry.llama_cpp.prefill_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.prefill}x); decode ${entry.kvlab.decode_tokens_per_s} vs ${entry.llama_cpp.decode_tokens_per_s} tok/s (${entry.kvlab_over_llama_cpp.decode}x); on a bf16 cache ${entry.kvlab_bf16_cache.decode_tokens_per_s} tok/s (${entry.kvlab_bf16_cache.decode_over_llama_cpp}x)`);
       results.push(entry);

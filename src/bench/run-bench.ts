@@ -14,6 +14,7 @@ import { TimedBackend } from './timed-backend.ts';
 import { measureAsyncDecode, type AsyncDecodeResult } from './async-decode.ts';
 import { alternatingDecodeRatio, fillCache, pairedDecode, timeDecode, type AlternatingRatio } from './decode-timing.ts';
 import { decodeWeightBytes } from '../model/weights.ts';
+import { benchKvQuant } from './kv-quant-bench.ts';
 
 export interface BenchOptions {
   models: string[];
@@ -23,6 +24,8 @@ export interface BenchOptions {
   prefillTokens: number;
   decodeContexts: number[];
   kvzip: { model: string; context: number; ratio: number } | null;
+  /** Decode on f32, bf16, int4, int2 and int4 + `ratio` kept caches of one model at one context (kv-quant-bench.ts). */
+  kvQuant?: { model: string; context: number; ratio: number } | null;
   log: (line: string) => void;
 }
 
@@ -111,6 +114,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
   const scratch = mkdtempSync(join(tmpdir(), 'kvlab-bench-'));
   const models: Record<string, unknown>[] = [];
   let kvzip: Record<string, unknown> | null = null;
+  let kvQuant: Record<string, unknown> | null = null;
   const alternating = new Map<string, (AlternatingRatio & { kvDtype: KvDtype })[]>();
   const kvAlternating = new Map<string, AlternatingRatio[]>();
   try {
@@ -195,6 +199,11 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
       }
     }
     if (opts.kvzip) kvzip = await benchKvzip(opts.kvzip, scratch, log);
+    if (opts.kvQuant) {
+      const timed = new TimedBackend(new NativeBackend());
+      const lm = loadModel(modelDir(opts.kvQuant.model, scratch, log), { backend: timed, mmap: BENCH_MMAP });
+      kvQuant = { model: opts.kvQuant.model, ...benchKvQuant(lm, timed, decodeWeightBytes(lm.model.weights), opts.kvQuant.context, opts.kvQuant.ratio, log) };
+    }
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
@@ -232,6 +241,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
         decode_speedup_alternating: kvAlternating.get(m)!.map((a) => ({ context: a.context, ratio: r3(a.ratio), f32_ms_per_token: r3(a.ms_per_token.a), bf16_ms_per_token: r3(a.ms_per_token.b), rounds: a.rounds })),
       })),
     kvzip,
+    kv_quant: kvQuant,
   };
 }
 
@@ -264,6 +274,9 @@ async function benchKvzip(k: { model: string; context: number; ratio: number }, 
   const fullRun = decodeSplit(session.cache);
   const { session: kept, report } = scored.compressed(k.ratio);
   const keptRun = decodeSplit(kept.cache);
+  // KVzip's keep sets on an int4 cache (the kept rows quantized as an int4 cache holds them).
+  const keptInt4 = kept.cache.clone('int4');
+  const keptInt4Run = decodeSplit(keptInt4);
   const fullMs = fullRun.ms;
   const keptMs = keptRun.ms;
   log(`kvzip: prefill ${r1(prefillMs)} ms, scoring ${r1(scoreMs)} ms (${r3(scoreMs / prefillMs)}x prefill); decode ${r3(fullMs)} -> ${r3(keptMs)} ms/token`);
@@ -282,5 +295,8 @@ async function benchKvzip(k: { model: string; context: number; ratio: number }, 
     attention_speedup: r3(fullRun.attentionMs / keptRun.attentionMs),
     kv_bytes_full: report.bytesFull,
     kv_bytes_kept: report.bytesKept,
+    decode_ms_per_token_kvzip_int4: r3(keptInt4Run.ms),
+    attention_ms_per_token_kvzip_int4: r3(keptInt4Run.attentionMs),
+    kv_bytes_kept_int4: keptInt4.bytes(),
   };
 }

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { bf16ArrayToF32, f32ToBf16 } from '../tensor/dtype.ts';
-import { KvCache, parseKvDtype, type KvDtype } from './kv-cache.ts';
+import { checkKvQuantOptions, KvCache, kvQuantBits, parseKvDtype, type KvDtype, type KvQuantOptions } from './kv-cache.ts';
 
 /**
  * One compressed cache in one file:
@@ -35,6 +35,8 @@ export interface ContextFileHeader {
   lengths: number[];
   /** The caller's metadata, stored as given. */
   meta: Record<string, unknown>;
+  /** Group size and residual window of an int4 / int2 cache (whose rows the file holds as fp32, re-packed on load). */
+  quant?: KvQuantOptions;
 }
 
 /** A context file that cannot be used: the message names the file and the problem. */
@@ -70,6 +72,7 @@ export function writeContextFile(path: string, cache: KvCache, fingerprint: stri
     nextPos: cache.nextPos,
     lengths: cache.lengths().flat(),
     meta,
+    ...(kvQuantBits(cache.dtype) ? { quant: cache.quantOptions } : {}),
   };
   const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
   const preamble = Buffer.alloc(PREAMBLE);
@@ -146,7 +149,7 @@ export function readContextFile(path: string, fingerprint: string): { header: Co
   if (header.fingerprint !== fingerprint) {
     throw new ContextFileError(path, 'other-model', 'the context was saved by another model (its fingerprint differs from the loaded model\'s)');
   }
-  const cache = new KvCache(header.numLayers, header.numKvHeads, header.headDim, header.dtype);
+  const cache = new KvCache(header.numLayers, header.numKvHeads, header.headDim, header.dtype, undefined, header.quant);
   const d = header.headDim;
   const vb = bytesPerValue(header.dtype);
   let at = bodyAt;
@@ -214,7 +217,12 @@ function checkHeader(h: unknown): ContextFileHeader {
     throw new Error(`field lengths must hold ${numLayers * numKvHeads} row counts in [0, nextPos]`);
   }
   if (!o.meta || typeof o.meta !== 'object' || Array.isArray(o.meta)) throw new Error('field meta must be an object');
-  return { fingerprint: o.fingerprint, dtype, numLayers, numKvHeads, headDim, nextPos, lengths: lengths as number[], meta: o.meta as Record<string, unknown> };
+  let quant: KvQuantOptions | undefined;
+  if (o.quant !== undefined) {
+    const q = o.quant as Record<string, unknown>;
+    quant = checkKvQuantOptions({ group: Number(q?.group), residual: Number(q?.residual) });
+  }
+  return { fingerprint: o.fingerprint, dtype, numLayers, numKvHeads, headDim, nextPos, lengths: lengths as number[], meta: o.meta as Record<string, unknown>, ...(quant ? { quant } : {}) };
 }
 
 function asBytes(a: Int32Array | Float32Array | Uint16Array): Uint8Array {

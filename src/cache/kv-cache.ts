@@ -1,22 +1,49 @@
 import { alignedFloat32Array, alignedUint16Array } from '../tensor/aligned.ts';
 import type { Backend, KvHeadView, KvRows } from '../tensor/backend.ts';
 import { kvRowsToF32 } from '../tensor/dtype.ts';
+import { checkQuantShape, dequantizeKeys, dequantizeValues, type KvQuantBits } from '../tensor/kv-quant.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 import { blockRows, KV_BLOCK_ROWS, kvRowBytes, type KvPool } from './kv-pool.ts';
+import { QuantStore } from './kv-quant-store.ts';
+import { keepQuantizedRows, quantizeSettledRows } from './kv-quant-rows.ts';
 
 /** Rows an unpooled head starts with (a pooled one starts empty and takes blocks as rows arrive). */
 const MIN_CAPACITY = KV_BLOCK_ROWS;
 
 /**
- * How cache rows are stored: fp32, or bf16 (half the bytes to hold and to read per decoded token; keys and
- * values rounded to nearest bf16 as they are appended, then widened exactly wherever they are read).
+ * How cache rows are stored: fp32; bf16 (half the bytes to hold and to read per decoded token; keys and values
+ * rounded to nearest bf16 as they are appended, then widened exactly wherever they are read); or int4 / int2 (KIVI:
+ * keys per channel over groups of G rows, values per row over groups of G channels, the most recent rows kept in
+ * fp32 until a whole group older than the residual window is complete; see KvQuantOptions).
  */
-export type KvDtype = 'f32' | 'bf16';
-export const KV_DTYPES: readonly KvDtype[] = ['f32', 'bf16'];
+export type KvDtype = 'f32' | 'bf16' | 'int4' | 'int2';
+export const KV_DTYPES: readonly KvDtype[] = ['f32', 'bf16', 'int4', 'int2'];
+
+/** KIVI's group size G and residual window R of an int4 / int2 cache. */
+export interface KvQuantOptions {
+  /** Rows per key group and channels per value group (default 32). */
+  readonly group: number;
+  /** Most recent rows of each head kept in fp32 (default 128); a group older than these is quantized once complete. */
+  readonly residual: number;
+}
+
+export const DEFAULT_KV_QUANT: KvQuantOptions = { group: 32, residual: 128 };
+
+/** Bits per element of a quantized dtype, 0 for fp32 and bf16. */
+export function kvQuantBits(dtype: KvDtype): KvQuantBits | 0 {
+  return dtype === 'int4' ? 4 : dtype === 'int2' ? 2 : 0;
+}
 
 export function parseKvDtype(s: string): KvDtype {
   if (!(KV_DTYPES as readonly string[]).includes(s)) throw new Error(`unknown KV cache dtype "${s}"; known: ${KV_DTYPES.join(', ')}`);
   return s as KvDtype;
+}
+
+/** Checks quantization options: a positive integer group and a non-negative integer residual window. */
+export function checkKvQuantOptions(o: KvQuantOptions): KvQuantOptions {
+  if (!Number.isInteger(o.group) || o.group < 1 || o.group > 4096) throw new RangeError(`KV quantization group must be an integer in 1..4096, got ${o.group}`);
+  if (!Number.isInteger(o.residual) || o.residual < 0) throw new RangeError(`KV quantization residual window must be a non-negative integer, got ${o.residual}`);
+  return o;
 }
 
 function rows(dtype: KvDtype, length: number): KvRows {
@@ -27,34 +54,86 @@ function rows(dtype: KvDtype, length: number): KvRows {
  * One (layer, KV head) slot: rows [0, len) of post-RoPE keys, values and their absolute positions. Storage
  * is a whole number of KV_BLOCK_ROWS-row blocks; with a pool, every block is charged to it, and blocks past
  * the rows held are given back as soon as rows are evicted or truncated away.
+ *
+ * A quantized head (int4 / int2) holds rows [0, quant.rows) packed in `quant` and rows [quant.rows, len) in fp32
+ * in k and v (the residual, row r at element (r - quant.rows) * headDim); `pos` covers every row.
  */
 export class HeadStore implements KvHeadView {
   k: KvRows;
   v: KvRows;
   pos: Int32Array;
   len = 0;
+  readonly quant: QuantStore | undefined;
+  readonly quantOptions: KvQuantOptions;
 
   /** A pooled head starts empty (`capacity` applies to unpooled ones) and takes blocks as rows arrive. */
-  constructor(readonly headDim: number, capacity = MIN_CAPACITY, readonly dtype: KvDtype = 'f32', readonly pool?: KvPool) {
+  constructor(
+    readonly headDim: number,
+    capacity = MIN_CAPACITY,
+    readonly dtype: KvDtype = 'f32',
+    readonly pool?: KvPool,
+    quantOptions: KvQuantOptions = DEFAULT_KV_QUANT,
+  ) {
     const cap = pool ? 0 : blockRows(capacity);
     this.k = rows(dtype, cap * headDim);
     this.v = rows(dtype, cap * headDim);
     this.pos = new Int32Array(cap);
+    this.quantOptions = quantOptions;
+    const bits = kvQuantBits(dtype);
+    if (bits) {
+      checkQuantShape(headDim, bits, quantOptions.group);
+      this.quant = new QuantStore(headDim, bits, quantOptions.group, pool);
+    }
   }
 
-  /** Bytes of storage this head holds (whole blocks: keys, values, positions), the figure a pool is charged. */
+  /** Rows held packed (0 unless quantized): rows [0, quantRows) are in `quant`, the rest in k and v. */
+  get quantRows(): number {
+    return this.quant?.rows ?? 0;
+  }
+
+  /** Element offset in k / v of row `row` (row >= quantRows). */
+  rowOffset(row: number): number {
+    return (row - this.quantRows) * this.headDim;
+  }
+
+  /** Rows k and v have room for (the residual of a quantized head). */
+  private get rowCapacity(): number {
+    return this.k.length / this.headDim;
+  }
+
+  /** Bytes of storage this head holds (whole blocks: keys, values, positions; packed groups), the figure a pool is charged. */
   get allocatedBytes(): number {
-    return this.capacity * kvRowBytes(this.headDim, this.dtype);
+    if (!this.quant) return this.capacity * kvRowBytes(this.headDim, this.dtype);
+    return this.capacity * 4 + this.rowCapacity * this.headDim * 2 * 4 + this.quant.allocatedBytes;
   }
 
-  /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one. */
+  /** Bytes of the keys and values held: fp32 / bf16 rows, or packed codes with their scales and zero points plus the fp32 residual. */
+  get heldBytes(): number {
+    if (!this.quant) return this.len * this.headDim * 2 * (this.dtype === 'bf16' ? 2 : 4);
+    return this.quant.heldBytes + (this.len - this.quant.rows) * this.headDim * 2 * 4;
+  }
+
+  /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one, dequantized rows of a quantized one. */
   keys(from = 0, to = this.len): Float32Array {
+    if (this.quant) return this.dequantized(from, to, 'k');
     return kvRowsToF32(this.k, from * this.headDim, to * this.headDim);
   }
 
   /** Values of rows [from, to) as fp32, as keys() does. */
   values(from = 0, to = this.len): Float32Array {
+    if (this.quant) return this.dequantized(from, to, 'v');
     return kvRowsToF32(this.v, from * this.headDim, to * this.headDim);
+  }
+
+  private dequantized(from: number, to: number, which: 'k' | 'v'): Float32Array {
+    const d = this.headDim;
+    const q = this.quant!;
+    const out = new Float32Array(Math.max(0, to - from) * d);
+    const a = Math.min(to, q.rows);
+    if (from < a) (which === 'k' ? dequantizeKeys : dequantizeValues)(q, d, from, a, out, 0);
+    const b = Math.max(from, q.rows);
+    if (b < to) out.set((this[which] as Float32Array).subarray((b - q.rows) * d, (to - q.rows) * d), (b - from) * d);
+    return out;
   }
 
   get capacity(): number {
@@ -63,18 +142,36 @@ export class HeadStore implements KvHeadView {
 
   /** Makes room for `rows` rows in all (growing by half the capacity at least, so appends copy rarely). */
   reserve(rows: number): void {
-    if (rows <= this.capacity) return;
-    this.resize(blockRows(Math.max(rows, Math.ceil(this.capacity * 1.5), KV_BLOCK_ROWS)));
+    if (rows <= this.capacity && rows - this.quantRows <= this.rowCapacity) return;
+    const grown = (need: number, cap: number) => (need <= cap ? cap : blockRows(Math.max(need, Math.ceil(cap * 1.5), KV_BLOCK_ROWS)));
+    this.resize(grown(rows, this.capacity), grown(rows - this.quantRows, this.rowCapacity));
   }
 
   /** Room for exactly `rows` rows in all (whole blocks), no geometric growth: for callers that know the final length. */
   reserveExact(rows: number): void {
-    if (rows > this.capacity) this.resize(blockRows(rows));
+    if (rows > this.capacity || rows - this.quantRows > this.rowCapacity) {
+      this.resize(Math.max(this.capacity, blockRows(rows)), Math.max(this.rowCapacity, blockRows(rows - this.quantRows)));
+    }
+  }
+
+  /**
+   * Room for `rows` more rows as appends will hold them: all in k and v for fp32 and bf16; for int4 / int2 the
+   * positions, a residual window of at most residual + group rows, and the packed groups of the rest.
+   */
+  reserveGrowth(rows: number): void {
+    const q = this.quant;
+    if (!q) return this.reserveExact(this.len + rows);
+    const { group: G, residual: R } = this.quantOptions;
+    const total = this.len + rows;
+    const held = Math.min(total - q.rows, R + G);
+    if (total > this.capacity || held > this.rowCapacity) this.resize(Math.max(this.capacity, blockRows(total)), Math.max(this.rowCapacity, blockRows(held)));
+    q.reserve(q.rows + Math.max(0, Math.floor((total - q.rows - R) / G) * G));
   }
 
   /**
    * Adds rows for these positions (capacity reserved first, positions written, len advanced) and returns the
-   * index of the first: the caller fills their k and v rows, possibly later, into the arrays as they are now.
+   * index of the first: the caller fills their k and v rows (at rowOffset(index)), possibly later, into the
+   * arrays as they are now.
    */
   extend(positions: Int32Array): number {
     const first = this.len;
@@ -84,7 +181,19 @@ export class HeadStore implements KvHeadView {
     return first;
   }
 
-  /** Keeps rows at the given strictly increasing indices, compacting in place; blocks no longer needed are freed at once. */
+  /**
+   * Quantizes every complete group of rows older than the residual window (a no-op for fp32 and bf16): after it,
+   * a quantized head holds fewer than residual + group rows in fp32 (all of them while it has fewer than residual).
+   */
+  settle(): void {
+    if (!this.quant) return;
+    if (quantizeSettledRows(this)) this.shrinkToFit();
+  }
+
+  /**
+   * Keeps rows at the given strictly increasing indices, compacting in place; blocks no longer needed are freed at
+   * once. In a quantized head, kept key groups are re-quantized from their kept rows (kvquant-rows.ts).
+   */
   keep(indices: ArrayLike<number>): void {
     const d = this.headDim;
     let prev = -1;
@@ -94,6 +203,15 @@ export class HeadStore implements KvHeadView {
         throw new RangeError(`keep(): indices must be strictly increasing integers in [0, ${this.len}); got ${i} after ${prev}`);
       }
       prev = i;
+    }
+    if (this.quant) {
+      keepQuantizedRows(this, indices);
+      this.settle();
+      this.shrinkToFit();
+      return;
+    }
+    for (let r = 0; r < indices.length; r++) {
+      const i = indices[r]!;
       if (i !== r) {
         this.k.copyWithin(r * d, i * d, (i + 1) * d);
         this.v.copyWithin(r * d, i * d, (i + 1) * d);
@@ -106,7 +224,8 @@ export class HeadStore implements KvHeadView {
 
   /**
    * Replaces the head's rows with these: positions, and keys and values as fp32 [n, headDim] (stored in the
-   * head's dtype; bf16 rows read back through keys()/values() load exactly). How persisted caches come back.
+   * head's dtype; bf16 rows read back through keys()/values() load exactly; a quantized head quantizes the rows
+   * older than its residual window). How persisted caches come back.
    */
   load(pos: Int32Array, keys: Float32Array, values: Float32Array): void {
     const d = this.headDim;
@@ -115,45 +234,68 @@ export class HeadStore implements KvHeadView {
       throw new RangeError(`load(): ${n} positions need ${n * d} key and value floats, got ${keys.length} and ${values.length}`);
     }
     this.len = 0;
+    if (this.quant) this.quant.rows = 0;
     this.reserveExact(n);
     jsCopier.copyRows(this.k, 0, keys, 0, d, n, d);
     jsCopier.copyRows(this.v, 0, values, 0, d, n, d);
     this.pos.set(pos);
     this.len = n;
+    this.settle();
     this.shrinkToFit();
   }
 
   /**
    * Drops rows past `len`, keeping their storage: a step undone and redone (benchmarks, a failed async step)
-   * must not reallocate the head each time. shrinkToFit() gives the blocks back.
+   * must not reallocate the head each time. shrinkToFit() gives the blocks back. Cutting into the packed rows of
+   * a quantized head moves the cut group's remaining rows back to the residual, dequantized.
    */
   truncate(len: number): void {
     if (len > this.len) throw new RangeError(`truncate(${len}) beyond the current length ${this.len}`);
+    const q = this.quant;
+    if (q && len < q.rows) {
+      const from = Math.floor(len / q.group) * q.group;
+      const keys = this.keys(from, len);
+      const values = this.values(from, len);
+      q.rows = from;
+      this.len = len;
+      this.reserveExact(len);
+      (this.k as Float32Array).set(keys, 0);
+      (this.v as Float32Array).set(values, 0);
+      return;
+    }
     this.len = len;
   }
 
   /** Frees every block past the last one holding rows (an unpooled head keeps one block at least). */
   shrinkToFit(): void {
-    const need = blockRows(Math.max(this.len, this.pool ? 0 : MIN_CAPACITY));
-    if (need < this.capacity) this.resize(need);
+    const min = this.pool ? 0 : MIN_CAPACITY;
+    const need = blockRows(Math.max(this.len, min));
+    const needRows = blockRows(Math.max(this.len - this.quantRows, min));
+    if (need < this.capacity || needRows < this.rowCapacity) this.resize(Math.min(need, this.capacity), Math.min(needRows, this.rowCapacity));
+    this.quant?.shrinkToFit();
   }
 
   /** Drops every row and frees all storage. */
   release(): void {
     this.len = 0;
+    if (this.quant) this.quant.rows = 0;
     this.shrinkToFit();
   }
 
-  private resize(capacity: number): void {
+  /** Positions for `capacity` rows, k and v for `rowCapacity` rows (the same unless quantized). */
+  private resize(capacity: number, rowCapacity = capacity): void {
     const d = this.headDim;
-    const delta = (capacity - this.capacity) * kvRowBytes(d, this.dtype);
+    const before = this.allocatedBytes - (this.quant?.allocatedBytes ?? 0);
+    const after = this.quant ? capacity * 4 + rowCapacity * d * 2 * 4 : capacity * kvRowBytes(d, this.dtype);
+    const delta = after - before;
     if (delta > 0) this.pool?.allocate(delta, `a KV head of ${capacity} rows`);
     else this.pool?.release(-delta);
-    const k = rows(this.dtype, capacity * d);
-    const v = rows(this.dtype, capacity * d);
+    const held = this.len - this.quantRows;
+    const k = rows(this.dtype, rowCapacity * d);
+    const v = rows(this.dtype, rowCapacity * d);
     const pos = new Int32Array(capacity);
-    k.set(this.k.subarray(0, this.len * d));
-    v.set(this.v.subarray(0, this.len * d));
+    k.set(this.k.subarray(0, held * d));
+    v.set(this.v.subarray(0, held * d));
     pos.set(this.pos.subarray(0, this.len));
     this.k = k;
     this.v = v;
@@ -169,6 +311,11 @@ export interface CacheMark {
   readonly lengths: Int32Array;
   readonly nextPos: number;
   readonly epoch: number;
+  /**
+   * A quantized cache's packed row counts and fp32 residual rows per head at the mark, so that truncate() undoes
+   * quantization done since (the residual comes back exactly as it was).
+   */
+  readonly residual?: { readonly quantRows: Int32Array; readonly keys: Float32Array[]; readonly values: Float32Array[] };
 }
 
 /**
@@ -189,8 +336,11 @@ export class KvCache {
     readonly dtype: KvDtype = 'f32',
     /** Where the heads' blocks are charged; without one the cache is unbounded. */
     readonly pool?: KvPool,
+    /** Group size and residual window of an int4 / int2 cache (ignored by fp32 and bf16). */
+    readonly quantOptions: KvQuantOptions = DEFAULT_KV_QUANT,
   ) {
-    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim, undefined, dtype, pool)));
+    checkKvQuantOptions(quantOptions);
+    this.heads = Array.from({ length: numLayers }, () => Array.from({ length: numKvHeads }, () => new HeadStore(headDim, undefined, dtype, pool, quantOptions)));
   }
 
   layer(l: number): HeadStore[] {
@@ -204,7 +354,8 @@ export class KvCache {
   /**
    * Appends n rows to every head of a layer from k, v laid out [n, numKvHeads, headDim]. The rows are
    * copied by `copier` (a backend, whose copy may be recorded and run later: each head's storage is
-   * reserved before the copy is issued, so it targets the arrays the head keeps).
+   * reserved before the copy is issued, so it targets the arrays the head keeps). A quantized cache first
+   * quantizes the layer's rows that have left the residual window (rows appended by earlier, completed steps).
    */
   appendLayer(l: number, k: Float32Array, v: Float32Array, positions: Int32Array, copier: Pick<Backend, 'copyRows'> = jsCopier): void {
     this.assertIdle('appendLayer');
@@ -214,10 +365,17 @@ export class KvCache {
     const heads = this.heads[l]!;
     for (let h = 0; h < H; h++) {
       const s = heads[h]!;
+      s.settle();
       const first = s.extend(positions);
-      copier.copyRows(s.k, first * d, k, h * d, H * d, n, d);
-      copier.copyRows(s.v, first * d, v, h * d, H * d, n, d);
+      copier.copyRows(s.k, s.rowOffset(first), k, h * d, H * d, n, d);
+      copier.copyRows(s.v, s.rowOffset(first), v, h * d, H * d, n, d);
     }
+  }
+
+  /** Quantizes, in every head, the complete groups older than the residual window (no-op unless int4 / int2). */
+  settle(): void {
+    this.assertIdle('settle');
+    if (kvQuantBits(this.dtype)) this.forEachHead((s) => s.settle());
   }
 
   /** Advances the next position after a forward pass has appended n tokens to every layer. */
@@ -242,13 +400,33 @@ export class KvCache {
   mark(): CacheMark {
     const lengths = new Int32Array(this.numLayers * this.numKvHeads);
     this.forEachHead((s, l, h) => (lengths[l * this.numKvHeads + h] = s.len));
-    return { lengths, nextPos: this.nextPos, epoch: this.epoch };
+    if (!kvQuantBits(this.dtype)) return { lengths, nextPos: this.nextPos, epoch: this.epoch };
+    const quantRows = new Int32Array(lengths.length);
+    const keys: Float32Array[] = [];
+    const values: Float32Array[] = [];
+    this.forEachHead((s, l, h) => {
+      quantRows[l * this.numKvHeads + h] = s.quantRows;
+      keys.push((s.k as Float32Array).slice(0, s.rowOffset(s.len)));
+      values.push((s.v as Float32Array).slice(0, s.rowOffset(s.len)));
+    });
+    return { lengths, nextPos: this.nextPos, epoch: this.epoch, residual: { quantRows, keys, values } };
   }
 
   truncate(mark: CacheMark): void {
     this.assertIdle('truncate');
     if (mark.epoch !== this.epoch) throw new Error('truncate(): the cache was compacted after this mark was taken');
-    this.forEachHead((s, l, h) => s.truncate(mark.lengths[l * this.numKvHeads + h]!));
+    this.forEachHead((s, l, h) => {
+      const i = l * this.numKvHeads + h;
+      const r = mark.residual;
+      if (r && s.quant && s.quantRows > r.quantRows[i]!) {
+        // Positions of rows below the mark's length never change; the residual comes back from the mark.
+        s.quant.rows = r.quantRows[i]!;
+        s.len = mark.lengths[i]!;
+        s.reserveExact(s.len);
+        (s.k as Float32Array).set(r.keys[i]!);
+        (s.v as Float32Array).set(r.values[i]!);
+      } else s.truncate(mark.lengths[i]!);
+    });
     this.nextPos = mark.nextPos;
   }
 
@@ -258,7 +436,7 @@ export class KvCache {
    */
   reserveRows(rows: number): void {
     this.assertIdle('reserveRows');
-    this.forEachHead((s) => s.reserveExact(s.len + rows));
+    this.forEachHead((s) => s.reserveGrowth(rows));
   }
 
   /** Frees every head's blocks past the rows it holds (e.g. a query's rows truncated away), at once. */
@@ -288,22 +466,29 @@ export class KvCache {
     this.epoch++;
   }
 
-  /** Bytes of one row's key and value in the cache's dtype. */
+  /**
+   * Bytes of one row's key and value in the cache's dtype; for int4 / int2, a packed row with its share of the
+   * scales and zero points (rows still in the fp32 residual take fp32 bytes: bytes() counts them as they are).
+   */
   get rowBytes(): number {
-    return this.headDim * 2 * (this.dtype === 'bf16' ? 2 : 4);
+    return kvRowBytes(this.headDim, this.dtype, this.quantOptions.group) - 4;
   }
 
-  /** Bytes of the K and V rows held, the figure compression must shrink. */
+  /** Bytes of the K and V rows held, the figure compression must shrink (packed codes, scales, zero points and the fp32 residual of a quantized cache). */
   bytes(): number {
-    let rows = 0;
-    this.forEachHead((s) => (rows += s.len));
-    return rows * this.rowBytes;
+    let total = 0;
+    this.forEachHead((s) => (total += s.heldBytes));
+    return total;
   }
 
-  /** Bytes actually allocated for K, V and positions, spare capacity included. */
+  /** Bytes actually allocated for K, V and positions (and packed rows), spare capacity included. */
   allocatedBytes(): number {
     let total = 0;
-    this.forEachHead((s) => (total += s.k.buffer.byteLength + s.v.buffer.byteLength + s.pos.byteLength));
+    this.forEachHead((s) => {
+      total += s.k.buffer.byteLength + s.v.buffer.byteLength + s.pos.byteLength;
+      const q = s.quant;
+      if (q) for (const a of [q.kCodes, q.vCodes, q.kScale, q.kZero, q.vScale, q.vZero]) total += a.byteLength;
+    });
     return total;
   }
 
@@ -319,11 +504,25 @@ export class KvCache {
    * `pool` (default this cache's; null: unpooled).
    */
   clone(dtype: KvDtype = this.dtype, pool: KvPool | null = this.pool ?? null): KvCache {
-    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype, pool ?? undefined);
+    const copy = new KvCache(this.numLayers, this.numKvHeads, this.headDim, dtype, pool ?? undefined, this.quantOptions);
     copy.nextPos = this.nextPos;
     const d = this.headDim;
     this.forEachHead((s, l, h) => {
       const t = copy.head(l, h);
+      if (t.quant && s.quant && dtype === this.dtype) {
+        t.quant.copyFrom(s.quant);
+        t.reserveExact(s.len);
+        const held = s.rowOffset(s.len);
+        (t.k as Float32Array).set((s.k as Float32Array).subarray(0, held));
+        (t.v as Float32Array).set((s.v as Float32Array).subarray(0, held));
+        t.pos.set(s.pos.subarray(0, s.len));
+        t.len = s.len;
+        return;
+      }
+      if (t.quant) {
+        t.load(s.pos.slice(0, s.len), s.keys(), s.values());
+        return;
+      }
       t.reserveExact(s.len);
       if (dtype === this.dtype) {
         t.k.set(s.k.subarray(0, s.len * d));

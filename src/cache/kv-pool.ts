@@ -1,13 +1,30 @@
 import { totalmem } from 'node:os';
 import { KvlabError } from '../tensor/kvlab-error.ts';
+import { quantizedBytes } from '../tensor/kv-quant.ts';
 import type { KvDtype } from './kv-cache.ts';
 
 /** Rows per block: every head's storage is a whole number of blocks, allocated and returned block by block. */
 export const KV_BLOCK_ROWS = 16;
 
-/** Bytes one row takes in a head's storage: its key, its value (in the cache dtype) and its int32 position. */
-export function kvRowBytes(headDim: number, dtype: KvDtype): number {
+/**
+ * Bytes one row takes in a head's storage: its key, its value (in the cache dtype) and its int32 position. For
+ * int4 / int2, a packed row with its share of the scales and zero points of groups of `group` (rows still in the
+ * fp32 residual window take the fp32 figure).
+ */
+export function kvRowBytes(headDim: number, dtype: KvDtype, group = 32): number {
+  if (dtype === 'int4' || dtype === 'int2') return quantizedBytes(group, headDim, dtype === 'int4' ? 4 : 2, group) / group + 4;
   return headDim * 2 * (dtype === 'bf16' ? 2 : 4) + 4;
+}
+
+/**
+ * The most bytes one head of `rows` rows can hold while it is filled in appends of at most `chunk` rows: whole
+ * blocks of rows for fp32 and bf16; for int4 / int2 the packed groups, a residual of up to residual + group + chunk
+ * fp32 rows, and the positions.
+ */
+export function kvHeadBytes(headDim: number, dtype: KvDtype, rows: number, quant: { group: number; residual: number }, chunk: number): number {
+  if (dtype !== 'int4' && dtype !== 'int2') return blockRows(rows) * kvRowBytes(headDim, dtype);
+  const packed = Math.floor(Math.max(0, rows - quant.residual) / quant.group) * quant.group;
+  return blockRows(rows) * 4 + quantizedBytes(packed, headDim, dtype === 'int4' ? 4 : 2, quant.group) + blockRows(Math.min(rows, quant.residual + quant.group + chunk)) * headDim * 2 * 4;
 }
 
 /** Rows rounded up to whole blocks. */

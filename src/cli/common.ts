@@ -1,5 +1,5 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { KV_DTYPES, parseKvDtype, type KvDtype } from '../cache/kv-cache.ts';
+import { checkKvQuantOptions, DEFAULT_KV_QUANT, KV_DTYPES, parseKvDtype, type KvDtype, type KvQuantOptions } from '../cache/kv-cache.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
 import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
@@ -31,12 +31,26 @@ function kvDtypeOption(value: string): KvDtype {
   }
 }
 
-/** --model, --weights and --kv-dtype, for a command that loads a model with openModel(o.model, o.weights, o.kvDtype). */
+/** --model, --weights, --kv-dtype (and its --kv-group, --kv-residual), for a command that loads a model with openModel(o.model, o.weights, o.kvDtype, o). */
 export function modelOptions(cmd: Command): Command {
   return cmd
     .option('-m, --model <dir>', 'Hugging Face checkpoint folder (default: the embedded kvlab-tiny-chat)')
     .option('--weights <kind>', WEIGHTS_HELP, weightsOption)
-    .option('--kv-dtype <dtype>', 'KV cache storage: f32, or bf16 (half the memory and the cache bytes read per token; keys and values rounded to bf16); default f32', kvDtypeOption);
+    .option(
+      '--kv-dtype <dtype>',
+      'KV cache storage: f32; bf16 (half the memory and the cache bytes read per token; keys and values rounded to bf16); int4 or int2 (KIVI: keys per channel, values per token, in groups, the most recent rows kept fp32); default f32',
+      kvDtypeOption,
+    )
+    .option('--kv-group <n>', `int4 / int2 caches: rows per key group and channels per value group (default ${DEFAULT_KV_QUANT.group})`, intOption('--kv-group', 1))
+    .option('--kv-residual <n>', `int4 / int2 caches: most recent rows per head kept in fp32 (default ${DEFAULT_KV_QUANT.residual})`, intOption('--kv-residual', 0));
+}
+
+/** The int4 / int2 options of modelOptions(), refused with another --kv-dtype. */
+export function kvQuantChoice(kvDtype: KvDtype, o: { kvGroup?: number; kvResidual?: number }): KvQuantOptions {
+  if ((o.kvGroup !== undefined || o.kvResidual !== undefined) && kvDtype !== 'int4' && kvDtype !== 'int2') {
+    throw new InvalidArgumentError(`--kv-group and --kv-residual apply to --kv-dtype int4 or int2, not ${kvDtype}`);
+  }
+  return checkKvQuantOptions({ group: o.kvGroup ?? DEFAULT_KV_QUANT.group, residual: o.kvResidual ?? DEFAULT_KV_QUANT.residual });
 }
 
 export function weightsLabel(w: WeightsChoice): string {
@@ -57,20 +71,22 @@ export async function evalRunOutputs<U>(out: string | undefined, resume: boolean
 }
 
 /** The settings an eval's partial results must share with a run that resumes them. */
-export function evalSettings(command: string, o: { data: string; model?: string; weights?: WeightsChoice; kvDtype?: KvDtype; limit?: number; maxTokens?: number }, extra: Record<string, unknown>): Record<string, unknown> {
+export function evalSettings(command: string, o: { data: string; model?: string; weights?: WeightsChoice; kvDtype?: KvDtype; kvGroup?: number; kvResidual?: number; limit?: number; maxTokens?: number }, extra: Record<string, unknown>): Record<string, unknown> {
   return {
     command,
     data: resolve(o.data),
     model: resolve(o.model ?? DEFAULT_MODEL_DIR),
     weights: weightsLabel(o.weights ?? { kind: 'checkpoint' }),
     kv_dtype: o.kvDtype ?? 'f32',
+    ...(o.kvDtype === 'int4' || o.kvDtype === 'int2' ? { kv_quant: kvQuantChoice(o.kvDtype, o) } : {}),
     limit: o.limit ?? null,
     max_tokens: o.maxTokens ?? null,
     ...extra,
   };
 }
 
-export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }, kvDtype: KvDtype = 'f32'): LoadedModel {
+export function openModel(dir: string | undefined, weights: WeightsChoice = { kind: 'checkpoint' }, kvDtype: KvDtype = 'f32', quant: { kvGroup?: number; kvResidual?: number } = {}): LoadedModel {
+  const kvQuant = kvQuantChoice(kvDtype, quant);
   const bar = progressBar(weights.kind === 'int8' ? `loading (${weightsLabel(weights)})` : 'loading', 50);
   try {
     return loadModel(dir ?? DEFAULT_MODEL_DIR, {
@@ -78,6 +94,7 @@ export function openModel(dir: string | undefined, weights: WeightsChoice = { ki
       weights: weights.kind,
       int8Group: weights.kind === 'int8' ? weights.group : undefined,
       kvDtype,
+      kvQuant,
       // Weights are read into memory unless KVLAB_MMAP=1 asks for a mapping (see README, "Weights in memory").
       mmap: process.env.KVLAB_MMAP === '1',
       onProgress: (d, t) => bar.update(d, t),

@@ -4,6 +4,8 @@ import { capturingPrefill, type CaptureNeeds, type PrefillCapture } from '../mod
 import { userContextLayout, type SessionLayout, type Span, type UserContextOptions } from '../model/prompt-layout.ts';
 import type { TokenSpan } from '../model/segments.ts';
 import { checkRatio } from '../press/budgets.ts';
+import { mergeEvictedValues } from '../press/methods/cam.ts';
+import { rerotateKeys } from '../press/methods/key-rerotation.ts';
 import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
 import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/types.ts';
@@ -293,7 +295,17 @@ export class ScoredContext {
   private apply(session: ContextSession, ratio: number, protection: Protection | undefined): Compressed {
     const t = performance.now();
     const keep = this.keep(ratio, protection);
+    if (this.press.merge) {
+      const observed = this.context.capture.observedSum;
+      if (!observed) throw new Error(`${this.press.name}: merging evicted values needs the attention recorded during prefill (a cam: scorer)`);
+      mergeEvictedValues(session.cache, session.context, keep, observed, this.press.merge);
+    }
     const report = session.applyKeep(this.press.name, ratio, keep, { ...this.timings, keepMs: 0 });
+    if (this.press.rerotate) {
+      rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
+      // Reloading the rotated rows re-packs a quantized cache's groups: the bytes held are counted again.
+      report.bytesKept = session.cache.bytes();
+    }
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
   }

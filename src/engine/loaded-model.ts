@@ -1,6 +1,6 @@
 import { statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { KvCache, type KvDtype } from '../cache/kv-cache.ts';
+import { checkKvQuantOptions, DEFAULT_KV_QUANT, KvCache, type KvDtype, type KvQuantOptions } from '../cache/kv-cache.ts';
 import { defaultKvMemoryBytes, KvPool } from '../cache/kv-pool.ts';
 import { buildRopeTable, loadModelConfig, type ModelConfig } from '../model/config.ts';
 import { LlamaModel } from '../model/llama.ts';
@@ -30,6 +30,8 @@ export interface LoadOptions {
   mmap?: boolean;
   /** How new KV caches store keys and values (newCache()). Default 'f32'. */
   kvDtype?: KvDtype;
+  /** Group size and residual window of int4 / int2 caches (default G = 32, R = 128). */
+  kvQuant?: KvQuantOptions;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -45,7 +47,11 @@ export class LoadedModel {
     readonly kvDtype: KvDtype = 'f32',
     /** Size, inode and modification time of each mapped checkpoint file at load (empty when read into memory). */
     readonly mappedFiles: FileStamp[] = [],
-  ) {}
+    /** Group size and residual window of the int4 / int2 caches this model makes. */
+    readonly kvQuant: KvQuantOptions = DEFAULT_KV_QUANT,
+  ) {
+    checkKvQuantOptions(kvQuant);
+  }
 
   /**
    * Throws, naming the file, if a mapped checkpoint file changed since load (truncated, rewritten or
@@ -63,7 +69,7 @@ export class LoadedModel {
   }
 
   newCache(dtype: KvDtype = this.kvDtype): KvCache {
-    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype);
+    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype, undefined, this.kvQuant);
   }
 
   private pool: KvPool | null = null;
@@ -80,7 +86,7 @@ export class LoadedModel {
 
   /** An empty cache charged to the model's KV pool. */
   newPooledCache(dtype: KvDtype = this.kvDtype): KvCache {
-    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype, this.kvPool());
+    return new KvCache(this.config.numLayers, this.config.numKvHeads, this.config.headDim, dtype, this.kvPool(), this.kvQuant);
   }
 
   openContext(context: string, opts?: ContextOptions): ContextSession {
@@ -114,13 +120,13 @@ export function loadModel(dir: string = DEFAULT_MODEL_DIR, opts: LoadOptions): L
   const model = new LlamaModel(config, weights, opts.backend, buildRopeTable(config));
   const files = [...new Set([...readCheckpointIndex(dir).values()].map((t) => t.file))].sort();
   // A bf16 cache changes results; an fp32 one leaves the fingerprints of earlier results as they were.
-  const weightsLabel = (opts.weights === 'int8' ? int8Label(group) : 'checkpoint') + (opts.kvDtype === 'bf16' ? ' + kv bf16' : '');
+  const weightsLabel = (opts.weights === 'int8' ? int8Label(group) : 'checkpoint') + (opts.kvDtype === 'bf16' ? ' + kv bf16' : opts.kvDtype === 'int4' || opts.kvDtype === 'int2' ? ` + kv ${opts.kvDtype} g${(opts.kvQuant ?? DEFAULT_KV_QUANT).group} r${(opts.kvQuant ?? DEFAULT_KV_QUANT).residual}` : '');
   const fingerprint = JSON.stringify([config, weightsLabel, files.map((f) => {
     const st = statSync(f);
     return [f, st.size, st.mtimeMs];
   })]);
   const mappedFiles = source ? files.map((f) => stampOf(f)!) : [];
-  return new LoadedModel(dir, config, tokenizer, model, fingerprint, opts.kvDtype, mappedFiles);
+  return new LoadedModel(dir, config, tokenizer, model, fingerprint, opts.kvDtype, mappedFiles, opts.kvQuant);
 }
 
 function quantizeModelWeights(w: ModelWeights, group: Int8Grouping): ModelWeights {

@@ -1,5 +1,5 @@
 import { KvCache, type KvDtype } from '../cache/kv-cache.ts';
-import { blockRows, formatBytes, kvRowBytes, type KvPool } from '../cache/kv-pool.ts';
+import { formatBytes, kvHeadBytes, type KvPool } from '../cache/kv-pool.ts';
 import type { BatchSequence } from '../model/llama.ts';
 import { checkDecodeCompression, DecodeCompressionError, DecodeCompressor, needsDecodeQueries } from './decode-compression.ts';
 import { EventStream } from './event-stream.ts';
@@ -99,7 +99,8 @@ export class BatchScheduler implements Scheduler {
   requestBytes(req: Pick<SequenceRequest, 'context' | 'promptIds' | 'maxTokens' | 'decodeCompression'>): number {
     const cfg = this.lm.config;
     const dtype = req.context?.cache.dtype ?? this.kvDtype;
-    return cfg.numLayers * cfg.numKvHeads * blockRows(req.promptIds.length + generatedRowsBound(req)) * kvRowBytes(cfg.headDim, dtype);
+    const quant = req.context?.cache.quantOptions ?? this.lm.kvQuant;
+    return cfg.numLayers * cfg.numKvHeads * kvHeadBytes(cfg.headDim, dtype, req.promptIds.length + generatedRowsBound(req), quant, this.prefillChunk);
   }
 
   submit(req: SequenceRequest): SequenceHandle {
@@ -240,7 +241,7 @@ export class BatchScheduler implements Scheduler {
       seq.releaseReservation = this.pool.reserve(seq.needBytes);
       seq.admittedAt = performance.now();
       const cfg = this.lm.config;
-      const cache = new KvCache(cfg.numLayers, cfg.numKvHeads, cfg.headDim, seq.dtype, this.pool);
+      const cache = new KvCache(cfg.numLayers, cfg.numKvHeads, cfg.headDim, seq.dtype, this.pool, seq.req.context?.cache.quantOptions ?? this.lm.kvQuant);
       cache.nextPos = seq.req.context?.cache.nextPos ?? 0;
       seq.cache = cache;
       if (seq.req.maxTokens === 0) {

@@ -37,15 +37,16 @@ export function scoringModel(lm: LoadedModel, scoreText: (text: string, scorer: 
     run(cache: KvCache, ids: number[], onLayer: (c: LayerCapture) => void) {
       prefill(lm.model, cache, ids, { onLayer });
     },
-    outputNorms(layer: number, head: number, values: Float32Array, n: number) {
+    outputNorms(layer: number, head: number, values: Float32Array, n: number, p: 1 | 2 = 2) {
       const D = cfg.hiddenSize;
       const d = cfg.headDim;
       const projected = new Float32Array(n * D);
       backend.matmul(projected, values, n, headColumns(widenWeight(lm.model.weights.layers[layer]!.wo), D, cfg.numHeads, d, head));
       return Float64Array.from({ length: n }, (_, j) => {
-        let ss = 0;
-        for (let k = 0; k < D; k++) ss += projected[j * D + k]! ** 2;
-        return Math.sqrt(ss);
+        let s = 0;
+        if (p === 1) for (let k = 0; k < D; k++) s += Math.abs(projected[j * D + k]!);
+        else for (let k = 0; k < D; k++) s += projected[j * D + k]! ** 2;
+        return p === 1 ? s : Math.sqrt(s);
       });
     },
     scoreText,

@@ -9,6 +9,8 @@ export interface SweepPoint {
   chosen: number;
   session: ContextSession;
   keptBytesRatio: number;
+  /** Bytes the compressed cache holds (for int4 / int2: packed codes, scales, zero points and the fp32 residual). */
+  bytesKept: number;
 }
 
 /**
@@ -27,6 +29,6 @@ export function* sweepRatios(
   for (const ratio of ratios) {
     const chosen = ratio === 'auto' ? reconstructionCheck(scored, auto).chosen : ratio;
     const { session, report } = scored.compressed(chosen);
-    yield { ratio, chosen, session, keptBytesRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1 };
+    yield { ratio, chosen, session, keptBytesRatio: report.contextBytesFull ? report.contextBytesKept / report.contextBytesFull : 1, bytesKept: report.bytesKept };
   }
 }

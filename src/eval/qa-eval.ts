@@ -26,6 +26,8 @@ export interface QaEvalOptions {
 export interface QaUnit {
   samples: QaSample[];
   kept: [ratio: number | 'auto', keptBytesRatio: number][];
+  /** Bytes of the whole compressed cache at each ratio (absent in units saved before it was recorded). */
+  bytes?: [ratio: number | 'auto', bytesKept: number][];
 }
 
 export const qaUnitKey = (method: string, index: number, id: string) => JSON.stringify([method, index, id]);
@@ -53,6 +55,10 @@ export interface QaResult {
   n: number;
   /** Mean over contexts of the context bytes kept (for 'auto': the average memory the chosen ratios keep). */
   kept_bytes_ratio: number;
+  /** KV cache dtype of the run. */
+  kv_dtype: string;
+  /** Mean bytes of the compressed cache per row (prompt template included; int4 / int2: codes, scales, zero points, fp32 residual). */
+  kv_bytes: number | null;
 }
 
 export interface QaSample {
@@ -72,6 +78,7 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
   if (tooLong) throw new RangeError(tooLong);
   const samples: QaSample[] = [];
   const kept = new Map<string, number[]>();
+  const bytes = new Map<string, number[]>();
   const total = rows.length * presses.length;
   let done = 0;
   for (const press of presses) {
@@ -79,9 +86,10 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
       const key = qaUnitKey(press.name, index, row.id);
       let unit = opts.resumed?.get(key);
       if (!unit) {
-        unit = { samples: [], kept: [] };
+        unit = { samples: [], kept: [], bytes: [] };
         for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
           unit.kept.push([point.ratio, point.keptBytesRatio]);
+          unit.bytes!.push([point.ratio, point.bytesKept]);
           for (const [qi, q] of row.questions.entries()) {
             const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
             const answer = r.text.trim();
@@ -91,6 +99,7 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
         opts.onUnit?.(key, unit);
       }
       for (const [ratio, k] of unit.kept) kept.set(`${press.name}@${ratio}`, [...(kept.get(`${press.name}@${ratio}`) ?? []), k]);
+      for (const [ratio, b] of unit.bytes ?? []) bytes.set(`${press.name}@${ratio}`, [...(bytes.get(`${press.name}@${ratio}`) ?? []), b]);
       samples.push(...unit.samples);
       opts.onProgress?.(++done, total);
     }
@@ -100,12 +109,15 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
     for (const ratio of opts.ratios) {
       const s = samples.filter((x) => x.method === press.name && x.ratio === ratio);
       const k = kept.get(`${press.name}@${ratio}`) ?? [];
+      const b = bytes.get(`${press.name}@${ratio}`) ?? [];
       results.push({
         method: press.name,
         ratio,
         accuracy: s.length ? s.filter((x) => x.correct).length / s.length : 0,
         n: s.length,
         kept_bytes_ratio: k.length ? k.reduce((a, b) => a + b, 0) / k.length : 1,
+        kv_dtype: lm.kvDtype,
+        kv_bytes: b.length === rows.length ? Math.round(b.reduce((x, y) => x + y, 0) / b.length) : null,
       });
     }
   return { results, samples };

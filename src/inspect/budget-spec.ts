@@ -1,4 +1,4 @@
-import { adaKvBudget, globalBudget, pyramidBudget, uniformBudget, wholeHeadBudget } from '../press/budgets.ts';
+import { adaKvBudget, globalBudget, headsWithWindowBudget, pyramidBudget, uniformBudget, wholeHeadBudget } from '../press/budgets.ts';
 import type { BudgetPolicy } from '../press/types.ts';
 import type { BudgetSpec } from './browser/select.js';
 
@@ -13,6 +13,8 @@ export function budgetSpec(policy: BudgetPolicy): BudgetSpec {
   if (name === uniformBudget.name) return { kind: 'uniform' };
   if (name === globalBudget.name) return { kind: 'global' };
   if (name === wholeHeadBudget.name) return { kind: 'heads' };
+  const heads = /^heads\(sink=(\d+), recent=(\d+)\)$/.exec(name);
+  if (heads && headsWithWindowBudget(Number(heads[1]), Number(heads[2])).name === name) return { kind: 'heads', sink: Number(heads[1]), recent: Number(heads[2]) };
   for (const n of (name.match(/\d+(?:\.\d+)?(?:e[+-]?\d+)?/gi) ?? []).map(Number)) {
     if (pyramidBudget(n).name === name) return { kind: 'pyramid', beta: n };
     if (adaKvBudget(n).name === name) return { kind: 'adakv', alpha: n };

@@ -31,5 +31,7 @@ export function prefill(model: LlamaModel, cache: KvCache, ids: ArrayLike<number
     opts.onProgress?.(s + part.length, total);
   }
   checkLogits(model, logits!, cache, mark, arr, `the prefill of ${total} tokens`, chunk);
+  // A quantized cache holds the prompt packed from here on (all but its residual window), as scorers and decoding see it.
+  cache.settle();
   return logits!;
 }

@@ -155,3 +155,34 @@ export const wholeHeadBudget: BudgetPolicy = {
     return { level: 'head-multiset', counts: Array.from({ length: layers * heads }, (_, i) => (i < layers * heads - whole ? 0 : T)) };
   },
 };
+
+/**
+ * Head budget with a streaming window (KVzip head-level, DuoAttention): the top round(L * H * ratio) heads
+ * by score (every position of a head carries it) keep the whole span; every other head keeps its first
+ * `sink` and last `recent` span rows. Ratio 1 keeps everything; at ratio 0 every head keeps only the window.
+ */
+export function headsWithWindowBudget(sink: number, recent: number): BudgetPolicy {
+  if (!(Number.isInteger(sink) && sink >= 0 && Number.isInteger(recent) && recent >= 0)) {
+    throw new RangeError(`a head budget's sink and recent window must be integers >= 0, got ${sink} and ${recent}`);
+  }
+  return {
+    name: `heads(sink=${sink}, recent=${recent})`,
+    select(scores, ratio) {
+      const whole = wholeHeadBudget.select(scores, ratio);
+      const T = spanLength(scores);
+      const window = streamingRows(T, sink, recent);
+      return whole.map((layer) => layer.map((keep) => (keep.length === T ? keep : window.slice())));
+    },
+    expectedKept(layers, heads, T, ratio) {
+      const whole = Math.round(layers * heads * ratio);
+      const w = streamingRows(T, sink, recent).length;
+      return { level: 'head-multiset', counts: Array.from({ length: layers * heads }, (_, i) => (i < layers * heads - whole ? w : T)) };
+    },
+  };
+}
+
+/** Span rows [0, sink) and [T - recent, T), ascending, each once. */
+export function streamingRows(T: number, sink: number, recent: number): Int32Array {
+  const from = Math.max(Math.min(sink, T), T - recent);
+  return Int32Array.from([...Array.from({ length: Math.min(sink, T) }, (_, i) => i), ...Array.from({ length: T - from }, (_, i) => from + i)]);
+}

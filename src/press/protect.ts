@@ -1,4 +1,5 @@
 import { keptCount } from './budgets.ts';
+import { subsetScores } from './staged-scores.ts';
 import { topKIndices } from './topk.ts';
 import type { TokenSpan } from '../model/segments.ts';
 import type { BudgetPolicy, Scores } from './types.ts';
@@ -97,7 +98,7 @@ function whitelistSelect(policy: BudgetPolicy, scores: Scores, ratio: number, wh
   const f = T - others.length;
   const budget = Math.max(0, keptCount(T, ratio) - f);
   const reducedRatio = others.length ? Math.min(1, budget / others.length) : 0;
-  const reduced = scores.map((layer) => layer.map((s) => Float32Array.from(others, (j) => s[j]!)));
+  const reduced = subsetScores(scores, others);
   const picked = policy.select(reduced, reducedRatio);
   const fixed = [...whitelisted.keys()].filter((j) => whitelisted[j]);
   return picked.map((layer) => layer.map((sel) => Int32Array.from([...fixed, ...Array.from(sel, (i) => others[i]!)]).sort()));

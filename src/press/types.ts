@@ -8,8 +8,16 @@ import type { KvHeadView } from '../tensor/backend.ts';
 export type { CaptureNeeds, PrefillCapture, QueryMoments } from '../model/capture.ts';
 export type { Span } from '../model/prompt-layout.ts';
 
-/** Scores per [layer][kvHead], one per position of the scored span (span-relative index). Higher = keep. */
-export type Scores = Float32Array[][];
+/**
+ * Scores per [layer][kvHead], one per position of the scored span (span-relative index). Higher = keep.
+ * Two-stage methods attach further score sets of the same shape by name in `stages` (CriticalKV's
+ * first-stage ranking, Compactor's leverage scores), read by their budget policy; iterative ones a `rescore`.
+ */
+export type Scores = Float32Array[][] & {
+  stages?: Record<string, Float32Array[][]>;
+  /** Scores of a subset of the span's rows (span-relative, ascending) as if they were its only rows (Block). */
+  rescore?: (layer: number, head: number, rows: Int32Array) => Float32Array;
+};
 
 /**
  * The model as scorers see it: its shapes, its tokenizer, attention statistics over chosen keys, and runs of
@@ -36,8 +44,11 @@ export interface ScoringModel {
   ): Float32Array[];
   /** Runs ids through the model on top of the cache, calling onLayer per layer; the new rows stay (the caller truncates). */
   run(cache: KvCache, ids: number[], onLayer: (c: LayerCapture) => void): void;
-  /** ||W_O^h v_j|| for query head h of a layer and value rows [n, headDim]: what head h writes into the residual. */
-  outputNorms(layer: number, head: number, values: Float32Array, n: number): Float64Array;
+  /**
+   * ||W_O^h v_j|| for query head h of a layer and value rows [n, headDim]: what head h writes into the
+   * residual (the L2 norm, or the L1 norm with p = 1).
+   */
+  outputNorms(layer: number, head: number, values: Float32Array, n: number, p?: 1 | 2): Float64Array;
   /** Scores another text laid out as a context in the user turn, prefilled in a cache of its own. */
   scoreText(text: string, scorer: Scorer): Scores;
 }

@@ -23,8 +23,9 @@ export function windowAttention(ctx: ScoringContext, positions: number[], reduce
     const heads: KvHeadView[] =
       ctx.keys === 'span'
         ? cache.layer(l).map((hs) => ({
-            k: hs.k.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
-            v: hs.v.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
+            // A quantized head's span rows come dequantized (its packed rows are not laid out by position).
+            k: hs.quant ? hs.keys(span.start, span.end) : hs.k.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
+            v: hs.quant ? hs.values(span.start, span.end) : hs.v.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
             pos: hs.pos.subarray(span.start, span.end),
             len: span.end - span.start,
           }))

@@ -4,6 +4,8 @@
  * Two implementations: `reference` (pure TypeScript, the oracle) and `native` (C++ addon).
  */
 
+import type { QuantizedKvRows } from './kv-quant.ts';
+
 export type WeightDType = 'f32' | 'bf16' | 'f16' | 'int8';
 
 /** A 2-D linear weight in Hugging Face layout: [rows = out features, cols = in features]. */
@@ -31,6 +33,11 @@ export interface KvHeadView {
   v: KvRows;
   pos: Int32Array;
   len: number;
+  /**
+   * A quantized (int4 / int2) head: rows [0, quant.rows) packed here (tensor/kv-quant.ts), and k, v (fp32) hold rows
+   * [quant.rows, len) from their start. All heads of one call are quantized alike or not at all.
+   */
+  quant?: QuantizedKvRows;
 }
 
 /** Per-key attention statistics over a chosen set of queries, accumulated across calls. */

@@ -16,6 +16,9 @@ export interface NativeInfo {
 /** An opaque handle on a whole-file mmap (freed once it and every region over it are collected). */
 export type MappedFile = object & { readonly __mappedFile: unique symbol };
 
+/** A quantized head as the addon takes it: residual k, v, pos, len, packed rows, key codes, value codes, key scales, key zeros, value scales, value zeros. */
+export type QuantHeadArgs = [KvRows, KvRows, Int32Array, number, number, Uint8Array, Uint8Array, Float32Array, Float32Array, Float32Array, Float32Array];
+
 export interface Addon {
   info(): NativeInfo;
   matmul(
@@ -74,6 +77,26 @@ export interface Addon {
     prefix: [KvRows, KvRows, Int32Array, number][],
     scale: number,
     window: number,
+  ): void;
+  /** attention() over KIVI-quantized heads (packed rows read as they are), optionally after a shared prefix's quantized rows. */
+  attentionQuant(
+    q: Float32Array,
+    out: Float32Array | null,
+    nq: number,
+    nHeads: number,
+    nKv: number,
+    d: number,
+    qPos: Int32Array,
+    heads: QuantHeadArgs[],
+    prefix: QuantHeadArgs[] | null,
+    scale: number,
+    statsFrom: number,
+    max: Float32Array[] | null,
+    sum: Float32Array[] | null,
+    queryWeight: Float32Array | null,
+    window: number,
+    bits: number,
+    group: number,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -177,7 +200,7 @@ const checked = new WeakSet<Weight>();
 
 export interface NativeOptions {
   /**
-   * Prefill GEMMs (n >= 8) with activations rounded to bf16 (AMX tiles or AVX512-BF16 dot products, fp32
+   * Prefill GEMMs (more than 16 rows) with activations rounded to bf16 (AMX tiles or AVX512-BF16 dot products, fp32
    * accumulation; non-bf16 weights rounded to bf16 too): faster, less exact. Default: on, unless
    * KVLAB_PREFILL_PRECISION=f32.
    */
@@ -276,6 +299,7 @@ export class NativeBackend implements Backend {
   attention(a: AttentionArgs): void {
     const { nq, nHeads, nKvHeads, headDim: d } = a;
     if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
+    if (a.heads.slice(0, nKvHeads).some((h) => h.quant) || a.prefix?.some((h) => h.quant)) return this.attentionQuant(a);
     if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
     const bf16 = a.heads[0]!.k instanceof Uint16Array;
     if (a.prefix && a.prefix.length < nKvHeads) throw new RangeError(`attention: ${a.prefix.length} prefix views for ${nKvHeads} KV heads`);
@@ -312,6 +336,55 @@ export class NativeBackend implements Backend {
       a.stats?.sum ?? null,
       a.stats?.queryWeight ?? null,
       window,
+    );
+  }
+
+  /** Attention over quantized heads: the packed rows are read by the addon as they are (attention_quant.cc). */
+  private attentionQuant(a: AttentionArgs): void {
+    const { nq, nHeads, nKvHeads, headDim: d } = a;
+    if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
+    const first = a.heads[0]!.quant;
+    const views = (hs: KvHeadView[], what: string): QuantHeadArgs[] =>
+      hs.slice(0, nKvHeads).map((h, g) => {
+        const qr = h.quant;
+        if (!qr || !first || qr.bits !== first.bits || qr.group !== first.group) throw new TypeError(`attention: ${what} ${g} is not quantized like KV head 0 (every head of a call, and its prefix, must share one int4 / int2 layout)`);
+        const rb = (d * qr.bits) / 8;
+        const ng = Math.ceil(d / qr.group);
+        const res = h.len - qr.rows;
+        if (!(h.k instanceof Float32Array) || !(h.v instanceof Float32Array) || res < 0 || h.k.length < res * d || h.v.length < res * d || h.pos.length < h.len) throw new RangeError(`attention: ${what} ${g}: residual rows shorter than len ${h.len} - ${qr.rows} packed`);
+        if (qr.rows % qr.group !== 0 || qr.kCodes.length < qr.rows * rb || qr.vCodes.length < qr.rows * rb || qr.kScale.length < (qr.rows / qr.group) * d || qr.kZero.length < (qr.rows / qr.group) * d || qr.vScale.length < qr.rows * ng || qr.vZero.length < qr.rows * ng) {
+          throw new RangeError(`attention: ${what} ${g}: packed arrays shorter than ${qr.rows} rows`);
+        }
+        return [h.k, h.v, h.pos, h.len, qr.rows, qr.kCodes, qr.vCodes, qr.kScale, qr.kZero, qr.vScale, qr.vZero];
+      });
+    const heads = views(a.heads, 'KV head');
+    if (a.prefix && a.prefix.length < nKvHeads) throw new RangeError(`attention: ${a.prefix.length} prefix views for ${nKvHeads} KV heads`);
+    const prefix = a.prefix ? views(a.prefix, 'the prefix of KV head') : null;
+    if (prefix && a.stats) throw new Error('attention: a shared-prefix call computes outputs only, no statistics');
+    for (let g = 0; g < nKvHeads; g++) {
+      const len = a.heads[g]!.len;
+      if ((a.stats?.sum && a.stats.sum[g]!.length < len) || (a.stats?.max && a.stats.max[g]!.length < len)) throw new RangeError(`attention: stats of KV head ${g} shorter than its len`);
+    }
+    if (a.stats?.queryWeight && a.stats.queryWeight.length < nq) throw new RangeError('attention: queryWeight shorter than nq');
+    if (a.window !== undefined && !(Number.isSafeInteger(a.window) && a.window > 0)) throw new RangeError(`attention: window must be a positive integer, got ${a.window}`);
+    this.k.attentionQuant(
+      a.q,
+      a.out,
+      nq,
+      nHeads,
+      nKvHeads,
+      d,
+      a.qPos,
+      heads,
+      prefix,
+      a.scale,
+      a.stats?.fromQuery ?? 0,
+      a.stats?.max ?? null,
+      a.stats?.sum ?? null,
+      a.stats?.queryWeight ?? null,
+      a.window ?? 0,
+      first!.bits,
+      first!.group,
     );
   }
 

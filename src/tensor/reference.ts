@@ -1,5 +1,6 @@
-import type { AttentionArgs, Backend, KvRows, RopeTable, Weight } from './backend.ts';
+import type { AttentionArgs, Backend, KvHeadView, KvRows, RopeTable, Weight } from './backend.ts';
 import { f32ToBf16, kvRowsToF32 } from './dtype.ts';
+import { dequantizedHead } from './kv-quant.ts';
 
 const widened = new WeakMap<Weight, Float32Array>();
 
@@ -117,9 +118,11 @@ export class ReferenceBackend implements Backend {
     const window = a.window ?? Infinity;
     const group = nHeads / nKvHeads;
     if (a.prefix && stats) throw new Error('attention: statistics over a prefixed (shared-context) call are not supported');
+    // Quantized heads are read dequantized: the plain oracle the native kernels are checked against.
+    const rowsOf = (h: KvHeadView) => (h.quant ? dequantizedHead(h, d) : { k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) });
     const heads = a.heads.slice(0, nKvHeads).map((h, g) => {
       const p = a.prefix?.[g];
-      if (!p) return { ...h, k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) };
+      if (!p) return { ...h, ...rowsOf(h) };
       // The prefix's rows, then the head's own, as one head.
       const cat = (x: Float32Array, y: Float32Array) => {
         const r = new Float32Array(x.length + y.length);
@@ -130,9 +133,11 @@ export class ReferenceBackend implements Backend {
       const pos = new Int32Array(p.len + h.len);
       pos.set(p.pos.subarray(0, p.len));
       pos.set(h.pos.subarray(0, h.len), p.len);
+      const pr = rowsOf(p);
+      const hr = rowsOf(h);
       return {
-        k: cat(kvRowsToF32(p.k, 0, p.len * d), kvRowsToF32(h.k, 0, h.len * d)),
-        v: cat(kvRowsToF32(p.v, 0, p.len * d), kvRowsToF32(h.v, 0, h.len * d)),
+        k: cat(pr.k, hr.k),
+        v: cat(pr.v, hr.v),
         pos,
         len: p.len + h.len,
       };

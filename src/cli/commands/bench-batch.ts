@@ -21,6 +21,10 @@ export function registerBenchBatch(program: Command): void {
     .option('--kv-memory <bytes>', 'KV pool of the fit figure (e.g. 4G)', '4G')
     .option('--fit-context <n>', 'context rows per sequence in the fit figure', intOption('--fit-context', 1), 8192)
     .option('--fit-ratios <list>', 'ratios of the fit figure', listOption)
+    .option('--pool-throughput <list>', 'ratios of the best-aggregate-within-the-pool figure (fit-context rows, --kv-memory pool), or none', listOption)
+    .option('--pool-throughput-models <names>', 'models the pool-throughput figure runs on', listOption)
+    .option('--pool-throughput-rounds <n>', 'rounds of the pool-throughput figure', intOption('--pool-throughput-rounds', 1), 3)
+    .option('--pool-throughput-steps <n>', 'timed steps per round of the pool-throughput figure', intOption('--pool-throughput-steps', 1), 2)
     .option('--checkpoints <dir>', 'keep the random checkpoints in this folder between runs')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (_local, cmd: Command) => {
@@ -45,6 +49,10 @@ export function registerBenchBatch(program: Command): void {
         fitContext: o.fitContext as number,
         fitRatios: num(o.fitRatios ?? ['1', '0.3', '0.1'], 'fit-ratios'),
         fitAnswerTokens: 256,
+        poolThroughputRatios: o.poolThroughput?.[0] === 'none' ? [] : num(o.poolThroughput ?? ['1', '0.3'], 'pool-throughput'),
+        poolThroughputModels: o.poolThroughputModels ?? ['llama-3.2-1b'],
+        poolThroughputRounds: o.poolThroughputRounds as number,
+        poolThroughputSteps: o.poolThroughputSteps as number,
         checkpoints: o.checkpoints as string | undefined,
         log: (line) => process.stderr.write(`bench batch: ${line}\n`),
       });

@@ -13,6 +13,10 @@ export function registerBenchPeer(program: Command): void {
     .option('--context <n>', 'context length of the decode measurement', '1024')
     .option('--steps <n>', 'decode steps per round', '16')
     .option('--rounds <n>', 'interleaved rounds per side', '3')
+    .option('--batch <sizes>', 'batched decode against llama.cpp parallel sequences at these batch sizes, or none', listOption)
+    .option('--batch-context <n>', 'context tokens of every sequence in the batched decode', '1024')
+    .option('--batch-steps <n>', 'timed batched decode steps per round and batch size', '4')
+    .option('--batch-only', 'only the batched decode comparison (no prefill, no single-sequence decode)')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (o) => {
       const { runPeerBench } = await import('../../bench/peer-bench.ts');
@@ -29,6 +33,10 @@ export function registerBenchPeer(program: Command): void {
         decodeContext: count('context', o.context),
         decodeSteps: count('steps', o.steps),
         rounds: count('rounds', o.rounds),
+        batchSizes: o.batch?.[0] === 'none' ? [] : ((o.batch as string[] | undefined) ?? ['1', '2', '4', '8']).map((v) => count('batch', v)),
+        batchContext: count('batch-context', o.batchContext),
+        batchSteps: count('batch-steps', o.batchSteps),
+        batchOnly: Boolean(o.batchOnly),
         log: (line) => process.stderr.write(`bench-peer: ${line}\n`),
       });
       const text = `${JSON.stringify(report, null, 2)}\n`;

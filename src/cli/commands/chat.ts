@@ -42,7 +42,7 @@ export function registerChat(program: Command): void {
     .action(async (o) => {
       if (o.compress && o.system === undefined) throw new InvalidArgumentError('--compress compresses the system prompt: give --system');
       if (o.protect !== undefined && !o.compress) throw new InvalidArgumentError('--protect applies to what --compress compresses (the system prompt); give --compress METHOD:RATIO');
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const start = (): ChatMessage[] => (o.system !== undefined ? [{ role: 'system', content: o.system }] : []);
       // With --compress the system prompt is compressed once; each (re)start of the cache copies it.
       const compressed = o.compress ? compressSystemPrompt(lm, o.system, o.compress, o.protect) : null;

@@ -33,7 +33,7 @@ export function registerCompress(program: Command): void {
       checkAutoOptions(o, o.ratio);
       const press = getPress(o.method);
       const context = readRegularText(o.context, '--context file');
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const prefillBar = progressBar('prefill', 512);
       // The context sits in the user turn: the template prefix (system prompt included) is outside the span
       // and never evicted, so the default rule finds nothing inside it to whitelist; explicit names must exist.
@@ -93,7 +93,7 @@ export function registerCompress(program: Command): void {
 /** --load: the compressed cache comes from a file; only the questions run. */
 async function answerFromFile(o: Record<string, any>): Promise<void> {
   if (o.context || o.save) throw new InvalidArgumentError('--load answers from a saved context: give it without --context or --save');
-  const lm = openModel(o.model, o.weights, o.kvDtype);
+  const lm = openModel(o.model, o.weights, o.kvDtype, o);
   const t0 = performance.now();
   const { record, shared } = loadContextFile(o.load, persistentFingerprint(lm));
   const t1 = performance.now();

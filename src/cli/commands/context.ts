@@ -59,7 +59,7 @@ export function registerContext(program: Command): void {
       const press = getPress(o.method);
       const choice: ProtectionChoice = o.protect ?? 'default';
       const protection = choice === 'default' ? DEFAULT_CONTEXT_PROTECTION : choice === 'none' ? undefined : choice;
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const store = openStore(lm, o.store);
       const ctx = conversationContext(lm, spec);
       const built = compressContext(lm, ctx, press, o.ratio, protection, autoOptionsOf(o));
@@ -74,7 +74,7 @@ export function registerContext(program: Command): void {
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens'), 64)
     .option('--json', 'print {id, answers} as JSON')
     .action(async (id: string, o) => {
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const store = openStore(lm, o.store);
       const record = store.listAll().find((r) => r.id === id);
       if (!record) throw new Error(`no context ${id} in ${o.store ?? defaultStoreDir()}`);
@@ -90,7 +90,7 @@ export function registerContext(program: Command): void {
   storeOption(modelOptions(cmd.command('ls').description('list the stored contexts of this model')))
     .option('--json', 'one JSON object per line')
     .action((o) => {
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const store = openStore(lm, o.store);
       for (const r of store.listAll()) {
         const s = summary(r, store);
@@ -99,7 +99,7 @@ export function registerContext(program: Command): void {
     });
 
   storeOption(modelOptions(cmd.command('rm').description('remove stored contexts').argument('<ids...>'))).action((ids: string[], o) => {
-    const lm = openModel(o.model, o.weights, o.kvDtype);
+    const lm = openModel(o.model, o.weights, o.kvDtype, o);
     const store = openStore(lm, o.store);
     for (const id of ids) {
       const r = store.listAll().find((x) => x.id === id);

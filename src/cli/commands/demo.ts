@@ -11,7 +11,7 @@ export function registerDemo(program: Command): void {
   modelOptions(program.command('demo').description('a short showcase on the embedded model: one document, several questions, full vs KVzip-compressed cache'))
     .option('--ratio <r>', 'fraction of the context kept by KVzip', numberOption('--ratio', 0, 1), 0.3)
     .action(async (o) => {
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const row = loadQa(DEMO_DATA)[0]!;
       const questions = row.questions.slice(0, 4);
       const c = lm.config;

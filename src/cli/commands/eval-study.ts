@@ -22,6 +22,8 @@ interface StudyCliOptions {
   model?: string;
   weights?: WeightsChoice;
   kvDtype?: KvDtype;
+  kvGroup?: number;
+  kvResidual?: number;
   limit?: number;
   maxTokens: number;
   document?: string;
@@ -69,7 +71,7 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
   const document = o.document ? readRegularText(o.document, '--document file') : undefined;
   const settings = { methods, ratios: o.ratio, protect: o.protect, format, document: o.document ? resolve(o.document) : null, defense: o.defense, attack: o.attack, order: o.order ?? false, add_defense: o.addDefense ?? false };
   const partial = await evalRunOutputs<StudySample[]>(o.out, o.resume, evalSettings(`eval ${kind}`, o, settings));
-  const lm = openModel(o.model, o.weights, o.kvDtype);
+  const lm = openModel(o.model, o.weights, o.kvDtype, o);
   const bar = progressBar(`eval ${kind}`, 1);
   const { results, samples } = await runPromptStudy(lm, items, {
     methods,

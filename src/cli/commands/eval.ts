@@ -16,6 +16,8 @@ function ratioOrAutoList(value: string, previous?: (number | 'auto')[]): (number
   return [...(fixed.length ? ratioList(fixed.join(',')) : []), ...(auto ? ['auto' as const] : [])];
 }
 import { registerStudies } from './eval-study.ts';
+import { registerLength } from './eval-length.ts';
+import { registerNegatives } from './eval-negatives.ts';
 import { progressBar } from '../progress.ts';
 
 export function registerEval(program: Command): Command {
@@ -37,7 +39,7 @@ export function registerEval(program: Command): Command {
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
       const partial = await evalRunOutputs<QaUnit>(o.out, o.resume, evalSettings('eval qa', o, { methods, ratios: o.ratio, query_template: o.queryTemplate, auto: autoOptionsOf(o) }));
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const tooLong = qaRowTooLong(lm, rows, { queryTemplate: o.queryTemplate });
       if (tooLong) throw new DataFileError(`${o.data}: ${tooLong}`);
       const bar = progressBar('eval qa', 1);
@@ -74,5 +76,7 @@ export function registerEval(program: Command): Command {
       else process.stdout.write(markdownTable(results as unknown as Record<string, unknown>[]));
     });
   registerStudies(ev);
+  registerLength(ev);
+  registerNegatives(ev);
   return ev;
 }

@@ -25,7 +25,7 @@ export function registerGenerate(program: Command): void {
     .action(async (o) => {
       if (o.compress && (o.raw || o.system === undefined)) throw new InvalidArgumentError('--compress compresses the system prompt: give --system (and no --raw)');
       if (o.protect !== undefined && !o.compress) throw new InvalidArgumentError('--protect applies to what --compress compresses (the system prompt); give --compress METHOD:RATIO');
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const messages = [
         ...(o.system !== undefined ? [{ role: 'system' as const, content: o.system as string }] : []),
         { role: 'user' as const, content: o.prompt as string },

@@ -40,7 +40,7 @@ export function registerInspect(program: Command): void {
       if (o.port > 65535) throw new InvalidArgumentError(`--port must be at most 65535, got ${o.port}`);
       const context = readFileSync(o.context, 'utf8');
       if (!context.trim()) throw new Error(`--context ${o.context}: the file is empty; there is nothing to compress`);
-      const lm = openModel(o.model, o.weights, o.kvDtype);
+      const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const bar = progressBar('inspect', 512);
       let stage = '';
       const ins = await collectInspection(lm, context, {

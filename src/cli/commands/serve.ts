@@ -28,7 +28,7 @@ export function registerServe(program: Command): void {
       // Loaded here, not at start-up: the HTTP stack is the largest import of the CLI.
       const { startServer } = await import('../../server/serve.ts');
       const running = await startServer({
-        load: () => openModel(o.model, o.weights, o.kvDtype),
+        load: () => openModel(o.model, o.weights, o.kvDtype, o),
         host: o.host,
         port: o.port,
         storeDir: o.store === false ? null : typeof o.store === 'string' ? o.store : defaultStoreDir(),

@@ -5,7 +5,7 @@ export type BudgetSpec =
   | { kind: 'global' }
   | { kind: 'pyramid'; beta: number }
   | { kind: 'adakv'; alpha: number }
-  | { kind: 'heads' };
+  | { kind: 'heads'; sink?: number; recent?: number };
 export interface NamedRange {
   name: string;
   start: number;

@@ -9,7 +9,7 @@
 
 /**
  * @typedef {{ kind: 'uniform' } | { kind: 'global' } | { kind: 'pyramid', beta: number }
- *   | { kind: 'adakv', alpha: number } | { kind: 'heads' }} BudgetSpec
+ *   | { kind: 'adakv', alpha: number } | { kind: 'heads', sink?: number, recent?: number }} BudgetSpec
  * @typedef {{ name: string, start: number, end: number }} NamedRange
  * @typedef {{ whitelist?: string[], fair?: { lambda: number } }} Protection
  * @typedef {ArrayLike<number>[][]} ScoreGrid per [layer][kvHead], one score per span position
@@ -150,7 +150,10 @@ function policySelector(scores, budget) {
       return (ratio) => {
         const keepHead = new Set(heads.slice(0, Math.round(heads.length * ratio)).map((x) => x.l * H + x.h));
         const all = Int32Array.from({ length: T }, (_, i) => i);
-        return scores.map((layer, l) => layer.map((_, h) => (keepHead.has(l * H + h) ? all.slice() : new Int32Array(0))));
+        // The other heads keep their first `sink` and last `recent` rows (none without a window).
+        const from = Math.max(Math.min(budget.sink ?? 0, T), T - (budget.recent ?? 0));
+        const window = Int32Array.from(all.filter((j) => j < (budget.sink ?? 0) || j >= from));
+        return scores.map((layer, l) => layer.map((_, h) => (keepHead.has(l * H + h) ? all.slice() : window.slice())));
       };
     }
     default:

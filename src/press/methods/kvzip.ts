@@ -114,7 +114,7 @@ export function reconstructionChunk(maxPositions: number, cached: number, prompt
 }
 
 /** Copies the keys and positions of the given row ranges into one view (values are not read for statistics). */
-function gatherRows(hs: HeadStore, d: number, ranges: [number, number][]): KvHeadView {
+export function gatherRows(hs: HeadStore, d: number, ranges: [number, number][]): KvHeadView {
   const len = ranges.reduce((s, [a, b]) => s + (b - a), 0);
   const k = new Float32Array(len * d);
   const pos = new Int32Array(len);

@@ -1,0 +1,121 @@
+/**
+ * The embedded model on int4 / int2 caches (--kv-dtype int4|int2; KIVI, G = 32, R = 128 unless stated). What is
+ * measured, not assumed:
+ *   - greedy continuations of the golden prompts on int4 and int2 caches against the golden (fp32) ones: the
+ *     first GREEDY_SAME[dtype] tokens are identical on every prompt, as measured on this checkpoint (v0) on the
+ *     AVX2 and scalar paths: the two prompts long enough to pack rows (328 and 606 tokens; 192 and 512 rows packed
+ *     per head) keep 3 of 3 and 31 of 64 tokens on int4, 3 of 3 and 12 of 64 on int2 (a bf16 cache keeps 64 of 64);
+ *   - native against the reference backend on the same int4 cache contents: each backend rounds its own fp32 keys
+ *     and values, so an element near a rounding boundary can take the neighbouring code in the two; logits stay
+ *     within NATIVE_VS_REFERENCE;
+ *   - forwardAsync() on an int4 cache (the addon's recorded quantized attention) equals forward() bit for bit.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { KvCache } from '../src/cache/kv-cache.ts';
+import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../src/engine/loaded-model.ts';
+import { prefill } from '../src/model/prefill.ts';
+import { NativeBackend } from '../src/tensor/native.ts';
+import { ReferenceBackend } from '../src/tensor/reference.ts';
+import { nativeAvailable, selectBackend } from '../src/tensor/select-backend.ts';
+import { goldenPrompts } from './helpers/tiny-model.ts';
+
+const skip = nativeAvailable() ? false : 'native addon not built';
+const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
+const GREEDY_SAME = { int4: 31, int2: 12 } as const;
+const NATIVE_VS_REFERENCE = 0.5;
+
+function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+function greedy(lm: LoadedModel, cache: KvCache, ids: number[], n: number): number[] {
+  let logits = prefill(lm.model, cache, ids);
+  const out: number[] = [];
+  for (let t = 0; t < n; t++) {
+    const id = argmax(logits);
+    out.push(id);
+    logits = lm.model.forward([id], cache)!;
+  }
+  return out;
+}
+
+function sameFor(a: number[], b: number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+for (const kvDtype of ['int4', 'int2'] as const) {
+  test(`golden prompts on an ${kvDtype} cache keep the fp32 greedy continuation for the first ${GREEDY_SAME[kvDtype]} tokens`, () => {
+    const lm = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype });
+    const agreement: string[] = [];
+    let packed = 0;
+    for (const g of goldenPrompts()) {
+      const cache = lm.newCache();
+      const ids = greedy(lm, cache, g.input_ids, g.greedy_ids.length);
+      cache.forEachHead((h) => (packed = Math.max(packed, h.quantRows)));
+      const same = sameFor(ids, g.greedy_ids);
+      agreement.push(`${g.name}: ${same}/${g.greedy_ids.length}`);
+      assert.ok(same >= Math.min(GREEDY_SAME[kvDtype], g.greedy_ids.length), `${g.name}: ${kvDtype} greedy continuation leaves the fp32 one after ${same} tokens (${agreement.join(', ')})`);
+    }
+    assert.ok(packed >= 512, 'the longest golden prompt no longer packs rows: the test would not test quantization');
+    console.log(`${kvDtype} greedy agreement with golden: ${agreement.join(', ')}`);
+  });
+}
+
+test('native and reference backends agree on int4 and int2 caches; forwardAsync equals forward bit for bit', { skip }, async () => {
+  for (const kvDtype of ['int4', 'int2'] as const) {
+    const nat = loadModel(DEFAULT_MODEL_DIR, { backend: new NativeBackend({ bf16Activations: false }), kvDtype, kvQuant: { group: 16, residual: 32 } });
+    const ref = loadModel(DEFAULT_MODEL_DIR, { backend: new ReferenceBackend(), kvDtype, kvQuant: { group: 16, residual: 32 } });
+    const g = goldenPrompts().reduce((a, b) => (b.input_ids.length > a.input_ids.length ? b : a));
+    const ids = g.input_ids.slice(0, 200);
+    const a = nat.newCache();
+    const b = ref.newCache();
+    prefill(nat.model, a, ids);
+    prefill(ref.model, b, ids);
+    assert.ok(a.head(0, 0).quantRows >= 150);
+    let worst = 0;
+    for (let t = 0; t < 6; t++) {
+      const la = nat.model.forward([ids[t]!], a)!;
+      const lb = ref.model.forward([ids[t]!], b)!;
+      for (let i = 0; i < la.length; i++) worst = Math.max(worst, Math.abs(la[i]! - lb[i]!));
+    }
+    assert.ok(worst <= NATIVE_VS_REFERENCE, `${kvDtype}: native vs reference logits ${worst}`);
+    // The async step records the quantized attention; the same step run synchronously gives the same bits.
+    const c = a.clone();
+    const sync = nat.model.forward([ids[7]!, ids[8]!], a, { logits: 'all' })!;
+    const asyncLogits = (await nat.model.forwardAsync([ids[7]!, ids[8]!], c, { logits: 'all' }))!;
+    assert.deepEqual(asyncLogits, sync);
+    a.forEachHead((h, l, k) => assert.deepEqual(c.head(l, k).keys(), h.keys()));
+  }
+});
+
+test('kvlab compress --kv-dtype int4 --json reports the packed bytes; bad quantization options are refused by name', () => {
+  const file = join(mkdtempSync(join(tmpdir(), 'kvlab-kivi-')), 'doc.txt');
+  writeFileSync(file, 'The code of tean is 4417. The code of brin is 2210. The code of olo is 9931.\n'.repeat(12));
+  const run = (args: string[]) => execFileSync(process.execPath, [cli, 'compress', '--context', file, '--method', 'snapkv', '--ratio', '0.5', '--json', ...args], { encoding: 'utf8', stdio: 'pipe' });
+  let out: { cache: { bytes_full: number; bytes_kept: number } };
+  try {
+    out = JSON.parse(run(['--kv-dtype', 'int4', '--kv-group', '16', '--kv-residual', '32']));
+  } catch (e) {
+    throw new Error(`compress failed: ${(e as { stderr?: string }).stderr ?? e}`);
+  }
+  const f32 = JSON.parse(run([])) as typeof out;
+  assert.ok(out.cache.bytes_full < f32.cache.bytes_full * 0.5, `int4 ${out.cache.bytes_full} vs f32 ${f32.cache.bytes_full} bytes`);
+  assert.ok(out.cache.bytes_kept < out.cache.bytes_full);
+  for (const [args, message] of [
+    [['--kv-dtype', 'int3'], /--kv-dtype must be f32 or bf16 or int4 or int2/],
+    [['--kv-dtype', 'int4', '--kv-group', '0'], /--kv-group must be an integer >= 1/],
+    [['--kv-group', '16'], /--kv-group and --kv-residual apply to --kv-dtype int4 or int2/],
+  ] as const) {
+    assert.throws(() => run([...args]), (e: { stderr?: string }) => message.test(e.stderr ?? ''));
+  }
+});
