@@ -112,7 +112,7 @@ test('kvlab compress --kv-dtype int4 --json reports the packed bytes; bad quanti
   assert.ok(out.cache.bytes_full < f32.cache.bytes_full * 0.5, `int4 ${out.cache.bytes_full} vs f32 ${f32.cache.bytes_full} bytes`);
   assert.ok(out.cache.bytes_kept < out.cache.bytes_full);
   for (const [args, message] of [
-    [['--kv-dtype', 'int3'], /--kv-dtype must be f32 or bf16 or int4 or int2/],
+    [['--kv-dtype', 'int3'], /--kv-dtype must be f32, bf16, int4 or int2, got "int3"/],
     [['--kv-dtype', 'int4', '--kv-group', '0'], /--kv-group must be an integer >= 1/],
     [['--kv-group', '16'], /--kv-group and --kv-residual apply to --kv-dtype int4 or int2/],
   ] as const) {
