@@ -5,9 +5,10 @@
  *     first GREEDY_SAME[dtype] tokens are identical on every prompt, as measured on this checkpoint (v0) on the
  *     AVX2 and scalar paths: the two prompts long enough to pack rows (328 and 606 tokens; 192 and 512 rows packed
  *     per head) keep 3 of 3 and 31 of 64 tokens on int4, 3 of 3 and 12 of 64 on int2 (a bf16 cache keeps 64 of 64);
- *   - native against the reference backend on the same int4 cache contents: each backend rounds its own fp32 keys
- *     and values, so an element near a rounding boundary can take the neighbouring code in the two; logits stay
- *     within NATIVE_VS_REFERENCE;
+ *   - native against the reference backend, each quantizing its own fp32 keys and values (they differ in their
+ *     last bits, so an element at a rounding boundary could take the neighbouring code in the two): measured at
+ *     most 3.8e-6 on logits of magnitude ~15 over 200 prompt tokens and 6 decode steps (G = 16, R = 32; no code
+ *     differed); NATIVE_VS_REFERENCE = 1e-3 leaves room for fp32 summation order, not for a wrong kernel;
  *   - forwardAsync() on an int4 cache (the addon's recorded quantized attention) equals forward() bit for bit.
  */
 import assert from 'node:assert/strict';
@@ -28,7 +29,7 @@ import { goldenPrompts } from './helpers/tiny-model.ts';
 const skip = nativeAvailable() ? false : 'native addon not built';
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const GREEDY_SAME = { int4: 31, int2: 12 } as const;
-const NATIVE_VS_REFERENCE = 0.5;
+const NATIVE_VS_REFERENCE = 1e-3;
 
 function argmax(x: Float32Array): number {
   let best = 0;
