@@ -120,3 +120,23 @@ test('kvlab compress --kv-dtype int4 --json reports the packed bytes; bad quanti
     assert.throws(() => run([...args]), (e: { stderr?: string }) => message.test(e.stderr ?? ''));
   }
 });
+
+test('a sequence continuing a shared int4 context (batched, async): native equals the reference', { skip }, async () => {
+  const g = goldenPrompts().reduce((a, b) => (b.input_ids.length > a.input_ids.length ? b : a));
+  const run = async (backend: NativeBackend | ReferenceBackend) => {
+    const lm = loadModel(DEFAULT_MODEL_DIR, { backend, kvDtype: 'int4', kvQuant: { group: 16, residual: 32 } });
+    const context = lm.newCache();
+    prefill(lm.model, context, g.input_ids.slice(0, 300));
+    const own = lm.newCache();
+    own.nextPos = context.nextPos;
+    const out: Float32Array[] = [];
+    for (let t = 0; t < 60; t++) out.push((await lm.model.forwardBatchAsync([{ ids: [g.input_ids[300 + t]!], cache: own, context }]))[0]!);
+    assert.ok(own.head(0, 0).quantRows >= 16, 'the sequence packed rows of its own');
+    return out;
+  };
+  const a = await run(new NativeBackend({ bf16Activations: false }));
+  const b = await run(new ReferenceBackend());
+  let worst = 0;
+  a.forEach((x, t) => x.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - b[t]![i]!)))));
+  assert.ok(worst <= NATIVE_VS_REFERENCE, `native vs reference ${worst}`);
+});
