@@ -20,7 +20,10 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { KvCache } from '../src/cache/kv-cache.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../src/engine/loaded-model.ts';
+import { benchKvQuant } from '../src/bench/kv-quant-bench.ts';
+import { TimedBackend } from '../src/bench/timed-backend.ts';
 import { prefill } from '../src/model/prefill.ts';
+import { quantizedBytes } from '../src/tensor/kv-quant.ts';
 import { NativeBackend } from '../src/tensor/native.ts';
 import { ReferenceBackend } from '../src/tensor/reference.ts';
 import { nativeAvailable, selectBackend } from '../src/tensor/select-backend.ts';
@@ -139,4 +142,19 @@ test('a sequence continuing a shared int4 context (batched, async): native equal
   let worst = 0;
   a.forEach((x, t) => x.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - b[t]![i]!)))));
   assert.ok(worst <= NATIVE_VS_REFERENCE, `native vs reference ${worst}`);
+});
+
+test('the bench kv quant section times every cache and counts the bytes each holds', { skip }, () => {
+  const timed = new TimedBackend(new NativeBackend());
+  const lm = loadModel(DEFAULT_MODEL_DIR, { backend: timed, kvQuant: { group: 32, residual: 128 } });
+  const r = benchKvQuant(lm, timed, 1, 700, 0.3, () => {}, 1, 1) as { caches: { cache: string; kv_bytes: number; attention_ms_per_token: number; attention_vs_f32: number }[] };
+  const bytes = Object.fromEntries(r.caches.map((c) => [c.cache, c.kv_bytes]));
+  const { numLayers: L, numKvHeads: H, headDim: d } = lm.config;
+  assert.equal(bytes.f32, L * H * 700 * d * 2 * 4);
+  assert.equal(bytes.bf16, L * H * 700 * d * 2 * 2);
+  // 544 packed rows per head (700 - 128 rounded down to groups of 32) and 156 fp32 rows.
+  assert.equal(bytes.int4, L * H * (quantizedBytes(544, d, 4, 32) + 156 * d * 8));
+  assert.equal(bytes.int2, L * H * (quantizedBytes(544, d, 2, 32) + 156 * d * 8));
+  assert.ok(bytes['int4 + 0.3 kept']! < bytes.int4! * 0.5);
+  for (const c of r.caches) assert.ok(c.attention_ms_per_token > 0 && Number.isFinite(c.attention_vs_f32), `${c.cache}: ${JSON.stringify(c)}`);
 });
