@@ -61,12 +61,15 @@ export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<strin
   queue.on('error', () => {});
   const add = (id: string, data: QaJobData) => queue.add('qa', data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
   try {
+    let added = 0;
     for (const [id, data] of jobs) {
       const existing = await Job.fromId<QaJobData, QaUnit>(queue, id);
-      if (!existing) await add(id, data);
-      else if (await existing.isFailed()) await existing.retry('failed');
+      if (!existing) {
+        await add(id, data);
+        added++;
+      } else if (await existing.isFailed()) await existing.retry('failed');
     }
-    log(`submitted ${jobs.size} job(s) to queue ${name} on ${s.address.url}${units.size ? ` (${units.size} unit(s) done before)` : ''}`);
+    log(`gathering ${jobs.size} job(s) from queue ${name} on ${s.address.url} (${added} added now${units.size ? `, ${units.size} unit(s) done before` : ''})`);
 
     let lastProgress = Date.now();
     let noticed = false;
