@@ -5,9 +5,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
+import { qaJobId, queueNameFor, type QaJobData } from '../src/queue/qa-jobs.ts';
+import { QueueJobError, runQaSweepOnQueue } from '../src/queue/qa-sweep-submit.ts';
+import { parseRedisUrl } from '../src/queue/redis-connection.ts';
+import { selectBackend } from '../src/tensor/select-backend.ts';
 import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
-import { qaRows } from './helpers/tiny-model.ts';
+import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const skip = redisServerMissing();
@@ -191,4 +197,37 @@ test('--queue with a malformed URL or an unreachable Redis fails with a message 
   const down = kvlab(['worker', '--queue', `redis://127.0.0.1:${redis.port + 1}/0`]);
   assert.equal(await down.exit, 1);
   assert.match(down.out(), /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+\/0/);
+});
+
+test('a job no worker can run fails the sweep with its reason; a job for another model is refused by the worker', { skip: skip ?? false }, async () => {
+  const fingerprint = persistentFingerprint(tinyModel(selectBackend()));
+  const w = worker();
+  await w.waitFor(/takes jobs from queue/);
+  const settings = { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 };
+  const row = qaRows()[0]!;
+  try {
+    // A method the worker's registry does not have (registered only in the submitting process, say).
+    const err = await runQaSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), fingerprint, kvDtype: 'f32', rows: [row], methods: ['no-such-method'], settings }).catch((e: unknown) => e);
+    assert.ok(err instanceof QueueJobError, String(err));
+    assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
+
+    // A job whose data names another model, put on this model's queue by hand: refused, not run.
+    const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
+    const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
+    await queue.add('qa', data, { jobId: qaJobId(data), attempts: 3 });
+    let job: Job | undefined;
+    for (let i = 0; i < 600; i++) {
+      job = await Job.fromId(queue, qaJobId(data));
+      if (job && (await job.isFailed())) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(job && (await job.isFailed()), 'the forged job failed');
+    assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
+    assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
+    await job.remove();
+    await queue.close();
+    assert.doesNotMatch(w.out(), /done qa-/);
+  } finally {
+    await stopWorker(w);
+  }
 });
