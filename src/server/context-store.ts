@@ -55,6 +55,8 @@ export interface RemoteContexts {
   /** Names the store in messages (its URL). */
   readonly where: string;
   put(record: ContextRecord, fingerprint: string, file: Buffer): Promise<void>;
+  /** Changes whenever the tenant's listing does (a put or delete). */
+  version(tenant: string): Promise<string>;
   /** The tenant's contexts saved with this model fingerprint, with their sizes in bytes. */
   list(tenant: string, fingerprint: string): Promise<{ record: ContextRecord; bytes: number }[]>;
   /** The context's bytes (null if it is gone) and the name of the entry holding them, for messages. */
@@ -86,6 +88,8 @@ export interface ScanReport {
  */
 export class ContextStore {
   private readonly entries = new Map<string, Entry>();
+  /** The remote listing version each tenant's entries reflect. */
+  private readonly listed = new Map<string, string>();
 
   constructor(
     readonly lm: LoadedModel,
@@ -108,6 +112,8 @@ export class ContextStore {
    */
   async refresh(tenant: string): Promise<void> {
     if (!this.remote) return;
+    const version = await this.remote.version(tenant);
+    if (this.listed.get(tenant) === version) return;
     const listed = await this.remote.list(tenant, this.fingerprint);
     const ids = new Set<string>();
     for (const { record, bytes } of listed) {
@@ -115,6 +121,8 @@ export class ContextStore {
       if (!this.entries.has(record.id)) this.entries.set(record.id, { record: checkRecord(record as unknown as Record<string, unknown>, null), path: null, remote: true, fileBytes: bytes, shared: null, loading: null });
     }
     for (const [id, e] of this.entries) if (e.remote && e.record.tenant === tenant && !ids.has(id)) this.entries.delete(id);
+    // A change between reading the version and the listing leaves the version behind: the next call re-reads.
+    this.listed.set(tenant, version);
   }
 
   /** Lists the folder's context files; files of another model or that fail their header checks are skipped and named. */

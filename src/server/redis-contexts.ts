@@ -5,6 +5,7 @@ import type { ContextRecord, RemoteContexts } from './context-store.ts';
 const PREFIX = 'kvlab:contexts';
 const indexKey = (tenant: string) => `${PREFIX}:index:${tenant}`;
 const dataKey = (id: string) => `${PREFIX}:data:${id}`;
+const versionKey = (tenant: string) => `${PREFIX}:version:${tenant}`;
 
 interface IndexEntry {
   fingerprint: string;
@@ -15,7 +16,8 @@ interface IndexEntry {
 /**
  * Contexts kept in Redis for every server on it: one string per context holding the bytes of its context
  * file (the disk store's format, checksum included), and per tenant a hash from id to its record. Both are
- * written in one MULTI/EXEC, so a context is listed only once its bytes are there whole.
+ * written in one MULTI/EXEC, so a context is listed only once its bytes are there whole. A counter per
+ * tenant moves with every change, so a replica re-reads a listing only when it changed.
  */
 export class RedisContexts implements RemoteContexts {
   private constructor(
@@ -29,9 +31,13 @@ export class RedisContexts implements RemoteContexts {
 
   async put(record: ContextRecord, fingerprint: string, file: Buffer): Promise<void> {
     const entry: IndexEntry = { fingerprint, bytes: file.length, record };
-    const replies = await this.client.multi().set(dataKey(record.id), file).hset(indexKey(record.tenant), record.id, JSON.stringify(entry)).exec();
+    const replies = await this.client.multi().set(dataKey(record.id), file).hset(indexKey(record.tenant), record.id, JSON.stringify(entry)).incr(versionKey(record.tenant)).exec();
     const failed = replies?.find(([err]) => err);
     if (!replies || failed) throw new RedisError(`${this.where}: storing context ${record.id} failed: ${failed?.[0]?.message ?? 'the transaction was aborted'}`);
+  }
+
+  async version(tenant: string): Promise<string> {
+    return (await this.client.get(versionKey(tenant))) ?? '0';
   }
 
   async list(tenant: string, fingerprint: string): Promise<{ record: ContextRecord; bytes: number }[]> {
@@ -56,7 +62,7 @@ export class RedisContexts implements RemoteContexts {
   }
 
   async delete(tenant: string, id: string): Promise<boolean> {
-    const replies = await this.client.multi().hdel(indexKey(tenant), id).del(dataKey(id)).exec();
+    const replies = await this.client.multi().hdel(indexKey(tenant), id).del(dataKey(id)).incr(versionKey(tenant)).exec();
     return Number(replies?.[0]?.[1] ?? 0) > 0;
   }
 
