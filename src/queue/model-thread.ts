@@ -16,6 +16,8 @@ export class UnitFailedError extends Error {
 export interface ModelThread {
   fingerprint: string;
   dir: string;
+  /** Resolves if the thread ends other than by close() (a crash): nothing more can run on it. */
+  died: Promise<Error>;
   run(data: QaJobData): Promise<QaUnit>;
   close(): Promise<void>;
 }
@@ -33,6 +35,9 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
   const pending = new Map<number, { resolve: (u: QaUnit) => void; reject: (e: Error) => void }>();
   let nextId = 0;
   let dead: Error | null = null;
+  let closing = false;
+  let onDeath: (e: Error) => void = () => {};
+  const died = new Promise<Error>((resolve) => (onDeath = resolve));
   const ready = new Promise<{ fingerprint: string; dir: string }>((resolve, reject) => {
     thread.on('message', (m: ThreadReply) => {
       if (m.type === 'ready') resolve(m);
@@ -45,6 +50,7 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
       }
     });
     const fail = (e: Error) => {
+      if (!dead && !closing) onDeath(e);
       dead = e;
       reject(e);
       for (const p of pending.values()) p.reject(e);
@@ -57,6 +63,7 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
   return {
     fingerprint,
     dir,
+    died,
     run: (data) =>
       new Promise<QaUnit>((resolve, reject) => {
         if (dead) return reject(dead);
@@ -65,6 +72,7 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
         thread.postMessage({ id, data });
       }),
     close: async () => {
+      closing = true;
       await thread.terminate();
     },
   };

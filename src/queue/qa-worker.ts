@@ -21,6 +21,8 @@ export interface RunningQaWorker {
   queueName: string;
   fingerprint: string;
   dir: string;
+  /** Resolves with the reason if the model thread died: the worker has stopped taking jobs and should exit. */
+  failed: Promise<Error>;
   /** Finishes the job in hand, then stops taking jobs, disconnects and ends the model thread. */
   close(): Promise<void>;
 }
@@ -60,10 +62,18 @@ export async function startQaWorker(o: QaWorkerOptions): Promise<RunningQaWorker
   worker.on('failed', (job, err) => log(`failed ${job?.id ?? '?'}: ${err.message}`));
   worker.on('error', (err) => log(`queue error: ${err.message}`));
   await worker.waitUntilReady();
+  // A dead thread would fail every job it is handed, using up their attempts: stop taking jobs at once.
+  const failed = thread.died.then(async (e) => {
+    log(`the model thread died (${e.message}): taking no more jobs`);
+    await worker.close(true).catch(() => {});
+    await client.quit().catch(() => client.disconnect());
+    return e;
+  });
   return {
     queueName: name,
     fingerprint: thread.fingerprint,
     dir: thread.dir,
+    failed,
     close: async () => {
       await worker.close();
       await thread.close();

@@ -17,7 +17,11 @@ import { collect, intOption, modelOptions, numberOption, openModel, protectOptio
 const LOCAL_TENANT = 'local';
 
 function storeOption(cmd: Command): Command {
-  return cmd.option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`);
+  return cmd.option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`, (value: string) => {
+    // Not a folder named "redis:": a store in Redis is reached through a `kvlab serve --store redis://...` replica.
+    if (/^rediss?:\/\//.test(value)) throw new InvalidArgumentError(`--store ${value}: kvlab context works on a folder store; a Redis store is read and written through the HTTP API of \`kvlab serve --store ${value}\``);
+    return value;
+  });
 }
 
 function openStore(lm: LoadedModel, dir: string | undefined): ContextStore {

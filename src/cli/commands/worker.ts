@@ -20,7 +20,7 @@ export function registerWorker(program: Command): void {
         log,
       });
       log(`${worker.dir} (${worker.fingerprint.slice(0, 19)}...) takes jobs from queue ${worker.queueName} on ${address.url}`);
-      await new Promise<void>((resolve) => {
+      const signalled = new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           log(`${signal}: finishing the job in hand`);
           resolve();
@@ -28,6 +28,8 @@ export function registerWorker(program: Command): void {
         process.once('SIGTERM', () => stop('SIGTERM'));
         process.once('SIGINT', () => stop('SIGINT'));
       });
+      const died = await Promise.race([signalled.then(() => null), worker.failed]);
+      if (died) throw new Error(`the worker's model thread died: ${died.message}`);
       await worker.close();
     });
 }
