@@ -213,19 +213,19 @@ test('a job no worker can run fails the sweep with its reason; a job for another
 
     // A job whose data names another model, put on this model's queue by hand: refused, not run.
     const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
-    const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
-    await queue.add('qa', data, { jobId: qaJobId(data), attempts: 3 });
-    let job: Job | undefined;
-    for (let i = 0; i < 600; i++) {
-      job = await Job.fromId(queue, qaJobId(data));
-      if (job && (await job.isFailed())) break;
-      await new Promise((r) => setTimeout(r, 50));
+    try {
+      const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
+      const id = qaJobId(data);
+      await queue.add('qa', data, { jobId: id, attempts: 3 });
+      for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+      const job = await Job.fromId(queue, id);
+      assert.ok(job && (await job.isFailed()), 'the forged job failed');
+      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
+      assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
+      await job.remove();
+    } finally {
+      await queue.close();
     }
-    assert.ok(job && (await job.isFailed()), 'the forged job failed');
-    assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
-    assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
-    await job.remove();
-    await queue.close();
     assert.doesNotMatch(w.out(), /done qa-/);
   } finally {
     await stopWorker(w);
