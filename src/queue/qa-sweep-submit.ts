@@ -75,17 +75,19 @@ export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<strin
     let noticed = false;
     while (jobs.size) {
       for (const [id, data] of jobs) {
-        const job = await Job.fromId<QaJobData, QaUnit>(queue, id);
-        if (!job) {
+        // One round trip per pending job; the job itself is read only once it has ended.
+        const state = await queue.getJobState(id);
+        if (state === 'unknown') {
           // Removed behind our back (by hand, or by another submitter of the same units): submit it again.
           await add(id, data);
           continue;
         }
-        const state = await job.getState();
+        if (state !== 'completed' && state !== 'failed') continue;
+        const job = await Job.fromId<QaJobData, QaUnit>(queue, id);
+        if (!job) continue;
         if (state === 'failed') {
           throw new QueueJobError(`job ${id} (${data.method} on row ${JSON.stringify(data.row.id)}) failed after ${job.attemptsMade} attempt(s): ${job.failedReason}`);
         }
-        if (state !== 'completed') continue;
         const unit = checkQaUnit(job.returnvalue, data);
         units.set(data.unit, unit);
         jobs.delete(id);
