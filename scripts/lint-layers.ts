@@ -1,6 +1,6 @@
 /**
  * The layer check: a module of src/ imports only from its own layer or the layers below it. The order is
- * written once, here; folders on one rank (eval, bench, server, inspect) may import each other. Imports are read with
+ * written once, here; folders on one rank (eval, bench, server, inspect, queue) may import each other. Imports are read with
  * TypeScript's own pre-processor, so type-only, re-exported and dynamic imports all count.
  * Run as `npm run lint:layers` (part of `npm test`); prints one line per upward import and exits 1.
  */
@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 
 /** Lowest first. */
-export const LAYERS: readonly (readonly string[])[] = [['tensor'], ['cache'], ['model'], ['press'], ['engine'], ['eval', 'bench', 'server', 'inspect'], ['cli', 'api']];
+export const LAYERS: readonly (readonly string[])[] = [['tensor'], ['cache'], ['model'], ['press'], ['engine'], ['eval', 'bench', 'server', 'inspect', 'queue'], ['cli', 'api']];
 
 export const LAYER_ORDER = LAYERS.map((rank) => rank.join('|')).join(' -> ');
 

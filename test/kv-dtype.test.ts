@@ -92,5 +92,5 @@ test('kvlab generate --kv-dtype bf16 runs on a bf16 cache; an unknown dtype is r
   assert.equal(out.kv_dtype, 'bf16');
   const bad = spawnSync(process.execPath, [cli, 'generate', '--kv-dtype', 'fp8', '--prompt', 'Hello'], { encoding: 'utf8' });
   assert.notEqual(bad.status, 0);
-  assert.match(bad.stderr, /--kv-dtype must be f32 or bf16, got "fp8"/);
+  assert.match(bad.stderr, /--kv-dtype must be f32, bf16, int4 or int2, got "fp8"/);
 });

@@ -143,6 +143,11 @@ for (const dtype of ['int4', 'int2'] as const) {
         });
         assert.equal(s.cache.bytes(), held);
         assert.equal(report.bytesKept, held);
+        // The context's rows as stored: packed rows at their share of codes, scales and zeros, residual rows in fp32.
+        let contextHeld = 0;
+        s.cache.forEachHead((hs) => (contextHeld += hs.rowsBytes(P, hs.len - (N - P - T))));
+        assert.equal(report.contextBytesKept, contextHeld);
+        assert.ok(report.contextBytesKept < report.contextBytesFull || ratio === 1);
         assert.ok(report.bytesKept < (kept.flat().reduce((a, b) => a + b, 0) + L * H * P) * lm.config.headDim * 2 * 4, `${dtype} holds fewer bytes than fp32 rows`);
         // Asking leaves the compressed cache as it was (rows packed during the answer are unpacked by the mark).
         const before = s.cache.clone();

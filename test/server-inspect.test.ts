@@ -59,7 +59,7 @@ test('/inspect/{id} shows a stored context: its method and protection, and at it
   assert.equal(keep.ratio, 0.3);
 
   // The page's keep set at the stored ratio is the one the server compressed with, row for row.
-  const stored = server.state.store!.shared(tenantOf(KEY_A), ctx.id);
+  const stored = await server.state.store!.shared(tenantOf(KEY_A), ctx.id);
   const start = data.context.start;
   assert.equal(start, stored.context.start);
   let kept = 0;

@@ -117,7 +117,7 @@ test('a process killed (SIGKILL) while saving leaves every acknowledged context 
   assert.deepEqual(scan.skipped, []);
   const listed = reopened.listAll().map((r) => r.id);
   for (const id of acked) assert.ok(listed.includes(id), `${id} was acknowledged`);
-  for (const id of listed) assert.ok(reopened.shared('local', id).cache.bytes() > 0);
+  for (const id of listed) assert.ok((await reopened.shared('local', id)).cache.bytes() > 0);
   const leftovers = readdirSync(crashStore).filter((f) => !f.endsWith('.kvctx'));
   assert.ok(leftovers.every((f) => f.startsWith('.') && f.includes('.tmp-')), `only hidden temp files may remain: ${leftovers}`);
 });

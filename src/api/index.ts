@@ -14,7 +14,7 @@
  */
 import { basename } from 'node:path';
 import { DEFAULT_MODEL_DIR, loadModel, LoadedModel } from '../engine/loaded-model.ts';
-import type { KvDtype } from '../cache/kv-cache.ts';
+import type { KvDtype, KvQuantOptions } from '../cache/kv-cache.ts';
 import type { Int8Grouping } from '../tensor/quantize.ts';
 import type { Backend } from '../tensor/backend.ts';
 import { NativeBackend } from '../tensor/native.ts';
@@ -36,8 +36,10 @@ export interface OpenModelOptions {
   weights?: 'checkpoint' | 'int8';
   /** Columns per int8 scale, or 'row'. Default 128. */
   int8Group?: Int8Grouping;
-  /** How KV caches store keys and values: 'f32' (default) or 'bf16' (half the memory). */
+  /** How KV caches store keys and values: 'f32' (default), 'bf16' (half the memory), 'int4' or 'int2' (KIVI, see kvQuant). */
   kvDtype?: KvDtype;
+  /** Group size G and fp32 residual window R of int4 / int2 caches. Default { group: 32, residual: 128 }. */
+  kvQuant?: KvQuantOptions;
   /** 'native' (the compiled kernels; an error if the addon did not build) or 'reference' (pure TypeScript). Default: native where it loads. */
   backend?: 'native' | 'reference';
   /** Read the weights through a file mapping instead of into memory (refuses to run once the file changes). */
@@ -52,6 +54,7 @@ export function openModel(dir: string = DEFAULT_MODEL_DIR, opts: OpenModelOption
     weights: opts.weights,
     int8Group: opts.int8Group,
     kvDtype: opts.kvDtype,
+    kvQuant: opts.kvQuant,
     mmap: opts.mmap ?? false,
     onProgress: opts.onProgress,
   });
@@ -128,7 +131,7 @@ export type { CompressOptions, CompressionReport, Compressed, ContextOptions, Sc
 export { generate } from '../engine/generate.ts';
 export type { FinishReason, GenerateOptions, GenerateResult } from '../engine/generate.ts';
 export type { SamplingOptions } from '../engine/sampler.ts';
-export type { KvDtype } from '../cache/kv-cache.ts';
+export type { KvDtype, KvQuantOptions } from '../cache/kv-cache.ts';
 export { KvCache } from '../cache/kv-cache.ts';
 
 // Compression methods: the registry, the pieces of a custom press, protection.

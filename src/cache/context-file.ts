@@ -60,9 +60,13 @@ function bodyBytes(h: ContextFileHeader): number {
   return rows * (4 + 2 * h.headDim * bytesPerValue(h.dtype));
 }
 
-/** Writes the cache and metadata to `path` atomically; returns the file's size in bytes. */
-export function writeContextFile(path: string, cache: KvCache, fingerprint: string, meta: Record<string, unknown>): number {
-  if (cache.busy) throw new Error(`cannot save a cache while an async step writes into it (${path})`);
+/**
+ * The file's bytes as chunks (preamble, header, rows per head, checksum): what writeContextFile puts on disk
+ * and what a store other than a folder (Redis) keeps as one value. fp32 rows are views into the cache: use
+ * the chunks before the cache changes.
+ */
+export function encodeContextFile(cache: KvCache, fingerprint: string, meta: Record<string, unknown>, where: string): Uint8Array[] {
+  if (cache.busy) throw new Error(`cannot save a cache while an async step writes into it (${where})`);
   const header: ContextFileHeader = {
     fingerprint,
     dtype: cache.dtype,
@@ -79,25 +83,29 @@ export function writeContextFile(path: string, cache: KvCache, fingerprint: stri
   preamble.write(CONTEXT_FILE_MAGIC, 0, 'latin1');
   preamble.writeUInt32LE(CONTEXT_FILE_VERSION, 8);
   preamble.writeUInt32LE(headerBytes.length, 12);
+  const chunks: Uint8Array[] = [preamble, headerBytes];
+  cache.forEachHead((s) => {
+    chunks.push(asBytes(s.pos.slice(0, s.len)));
+    for (const rows of [s.keys(), s.values()]) chunks.push(asBytes(cache.dtype === 'bf16' ? Uint16Array.from(rows, f32ToBf16) : rows));
+  });
+  const hash = createHash('sha256');
+  for (const c of chunks) hash.update(c);
+  chunks.push(hash.digest());
+  return chunks;
+}
 
+/** Writes the cache and metadata to `path` atomically; returns the file's size in bytes. */
+export function writeContextFile(path: string, cache: KvCache, fingerprint: string, meta: Record<string, unknown>): number {
+  const chunks = encodeContextFile(cache, fingerprint, meta, path);
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`);
   const fd = openSync(tmp, 'wx', 0o600);
-  const hash = createHash('sha256');
   let size = 0;
-  const put = (b: Uint8Array, hashed = true) => {
-    if (hashed) hash.update(b);
-    let off = 0;
-    while (off < b.length) off += writeSync(fd, b, off, b.length - off);
-    size += b.length;
-  };
   try {
-    put(preamble);
-    put(headerBytes);
-    cache.forEachHead((s) => {
-      put(asBytes(s.pos.slice(0, s.len)));
-      for (const rows of [s.keys(), s.values()]) put(asBytes(cache.dtype === 'bf16' ? Uint16Array.from(rows, f32ToBf16) : rows));
-    });
-    put(hash.digest(), false);
+    for (const b of chunks) {
+      let off = 0;
+      while (off < b.length) off += writeSync(fd, b, off, b.length - off);
+      size += b.length;
+    }
     fsyncSync(fd);
     closeSync(fd);
   } catch (e) {
@@ -127,11 +135,9 @@ export function readContextHeader(path: string): ContextFileHeader {
 export function readContextFile(path: string, fingerprint: string): { header: ContextFileHeader; cache: KvCache } {
   const fd = openSync(path, 'r');
   let file: Buffer;
-  let header: ContextFileHeader;
-  let bodyAt: number;
   try {
     const size = statSync(path).size;
-    ({ header, bodyAt } = readHeader(path, fd, size));
+    readHeader(path, fd, size);
     file = Buffer.allocUnsafe(size);
     let off = 0;
     while (off < size) {
@@ -142,12 +148,21 @@ export function readContextFile(path: string, fingerprint: string): { header: Co
   } finally {
     closeSync(fd);
   }
+  return decodeContextFile(file, path, fingerprint);
+}
+
+/**
+ * A context file's bytes, from wherever they were kept (`where` names it in errors): the same checks as
+ * readContextFile (layout, checksum, model fingerprint) and the rebuilt cache.
+ */
+export function decodeContextFile(file: Buffer, where: string, fingerprint: string): { header: ContextFileHeader; cache: KvCache } {
+  const { header, bodyAt } = parseHeader(where, file.subarray(0, PREAMBLE), (at, n) => file.subarray(at, at + n), file.length);
   const digest = createHash('sha256').update(file.subarray(0, file.length - CHECKSUM)).digest();
   if (!digest.equals(file.subarray(file.length - CHECKSUM))) {
-    throw new ContextFileError(path, 'corrupted', 'checksum mismatch: the file is corrupted (a byte changed since it was written)');
+    throw new ContextFileError(where, 'corrupted', 'checksum mismatch: the file is corrupted (a byte changed since it was written)');
   }
   if (header.fingerprint !== fingerprint) {
-    throw new ContextFileError(path, 'other-model', 'the context was saved by another model (its fingerprint differs from the loaded model\'s)');
+    throw new ContextFileError(where, 'other-model', 'the context was saved by another model (its fingerprint differs from the loaded model\'s)');
   }
   const cache = new KvCache(header.numLayers, header.numKvHeads, header.headDim, header.dtype, undefined, header.quant);
   const d = header.headDim;
@@ -172,9 +187,18 @@ export function readContextFile(path: string, fingerprint: string): { header: Co
 }
 
 function readHeader(path: string, fd: number, size: number): { header: ContextFileHeader; bodyAt: number } {
+  const pre = Buffer.alloc(Math.min(PREAMBLE, size));
+  readSync(fd, pre, 0, pre.length, 0);
+  return parseHeader(path, pre, (at, n) => {
+    const raw = Buffer.alloc(n);
+    readSync(fd, raw, 0, n, at);
+    return raw;
+  }, size);
+}
+
+/** Checks the preamble and header of a file of `size` bytes; `read(at, n)` returns its bytes at an offset. */
+function parseHeader(path: string, pre: Buffer, read: (at: number, n: number) => Buffer, size: number): { header: ContextFileHeader; bodyAt: number } {
   if (size < PREAMBLE) throw new ContextFileError(path, 'truncated', `file is truncated (${size} bytes, shorter than the ${PREAMBLE}-byte preamble)`);
-  const pre = Buffer.alloc(PREAMBLE);
-  readSync(fd, pre, 0, PREAMBLE, 0);
   if (pre.toString('latin1', 0, 8) !== CONTEXT_FILE_MAGIC) throw new ContextFileError(path, 'not-a-context', 'not a kvlab context file (bad magic bytes)');
   const version = pre.readUInt32LE(8);
   if (version > CONTEXT_FILE_VERSION) {
@@ -185,8 +209,7 @@ function readHeader(path: string, fd: number, size: number): { header: ContextFi
   if (PREAMBLE + headerLength + CHECKSUM > size) {
     throw new ContextFileError(path, 'truncated', `file is truncated (${size} bytes; its header alone needs ${PREAMBLE + headerLength + CHECKSUM})`);
   }
-  const raw = Buffer.alloc(headerLength);
-  readSync(fd, raw, 0, headerLength, PREAMBLE);
+  const raw = read(PREAMBLE, headerLength);
   let header: ContextFileHeader;
   try {
     header = checkHeader(JSON.parse(raw.toString('utf8')));

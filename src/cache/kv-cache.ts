@@ -1,7 +1,7 @@
 import { alignedFloat32Array, alignedUint16Array } from '../tensor/aligned.ts';
 import type { Backend, KvHeadView, KvRows } from '../tensor/backend.ts';
 import { kvRowsToF32 } from '../tensor/dtype.ts';
-import { checkQuantShape, dequantizeKeys, dequantizeValues, type KvQuantBits } from '../tensor/kv-quant.ts';
+import { checkQuantShape, dequantizeKeys, dequantizeValues, quantizedBytes, type KvQuantBits } from '../tensor/kv-quant.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 import { blockRows, KV_BLOCK_ROWS, kvRowBytes, type KvPool } from './kv-pool.ts';
 import { QuantStore } from './kv-quant-store.ts';
@@ -111,6 +111,19 @@ export class HeadStore implements KvHeadView {
   get heldBytes(): number {
     if (!this.quant) return this.len * this.headDim * 2 * (this.dtype === 'bf16' ? 2 : 4);
     return this.quant.heldBytes + (this.len - this.quant.rows) * this.headDim * 2 * 4;
+  }
+
+  /**
+   * Bytes of rows [from, to): their keys and values in the dtype; for a quantized head, a packed row's codes and
+   * its share of the scales and zero points, and a residual row's fp32 key and value (summed over all rows: heldBytes).
+   */
+  rowsBytes(from: number, to: number): number {
+    const d = this.headDim;
+    const q = this.quant;
+    if (!q) return (to - from) * d * 2 * (this.dtype === 'bf16' ? 2 : 4);
+    const packed = Math.max(0, Math.min(to, q.rows) - from);
+    const packedShare = quantizedBytes(q.group, d, q.bits, q.group) / q.group;
+    return packed * packedShare + (to - from - packed) * d * 2 * 4;
   }
 
   /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one, dequantized rows of a quantized one. */

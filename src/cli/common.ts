@@ -27,7 +27,7 @@ function kvDtypeOption(value: string): KvDtype {
   try {
     return parseKvDtype(value);
   } catch {
-    throw new InvalidArgumentError(`--kv-dtype must be ${KV_DTYPES.join(' or ')}, got "${value}"`);
+    throw new InvalidArgumentError(`--kv-dtype must be ${KV_DTYPES.slice(0, -1).join(', ')} or ${KV_DTYPES.at(-1)}, got "${value}"`);
   }
 }
 

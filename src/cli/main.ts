@@ -14,6 +14,7 @@ import { registerInspect } from './commands/inspect.ts';
 import { registerServe } from './commands/serve.ts';
 import { registerContext } from './commands/context.ts';
 import { registerVerifyArch } from './commands/verify-arch.ts';
+import { registerWorker } from './commands/worker.ts';
 
 const program = new Command();
 program
@@ -36,6 +37,7 @@ registerBenchServe(program);
 registerServe(program);
 registerContext(program);
 registerVerifyArch(program);
+registerWorker(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`kvlab: ${err instanceof Error ? err.message : String(err)}\n`);

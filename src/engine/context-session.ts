@@ -193,8 +193,10 @@ export class ContextSession {
       for (let h = 0; h < cache.numKvHeads; h++)
         if (cache.head(l, h).len !== this.ids.length) throw new Error('compression applies once, to an uncompressed, prefilled context');
     const bytesFull = cache.bytes();
-    const rowBytes = cache.rowBytes;
-    const contextBytesFull = T * rowBytes * cache.numLayers * cache.numKvHeads;
+    // Bytes of the context's rows in each head as stored (packed, or fp32 in a quantized head's residual window).
+    let contextBytesFull = 0;
+    cache.forEachHead((s) => (contextBytesFull += s.rowsBytes(context.start, context.end)));
+    let contextBytesKept = 0;
     const perLayerKept: number[] = [];
     let keptRows = 0;
     for (let l = 0; l < cache.numLayers; l++) {
@@ -208,6 +210,7 @@ export class ContextSession {
         for (const j of sel) rows[r++] = context.start + j;
         for (let i = context.end; i < len; i++) rows[r++] = i;
         cache.keep(l, h, rows);
+        contextBytesKept += cache.head(l, h).rowsBytes(context.start, context.start + sel.length);
         layerRows += sel.length;
       }
       keptRows += layerRows;
@@ -218,7 +221,7 @@ export class ContextSession {
       ratio,
       contextTokens: T,
       contextBytesFull,
-      contextBytesKept: keptRows * rowBytes,
+      contextBytesKept,
       bytesFull,
       bytesKept: cache.bytes(),
       perLayerKept,

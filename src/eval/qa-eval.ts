@@ -1,6 +1,6 @@
 import { userContextLayout } from '../model/prompt-layout.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
-import { getPress } from '../press/registry.ts';
+import { getPress, type Press } from '../press/registry.ts';
 import type { QaRow } from './datasets.ts';
 import { sweepRatios } from './method-sweep.ts';
 import type { ReconstructionOptions } from '../engine/reconstruction-check.ts';
@@ -71,6 +71,24 @@ export interface QaSample {
   correct: boolean;
 }
 
+/**
+ * One row under one method: the context prefilled and scored once, then every question at every ratio.
+ * The unit of work of a sweep, local or on a queue's workers.
+ */
+export async function qaUnit(lm: LoadedModel, row: QaRow, press: Press, opts: Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system' | 'auto'>): Promise<QaUnit> {
+  const unit: QaUnit = { samples: [], kept: [], bytes: [] };
+  for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
+    unit.kept.push([point.ratio, point.keptBytesRatio]);
+    unit.bytes!.push([point.ratio, point.bytesKept]);
+    for (const [qi, q] of row.questions.entries()) {
+      const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
+      const answer = r.text.trim();
+      unit.samples.push({ id: row.id, question_index: qi, method: press.name, ratio: point.ratio, answer, expected: row.answers[qi]!, correct: answer === row.answers[qi]! });
+    }
+  }
+  return unit;
+}
+
 /** Multi-query QA under compression: exact match of the stripped answer, per (method, ratio). */
 export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions): Promise<{ results: QaResult[]; samples: QaSample[] }> {
   const presses = opts.methods.map(getPress);
@@ -86,16 +104,7 @@ export async function evalQa(lm: LoadedModel, rows: QaRow[], opts: QaEvalOptions
       const key = qaUnitKey(press.name, index, row.id);
       let unit = opts.resumed?.get(key);
       if (!unit) {
-        unit = { samples: [], kept: [], bytes: [] };
-        for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
-          unit.kept.push([point.ratio, point.keptBytesRatio]);
-          unit.bytes!.push([point.ratio, point.bytesKept]);
-          for (const [qi, q] of row.questions.entries()) {
-            const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
-            const answer = r.text.trim();
-            unit.samples.push({ id: row.id, question_index: qi, method: press.name, ratio: point.ratio, answer, expected: row.answers[qi]!, correct: answer === row.answers[qi]! });
-          }
-        }
+        unit = await qaUnit(lm, row, press, opts);
         opts.onUnit?.(key, unit);
       }
       for (const [ratio, k] of unit.kept) kept.set(`${press.name}@${ratio}`, [...(kept.get(`${press.name}@${ratio}`) ?? []), k]);

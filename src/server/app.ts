@@ -65,6 +65,8 @@ export function createApp(state: ServerState, opts: AppOptions): Hono<AppEnv> {
   app.use('/v1/*', async (c, next) => {
     if (state.phase === 'loading') throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading', { 'Retry-After': '2' });
     if (state.phase === 'draining') throw new ApiError(503, 'the server is shutting down', null, 'shutting_down');
+    // A store shared with other servers: see the contexts they added or removed.
+    await state.store?.refresh(c.get('tenant'));
     await next();
   });
   app.use(

@@ -17,7 +17,7 @@ import { parseChatRequest, type ChatRequest } from './validate.ts';
 export async function chatCompletion(c: Context<AppEnv>, s: ReadyState, opts: AppOptions): Promise<Response> {
   const req = parseChatRequest(await readJson(c));
   if (req.model !== s.modelId) throw new ApiError(404, `The model '${req.model}' does not exist; this server serves '${s.modelId}'`, 'model', 'model_not_found');
-  const { shared, promptIds } = prompt(c.get('tenant'), req, s);
+  const { shared, promptIds } = await prompt(c.get('tenant'), req, s);
   const limit = s.lm.config.maxPositionEmbeddings;
   const total = (shared?.cache.nextPos ?? 0) + promptIds.length;
   if (total >= limit) {
@@ -104,7 +104,7 @@ export async function chatCompletion(c: Context<AppEnv>, s: ReadyState, opts: Ap
 }
 
 /** The stored context this request continues (if any) and the token ids to prefill on top of it. */
-function prompt(tenant: string, req: ChatRequest, s: ReadyState): { shared?: SharedContext; promptIds: number[] } {
+async function prompt(tenant: string, req: ChatRequest, s: ReadyState): Promise<{ shared?: SharedContext; promptIds: number[] }> {
   let record: ContextRecord | undefined;
   let rest = req.messages;
   if (req.context !== null) {
@@ -119,7 +119,7 @@ function prompt(tenant: string, req: ChatRequest, s: ReadyState): { shared?: Sha
   if (rest.some((m) => m.role === 'system')) throw badRequest(`a request on context ${record.id} cannot add a system message; the context fixed it`, 'messages', 'invalid_value');
   let shared: SharedContext;
   try {
-    shared = s.store.shared(tenant, record.id);
+    shared = await s.store.shared(tenant, record.id);
   } catch (e) {
     if (e instanceof ContextUnavailableError) throw new ApiError(500, e.message, 'context', 'context_unavailable');
     throw e;

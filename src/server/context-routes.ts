@@ -38,7 +38,7 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
     }
     if (ctx.layout.context.end === ctx.layout.context.start) throw badRequest('the context is empty', r.text !== null ? 'text' : 'messages', 'invalid_value');
     const built = compressContext(s.lm, ctx, press, r.ratio, protection, r.auto);
-    const { record, saveMs } = s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
+    const { record, saveMs } = await s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
     const auto = built.report.auto;
     return c.json({
       ...view(record, s.store, saveMs),
@@ -68,9 +68,9 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
     return c.json(view(r, s.store));
   });
 
-  app.delete('/v1/contexts/:id', (c) => {
+  app.delete('/v1/contexts/:id', async (c) => {
     const s = ready();
-    if (!s.store.remove(c.get('tenant'), c.req.param('id'))) throw notFound(c.req.param('id'));
+    if (!(await s.store.remove(c.get('tenant'), c.req.param('id')))) throw notFound(c.req.param('id'));
     return c.json({ id: c.req.param('id'), object: 'context.deleted', deleted: true });
   });
 }

@@ -19,7 +19,9 @@ const KEEP = 8;
 export function inspectRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void {
   const cache = new Map<string, Promise<Inspection>>();
 
-  const inspection = (s: ReadyState, tenant: string, id: string): Promise<Inspection> => {
+  const inspection = async (s: ReadyState, tenant: string, id: string): Promise<Inspection> => {
+    // A store shared with other servers: see the contexts they added or removed, as /v1 routes do.
+    await s.store.refresh(tenant);
     const record = s.store.get(tenant, id);
     if (!record) throw new ApiError(404, `no context '${id}'`, 'id', 'context_not_found');
     const key = `${record.id}@${record.createdAt}`;

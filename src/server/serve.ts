@@ -17,8 +17,10 @@ export interface ServeOptions {
   host?: string;
   /** 0 picks a free port. */
   port?: number;
-  /** Folder of context files; null keeps contexts in memory only. */
+  /** Folder of context files; null keeps contexts in memory only (or in Redis, with redisStore). */
   storeDir: string | null;
+  /** redis://HOST:PORT/N: contexts kept in Redis, shared by every server on it (instead of storeDir). */
+  redisStore?: string;
   apiKeys?: string[];
   bodyLimitBytes?: number;
   defaultMaxTokens?: number;
@@ -44,6 +46,12 @@ export interface RunningServer {
 
 export { DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS, defaultStoreDir } from './defaults.ts';
 
+/** The Redis client loads only for a server that stores its contexts there. */
+async function openRedisStore(url: string) {
+  const [{ parseRedisUrl }, { RedisContexts }] = await Promise.all([import('../queue/redis-connection.ts'), import('./redis-contexts.ts')]);
+  return RedisContexts.open(parseRedisUrl(url, '--store'));
+}
+
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null };
@@ -64,7 +72,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     // Let the listener answer /health (503) before the synchronous load takes the thread.
     await new Promise((r) => setImmediate(r));
     const lm = await opts.load();
-    const store = new ContextStore(lm, persistentFingerprint(lm), opts.storeDir);
+    const remote = opts.redisStore ? await openRedisStore(opts.redisStore) : null;
+    const store = new ContextStore(lm, persistentFingerprint(lm), remote ? null : opts.storeDir, remote);
     const scan = store.scan();
     for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
     state.lm = lm;
@@ -72,7 +81,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     state.modelId = basename(lm.dir);
     state.scheduler = opts.makeScheduler ? opts.makeScheduler(lm) : new BatchScheduler(lm, { pool: lm.kvPool(opts.kvMemoryBytes), maxQueue: opts.maxQueue, maxBatch: opts.maxBatch });
     state.phase = 'ready';
-    log(`kvlab serve: ${state.modelId} on ${url}; ${scan.listed} stored context(s)${opts.storeDir ? ` in ${opts.storeDir}` : ' (memory only)'}`);
+    log(`kvlab serve: ${state.modelId} on ${url}; ${remote ? `contexts in ${remote.where}` : `${scan.listed} stored context(s)${opts.storeDir ? ` in ${opts.storeDir}` : ' (memory only)'}`}`);
   })();
 
   let closing: Promise<void> | null = null;
@@ -83,6 +92,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       server.closeIdleConnections();
       await ready.catch(() => {});
       await state.scheduler?.drain();
+      await state.store?.remote?.close();
       // Responses of the drained sequences are written by now; whatever stays open is idle or a finished stream.
       setTimeout(() => server.closeAllConnections(), 1000).unref();
       await closed;

@@ -14,6 +14,6 @@ const store = new ContextStore(lm, persistentFingerprint(lm), process.argv[2]!);
 const ctx = conversationContext(lm, { kind: 'text', text: qaRows()[0]!.context });
 const built = compressContext(lm, ctx, (await import('../../src/press/registry.ts')).getPress('snapkv'), 0.9, DEFAULT_CONTEXT_PROTECTION);
 for (;;) {
-  const { record } = store.add('local', ctx, built, 'none');
+  const { record } = await store.add('local', ctx, built, 'none');
   process.stdout.write(`saved ${record.id}\n`);
 }

@@ -19,7 +19,11 @@ import { collect, intOption, modelOptions, openModel } from '../common.ts';
 const LOCAL_TENANT = 'local';
 
 function storeOption(cmd: Command): Command {
-  return cmd.option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`);
+  return cmd.option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`, (value: string) => {
+    // Not a folder named "redis:": a store in Redis is reached through a `kvlab serve --store redis://...` replica.
+    if (/^rediss?:\/\//.test(value)) throw new InvalidArgumentError(`--store ${value}: kvlab context works on a folder store; a Redis store is read and written through the HTTP API of \`kvlab serve --store ${value}\``);
+    return value;
+  });
 }
 
 function openStore(lm: LoadedModel, dir: string | undefined): ContextStore {
@@ -50,7 +54,7 @@ export function registerContext(program: Command): void {
     .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1], or auto (the smallest candidate whose compressed cache still reconstructs the context)', ratioOrAutoOption, 0.3)
     .option('--protect <mode>', `default, whitelist:NAME[,NAME], fair[:lambda], both or none (default: ${describeProtection(DEFAULT_CONTEXT_PROTECTION)} and in-span template tokens)`, protectChoiceOption)
     .option('--json', 'print the stored context as JSON')
-    .action((o) => {
+    .action(async (o) => {
       if (Boolean(o.context) === Boolean(o.messages)) throw new InvalidArgumentError('give exactly one of --context FILE or --messages FILE');
       const spec: ContextSpec = o.context
         ? { kind: 'text', text: readFileSync(o.context, 'utf8'), ...(o.system !== undefined ? { system: o.system } : {}) }
@@ -64,7 +68,7 @@ export function registerContext(program: Command): void {
       const ctx = conversationContext(lm, spec);
       const built = compressContext(lm, ctx, press, o.ratio, protection, autoOptionsOf(o));
       if (built.report.auto && !o.json) process.stdout.write(autoLine(built.report.auto));
-      const { record } = store.add(LOCAL_TENANT, ctx, built, describeProtection(effectiveProtection(protection, ctx)));
+      const { record } = await store.add(LOCAL_TENANT, ctx, built, describeProtection(effectiveProtection(protection, ctx)));
       if (o.json) process.stdout.write(`${JSON.stringify({ ...summary(record, store), ...(built.report.auto ? { auto: autoJson(built.report.auto) } : {}) })}\n`);
       else process.stdout.write(`${record.id}: ${record.contextTokens} context tokens, ${(record.keptRatio * 100).toFixed(1)}% kept (${record.method}, ratio ${record.ratio}), ${store.fileBytes(record.id)} bytes on disk\n`);
     });
@@ -78,7 +82,7 @@ export function registerContext(program: Command): void {
       const store = openStore(lm, o.store);
       const record = store.listAll().find((r) => r.id === id);
       if (!record) throw new Error(`no context ${id} in ${o.store ?? defaultStoreDir()}`);
-      const shared = store.shared(record.tenant, id);
+      const shared = await store.shared(record.tenant, id);
       const answers = await answerOnContext(lm, record, shared, o.ask, o.maxTokens);
       if (o.json) process.stdout.write(`${JSON.stringify({ ...summary(record, store), answers })}\n`);
       else {
@@ -98,12 +102,12 @@ export function registerContext(program: Command): void {
       }
     });
 
-  storeOption(modelOptions(cmd.command('rm').description('remove stored contexts').argument('<ids...>'))).action((ids: string[], o) => {
+  storeOption(modelOptions(cmd.command('rm').description('remove stored contexts').argument('<ids...>'))).action(async (ids: string[], o) => {
     const lm = openModel(o.model, o.weights, o.kvDtype, o);
     const store = openStore(lm, o.store);
     for (const id of ids) {
       const r = store.listAll().find((x) => x.id === id);
-      if (!r || !store.remove(r.tenant, id)) throw new Error(`no context ${id} in ${o.store ?? defaultStoreDir()}`);
+      if (!r || !(await store.remove(r.tenant, id))) throw new Error(`no context ${id} in ${o.store ?? defaultStoreDir()}`);
       process.stdout.write(`removed ${id}\n`);
     }
   });

@@ -19,6 +19,8 @@ import { registerStudies } from './eval-study.ts';
 import { registerLength } from './eval-length.ts';
 import { registerNegatives } from './eval-negatives.ts';
 import { progressBar } from '../progress.ts';
+import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
+import { parseRedisUrl } from '../../queue/redis-connection.ts';
 
 export function registerEval(program: Command): Command {
   const ev = program.command('eval').description('evaluate compression methods on a dataset');
@@ -32,17 +34,36 @@ export function registerEval(program: Command): Command {
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens', 1), 24)
     .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and plots here (rows are saved to partial.jsonl as they complete)')
     .option('--resume', 'continue the interrupted run whose partial.jsonl is in --out')
+    .option('--queue <url>', 'run the (method, row) units as jobs on the BullMQ queue at redis://HOST:PORT/N, taken by `kvlab worker` processes; results are gathered here')
     .option('--json', 'print {model, results} as JSON')
     .action(async (o) => {
       const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
       methods.forEach(getPress);
+      const queue = o.queue ? parseRedisUrl(o.queue, '--queue') : null;
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
-      const partial = await evalRunOutputs<QaUnit>(o.out, o.resume, evalSettings('eval qa', o, { methods, ratios: o.ratio, query_template: o.queryTemplate, auto: autoOptionsOf(o) }));
+      const partial = await evalRunOutputs<QaUnit>(o.out, o.resume, evalSettings('eval qa', o, { methods, ratios: o.ratio, query_template: o.queryTemplate, ...(o.ratio.includes('auto') ? { auto: autoOptionsOf(o) } : {}) }));
       const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const tooLong = qaRowTooLong(lm, rows, { queryTemplate: o.queryTemplate });
       if (tooLong) throw new DataFileError(`${o.data}: ${tooLong}`);
       const bar = progressBar('eval qa', 1);
+      let resumed = partial?.done;
+      if (queue) {
+        // The queue code (and bullmq) loads only for a sweep that uses it.
+        const { runQaSweepOnQueue } = await import('../../queue/qa-sweep-submit.ts');
+        resumed = await runQaSweepOnQueue({
+          address: queue,
+          fingerprint: persistentFingerprint(lm),
+          kvDtype: o.kvDtype ?? 'f32',
+          rows,
+          methods,
+          settings: { ratios: o.ratio, queryTemplate: o.queryTemplate, maxTokens: o.maxTokens, ...(o.ratio.includes('auto') ? { auto: autoOptionsOf(o) } : {}) },
+          done: partial?.done,
+          onUnit: (key, unit) => partial?.record(key, unit),
+          onProgress: (d, t) => bar.update(d, t),
+          log: (line) => process.stderr.write(`kvlab eval qa: ${line}\n`),
+        });
+      }
       const { results, samples } = await evalQa(lm, rows, {
         methods,
         ratios: o.ratio,
@@ -50,7 +71,7 @@ export function registerEval(program: Command): Command {
         queryTemplate: o.queryTemplate,
         maxTokens: o.maxTokens,
         onProgress: (d, t) => bar.update(d, t),
-        resumed: partial?.done,
+        resumed,
         onUnit: (key, unit) => partial?.record(key, unit),
       });
       bar.stop();

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { defaultStoreDir, DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS } from '../../server/defaults.ts';
+import { parseRedisUrl } from '../../queue/redis-connection.ts';
 import { intOption, modelOptions, openModel } from '../common.ts';
 
 /** "512MiB", "2GiB", "1e9": bytes. */
@@ -15,7 +16,7 @@ export function registerServe(program: Command): void {
   modelOptions(program.command('serve').description('OpenAI-compatible HTTP server; long contexts are compressed once (POST /v1/contexts), stored and reused'))
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port (0 picks a free one)', intOption('--port'), 8080)
-    .option('--store <dir>', `folder of stored contexts (default ${defaultStoreDir()})`)
+    .option('--store <dir|url>', `folder of stored contexts (default ${defaultStoreDir()}), or redis://HOST:PORT/N to share them with every server on that Redis`)
     .option('--no-store', 'keep contexts in memory only')
     .option('--api-key <key>', 'require Authorization: Bearer <key> on every route but /health (repeatable; or KVLAB_API_KEY)', (v: string, p: string[] = []) => [...p, v])
     .option('--kv-memory <size>', 'byte budget of the KV memory pool every sequence allocates from (e.g. 4GiB); default a quarter of RAM', bytesOption)
@@ -24,6 +25,8 @@ export function registerServe(program: Command): void {
     .option('--max-body <size>', 'largest request body', bytesOption, DEFAULT_BODY_LIMIT)
     .option('--default-max-tokens <n>', 'max_tokens when a request gives none', intOption('--default-max-tokens', 1), DEFAULT_MAX_TOKENS)
     .action(async (o) => {
+      const redisStore = typeof o.store === 'string' && o.store.startsWith('redis://') ? o.store : undefined;
+      if (redisStore) parseRedisUrl(redisStore, '--store');
       const keys: string[] = [...(o.apiKey ?? []), ...(process.env.KVLAB_API_KEY ? [process.env.KVLAB_API_KEY] : [])];
       // Loaded here, not at start-up: the HTTP stack is the largest import of the CLI.
       const { startServer } = await import('../../server/serve.ts');
@@ -32,6 +35,7 @@ export function registerServe(program: Command): void {
         host: o.host,
         port: o.port,
         storeDir: o.store === false ? null : typeof o.store === 'string' ? o.store : defaultStoreDir(),
+        redisStore,
         apiKeys: keys,
         kvMemoryBytes: o.kvMemory,
         maxQueue: o.maxQueue,
@@ -52,6 +56,10 @@ export function registerServe(program: Command): void {
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
-      await running.ready;
+      // A model or store that cannot be opened ends the command instead of leaving a server that answers 503.
+      await running.ready.catch(async (e: unknown) => {
+        await running.shutdown();
+        throw e;
+      });
     });
 }

@@ -1,0 +1,35 @@
+import type { Command } from 'commander';
+import { DEFAULT_MODEL_DIR } from '../../engine/loaded-model.ts';
+import { parseRedisUrl } from '../../queue/redis-connection.ts';
+import { intOption, modelOptions, type WeightsChoice } from '../common.ts';
+
+export function registerWorker(program: Command): void {
+  modelOptions(program.command('worker').description('take sweep jobs (`kvlab eval qa --queue URL`) from the Redis queue of this model and run them, until SIGTERM'))
+    .requiredOption('--queue <url>', 'the queue\'s Redis: redis://HOST:PORT/N')
+    .option('--lock-ms <n>', 'job lock duration: a job whose worker died is taken back by another worker within about twice this', intOption('--lock-ms', 100), 30_000)
+    .action(async (o) => {
+      const address = parseRedisUrl(o.queue, '--queue');
+      const weights: WeightsChoice = o.weights ?? { kind: 'checkpoint' };
+      const log = (line: string) => process.stdout.write(`kvlab worker: ${line}\n`);
+      // bullmq loads only when a worker runs.
+      const { startQaWorker } = await import('../../queue/qa-worker.ts');
+      const worker = await startQaWorker({
+        address,
+        model: { dir: o.model ?? DEFAULT_MODEL_DIR, weights: weights.kind, int8Group: weights.kind === 'int8' ? weights.group : undefined, kvDtype: o.kvDtype ?? 'f32', mmap: process.env.KVLAB_MMAP === '1' },
+        lockMs: o.lockMs,
+        log,
+      });
+      log(`${worker.dir} (${worker.fingerprint.slice(0, 19)}...) takes jobs from queue ${worker.queueName} on ${address.url}`);
+      const signalled = new Promise<void>((resolve) => {
+        const stop = (signal: string) => {
+          log(`${signal}: finishing the job in hand`);
+          resolve();
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      const died = await Promise.race([signalled.then(() => null), worker.failed]);
+      if (died) throw new Error(`the worker's model thread died: ${died.message}`);
+      await worker.close();
+    });
+}

@@ -1,0 +1,79 @@
+import { Worker } from 'node:worker_threads';
+import type { QaUnit } from '../eval/qa-eval.ts';
+import type { QaJobData } from './qa-jobs.ts';
+import type { ModelLoadSpec, ThreadReply } from './qa-thread-protocol.ts';
+
+/** A unit the thread could not run; `unrecoverable` when running it again cannot help (an unknown method). */
+export class UnitFailedError extends Error {
+  constructor(
+    message: string,
+    readonly unrecoverable: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export interface ModelThread {
+  fingerprint: string;
+  dir: string;
+  /** Resolves if the thread ends other than by close() (a crash): nothing more can run on it. */
+  died: Promise<Error>;
+  run(data: QaJobData): Promise<QaUnit>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts qa-thread.ts on a worker thread and waits for its model to load. From a source checkout the
+ * thread registers tsx itself (hooks registered on the main thread do not reach worker threads).
+ */
+export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread> {
+  const fromSource = import.meta.url.endsWith('.ts');
+  const entry = new URL(fromSource ? './qa-thread.ts' : './qa-thread.js', import.meta.url);
+  const thread = fromSource
+    ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then(({ register }) => { register(); return import(${JSON.stringify(entry.href)}); })`, { eval: true, workerData: spec })
+    : new Worker(entry, { workerData: spec });
+  const pending = new Map<number, { resolve: (u: QaUnit) => void; reject: (e: Error) => void }>();
+  let nextId = 0;
+  let dead: Error | null = null;
+  let closing = false;
+  let onDeath: (e: Error) => void = () => {};
+  const died = new Promise<Error>((resolve) => (onDeath = resolve));
+  const ready = new Promise<{ fingerprint: string; dir: string }>((resolve, reject) => {
+    thread.on('message', (m: ThreadReply) => {
+      if (m.type === 'ready') resolve(m);
+      else if (m.type === 'load-error') reject(new Error(m.message));
+      else {
+        const p = pending.get(m.id);
+        pending.delete(m.id);
+        if (m.type === 'done') p?.resolve(m.unit);
+        else p?.reject(new UnitFailedError(m.message, m.unrecoverable));
+      }
+    });
+    const fail = (e: Error) => {
+      if (!dead && !closing) onDeath(e);
+      dead = e;
+      reject(e);
+      for (const p of pending.values()) p.reject(e);
+      pending.clear();
+    };
+    thread.on('error', fail);
+    thread.on('exit', (code) => fail(new Error(`the model thread exited (code ${code})`)));
+  });
+  const { fingerprint, dir } = await ready;
+  return {
+    fingerprint,
+    dir,
+    died,
+    run: (data) =>
+      new Promise<QaUnit>((resolve, reject) => {
+        if (dead) return reject(dead);
+        const id = nextId++;
+        pending.set(id, { resolve, reject });
+        thread.postMessage({ id, data });
+      }),
+    close: async () => {
+      closing = true;
+      await thread.terminate();
+    },
+  };
+}

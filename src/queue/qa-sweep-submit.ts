@@ -1,0 +1,111 @@
+import { Job, Queue } from 'bullmq';
+import type { KvDtype } from '../cache/kv-cache.ts';
+import type { QaRow } from '../eval/datasets.ts';
+import { qaUnitKey, type QaUnit } from '../eval/qa-eval.ts';
+import { KvlabError } from '../tensor/kvlab-error.ts';
+import { checkQaUnit, qaJobId, queueNameFor, type QaJobData, type QaJobSettings } from './qa-jobs.ts';
+import { connectRedis, type RedisAddress } from './redis-connection.ts';
+
+/** A job of a sweep failed on every attempt (or was refused by a worker): the sweep cannot complete. */
+export class QueueJobError extends KvlabError {
+  constructor(message: string) {
+    super('queue_job_failed', message);
+  }
+}
+
+export interface QaSweepSubmission {
+  address: RedisAddress;
+  /** The submitter's model (persistentFingerprint) and KV dtype: they choose the queue. */
+  fingerprint: string;
+  kvDtype: KvDtype;
+  rows: QaRow[];
+  methods: string[];
+  settings: QaJobSettings;
+  /** Units an earlier run already gathered (its partial.jsonl): not submitted again. */
+  done?: Map<string, QaUnit>;
+  /** Called as each unit's result arrives (to save it). */
+  onUnit?: (key: string, unit: QaUnit) => void;
+  onProgress?: (done: number, total: number) => void;
+  log?: (line: string) => void;
+  /** Attempts per job before the sweep fails; a worker killed mid-job does not use one up. Default 3. */
+  attempts?: number;
+  pollMs?: number;
+  /** How long without progress and without a worker before saying so. Default 10 s. */
+  idleNoticeMs?: number;
+}
+
+/**
+ * Runs a QA sweep on the queue: one job per (method, row), added under ids derived from their content (so a
+ * resubmission adds nothing twice), then gathered as workers complete them. Returns every unit, the ones
+ * of `done` included; the jobs are removed once gathered. Jobs that failed in an earlier run are retried.
+ */
+export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<string, QaUnit>> {
+  const log = s.log ?? (() => {});
+  const attempts = s.attempts ?? 3;
+  const units = new Map<string, QaUnit>(s.done ?? []);
+  const jobs = new Map<string, QaJobData>();
+  for (const method of s.methods)
+    for (const [index, row] of s.rows.entries()) {
+      const unit = qaUnitKey(method, index, row.id);
+      if (units.has(unit)) continue;
+      const data: QaJobData = { unit, method, row, ...s.settings, fingerprint: s.fingerprint, kvDtype: s.kvDtype };
+      jobs.set(qaJobId(data), data);
+    }
+  const total = units.size + jobs.size;
+  s.onProgress?.(units.size, total);
+  if (!jobs.size) return units;
+
+  const client = await connectRedis(s.address);
+  const name = queueNameFor(s.fingerprint, s.kvDtype);
+  const queue = new Queue<QaJobData, QaUnit>(name, { connection: client });
+  queue.on('error', () => {});
+  const add = (id: string, data: QaJobData) => queue.add('qa', data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
+  try {
+    let added = 0;
+    for (const [id, data] of jobs) {
+      const existing = await Job.fromId<QaJobData, QaUnit>(queue, id);
+      if (!existing) {
+        await add(id, data);
+        added++;
+      } else if (await existing.isFailed()) await existing.retry('failed');
+    }
+    log(`gathering ${jobs.size} job(s) from queue ${name} on ${s.address.url} (${added} added now${units.size ? `, ${units.size} unit(s) done before` : ''})`);
+
+    let lastProgress = Date.now();
+    let noticed = false;
+    while (jobs.size) {
+      for (const [id, data] of jobs) {
+        // One round trip per pending job; the job itself is read only once it has ended.
+        const state = await queue.getJobState(id);
+        if (state === 'unknown') {
+          // Removed behind our back (by hand, or by another submitter of the same units): submit it again.
+          await add(id, data);
+          continue;
+        }
+        if (state !== 'completed' && state !== 'failed') continue;
+        const job = await Job.fromId<QaJobData, QaUnit>(queue, id);
+        if (!job) continue;
+        if (state === 'failed') {
+          throw new QueueJobError(`job ${id} (${data.method} on row ${JSON.stringify(data.row.id)}) failed after ${job.attemptsMade} attempt(s): ${job.failedReason}`);
+        }
+        const unit = checkQaUnit(job.returnvalue, data);
+        units.set(data.unit, unit);
+        jobs.delete(id);
+        s.onUnit?.(data.unit, unit);
+        s.onProgress?.(units.size, total);
+        lastProgress = Date.now();
+        await job.remove().catch(() => {});
+      }
+      if (!jobs.size) break;
+      if (!noticed && Date.now() - lastProgress > (s.idleNoticeMs ?? 10_000) && (await queue.getWorkersCount()) === 0) {
+        noticed = true;
+        log(`no worker takes jobs from queue ${name} yet: start one with \`kvlab worker --queue ${s.address.url}\` (same model and --kv-dtype)`);
+      }
+      await new Promise((r) => setTimeout(r, s.pollMs ?? 200));
+    }
+    return units;
+  } finally {
+    await queue.close().catch(() => {});
+    await client.quit().catch(() => client.disconnect());
+  }
+}

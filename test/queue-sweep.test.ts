@@ -1,0 +1,233 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { Job, Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
+import { qaJobId, queueNameFor, type QaJobData } from '../src/queue/qa-jobs.ts';
+import { QueueJobError, runQaSweepOnQueue } from '../src/queue/qa-sweep-submit.ts';
+import { parseRedisUrl } from '../src/queue/redis-connection.ts';
+import { selectBackend } from '../src/tensor/select-backend.ts';
+import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
+import { qaRows, tinyModel } from './helpers/tiny-model.ts';
+
+const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
+const skip = redisServerMissing();
+const dir = mkdtempSync(join(tmpdir(), 'kvlab-queue-'));
+// A small grid: 2 rows x 2 methods = 4 units, each at 2 ratios; short answers.
+const SWEEP = ['eval', 'qa', '--data', 'data/dev/qa.jsonl', '--limit', '2', '--method', 'snapkv,streamingllm', '--ratio', '1,0.5', '-n', '4'];
+
+let redis: TestRedis;
+let direct: Redis;
+const children: ChildProcess[] = [];
+before(async () => {
+  if (skip) return;
+  redis = await startRedis();
+  direct = new Redis(redis.url);
+});
+after(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  direct?.disconnect();
+  await redis?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+interface Proc {
+  proc: ChildProcess;
+  out: () => string;
+  exit: Promise<number | null>;
+  /** Resolves with the first match of re in stdout (and rejects if the process exits first). */
+  waitFor: (re: RegExp) => Promise<RegExpExecArray>;
+}
+
+function kvlab(args: string[]): Proc {
+  const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(proc);
+  let out = '';
+  let err = '';
+  const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void }[] = [];
+  const check = () => {
+    for (const w of [...waiters]) {
+      const m = w.re.exec(out);
+      if (m) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(m);
+      }
+    }
+  };
+  proc.stdout!.on('data', (d) => {
+    out += d;
+    check();
+  });
+  proc.stderr!.on('data', (d) => (err += d));
+  const exit = new Promise<number | null>((resolve) =>
+    proc.on('exit', (code) => {
+      for (const w of waiters) w.reject(new Error(`kvlab ${args.join(' ')} exited (${code}) before printing ${w.re}: ${out}\n${err}`));
+      resolve(code);
+    }),
+  );
+  return {
+    proc,
+    exit,
+    out: () => `${out}\n${err}`,
+    waitFor: (re) =>
+      new Promise((resolve, reject) => {
+        waiters.push({ re, resolve, reject });
+        check();
+      }),
+  };
+}
+
+async function finished(p: Proc): Promise<void> {
+  const code = await p.exit;
+  assert.equal(code, 0, p.out());
+}
+
+const worker = (...extra: string[]) => kvlab(['worker', '--queue', redis.url, '--lock-ms', '1000', ...extra]);
+
+async function stopWorker(w: Proc): Promise<void> {
+  w.proc.kill('SIGTERM');
+  await finished(w);
+}
+
+interface Outputs {
+  results: { results: { method: string; ratio: number; n: number }[] };
+  samples: string;
+}
+
+function outputsOf(out: string): Outputs {
+  return { results: JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')), samples: readFileSync(join(out, 'samples.csv'), 'utf8') };
+}
+
+/** Every (method, ratio) holds each question of the 2 rows exactly once: nothing lost, nothing counted twice. */
+function assertComplete(o: Outputs): void {
+  const questions = qaRows().slice(0, 2).reduce((n, r) => n + r.questions.length, 0);
+  assert.equal(o.results.results.length, 4);
+  for (const r of o.results.results) assert.equal(r.n, questions, `${r.method}@${r.ratio}`);
+}
+
+/** The queued run's outputs are the local run's, sample for sample. */
+function assertSameAsLocal(out: string): void {
+  const o = outputsOf(out);
+  assertComplete(o);
+  assert.deepEqual(o.results, local.results);
+  assert.equal(o.samples, local.samples);
+}
+
+let local: Outputs;
+
+test('a sweep run through the queue by 2 workers writes the results.json and samples of the local run', { skip: skip ?? false }, async () => {
+  const localOut = join(dir, 'local');
+  const queuedOut = join(dir, 'queued');
+  const workers = [worker(), worker()];
+  await Promise.all(workers.map((w) => w.waitFor(/takes jobs from queue/)));
+  const queued = kvlab([...SWEEP, '--queue', redis.url, '--out', queuedOut]);
+  const ref = kvlab([...SWEEP, '--out', localOut]);
+  await Promise.all([finished(queued), finished(ref)]);
+  await Promise.all(workers.map(stopWorker));
+  local = outputsOf(localOut);
+  assertComplete(local);
+  assertSameAsLocal(queuedOut);
+  // Both workers took part (4 units, each worker takes one at a time).
+  for (const w of workers) assert.match(w.out(), /done qa-/);
+  assert.ok(!existsSync(join(queuedOut, 'partial.jsonl')));
+  // Gathered jobs are removed from Redis.
+  assert.deepEqual(await direct.keys('bull:*:qa-*'), []);
+});
+
+test('a worker killed (SIGKILL) mid-job: another worker redoes the job and the sweep completes, nothing lost or duplicated', { skip: skip ?? false }, async () => {
+  assert.ok(local, 'the first test ran the local reference');
+  const out = join(dir, 'killed');
+  const doomed = worker();
+  await doomed.waitFor(/takes jobs from queue/);
+  const sweep = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  const job = (await doomed.waitFor(/start (qa-[0-9a-f]+)/))[1]!;
+  doomed.proc.kill('SIGKILL');
+  await doomed.exit;
+  assert.doesNotMatch(doomed.out(), new RegExp(`done ${job}`));
+  const survivor = worker();
+  await finished(sweep);
+  await stopWorker(survivor);
+  // The killed worker's job was taken back (its lock lapsed) and run by the survivor.
+  assert.match(survivor.out(), new RegExp(`start ${job}`));
+  assert.match(survivor.out(), new RegExp(`done ${job}`));
+  assertSameAsLocal(out);
+});
+
+test('a sweep resumes after its submitting process dies (--resume): units gathered before come from partial.jsonl, the rest from the queue', { skip: skip ?? false }, async () => {
+  assert.ok(local, 'the first test ran the local reference');
+  const out = join(dir, 'resumed');
+  const w = worker();
+  await w.waitFor(/takes jobs from queue/);
+  const first = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  // Killed once it has saved at least one unit; the worker goes on with the jobs already queued.
+  for (;;) {
+    const partial = join(out, 'partial.jsonl');
+    if (existsSync(partial) && readFileSync(partial, 'utf8').split('\n').filter(Boolean).length >= 2) break;
+    if (first.proc.exitCode !== null) assert.fail(`the submitter ended before it was killed: ${first.out()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  first.proc.kill('SIGKILL');
+  await first.exit;
+  const savedBefore = readFileSync(join(out, 'partial.jsonl'), 'utf8').split('\n').filter(Boolean).length - 1;
+  assert.ok(savedBefore >= 1 && savedBefore < 4, `units saved before the kill: ${savedBefore}`);
+  // Without --resume the interrupted run is not overwritten.
+  const refused = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  assert.equal(await refused.exit, 1);
+  assert.match(refused.out(), /pass --resume/);
+  const second = kvlab([...SWEEP, '--queue', redis.url, '--out', out, '--resume']);
+  await finished(second);
+  await stopWorker(w);
+  // Jobs the worker had not finished were still queued: found there, not added again.
+  assert.match(second.out(), new RegExp(`gathering ${4 - savedBefore} job\\(s\\) from queue .*, ${savedBefore} unit\\(s\\) done before\\)`));
+  assertSameAsLocal(out);
+  // No unit ran twice: the worker started each of the 4 jobs once.
+  assert.equal([...w.out().matchAll(/start (qa-[0-9a-f]+)/g)].length, 4);
+  assert.deepEqual(await direct.keys('bull:*:qa-*'), []);
+});
+
+test('--queue with a malformed URL or an unreachable Redis fails with a message naming it', { skip: skip ?? false }, async () => {
+  const bad = kvlab([...SWEEP, '--queue', 'http://127.0.0.1:6379']);
+  assert.equal(await bad.exit, 1);
+  assert.match(bad.out(), /--queue must start with redis:\/\//);
+  const down = kvlab(['worker', '--queue', `redis://127.0.0.1:${redis.port + 1}/0`]);
+  assert.equal(await down.exit, 1);
+  assert.match(down.out(), /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+\/0/);
+});
+
+test('a job no worker can run fails the sweep with its reason; a job for another model is refused by the worker', { skip: skip ?? false }, async () => {
+  const fingerprint = persistentFingerprint(tinyModel(selectBackend()));
+  const w = worker();
+  await w.waitFor(/takes jobs from queue/);
+  const settings = { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 };
+  const row = qaRows()[0]!;
+  try {
+    // A method the worker's registry does not have (registered only in the submitting process, say).
+    const err = await runQaSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), fingerprint, kvDtype: 'f32', rows: [row], methods: ['no-such-method'], settings }).catch((e: unknown) => e);
+    assert.ok(err instanceof QueueJobError, String(err));
+    assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
+
+    // A job whose data names another model, put on this model's queue by hand: refused, not run.
+    const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
+    try {
+      const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
+      const id = qaJobId(data);
+      await queue.add('qa', data, { jobId: id, attempts: 3 });
+      for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+      const job = await Job.fromId(queue, id);
+      assert.ok(job && (await job.isFailed()), 'the forged job failed');
+      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
+      assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
+      await job.remove();
+    } finally {
+      await queue.close();
+    }
+    assert.doesNotMatch(w.out(), /done qa-/);
+  } finally {
+    await stopWorker(w);
+  }
+});
