@@ -308,6 +308,10 @@ export class ScoredContext {
       rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
       // Reloading the rotated rows re-packs a quantized cache's groups: the bytes held are counted again.
       report.bytesKept = session.cache.bytes();
+      const start = session.context.start;
+      let contextBytesKept = 0;
+      session.cache.forEachHead((hs, l, h) => (contextBytesKept += hs.rowsBytes(start, start + keep[l]![h]!.length)));
+      report.contextBytesKept = contextBytesKept;
     }
     report.timings.keepMs = performance.now() - t;
     return { session, report, keep };
