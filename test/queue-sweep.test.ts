@@ -8,8 +8,9 @@ import { fileURLToPath } from 'node:url';
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
-import { qaJobId, queueNameFor, type QaJobData } from '../src/queue/qa-jobs.ts';
-import { QueueJobError, runQaSweepOnQueue } from '../src/queue/qa-sweep-submit.ts';
+import { qaJobs, type QaJobData } from '../src/queue/qa-jobs.ts';
+import { queueNameFor, sweepJobId } from '../src/queue/sweep-jobs.ts';
+import { QueueJobError, runSweepOnQueue } from '../src/queue/sweep-submit.ts';
 import { parseRedisUrl } from '../src/queue/redis-connection.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
 import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
@@ -207,15 +208,16 @@ test('a job no worker can run fails the sweep with its reason; a job for another
   const row = qaRows()[0]!;
   try {
     // A method the worker's registry does not have (registered only in the submitting process, say).
-    const err = await runQaSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), fingerprint, kvDtype: 'f32', rows: [row], methods: ['no-such-method'], settings }).catch((e: unknown) => e);
+    const model = { fingerprint, kvDtype: 'f32' as const };
+    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), ...model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
 
     // A job whose data names another model, put on this model's queue by hand: refused, not run.
     const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
     try {
-      const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
-      const id = qaJobId(data);
+      const data: QaJobData = { kind: 'qa', unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
+      const id = sweepJobId(data);
       await queue.add('qa', data, { jobId: id, attempts: 3 });
       for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
       const job = await Job.fromId(queue, id);

@@ -1,7 +1,6 @@
 import { Worker } from 'node:worker_threads';
-import type { QaUnit } from '../eval/qa-eval.ts';
-import type { QaJobData } from './qa-jobs.ts';
-import type { ModelLoadSpec, ThreadReply } from './qa-thread-protocol.ts';
+import type { SweepJobData } from './sweep-jobs.ts';
+import type { ModelLoadSpec, ThreadReply } from './sweep-thread-protocol.ts';
 
 /** A unit the thread could not run; `unrecoverable` when running it again cannot help (an unknown method). */
 export class UnitFailedError extends Error {
@@ -18,21 +17,22 @@ export interface ModelThread {
   dir: string;
   /** Resolves if the thread ends other than by close() (a crash): nothing more can run on it. */
   died: Promise<Error>;
-  run(data: QaJobData): Promise<QaUnit>;
+  /** Runs a job of any kind; resolves with its unit's result. */
+  run(data: SweepJobData): Promise<unknown>;
   close(): Promise<void>;
 }
 
 /**
- * Starts qa-thread.ts on a worker thread and waits for its model to load. From a source checkout the
+ * Starts sweep-thread.ts on a worker thread and waits for its model to load. From a source checkout the
  * thread registers tsx itself (hooks registered on the main thread do not reach worker threads).
  */
 export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread> {
   const fromSource = import.meta.url.endsWith('.ts');
-  const entry = new URL(fromSource ? './qa-thread.ts' : './qa-thread.js', import.meta.url);
+  const entry = new URL(fromSource ? './sweep-thread.ts' : './sweep-thread.js', import.meta.url);
   const thread = fromSource
     ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then(({ register }) => { register(); return import(${JSON.stringify(entry.href)}); })`, { eval: true, workerData: spec })
     : new Worker(entry, { workerData: spec });
-  const pending = new Map<number, { resolve: (u: QaUnit) => void; reject: (e: Error) => void }>();
+  const pending = new Map<number, { resolve: (u: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 0;
   let dead: Error | null = null;
   let closing = false;
@@ -65,7 +65,7 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
     dir,
     died,
     run: (data) =>
-      new Promise<QaUnit>((resolve, reject) => {
+      new Promise<unknown>((resolve, reject) => {
         if (dead) return reject(dead);
         const id = nextId++;
         pending.set(id, { resolve, reject });

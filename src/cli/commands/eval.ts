@@ -39,14 +39,13 @@ export function registerEval(program: Command): Command {
       let resumed = partial?.done;
       if (queue) {
         // The queue code (and bullmq) loads only for a sweep that uses it.
-        const { runQaSweepOnQueue } = await import('../../queue/qa-sweep-submit.ts');
-        resumed = await runQaSweepOnQueue({
+        const { runSweepOnQueue } = await import('../../queue/sweep-submit.ts');
+        const { qaJobs } = await import('../../queue/qa-jobs.ts');
+        const model = { fingerprint: persistentFingerprint(lm), kvDtype: o.kvDtype ?? 'f32' };
+        resumed = await runSweepOnQueue<QaUnit>({
           address: queue,
-          fingerprint: persistentFingerprint(lm),
-          kvDtype: o.kvDtype ?? 'f32',
-          rows,
-          methods,
-          settings: { ratios: o.ratio, queryTemplate: o.queryTemplate, maxTokens: o.maxTokens },
+          ...model,
+          jobs: qaJobs(rows, methods, { ratios: o.ratio, queryTemplate: o.queryTemplate, maxTokens: o.maxTokens }, model),
           done: partial?.done,
           onUnit: (key, unit) => partial?.record(key, unit),
           onProgress: (d, t) => bar.update(d, t),

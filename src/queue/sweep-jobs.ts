@@ -1,0 +1,39 @@
+import { createHash } from 'node:crypto';
+import type { KvDtype } from '../cache/kv-cache.ts';
+import { checkQaUnit, type QaJobData } from './qa-jobs.ts';
+import { checkStudyUnit, type StudyJobData } from './study-jobs.ts';
+
+/** The model a sweep was submitted for (persistentFingerprint) and its KV storage: a worker checks both. */
+export interface ModelTag {
+  fingerprint: string;
+  kvDtype: KvDtype;
+}
+
+/** A job of any sweep kind; a worker takes every kind for its model. */
+export type SweepJobData = QaJobData | StudyJobData;
+
+/**
+ * The queue a model's workers take jobs from: one per (model fingerprint, KV dtype), so a worker only ever
+ * receives jobs its model can run, and any number of sweeps (of any kind) for that model share it.
+ */
+export function queueNameFor(fingerprint: string, kvDtype: KvDtype): string {
+  return `kvlab-sweep-${createHash('sha256').update(`${fingerprint}\0${kvDtype}`).digest('hex').slice(0, 16)}`;
+}
+
+/**
+ * A job's id: its kind and a hash of everything that decides its result, so submitting the same unit again
+ * (a resumed sweep, a second submitter) finds the job already there instead of adding a duplicate.
+ */
+export function sweepJobId(data: SweepJobData): string {
+  return `${data.kind}-${createHash('sha256').update(JSON.stringify(data)).digest('hex').slice(0, 40)}`;
+}
+
+/** What a job is, for log lines and errors. */
+export function describeJob(data: SweepJobData): string {
+  return data.kind === 'qa' ? `${data.method} on row ${JSON.stringify(data.row.id)}` : `${data.method} on item ${JSON.stringify(data.item.id)} (${data.item.variant})`;
+}
+
+/** A job's return value checked against its data; throws naming the job when it is not that unit's result. */
+export function checkJobResult(value: unknown, data: SweepJobData): unknown {
+  return data.kind === 'qa' ? checkQaUnit(value, data) : checkStudyUnit(value, data);
+}
