@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
@@ -13,10 +11,10 @@ import { queueNameFor, sweepJobId } from '../src/queue/sweep-jobs.ts';
 import { QueueJobError, runSweepOnQueue } from '../src/queue/sweep-submit.ts';
 import { parseRedisUrl } from '../src/queue/redis-connection.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { finished, killAll, kvlab, queueWorker, stopWorker } from './helpers/kvlab-process.ts';
 import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
-const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const skip = redisServerMissing();
 const dir = mkdtempSync(join(tmpdir(), 'kvlab-queue-'));
 // A small grid: 2 rows x 2 methods = 4 units, each at 2 ratios; short answers.
@@ -24,76 +22,19 @@ const SWEEP = ['eval', 'qa', '--data', 'data/dev/qa.jsonl', '--limit', '2', '--m
 
 let redis: TestRedis;
 let direct: Redis;
-const children: ChildProcess[] = [];
 before(async () => {
   if (skip) return;
   redis = await startRedis();
   direct = new Redis(redis.url);
 });
 after(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killAll();
   direct?.disconnect();
   await redis?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Proc {
-  proc: ChildProcess;
-  out: () => string;
-  exit: Promise<number | null>;
-  /** Resolves with the first match of re in stdout (and rejects if the process exits first). */
-  waitFor: (re: RegExp) => Promise<RegExpExecArray>;
-}
-
-function kvlab(args: string[]): Proc {
-  const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(proc);
-  let out = '';
-  let err = '';
-  const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void }[] = [];
-  const check = () => {
-    for (const w of [...waiters]) {
-      const m = w.re.exec(out);
-      if (m) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(m);
-      }
-    }
-  };
-  proc.stdout!.on('data', (d) => {
-    out += d;
-    check();
-  });
-  proc.stderr!.on('data', (d) => (err += d));
-  const exit = new Promise<number | null>((resolve) =>
-    proc.on('exit', (code) => {
-      for (const w of waiters) w.reject(new Error(`kvlab ${args.join(' ')} exited (${code}) before printing ${w.re}: ${out}\n${err}`));
-      resolve(code);
-    }),
-  );
-  return {
-    proc,
-    exit,
-    out: () => `${out}\n${err}`,
-    waitFor: (re) =>
-      new Promise((resolve, reject) => {
-        waiters.push({ re, resolve, reject });
-        check();
-      }),
-  };
-}
-
-async function finished(p: Proc): Promise<void> {
-  const code = await p.exit;
-  assert.equal(code, 0, p.out());
-}
-
-const worker = (...extra: string[]) => kvlab(['worker', '--queue', redis.url, '--lock-ms', '1000', ...extra]);
-
-async function stopWorker(w: Proc): Promise<void> {
-  w.proc.kill('SIGTERM');
-  await finished(w);
-}
+const worker = (...extra: string[]) => queueWorker(redis.url, ...extra);
 
 interface Outputs {
   results: { results: { method: string; ratio: number; n: number }[] };
