@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -76,6 +76,38 @@ test('instructions and leakage studies run through the queue by 2 workers write 
   const all = workers.map((w) => w.out()).join('\n');
   assert.match(all, /done study-\S+ \S+ on item "dev-leak-/);
   assert.match(all, /done study-\S+ \S+ on item "dev-ins-/);
+  assert.deepEqual(await direct.keys('bull:*:study-*'), []);
+});
+
+test('a queued leakage study resumes after its submitting process dies (--resume) with the local run\'s results', { skip: skip ?? false }, async () => {
+  const localOut = join(dir, 'leakage-local');
+  assert.ok(existsSync(join(localOut, 'results.json')), 'the first test ran the local reference');
+  const out = join(dir, 'leakage-resumed');
+  const w = queueWorker(redis.url);
+  await w.waitFor(/takes jobs from queue/);
+  const first = kvlab([...STUDIES.leakage!, '--queue', redis.url, '--out', out]);
+  const partial = join(out, 'partial.jsonl');
+  // Killed once it has saved at least one unit; the worker goes on with the jobs already queued.
+  for (;;) {
+    if (existsSync(partial) && readFileSync(partial, 'utf8').split('\n').filter(Boolean).length >= 2) break;
+    if (first.proc.exitCode !== null) assert.fail(`the submitter ended before it was killed: ${first.out()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  first.proc.kill('SIGKILL');
+  await first.exit;
+  const savedBefore = readFileSync(partial, 'utf8').split('\n').filter(Boolean).length - 1;
+  const second = kvlab([...STUDIES.leakage!, '--queue', redis.url, '--out', out, '--resume']);
+  await finished(second);
+  await stopWorker(w);
+  assert.match(second.out(), new RegExp(`, ${savedBefore} unit\\(s\\) done before\\)`));
+  const local = outputsOf(localOut);
+  const resumed = outputsOf(out);
+  assert.deepEqual(resumed.results, local.results);
+  assert.deepEqual(resumed.samples, local.samples);
+  // No unit ran twice: the worker started each job once.
+  const starts = [...w.out().matchAll(/start (study-[0-9a-f]+)/g)].map((m) => m[1]);
+  assert.equal(new Set(starts).size, starts.length);
+  assert.equal(starts.length, local.results.results.filter((r) => r.ratio === 1 && r.protect === 'none').reduce((a, r) => a + r.n, 0));
   assert.deepEqual(await direct.keys('bull:*:study-*'), []);
 });
 
