@@ -93,3 +93,18 @@ test('bad options are named', () => {
   assert.throws(() => reconstructionCheck(scored, { candidates: [0.5, 2] }), RatioError);
   assert.throws(() => reconstructionCheck(scored, { mode: 'fuzzy' as 'relative' }), /relative.*absolute/);
 });
+
+test('eval qa with ratio auto: each context answers as at its chosen fixed ratio; the row reports the average memory kept', async () => {
+  const { evalQa } = await import('../src/eval/qa-eval.ts');
+  const rows = qaRows().slice(0, 2).map((r) => ({ ...r, questions: r.questions.slice(0, 2), answers: r.answers.slice(0, 2) }));
+  const auto = { candidates: [0.1, 0.5], threshold: 0.97 };
+  const chosen = rows.map((r) => reconstructionCheck(lm.openContext(r.context, { queryTemplate: 'Question: {query}' }).score(getPress('knorm')), auto).chosen);
+  const { results, samples } = await evalQa(lm, rows, { methods: ['knorm'], ratios: ['auto', 0.1, 0.5, 1], auto, queryTemplate: 'Question: {query}', maxTokens: 8 });
+  for (const [i, row] of rows.entries()) {
+    const at = (ratio: number | 'auto') => samples.filter((s) => s.id === row.id && s.ratio === ratio).map((s) => s.answer);
+    assert.deepEqual(at('auto'), at(chosen[i]!), `row ${row.id} chose ${chosen[i]}`);
+  }
+  const keptAt = (ratio: number | 'auto') => results.find((r) => r.ratio === ratio)!.kept_bytes_ratio;
+  const mean = chosen.reduce((a, c) => a + c, 0) / chosen.length;
+  assert.ok(Math.abs(keptAt('auto') - mean) < 0.02, `auto kept ${keptAt('auto')}, mean chosen ratio ${mean}`);
+});

@@ -162,6 +162,19 @@ export type { StudyItem, StudyOptions, StudyResult, StudySample } from '../eval/
 export { loadInstructions, loadLeakage, loadQa, loadRepeat } from '../eval/datasets.ts';
 export type { InstructionRow, LeakageRow, QaRow, RepeatRow } from '../eval/datasets.ts';
 
+// Decoding-time compression, ratio "auto" (the reconstruction check) and protection on by default (issue 28).
+// session.ask(q, { decodeCompression }) and generate() take a DecodeCompression; session.compressAuto(press)
+// chooses the ratio; compress({ protection: 'default' | 'none' | Protection }).
+export { DecodeCompressionError, DecodeCompressor, parseDecodeCompression } from '../engine/decode-compression.ts';
+export type { DecodeCompression } from '../engine/decode-compression.ts';
+export { AUTO_RATIO_GRID, AUTO_RATIO_THRESHOLD, chooseRatio, reconstructionAccuracy, reconstructionCheck, ReconstructionOptionError } from '../engine/reconstruction-check.ts';
+export type { CandidateAccuracy, ReconstructionCheck, ReconstructionOptions } from '../engine/reconstruction-check.ts';
+export { DEFAULT_PROTECTION, parseProtectionChoice, resolveProtection } from '../engine/default-protection.ts';
+export type { ProtectionChoice } from '../engine/default-protection.ts';
+export { compressSystemPrompt, parsePromptCompression } from '../engine/system-prompt-compression.ts';
+export type { PromptCompression } from '../engine/system-prompt-compression.ts';
+export { detectDefense } from '../engine/conversation-context.ts';
+
 // Errors: every one kvlab raises on purpose is a KvlabError with a stable `code`.
 export { KvlabError, ContextTooLongError, MethodNameError, RatioError } from '../tensor/kvlab-error.ts';
 export { CheckpointError, ConfigError } from '../model/checkpoint-errors.ts';

@@ -12,6 +12,8 @@ import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/type
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
+import { resolveProtection, type ProtectionChoice } from './default-protection.ts';
+import { dropRowsAfter } from './decode-compression.ts';
 import { reconstructionCheck, type ReconstructionCheck, type ReconstructionOptions } from './reconstruction-check.ts';
 
 export type { SessionLayout } from '../model/prompt-layout.ts';
@@ -49,8 +51,13 @@ export interface ScoreOptions {
 }
 
 export interface CompressOptions extends ScoreOptions {
-  /** Whitelist and fair eviction over the layout's named ranges, inside the press's own budget. */
-  protection?: Protection;
+  /**
+   * Whitelist and fair eviction over the layout's named ranges, inside the press's own budget. Default
+   * 'default': template tokens inside the span and a detected defense sentence are kept (default-protection.ts;
+   * a layout without such ranges, like openContext()'s, is compressed as the bare method does); 'none' keeps
+   * nothing on purpose.
+   */
+  protection?: ProtectionChoice;
 }
 
 /** A compressed session, what its compression kept, and the report. */
@@ -122,8 +129,9 @@ export class ContextSession {
    */
   compress(press: Press, ratio: number, opts: CompressOptions = {}): CompressionReport {
     checkRatio(ratio);
-    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
-    return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, opts.protection).report;
+    const protection = resolveProtection(opts.protection, this.layout.ranges);
+    const spanLocal = opts.spanLocal ?? Boolean(protection?.fair);
+    return this.score(press, { ...opts, spanLocal }).compressInPlace(ratio, protection).report;
   }
 
   /**
@@ -131,11 +139,12 @@ export class ContextSession {
    * still reconstructs the context (reconstruction-check.ts); the report carries every candidate's accuracy.
    */
   compressAuto(press: Press, opts: CompressOptions & { auto?: ReconstructionOptions } = {}): CompressionReport {
-    const spanLocal = opts.spanLocal ?? Boolean(opts.protection?.fair);
+    const protection = resolveProtection(opts.protection, this.layout.ranges);
+    const spanLocal = opts.spanLocal ?? Boolean(protection?.fair);
     const scored = this.score(press, { ...opts, spanLocal });
     const t = performance.now();
-    const auto = reconstructionCheck(scored, { ...opts.auto, protection: opts.protection });
-    const report = scored.compressInPlace(auto.chosen, opts.protection).report;
+    const auto = reconstructionCheck(scored, { ...opts.auto, protection });
+    const report = scored.compressInPlace(auto.chosen, protection).report;
     report.timings.scoreMs += performance.now() - t;
     return { ...report, auto };
   }
@@ -244,8 +253,10 @@ export class ContextSession {
     try {
       return await generate(this.lm, this.cache, this.queryIds(query), gen);
     } finally {
-      // The query's and answer's rows go, and so do the blocks they grew the heads by.
-      this.cache.truncate(mark);
+      // The query's and answer's rows go, and so do the blocks they grew the heads by. Decoding-time
+      // compression compacted rows after the mark only, so dropping every row past it restores the cache.
+      if (gen.decodeCompression) dropRowsAfter(this.cache, mark);
+      else this.cache.truncate(mark);
       this.cache.shrinkToFit();
     }
   }

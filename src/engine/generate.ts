@@ -2,6 +2,7 @@ import type { KvCache } from '../cache/kv-cache.ts';
 import { checkLogits } from '../model/non-finite.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { prefill, type PrefillOptions } from '../model/prefill.ts';
+import { DecodeCompressor, type DecodeCompression } from './decode-compression.ts';
 import { Sampler, type SamplingOptions } from './sampler.ts';
 import { firstStop, stableLength } from './stop-strings.ts';
 
@@ -15,6 +16,10 @@ export interface GenerateOptions {
   /** Streams text as it becomes final (never half a UTF-8 character, never part of a stop string). */
   onText?: (delta: string) => void;
   prefill?: Omit<PrefillOptions, 'stats' | 'onLayer'>;
+  /** Decoding-time compression of the generated rows (the prompt's rows stay): see decode-compression.ts. */
+  decodeCompression?: DecodeCompression;
+  /** Called after each decode step has appended its row (and decoding-time compression, if any, has run). */
+  onStep?: (cache: KvCache, step: number) => void;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -26,6 +31,8 @@ export interface GenerateResult {
   promptTokens: number;
   finishReason: FinishReason;
   timings: { prefillMs: number; decodeMs: number; ttftMs: number; decodeTokensPerSecond: number };
+  /** With decodeCompression: compressions run, generated rows evicted (summed over heads), generated rows each head holds at the end. */
+  decodeCompression?: { compressions: number; evictedRows: number; generatedRows: number };
 }
 
 /**
@@ -45,6 +52,7 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
   const t0 = performance.now();
   let logits = prefill(lm.model, cache, promptIds, opts.prefill);
   const t1 = performance.now();
+  const compressor = opts.decodeCompression ? new DecodeCompressor(lm, cache, opts.decodeCompression) : null;
   const tokens: number[] = [];
   let emitted = 0;
   let text = '';
@@ -73,8 +81,11 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
     lm.checkMappedFiles();
     const mark = cache.mark();
-    logits = (await lm.model.forwardAsync([id], cache))!;
+    // A scorer that reads recent queries needs them recorded: a synchronous pass with the layer hook.
+    logits = compressor?.capturesQueries ? lm.model.forward([id], cache, { onLayer: (c) => compressor.record(c) })! : (await lm.model.forwardAsync([id], cache))!;
     checkLogits(lm.model, logits, cache, mark, [id], `decode step ${tokens.length}`);
+    compressor?.afterStep();
+    opts.onStep?.(cache, tokens.length);
   }
   if (text.length > emitted) opts.onText?.(text.slice(emitted));
   const t2 = performance.now();
@@ -90,5 +101,6 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
       ttftMs: ttft,
       decodeTokensPerSecond: tokens.length > 1 ? ((tokens.length - 1) * 1000) / decodeMs : 0,
     },
+    ...(compressor ? { decodeCompression: { compressions: compressor.compressions, evictedRows: compressor.evictedRows, generatedRows: compressor.generatedRows } } : {}),
   };
 }

@@ -1,6 +1,7 @@
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { Span } from '../press/types.ts';
 import { KvlabError } from '../tensor/kvlab-error.ts';
+import type { DecodeCompression } from './decode-compression.ts';
 
 /**
  * The contract between the batching scheduler (engine side) and what drives it (the HTTP server, the
@@ -43,6 +44,12 @@ export interface SequenceRequest {
   stopIds?: number[];
   /** Aborting cancels the sequence: it leaves the batch and its memory returns to the pool at once. */
   signal?: AbortSignal;
+  /**
+   * Decoding-time compression of the sequence's generated rows (decode-compression.ts); the memory promised
+   * at admission is then the prompt plus budget + every rows, not prompt + maxTokens. Schedulers that cannot
+   * run it refuse the request with DecodeCompressionError.
+   */
+  decodeCompression?: DecodeCompression;
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';

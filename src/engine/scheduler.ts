@@ -1,6 +1,7 @@
 import { KvCache, type KvDtype } from '../cache/kv-cache.ts';
 import { formatBytes, kvHeadBytes, type KvPool } from '../cache/kv-pool.ts';
 import type { BatchSequence } from '../model/llama.ts';
+import { checkDecodeCompression, DecodeCompressionError, DecodeCompressor, needsDecodeQueries } from './decode-compression.ts';
 import { EventStream } from './event-stream.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { Sampler } from './sampler.ts';
@@ -55,6 +56,8 @@ interface Sequence {
   emitted: number;
   /** The token to feed at the next decode step. */
   next: number;
+  /** Decoding-time compression, made once the prompt is in the cache. */
+  compressor: DecodeCompressor | null;
   inFlight: boolean;
   cancelled: boolean;
   finished: boolean;
@@ -93,11 +96,11 @@ export class BatchScheduler implements Scheduler {
   }
 
   /** Bytes the pool must promise a request: every head's worst-case rows, in whole blocks. */
-  requestBytes(req: Pick<SequenceRequest, 'context' | 'promptIds' | 'maxTokens'>): number {
+  requestBytes(req: Pick<SequenceRequest, 'context' | 'promptIds' | 'maxTokens' | 'decodeCompression'>): number {
     const cfg = this.lm.config;
     const dtype = req.context?.cache.dtype ?? this.kvDtype;
     const quant = req.context?.cache.quantOptions ?? this.lm.kvQuant;
-    return cfg.numLayers * cfg.numKvHeads * kvHeadBytes(cfg.headDim, dtype, req.promptIds.length + req.maxTokens, quant, this.prefillChunk);
+    return cfg.numLayers * cfg.numKvHeads * kvHeadBytes(cfg.headDim, dtype, req.promptIds.length + generatedRowsBound(req), quant, this.prefillChunk);
   }
 
   submit(req: SequenceRequest): SequenceHandle {
@@ -144,6 +147,7 @@ export class BatchScheduler implements Scheduler {
       text: '',
       emitted: 0,
       next: -1,
+      compressor: null,
       inFlight: false,
       cancelled: false,
       finished: false,
@@ -177,6 +181,14 @@ export class BatchScheduler implements Scheduler {
     const start = req.context?.cache.nextPos ?? 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     if (start + req.promptIds.length > limit) throw new RangeError(`request: ${start + req.promptIds.length} prompt tokens, more than the model allows (${limit})`);
+    if (req.decodeCompression) {
+      checkDecodeCompression(req.decodeCompression);
+      if (needsDecodeQueries(req.decodeCompression)) {
+        throw new DecodeCompressionError(
+          `request: decoding-time compression with ${req.decodeCompression.press.name} reads recorded decode queries, which batched steps do not record; use a method that scores the cache (knorm, keydiff, streamingllm, random)`,
+        );
+      }
+    }
     const c = req.context?.cache;
     if (c && (c.numLayers !== this.lm.config.numLayers || c.numKvHeads !== this.lm.config.numKvHeads || c.headDim !== this.lm.config.headDim)) {
       throw new RangeError(`request: context ${req.context!.id} has a cache of another shape than this model's`);
@@ -237,7 +249,7 @@ export class BatchScheduler implements Scheduler {
         continue;
       }
       try {
-        cache.reserveRows(seq.req.promptIds.length + seq.req.maxTokens);
+        cache.reserveRows(seq.req.promptIds.length + generatedRowsBound(seq.req));
       } catch (e) {
         this.fail(seq, e);
         continue;
@@ -255,7 +267,7 @@ export class BatchScheduler implements Scheduler {
 
   /** One batched forward pass: a decode token of every sequence past its prompt, prompt chunks for the rest. */
   private async step(): Promise<void> {
-    const batch: { seq: Sequence; input: BatchSequence }[] = [];
+    const batch: { seq: Sequence; input: BatchSequence; decode?: boolean }[] = [];
     let prefillLeft = this.prefillChunk;
     for (const seq of this.running) {
       if (seq.pending.length > 0) {
@@ -263,7 +275,7 @@ export class BatchScheduler implements Scheduler {
         const ids = seq.pending.splice(0, prefillLeft);
         prefillLeft -= ids.length;
         batch.push({ seq, input: { ids, cache: seq.cache!, context: seq.req.context?.cache, logits: seq.pending.length === 0 } });
-      } else batch.push({ seq, input: { ids: [seq.next], cache: seq.cache!, context: seq.req.context?.cache } });
+      } else batch.push({ seq, input: { ids: [seq.next], cache: seq.cache!, context: seq.req.context?.cache }, decode: true });
     }
     for (const b of batch) b.seq.inFlight = true;
     let logits: (Float32Array | null)[];
@@ -280,8 +292,29 @@ export class BatchScheduler implements Scheduler {
     }
     batch.forEach((b, i) => {
       if (b.seq.cancelled) this.finish(b.seq, 'cancelled');
-      else if (logits[i]) this.onLogits(b.seq, logits[i]!);
+      else {
+        if (b.decode && !this.compressDecoded(b.seq)) return;
+        if (logits[i]) this.onLogits(b.seq, logits[i]!);
+      }
     });
+  }
+
+  /**
+   * Decoding-time compression after a decode step (the prompt part is fixed when the prompt is done): the
+   * evicted rows' blocks go back to the pool, and the head is given exactly the rows the next steps may add,
+   * so growth stays within the admission promise. False when it failed (the sequence is failed).
+   */
+  private compressDecoded(seq: Sequence): boolean {
+    const dc = seq.req.decodeCompression;
+    if (!dc || !seq.cache) return true;
+    try {
+      seq.compressor ??= new DecodeCompressor(this.lm, seq.cache, dc, seq.req.promptIds.length);
+      if (seq.compressor.afterStep()) seq.cache.reserveRows(Math.min(dc.every, seq.req.maxTokens - seq.tokens.length));
+      return true;
+    } catch (e) {
+      this.fail(seq, e);
+      return false;
+    }
   }
 
   private onLogits(seq: Sequence, logits: Float32Array): void {
@@ -351,4 +384,10 @@ export class BatchScheduler implements Scheduler {
     seq.events.fail(error);
     seq.reject(error);
   }
+}
+
+/** Generated rows a sequence can hold at once: maxTokens, or budget + every under decoding-time compression. */
+function generatedRowsBound(req: Pick<SequenceRequest, 'maxTokens' | 'decodeCompression'>): number {
+  const dc = req.decodeCompression;
+  return dc ? Math.min(req.maxTokens, dc.budget + dc.every) : req.maxTokens;
 }

@@ -1,4 +1,5 @@
 import type { KvCache } from '../cache/kv-cache.ts';
+import { checkDecodeCompression, DecodeCompressor, dropRowsAfter } from './decode-compression.ts';
 import { DEFAULT_PREFILL_CHUNK } from '../model/prefill.ts';
 import { EventStream } from './event-stream.ts';
 import type { LoadedModel } from './loaded-model.ts';
@@ -76,12 +77,14 @@ export class SerialScheduler implements Scheduler {
     const maxTokens = req.maxTokens;
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`maxTokens must be a non-negative integer, got ${maxTokens}`);
     if (req.promptIds.length === 0) throw new RangeError('a sequence needs at least one prompt token');
+    if (req.decodeCompression) checkDecodeCompression(req.decodeCompression);
     const start = req.context?.cache.nextPos ?? 0;
     const limit = this.lm.config.maxPositionEmbeddings;
     if (start + req.promptIds.length > limit) {
       throw new RangeError(`prompt of ${start + req.promptIds.length} tokens is longer than the model allows (${limit})`);
     }
-    const ownRows = Math.min(req.promptIds.length + maxTokens, limit - start);
+    const dc = req.decodeCompression;
+    const ownRows = Math.min(req.promptIds.length + (dc ? Math.min(maxTokens, dc.budget + dc.every) : maxTokens), limit - start);
     if (ownRows * this.rowBytesAllHeads > this.budget) {
       throw new KvCapacityError(`a sequence of ${ownRows} tokens needs ${ownRows * this.rowBytesAllHeads} bytes of KV, more than the ${this.budget}-byte budget`);
     }
@@ -186,6 +189,7 @@ export class SerialScheduler implements Scheduler {
         const part = ids.slice(s, Math.min(ids.length, s + this.chunk));
         logits = await lm.model.forwardAsync(part, cache, { logits: s + part.length >= ids.length ? 'last' : 'none' });
       }
+      const compressor = req.decodeCompression ? new DecodeCompressor(lm, cache, req.decodeCompression) : null;
       const tokens: number[] = [];
       let text = '';
       let emitted = 0;
@@ -216,7 +220,9 @@ export class SerialScheduler implements Scheduler {
           emitted = safe;
         }
         if (tokens.length >= req.maxTokens || cache.nextPos + 1 > limit) break;
-        logits = await lm.model.forwardAsync([id], cache);
+        // As generate(): a scorer that reads recent queries needs each step's recorded (a synchronous pass).
+        logits = compressor?.capturesQueries ? lm.model.forward([id], cache, { onLayer: (c) => compressor.record(c) }) : await lm.model.forwardAsync([id], cache);
+        compressor?.afterStep();
       }
       // A cancelled sequence reports only what it had streamed.
       if (reason === 'cancelled') text = text.slice(0, emitted);
@@ -224,7 +230,8 @@ export class SerialScheduler implements Scheduler {
       this.finish(job, this.result(job, text, tokens, reason, startedAt, firstAt, performance.now()));
     } finally {
       job.cache = undefined;
-      if (mark) cache.truncate(mark);
+      if (mark && req.decodeCompression) dropRowsAfter(cache, mark);
+      else if (mark) cache.truncate(mark);
     }
   }
 

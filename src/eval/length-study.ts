@@ -89,7 +89,7 @@ export async function runLengthStudy(lm: LoadedModel, rows: QaRow[], o: LengthSt
       if (!unit) {
         unit = [];
         if (method === 'full') unit.push(...(await answerAll(lm.openContext(row.context, { queryTemplate: o.queryTemplate }), row, index, 'full', 1, o)));
-        else for (const point of sweepRatios(lm, row.context, getPress(method), ratios, { queryTemplate: o.queryTemplate })) unit.push(...(await answerAll(point.session, row, index, method, point.ratio, o)));
+        else for (const point of sweepRatios(lm, row.context, getPress(method), ratios, { queryTemplate: o.queryTemplate })) unit.push(...(await answerAll(point.session, row, index, method, point.chosen, o)));
         o.onUnit?.(key, unit);
       }
       units.set(method, unit);

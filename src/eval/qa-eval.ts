@@ -3,10 +3,14 @@ import type { LoadedModel } from '../engine/loaded-model.ts';
 import { getPress, type Press } from '../press/registry.ts';
 import type { QaRow } from './datasets.ts';
 import { sweepRatios } from './method-sweep.ts';
+import type { ReconstructionOptions } from '../engine/reconstruction-check.ts';
 
 export interface QaEvalOptions {
   methods: string[];
-  ratios: number[];
+  /** Kept ratios; 'auto' picks each context's ratio by the reconstruction check (reconstruction-check.ts). */
+  ratios: (number | 'auto')[];
+  /** Options of the reconstruction check behind 'auto'. */
+  auto?: Omit<ReconstructionOptions, 'protection'>;
   /** How a question becomes user text ({query} replaced); the dev set uses "Question: {query}". */
   queryTemplate: string;
   maxTokens?: number;
@@ -21,9 +25,9 @@ export interface QaEvalOptions {
 /** One row under one method: its samples at every ratio and the kept-bytes ratio of each. */
 export interface QaUnit {
   samples: QaSample[];
-  kept: [ratio: number, keptBytesRatio: number][];
+  kept: [ratio: number | 'auto', keptBytesRatio: number][];
   /** Bytes of the whole compressed cache at each ratio (absent in units saved before it was recorded). */
-  bytes?: [ratio: number, bytesKept: number][];
+  bytes?: [ratio: number | 'auto', bytesKept: number][];
 }
 
 export const qaUnitKey = (method: string, index: number, id: string) => JSON.stringify([method, index, id]);
@@ -46,9 +50,10 @@ export function qaRowTooLong(lm: LoadedModel, rows: QaRow[], opts: Pick<QaEvalOp
 
 export interface QaResult {
   method: string;
-  ratio: number;
+  ratio: number | 'auto';
   accuracy: number;
   n: number;
+  /** Mean over contexts of the context bytes kept (for 'auto': the average memory the chosen ratios keep). */
   kept_bytes_ratio: number;
   /** KV cache dtype of the run. */
   kv_dtype: string;
@@ -60,7 +65,7 @@ export interface QaSample {
   id: string;
   question_index: number;
   method: string;
-  ratio: number;
+  ratio: number | 'auto';
   answer: string;
   expected: string;
   correct: boolean;
@@ -70,9 +75,9 @@ export interface QaSample {
  * One row under one method: the context prefilled and scored once, then every question at every ratio.
  * The unit of work of a sweep, local or on a queue's workers.
  */
-export async function qaUnit(lm: LoadedModel, row: QaRow, press: Press, opts: Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system'>): Promise<QaUnit> {
+export async function qaUnit(lm: LoadedModel, row: QaRow, press: Press, opts: Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system' | 'auto'>): Promise<QaUnit> {
   const unit: QaUnit = { samples: [], kept: [], bytes: [] };
-  for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system })) {
+  for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
     unit.kept.push([point.ratio, point.keptBytesRatio]);
     unit.bytes!.push([point.ratio, point.bytesKept]);
     for (const [qi, q] of row.questions.entries()) {

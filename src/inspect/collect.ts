@@ -1,4 +1,6 @@
 import { ContextSession, type ScoredContext } from '../engine/context-session.ts';
+import { detectDefense } from '../engine/conversation-context.ts';
+import { resolveProtection, type ProtectionChoice } from '../engine/default-protection.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { systemPromptLayout, userContextLayout, type SessionLayout } from '../model/prompt-layout.ts';
@@ -23,9 +25,13 @@ export interface InspectOptions {
   ratio: number;
   system?: string;
   layout?: InspectLayout;
-  /** A sentence of the system prompt to name `defense` (whitelist:defense protects it in the system layout). */
+  /**
+   * A sentence of the system prompt to name `defense` (whitelist:defense protects it in the system layout).
+   * Without it, the sentences detectDefense() finds are named `defense`.
+   */
   defense?: string;
-  protection?: Protection;
+  /** Default 'default' (default-protection.ts): in the system layout, the detected defense is kept. */
+  protection?: ProtectionChoice;
   questions?: string[];
   /** Ratios to answer the questions at (default: the opening ratio). */
   answerRatios?: number[];
@@ -49,21 +55,22 @@ export interface Inspection {
  */
 export async function collectInspection(lm: LoadedModel, contextText: string, opts: InspectOptions): Promise<Inspection> {
   const layoutKind = opts.layout ?? 'user';
-  const explicit = opts.defense ? [{ name: 'defense', text: opts.defense }] : undefined;
   if (opts.defense && opts.system === undefined) throw new Error('--defense names a sentence of the system prompt; give --system too');
+  const detected = layoutKind === 'system' && !opts.defense && opts.system !== undefined ? detectDefense(opts.system) : [];
+  const explicit = opts.defense ? [{ name: 'defense', text: opts.defense }] : detected.length ? detected.map((text) => ({ name: 'defense', text })) : undefined;
   let layout: SessionLayout & { ranges: NamedRange[] };
-  let protection = opts.protection;
+  let protection: Protection | undefined;
   if (layoutKind === 'system') {
     if (opts.system === undefined) throw new Error('the system layout compresses the system prompt: give --system');
     layout = systemPromptLayout(lm, opts.system, { explicit, document: contextText });
-    protection = withTemplateKept(protection, layout.ranges);
+    protection = withTemplateKept(resolveProtection(opts.protection, layout.ranges), layout.ranges);
   } else {
     const user = userContextLayout(lm, contextText, { system: opts.system, queryTemplate: opts.queryTemplate });
     layout = { ...user, ranges: [{ name: 'user', start: 0, end: user.context.end - user.context.start }] };
+    protection = resolveProtection(opts.protection, layout.ranges);
   }
   const spans = displaySpans(lm.tokenizer, layout, layoutKind, opts.system, contextText, explicit);
-  const protectLabel = describeProtection(opts.protection) + (protection !== opts.protection ? ' (template pieces inside the span always kept)' : '');
-  return inspectPrepared(lm, { layout, ranges: layout.ranges, spans, protection, protectLabel }, opts);
+  return inspectPrepared(lm, { layout, ranges: layout.ranges, spans, protection, protectLabel: protectLabel(opts.protection, protection, layoutKind) }, opts);
 }
 
 /** A layout ready to score: the session layout, its named ranges and display spans, the protection as applied. */
@@ -85,7 +92,7 @@ export interface PreparedInspection {
 export async function inspectConversation(
   lm: LoadedModel,
   ctx: { layout: SessionLayout; ranges: NamedRange[] },
-  opts: Pick<InspectOptions, 'methods' | 'ratio' | 'protection' | 'onProgress'> & { protectLabel?: string },
+  opts: Pick<InspectOptions, 'methods' | 'ratio' | 'onProgress'> & { protection?: Protection; protectLabel?: string },
 ): Promise<Inspection> {
   const { start, end } = ctx.layout.context;
   const spans = tile(
@@ -172,6 +179,13 @@ function describeAdaKv(name: string, described: Map<string, string>): string {
 }
 
 /** Template pieces inside the span (between the system turn and the document) are structure: always kept. */
+/** What the page says about protection: the choice, what it resolved to, and the system layout's template rule. */
+function protectLabel(choice: ProtectionChoice | undefined, applied: Protection | undefined, layout: InspectLayout): string {
+  const stated = choice === undefined || choice === 'default' ? 'default' : choice === 'none' ? 'none' : describeProtection(choice);
+  const note = layout === 'system' ? ' (template pieces inside the span always kept)' : '';
+  return stated === describeProtection(applied) ? `${stated}${note}` : `${stated}: ${describeProtection(applied)}${note}`;
+}
+
 function withTemplateKept(p: Protection | undefined, ranges: NamedRange[]): Protection | undefined {
   if (!ranges.some((r) => r.name === 'template')) return p;
   return { ...p, whitelist: [...new Set([...(p?.whitelist ?? []), 'template'])] };

@@ -1,3 +1,4 @@
+import type { ReconstructionOptions } from '../engine/reconstruction-check.ts';
 import type { QaRow } from '../eval/datasets.ts';
 import { qaUnitKey, type QaEvalOptions, type QaUnit } from '../eval/qa-eval.ts';
 import type { ModelTag } from './sweep-jobs.ts';
@@ -9,13 +10,15 @@ export interface QaJobData extends ModelTag {
   unit: string;
   method: string;
   row: QaRow;
-  ratios: number[];
+  /** Kept ratios; 'auto' picks each context's ratio by the reconstruction check (with `auto`'s options). */
+  ratios: (number | 'auto')[];
+  auto?: Omit<ReconstructionOptions, 'protection'>;
   queryTemplate: string;
   maxTokens?: number;
   system?: string;
 }
 
-export type QaJobSettings = Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system'>;
+export type QaJobSettings = Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system' | 'auto'>;
 
 /** The jobs of a QA sweep: one per (method, row), in the local run's order. */
 export function qaJobs(rows: QaRow[], methods: string[], settings: QaJobSettings, model: ModelTag): QaJobData[] {

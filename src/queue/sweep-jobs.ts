@@ -14,7 +14,8 @@ export type SweepJobData = QaJobData | StudyJobData;
 
 /**
  * The queue a model's workers take jobs from: one per (model fingerprint, KV dtype), so a worker only ever
- * receives jobs its model can run, and any number of sweeps (of any kind) for that model share it.
+ * receives jobs its model can run, and any number of sweeps (of any kind) for that model share it. Named
+ * kvlab-sweep-* since jobs have kinds: a worker from before that (queue kvlab-qa-*) never sees a study job.
  */
 export function queueNameFor(fingerprint: string, kvDtype: KvDtype): string {
   return `kvlab-sweep-${createHash('sha256').update(`${fingerprint}\0${kvDtype}`).digest('hex').slice(0, 16)}`;

@@ -2,6 +2,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import type { Context } from 'hono';
 import { stream } from 'hono/streaming';
 import { continuationIds } from '../engine/conversation-context.ts';
+import { DecodeCompressionError, parseDecodeCompression, type DecodeCompression } from '../engine/decode-compression.ts';
 import { KvCapacityError, QueueFullError, type SequenceHandle, type SequenceResult, type SharedContext } from '../engine/scheduler-types.ts';
 import { ApiError, badRequest } from './api-error.ts';
 import { readJson, type AppEnv, type AppOptions, type ReadyState } from './app.ts';
@@ -23,6 +24,12 @@ export async function chatCompletion(c: Context<AppEnv>, s: ReadyState, opts: Ap
     throw badRequest(`This model's maximum context length is ${limit} tokens. However, your messages resulted in ${total} tokens.`, 'messages', 'context_length_exceeded');
   }
   const maxTokens = Math.min(req.maxTokens ?? opts.defaultMaxTokens, limit - total);
+  let decodeCompression: DecodeCompression | undefined;
+  try {
+    decodeCompression = req.decodeCompress === null ? undefined : parseDecodeCompression(req.decodeCompress);
+  } catch (e) {
+    throw badRequest((e as Error).message, 'decode_compress', 'invalid_value');
+  }
   const abort = new AbortController();
   const clientGone = c.req.raw.signal;
   const onGone = () => abort.abort();
@@ -36,11 +43,13 @@ export async function chatCompletion(c: Context<AppEnv>, s: ReadyState, opts: Ap
       sampling: { temperature: req.temperature, topP: req.topP, seed: req.seed ?? randomInt(2 ** 31) },
       stopStrings: req.stop,
       signal: abort.signal,
+      ...(decodeCompression ? { decodeCompression } : {}),
     });
   } catch (e) {
     clientGone.removeEventListener('abort', onGone);
     if (e instanceof QueueFullError) throw new ApiError(429, `${e.message}; retry after ${e.retryAfterSeconds} s`, null, 'queue_full', { 'Retry-After': String(e.retryAfterSeconds) });
     if (e instanceof KvCapacityError) throw badRequest(e.message, 'max_tokens', 'kv_capacity');
+    if (e instanceof DecodeCompressionError) throw badRequest(e.message, 'decode_compress', 'unsupported_value');
     if (e instanceof RangeError) throw badRequest(e.message, 'messages', 'invalid_value');
     throw e;
   }

@@ -21,7 +21,7 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
     }
     let protection: Protection | undefined;
     try {
-      protection = r.protect === null ? DEFAULT_CONTEXT_PROTECTION : parseProtection(r.protect);
+      protection = r.protect === null || r.protect.trim() === 'default' ? DEFAULT_CONTEXT_PROTECTION : parseProtection(r.protect);
     } catch (e) {
       throw badRequest((e as Error).message, 'protect', 'invalid_value');
     }
@@ -37,9 +37,23 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
       throw badRequest(`This model's maximum context length is ${limit} tokens. However, the context resulted in ${ctx.layout.ids.length} tokens.`, r.text !== null ? 'text' : 'messages', 'context_length_exceeded');
     }
     if (ctx.layout.context.end === ctx.layout.context.start) throw badRequest('the context is empty', r.text !== null ? 'text' : 'messages', 'invalid_value');
-    const built = compressContext(s.lm, ctx, press, r.ratio, protection);
+    const built = compressContext(s.lm, ctx, press, r.ratio, protection, r.auto);
     const { record, saveMs } = await s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
-    return c.json(view(record, s.store, saveMs));
+    const auto = built.report.auto;
+    return c.json({
+      ...view(record, s.store, saveMs),
+      ...(auto
+        ? {
+            auto: {
+              chosen: auto.chosen,
+              threshold: auto.threshold,
+              mode: auto.mode,
+              full_accuracy: round(auto.fullAccuracy),
+              candidates: auto.candidates.map((x) => ({ ratio: x.ratio, accuracy: round(x.accuracy) })),
+            },
+          }
+        : {}),
+    });
   });
 
   app.get('/v1/contexts', (c) => {

@@ -14,6 +14,8 @@ export interface ChatRequest {
   includeUsage: boolean;
   /** kvlab's extension: the id of a stored context the messages continue. */
   context: string | null;
+  /** kvlab's extension: decoding-time compression of the reply, `METHOD:BUDGET:EVERY`. */
+  decodeCompress: string | null;
 }
 
 export interface ContextRequest {
@@ -21,7 +23,10 @@ export interface ContextRequest {
   system: string | null;
   messages: ChatMessage[] | null;
   method: string;
-  ratio: number;
+  /** A kept fraction, or 'auto' (the smallest candidate whose compressed cache still reconstructs the context). */
+  ratio: number | 'auto';
+  /** With ratio 'auto': the reconstruction check's threshold, mode and candidates (defaults when absent). */
+  auto: { threshold?: number; mode?: 'relative' | 'absolute'; candidates?: number[] };
   protect: string | null;
 }
 
@@ -109,6 +114,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
     stream,
     includeUsage,
     context: optionalString(o, 'context'),
+    decodeCompress: optionalString(o, 'decode_compress'),
   };
 }
 
@@ -119,13 +125,38 @@ export function parseContextRequest(body: unknown): ContextRequest {
   const messages = o.messages === undefined || o.messages === null ? null : parseMessages(o.messages);
   if ((text === null) === (messages === null)) throw badRequest('give exactly one of text or messages', text === null ? 'text' : 'messages', 'invalid_value');
   if (messages && system !== null) throw badRequest('system goes with text; put a system message in messages instead', 'system', 'invalid_value');
-  if (o.ratio === 'auto') throw badRequest('ratio "auto" is not supported yet; give a number in [0, 1] (the fraction of the context kept)', 'ratio', 'unsupported_value');
+  if (typeof o.ratio === 'string' && o.ratio !== 'auto') throw badRequest(`ratio must be a number in [0, 1] or "auto", got ${JSON.stringify(o.ratio)}`, 'ratio', 'invalid_value');
+  const ratio = o.ratio === 'auto' ? 'auto' : (optionalNumber(o, 'ratio', 0, 1) ?? 0.3);
+  const autoRaw = o.auto;
+  if (autoRaw !== undefined && autoRaw !== null && ratio !== 'auto') throw badRequest('auto options go with ratio "auto"', 'auto', 'invalid_value');
   return {
     text,
     system,
     messages,
     method: optionalString(o, 'method') ?? 'kvzip',
-    ratio: optionalNumber(o, 'ratio', 0, 1) ?? 0.3,
+    ratio,
+    auto: autoRaw === undefined || autoRaw === null ? {} : parseAutoOptions(autoRaw),
     protect: optionalString(o, 'protect'),
+  };
+}
+
+/** `auto`: {threshold?: number in [0, 1], mode?: "relative" | "absolute", candidates?: ratios in [0, 1]}. */
+function parseAutoOptions(v: unknown): ContextRequest['auto'] {
+  if (typeof v !== 'object' || Array.isArray(v)) throw badRequest('auto must be an object {threshold, mode, candidates}', 'auto', 'invalid_type');
+  const o = v as Json;
+  for (const k of Object.keys(o)) if (!['threshold', 'mode', 'candidates'].includes(k)) throw badRequest(`auto.${k} is not an option (threshold, mode, candidates)`, `auto.${k}`, 'invalid_value');
+  const mode = o.mode;
+  if (mode !== undefined && mode !== null && mode !== 'relative' && mode !== 'absolute') throw badRequest(`auto.mode must be "relative" or "absolute", got ${JSON.stringify(mode)}`, 'auto.mode', 'invalid_value');
+  const c = o.candidates;
+  if (c !== undefined && c !== null && (!Array.isArray(c) || c.length === 0 || !c.every((r) => typeof r === 'number' && r >= 0 && r <= 1))) {
+    throw badRequest('auto.candidates must be a non-empty array of ratios in [0, 1]', 'auto.candidates', 'invalid_value');
+  }
+  const t = o.threshold;
+  if (t !== undefined && t !== null && !(typeof t === 'number' && t >= 0 && t <= 1)) throw badRequest(`auto.threshold must be a number in [0, 1], got ${JSON.stringify(t)}`, 'auto.threshold', 'invalid_value');
+  const threshold = typeof t === 'number' ? t : undefined;
+  return {
+    ...(threshold !== undefined ? { threshold } : {}),
+    ...(mode ? { mode: mode as 'relative' | 'absolute' } : {}),
+    ...(c ? { candidates: c as number[] } : {}),
   };
 }

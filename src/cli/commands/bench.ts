@@ -4,7 +4,7 @@ import { parseKvDtype } from '../../cache/kv-cache.ts';
 import { intOption, listOption } from '../common.ts';
 
 export function registerBench(program: Command): void {
-  program
+  const bench = program
     .command('bench')
     .description('measure the machine limits, then prefill/decode speed and KVzip cost; prints JSON')
     .option('--models <names>', 'tiny, qwen2.5-0.5b, llama-3.2-1b (random weights, written to a temp folder), or none', listOption)
@@ -29,6 +29,25 @@ export function registerBench(program: Command): void {
         kvQuant: !quick && (o.kvQuantContext as number) > 0 ? { model: 'llama-3.2-1b', context: o.kvQuantContext as number, ratio: 0.3 } : null,
         log: (line) => process.stderr.write(`bench: ${line}\n`),
       });
+      const text = `${JSON.stringify(report, null, 2)}\n`;
+      if (o.out) writeFileSync(o.out, text);
+      process.stdout.write(text);
+    });
+  registerBenchDecodeCompression(bench);
+}
+
+/** `kvlab bench decode-compress`: tokens/s per quarter of a long generation, with and without decoding-time compression. */
+function registerBenchDecodeCompression(bench: Command): void {
+  bench
+    .command('decode-compress')
+    .description('decode throughput per quarter of a generation 4x the budget long, decoding-time compression vs the full cache (embedded model); prints JSON')
+    .option('--spec <spec>', 'METHOD:BUDGET:EVERY of the compressed runs', 'knorm:256:32')
+    .option('--tokens <n>', 'generated tokens per run (default 4x the budget)', intOption('--tokens', 8))
+    .option('--rounds <n>', 'alternating rounds (compressed, full)', intOption('--rounds', 1), 3)
+    .action(async (_local, cmd: Command) => {
+      const { runDecodeCompressionBench } = await import('../../bench/decode-compression-bench.ts');
+      const o = cmd.optsWithGlobals();
+      const report = await runDecodeCompressionBench({ spec: o.spec, tokens: o.tokens, rounds: o.rounds, log: (line) => process.stderr.write(`bench decode-compress: ${line}\n`) });
       const text = `${JSON.stringify(report, null, 2)}\n`;
       if (o.out) writeFileSync(o.out, text);
       process.stdout.write(text);

@@ -1,8 +1,12 @@
 import { createInterface } from 'node:readline/promises';
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { generate } from '../../engine/generate.ts';
 import type { ChatMessage } from '../../model/chat-template.ts';
 import { intOption, numberOption, openModel, modelOptions } from '../common.ts';
+import { autoLine, decodeCompressOption, PROTECT_HELP, promptCompressOption, protectChoiceOption } from '../compression-options.ts';
+import { continuationIds } from '../../engine/conversation-context.ts';
+import { compressSystemPrompt } from '../../engine/system-prompt-compression.ts';
+import type { KvCache } from '../../cache/kv-cache.ts';
 
 /**
  * The conversation trimmed to fit `limit` positions with room for a reply: the oldest user/assistant
@@ -32,12 +36,28 @@ export function registerChat(program: Command): void {
     .option('-n, --max-tokens <n>', 'maximum new tokens per reply', intOption('--max-tokens'), 256)
     .option('-t, --temperature <t>', 'sampling temperature (0 = greedy)', numberOption('--temperature', 0), 0)
     .option('--seed <s>', 'random seed', intOption('--seed'), 0)
+    .option('--decode-compress <spec>', 'METHOD:BUDGET:EVERY: every EVERY decode steps, each reply\'s generated rows keep their top BUDGET per KV head', decodeCompressOption)
+    .option('--compress <spec>', 'METHOD:RATIO (RATIO a kept fraction or auto): compress the system prompt once; every turn continues the compressed cache (needs --system)', promptCompressOption)
+    .option('--protect <p>', `with --compress: ${PROTECT_HELP}`, protectChoiceOption)
     .action(async (o) => {
+      if (o.compress && o.system === undefined) throw new InvalidArgumentError('--compress compresses the system prompt: give --system');
+      if (o.protect !== undefined && !o.compress) throw new InvalidArgumentError('--protect applies to what --compress compresses (the system prompt); give --compress METHOD:RATIO');
       const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const start = (): ChatMessage[] => (o.system !== undefined ? [{ role: 'system', content: o.system }] : []);
+      // With --compress the system prompt is compressed once; each (re)start of the cache copies it.
+      const compressed = o.compress ? compressSystemPrompt(lm, o.system, o.compress, o.protect) : null;
+      if (compressed) {
+        const r = compressed.report;
+        if (r.auto) process.stdout.write(autoLine(r.auto));
+        process.stdout.write(`(system prompt compressed with ${r.method} at ratio ${r.ratio}, protect ${compressed.protectLabel}: ${r.contextBytesKept} of ${r.contextBytesFull} bytes kept)\n`);
+      }
+      const base: number[] = compressed ? compressed.ctx.layout.ids : [];
+      const freshCache = (): KvCache => compressed?.session.cache.clone() ?? lm.newCache();
+      const promptIds = (m: ChatMessage[]): number[] =>
+        compressed ? [...base, ...continuationIds(lm, compressed.ctx, m.slice(1))] : lm.tokenizer.encode(lm.tokenizer.chat.render(m, { addGenerationPrompt: true }));
       let messages = start();
-      let cache = lm.newCache();
-      let fed: number[] = [];
+      let cache = freshCache();
+      let fed: number[] = [...base];
       const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
       process.stdout.write(`kvlab chat (${lm.dir}); /reset clears, /exit quits\n`);
       process.stdout.write('> ');
@@ -45,8 +65,8 @@ export function registerChat(program: Command): void {
         if (line.trim() === '/exit') break;
         if (line.trim() === '/reset') {
           messages = start();
-          cache = lm.newCache();
-          fed = [];
+          cache = freshCache();
+          fed = [...base];
           process.stdout.write('> ');
           continue;
         }
@@ -65,12 +85,12 @@ export function registerChat(program: Command): void {
           messages = fitted.messages;
           process.stdout.write(`(the conversation outgrew the model's ${lm.config.maxPositionEmbeddings} positions: dropped the ${fitted.dropped} oldest message${fitted.dropped === 1 ? '' : 's'})\n`);
         }
-        const ids = lm.tokenizer.encode(lm.tokenizer.chat.render(messages, { addGenerationPrompt: true }));
-        // Reuse the cache when the new prompt extends what it holds; otherwise start over.
+        const ids = promptIds(messages);
+        // Reuse the cache when the new prompt extends what it holds; otherwise start over (from the compressed system prompt, if any).
         const reuse = fed.length > 0 && fed.length < ids.length && fed.every((id, i) => ids[i] === id);
         if (!reuse) {
-          cache = lm.newCache();
-          fed = [];
+          cache = freshCache();
+          fed = [...base];
         }
         let result;
         try {
@@ -78,12 +98,13 @@ export function registerChat(program: Command): void {
             maxTokens: o.maxTokens,
             sampling: { temperature: o.temperature, seed: o.seed },
             onText: (t) => process.stdout.write(t),
+            decodeCompression: o.decodeCompress,
           });
         } catch (e) {
           // The turn fails, the session goes on: the message is taken back and the cache rebuilt next turn.
           messages.pop();
-          cache = lm.newCache();
-          fed = [];
+          cache = freshCache();
+          fed = [...base];
           process.stdout.write(`\n(this turn failed: ${(e as Error).message})\n> `);
           continue;
         }

@@ -1,20 +1,26 @@
 import { basename } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
+import { ContextSession } from '../../engine/context-session.ts';
+import { userContextLayout } from '../../model/prompt-layout.ts';
 import { conversationContext } from '../../engine/conversation-context.ts';
 import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
 import { readRegularText } from '../../model/regular-file.ts';
 import { getPress } from '../../press/registry.ts';
 import { contextRecord, loadContextFile, saveContextFile } from '../../server/context-store.ts';
-import { collect, intOption, numberOption, openModel, modelOptions, queryTemplateOption } from '../common.ts';
+import { collect, intOption, openModel, modelOptions, queryTemplateOption } from '../common.ts';
 import { progressBar } from '../progress.ts';
+import { autoJson, autoLine, autoOptionsOf, autoRatioOptions, checkAutoOptions, PROTECT_HELP, protectChoiceOption, ratioOrAutoOption } from '../compression-options.ts';
+import { resolveProtection } from '../../engine/default-protection.ts';
+import { describeProtection } from '../../press/protect.ts';
 import { answerOnContext } from './context.ts';
 
 export function registerCompress(program: Command): void {
-  modelOptions(program.command('compress').description('compress a context once with a method, then answer every question from the compressed cache'))
+  autoRatioOptions(modelOptions(program.command('compress').description('compress a context once with a method, then answer every question from the compressed cache')))
     .option('-c, --context <file>', 'text file holding the context')
     .option('-s, --system <text>', 'system prompt')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')
-    .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1]', numberOption('--ratio', 0, 1), 0.3)
+    .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1], or auto (the smallest candidate whose compressed cache still reconstructs the context)', ratioOrAutoOption, 0.3)
+    .option('--protect <p>', PROTECT_HELP, protectChoiceOption)
     .option('-q, --ask <question>', 'a question (repeatable)', collect, [])
     .option('--query-template <t>', 'how a question becomes user text; {query} is replaced', queryTemplateOption, '{query}')
     .option('-n, --max-tokens <n>', 'maximum new tokens per answer', intOption('--max-tokens'), 64)
@@ -24,26 +30,32 @@ export function registerCompress(program: Command): void {
     .action(async (o) => {
       if (o.load) return answerFromFile(o);
       if (!o.context) throw new InvalidArgumentError('give --context FILE (or --load FILE)');
+      checkAutoOptions(o, o.ratio);
       const press = getPress(o.method);
       const context = readRegularText(o.context, '--context file');
       const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const prefillBar = progressBar('prefill', 512);
-      const session = lm.openContext(context, {
-        system: o.system,
-        queryTemplate: o.queryTemplate,
-        onPrefillProgress: (d, t) => prefillBar.update(d, t),
-      });
+      // The context sits in the user turn: the template prefix (system prompt included) is outside the span
+      // and never evicted, so the default rule finds nothing inside it to whitelist; explicit names must exist.
+      const layout = userContextLayout(lm, context, { system: o.system, queryTemplate: o.queryTemplate });
+      const ranges = [{ name: 'user', start: 0, end: layout.context.end - layout.context.start }];
+      for (const n of typeof o.protect === 'object' ? (o.protect.whitelist ?? []) : []) {
+        if (n !== 'user') throw new InvalidArgumentError(`--protect whitelist:${n}: the compressed span (the context in the user turn) has no range named "${n}" (ranges: user)`);
+      }
+      const session = new ContextSession(lm, { ...layout, ranges }, { onPrefillProgress: (d, t) => prefillBar.update(d, t) });
       const scoreBar = progressBar('scoring', 512);
       const scoring = (d: number, t: number) => {
         prefillBar.stop();
         scoreBar.update(d, t);
       };
-      const report = session.compress(press, o.ratio, { onProgress: scoring });
+      const protection = resolveProtection(o.protect, ranges);
+      const opts = { onProgress: scoring, protection: protection ?? ('none' as const) };
+      const report = o.ratio === 'auto' ? session.compressAuto(press, { ...opts, auto: autoOptionsOf(o) }) : session.compress(press, o.ratio, opts);
       prefillBar.stop();
       scoreBar.stop();
       if (o.save) {
         const spec = { kind: 'text' as const, text: context, ...(o.system !== undefined ? { system: o.system } : {}) };
-        const record = contextRecord(basename(o.save).replace(/\.kvctx$/, ''), 'local', conversationContext(lm, spec), { session, report }, 'none');
+        const record = contextRecord(basename(o.save).replace(/\.kvctx$/, ''), 'local', conversationContext(lm, spec), { session, report }, describeProtection(protection));
         saveContextFile(o.save, record, session.cache, persistentFingerprint(lm));
       }
       const t2 = performance.now();
@@ -66,12 +78,15 @@ export function registerCompress(program: Command): void {
         per_layer_kept: report.perLayerKept.map((x) => Math.round(x * 1e4) / 1e4),
       };
       const timings = { prefill_ms: ms(report.timings.prefillMs), score_ms: ms(report.timings.scoreMs + report.timings.keepMs), answer_ms: ms(t3 - t2) };
-      if (o.json) process.stdout.write(`${JSON.stringify({ method: press.name, ratio: o.ratio, answers, cache, timings })}\n`);
-      else
+      const auto = report.auto ? { auto: autoJson(report.auto) } : {};
+      if (o.json) process.stdout.write(`${JSON.stringify({ method: press.name, ratio: report.ratio, protect: o.protect === undefined || o.protect === 'default' ? `default: ${describeProtection(protection)}` : describeProtection(protection), answers, cache, timings, ...auto })}\n`);
+      else {
+        if (report.auto) process.stdout.write(autoLine(report.auto));
         process.stdout.write(
           `${press.name} at ratio ${o.ratio}: context KV ${kib(cache.context_bytes_full)} -> ${kib(cache.context_bytes_kept)} ` +
             `(${(cache.kept_ratio * 100).toFixed(1)}% kept); prefill ${timings.prefill_ms} ms, scoring ${timings.score_ms} ms\n`,
         );
+      }
     });
 }
 

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { autoJson, autoLine, autoOptionsOf, autoRatioOptions, checkAutoOptions, protectChoiceOption, ratioOrAutoOption } from '../compression-options.ts';
+import type { ProtectionChoice } from '../../engine/default-protection.ts';
 import { InvalidArgumentError, type Command } from 'commander';
 import { compressContext, DEFAULT_CONTEXT_PROTECTION, effectiveProtection } from '../../engine/compress-context.ts';
 import { conversationContext, continuationIds, type ContextSpec } from '../../engine/conversation-context.ts';
@@ -6,12 +8,12 @@ import type { LoadedModel } from '../../engine/loaded-model.ts';
 import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
 import { SerialScheduler } from '../../engine/serial-scheduler.ts';
 import type { SharedContext } from '../../engine/scheduler-types.ts';
-import { describeProtection, parseProtection } from '../../press/protect.ts';
+import { describeProtection } from '../../press/protect.ts';
 import { getPress } from '../../press/registry.ts';
 import { ContextStore, type ContextRecord } from '../../server/context-store.ts';
 import { parseMessages } from '../../server/validate.ts';
 import { defaultStoreDir } from '../../server/defaults.ts';
-import { collect, intOption, modelOptions, numberOption, openModel, protectOption } from '../common.ts';
+import { collect, intOption, modelOptions, openModel } from '../common.ts';
 
 /** Contexts made on the command line belong to the tenant of a server started without API keys. */
 const LOCAL_TENANT = 'local';
@@ -44,27 +46,30 @@ export async function answerOnContext(lm: LoadedModel, record: ContextRecord, sh
 export function registerContext(program: Command): void {
   const cmd = program.command('context').description('stored compressed contexts (the store `kvlab serve` uses): save, load, ls, rm');
 
-  storeOption(modelOptions(cmd.command('save').description('compress a context and add it to the store')))
+  autoRatioOptions(storeOption(modelOptions(cmd.command('save').description('compress a context and add it to the store'))))
     .option('-c, --context <file>', 'text file holding the context (placed in the user turn)')
     .option('-s, --system <text>', 'system prompt (with --context)')
     .option('--messages <file>', 'JSON file holding a message list [{role, content}] to compress instead')
     .option('--method <name>', 'compression method (see `kvlab methods`)', 'kvzip')
-    .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1]', numberOption('--ratio', 0, 1), 0.3)
-    .option('--protect <mode>', `whitelist:NAME[,NAME], fair[:lambda], both or none (default ${describeProtection(DEFAULT_CONTEXT_PROTECTION)})`, protectOption)
+    .option('-r, --ratio <r>', 'fraction of the context KV kept, in [0, 1], or auto (the smallest candidate whose compressed cache still reconstructs the context)', ratioOrAutoOption, 0.3)
+    .option('--protect <mode>', `default, whitelist:NAME[,NAME], fair[:lambda], both or none (default: ${describeProtection(DEFAULT_CONTEXT_PROTECTION)} and in-span template tokens)`, protectChoiceOption)
     .option('--json', 'print the stored context as JSON')
     .action(async (o) => {
       if (Boolean(o.context) === Boolean(o.messages)) throw new InvalidArgumentError('give exactly one of --context FILE or --messages FILE');
       const spec: ContextSpec = o.context
         ? { kind: 'text', text: readFileSync(o.context, 'utf8'), ...(o.system !== undefined ? { system: o.system } : {}) }
         : { kind: 'messages', messages: parseMessages(JSON.parse(readFileSync(o.messages, 'utf8')), o.messages) };
+      checkAutoOptions(o, o.ratio);
       const press = getPress(o.method);
-      const protection = o.protect ? parseProtection(o.protect.at(-1)) : DEFAULT_CONTEXT_PROTECTION;
+      const choice: ProtectionChoice = o.protect ?? 'default';
+      const protection = choice === 'default' ? DEFAULT_CONTEXT_PROTECTION : choice === 'none' ? undefined : choice;
       const lm = openModel(o.model, o.weights, o.kvDtype, o);
       const store = openStore(lm, o.store);
       const ctx = conversationContext(lm, spec);
-      const built = compressContext(lm, ctx, press, o.ratio, protection);
+      const built = compressContext(lm, ctx, press, o.ratio, protection, autoOptionsOf(o));
+      if (built.report.auto && !o.json) process.stdout.write(autoLine(built.report.auto));
       const { record } = await store.add(LOCAL_TENANT, ctx, built, describeProtection(effectiveProtection(protection, ctx)));
-      if (o.json) process.stdout.write(`${JSON.stringify(summary(record, store))}\n`);
+      if (o.json) process.stdout.write(`${JSON.stringify({ ...summary(record, store), ...(built.report.auto ? { auto: autoJson(built.report.auto) } : {}) })}\n`);
       else process.stdout.write(`${record.id}: ${record.contextTokens} context tokens, ${(record.keptRatio * 100).toFixed(1)}% kept (${record.method}, ratio ${record.ratio}), ${store.fileBytes(record.id)} bytes on disk\n`);
     });
 

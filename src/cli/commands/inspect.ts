@@ -4,7 +4,7 @@ import { collectInspection, type InspectLayout } from '../../inspect/collect.ts'
 import { inspectionJson } from '../../inspect/export-json.ts';
 import { renderInspectPage } from '../../inspect/render.ts';
 import { servePage } from '../../inspect/serve-page.ts';
-import { parseProtection, type Protection } from '../../press/protect.ts';
+import { PROTECT_HELP, protectChoiceOption } from '../compression-options.ts';
 import { writeAtomic } from '../../eval/write-outputs.ts';
 import { collect, intOption, listOption, numberOption, openModel, modelOptions, queryTemplateOption, ratioList } from '../common.ts';
 import { progressBar } from '../progress.ts';
@@ -12,15 +12,6 @@ import { progressBar } from '../progress.ts';
 function layoutOption(value: string): InspectLayout {
   if (value === 'user' || value === 'system') return value;
   throw new InvalidArgumentError(`--layout must be user or system, got "${value}"`);
-}
-
-/** --protect, parsed at option time so a bad mode fails before the model loads. */
-function protectionOption(value: string): Protection | undefined {
-  try {
-    return parseProtection(value);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
 }
 
 export function registerInspect(program: Command): void {
@@ -33,7 +24,7 @@ export function registerInspect(program: Command): void {
     .option('-s, --system <text>', 'system prompt')
     .option('--method <names>', 'one or two methods, comma-separated (see `kvlab methods`); default kvzip', listOption)
     .option('-r, --ratio <r>', 'the ratio the page opens at (fraction of the context KV kept)', numberOption('--ratio', 0, 1), 0.3)
-    .option('--protect <p>', 'whitelist:NAME[,NAME], fair[:lambda], both or none (default none)', protectionOption)
+    .option('--protect <p>', `${PROTECT_HELP}; in the system layout a detected defense sentence is named \`defense\` unless --defense names one`, protectChoiceOption)
     .option('--layout <where>', 'user: the context in the user turn, the system prompt never evicted (as `kvlab compress`); system: the system prompt compressed with the context (the pitfalls study)', layoutOption, 'user')
     .option('--defense <text>', 'a sentence of the system prompt to name `defense`')
     .option('-q, --ask <question>', 'a question each method answers from its compressed cache (repeatable)', collect, [])
