@@ -14,6 +14,8 @@ const GRID = ['--limit', '2', '--method', 'snapkv,streamingllm', '--ratio', '1,0
 const STUDIES: Record<string, string[]> = {
   leakage: ['eval', 'leakage', '--data', 'data/dev/leakage.jsonl', '--order', '--protect', 'none', '--protect', 'whitelist:defense', ...GRID],
   instructions: ['eval', 'instructions', '--data', 'data/dev/instructions.jsonl', '--add-defense', ...GRID],
+  // SystemCheck rows: the job carries the RaccoonBench defense template and attack text, not their files.
+  'sys-leakage': ['eval', 'leakage', '--data', 'data/external/sys_ifeval/sys_ifeval.jsonl', '--defense', 'flipped', ...GRID],
 };
 
 let redis: TestRedis;
@@ -39,7 +41,7 @@ function outputsOf(out: string): StudyOutputs {
   return { results: JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')), samples: readFileSync(join(out, 'samples.csv'), 'utf8').split('\n') };
 }
 
-test('instructions and leakage studies run through the queue by 2 workers write the results.json and samples of the local runs', { skip: skip ?? false }, async () => {
+test('instructions and leakage studies (dev and sys_ifeval rows) run through the queue by 2 workers write the results.json and samples of the local runs', { skip: skip ?? false }, async () => {
   const workers = [queueWorker(redis.url), queueWorker(redis.url)];
   await Promise.all(workers.map((w) => w.waitFor(/takes jobs from queue/)));
   const runs = Object.entries(STUDIES).flatMap(([name, args]) => [
@@ -76,6 +78,7 @@ test('instructions and leakage studies run through the queue by 2 workers write 
   const all = workers.map((w) => w.out()).join('\n');
   assert.match(all, /done study-\S+ \S+ on item "dev-leak-/);
   assert.match(all, /done study-\S+ \S+ on item "dev-ins-/);
+  assert.match(all, /done study-\S+ \S+ on item "\d+" \(flipped\)/);
   assert.deepEqual(await direct.keys('bull:*:study-*'), []);
 });
 
