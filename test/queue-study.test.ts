@@ -131,7 +131,7 @@ test('a study job whose item cannot be rebuilt by the worker fails the sweep wit
   const w = queueWorker(redis.url);
   await w.waitFor(/takes jobs from queue/);
   try {
-    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), ...model, jobs: [job!], attempts: 1 }).catch((e: unknown) => e);
+    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), model, jobs: [job!], attempts: 1 }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(snapkv on item "not-this-item" \(original\)\) failed after 1 attempt\(s\): .*rebuilds item "dev-leak-0000" \(original\), not "not-this-item"/);
     assert.doesNotMatch(w.out(), /done study-/);

@@ -150,12 +150,12 @@ test('a job no worker can run fails the sweep with its reason; a job for another
   try {
     // A method the worker's registry does not have (registered only in the submitting process, say).
     const model = { fingerprint, kvDtype: 'f32' as const };
-    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), ...model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
+    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
 
     // A job whose data names another model, put on this model's queue by hand: refused, not run.
-    const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
+    const queue = new Queue<QaJobData>(queueNameFor(model), { connection: { host: '127.0.0.1', port: redis.port } });
     try {
       const data: QaJobData = { kind: 'qa', unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
       const id = sweepJobId(data);
@@ -163,7 +163,7 @@ test('a job no worker can run fails the sweep with its reason; a job for another
       for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
       const job = await Job.fromId(queue, id);
       assert.ok(job && (await job.isFailed()), 'the forged job failed');
-      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
+      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with a f32 KV cache/);
       assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
       await job.remove();
     } finally {
@@ -171,6 +171,31 @@ test('a job no worker can run fails the sweep with its reason; a job for another
     }
     assert.doesNotMatch(w.out(), /done qa-/);
   } finally {
+    await stopWorker(w);
+  }
+});
+
+test('an int4 worker takes jobs from the queue of its --kv-group / --kv-residual only, and refuses a job made with others', { skip: skip ?? false }, async () => {
+  const fingerprint = persistentFingerprint(tinyModel(selectBackend()));
+  const w = worker('--kv-dtype', 'int4', '--kv-group', '16', '--kv-residual', '64');
+  const name = (await w.waitFor(/takes jobs from queue (\S+)/))[1]!;
+  const mine = { fingerprint, kvDtype: 'int4' as const, kvQuant: { group: 16, residual: 64 } };
+  const other = { ...mine, kvQuant: { group: 32, residual: 64 } };
+  assert.equal(name, queueNameFor(mine));
+  assert.notEqual(queueNameFor(other), name);
+  assert.notEqual(queueNameFor({ fingerprint, kvDtype: 'int4' }), name);
+  const queue = new Queue<QaJobData>(name, { connection: { host: '127.0.0.1', port: redis.port } });
+  try {
+    const [data] = qaJobs([qaRows()[0]!], ['snapkv'], { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 }, other);
+    const id = sweepJobId(data!);
+    await queue.add('qa', data!, { jobId: id, attempts: 3 });
+    for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+    const job = await Job.fromId(queue, id);
+    assert.ok(job && (await job.isFailed()), 'the job made with group 32 failed');
+    assert.match(job.failedReason, /with a int4 KV cache \(group 32, residual 64\); this worker runs sha256:[0-9a-f]{64} with a int4 KV cache \(group 16, residual 64\)/);
+    await job.remove();
+  } finally {
+    await queue.close();
     await stopWorker(w);
   }
 });

@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import type { SweepJobData } from './sweep-jobs.ts';
+import type { ModelTag, SweepJobData } from './sweep-jobs.ts';
 import type { ModelLoadSpec, ThreadReply } from './sweep-thread-protocol.ts';
 
 /** A unit the thread could not run; `unrecoverable` when running it again cannot help (an unknown method). */
@@ -13,7 +13,8 @@ export class UnitFailedError extends Error {
 }
 
 export interface ModelThread {
-  fingerprint: string;
+  /** The loaded model's fingerprint and KV storage. */
+  tag: ModelTag;
   dir: string;
   /** Resolves if the thread ends other than by close() (a crash): nothing more can run on it. */
   died: Promise<Error>;
@@ -38,7 +39,7 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
   let closing = false;
   let onDeath: (e: Error) => void = () => {};
   const died = new Promise<Error>((resolve) => (onDeath = resolve));
-  const ready = new Promise<{ fingerprint: string; dir: string }>((resolve, reject) => {
+  const ready = new Promise<{ tag: ModelTag; dir: string }>((resolve, reject) => {
     thread.on('message', (m: ThreadReply) => {
       if (m.type === 'ready') resolve(m);
       else if (m.type === 'load-error') reject(new Error(m.message));
@@ -59,9 +60,9 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
     thread.on('error', fail);
     thread.on('exit', (code) => fail(new Error(`the model thread exited (code ${code})`)));
   });
-  const { fingerprint, dir } = await ready;
+  const { tag, dir } = await ready;
   return {
-    fingerprint,
+    tag,
     dir,
     died,
     run: (data) =>

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
-import type { KvDtype } from '../cache/kv-cache.ts';
+import type { KvDtype, KvQuantOptions } from '../cache/kv-cache.ts';
+import type { LoadedModel } from '../engine/loaded-model.ts';
+import { persistentFingerprint } from '../engine/model-fingerprint.ts';
 import { checkQaUnit, type QaJobData } from './qa-jobs.ts';
 import { checkStudyUnit, type StudyJobData } from './study-jobs.ts';
 
@@ -7,6 +9,22 @@ import { checkStudyUnit, type StudyJobData } from './study-jobs.ts';
 export interface ModelTag {
   fingerprint: string;
   kvDtype: KvDtype;
+  /** Group size and residual window of an int4 / int2 cache (absent for f32 / bf16): they change results too. */
+  kvQuant?: KvQuantOptions;
+}
+
+export function modelTagOf(lm: LoadedModel): ModelTag {
+  const quantized = lm.kvDtype === 'int4' || lm.kvDtype === 'int2';
+  return { fingerprint: persistentFingerprint(lm), kvDtype: lm.kvDtype, ...(quantized ? { kvQuant: { group: lm.kvQuant.group, residual: lm.kvQuant.residual } } : {}) };
+}
+
+/** The same model and KV storage (a job's tag against a worker's). */
+export function sameModelTag(a: ModelTag, b: ModelTag): boolean {
+  return a.fingerprint === b.fingerprint && a.kvDtype === b.kvDtype && a.kvQuant?.group === b.kvQuant?.group && a.kvQuant?.residual === b.kvQuant?.residual;
+}
+
+export function describeModelTag(t: ModelTag): string {
+  return `${t.fingerprint} with a ${t.kvDtype} KV cache${t.kvQuant ? ` (group ${t.kvQuant.group}, residual ${t.kvQuant.residual})` : ''}`;
 }
 
 /** A job of any sweep kind; a worker takes every kind for its model. */
@@ -17,8 +35,9 @@ export type SweepJobData = QaJobData | StudyJobData;
  * receives jobs its model can run, and any number of sweeps (of any kind) for that model share it. Named
  * kvlab-sweep-* since jobs have kinds: a worker from before that (queue kvlab-qa-*) never sees a study job.
  */
-export function queueNameFor(fingerprint: string, kvDtype: KvDtype): string {
-  return `kvlab-sweep-${createHash('sha256').update(`${fingerprint}\0${kvDtype}`).digest('hex').slice(0, 16)}`;
+export function queueNameFor(t: ModelTag): string {
+  const quant = t.kvQuant ? `\0${t.kvQuant.group}\0${t.kvQuant.residual}` : '';
+  return `kvlab-sweep-${createHash('sha256').update(`${t.fingerprint}\0${t.kvDtype}${quant}`).digest('hex').slice(0, 16)}`;
 }
 
 /**

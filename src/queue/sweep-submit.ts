@@ -1,7 +1,6 @@
 import { Job, Queue } from 'bullmq';
-import type { KvDtype } from '../cache/kv-cache.ts';
 import { KvlabError } from '../tensor/kvlab-error.ts';
-import { checkJobResult, describeJob, queueNameFor, sweepJobId, type SweepJobData } from './sweep-jobs.ts';
+import { checkJobResult, describeJob, queueNameFor, sameModelTag, sweepJobId, type ModelTag, type SweepJobData } from './sweep-jobs.ts';
 import { connectRedis, type RedisAddress } from './redis-connection.ts';
 
 /** A job of a sweep failed on every attempt (or was refused by a worker): the sweep cannot complete. */
@@ -13,9 +12,8 @@ export class QueueJobError extends KvlabError {
 
 export interface SweepSubmission<U> {
   address: RedisAddress;
-  /** The submitter's model (persistentFingerprint) and KV dtype: they choose the queue; every job must carry them. */
-  fingerprint: string;
-  kvDtype: KvDtype;
+  /** The submitter's model and KV storage (modelTagOf): they choose the queue; every job must carry them. */
+  model: ModelTag;
   /** Every unit of the sweep as a job (qaJobs, studyJobs); U is the result type of that kind. */
   jobs: SweepJobData[];
   /** Units an earlier run already gathered (its partial.jsonl): not submitted again. */
@@ -43,7 +41,7 @@ export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<str
   const units = new Map<string, U>(s.done ?? []);
   const jobs = new Map<string, SweepJobData>();
   for (const data of s.jobs) {
-    if (data.fingerprint !== s.fingerprint || data.kvDtype !== s.kvDtype) throw new Error(`job ${data.unit} is for another model than the sweep's`);
+    if (!sameModelTag(data, s.model)) throw new Error(`job ${data.unit} is for another model than the sweep's`);
     if (!units.has(data.unit)) jobs.set(sweepJobId(data), data);
   }
   const total = units.size + jobs.size;
@@ -51,7 +49,7 @@ export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<str
   if (!jobs.size) return units;
 
   const client = await connectRedis(s.address);
-  const name = queueNameFor(s.fingerprint, s.kvDtype);
+  const name = queueNameFor(s.model);
   const queue = new Queue<SweepJobData, unknown>(name, { connection: client });
   queue.on('error', () => {});
   const add = (id: string, data: SweepJobData) => queue.add(data.kind, data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
@@ -94,7 +92,7 @@ export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<str
       if (!jobs.size) break;
       if (!noticed && Date.now() - lastProgress > (s.idleNoticeMs ?? 10_000) && (await queue.getWorkersCount()) === 0) {
         noticed = true;
-        log(`no worker takes jobs from queue ${name} yet: start one with \`kvlab worker --queue ${s.address.url}\` (same model and --kv-dtype)`);
+        log(`no worker takes jobs from queue ${name} yet: start one with \`kvlab worker --queue ${s.address.url}\` (same model, --kv-dtype, --kv-group and --kv-residual)`);
       }
       await new Promise((r) => setTimeout(r, s.pollMs ?? 200));
     }

@@ -5,10 +5,10 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadModel } from '../engine/loaded-model.ts';
-import { persistentFingerprint } from '../engine/model-fingerprint.ts';
 import { MethodNameError } from '../tensor/kvlab-error.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { runSweepJob } from './run-sweep-job.ts';
+import { modelTagOf } from './sweep-jobs.ts';
 import type { ModelLoadSpec, ThreadReply, ThreadRequest } from './sweep-thread-protocol.ts';
 
 const port = parentPort;
@@ -16,8 +16,8 @@ if (!port) throw new Error('sweep-thread.ts runs as a worker thread of `kvlab wo
 const spec = workerData as ModelLoadSpec;
 
 try {
-  const lm = loadModel(spec.dir, { backend: selectBackend(), weights: spec.weights, int8Group: spec.int8Group, kvDtype: spec.kvDtype, mmap: spec.mmap });
-  port.postMessage({ type: 'ready', fingerprint: persistentFingerprint(lm), dir: lm.dir } satisfies ThreadReply);
+  const lm = loadModel(spec.dir, { backend: selectBackend(), weights: spec.weights, int8Group: spec.int8Group, kvDtype: spec.kvDtype, kvQuant: spec.kvQuant, mmap: spec.mmap });
+  port.postMessage({ type: 'ready', tag: modelTagOf(lm), dir: lm.dir } satisfies ThreadReply);
   port.on('message', (req: ThreadRequest) => {
     void (async () => {
       try {

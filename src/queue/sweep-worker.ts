@@ -1,12 +1,12 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { startModelThread, UnitFailedError, type ModelThread } from './model-thread.ts';
-import { describeJob, queueNameFor, type SweepJobData } from './sweep-jobs.ts';
+import { describeJob, describeModelTag, queueNameFor, sameModelTag, type SweepJobData } from './sweep-jobs.ts';
 import type { ModelLoadSpec } from './sweep-thread-protocol.ts';
 import { connectRedis, type RedisAddress } from './redis-connection.ts';
 
 export interface SweepWorkerOptions {
   address: RedisAddress;
-  /** The model the worker loads (on its thread); its fingerprint and KV dtype choose the queue. */
+  /** The model the worker loads (on its thread); its fingerprint and KV storage choose the queue. */
   model: ModelLoadSpec;
   /**
    * How long a job stays locked without a renewal from its worker; a job whose worker died is taken back
@@ -41,12 +41,12 @@ export async function startSweepWorker(o: SweepWorkerOptions): Promise<RunningSw
     client.disconnect();
     throw e;
   }
-  const name = queueNameFor(thread.fingerprint, o.model.kvDtype);
+  const name = queueNameFor(thread.tag);
   const lockMs = o.lockMs ?? 30_000;
   const run = async (job: Job<SweepJobData, unknown>): Promise<unknown> => {
     const d = job.data;
-    if (d.fingerprint !== thread.fingerprint || d.kvDtype !== o.model.kvDtype) {
-      throw new UnrecoverableError(`job ${job.id} is for model ${d.fingerprint} with a ${d.kvDtype} KV cache; this worker runs ${thread.fingerprint} with ${o.model.kvDtype}`);
+    if (!sameModelTag(d, thread.tag)) {
+      throw new UnrecoverableError(`job ${job.id} is for model ${describeModelTag(d)}; this worker runs ${describeModelTag(thread.tag)}`);
     }
     log(`start ${job.id} ${describeJob(d)}`);
     try {
@@ -70,7 +70,7 @@ export async function startSweepWorker(o: SweepWorkerOptions): Promise<RunningSw
   });
   return {
     queueName: name,
-    fingerprint: thread.fingerprint,
+    fingerprint: thread.tag.fingerprint,
     dir: thread.dir,
     failed,
     close: async () => {

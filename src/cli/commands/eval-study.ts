@@ -12,7 +12,6 @@ import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
 import { evalRunOutputs, evalSettings, intOption, listOption, openModel, protectOption, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
-import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
 import { parseRedisUrl } from '../../queue/redis-connection.ts';
 
 interface StudyCliOptions {
@@ -84,10 +83,11 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     // The queue code (and bullmq) loads only for a study that uses it.
     const { runSweepOnQueue } = await import('../../queue/sweep-submit.ts');
     const { studyJobs } = await import('../../queue/study-jobs.ts');
-    const model = { fingerprint: persistentFingerprint(lm), kvDtype: o.kvDtype ?? 'f32' };
+    const { modelTagOf } = await import('../../queue/sweep-jobs.ts');
+    const model = modelTagOf(lm);
     resumed = await runSweepOnQueue<StudySample[]>({
       address: queue,
-      ...model,
+      model,
       jobs: studyJobs(items, methods, { ratios: o.ratio, protections, document, maxTokens: o.maxTokens }, model),
       done: partial?.done,
       onUnit: (key, unit) => partial?.record(key, unit),
