@@ -23,6 +23,7 @@ function redisModules(name: string, args: string[]): string[] {
 test('bullmq and ioredis load only for a command that uses Redis', () => {
   assert.deepEqual(redisModules('methods', ['methods']), []);
   assert.deepEqual(redisModules('eval-help', ['eval', 'qa', '--help']), []);
+  assert.deepEqual(redisModules('leakage-help', ['eval', 'leakage', '--help']), []);
   // The tracer does see them where they are used: a worker (its Redis is unreachable, so it ends at once).
   assert.ok(redisModules('worker', ['worker', '--queue', 'redis://127.0.0.1:1/0']).some((u) => u.includes('/node_modules/bullmq/')));
 });

@@ -1,21 +1,20 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
-import { qaJobId, queueNameFor, type QaJobData } from '../src/queue/qa-jobs.ts';
-import { QueueJobError, runQaSweepOnQueue } from '../src/queue/qa-sweep-submit.ts';
+import { qaJobs, type QaJobData } from '../src/queue/qa-jobs.ts';
+import { queueNameFor, sweepJobId } from '../src/queue/sweep-jobs.ts';
+import { QueueJobError, runSweepOnQueue } from '../src/queue/sweep-submit.ts';
 import { parseRedisUrl } from '../src/queue/redis-connection.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { finished, killAll, kvlab, queueWorker, stopWorker } from './helpers/kvlab-process.ts';
 import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
-const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const skip = redisServerMissing();
 const dir = mkdtempSync(join(tmpdir(), 'kvlab-queue-'));
 // A small grid: 2 rows x 2 methods = 4 units, each at 2 ratios; short answers.
@@ -23,76 +22,19 @@ const SWEEP = ['eval', 'qa', '--data', 'data/dev/qa.jsonl', '--limit', '2', '--m
 
 let redis: TestRedis;
 let direct: Redis;
-const children: ChildProcess[] = [];
 before(async () => {
   if (skip) return;
   redis = await startRedis();
   direct = new Redis(redis.url);
 });
 after(async () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  killAll();
   direct?.disconnect();
   await redis?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Proc {
-  proc: ChildProcess;
-  out: () => string;
-  exit: Promise<number | null>;
-  /** Resolves with the first match of re in stdout (and rejects if the process exits first). */
-  waitFor: (re: RegExp) => Promise<RegExpExecArray>;
-}
-
-function kvlab(args: string[]): Proc {
-  const proc = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(proc);
-  let out = '';
-  let err = '';
-  const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void; reject: (e: Error) => void }[] = [];
-  const check = () => {
-    for (const w of [...waiters]) {
-      const m = w.re.exec(out);
-      if (m) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(m);
-      }
-    }
-  };
-  proc.stdout!.on('data', (d) => {
-    out += d;
-    check();
-  });
-  proc.stderr!.on('data', (d) => (err += d));
-  const exit = new Promise<number | null>((resolve) =>
-    proc.on('exit', (code) => {
-      for (const w of waiters) w.reject(new Error(`kvlab ${args.join(' ')} exited (${code}) before printing ${w.re}: ${out}\n${err}`));
-      resolve(code);
-    }),
-  );
-  return {
-    proc,
-    exit,
-    out: () => `${out}\n${err}`,
-    waitFor: (re) =>
-      new Promise((resolve, reject) => {
-        waiters.push({ re, resolve, reject });
-        check();
-      }),
-  };
-}
-
-async function finished(p: Proc): Promise<void> {
-  const code = await p.exit;
-  assert.equal(code, 0, p.out());
-}
-
-const worker = (...extra: string[]) => kvlab(['worker', '--queue', redis.url, '--lock-ms', '1000', ...extra]);
-
-async function stopWorker(w: Proc): Promise<void> {
-  w.proc.kill('SIGTERM');
-  await finished(w);
-}
+const worker = (...extra: string[]) => queueWorker(redis.url, ...extra);
 
 interface Outputs {
   results: { results: { method: string; ratio: number; n: number }[] };
@@ -207,20 +149,21 @@ test('a job no worker can run fails the sweep with its reason; a job for another
   const row = qaRows()[0]!;
   try {
     // A method the worker's registry does not have (registered only in the submitting process, say).
-    const err = await runQaSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), fingerprint, kvDtype: 'f32', rows: [row], methods: ['no-such-method'], settings }).catch((e: unknown) => e);
+    const model = { fingerprint, kvDtype: 'f32' as const };
+    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
 
     // A job whose data names another model, put on this model's queue by hand: refused, not run.
-    const queue = new Queue<QaJobData>(queueNameFor(fingerprint, 'f32'), { connection: { host: '127.0.0.1', port: redis.port } });
+    const queue = new Queue<QaJobData>(queueNameFor(model), { connection: { host: '127.0.0.1', port: redis.port } });
     try {
-      const data: QaJobData = { unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
-      const id = qaJobId(data);
+      const data: QaJobData = { kind: 'qa', unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
+      const id = sweepJobId(data);
       await queue.add('qa', data, { jobId: id, attempts: 3 });
       for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
       const job = await Job.fromId(queue, id);
       assert.ok(job && (await job.isFailed()), 'the forged job failed');
-      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with f32/);
+      assert.match(job.failedReason, /is for model sha256:another-model with a f32 KV cache; this worker runs sha256:[0-9a-f]{64} with a f32 KV cache/);
       assert.equal(job.attemptsMade, 1, 'refused at once, not retried');
       await job.remove();
     } finally {
@@ -228,6 +171,31 @@ test('a job no worker can run fails the sweep with its reason; a job for another
     }
     assert.doesNotMatch(w.out(), /done qa-/);
   } finally {
+    await stopWorker(w);
+  }
+});
+
+test('an int4 worker takes jobs from the queue of its --kv-group / --kv-residual only, and refuses a job made with others', { skip: skip ?? false }, async () => {
+  const fingerprint = persistentFingerprint(tinyModel(selectBackend()));
+  const w = worker('--kv-dtype', 'int4', '--kv-group', '16', '--kv-residual', '64');
+  const name = (await w.waitFor(/takes jobs from queue (\S+)/))[1]!;
+  const mine = { fingerprint, kvDtype: 'int4' as const, kvQuant: { group: 16, residual: 64 } };
+  const other = { ...mine, kvQuant: { group: 32, residual: 64 } };
+  assert.equal(name, queueNameFor(mine));
+  assert.notEqual(queueNameFor(other), name);
+  assert.notEqual(queueNameFor({ fingerprint, kvDtype: 'int4' }), name);
+  const queue = new Queue<QaJobData>(name, { connection: { host: '127.0.0.1', port: redis.port } });
+  try {
+    const [data] = qaJobs([qaRows()[0]!], ['snapkv'], { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 }, other);
+    const id = sweepJobId(data!);
+    await queue.add('qa', data!, { jobId: id, attempts: 3 });
+    for (let i = 0; i < 600 && (await queue.getJobState(id)) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+    const job = await Job.fromId(queue, id);
+    assert.ok(job && (await job.isFailed()), 'the job made with group 32 failed');
+    assert.match(job.failedReason, /with a int4 KV cache \(group 32, residual 64\); this worker runs sha256:[0-9a-f]{64} with a int4 KV cache \(group 16, residual 64\)/);
+    await job.remove();
+  } finally {
+    await queue.close();
     await stopWorker(w);
   }
 });

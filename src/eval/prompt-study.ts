@@ -2,7 +2,8 @@ import { ContextSession } from '../engine/context-session.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { systemPromptLayout } from '../model/prompt-layout.ts';
 import { describeProtection, type NamedRange, type Protection } from '../press/protect.ts';
-import { getPress } from '../press/registry.ts';
+import { getPress, type Press } from '../press/registry.ts';
+import type { StudyItemSource } from './study-item-source.ts';
 
 export type Metrics = Record<string, number | boolean | null>;
 
@@ -15,6 +16,8 @@ export interface StudyItem {
   explicit?: { name: string; text: string }[];
   /** Free label carried to the results (e.g. instruction order). */
   variant?: string;
+  /** What rebuilds this item elsewhere (studyItemFromSource): needed to run it on a queue's workers. */
+  source?: StudyItemSource;
   score(response: string): Metrics;
 }
 
@@ -63,41 +66,18 @@ export interface StudyResult {
  */
 export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): Promise<{ results: StudyResult[]; samples: StudySample[] }> {
   const presses = opts.methods.map(getPress);
-  checkItems(lm, items, opts);
+  checkStudyItems(lm, items, opts);
   const samples: StudySample[] = [];
   const total = presses.length * items.length;
   let done = 0;
-  const needFair = opts.protections.some((p) => p?.fair);
   for (const press of presses) {
     for (const [index, item] of items.entries()) {
       const key = studyUnitKey(press.name, index, item);
-      const saved = opts.resumed?.get(key);
-      if (saved) {
-        samples.push(...saved);
-        opts.onProgress?.(++done, total);
-        continue;
+      let unit = opts.resumed?.get(key);
+      if (!unit) {
+        unit = await studyUnit(lm, item, press, opts);
+        opts.onUnit?.(key, unit);
       }
-      const unit: StudySample[] = [];
-      const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
-      const scored = new ContextSession(lm, layout).score(press, { spanLocal: needFair });
-      for (const protection of opts.protections) {
-        for (const ratio of opts.ratios) {
-          // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
-          const { session, keep } = scored.compressed(ratio, withTemplateKept(protection, layout.ranges));
-          const response = (await session.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
-          unit.push({
-            id: item.id,
-            variant: item.variant ?? 'original',
-            method: press.name,
-            ratio,
-            protect: describeProtection(protection),
-            response,
-            metrics: item.score(response),
-            keepRate: keepRateBySpan(keep, layout.ranges),
-          });
-        }
-      }
-      opts.onUnit?.(key, unit);
       samples.push(...unit);
       opts.onProgress?.(++done, total);
     }
@@ -105,12 +85,42 @@ export async function runPromptStudy(lm: LoadedModel, items: StudyItem[], opts: 
   return { results: aggregate(samples), samples };
 }
 
+export type StudyUnitOptions = Pick<StudyOptions, 'ratios' | 'protections' | 'document' | 'maxTokens'>;
+
+/**
+ * One item under one method: its system prompt prefilled and scored once, then a response at every
+ * protection and ratio. The unit of work of a study, local or on a queue's workers.
+ */
+export async function studyUnit(lm: LoadedModel, item: StudyItem, press: Press, opts: StudyUnitOptions): Promise<StudySample[]> {
+  const unit: StudySample[] = [];
+  const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
+  const scored = new ContextSession(lm, layout).score(press, { spanLocal: opts.protections.some((p) => p?.fair) });
+  for (const protection of opts.protections) {
+    for (const ratio of opts.ratios) {
+      // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
+      const { session, keep } = scored.compressed(ratio, withTemplateKept(protection, layout.ranges));
+      const response = (await session.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
+      unit.push({
+        id: item.id,
+        variant: item.variant ?? 'original',
+        method: press.name,
+        ratio,
+        protect: describeProtection(protection),
+        response,
+        metrics: item.score(response),
+        keepRate: keepRateBySpan(keep, layout.ranges),
+      });
+    }
+  }
+  return unit;
+}
+
 /**
  * Checks every item before anything runs: its prompt and user turn must fit the model's positions (a long
  * run should not die at its 900th item), and every span a whitelist names must exist in some item (a
  * misspelt name would silently protect nothing).
  */
-function checkItems(lm: LoadedModel, items: StudyItem[], opts: StudyOptions): void {
+export function checkStudyItems(lm: LoadedModel, items: StudyItem[], opts: Pick<StudyOptions, 'protections' | 'document'>): void {
   const wanted = new Set(opts.protections.flatMap((p) => p?.whitelist ?? []));
   const present = new Set<string>();
   const limit = lm.config.maxPositionEmbeddings;

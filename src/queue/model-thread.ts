@@ -1,7 +1,6 @@
 import { Worker } from 'node:worker_threads';
-import type { QaUnit } from '../eval/qa-eval.ts';
-import type { QaJobData } from './qa-jobs.ts';
-import type { ModelLoadSpec, ThreadReply } from './qa-thread-protocol.ts';
+import type { ModelTag, SweepJobData } from './sweep-jobs.ts';
+import type { ModelLoadSpec, ThreadReply } from './sweep-thread-protocol.ts';
 
 /** A unit the thread could not run; `unrecoverable` when running it again cannot help (an unknown method). */
 export class UnitFailedError extends Error {
@@ -14,31 +13,33 @@ export class UnitFailedError extends Error {
 }
 
 export interface ModelThread {
-  fingerprint: string;
+  /** The loaded model's fingerprint and KV storage. */
+  tag: ModelTag;
   dir: string;
   /** Resolves if the thread ends other than by close() (a crash): nothing more can run on it. */
   died: Promise<Error>;
-  run(data: QaJobData): Promise<QaUnit>;
+  /** Runs a job of any kind; resolves with its unit's result. */
+  run(data: SweepJobData): Promise<unknown>;
   close(): Promise<void>;
 }
 
 /**
- * Starts qa-thread.ts on a worker thread and waits for its model to load. From a source checkout the
+ * Starts sweep-thread.ts on a worker thread and waits for its model to load. From a source checkout the
  * thread registers tsx itself (hooks registered on the main thread do not reach worker threads).
  */
 export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread> {
   const fromSource = import.meta.url.endsWith('.ts');
-  const entry = new URL(fromSource ? './qa-thread.ts' : './qa-thread.js', import.meta.url);
+  const entry = new URL(fromSource ? './sweep-thread.ts' : './sweep-thread.js', import.meta.url);
   const thread = fromSource
     ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then(({ register }) => { register(); return import(${JSON.stringify(entry.href)}); })`, { eval: true, workerData: spec })
     : new Worker(entry, { workerData: spec });
-  const pending = new Map<number, { resolve: (u: QaUnit) => void; reject: (e: Error) => void }>();
+  const pending = new Map<number, { resolve: (u: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 0;
   let dead: Error | null = null;
   let closing = false;
   let onDeath: (e: Error) => void = () => {};
   const died = new Promise<Error>((resolve) => (onDeath = resolve));
-  const ready = new Promise<{ fingerprint: string; dir: string }>((resolve, reject) => {
+  const ready = new Promise<{ tag: ModelTag; dir: string }>((resolve, reject) => {
     thread.on('message', (m: ThreadReply) => {
       if (m.type === 'ready') resolve(m);
       else if (m.type === 'load-error') reject(new Error(m.message));
@@ -59,13 +60,13 @@ export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread
     thread.on('error', fail);
     thread.on('exit', (code) => fail(new Error(`the model thread exited (code ${code})`)));
   });
-  const { fingerprint, dir } = await ready;
+  const { tag, dir } = await ready;
   return {
-    fingerprint,
+    tag,
     dir,
     died,
     run: (data) =>
-      new Promise<QaUnit>((resolve, reject) => {
+      new Promise<unknown>((resolve, reject) => {
         if (dead) return reject(dead);
         const id = nextId++;
         pending.set(id, { resolve, reject });

@@ -1,11 +1,11 @@
-import { createHash } from 'node:crypto';
 import type { ReconstructionOptions } from '../engine/reconstruction-check.ts';
-import type { KvDtype } from '../cache/kv-cache.ts';
 import type { QaRow } from '../eval/datasets.ts';
-import type { QaEvalOptions, QaUnit } from '../eval/qa-eval.ts';
+import { qaUnitKey, type QaEvalOptions, type QaUnit } from '../eval/qa-eval.ts';
+import type { ModelTag } from './sweep-jobs.ts';
 
 /** One unit of a QA sweep on the queue: a row under a method, with everything a worker needs to run it. */
-export interface QaJobData {
+export interface QaJobData extends ModelTag {
+  kind: 'qa';
   /** The unit's key in the sweep (qaUnitKey), under which its result is gathered and saved. */
   unit: string;
   method: string;
@@ -16,27 +16,13 @@ export interface QaJobData {
   queryTemplate: string;
   maxTokens?: number;
   system?: string;
-  /** The model the sweep was submitted for (persistentFingerprint) and its KV storage: a worker checks both. */
-  fingerprint: string;
-  kvDtype: KvDtype;
 }
 
 export type QaJobSettings = Pick<QaEvalOptions, 'ratios' | 'queryTemplate' | 'maxTokens' | 'system' | 'auto'>;
 
-/**
- * The queue a model's workers take jobs from: one per (model fingerprint, KV dtype), so a worker only ever
- * receives jobs its model can run, and any number of sweeps for that model share it.
- */
-export function queueNameFor(fingerprint: string, kvDtype: KvDtype): string {
-  return `kvlab-qa-${createHash('sha256').update(`${fingerprint}\0${kvDtype}`).digest('hex').slice(0, 16)}`;
-}
-
-/**
- * A job's id: a hash of everything that decides its result, so submitting the same unit again (a resumed
- * sweep, a second submitter) finds the job already there instead of adding a duplicate.
- */
-export function qaJobId(data: QaJobData): string {
-  return `qa-${createHash('sha256').update(JSON.stringify(data)).digest('hex').slice(0, 40)}`;
+/** The jobs of a QA sweep: one per (method, row), in the local run's order. */
+export function qaJobs(rows: QaRow[], methods: string[], settings: QaJobSettings, model: ModelTag): QaJobData[] {
+  return methods.flatMap((method) => rows.map((row, index): QaJobData => ({ kind: 'qa', unit: qaUnitKey(method, index, row.id), method, row, ...settings, ...model })));
 }
 
 /** A job's return value, checked before it becomes part of the results (it came over the network). */

@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { KvDtype } from '../../cache/kv-cache.ts';
 import { DataFileError, loadInstructions, loadLeakage, readJsonl } from '../../eval/datasets.ts';
-import { runPromptStudy, type StudyItem, type StudyResult, type StudySample } from '../../eval/prompt-study.ts';
+import { checkStudyItems, runPromptStudy, type StudyItem, type StudyResult, type StudySample } from '../../eval/prompt-study.ts';
 import { readRegularText } from '../../model/regular-file.ts';
 import { getPress } from '../../press/registry.ts';
 import { studyReport } from '../../eval/study-report.ts';
@@ -12,6 +12,7 @@ import { externalItems } from '../../eval/external-items.ts';
 import { parseProtection } from '../../press/protect.ts';
 import { evalRunOutputs, evalSettings, intOption, listOption, openModel, protectOption, ratioList, modelOptions, type WeightsChoice } from '../common.ts';
 import { progressBar } from '../progress.ts';
+import { parseRedisUrl } from '../../queue/redis-connection.ts';
 
 interface StudyCliOptions {
   data: string;
@@ -33,6 +34,7 @@ interface StudyCliOptions {
   attack: string;
   out?: string;
   resume?: boolean;
+  queue?: string;
   json?: boolean;
 }
 
@@ -50,6 +52,7 @@ function studyCommand(ev: Command, name: 'instructions' | 'leakage', description
     .option('--attack <id>', 'sys_ifeval leakage: attack as Category/promptN from singular_attacks.json', 'Plain/prompt1')
     .option('-o, --out <dir>', 'write results.json, samples.csv, report.md and SVG plots here (items are saved to partial.jsonl as they complete)')
     .option('--resume', 'continue the interrupted run whose partial.jsonl is in --out')
+    .option('--queue <url>', 'run the (method, item) units as jobs on the BullMQ queue at redis://HOST:PORT/N, taken by `kvlab worker` processes; results are gathered here')
     .option('--json', 'print {model, results} as JSON');
 }
 
@@ -68,11 +71,30 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     items = items.filter((i) => ids.includes(i.id));
   }
   methods.forEach(getPress);
+  const queue = o.queue ? parseRedisUrl(o.queue, '--queue') : null;
   const document = o.document ? readRegularText(o.document, '--document file') : undefined;
   const settings = { methods, ratios: o.ratio, protect: o.protect, format, document: o.document ? resolve(o.document) : null, defense: o.defense, attack: o.attack, order: o.order ?? false, add_defense: o.addDefense ?? false };
   const partial = await evalRunOutputs<StudySample[]>(o.out, o.resume, evalSettings(`eval ${kind}`, o, settings));
   const lm = openModel(o.model, o.weights, o.kvDtype, o);
   const bar = progressBar(`eval ${kind}`, 1);
+  let resumed = partial?.done;
+  if (queue) {
+    checkStudyItems(lm, items, { protections, document });
+    // The queue code (and bullmq) loads only for a study that uses it.
+    const { runSweepOnQueue } = await import('../../queue/sweep-submit.ts');
+    const { studyJobs } = await import('../../queue/study-jobs.ts');
+    const { modelTagOf } = await import('../../queue/sweep-jobs.ts');
+    const model = modelTagOf(lm);
+    resumed = await runSweepOnQueue<StudySample[]>({
+      address: queue,
+      model,
+      jobs: studyJobs(items, methods, { ratios: o.ratio, protections, document, maxTokens: o.maxTokens }, model),
+      done: partial?.done,
+      onUnit: (key, unit) => partial?.record(key, unit),
+      onProgress: (d, t) => bar.update(d, t),
+      log: (line) => process.stderr.write(`kvlab eval ${kind}: ${line}\n`),
+    });
+  }
   const { results, samples } = await runPromptStudy(lm, items, {
     methods,
     ratios: o.ratio,
@@ -80,7 +102,7 @@ async function runStudy(kind: 'instructions' | 'leakage', o: StudyCliOptions): P
     document,
     maxTokens: o.maxTokens,
     onProgress: (d, t) => bar.update(d, t),
-    resumed: partial?.done,
+    resumed,
     onUnit: (key, unit) => partial?.record(key, unit),
   });
   bar.stop();

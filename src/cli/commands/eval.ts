@@ -19,7 +19,6 @@ import { registerStudies } from './eval-study.ts';
 import { registerLength } from './eval-length.ts';
 import { registerNegatives } from './eval-negatives.ts';
 import { progressBar } from '../progress.ts';
-import { persistentFingerprint } from '../../engine/model-fingerprint.ts';
 import { parseRedisUrl } from '../../queue/redis-connection.ts';
 
 export function registerEval(program: Command): Command {
@@ -50,14 +49,14 @@ export function registerEval(program: Command): Command {
       let resumed = partial?.done;
       if (queue) {
         // The queue code (and bullmq) loads only for a sweep that uses it.
-        const { runQaSweepOnQueue } = await import('../../queue/qa-sweep-submit.ts');
-        resumed = await runQaSweepOnQueue({
+        const { runSweepOnQueue } = await import('../../queue/sweep-submit.ts');
+        const { qaJobs } = await import('../../queue/qa-jobs.ts');
+        const { modelTagOf } = await import('../../queue/sweep-jobs.ts');
+        const model = modelTagOf(lm);
+        resumed = await runSweepOnQueue<QaUnit>({
           address: queue,
-          fingerprint: persistentFingerprint(lm),
-          kvDtype: o.kvDtype ?? 'f32',
-          rows,
-          methods,
-          settings: { ratios: o.ratio, queryTemplate: o.queryTemplate, maxTokens: o.maxTokens, ...(o.ratio.includes('auto') ? { auto: autoOptionsOf(o) } : {}) },
+          model,
+          jobs: qaJobs(rows, methods, { ratios: o.ratio, queryTemplate: o.queryTemplate, maxTokens: o.maxTokens, ...(o.ratio.includes('auto') ? { auto: autoOptionsOf(o) } : {}) }, model),
           done: partial?.done,
           onUnit: (key, unit) => partial?.record(key, unit),
           onProgress: (d, t) => bar.update(d, t),

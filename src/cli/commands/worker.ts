@@ -1,21 +1,23 @@
 import type { Command } from 'commander';
 import { DEFAULT_MODEL_DIR } from '../../engine/loaded-model.ts';
 import { parseRedisUrl } from '../../queue/redis-connection.ts';
-import { intOption, modelOptions, type WeightsChoice } from '../common.ts';
+import { intOption, kvQuantChoice, modelOptions, type WeightsChoice } from '../common.ts';
 
 export function registerWorker(program: Command): void {
-  modelOptions(program.command('worker').description('take sweep jobs (`kvlab eval qa --queue URL`) from the Redis queue of this model and run them, until SIGTERM'))
+  modelOptions(program.command('worker').description('take sweep jobs (`kvlab eval qa|instructions|leakage --queue URL`) from the Redis queue of this model and run them, until SIGTERM'))
     .requiredOption('--queue <url>', 'the queue\'s Redis: redis://HOST:PORT/N')
     .option('--lock-ms <n>', 'job lock duration: a job whose worker died is taken back by another worker within about twice this', intOption('--lock-ms', 100), 30_000)
     .action(async (o) => {
       const address = parseRedisUrl(o.queue, '--queue');
+      const kvDtype = o.kvDtype ?? 'f32';
+      const kvQuant = kvQuantChoice(kvDtype, o);
       const weights: WeightsChoice = o.weights ?? { kind: 'checkpoint' };
       const log = (line: string) => process.stdout.write(`kvlab worker: ${line}\n`);
       // bullmq loads only when a worker runs.
-      const { startQaWorker } = await import('../../queue/qa-worker.ts');
-      const worker = await startQaWorker({
+      const { startSweepWorker } = await import('../../queue/sweep-worker.ts');
+      const worker = await startSweepWorker({
         address,
-        model: { dir: o.model ?? DEFAULT_MODEL_DIR, weights: weights.kind, int8Group: weights.kind === 'int8' ? weights.group : undefined, kvDtype: o.kvDtype ?? 'f32', mmap: process.env.KVLAB_MMAP === '1' },
+        model: { dir: o.model ?? DEFAULT_MODEL_DIR, weights: weights.kind, int8Group: weights.kind === 'int8' ? weights.group : undefined, kvDtype, kvQuant, mmap: process.env.KVLAB_MMAP === '1' },
         lockMs: o.lockMs,
         log,
       });

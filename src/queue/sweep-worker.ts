@@ -1,13 +1,12 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import type { QaUnit } from '../eval/qa-eval.ts';
 import { startModelThread, UnitFailedError, type ModelThread } from './model-thread.ts';
-import { queueNameFor, type QaJobData } from './qa-jobs.ts';
-import type { ModelLoadSpec } from './qa-thread-protocol.ts';
+import { describeJob, describeModelTag, queueNameFor, sameModelTag, type SweepJobData } from './sweep-jobs.ts';
+import type { ModelLoadSpec } from './sweep-thread-protocol.ts';
 import { connectRedis, type RedisAddress } from './redis-connection.ts';
 
-export interface QaWorkerOptions {
+export interface SweepWorkerOptions {
   address: RedisAddress;
-  /** The model the worker loads (on its thread); its fingerprint and KV dtype choose the queue. */
+  /** The model the worker loads (on its thread); its fingerprint and KV storage choose the queue. */
   model: ModelLoadSpec;
   /**
    * How long a job stays locked without a renewal from its worker; a job whose worker died is taken back
@@ -17,7 +16,7 @@ export interface QaWorkerOptions {
   log?: (line: string) => void;
 }
 
-export interface RunningQaWorker {
+export interface RunningSweepWorker {
   queueName: string;
   fingerprint: string;
   dir: string;
@@ -28,11 +27,11 @@ export interface RunningQaWorker {
 }
 
 /**
- * Takes QA sweep jobs from the queue of this worker's model, one at a time, and returns each unit's result.
+ * Takes sweep jobs of every kind (eval qa, instructions, leakage) from the queue of this worker's model, one at a time, and returns each unit's result.
  * The units run on a worker thread, so the main thread keeps renewing the job's lock however long a
  * prefill takes; a worker that dies stops renewing, and the job goes back to the queue for another.
  */
-export async function startQaWorker(o: QaWorkerOptions): Promise<RunningQaWorker> {
+export async function startSweepWorker(o: SweepWorkerOptions): Promise<RunningSweepWorker> {
   const log = o.log ?? (() => {});
   const client = await connectRedis(o.address, { maxRetriesPerRequest: null });
   let thread: ModelThread;
@@ -42,14 +41,14 @@ export async function startQaWorker(o: QaWorkerOptions): Promise<RunningQaWorker
     client.disconnect();
     throw e;
   }
-  const name = queueNameFor(thread.fingerprint, o.model.kvDtype);
+  const name = queueNameFor(thread.tag);
   const lockMs = o.lockMs ?? 30_000;
-  const run = async (job: Job<QaJobData, QaUnit>): Promise<QaUnit> => {
+  const run = async (job: Job<SweepJobData, unknown>): Promise<unknown> => {
     const d = job.data;
-    if (d.fingerprint !== thread.fingerprint || d.kvDtype !== o.model.kvDtype) {
-      throw new UnrecoverableError(`job ${job.id} is for model ${d.fingerprint} with a ${d.kvDtype} KV cache; this worker runs ${thread.fingerprint} with ${o.model.kvDtype}`);
+    if (!sameModelTag(d, thread.tag)) {
+      throw new UnrecoverableError(`job ${job.id} is for model ${describeModelTag(d)}; this worker runs ${describeModelTag(thread.tag)}`);
     }
-    log(`start ${job.id} ${d.method} ${JSON.stringify(d.row.id)}`);
+    log(`start ${job.id} ${describeJob(d)}`);
     try {
       return await thread.run(d);
     } catch (e) {
@@ -57,8 +56,8 @@ export async function startQaWorker(o: QaWorkerOptions): Promise<RunningQaWorker
       throw e;
     }
   };
-  const worker = new Worker<QaJobData, QaUnit>(name, run, { connection: client, concurrency: 1, lockDuration: lockMs, stalledInterval: lockMs, maxStalledCount: 3 });
-  worker.on('completed', (job) => log(`done ${job.id} ${job.data.method} ${JSON.stringify(job.data.row.id)}`));
+  const worker = new Worker<SweepJobData, unknown>(name, run, { connection: client, concurrency: 1, lockDuration: lockMs, stalledInterval: lockMs, maxStalledCount: 3 });
+  worker.on('completed', (job) => log(`done ${job.id} ${describeJob(job.data)}`));
   worker.on('failed', (job, err) => log(`failed ${job?.id ?? '?'}: ${err.message}`));
   worker.on('error', (err) => log(`queue error: ${err.message}`));
   await worker.waitUntilReady();
@@ -71,7 +70,7 @@ export async function startQaWorker(o: QaWorkerOptions): Promise<RunningQaWorker
   });
   return {
     queueName: name,
-    fingerprint: thread.fingerprint,
+    fingerprint: thread.tag.fingerprint,
     dir: thread.dir,
     failed,
     close: async () => {

@@ -1,7 +1,6 @@
-import type { KvDtype } from '../cache/kv-cache.ts';
-import type { QaUnit } from '../eval/qa-eval.ts';
+import type { KvDtype, KvQuantOptions } from '../cache/kv-cache.ts';
 import type { Int8Grouping } from '../tensor/quantize.ts';
-import type { QaJobData } from './qa-jobs.ts';
+import type { ModelTag, SweepJobData } from './sweep-jobs.ts';
 
 /** What the worker thread loads: the options of loadModel, minus what cannot cross threads. */
 export interface ModelLoadSpec {
@@ -9,16 +8,17 @@ export interface ModelLoadSpec {
   weights: 'checkpoint' | 'int8';
   int8Group?: Int8Grouping;
   kvDtype: KvDtype;
+  kvQuant?: KvQuantOptions;
   mmap: boolean;
 }
 
 export interface ThreadRequest {
   id: number;
-  data: QaJobData;
+  data: SweepJobData;
 }
 
 export type ThreadReply =
-  | { type: 'ready'; fingerprint: string; dir: string }
+  | { type: 'ready'; tag: ModelTag; dir: string }
   | { type: 'load-error'; message: string }
-  | { type: 'done'; id: number; unit: QaUnit }
+  | { type: 'done'; id: number; unit: unknown }
   | { type: 'error'; id: number; message: string; unrecoverable: boolean };

@@ -1,9 +1,6 @@
 import { Job, Queue } from 'bullmq';
-import type { KvDtype } from '../cache/kv-cache.ts';
-import type { QaRow } from '../eval/datasets.ts';
-import { qaUnitKey, type QaUnit } from '../eval/qa-eval.ts';
 import { KvlabError } from '../tensor/kvlab-error.ts';
-import { checkQaUnit, qaJobId, queueNameFor, type QaJobData, type QaJobSettings } from './qa-jobs.ts';
+import { checkJobResult, describeJob, queueNameFor, sameModelTag, sweepJobId, type ModelTag, type SweepJobData } from './sweep-jobs.ts';
 import { connectRedis, type RedisAddress } from './redis-connection.ts';
 
 /** A job of a sweep failed on every attempt (or was refused by a worker): the sweep cannot complete. */
@@ -13,18 +10,16 @@ export class QueueJobError extends KvlabError {
   }
 }
 
-export interface QaSweepSubmission {
+export interface SweepSubmission<U> {
   address: RedisAddress;
-  /** The submitter's model (persistentFingerprint) and KV dtype: they choose the queue. */
-  fingerprint: string;
-  kvDtype: KvDtype;
-  rows: QaRow[];
-  methods: string[];
-  settings: QaJobSettings;
+  /** The submitter's model and KV storage (modelTagOf): they choose the queue; every job must carry them. */
+  model: ModelTag;
+  /** Every unit of the sweep as a job (qaJobs, studyJobs); U is the result type of that kind. */
+  jobs: SweepJobData[];
   /** Units an earlier run already gathered (its partial.jsonl): not submitted again. */
-  done?: Map<string, QaUnit>;
+  done?: Map<string, U>;
   /** Called as each unit's result arrives (to save it). */
-  onUnit?: (key: string, unit: QaUnit) => void;
+  onUnit?: (key: string, unit: U) => void;
   onProgress?: (done: number, total: number) => void;
   log?: (line: string) => void;
   /** Attempts per job before the sweep fails; a worker killed mid-job does not use one up. Default 3. */
@@ -35,35 +30,33 @@ export interface QaSweepSubmission {
 }
 
 /**
- * Runs a QA sweep on the queue: one job per (method, row), added under ids derived from their content (so a
- * resubmission adds nothing twice), then gathered as workers complete them. Returns every unit, the ones
- * of `done` included; the jobs are removed once gathered. Jobs that failed in an earlier run are retried.
+ * Runs a sweep on the queue: one job per unit (a context or item under a method), added under ids derived
+ * from their content (so a resubmission adds nothing twice), then gathered as workers complete them.
+ * Returns every unit, the ones of `done` included; the jobs are removed once gathered. Jobs that failed in
+ * an earlier run are retried.
  */
-export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<string, QaUnit>> {
+export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<string, U>> {
   const log = s.log ?? (() => {});
   const attempts = s.attempts ?? 3;
-  const units = new Map<string, QaUnit>(s.done ?? []);
-  const jobs = new Map<string, QaJobData>();
-  for (const method of s.methods)
-    for (const [index, row] of s.rows.entries()) {
-      const unit = qaUnitKey(method, index, row.id);
-      if (units.has(unit)) continue;
-      const data: QaJobData = { unit, method, row, ...s.settings, fingerprint: s.fingerprint, kvDtype: s.kvDtype };
-      jobs.set(qaJobId(data), data);
-    }
+  const units = new Map<string, U>(s.done ?? []);
+  const jobs = new Map<string, SweepJobData>();
+  for (const data of s.jobs) {
+    if (!sameModelTag(data, s.model)) throw new Error(`job ${data.unit} is for another model than the sweep's`);
+    if (!units.has(data.unit)) jobs.set(sweepJobId(data), data);
+  }
   const total = units.size + jobs.size;
   s.onProgress?.(units.size, total);
   if (!jobs.size) return units;
 
   const client = await connectRedis(s.address);
-  const name = queueNameFor(s.fingerprint, s.kvDtype);
-  const queue = new Queue<QaJobData, QaUnit>(name, { connection: client });
+  const name = queueNameFor(s.model);
+  const queue = new Queue<SweepJobData, unknown>(name, { connection: client });
   queue.on('error', () => {});
-  const add = (id: string, data: QaJobData) => queue.add('qa', data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
+  const add = (id: string, data: SweepJobData) => queue.add(data.kind, data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
   try {
     let added = 0;
     for (const [id, data] of jobs) {
-      const existing = await Job.fromId<QaJobData, QaUnit>(queue, id);
+      const existing = await Job.fromId<SweepJobData, unknown>(queue, id);
       if (!existing) {
         await add(id, data);
         added++;
@@ -83,12 +76,12 @@ export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<strin
           continue;
         }
         if (state !== 'completed' && state !== 'failed') continue;
-        const job = await Job.fromId<QaJobData, QaUnit>(queue, id);
+        const job = await Job.fromId<SweepJobData, unknown>(queue, id);
         if (!job) continue;
         if (state === 'failed') {
-          throw new QueueJobError(`job ${id} (${data.method} on row ${JSON.stringify(data.row.id)}) failed after ${job.attemptsMade} attempt(s): ${job.failedReason}`);
+          throw new QueueJobError(`job ${id} (${describeJob(data)}) failed after ${job.attemptsMade} attempt(s): ${job.failedReason}`);
         }
-        const unit = checkQaUnit(job.returnvalue, data);
+        const unit = checkJobResult(job.returnvalue, data) as U;
         units.set(data.unit, unit);
         jobs.delete(id);
         s.onUnit?.(data.unit, unit);
@@ -99,7 +92,7 @@ export async function runQaSweepOnQueue(s: QaSweepSubmission): Promise<Map<strin
       if (!jobs.size) break;
       if (!noticed && Date.now() - lastProgress > (s.idleNoticeMs ?? 10_000) && (await queue.getWorkersCount()) === 0) {
         noticed = true;
-        log(`no worker takes jobs from queue ${name} yet: start one with \`kvlab worker --queue ${s.address.url}\` (same model and --kv-dtype)`);
+        log(`no worker takes jobs from queue ${name} yet: start one with \`kvlab worker --queue ${s.address.url}\` (same model, --kv-dtype, --kv-group and --kv-residual)`);
       }
       await new Promise((r) => setTimeout(r, s.pollMs ?? 200));
     }

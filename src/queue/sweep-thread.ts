@@ -1,28 +1,27 @@
 /**
- * The worker thread of `kvlab worker`: loads the model once and runs QA units posted to it. Jobs run here,
+ * The worker thread of `kvlab worker`: loads the model once and runs the sweep units posted to it (any kind). Jobs run here,
  * off the main thread, so a long synchronous prefill never stops the main thread from renewing the job's
  * lock (a lock that lapses hands a live job to another worker).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadModel } from '../engine/loaded-model.ts';
-import { persistentFingerprint } from '../engine/model-fingerprint.ts';
-import { qaUnit } from '../eval/qa-eval.ts';
-import { getPress } from '../press/registry.ts';
 import { MethodNameError } from '../tensor/kvlab-error.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
-import type { ModelLoadSpec, ThreadReply, ThreadRequest } from './qa-thread-protocol.ts';
+import { runSweepJob } from './run-sweep-job.ts';
+import { modelTagOf } from './sweep-jobs.ts';
+import type { ModelLoadSpec, ThreadReply, ThreadRequest } from './sweep-thread-protocol.ts';
 
 const port = parentPort;
-if (!port) throw new Error('qa-thread.ts runs as a worker thread of `kvlab worker`');
+if (!port) throw new Error('sweep-thread.ts runs as a worker thread of `kvlab worker`');
 const spec = workerData as ModelLoadSpec;
 
 try {
-  const lm = loadModel(spec.dir, { backend: selectBackend(), weights: spec.weights, int8Group: spec.int8Group, kvDtype: spec.kvDtype, mmap: spec.mmap });
-  port.postMessage({ type: 'ready', fingerprint: persistentFingerprint(lm), dir: lm.dir } satisfies ThreadReply);
+  const lm = loadModel(spec.dir, { backend: selectBackend(), weights: spec.weights, int8Group: spec.int8Group, kvDtype: spec.kvDtype, kvQuant: spec.kvQuant, mmap: spec.mmap });
+  port.postMessage({ type: 'ready', tag: modelTagOf(lm), dir: lm.dir } satisfies ThreadReply);
   port.on('message', (req: ThreadRequest) => {
     void (async () => {
       try {
-        const unit = await qaUnit(lm, req.data.row, getPress(req.data.method), req.data);
+        const unit = await runSweepJob(lm, req.data);
         port.postMessage({ type: 'done', id: req.id, unit } satisfies ThreadReply);
       } catch (e) {
         port.postMessage({ type: 'error', id: req.id, message: (e as Error).message, unrecoverable: e instanceof MethodNameError } satisfies ThreadReply);
