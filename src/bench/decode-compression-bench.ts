@@ -6,10 +6,12 @@ import { DEFAULT_MODEL_DIR, loadModel } from '../engine/loaded-model.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { median, probeBandwidth } from './machine-limits.ts';
 
+const LENGTH_IN_BUDGETS = 4;
+
 export interface DecodeCompressionBenchOptions {
   /** METHOD:BUDGET:EVERY of the compressed runs. */
   spec: string;
-  /** Generated tokens per run (default 4x the budget). */
+  /** Generated tokens per run; without it, LENGTH_IN_BUDGETS budgets' worth, so compression runs several times. */
   tokens?: number;
   rounds: number;
   log: (line: string) => void;
@@ -32,7 +34,7 @@ interface RunFigures {
 export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions) {
   const dc = parseDecodeCompression(o.spec);
   if (needsDecodeQueries(dc)) throw new RangeError(`--spec ${o.spec}: the benchmark times asynchronous steps, which record no queries; use a method that scores the cache (knorm, keydiff, streamingllm, random)`);
-  const tokens = o.tokens ?? 4 * dc.budget;
+  const tokens = o.tokens ?? LENGTH_IN_BUDGETS * dc.budget;
   const lm = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend() });
   if (tokens + 64 > lm.config.maxPositionEmbeddings) throw new RangeError(`--tokens ${tokens}: the embedded model has ${lm.config.maxPositionEmbeddings} positions`);
   const prompt = lm.tokenizer.encode(lm.tokenizer.chat.render([{ role: 'user', content: 'Tell me a very long story about the code of tean.' }], { addGenerationPrompt: true }));
