@@ -4,7 +4,7 @@ import type { LoadedModel } from './loaded-model.ts';
 import { prefill, type PrefillOptions } from '../model/prefill.ts';
 import { DecodeCompressor, type DecodeCompression } from './decode-compression.ts';
 import { Sampler, type SamplingOptions } from './sampler.ts';
-import { firstStop, stableLength } from './stop-strings.ts';
+import { OutputText } from './stop-strings.ts';
 
 export interface GenerateOptions {
   maxTokens?: number;
@@ -44,7 +44,6 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new RangeError(`max tokens must be a non-negative integer, got ${maxTokens}`);
   const sampler = new Sampler(opts.sampling);
   const stopIds = new Set(opts.stopIds ?? lm.tokenizer.eosIds);
-  const stops = (opts.stopStrings ?? []).filter((s) => s.length > 0);
   const vocab = lm.model.weights.lmHead.rows;
   const limit = lm.config.maxPositionEmbeddings;
 
@@ -53,31 +52,19 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
   let logits = prefill(lm.model, cache, promptIds, opts.prefill);
   const t1 = performance.now();
   const compressor = opts.decodeCompression ? new DecodeCompressor(lm, cache, opts.decodeCompression) : null;
-  const tokens: number[] = [];
-  let emitted = 0;
-  let text = '';
+  const out = new OutputText(lm.tokenizer, stopIds, opts.stopStrings ?? []);
+  const tokens = out.tokens;
   let finishReason: FinishReason = 'length';
   let ttft = 0;
   while (tokens.length < maxTokens) {
     const id = sampler.sample(logits, 0, vocab);
     if (tokens.length === 0) ttft = performance.now() - t0;
-    if (stopIds.has(id)) {
+    if (out.push(id)) {
       finishReason = 'stop';
       break;
     }
-    tokens.push(id);
-    text = lm.tokenizer.decode(tokens, { skipSpecialTokens: true });
-    const cut = firstStop(text, stops);
-    if (cut >= 0) {
-      text = text.slice(0, cut);
-      finishReason = 'stop';
-      break;
-    }
-    const safe = stableLength(text, stops);
-    if (safe > emitted) {
-      opts.onText?.(text.slice(emitted, safe));
-      emitted = safe;
-    }
+    const delta = out.takeStable();
+    if (delta) opts.onText?.(delta);
     if (tokens.length >= maxTokens || cache.nextPos + 1 > limit) break;
     lm.checkMappedFiles();
     const mark = cache.mark();
@@ -87,11 +74,12 @@ export async function generate(lm: LoadedModel, cache: KvCache, promptIds: numbe
     compressor?.afterStep();
     opts.onStep?.(cache, tokens.length);
   }
-  if (text.length > emitted) opts.onText?.(text.slice(emitted));
+  const rest = out.takeRest();
+  if (rest) opts.onText?.(rest);
   const t2 = performance.now();
   const decodeMs = t2 - t1;
   return {
-    text,
+    text: out.text,
     tokens,
     promptTokens: promptIds.length,
     finishReason,

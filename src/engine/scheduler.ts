@@ -16,7 +16,7 @@ import {
   type SequenceRequest,
   type SequenceResult,
 } from './scheduler-types.ts';
-import { firstStop, stableLength } from './stop-strings.ts';
+import { OutputText } from './stop-strings.ts';
 
 export interface BatchSchedulerOptions {
   /** The KV memory pool every sequence's own rows are allocated from. Default the loaded model's (lm.kvPool()). */
@@ -49,11 +49,7 @@ interface Sequence {
   /** Prompt ids not yet prefilled. */
   pending: number[];
   sampler: Sampler;
-  stopIds: Set<number>;
-  stops: string[];
-  tokens: number[];
-  text: string;
-  emitted: number;
+  out: OutputText;
   /** The token to feed at the next decode step. */
   next: number;
   /** Decoding-time compression, made once the prompt is in the cache. */
@@ -141,11 +137,7 @@ export class BatchScheduler implements Scheduler {
       releaseReservation: null,
       pending: [...req.promptIds],
       sampler: new Sampler(req.sampling),
-      stopIds: new Set(req.stopIds ?? this.lm.tokenizer.eosIds),
-      stops: (req.stopStrings ?? []).filter((s) => s.length > 0),
-      tokens: [],
-      text: '',
-      emitted: 0,
+      out: new OutputText(this.lm.tokenizer, new Set(req.stopIds ?? this.lm.tokenizer.eosIds), req.stopStrings ?? []),
       next: -1,
       compressor: null,
       inFlight: false,
@@ -309,7 +301,7 @@ export class BatchScheduler implements Scheduler {
     if (!dc || !seq.cache) return true;
     try {
       seq.compressor ??= new DecodeCompressor(this.lm, seq.cache, dc, seq.req.promptIds.length);
-      if (seq.compressor.afterStep()) seq.cache.reserveRows(Math.min(dc.every, seq.req.maxTokens - seq.tokens.length));
+      if (seq.compressor.afterStep()) seq.cache.reserveRows(Math.min(dc.every, seq.req.maxTokens - seq.out.tokens.length));
       return true;
     } catch (e) {
       this.fail(seq, e);
@@ -319,22 +311,11 @@ export class BatchScheduler implements Scheduler {
 
   private onLogits(seq: Sequence, logits: Float32Array): void {
     const id = seq.sampler.sample(logits, 0, this.lm.model.weights.lmHead.rows);
-    if (seq.tokens.length === 0) seq.firstTokenAt = performance.now();
-    if (seq.stopIds.has(id)) return this.finish(seq, 'stop');
-    seq.tokens.push(id);
-    const text = this.lm.tokenizer.decode(seq.tokens, { skipSpecialTokens: true });
-    const cut = firstStop(text, seq.stops);
-    if (cut >= 0) {
-      seq.text = text.slice(0, cut);
-      return this.finish(seq, 'stop');
-    }
-    seq.text = text;
-    const safe = stableLength(text, seq.stops);
-    if (safe > seq.emitted) {
-      seq.events.push({ type: 'text', delta: text.slice(seq.emitted, safe) });
-      seq.emitted = safe;
-    }
-    if (seq.tokens.length >= seq.req.maxTokens || seq.cache!.nextPos + 1 > this.lm.config.maxPositionEmbeddings) return this.finish(seq, 'length');
+    if (seq.out.tokens.length === 0) seq.firstTokenAt = performance.now();
+    if (seq.out.push(id)) return this.finish(seq, 'stop');
+    const delta = seq.out.takeStable();
+    if (delta) seq.events.push({ type: 'text', delta });
+    if (seq.out.tokens.length >= seq.req.maxTokens || seq.cache!.nextPos + 1 > this.lm.config.maxPositionEmbeddings) return this.finish(seq, 'length');
     seq.next = id;
   }
 
@@ -353,15 +334,15 @@ export class BatchScheduler implements Scheduler {
   private finish(seq: Sequence, reason: FinishReason): void {
     if (seq.finished) return;
     this.release(seq);
-    if (seq.text.length > seq.emitted) seq.events.push({ type: 'text', delta: seq.text.slice(seq.emitted) });
-    seq.emitted = seq.text.length;
+    const rest = seq.out.takeRest();
+    if (rest) seq.events.push({ type: 'text', delta: rest });
     const end = performance.now();
     const firstAt = seq.firstTokenAt || end;
-    const n = seq.tokens.length;
+    const n = seq.out.tokens.length;
     const contextTokens = seq.req.context?.ids.length ?? 0;
     const result: SequenceResult = {
-      text: seq.text,
-      tokens: seq.tokens,
+      text: seq.out.text,
+      tokens: seq.out.tokens,
       finishReason: reason,
       promptTokens: contextTokens + seq.req.promptIds.length,
       cachedTokens: contextTokens,

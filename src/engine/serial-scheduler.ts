@@ -15,7 +15,7 @@ import {
   type SequenceRequest,
   type SequenceResult,
 } from './scheduler-types.ts';
-import { firstStop, stableLength } from './stop-strings.ts';
+import { OutputText } from './stop-strings.ts';
 
 export interface SerialSchedulerOptions {
   /** Sequences that may wait behind the running one; more are refused with QueueFullError. Default 64. */
@@ -178,7 +178,6 @@ export class SerialScheduler implements Scheduler {
     try {
       const sampler = new Sampler({ temperature: req.sampling?.temperature, topP: req.sampling?.topP, seed: req.sampling?.seed });
       const stopIds = new Set(req.stopIds ?? lm.tokenizer.eosIds);
-      const stops = (req.stopStrings ?? []).filter((s) => s.length > 0);
       const vocab = lm.model.weights.lmHead.rows;
       const limit = lm.config.maxPositionEmbeddings;
 
@@ -190,9 +189,8 @@ export class SerialScheduler implements Scheduler {
         logits = await lm.model.forwardAsync(part, cache, { logits: s + part.length >= ids.length ? 'last' : 'none' });
       }
       const compressor = req.decodeCompression ? new DecodeCompressor(lm, cache, req.decodeCompression) : null;
-      const tokens: number[] = [];
-      let text = '';
-      let emitted = 0;
+      const out = new OutputText(lm.tokenizer, stopIds, req.stopStrings ?? []);
+      const tokens = out.tokens;
       let reason: FinishReason = 'length';
       let firstAt = 0;
       while (tokens.length < req.maxTokens) {
@@ -202,32 +200,21 @@ export class SerialScheduler implements Scheduler {
         }
         const id = sampler.sample(logits!, 0, vocab);
         if (tokens.length === 0) firstAt = performance.now();
-        if (stopIds.has(id)) {
+        if (out.push(id)) {
           reason = 'stop';
           break;
         }
-        tokens.push(id);
-        text = lm.tokenizer.decode(tokens, { skipSpecialTokens: true });
-        const cut = firstStop(text, stops);
-        if (cut >= 0) {
-          text = text.slice(0, cut);
-          reason = 'stop';
-          break;
-        }
-        const safe = stableLength(text, stops);
-        if (safe > emitted) {
-          job.channel.push({ type: 'text', delta: text.slice(emitted, safe) });
-          emitted = safe;
-        }
+        const delta = out.takeStable();
+        if (delta) job.channel.push({ type: 'text', delta });
         if (tokens.length >= req.maxTokens || cache.nextPos + 1 > limit) break;
         // As generate(): a scorer that reads recent queries needs each step's recorded (a synchronous pass).
         logits = compressor?.capturesQueries ? lm.model.forward([id], cache, { onLayer: (c) => compressor.record(c) }) : await lm.model.forwardAsync([id], cache);
         compressor?.afterStep();
       }
       // A cancelled sequence reports only what it had streamed.
-      if (reason === 'cancelled') text = text.slice(0, emitted);
-      else if (text.length > emitted) job.channel.push({ type: 'text', delta: text.slice(emitted) });
-      this.finish(job, this.result(job, text, tokens, reason, startedAt, firstAt, performance.now()));
+      const rest = reason === 'cancelled' ? '' : out.takeRest();
+      if (rest) job.channel.push({ type: 'text', delta: rest });
+      this.finish(job, this.result(job, out.text.slice(0, out.emitted), tokens, reason, startedAt, firstAt, performance.now()));
     } finally {
       job.cache = undefined;
       if (mark && req.decodeCompression) dropRowsAfter(cache, mark);
