@@ -14,6 +14,7 @@ import { ContextStore } from '../src/server/context-store.ts';
 import { RedisContexts } from '../src/server/redis-contexts.ts';
 import { startServer } from '../src/server/serve.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { serveChild } from './helpers/kvlab-process.ts';
 import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
@@ -44,25 +45,7 @@ interface Replica {
 
 /** `kvlab serve --store redis://...` in a child process; resolves once /health answers 200. */
 async function replica(): Promise<Replica> {
-  const proc = spawn(process.execPath, [cli, 'serve', '--port', '0', '--store', redis.url, '--api-key', KEY, '--api-key', OTHER_KEY], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  let stderr = '';
-  proc.stderr!.on('data', (d) => (stderr += d));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    proc.stdout!.on('data', (d) => {
-      out += d;
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]!);
-    });
-    proc.on('exit', () => reject(new Error(`kvlab serve exited before listening: ${stderr}`)));
-  });
-  for (;;) {
-    const r = await fetch(`${url}/health`).catch(() => null);
-    if (r?.status === 200) break;
-    if (proc.exitCode !== null) throw new Error(`kvlab serve exited: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const { proc, url, exit } = await serveChild(['--store', redis.url, '--api-key', KEY, '--api-key', OTHER_KEY]);
   const client = (key: string) => new OpenAI({ apiKey: key, baseURL: `${url}/v1`, maxRetries: 0 });
   return { proc, exit, client: client(KEY), other: client(OTHER_KEY) };
 }

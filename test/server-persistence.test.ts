@@ -11,6 +11,7 @@ import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
 import { ContextStore } from '../src/server/context-store.ts';
 import { startServer } from '../src/server/serve.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { serveChild } from './helpers/kvlab-process.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
 const MODEL = 'kvlab-tiny-chat';
@@ -28,25 +29,8 @@ interface Child {
 }
 
 /** `kvlab serve` in a child process on a free loopback port; resolves once /health answers 200. */
-async function serveChild(): Promise<Child> {
-  const proc = spawn(process.execPath, [cli, 'serve', '--port', '0', '--store', store, '--api-key', KEY], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  let stderr = '';
-  proc.stderr!.on('data', (d) => (stderr += d));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    proc.stdout!.on('data', (d) => {
-      out += d;
-      const m = /listening on (\S+)/.exec(out);
-      if (m) resolve(m[1]!);
-    });
-    proc.on('exit', () => reject(new Error(`kvlab serve exited before listening: ${stderr}`)));
-  });
-  for (;;) {
-    const r = await fetch(`${url}/health`).catch(() => null);
-    if (r?.status === 200) break;
-    await new Promise((r) => setTimeout(r, 20));
-  }
+async function startChild(): Promise<Child> {
+  const { proc, url, exit } = await serveChild(['--store', store, '--api-key', KEY]);
   return { proc, url, exit, client: new OpenAI({ apiKey: KEY, baseURL: `${url}/v1`, maxRetries: 0 }) };
 }
 
@@ -62,7 +46,7 @@ let contextId = '';
 let answers: string[] = [];
 
 test('contexts survive a restart (SIGTERM, then a new server on the same store) and answer identically', async () => {
-  const first = await serveChild();
+  const first = await startChild();
   const ctx = await first.client.post<{ id: string; protect: string }>('/contexts', { body: { messages, method: 'snapkv', ratio: 0.2 } });
   assert.equal(ctx.protect, 'whitelist:defense,template');
   contextId = ctx.id;
@@ -70,7 +54,7 @@ test('contexts survive a restart (SIGTERM, then a new server on the same store) 
   first.proc.kill('SIGTERM');
   assert.equal(await first.exit, 0);
 
-  const second = await serveChild();
+  const second = await startChild();
   try {
     const list = await second.client.get<{ data: { id: string }[] }>('/contexts');
     assert.deepEqual(list.data.map((c) => c.id), [contextId]);
@@ -87,7 +71,7 @@ test('contexts survive a restart (SIGTERM, then a new server on the same store) 
 });
 
 test('SIGTERM lets an in-flight stream finish, then the server exits', async () => {
-  const child = await serveChild();
+  const child = await startChild();
   const long = qaRows().slice(0, 3).map((r) => r.context).join('\n');
   const stream = await child.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: long }], max_tokens: 32, temperature: 0, stream: true });
   child.proc.kill('SIGTERM');

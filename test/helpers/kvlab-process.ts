@@ -70,3 +70,33 @@ export async function stopWorker(w: Proc): Promise<void> {
 export function killAll(): void {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 }
+
+export interface ServeChild {
+  proc: ChildProcess;
+  url: string;
+  exit: Promise<number | null>;
+}
+
+/** `kvlab serve --port 0 ARGS` in a child process; resolves once /health answers 200. */
+export async function serveChild(args: string[]): Promise<ServeChild> {
+  const proc = spawn(process.execPath, [cli, 'serve', '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exit = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  let stderr = '';
+  proc.stderr!.on('data', (d) => (stderr += d));
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    proc.stdout!.on('data', (d) => {
+      out += d;
+      const m = /listening on (\S+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    proc.on('exit', () => reject(new Error(`kvlab serve exited before listening: ${stderr}`)));
+  });
+  for (;;) {
+    const r = await fetch(`${url}/health`).catch(() => null);
+    if (r?.status === 200) break;
+    if (proc.exitCode !== null) throw new Error(`kvlab serve exited: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { proc, url, exit };
+}
