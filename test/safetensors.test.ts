@@ -246,3 +246,16 @@ test('sharded checkpoint errors: missing shard, tensor not in its shard, duplica
   mkdirSync(none);
   assert.throws(() => readCheckpointIndex(none), /no model\.safetensors or model\.safetensors\.index\.json in .*no-weights/);
 });
+
+test('BF16 and F16 in one checkpoint are refused, naming the rarer ones, in one file and across shards', () => {
+  const one = join(scratch, `mixed${serial++}`);
+  mkdirSync(one);
+  const h = (dtype: string, at: number) => ({ dtype, shape: [2], data_offsets: [at, at + 4] });
+  writeFile(encode({ x: h('BF16', 0), y: h('BF16', 4), z: h('F16', 8), n: { dtype: 'F32', shape: [1], data_offsets: [12, 16] } }, new Uint8Array(16)), 'model.safetensors', one);
+  assert.throws(() => readCheckpointIndex(one), /tensor z \(.*model\.safetensors\) is F16 while the other 16-bit tensors are BF16: a checkpoint does not mix BF16 and F16/);
+  const sharded = shardedDir();
+  writeFile(encode({ c: { dtype: 'F16', shape: [2], data_offsets: [0, 4] } }, new Uint8Array(4)), 'model-00002-of-00002.safetensors', sharded);
+  assert.throws(() => readCheckpointIndex(sharded), /tensor c \(.*model-00002-of-00002\.safetensors\) is F16 while the other 16-bit tensors are BF16/);
+  const fp32AndBf16 = shardedDir();
+  assert.equal(readCheckpointIndex(fp32AndBf16).size, 3, 'F32 beside BF16 (norms kept wide) is fine');
+});

@@ -98,7 +98,7 @@ async function decodeEntry(lm: LoadedModel, timed: TimedBackend, wBytes: number,
     fraction_of_bound_rounds: roundFractions.map(r3),
     // Mean over all timed steps (the figures above are medians): where a token's time goes, and how fast the
     // weight matrices alone streamed against the probe.
-    time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, r3(perToken(op))])),
+    time_by_op_ms_per_token: Object.fromEntries(Object.keys(timed.ms).map((op) => [op, Number(perToken(op).toPrecision(4))])),
     matmul_gbs: r1(wBytes / perToken('matmul') / 1e6),
     matmul_fraction_of_bandwidth: r3(wBytes / perToken('matmul') / 1e6 / localBandwidth),
     // forward() against forwardAsync() (once per model): the async step's cost and the event loop.

@@ -166,7 +166,7 @@ export function readCheckpointIndex(dir: string): Map<string, TensorInfo> {
   const out = new Map<string, TensorInfo>();
   if (existsSync(single)) {
     for (const t of readSafetensorsHeader(single)) out.set(t.name, t);
-    return out;
+    return checkOneHalfFormat(out);
   }
   if (!existsSync(index)) throw new CheckpointError(`no ${SINGLE_FILE} or ${INDEX_FILE} in ${dir}`);
   const weightMap = readWeightMap(index);
@@ -189,7 +189,25 @@ export function readCheckpointIndex(dir: string): Map<string, TensorInfo> {
       out.set(name, info);
     }
   }
-  return out;
+  return checkOneHalfFormat(out);
+}
+
+/**
+ * BF16 and F16 take the same bytes, so a header whose dtype lost or gained a letter ("BF16" -> "F16") still
+ * tiles its data exactly and would load as silently wrong weights. No exporter mixes the two 16-bit formats in
+ * one checkpoint, so a mix is refused, naming the tensors of the rarer one.
+ */
+function checkOneHalfFormat(tensors: Map<string, TensorInfo>): Map<string, TensorInfo> {
+  const of = (dtype: SafetensorsDType) => [...tensors.values()].filter((t) => t.dtype === dtype);
+  const bf16 = of('BF16');
+  const f16 = of('F16');
+  if (bf16.length === 0 || f16.length === 0) return tensors;
+  const [rare, common] = f16.length <= bf16.length ? [f16, 'BF16'] : [bf16, 'F16'];
+  const names = rare.slice(0, 3).map((t) => `${t.name} (${t.file})`).join(', ');
+  throw new CheckpointError(
+    `tensor ${names}${rare.length > 3 ? ` and ${rare.length - 3} more` : ''} ${rare.length === 1 ? 'is' : 'are'} ${rare[0]!.dtype} while the other 16-bit tensors are ${common}: ` +
+      'a checkpoint does not mix BF16 and F16 (a corrupt header dtype shows this way)',
+  );
 }
 
 function readWeightMap(index: string): Map<string, string> {
