@@ -167,3 +167,15 @@ test('snapkv during decoding: the rows kept at the first compression are what Sn
   assert.deepEqual(kept, expected);
   assert.ok(expected.some((k) => k[0] !== P + steps - budget), 'attention, not recency alone, decided some head');
 });
+
+test('bench quarters: tokens/s per quarter from step end times, and the median step per quarter, hand-worked', async () => {
+  const { quarterRates } = await import('../src/bench/decode-compression-bench.ts');
+  // 9 step ends: 8 intervals, 2 per quarter: [2,2], [4,4], [1,3], [10,10] ms.
+  const stamps = [0, 2, 4, 8, 12, 13, 16, 26, 36];
+  const r = quarterRates(stamps);
+  assert.deepEqual(r.tokensPerSecondByQuarter, [500, 250, 500, 100]);
+  assert.deepEqual(r.medianStepTokensPerSecondByQuarter, [500, 250, 500, 100]);
+  const uneven = quarterRates([0, 1, 2, 3, 4, 14, 15, 16, 17, 18, 19]); // intervals 1,1 | 1,1 | 10,1 | 1,1 and the last 2 left out
+  assert.deepEqual(uneven.tokensPerSecondByQuarter, [1000, 1000, (1000 * 2) / 11, 1000]);
+  assert.throws(() => quarterRates([0, 1, 2, 3]), /make no quarter/);
+});

@@ -27,6 +27,20 @@ interface RunFigures {
 }
 
 /**
+ * Tokens/s over each quarter of a generation from the times (ms) each step ended: the intervals between
+ * consecutive step ends, so the prefill and the first step are in no quarter; a trailing remainder of fewer
+ * than 4 intervals is left out.
+ */
+export function quarterRates(stamps: readonly number[]): Pick<RunFigures, 'tokensPerSecondByQuarter' | 'medianStepTokensPerSecondByQuarter'> {
+  const q = Math.floor((stamps.length - 1) / 4);
+  if (q < 1) throw new RangeError(`quarterRates: ${stamps.length} step times make no quarter (at least 5 needed)`);
+  return {
+    tokensPerSecondByQuarter: [0, 1, 2, 3].map((i) => (q * 1000) / (stamps[(i + 1) * q]! - stamps[i * q]!)),
+    medianStepTokensPerSecondByQuarter: [0, 1, 2, 3].map((i) => 1000 / median(Array.from({ length: q }, (_, k) => stamps[i * q + k + 1]! - stamps[i * q + k]!))),
+  };
+}
+
+/**
  * Decode throughput of one long greedy generation on the embedded model (forward steps, no detokenization),
  * with decoding-time compression and with the full cache, in alternating rounds: tokens/s over each quarter of the generation (compression steps
  * included in their quarter's time), the median over rounds per quarter, and last-over-first quarter ratios.
@@ -61,11 +75,7 @@ export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions
       lastBytes = cache.bytes();
       maxBytes = Math.max(maxBytes, lastBytes);
     }
-    // Intervals between consecutive step ends (the prefill and first step are not in any quarter).
-    const q = Math.floor((stamps.length - 1) / 4);
-    const quarters = [0, 1, 2, 3].map((i) => (q * 1000) / (stamps[(i + 1) * q]! - stamps[i * q]!));
-    const medianSteps = [0, 1, 2, 3].map((i) => 1000 / median(Array.from({ length: q }, (_, k) => stamps[i * q + k + 1]! - stamps[i * q + k]!)));
-    return { tokensPerSecondByQuarter: quarters, medianStepTokensPerSecondByQuarter: medianSteps, finalCacheBytes: lastBytes, maxCacheBytes: maxBytes };
+    return { ...quarterRates(stamps), finalCacheBytes: lastBytes, maxCacheBytes: maxBytes };
   };
 
   o.log('warm-up run');
@@ -86,8 +96,12 @@ export async function runDecodeCompressionBench(o: DecodeCompressionBenchOptions
     return {
       tokens_per_s_by_quarter_median: byQuarter,
       last_over_first_quarter: r3(median(fs.map((f) => f.tokensPerSecondByQuarter[3]! / f.tokensPerSecondByQuarter[0]!))),
+      // With the default length (LENGTH_IN_BUDGETS budgets) the first quarter is the cache growing to the budget;
+      // from the second on, a compressed run holds budget..budget+every rows, so flat means this ratio near 1.
+      last_over_second_quarter: r3(median(fs.map((f) => f.tokensPerSecondByQuarter[3]! / f.tokensPerSecondByQuarter[1]!))),
       median_step_tokens_per_s_by_quarter: [0, 1, 2, 3].map((i) => r1(median(fs.map((f) => f.medianStepTokensPerSecondByQuarter[i]!)))),
       median_step_last_over_first_quarter: r3(median(fs.map((f) => f.medianStepTokensPerSecondByQuarter[3]! / f.medianStepTokensPerSecondByQuarter[0]!))),
+      median_step_last_over_second_quarter: r3(median(fs.map((f) => f.medianStepTokensPerSecondByQuarter[3]! / f.medianStepTokensPerSecondByQuarter[1]!))),
       final_cache_bytes: fs[0]!.finalCacheBytes,
       max_cache_bytes: Math.max(...fs.map((f) => f.maxCacheBytes)),
       rounds: fs.map((f) => f.tokensPerSecondByQuarter.map(r1)),
