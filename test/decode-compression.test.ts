@@ -126,13 +126,13 @@ test('snapkv during decoding: the rows kept at the first compression are what Sn
   const { ContextSession } = await import('../src/engine/context-session.ts');
   const { userContextLayout } = await import('../src/model/prompt-layout.ts');
   const ref = tinyModel();
-  const budget = 70; // the first compression scores 71 rows: a 64-row window and 7 rows ranked by attention
-  const steps = budget + 1;
+  const budget = 70;
+  const steps = 100; // compressing every 100 steps: the first compression keeps the 64-row window and 6 of 36 older rows by attention
   let kept: Int32Array[] = [];
   const run = await generate(ref, ref.newCache(), prompt, {
     maxTokens: steps + 1,
     stopIds: [],
-    decodeCompression: parseDecodeCompression(`snapkv:${budget}:1`),
+    decodeCompression: parseDecodeCompression(`snapkv:${budget}:${steps}`),
     onStep: (c, step) => {
       if (step === steps) kept = c.heads.flat().map((s) => s.pos.slice(P, s.len));
     },
