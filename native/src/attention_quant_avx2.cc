@@ -1,5 +1,6 @@
 // AVX2 + FMA pieces of the quantized attention (d a multiple of 8; value groups a multiple of 8 channels or the
-// whole row): codes unpacked 8 channels per variable shift, row dots reduced 8 rows at a time by one transpose.
+// whole row): codes widened 8 channels per variable shift in registers and used there by up to 4 query heads;
+// the fp32 residual rows' dots reduced 8 rows at a time by one transpose.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,31 +14,163 @@ namespace {
 
 #define AVX2 __attribute__((target("avx2,fma")))
 
-AVX2 void unpack_avx2(const uint8_t* codes, int rows, int d, int bits, float* buf) {
-  const int rb = d * bits / 8;
-  if (bits == 4) {
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), mask = _mm256_set1_epi32(15);
-    for (int r = 0; r < rows; r++) {
-      const uint8_t* src = codes + long(r) * rb;
-      for (int c = 0; c < d; c += 8) {
-        uint32_t w;
-        __builtin_memcpy(&w, src + c / 2, 4);
-        const __m256i x = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w)), shifts), mask);
-        _mm256_storeu_ps(buf + long(r) * d + c, _mm256_cvtepi32_ps(x));
-      }
-    }
+// Channels c..c+7 of a packed row, as floats.
+template <int BITS>
+AVX2 inline __m256 codes8(const uint8_t* row, int c) {
+  if constexpr (BITS == 4) {
+    uint32_t w;
+    __builtin_memcpy(&w, row + c / 2, 4);
+    const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int(w)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)));
   } else {
-    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), mask = _mm256_set1_epi32(3);
-    for (int r = 0; r < rows; r++) {
-      const uint8_t* src = codes + long(r) * rb;
-      for (int c = 0; c < d; c += 8) {
-        uint16_t w;
-        __builtin_memcpy(&w, src + c / 4, 2);
-        const __m256i x = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w)), shifts), mask);
-        _mm256_storeu_ps(buf + long(r) * d + c, _mm256_cvtepi32_ps(x));
+    uint16_t w;
+    __builtin_memcpy(&w, row + c / 4, 2);
+    const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int(w)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(3)));
+  }
+}
+
+AVX2 void fold_keys_avx2(const float* q, int nh, int d, const float* ks, const float* kz, float* qs, float* qz) {
+  for (int h = 0; h < nh; h++) {
+    __m256 z = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + long(h) * d + c);
+      _mm256_storeu_ps(qs + long(h) * d + c, _mm256_mul_ps(qv, _mm256_loadu_ps(ks + c)));
+      z = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kz + c), z);
+    }
+    qz[h] = hsum256(z);
+  }
+}
+
+// Vectorized over (row, group) pairs, 8 / ng rows a vector, when ng divides 8; plain loops otherwise and for the
+// rows left over.
+AVX2 bool value_weights_avx2(const float* p, long pstride, int nh, const float* vs, const float* vz, int n, int ng, float* w, float* zacc) {
+  const int rpv = 8 % ng == 0 ? 8 / ng : 0;
+  const int nv = rpv ? n / rpv * rpv : 0;
+  const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(rpv), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i dup = _mm256_setr_epi32(0, 1 / ng, 2 / ng, 3 / ng, 4 / ng, 5 / ng, 6 / ng, 7 / ng);
+  __m256 live = _mm256_setzero_ps();
+  for (int h = 0; h < nh; h++) {
+    const float* ph = p + h * pstride;
+    float* wh = w + long(h) * n * ng;
+    __m256 z = _mm256_setzero_ps();
+    for (int r = 0; r < nv; r += rpv) {
+      const __m256 pv = _mm256_permutevar8x32_ps(_mm256_maskload_ps(ph + r, first), dup);
+      live = _mm256_or_ps(live, _mm256_cmp_ps(pv, _mm256_setzero_ps(), _CMP_NEQ_UQ));
+      _mm256_storeu_ps(wh + long(r) * ng, _mm256_mul_ps(pv, _mm256_loadu_ps(vs + long(r) * ng)));
+      z = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vz + long(r) * ng), z);
+    }
+    alignas(32) float zl[8];
+    _mm256_store_ps(zl, z);
+    if (rpv)
+      for (int k = 0; k < 8; k++) zacc[h * ng + k % ng] += zl[k];
+    for (int r = nv; r < n; r++) {
+      const float pr = ph[r];
+      if (pr != 0.f) live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+      for (int cg = 0; cg < ng; cg++) {
+        wh[r * ng + cg] = pr * vs[r * ng + cg];
+        zacc[h * ng + cg] += pr * vz[r * ng + cg];
       }
     }
   }
+  return !_mm256_testz_ps(live, live);
+}
+
+// The lane sums of a0..a3, in order.
+AVX2 inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+// key_logits for HB <= 4 query heads: a row's codes widened 8 channels at a time, each used by all HB heads.
+template <int BITS, int HB>
+AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n, int d, float* out, long ostride) {
+  const int rb = d * BITS / 8;
+  for (int r = 0; r < n; r++) {
+    const uint8_t* row = codes + long(r) * rb;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int c = 0; c < d; c += 8) {
+      const __m256 x = codes8<BITS>(row, c);
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; h++) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), x, a[h]);
+    }
+    alignas(16) float sums[4];
+    _mm_store_ps(sums, sum4(a[0], a[1], a[2], a[3]));
+    for (int h = 0; h < HB; h++) out[h * ostride + r] = sums[h] + qz[h];
+  }
+}
+
+template <int BITS>
+AVX2 void key_logits_bits(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, float* out, long ostride) {
+  for (int h0 = 0; h0 < nh; h0 += 4) {
+    const float* q = qs + long(h0) * d;
+    float* o = out + h0 * ostride;
+    switch (std::min(4, nh - h0)) {
+      case 4: key_rows<BITS, 4>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 3: key_rows<BITS, 3>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 2: key_rows<BITS, 2>(q, qz + h0, codes, n, d, o, ostride); break;
+      default: key_rows<BITS, 1>(q, qz + h0, codes, n, d, o, ostride); break;
+    }
+  }
+}
+
+AVX2 void key_logits_avx2(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride) {
+  if (bits == 4)
+    key_logits_bits<4>(qs, qz, nh, codes, n, d, out, ostride);
+  else
+    key_logits_bits<2>(qs, qz, nh, codes, n, d, out, ostride);
+}
+
+// value_accum for HB <= 4 query heads over channels [c0, c0 + 8 * CH): HB * CH accumulators stay in registers over
+// all n rows, and each row's codes are widened once for the HB heads.
+template <int BITS, int HB, int CH>
+AVX2 void value_cols(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int c0) {
+  const int rb = d * BITS / 8;
+  int g[CH];
+  for (int k = 0; k < CH; k++) g[k] = (c0 + 8 * k) / group;
+  __m256 a[HB][CH];
+  for (int h = 0; h < HB; h++)
+    for (int k = 0; k < CH; k++) a[h][k] = _mm256_loadu_ps(acc + long(h) * d + c0 + 8 * k);
+  for (int r = 0; r < n; r++) {
+    const uint8_t* row = codes + long(r) * rb;
+    __m256 x[CH];
+    for (int k = 0; k < CH; k++) x[k] = codes8<BITS>(row, c0 + 8 * k);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) {
+      const float* wr = w + (long(h) * n + r) * ng;
+      for (int k = 0; k < CH; k++) a[h][k] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr + g[k]), x[k], a[h][k]);
+    }
+  }
+  for (int h = 0; h < HB; h++)
+    for (int k = 0; k < CH; k++) _mm256_storeu_ps(acc + long(h) * d + c0 + 8 * k, a[h][k]);
+}
+
+template <int BITS, int HB>
+AVX2 void value_heads(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+  int c0 = 0;
+  for (; c0 + 16 <= d; c0 += 16) value_cols<BITS, HB, 2>(acc, w, ng, group, codes, n, d, c0);
+  if (c0 < d) value_cols<BITS, HB, 1>(acc, w, ng, group, codes, n, d, c0);
+}
+
+template <int BITS>
+AVX2 void value_accum_bits(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+  for (int h0 = 0; h0 < nh; h0 += 4) {
+    float* a = acc + long(h0) * d;
+    const float* wh = w + long(h0) * n * ng;
+    switch (std::min(4, nh - h0)) {
+      case 4: value_heads<BITS, 4>(a, wh, ng, group, codes, n, d); break;
+      case 3: value_heads<BITS, 3>(a, wh, ng, group, codes, n, d); break;
+      case 2: value_heads<BITS, 2>(a, wh, ng, group, codes, n, d); break;
+      default: value_heads<BITS, 1>(a, wh, ng, group, codes, n, d); break;
+    }
+  }
+}
+
+AVX2 void value_accum_avx2(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int bits) {
+  if (bits == 4)
+    value_accum_bits<4>(acc, nh, w, ng, group, codes, n, d);
+  else
+    value_accum_bits<2>(acc, nh, w, ng, group, codes, n, d);
 }
 
 // The 8 lane sums of a[0..7], in order.
@@ -73,13 +206,12 @@ AVX2 void dots_avx2(const float* qs, int nh, const float* rows, int n, int d, fl
   }
 }
 
-AVX2 void accum_avx2(float* acc, int nh, const float* w, long wstride, int ng, int group, const float* rows, int n, int d) {
+AVX2 void accum_avx2(float* acc, int nh, const float* w, long wstride, const float* rows, int n, int d) {
   for (int h = 0; h < nh; h++) {
     const float* wh = w + h * wstride;
     for (int c = 0; c < d; c += 8) {
-      const int cg = c / group;
       __m256 a = _mm256_loadu_ps(acc + long(h) * d + c);
-      for (int r = 0; r < n; r++) a = _mm256_fmadd_ps(_mm256_set1_ps(wh[long(r) * ng + cg]), _mm256_loadu_ps(rows + long(r) * d + c), a);
+      for (int r = 0; r < n; r++) a = _mm256_fmadd_ps(_mm256_set1_ps(wh[r]), _mm256_loadu_ps(rows + long(r) * d + c), a);
       _mm256_storeu_ps(acc + long(h) * d + c, a);
     }
   }
@@ -122,6 +254,6 @@ AVX2 void softmax_avx2(float* p, int nh, long L, long stride) {
 
 }  // namespace
 
-const Kernels avx2_kernels = {unpack_avx2, dots_avx2, accum_avx2, softmax_avx2};
+const Kernels avx2_kernels = {fold_keys_avx2, key_logits_avx2, value_accum_avx2, value_weights_avx2, dots_avx2, accum_avx2, softmax_avx2};
 
 }  // namespace kvlab::qattn
