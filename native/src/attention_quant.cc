@@ -4,7 +4,7 @@
 //   logits: for each key group, the group's per-channel scales and zero points are folded into the queries
 //           (q . (z + s * code) = q . z + (q * s) . code), so a packed key row costs a convert and an FMA per channel
 //           and query head;
-//   values: p . (z + s * code) per channel group = sum p z + sum (p s) code, the first a scalar per (head, group).
+//   values: each packed row is dequantized in registers (s * code + z) and accumulated by every query head.
 // Softmax is two-pass in fp32 over the prefix's rows then the head's own, as the fp32 paths do.
 #include "attention_quant.h"
 
@@ -20,7 +20,7 @@ namespace {
 
 using qattn::Kernels;
 
-constexpr int TILE = 64;  // packed value rows weighted per kernel call
+constexpr int TILE = 64;  // packed value rows per kernel call
 
 bool simd_fits(int d, int group, int lanes) { return d % lanes == 0 && (group % lanes == 0 || group >= d); }
 
@@ -31,7 +31,7 @@ const Kernels& kernels_for(int d, int group) {
 }
 
 struct UnitScratch {
-  AlignedVector<float> p, qsc, qs, qz, w, acc, zacc;
+  AlignedVector<float> p, qsc, qs, qz, acc;
 };
 
 UnitScratch& scratch() {
@@ -68,15 +68,14 @@ void source_values(const QuantAttention& a, const Kernels& K, const QuantHead& k
   const int d = a.d, G = a.group, rb = d * a.bits / 8, ng = (d + G - 1) / G;
   for (int r0 = 0; r0 < kv.qrows; r0 += TILE) {
     const int n = std::min(TILE, kv.qrows - r0);
-    if (!K.value_weights(p + at + r0, L, nh, kv.vs + long(r0) * ng, kv.vz + long(r0) * ng, n, ng, s.w.data(), s.zacc.data())) continue;
-    K.value_accum(s.acc.data(), nh, s.w.data(), ng, G, kv.vc + long(r0) * rb, n, d, a.bits);
+    K.value_accum(s.acc.data(), nh, p + at + r0, L, kv.vs + long(r0) * ng, kv.vz + long(r0) * ng, ng, G, kv.vc + long(r0) * rb, n, d, a.bits);
   }
   const int res = kv.len - kv.qrows;
   if (res > 0) K.accum(s.acc.data(), nh, p + at + kv.qrows, L, kv.v, res, d);
 }
 
 void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
-  const int d = a.d, nh = a.n_heads / a.n_kv, h0 = g * nh, ng = (d + a.group - 1) / a.group;
+  const int d = a.d, nh = a.n_heads / a.n_kv, h0 = g * nh;
   const QuantHead& own = a.heads[g];
   const QuantHead* pre = a.prefix.empty() ? nullptr : &a.prefix[g];
   const int plen = pre ? pre->len : 0;
@@ -87,9 +86,7 @@ void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
   fit(s.qsc, size_t(nh) * d);
   fit(s.qs, size_t(nh) * d);
   fit(s.qz, size_t(nh));
-  fit(s.w, size_t(nh) * TILE * ng);
   fit(s.acc, size_t(nh) * d);
-  fit(s.zacc, size_t(nh) * ng);
   for (int h = 0; h < nh; h++)
     for (int c = 0; c < d; c++) s.qsc[h * d + c] = a.q[(long(i) * a.n_heads + h0 + h) * d + c] * a.scale;
   float* p = s.p.data();
@@ -109,12 +106,11 @@ void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
   }
   if (!a.out) return;
   std::fill(s.acc.begin(), s.acc.begin() + long(nh) * d, 0.f);
-  std::fill(s.zacc.begin(), s.zacc.begin() + long(nh) * ng, 0.f);
   if (pre) source_values(a, K, *pre, nh, p, L, 0, s);
   source_values(a, K, own, nh, p, L, plen, s);
   for (int h = 0; h < nh; h++) {
     float* o = a.out + (long(i) * a.n_heads + h0 + h) * d;
-    for (int c = 0; c < d; c++) o[c] = s.acc[h * d + c] + s.zacc[h * ng + c / a.group];
+    for (int c = 0; c < d; c++) o[c] = s.acc[h * d + c];
   }
 }
 

@@ -53,13 +53,11 @@ struct Kernels {
   // out[h * ostride + r] = qz[h] + sum_c qs[h * d + c] * code(r, c), for h < nh, r < n: the logits of n packed key
   // rows of one key group, its scales and zero points already folded into qs and qz; codes are read in place.
   void (*key_logits)(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride);
-  // acc[h * d + c] += sum_r w[(h * n + r) * ng + c / group] * code(r, c), for h < nh, r < n: the packed value rows'
-  // codes read in place, weighted by probability times the row's scale of each channel group.
-  void (*value_accum)(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int bits);
-  // w[(h * n + r) * ng + cg] = p[h * pstride + r] * vs[r * ng + cg] and zacc[h * ng + cg] += sum_r p[h * pstride + r] *
-  // vz[r * ng + cg], for h < nh, r < n: the weights value_accum takes and the zero points' share. False when every
-  // p is 0 (w is then left unspecified).
-  bool (*value_weights)(const float* p, long pstride, int nh, const float* vs, const float* vz, int n, int ng, float* w, float* zacc);
+  // acc[h * d + c] += sum_r p[h * pstride + r] * (vs[r * ng + c / group] * code(r, c) + vz[r * ng + c / group]), for
+  // h < nh, r < n: packed value rows dequantized in registers, once for all nh query heads. Rows whose p is 0 for
+  // every head may be skipped.
+  void (*value_accum)(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                      int bits);
   // The fp32 residual rows. out[h * ostride + r] = sum_c qs[h * d + c] * rows[r * d + c], for h < nh, r < n.
   void (*dots)(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride);
   // acc[h * d + c] += sum_r w[h * wstride + r] * rows[r * d + c], for h < nh, r < n.

@@ -42,51 +42,63 @@ AVX2 void fold_keys_avx2(const float* q, int nh, int d, const float* ks, const f
   }
 }
 
-// Vectorized over (row, group) pairs, 8 / ng rows a vector, when ng divides 8; plain loops otherwise and for the
-// rows left over.
-AVX2 bool value_weights_avx2(const float* p, long pstride, int nh, const float* vs, const float* vz, int n, int ng, float* w, float* zacc) {
-  const int rpv = 8 % ng == 0 ? 8 / ng : 0;
-  const int nv = rpv ? n / rpv * rpv : 0;
-  const __m256i first = _mm256_cmpgt_epi32(_mm256_set1_epi32(rpv), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i dup = _mm256_setr_epi32(0, 1 / ng, 2 / ng, 3 / ng, 4 / ng, 5 / ng, 6 / ng, 7 / ng);
-  __m256 live = _mm256_setzero_ps();
-  for (int h = 0; h < nh; h++) {
-    const float* ph = p + h * pstride;
-    float* wh = w + long(h) * n * ng;
-    __m256 z = _mm256_setzero_ps();
-    for (int r = 0; r < nv; r += rpv) {
-      const __m256 pv = _mm256_permutevar8x32_ps(_mm256_maskload_ps(ph + r, first), dup);
-      live = _mm256_or_ps(live, _mm256_cmp_ps(pv, _mm256_setzero_ps(), _CMP_NEQ_UQ));
-      _mm256_storeu_ps(wh + long(r) * ng, _mm256_mul_ps(pv, _mm256_loadu_ps(vs + long(r) * ng)));
-      z = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vz + long(r) * ng), z);
-    }
-    alignas(32) float zl[8];
-    _mm256_store_ps(zl, z);
-    if (rpv)
-      for (int k = 0; k < 8; k++) zacc[h * ng + k % ng] += zl[k];
-    for (int r = nv; r < n; r++) {
-      const float pr = ph[r];
-      if (pr != 0.f) live = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-      for (int cg = 0; cg < ng; cg++) {
-        wh[r * ng + cg] = pr * vs[r * ng + cg];
-        zacc[h * ng + cg] += pr * vz[r * ng + cg];
-      }
-    }
-  }
-  return !_mm256_testz_ps(live, live);
-}
-
 // The lane sums of a0..a3, in order.
 AVX2 inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-// key_logits for HB <= 4 query heads: a row's codes widened 8 channels at a time, each used by all HB heads.
+// The 8 lane sums of a[0..7], in order.
+AVX2 inline __m256 reduce8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// The 8 rows x 4 heads of lg (row-major) as 4 vectors of 8 rows, one per head.
+AVX2 inline void transpose8x4(const float* lg, __m256* h) {
+  const __m256 v0 = _mm256_load_ps(lg), v1 = _mm256_load_ps(lg + 8), v2 = _mm256_load_ps(lg + 16), v3 = _mm256_load_ps(lg + 24);
+  const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1), t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  h[0] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0x44), order);
+  h[1] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0xEE), order);
+  h[2] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0x44), order);
+  h[3] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0xEE), order);
+}
+
+// key_logits for HB <= 4 query heads: two rows at a time, each row's codes widened 8 channels at a time and used by
+// all HB heads; the 8 sums of a row pair reduced together, 8 rows' logits transposed into the heads' rows.
 template <int BITS, int HB>
 AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n, int d, float* out, long ostride) {
   const int rb = d * BITS / 8;
-  for (int r = 0; r < n; r++) {
+  alignas(32) float zq[8] = {}, lg[32];
+  for (int h = 0; h < HB; h++) zq[h] = zq[4 + h] = qz[h];
+  const __m256 z2 = _mm256_load_ps(zq);
+  int r = 0;
+  for (; r + 8 <= n; r += 8) {
+    for (int k = 0; k < 8; k += 2) {
+      const uint8_t* row0 = codes + long(r + k) * rb;
+      const uint8_t* row1 = row0 + rb;
+      __m256 a[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+      for (int c = 0; c < d; c += 8) {
+        const __m256 x0 = codes8<BITS>(row0, c), x1 = codes8<BITS>(row1, c);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; h++) {
+          const __m256 qv = _mm256_loadu_ps(qs + long(h) * d + c);
+          a[h] = _mm256_fmadd_ps(qv, x0, a[h]);
+          a[4 + h] = _mm256_fmadd_ps(qv, x1, a[4 + h]);
+        }
+      }
+      _mm256_store_ps(lg + 4 * k, _mm256_add_ps(reduce8(a), z2));
+    }
+    __m256 hv[4];
+    transpose8x4(lg, hv);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) _mm256_storeu_ps(out + h * ostride + r, hv[h]);
+  }
+  for (; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int c = 0; c < d; c += 8) {
@@ -122,62 +134,79 @@ AVX2 void key_logits_avx2(const float* qs, const float* qz, int nh, const uint8_
 }
 
 // value_accum for HB <= 4 query heads over channels [c0, c0 + 8 * CH): HB * CH accumulators stay in registers over
-// all n rows, and each row's codes are widened once for the HB heads.
+// all n rows; each row's codes are widened and dequantized once for the HB heads.
 template <int BITS, int HB, int CH>
-AVX2 void value_cols(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int c0) {
+AVX2 void value_cols(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                     int c0) {
   const int rb = d * BITS / 8;
   int g[CH];
+#pragma GCC unroll 4
   for (int k = 0; k < CH; k++) g[k] = (c0 + 8 * k) / group;
   __m256 a[HB][CH];
+#pragma GCC unroll 4
   for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
     for (int k = 0; k < CH; k++) a[h][k] = _mm256_loadu_ps(acc + long(h) * d + c0 + 8 * k);
   for (int r = 0; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     __m256 x[CH];
-    for (int k = 0; k < CH; k++) x[k] = codes8<BITS>(row, c0 + 8 * k);
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++) x[k] = _mm256_fmadd_ps(codes8<BITS>(row, c0 + 8 * k), _mm256_broadcast_ss(vs + long(r) * ng + g[k]), _mm256_broadcast_ss(vz + long(r) * ng + g[k]));
 #pragma GCC unroll 4
     for (int h = 0; h < HB; h++) {
-      const float* wr = w + (long(h) * n + r) * ng;
-      for (int k = 0; k < CH; k++) a[h][k] = _mm256_fmadd_ps(_mm256_broadcast_ss(wr + g[k]), x[k], a[h][k]);
+      const __m256 pv = _mm256_broadcast_ss(p + h * pstride + r);
+#pragma GCC unroll 4
+      for (int k = 0; k < CH; k++) a[h][k] = _mm256_fmadd_ps(pv, x[k], a[h][k]);
     }
   }
+#pragma GCC unroll 4
   for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
     for (int k = 0; k < CH; k++) _mm256_storeu_ps(acc + long(h) * d + c0 + 8 * k, a[h][k]);
 }
 
 template <int BITS, int HB>
-AVX2 void value_heads(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+AVX2 void value_heads(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d) {
   int c0 = 0;
-  for (; c0 + 16 <= d; c0 += 16) value_cols<BITS, HB, 2>(acc, w, ng, group, codes, n, d, c0);
-  if (c0 < d) value_cols<BITS, HB, 1>(acc, w, ng, group, codes, n, d, c0);
+  for (; c0 + 16 <= d; c0 += 16) value_cols<BITS, HB, 2>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+  if (c0 < d) value_cols<BITS, HB, 1>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+}
+
+// Whether any p[h * pstride + r], h < nh, r < n, is nonzero.
+AVX2 bool any_nonzero(const float* p, long pstride, int nh, int n) {
+  const int n8 = n / 8 * 8;
+  __m256 live = _mm256_setzero_ps();
+  for (int h = 0; h < nh; h++) {
+    const float* ph = p + h * pstride;
+    for (int r = 0; r < n8; r += 8) live = _mm256_or_ps(live, _mm256_cmp_ps(_mm256_loadu_ps(ph + r), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    for (int r = n8; r < n; r++)
+      if (ph[r] != 0.f) return true;
+  }
+  return !_mm256_testz_ps(live, live);
 }
 
 template <int BITS>
-AVX2 void value_accum_bits(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+AVX2 void value_accum_bits(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n,
+                           int d) {
+  if (!any_nonzero(p, pstride, nh, n)) return;
   for (int h0 = 0; h0 < nh; h0 += 4) {
     float* a = acc + long(h0) * d;
-    const float* wh = w + long(h0) * n * ng;
+    const float* ph = p + h0 * pstride;
     switch (std::min(4, nh - h0)) {
-      case 4: value_heads<BITS, 4>(a, wh, ng, group, codes, n, d); break;
-      case 3: value_heads<BITS, 3>(a, wh, ng, group, codes, n, d); break;
-      case 2: value_heads<BITS, 2>(a, wh, ng, group, codes, n, d); break;
-      default: value_heads<BITS, 1>(a, wh, ng, group, codes, n, d); break;
+      case 4: value_heads<BITS, 4>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 3: value_heads<BITS, 3>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 2: value_heads<BITS, 2>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      default: value_heads<BITS, 1>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
     }
   }
 }
 
-AVX2 void value_accum_avx2(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int bits) {
+AVX2 void value_accum_avx2(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n,
+                           int d, int bits) {
   if (bits == 4)
-    value_accum_bits<4>(acc, nh, w, ng, group, codes, n, d);
+    value_accum_bits<4>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
   else
-    value_accum_bits<2>(acc, nh, w, ng, group, codes, n, d);
-}
-
-// The 8 lane sums of a[0..7], in order.
-AVX2 inline __m256 reduce8(const __m256* a) {
-  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+    value_accum_bits<2>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
 }
 
 AVX2 void dots_avx2(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride) {
@@ -254,6 +283,6 @@ AVX2 void softmax_avx2(float* p, int nh, long L, long stride) {
 
 }  // namespace
 
-const Kernels avx2_kernels = {fold_keys_avx2, key_logits_avx2, value_accum_avx2, value_weights_avx2, dots_avx2, accum_avx2, softmax_avx2};
+const Kernels avx2_kernels = {fold_keys_avx2, key_logits_avx2, value_accum_avx2, dots_avx2, accum_avx2, softmax_avx2};
 
 }  // namespace kvlab::qattn

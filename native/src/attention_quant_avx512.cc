@@ -45,39 +45,6 @@ AVX512 void fold_keys_avx512(const float* q, int nh, int d, const float* ks, con
   }
 }
 
-// Vectorized over (row, group) pairs, 16 / ng rows a vector, when ng divides 16; plain loops otherwise and for the
-// rows left over.
-AVX512 bool value_weights_avx512(const float* p, long pstride, int nh, const float* vs, const float* vz, int n, int ng, float* w, float* zacc) {
-  const int rpv = 16 % ng == 0 ? 16 / ng : 0;
-  const int nv = rpv ? n / rpv * rpv : 0;
-  const __m512i dup = _mm512_setr_epi32(0, 1 / ng, 2 / ng, 3 / ng, 4 / ng, 5 / ng, 6 / ng, 7 / ng, 8 / ng, 9 / ng, 10 / ng, 11 / ng, 12 / ng, 13 / ng, 14 / ng, 15 / ng);
-  bool live = false;
-  for (int h = 0; h < nh; h++) {
-    const float* ph = p + h * pstride;
-    float* wh = w + long(h) * n * ng;
-    __m512 z = _mm512_setzero_ps();
-    for (int r = 0; r < nv; r += rpv) {
-      const __m512 pv = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(__mmask16((1u << rpv) - 1), ph + r));
-      live |= _mm512_cmp_ps_mask(pv, _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0;
-      _mm512_storeu_ps(wh + long(r) * ng, _mm512_mul_ps(pv, _mm512_loadu_ps(vs + long(r) * ng)));
-      z = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vz + long(r) * ng), z);
-    }
-    alignas(64) float zl[16];
-    _mm512_store_ps(zl, z);
-    if (rpv)
-      for (int k = 0; k < 16; k++) zacc[h * ng + k % ng] += zl[k];
-    for (int r = nv; r < n; r++) {
-      const float pr = ph[r];
-      live |= pr != 0.f;
-      for (int cg = 0; cg < ng; cg++) {
-        wh[r * ng + cg] = pr * vs[r * ng + cg];
-        zacc[h * ng + cg] += pr * vz[r * ng + cg];
-      }
-    }
-  }
-  return live;
-}
-
 AVX512 inline __m256 halves(__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); }
 
 // The lane sums of a0..a3, in order.
@@ -86,11 +53,57 @@ AVX512 inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-// key_logits for HB <= 4 query heads: a row's codes widened 16 channels at a time, each used by all HB heads.
+// The 8 lane sums of a[0..7], in order.
+AVX512 inline __m256 reduce8(const __m512* a) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(halves(a[0]), halves(a[1])), _mm256_hadd_ps(halves(a[2]), halves(a[3])));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(halves(a[4]), halves(a[5])), _mm256_hadd_ps(halves(a[6]), halves(a[7])));
+  return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// The 8 rows x 4 heads of lg (row-major) as 4 vectors of 8 rows, one per head.
+AVX512 inline void transpose8x4(const float* lg, __m256* h) {
+  const __m256 v0 = _mm256_load_ps(lg), v1 = _mm256_load_ps(lg + 8), v2 = _mm256_load_ps(lg + 16), v3 = _mm256_load_ps(lg + 24);
+  const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1), t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  h[0] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0x44), order);
+  h[1] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0xEE), order);
+  h[2] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0x44), order);
+  h[3] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0xEE), order);
+}
+
+// key_logits for HB <= 4 query heads: two rows at a time, each row's codes widened 16 channels at a time and used
+// by all HB heads; the 8 sums of a row pair reduced together, 8 rows' logits transposed into the heads' rows.
 template <int BITS, int HB>
 AVX512 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n, int d, float* out, long ostride) {
   const int rb = d * BITS / 8;
-  for (int r = 0; r < n; r++) {
+  alignas(32) float zq[8] = {}, lg[32];
+  for (int h = 0; h < HB; h++) zq[h] = zq[4 + h] = qz[h];
+  const __m256 z2 = _mm256_load_ps(zq);
+  int r = 0;
+  for (; r + 8 <= n; r += 8) {
+    for (int k = 0; k < 8; k += 2) {
+      const uint8_t* row0 = codes + long(r + k) * rb;
+      const uint8_t* row1 = row0 + rb;
+      __m512 a[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) a[j] = _mm512_setzero_ps();
+      for (int c = 0; c < d; c += 16) {
+        const __m512 x0 = codes16<BITS>(row0, c), x1 = codes16<BITS>(row1, c);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; h++) {
+          const __m512 qv = _mm512_loadu_ps(qs + long(h) * d + c);
+          a[h] = _mm512_fmadd_ps(qv, x0, a[h]);
+          a[4 + h] = _mm512_fmadd_ps(qv, x1, a[4 + h]);
+        }
+      }
+      _mm256_store_ps(lg + 4 * k, _mm256_add_ps(reduce8(a), z2));
+    }
+    __m256 hv[4];
+    transpose8x4(lg, hv);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) _mm256_storeu_ps(out + h * ostride + r, hv[h]);
+  }
+  for (; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int c = 0; c < d; c += 16) {
@@ -126,55 +139,79 @@ AVX512 void key_logits_avx512(const float* qs, const float* qz, int nh, const ui
 }
 
 // value_accum for HB <= 4 query heads over channels [c0, c0 + 16 * CH): HB * CH accumulators stay in registers over
-// all n rows, and each row's codes are widened once for the HB heads.
+// all n rows; each row's codes are widened and dequantized once for the HB heads.
 template <int BITS, int HB, int CH>
-AVX512 void value_cols(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int c0) {
+AVX512 void value_cols(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                       int c0) {
   const int rb = d * BITS / 8;
   int g[CH];
+#pragma GCC unroll 4
   for (int k = 0; k < CH; k++) g[k] = (c0 + 16 * k) / group;
   __m512 a[HB][CH];
+#pragma GCC unroll 4
   for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
     for (int k = 0; k < CH; k++) a[h][k] = _mm512_loadu_ps(acc + long(h) * d + c0 + 16 * k);
   for (int r = 0; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     __m512 x[CH];
-    for (int k = 0; k < CH; k++) x[k] = codes16<BITS>(row, c0 + 16 * k);
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++) x[k] = _mm512_fmadd_ps(codes16<BITS>(row, c0 + 16 * k), _mm512_set1_ps(vs[long(r) * ng + g[k]]), _mm512_set1_ps(vz[long(r) * ng + g[k]]));
 #pragma GCC unroll 4
     for (int h = 0; h < HB; h++) {
-      const float* wr = w + (long(h) * n + r) * ng;
-      for (int k = 0; k < CH; k++) a[h][k] = _mm512_fmadd_ps(_mm512_set1_ps(wr[g[k]]), x[k], a[h][k]);
+      const __m512 pv = _mm512_set1_ps(p[h * pstride + r]);
+#pragma GCC unroll 4
+      for (int k = 0; k < CH; k++) a[h][k] = _mm512_fmadd_ps(pv, x[k], a[h][k]);
     }
   }
+#pragma GCC unroll 4
   for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
     for (int k = 0; k < CH; k++) _mm512_storeu_ps(acc + long(h) * d + c0 + 16 * k, a[h][k]);
 }
 
 template <int BITS, int HB>
-AVX512 void value_heads(float* acc, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+AVX512 void value_heads(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d) {
   int c0 = 0;
-  for (; c0 + 32 <= d; c0 += 32) value_cols<BITS, HB, 2>(acc, w, ng, group, codes, n, d, c0);
-  if (c0 < d) value_cols<BITS, HB, 1>(acc, w, ng, group, codes, n, d, c0);
+  for (; c0 + 32 <= d; c0 += 32) value_cols<BITS, HB, 2>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+  if (c0 < d) value_cols<BITS, HB, 1>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+}
+
+// Whether any p[h * pstride + r], h < nh, r < n, is nonzero.
+AVX512 bool any_nonzero(const float* p, long pstride, int nh, int n) {
+  const int n16 = n / 16 * 16;
+  __mmask16 live = 0;
+  for (int h = 0; h < nh; h++) {
+    const float* ph = p + h * pstride;
+    for (int r = 0; r < n16; r += 16) live |= _mm512_cmp_ps_mask(_mm512_loadu_ps(ph + r), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    for (int r = n16; r < n; r++)
+      if (ph[r] != 0.f) return true;
+  }
+  return live != 0;
 }
 
 template <int BITS>
-AVX512 void value_accum_bits(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d) {
+AVX512 void value_accum_bits(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes,
+                             int n, int d) {
+  if (!any_nonzero(p, pstride, nh, n)) return;
   for (int h0 = 0; h0 < nh; h0 += 4) {
     float* a = acc + long(h0) * d;
-    const float* wh = w + long(h0) * n * ng;
+    const float* ph = p + h0 * pstride;
     switch (std::min(4, nh - h0)) {
-      case 4: value_heads<BITS, 4>(a, wh, ng, group, codes, n, d); break;
-      case 3: value_heads<BITS, 3>(a, wh, ng, group, codes, n, d); break;
-      case 2: value_heads<BITS, 2>(a, wh, ng, group, codes, n, d); break;
-      default: value_heads<BITS, 1>(a, wh, ng, group, codes, n, d); break;
+      case 4: value_heads<BITS, 4>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 3: value_heads<BITS, 3>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 2: value_heads<BITS, 2>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      default: value_heads<BITS, 1>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
     }
   }
 }
 
-AVX512 void value_accum_avx512(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int bits) {
+AVX512 void value_accum_avx512(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes,
+                               int n, int d, int bits) {
   if (bits == 4)
-    value_accum_bits<4>(acc, nh, w, ng, group, codes, n, d);
+    value_accum_bits<4>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
   else
-    value_accum_bits<2>(acc, nh, w, ng, group, codes, n, d);
+    value_accum_bits<2>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
 }
 
 AVX512 void dots_avx512(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride) {
@@ -240,6 +277,6 @@ AVX512 void softmax_avx512(float* p, int nh, long L, long stride) {
 
 }  // namespace
 
-const Kernels avx512_kernels = {fold_keys_avx512, key_logits_avx512, value_accum_avx512, value_weights_avx512, dots_avx512, accum_avx512, softmax_avx512};
+const Kernels avx512_kernels = {fold_keys_avx512, key_logits_avx512, value_accum_avx512, dots_avx512, accum_avx512, softmax_avx512};
 
 }  // namespace kvlab::qattn

@@ -35,31 +35,16 @@ void key_logits_scalar(const float* qs, const float* qz, int nh, const uint8_t* 
   }
 }
 
-void value_accum_scalar(float* acc, int nh, const float* w, int ng, int group, const uint8_t* codes, int n, int d, int bits) {
+void value_accum_scalar(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                        int bits) {
   const int rb = d * bits / 8;
   for (int r = 0; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     for (int h = 0; h < nh; h++) {
-      const float* wr = w + (long(h) * n + r) * ng;
-      for (int c = 0; c < d; c++) acc[h * d + c] += wr[c / group] * code_at(row, c, bits);
+      const float pr = p[h * pstride + r];
+      for (int c = 0; c < d; c++) acc[h * d + c] += pr * (vs[r * ng + c / group] * code_at(row, c, bits) + vz[r * ng + c / group]);
     }
   }
-}
-
-bool value_weights_scalar(const float* p, long pstride, int nh, const float* vs, const float* vz, int n, int ng, float* w, float* zacc) {
-  bool any = false;
-  for (int h = 0; h < nh; h++)
-    for (int r = 0; r < n; r++) any |= p[h * pstride + r] != 0.f;
-  if (!any) return false;
-  for (int h = 0; h < nh; h++)
-    for (int r = 0; r < n; r++) {
-      const float pr = p[h * pstride + r];
-      for (int cg = 0; cg < ng; cg++) {
-        w[(long(h) * n + r) * ng + cg] = pr * vs[r * ng + cg];
-        zacc[h * ng + cg] += pr * vz[r * ng + cg];
-      }
-    }
-  return true;
 }
 
 void dots_scalar(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride) {
@@ -96,6 +81,6 @@ void softmax_scalar(float* p, int nh, long L, long stride) {
 
 }  // namespace
 
-const Kernels scalar_kernels = {fold_keys_scalar, key_logits_scalar, value_accum_scalar, value_weights_scalar, dots_scalar, accum_scalar, softmax_scalar};
+const Kernels scalar_kernels = {fold_keys_scalar, key_logits_scalar, value_accum_scalar, dots_scalar, accum_scalar, softmax_scalar};
 
 }  // namespace kvlab::qattn
