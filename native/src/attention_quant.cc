@@ -53,7 +53,7 @@ void source_logits(const QuantAttention& a, const Kernels& K, const QuantHead& k
   for (int g0 = 0; g0 < kv.qrows; g0 += G) {
     const float* ks = kv.ks + long(g0 / G) * d;
     const float* kz = kv.kz + long(g0 / G) * d;
-    K.fold_keys(qsc, nh, d, ks, kz, s.qs.data(), s.qz.data());
+    K.fold_keys(qsc, nh, d, a.bits, ks, kz, s.qs.data(), s.qz.data());
     K.key_logits(s.qs.data(), s.qz.data(), nh, kv.kc + long(g0) * rb, G, d, a.bits, p + at + g0, L);
   }
   const int res = kv.len - kv.qrows;

@@ -48,10 +48,12 @@ namespace qattn {
 // The per-ISA pieces (attention_quant_{scalar,avx2,avx512}.cc); everything else is attention_quant.cc.
 struct Kernels {
   // qs[h * d + c] = q[h * d + c] * ks[c] and qz[h] = sum_c q[h * d + c] * kz[c], for h < nh: one key group's scales
-  // and zero points folded into the queries.
-  void (*fold_keys)(const float* q, int nh, int d, const float* ks, const float* kz, float* qs, float* qz);
+  // and zero points folded into the queries. qs may hold each head's channels in the order this ISA's key_logits
+  // reads them for `bits` (the SIMD pieces split int4 channels into even and odd ones per block).
+  void (*fold_keys)(const float* q, int nh, int d, int bits, const float* ks, const float* kz, float* qs, float* qz);
   // out[h * ostride + r] = qz[h] + sum_c qs[h * d + c] * code(r, c), for h < nh, r < n: the logits of n packed key
-  // rows of one key group, its scales and zero points already folded into qs and qz; codes are read in place.
+  // rows of one key group, its scales and zero points already folded into qs and qz by fold_keys; codes are read
+  // in place.
   void (*key_logits)(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride);
   // acc[h * d + c] += sum_r p[h * pstride + r] * (vs[r * ng + c / group] * code(r, c) + vz[r * ng + c / group]), for
   // h < nh, r < n: packed value rows dequantized in registers, once for all nh query heads. Rows whose p is 0 for

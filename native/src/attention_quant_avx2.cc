@@ -30,15 +30,38 @@ AVX2 inline __m256 codes8(const uint8_t* row, int c) {
   }
 }
 
-AVX2 void fold_keys_avx2(const float* q, int nh, int d, const float* ks, const float* kz, float* qs, float* qz) {
+// int4 rows whose channels go 16 at a time (d a multiple of 16) are widened as two vectors per block: the even
+// channels c, c + 2, ..., c + 14 (low nibbles) and the odd ones (high nibbles), one byte-to-lane widening for
+// both; the folded queries are stored in that order, and value sums are interleaved back when stored.
+inline bool split_keys(int d, int bits) { return bits == 4 && d % 16 == 0; }
+inline bool split_values(int d, int group) { return d % 16 == 0 && (group % 16 == 0 || group >= d); }
+
+AVX2 inline void codes16_split(const uint8_t* row, int c, __m256& even, __m256& odd) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2)));
+  even = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
+  odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+
+AVX2 void fold_keys_avx2(const float* q, int nh, int d, int bits, const float* ks, const float* kz, float* qs, float* qz) {
+  const bool split = split_keys(d, bits);
   for (int h = 0; h < nh; h++) {
+    const float* qh = q + long(h) * d;
+    float* out = qs + long(h) * d;
     __m256 z = _mm256_setzero_ps();
     for (int c = 0; c < d; c += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + long(h) * d + c);
-      _mm256_storeu_ps(qs + long(h) * d + c, _mm256_mul_ps(qv, _mm256_loadu_ps(ks + c)));
+      const __m256 qv = _mm256_loadu_ps(qh + c);
+      _mm256_storeu_ps(out + c, _mm256_mul_ps(qv, _mm256_loadu_ps(ks + c)));
       z = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kz + c), z);
     }
     qz[h] = hsum256(z);
+    if (split)
+      for (int c = 0; c < d; c += 16) {
+        const __m256 s0 = _mm256_loadu_ps(out + c), s1 = _mm256_loadu_ps(out + c + 8);
+        const __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(s0, s1, 0x88)), 0xD8));
+        const __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(s0, s1, 0xDD)), 0xD8));
+        _mm256_storeu_ps(out + c, even);
+        _mm256_storeu_ps(out + c + 8, odd);
+      }
   }
 }
 
@@ -68,7 +91,7 @@ AVX2 inline void transpose8x4(const float* lg, __m256* h) {
 
 // key_logits for HB <= 4 query heads: two rows at a time, each row's codes widened 8 channels at a time and used by
 // all HB heads; the 8 sums of a row pair reduced together, 8 rows' logits transposed into the heads' rows.
-template <int BITS, int HB>
+template <int BITS, int HB, bool SPLIT>
 AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n, int d, float* out, long ostride) {
   const int rb = d * BITS / 8;
   alignas(32) float zq[8] = {}, lg[32];
@@ -82,15 +105,28 @@ AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n
       __m256 a[8];
 #pragma GCC unroll 8
       for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
-      for (int c = 0; c < d; c += 8) {
-        const __m256 x0 = codes8<BITS>(row0, c), x1 = codes8<BITS>(row1, c);
+      if (SPLIT)
+        for (int c = 0; c < d; c += 16) {
+          __m256 e0, o0, e1, o1;
+          codes16_split(row0, c, e0, o0);
+          codes16_split(row1, c, e1, o1);
 #pragma GCC unroll 4
-        for (int h = 0; h < HB; h++) {
-          const __m256 qv = _mm256_loadu_ps(qs + long(h) * d + c);
-          a[h] = _mm256_fmadd_ps(qv, x0, a[h]);
-          a[4 + h] = _mm256_fmadd_ps(qv, x1, a[4 + h]);
+          for (int h = 0; h < HB; h++) {
+            const __m256 qe = _mm256_loadu_ps(qs + long(h) * d + c), qo = _mm256_loadu_ps(qs + long(h) * d + c + 8);
+            a[h] = _mm256_fmadd_ps(qo, o0, _mm256_fmadd_ps(qe, e0, a[h]));
+            a[4 + h] = _mm256_fmadd_ps(qo, o1, _mm256_fmadd_ps(qe, e1, a[4 + h]));
+          }
         }
-      }
+      else
+        for (int c = 0; c < d; c += 8) {
+          const __m256 x0 = codes8<BITS>(row0, c), x1 = codes8<BITS>(row1, c);
+#pragma GCC unroll 4
+          for (int h = 0; h < HB; h++) {
+            const __m256 qv = _mm256_loadu_ps(qs + long(h) * d + c);
+            a[h] = _mm256_fmadd_ps(qv, x0, a[h]);
+            a[4 + h] = _mm256_fmadd_ps(qv, x1, a[4 + h]);
+          }
+        }
       _mm256_store_ps(lg + 4 * k, _mm256_add_ps(reduce8(a), z2));
     }
     __m256 hv[4];
@@ -101,36 +137,47 @@ AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n
   for (; r < n; r++) {
     const uint8_t* row = codes + long(r) * rb;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int c = 0; c < d; c += 8) {
-      const __m256 x = codes8<BITS>(row, c);
+    if (SPLIT)
+      for (int c = 0; c < d; c += 16) {
+        __m256 e, o;
+        codes16_split(row, c, e, o);
 #pragma GCC unroll 4
-      for (int h = 0; h < HB; h++) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), x, a[h]);
-    }
+        for (int h = 0; h < HB; h++)
+          a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c + 8), o, _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), e, a[h]));
+      }
+    else
+      for (int c = 0; c < d; c += 8) {
+        const __m256 x = codes8<BITS>(row, c);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; h++) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), x, a[h]);
+      }
     alignas(16) float sums[4];
     _mm_store_ps(sums, sum4(a[0], a[1], a[2], a[3]));
     for (int h = 0; h < HB; h++) out[h * ostride + r] = sums[h] + qz[h];
   }
 }
 
-template <int BITS>
+template <int BITS, bool SPLIT>
 AVX2 void key_logits_bits(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, float* out, long ostride) {
   for (int h0 = 0; h0 < nh; h0 += 4) {
     const float* q = qs + long(h0) * d;
     float* o = out + h0 * ostride;
     switch (std::min(4, nh - h0)) {
-      case 4: key_rows<BITS, 4>(q, qz + h0, codes, n, d, o, ostride); break;
-      case 3: key_rows<BITS, 3>(q, qz + h0, codes, n, d, o, ostride); break;
-      case 2: key_rows<BITS, 2>(q, qz + h0, codes, n, d, o, ostride); break;
-      default: key_rows<BITS, 1>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 4: key_rows<BITS, 4, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 3: key_rows<BITS, 3, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 2: key_rows<BITS, 2, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      default: key_rows<BITS, 1, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
     }
   }
 }
 
 AVX2 void key_logits_avx2(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride) {
-  if (bits == 4)
-    key_logits_bits<4>(qs, qz, nh, codes, n, d, out, ostride);
+  if (split_keys(d, bits))
+    key_logits_bits<4, true>(qs, qz, nh, codes, n, d, out, ostride);
+  else if (bits == 4)
+    key_logits_bits<4, false>(qs, qz, nh, codes, n, d, out, ostride);
   else
-    key_logits_bits<2>(qs, qz, nh, codes, n, d, out, ostride);
+    key_logits_bits<2, false>(qs, qz, nh, codes, n, d, out, ostride);
 }
 
 // value_accum for HB <= 4 query heads over channels [c0, c0 + 8 * CH): HB * CH accumulators stay in registers over
@@ -165,8 +212,43 @@ AVX2 void value_cols(float* acc, const float* p, long pstride, const float* vs, 
     for (int k = 0; k < CH; k++) _mm256_storeu_ps(acc + long(h) * d + c0 + 8 * k, a[h][k]);
 }
 
+// value_cols over the 16 int4 channels [c0, c0 + 16) of one group, widened as even and odd channels; the sums are
+// interleaved back into channel order when added to acc.
+template <int HB>
+AVX2 void value_cols_split(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                           int c0) {
+  const int rb = d / 2, g = c0 / group;
+  __m256 e[HB], o[HB];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++) e[h] = o[h] = _mm256_setzero_ps();
+  for (int r = 0; r < n; r++) {
+    __m256 xe, xo;
+    codes16_split(codes + long(r) * rb, c0, xe, xo);
+    const __m256 sv = _mm256_broadcast_ss(vs + long(r) * ng + g), zv = _mm256_broadcast_ss(vz + long(r) * ng + g);
+    xe = _mm256_fmadd_ps(xe, sv, zv);
+    xo = _mm256_fmadd_ps(xo, sv, zv);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) {
+      const __m256 pv = _mm256_broadcast_ss(p + h * pstride + r);
+      e[h] = _mm256_fmadd_ps(pv, xe, e[h]);
+      o[h] = _mm256_fmadd_ps(pv, xo, o[h]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++) {
+    const __m256 lo = _mm256_unpacklo_ps(e[h], o[h]), hi = _mm256_unpackhi_ps(e[h], o[h]);
+    float* a = acc + long(h) * d + c0;
+    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_permute2f128_ps(lo, hi, 0x20)));
+    _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_permute2f128_ps(lo, hi, 0x31)));
+  }
+}
+
 template <int BITS, int HB>
 AVX2 void value_heads(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d) {
+  if (BITS == 4 && split_values(d, group)) {
+    for (int c0 = 0; c0 < d; c0 += 16) value_cols_split<HB>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+    return;
+  }
   int c0 = 0;
   for (; c0 + 16 <= d; c0 += 16) value_cols<BITS, HB, 2>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
   if (c0 < d) value_cols<BITS, HB, 1>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);

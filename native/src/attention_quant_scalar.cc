@@ -12,7 +12,7 @@ inline float code_at(const uint8_t* row, int c, int bits) {
   return float((row[c / per] >> ((c % per) * bits)) & ((1 << bits) - 1));
 }
 
-void fold_keys_scalar(const float* q, int nh, int d, const float* ks, const float* kz, float* qs, float* qz) {
+void fold_keys_scalar(const float* q, int nh, int d, int, const float* ks, const float* kz, float* qs, float* qz) {
   for (int h = 0; h < nh; h++) {
     float z = 0;
     for (int c = 0; c < d; c++) {
