@@ -1,8 +1,8 @@
 /**
  * The native attention over int4 / int2 caches (native/src/attention_quant*.cc) against the reference backend,
  * which dequantizes the packed rows plainly. The native kernel folds each key group's scales and zero points into
- * the query (q . (z + s code) = q . z + (q s) . code) and sums in another order, so results differ by fp32
- * rounding only: outputs within 2e-5 of the largest |value| of the call and attention statistics within 2e-5
+ * the query (q . (z + s code) = q . z + (q s) . code), dequantizes value rows in registers, and sums in another
+ * order, so results differ by fp32 rounding only: outputs within 2e-5 of the largest |value| of the call and attention statistics within 2e-5
  * (probabilities, absolute). Run here on the default dispatch and, in child processes, under KVLAB_ISA=avx2 and
  * KVLAB_ISA=scalar (the AVX-512 kernels are only selected on AVX-512 CPUs).
  */
@@ -72,6 +72,10 @@ const SHAPES = [
   [16, 16, 2, 2],
   [24, 8, 1, 1],
   [12, 4, 1, 2],
+  // more query heads than one register block of 4 (a block of 4 then 1 or 2), key groups that are not a multiple of
+  // 8 rows (the kernels' single-row tail), head dims below one 16-channel value block
+  [8, 12, 1, 5],
+  [16, 20, 2, 6],
 ] as const;
 
 for (const dtype of ['int4', 'int2'] as const) {

@@ -54,7 +54,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   paths.Set("attention", f.avx512 ? "avx512" : f.avx2_fma ? "avx2" : "scalar");
   paths.Set("attention_bf16_cache", f.avx512 ? (f.avx512_bf16 ? "avx512, bf16 rows read directly, decode logits by vdpbf16ps (split query)" : "avx512, bf16 rows read directly")
                                              : f.avx2_fma ? "avx2, decode reads bf16 rows directly, prefill widens them per call" : "scalar, rows widened to fp32 per call");
-  paths.Set("attention_quant_cache", std::string(attention_quant_path(64, 32)) + ", int4 / int2 rows unpacked per tile of 8 rows");
+  paths.Set("attention_quant_cache", std::string(attention_quant_path(64, 32)) + ", int4 / int2 codes widened in registers, shared by up to 4 query heads");
   paths.Set("amx", f.amx_status);
   o.Set("paths", paths);
   return o;

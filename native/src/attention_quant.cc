@@ -1,8 +1,10 @@
 // Attention over KIVI-quantized heads: the driver every ISA shares, and the selector. A unit of work is one KV head
-// and one query row with all the query heads of its group, so each packed row is unpacked once for the group.
+// and one query row with all the query heads of its group, so each packed row's codes are widened once (in
+// registers, by the ISA kernels) and used by every query head of the group.
 //   logits: for each key group, the group's per-channel scales and zero points are folded into the queries
-//           (q . (z + s * code) = q . z + (q * s) . code), so a packed key row costs one dot with its codes;
-//   values: p . (z + s * code) per channel group = sum p z + sum (p s) code, the first a scalar per (head, group).
+//           (q . (z + s * code) = q . z + (q * s) . code), so a packed key row costs a convert and an FMA per channel
+//           and query head;
+//   values: each packed row is dequantized in registers (s * code + z) and accumulated by every query head.
 // Softmax is two-pass in fp32 over the prefix's rows then the head's own, as the fp32 paths do.
 #include "attention_quant.h"
 
@@ -18,7 +20,7 @@ namespace {
 
 using qattn::Kernels;
 
-constexpr int TILE = 8;  // packed rows unpacked at a time
+constexpr int TILE = 64;  // packed value rows per kernel call
 
 bool simd_fits(int d, int group, int lanes) { return d % lanes == 0 && (group % lanes == 0 || group >= d); }
 
@@ -29,7 +31,7 @@ const Kernels& kernels_for(int d, int group) {
 }
 
 struct UnitScratch {
-  AlignedVector<float> p, qsc, qs, qz, buf, w, acc, zacc;
+  AlignedVector<float> p, qsc, qs, qz, acc;
 };
 
 UnitScratch& scratch() {
@@ -51,21 +53,8 @@ void source_logits(const QuantAttention& a, const Kernels& K, const QuantHead& k
   for (int g0 = 0; g0 < kv.qrows; g0 += G) {
     const float* ks = kv.ks + long(g0 / G) * d;
     const float* kz = kv.kz + long(g0 / G) * d;
-    for (int h = 0; h < nh; h++) {
-      float z = 0;
-      for (int c = 0; c < d; c++) {
-        s.qs[h * d + c] = qsc[h * d + c] * ks[c];
-        z += qsc[h * d + c] * kz[c];
-      }
-      s.qz[h] = z;
-    }
-    for (int r0 = g0; r0 < g0 + G; r0 += TILE) {
-      const int n = std::min(TILE, g0 + G - r0);
-      K.unpack(kv.kc + long(r0) * rb, n, d, a.bits, s.buf.data());
-      K.dots(s.qs.data(), nh, s.buf.data(), n, d, p + at + r0, L);
-      for (int h = 0; h < nh; h++)
-        for (int r = 0; r < n; r++) p[h * L + at + r0 + r] += s.qz[h];
-    }
+    K.fold_keys(qsc, nh, d, a.bits, ks, kz, s.qs.data(), s.qz.data());
+    K.key_logits(s.qs.data(), s.qz.data(), nh, kv.kc + long(g0) * rb, G, d, a.bits, p + at + g0, L);
   }
   const int res = kv.len - kv.qrows;
   if (res > 0) K.dots(qsc, nh, kv.k, res, d, p + at + kv.qrows, L);
@@ -79,29 +68,14 @@ void source_values(const QuantAttention& a, const Kernels& K, const QuantHead& k
   const int d = a.d, G = a.group, rb = d * a.bits / 8, ng = (d + G - 1) / G;
   for (int r0 = 0; r0 < kv.qrows; r0 += TILE) {
     const int n = std::min(TILE, kv.qrows - r0);
-    bool any = false;
-    for (int h = 0; h < nh && !any; h++)
-      for (int r = 0; r < n; r++) any |= p[h * L + at + r0 + r] != 0.f;
-    if (!any) continue;
-    for (int h = 0; h < nh; h++)
-      for (int r = 0; r < n; r++) {
-        const float pr = p[h * L + at + r0 + r];
-        const float* vs = kv.vs + long(r0 + r) * ng;
-        const float* vz = kv.vz + long(r0 + r) * ng;
-        for (int cg = 0; cg < ng; cg++) {
-          s.w[(h * TILE + r) * ng + cg] = pr * vs[cg];
-          s.zacc[h * ng + cg] += pr * vz[cg];
-        }
-      }
-    K.unpack(kv.vc + long(r0) * rb, n, d, a.bits, s.buf.data());
-    K.accum(s.acc.data(), nh, s.w.data(), long(TILE) * ng, ng, G, s.buf.data(), n, d);
+    K.value_accum(s.acc.data(), nh, p + at + r0, L, kv.vs + long(r0) * ng, kv.vz + long(r0) * ng, ng, G, kv.vc + long(r0) * rb, n, d, a.bits);
   }
   const int res = kv.len - kv.qrows;
-  if (res > 0) K.accum(s.acc.data(), nh, p + at + kv.qrows, L, 1, d, kv.v, res, d);
+  if (res > 0) K.accum(s.acc.data(), nh, p + at + kv.qrows, L, kv.v, res, d);
 }
 
 void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
-  const int d = a.d, nh = a.n_heads / a.n_kv, h0 = g * nh, ng = (d + a.group - 1) / a.group;
+  const int d = a.d, nh = a.n_heads / a.n_kv, h0 = g * nh;
   const QuantHead& own = a.heads[g];
   const QuantHead* pre = a.prefix.empty() ? nullptr : &a.prefix[g];
   const int plen = pre ? pre->len : 0;
@@ -112,10 +86,7 @@ void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
   fit(s.qsc, size_t(nh) * d);
   fit(s.qs, size_t(nh) * d);
   fit(s.qz, size_t(nh));
-  fit(s.buf, size_t(TILE) * d);
-  fit(s.w, size_t(nh) * TILE * ng);
   fit(s.acc, size_t(nh) * d);
-  fit(s.zacc, size_t(nh) * ng);
   for (int h = 0; h < nh; h++)
     for (int c = 0; c < d; c++) s.qsc[h * d + c] = a.q[(long(i) * a.n_heads + h0 + h) * d + c] * a.scale;
   float* p = s.p.data();
@@ -135,12 +106,11 @@ void attend_unit(const QuantAttention& a, const Kernels& K, int g, int i) {
   }
   if (!a.out) return;
   std::fill(s.acc.begin(), s.acc.begin() + long(nh) * d, 0.f);
-  std::fill(s.zacc.begin(), s.zacc.begin() + long(nh) * ng, 0.f);
   if (pre) source_values(a, K, *pre, nh, p, L, 0, s);
   source_values(a, K, own, nh, p, L, plen, s);
   for (int h = 0; h < nh; h++) {
     float* o = a.out + (long(i) * a.n_heads + h0 + h) * d;
-    for (int c = 0; c < d; c++) o[c] = s.acc[h * d + c] + s.zacc[h * ng + c / a.group];
+    for (int c = 0; c < d; c++) o[c] = s.acc[h * d + c];
   }
 }
 

@@ -1,8 +1,8 @@
 #pragma once
 // Attention over KIVI-quantized KV heads (int4 / int2, src/tensor/kv-quant.ts has the layout): rows [0, qrows) packed
 // (keys per channel over groups of `group` rows, values per row over groups of `group` channels, fp32 scales and
-// zero points), rows [qrows, len) in fp32 (the residual window). The packed rows are read as they are: a few rows at
-// a time are unpacked into a small per-thread tile, never a whole head.
+// zero points), rows [qrows, len) in fp32 (the residual window). The packed rows are read as they are: each row's
+// codes are widened in registers once for all the query heads of its KV head, never copied out.
 #include <cstdint>
 #include <vector>
 
@@ -47,12 +47,23 @@ namespace qattn {
 
 // The per-ISA pieces (attention_quant_{scalar,avx2,avx512}.cc); everything else is attention_quant.cc.
 struct Kernels {
-  // buf[r * d + c] = code of channel c of packed row r, as a float, for r < rows.
-  void (*unpack)(const uint8_t* codes, int rows, int d, int bits, float* buf);
-  // out[h * ostride + r] = sum_c qs[h * d + c] * rows[r * d + c], for h < nh, r < n.
+  // qs[h * d + c] = q[h * d + c] * ks[c] and qz[h] = sum_c q[h * d + c] * kz[c], for h < nh: one key group's scales
+  // and zero points folded into the queries. qs may hold each head's channels in the order this ISA's key_logits
+  // reads them for `bits` (the SIMD pieces split int4 channels into even and odd ones per block).
+  void (*fold_keys)(const float* q, int nh, int d, int bits, const float* ks, const float* kz, float* qs, float* qz);
+  // out[h * ostride + r] = qz[h] + sum_c qs[h * d + c] * code(r, c), for h < nh, r < n: the logits of n packed key
+  // rows of one key group, its scales and zero points already folded into qs and qz by fold_keys; codes are read
+  // in place.
+  void (*key_logits)(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride);
+  // acc[h * d + c] += sum_r p[h * pstride + r] * (vs[r * ng + c / group] * code(r, c) + vz[r * ng + c / group]), for
+  // h < nh, r < n: packed value rows dequantized in registers, once for all nh query heads. Rows whose p is 0 for
+  // every head may be skipped.
+  void (*value_accum)(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                      int bits);
+  // The fp32 residual rows. out[h * ostride + r] = sum_c qs[h * d + c] * rows[r * d + c], for h < nh, r < n.
   void (*dots)(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride);
-  // acc[h * d + c] += sum_r w[h * wstride + r * ng + c / group] * rows[r * d + c], for h < nh, r < n.
-  void (*accum)(float* acc, int nh, const float* w, long wstride, int ng, int group, const float* rows, int n, int d);
+  // acc[h * d + c] += sum_r w[h * wstride + r] * rows[r * d + c], for h < nh, r < n.
+  void (*accum)(float* acc, int nh, const float* w, long wstride, const float* rows, int n, int d);
   // Softmax in place of p[h * stride + j], j < L, for h < nh: -inf (masked) becomes exactly 0; a row with no visible
   // key becomes all 0.
   void (*softmax)(float* p, int nh, long L, long stride);

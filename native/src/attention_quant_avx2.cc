@@ -1,5 +1,6 @@
 // AVX2 + FMA pieces of the quantized attention (d a multiple of 8; value groups a multiple of 8 channels or the
-// whole row): codes unpacked 8 channels per variable shift, row dots reduced 8 rows at a time by one transpose.
+// whole row): codes widened 8 channels per variable shift in registers and used there by up to 4 query heads;
+// the fp32 residual rows' dots reduced 8 rows at a time by one transpose.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -13,31 +14,61 @@ namespace {
 
 #define AVX2 __attribute__((target("avx2,fma")))
 
-AVX2 void unpack_avx2(const uint8_t* codes, int rows, int d, int bits, float* buf) {
-  const int rb = d * bits / 8;
-  if (bits == 4) {
-    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), mask = _mm256_set1_epi32(15);
-    for (int r = 0; r < rows; r++) {
-      const uint8_t* src = codes + long(r) * rb;
-      for (int c = 0; c < d; c += 8) {
-        uint32_t w;
-        __builtin_memcpy(&w, src + c / 2, 4);
-        const __m256i x = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w)), shifts), mask);
-        _mm256_storeu_ps(buf + long(r) * d + c, _mm256_cvtepi32_ps(x));
-      }
-    }
+// Channels c..c+7 of a packed row, as floats.
+template <int BITS>
+AVX2 inline __m256 codes8(const uint8_t* row, int c) {
+  if constexpr (BITS == 4) {
+    uint32_t w;
+    __builtin_memcpy(&w, row + c / 2, 4);
+    const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int(w)), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15)));
   } else {
-    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), mask = _mm256_set1_epi32(3);
-    for (int r = 0; r < rows; r++) {
-      const uint8_t* src = codes + long(r) * rb;
-      for (int c = 0; c < d; c += 8) {
-        uint16_t w;
-        __builtin_memcpy(&w, src + c / 4, 2);
-        const __m256i x = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w)), shifts), mask);
-        _mm256_storeu_ps(buf + long(r) * d + c, _mm256_cvtepi32_ps(x));
-      }
-    }
+    uint16_t w;
+    __builtin_memcpy(&w, row + c / 4, 2);
+    const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(int(w)), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(3)));
   }
+}
+
+// int4 rows whose channels go 16 at a time (d a multiple of 16) are widened as two vectors per block: the even
+// channels c, c + 2, ..., c + 14 (low nibbles) and the odd ones (high nibbles), one byte-to-lane widening for
+// both; the folded queries are stored in that order, and value sums are interleaved back when stored.
+inline bool split_keys(int d, int bits) { return bits == 4 && d % 16 == 0; }
+inline bool split_values(int d, int group) { return d % 16 == 0 && (group % 16 == 0 || group >= d); }
+
+AVX2 inline void codes16_split(const uint8_t* row, int c, __m256& even, __m256& odd) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2)));
+  even = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
+  odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+
+AVX2 void fold_keys_avx2(const float* q, int nh, int d, int bits, const float* ks, const float* kz, float* qs, float* qz) {
+  const bool split = split_keys(d, bits);
+  for (int h = 0; h < nh; h++) {
+    const float* qh = q + long(h) * d;
+    float* out = qs + long(h) * d;
+    __m256 z = _mm256_setzero_ps();
+    for (int c = 0; c < d; c += 8) {
+      const __m256 qv = _mm256_loadu_ps(qh + c);
+      _mm256_storeu_ps(out + c, _mm256_mul_ps(qv, _mm256_loadu_ps(ks + c)));
+      z = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kz + c), z);
+    }
+    qz[h] = hsum256(z);
+    if (split)
+      for (int c = 0; c < d; c += 16) {
+        const __m256 s0 = _mm256_loadu_ps(out + c), s1 = _mm256_loadu_ps(out + c + 8);
+        const __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(s0, s1, 0x88)), 0xD8));
+        const __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(s0, s1, 0xDD)), 0xD8));
+        _mm256_storeu_ps(out + c, even);
+        _mm256_storeu_ps(out + c + 8, odd);
+      }
+  }
+}
+
+// The lane sums of a0..a3, in order.
+AVX2 inline __m128 sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
 // The 8 lane sums of a[0..7], in order.
@@ -45,6 +76,219 @@ AVX2 inline __m256 reduce8(const __m256* a) {
   const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
   const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+// The 8 rows x 4 heads of lg (row-major) as 4 vectors of 8 rows, one per head.
+AVX2 inline void transpose8x4(const float* lg, __m256* h) {
+  const __m256 v0 = _mm256_load_ps(lg), v1 = _mm256_load_ps(lg + 8), v2 = _mm256_load_ps(lg + 16), v3 = _mm256_load_ps(lg + 24);
+  const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1), t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  h[0] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0x44), order);
+  h[1] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t0, t2, 0xEE), order);
+  h[2] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0x44), order);
+  h[3] = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(t1, t3, 0xEE), order);
+}
+
+// key_logits for HB <= 4 query heads: two rows at a time, each row's codes widened 8 channels at a time and used by
+// all HB heads; the 8 sums of a row pair reduced together, 8 rows' logits transposed into the heads' rows.
+template <int BITS, int HB, bool SPLIT>
+AVX2 void key_rows(const float* qs, const float* qz, const uint8_t* codes, int n, int d, float* out, long ostride) {
+  const int rb = d * BITS / 8;
+  alignas(32) float zq[8] = {}, lg[32];
+  for (int h = 0; h < HB; h++) zq[h] = zq[4 + h] = qz[h];
+  const __m256 z2 = _mm256_load_ps(zq);
+  int r = 0;
+  for (; r + 8 <= n; r += 8) {
+    for (int k = 0; k < 8; k += 2) {
+      const uint8_t* row0 = codes + long(r + k) * rb;
+      const uint8_t* row1 = row0 + rb;
+      __m256 a[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+      if (SPLIT)
+        for (int c = 0; c < d; c += 16) {
+          __m256 e0, o0, e1, o1;
+          codes16_split(row0, c, e0, o0);
+          codes16_split(row1, c, e1, o1);
+#pragma GCC unroll 4
+          for (int h = 0; h < HB; h++) {
+            const __m256 qe = _mm256_loadu_ps(qs + long(h) * d + c), qo = _mm256_loadu_ps(qs + long(h) * d + c + 8);
+            a[h] = _mm256_fmadd_ps(qo, o0, _mm256_fmadd_ps(qe, e0, a[h]));
+            a[4 + h] = _mm256_fmadd_ps(qo, o1, _mm256_fmadd_ps(qe, e1, a[4 + h]));
+          }
+        }
+      else
+        for (int c = 0; c < d; c += 8) {
+          const __m256 x0 = codes8<BITS>(row0, c), x1 = codes8<BITS>(row1, c);
+#pragma GCC unroll 4
+          for (int h = 0; h < HB; h++) {
+            const __m256 qv = _mm256_loadu_ps(qs + long(h) * d + c);
+            a[h] = _mm256_fmadd_ps(qv, x0, a[h]);
+            a[4 + h] = _mm256_fmadd_ps(qv, x1, a[4 + h]);
+          }
+        }
+      _mm256_store_ps(lg + 4 * k, _mm256_add_ps(reduce8(a), z2));
+    }
+    __m256 hv[4];
+    transpose8x4(lg, hv);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) _mm256_storeu_ps(out + h * ostride + r, hv[h]);
+  }
+  for (; r < n; r++) {
+    const uint8_t* row = codes + long(r) * rb;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    if (SPLIT)
+      for (int c = 0; c < d; c += 16) {
+        __m256 e, o;
+        codes16_split(row, c, e, o);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; h++)
+          a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c + 8), o, _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), e, a[h]));
+      }
+    else
+      for (int c = 0; c < d; c += 8) {
+        const __m256 x = codes8<BITS>(row, c);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; h++) a[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + long(h) * d + c), x, a[h]);
+      }
+    alignas(16) float sums[4];
+    _mm_store_ps(sums, sum4(a[0], a[1], a[2], a[3]));
+    for (int h = 0; h < HB; h++) out[h * ostride + r] = sums[h] + qz[h];
+  }
+}
+
+template <int BITS, bool SPLIT>
+AVX2 void key_logits_bits(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, float* out, long ostride) {
+  for (int h0 = 0; h0 < nh; h0 += 4) {
+    const float* q = qs + long(h0) * d;
+    float* o = out + h0 * ostride;
+    switch (std::min(4, nh - h0)) {
+      case 4: key_rows<BITS, 4, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 3: key_rows<BITS, 3, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      case 2: key_rows<BITS, 2, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+      default: key_rows<BITS, 1, SPLIT>(q, qz + h0, codes, n, d, o, ostride); break;
+    }
+  }
+}
+
+AVX2 void key_logits_avx2(const float* qs, const float* qz, int nh, const uint8_t* codes, int n, int d, int bits, float* out, long ostride) {
+  if (split_keys(d, bits))
+    key_logits_bits<4, true>(qs, qz, nh, codes, n, d, out, ostride);
+  else if (bits == 4)
+    key_logits_bits<4, false>(qs, qz, nh, codes, n, d, out, ostride);
+  else
+    key_logits_bits<2, false>(qs, qz, nh, codes, n, d, out, ostride);
+}
+
+// value_accum for HB <= 4 query heads over channels [c0, c0 + 8 * CH): HB * CH accumulators stay in registers over
+// all n rows; each row's codes are widened and dequantized once for the HB heads.
+template <int BITS, int HB, int CH>
+AVX2 void value_cols(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                     int c0) {
+  const int rb = d * BITS / 8;
+  int g[CH];
+#pragma GCC unroll 4
+  for (int k = 0; k < CH; k++) g[k] = (c0 + 8 * k) / group;
+  __m256 a[HB][CH];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++) a[h][k] = _mm256_loadu_ps(acc + long(h) * d + c0 + 8 * k);
+  for (int r = 0; r < n; r++) {
+    const uint8_t* row = codes + long(r) * rb;
+    __m256 x[CH];
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++) x[k] = _mm256_fmadd_ps(codes8<BITS>(row, c0 + 8 * k), _mm256_broadcast_ss(vs + long(r) * ng + g[k]), _mm256_broadcast_ss(vz + long(r) * ng + g[k]));
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) {
+      const __m256 pv = _mm256_broadcast_ss(p + h * pstride + r);
+#pragma GCC unroll 4
+      for (int k = 0; k < CH; k++) a[h][k] = _mm256_fmadd_ps(pv, x[k], a[h][k]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++)
+#pragma GCC unroll 4
+    for (int k = 0; k < CH; k++) _mm256_storeu_ps(acc + long(h) * d + c0 + 8 * k, a[h][k]);
+}
+
+// value_cols over the 16 int4 channels [c0, c0 + 16) of one group, widened as even and odd channels; the sums are
+// interleaved back into channel order when added to acc.
+template <int HB>
+AVX2 void value_cols_split(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d,
+                           int c0) {
+  const int rb = d / 2, g = c0 / group;
+  __m256 e[HB], o[HB];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++) e[h] = o[h] = _mm256_setzero_ps();
+  for (int r = 0; r < n; r++) {
+    __m256 xe, xo;
+    codes16_split(codes + long(r) * rb, c0, xe, xo);
+    const __m256 sv = _mm256_broadcast_ss(vs + long(r) * ng + g), zv = _mm256_broadcast_ss(vz + long(r) * ng + g);
+    xe = _mm256_fmadd_ps(xe, sv, zv);
+    xo = _mm256_fmadd_ps(xo, sv, zv);
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; h++) {
+      const __m256 pv = _mm256_broadcast_ss(p + h * pstride + r);
+      e[h] = _mm256_fmadd_ps(pv, xe, e[h]);
+      o[h] = _mm256_fmadd_ps(pv, xo, o[h]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; h++) {
+    const __m256 lo = _mm256_unpacklo_ps(e[h], o[h]), hi = _mm256_unpackhi_ps(e[h], o[h]);
+    float* a = acc + long(h) * d + c0;
+    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_permute2f128_ps(lo, hi, 0x20)));
+    _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_permute2f128_ps(lo, hi, 0x31)));
+  }
+}
+
+template <int BITS, int HB>
+AVX2 void value_heads(float* acc, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n, int d) {
+  if (BITS == 4 && split_values(d, group)) {
+    for (int c0 = 0; c0 < d; c0 += 16) value_cols_split<HB>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+    return;
+  }
+  int c0 = 0;
+  for (; c0 + 16 <= d; c0 += 16) value_cols<BITS, HB, 2>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+  if (c0 < d) value_cols<BITS, HB, 1>(acc, p, pstride, vs, vz, ng, group, codes, n, d, c0);
+}
+
+// Whether any p[h * pstride + r], h < nh, r < n, is nonzero.
+AVX2 bool any_nonzero(const float* p, long pstride, int nh, int n) {
+  const int n8 = n / 8 * 8;
+  __m256 live = _mm256_setzero_ps();
+  for (int h = 0; h < nh; h++) {
+    const float* ph = p + h * pstride;
+    for (int r = 0; r < n8; r += 8) live = _mm256_or_ps(live, _mm256_cmp_ps(_mm256_loadu_ps(ph + r), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    for (int r = n8; r < n; r++)
+      if (ph[r] != 0.f) return true;
+  }
+  return !_mm256_testz_ps(live, live);
+}
+
+template <int BITS>
+AVX2 void value_accum_bits(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n,
+                           int d) {
+  if (!any_nonzero(p, pstride, nh, n)) return;
+  for (int h0 = 0; h0 < nh; h0 += 4) {
+    float* a = acc + long(h0) * d;
+    const float* ph = p + h0 * pstride;
+    switch (std::min(4, nh - h0)) {
+      case 4: value_heads<BITS, 4>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 3: value_heads<BITS, 3>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      case 2: value_heads<BITS, 2>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+      default: value_heads<BITS, 1>(a, ph, pstride, vs, vz, ng, group, codes, n, d); break;
+    }
+  }
+}
+
+AVX2 void value_accum_avx2(float* acc, int nh, const float* p, long pstride, const float* vs, const float* vz, int ng, int group, const uint8_t* codes, int n,
+                           int d, int bits) {
+  if (bits == 4)
+    value_accum_bits<4>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
+  else
+    value_accum_bits<2>(acc, nh, p, pstride, vs, vz, ng, group, codes, n, d);
 }
 
 AVX2 void dots_avx2(const float* qs, int nh, const float* rows, int n, int d, float* out, long ostride) {
@@ -73,13 +317,12 @@ AVX2 void dots_avx2(const float* qs, int nh, const float* rows, int n, int d, fl
   }
 }
 
-AVX2 void accum_avx2(float* acc, int nh, const float* w, long wstride, int ng, int group, const float* rows, int n, int d) {
+AVX2 void accum_avx2(float* acc, int nh, const float* w, long wstride, const float* rows, int n, int d) {
   for (int h = 0; h < nh; h++) {
     const float* wh = w + h * wstride;
     for (int c = 0; c < d; c += 8) {
-      const int cg = c / group;
       __m256 a = _mm256_loadu_ps(acc + long(h) * d + c);
-      for (int r = 0; r < n; r++) a = _mm256_fmadd_ps(_mm256_set1_ps(wh[long(r) * ng + cg]), _mm256_loadu_ps(rows + long(r) * d + c), a);
+      for (int r = 0; r < n; r++) a = _mm256_fmadd_ps(_mm256_set1_ps(wh[r]), _mm256_loadu_ps(rows + long(r) * d + c), a);
       _mm256_storeu_ps(acc + long(h) * d + c, a);
     }
   }
@@ -122,6 +365,6 @@ AVX2 void softmax_avx2(float* p, int nh, long L, long stride) {
 
 }  // namespace
 
-const Kernels avx2_kernels = {unpack_avx2, dots_avx2, accum_avx2, softmax_avx2};
+const Kernels avx2_kernels = {fold_keys_avx2, key_logits_avx2, value_accum_avx2, dots_avx2, accum_avx2, softmax_avx2};
 
 }  // namespace kvlab::qattn

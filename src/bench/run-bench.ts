@@ -25,7 +25,7 @@ export interface BenchOptions {
   decodeContexts: number[];
   kvzip: { model: string; context: number; ratio: number } | null;
   /** Decode on f32, bf16, int4, int2 and int4 + `ratio` kept caches of one model at one context (kv-quant-bench.ts). */
-  kvQuant?: { model: string; context: number; ratio: number } | null;
+  kvQuant?: { model: string; context: number; ratio: number; rounds?: number } | null;
   log: (line: string) => void;
 }
 
@@ -202,7 +202,7 @@ export async function runBench(opts: BenchOptions): Promise<Record<string, unkno
     if (opts.kvQuant) {
       const timed = new TimedBackend(new NativeBackend());
       const lm = loadModel(modelDir(opts.kvQuant.model, scratch, log), { backend: timed, mmap: BENCH_MMAP });
-      kvQuant = { model: opts.kvQuant.model, ...benchKvQuant(lm, timed, decodeWeightBytes(lm.model.weights), opts.kvQuant.context, opts.kvQuant.ratio, log) };
+      kvQuant = { model: opts.kvQuant.model, ...benchKvQuant(lm, timed, decodeWeightBytes(lm.model.weights), opts.kvQuant.context, opts.kvQuant.ratio, log, opts.kvQuant.rounds) };
     }
   } finally {
     rmSync(scratch, { recursive: true, force: true });

@@ -13,6 +13,7 @@ export function registerBench(program: Command): void {
     .option('--contexts <list>', 'decode context lengths', listOption)
     .option('--kvzip-context <n>', 'context length of the KVzip measurement on qwen2.5-0.5b (0 = skip)', intOption('--kvzip-context'), 8192)
     .option('--kv-quant-context <n>', 'context of the f32 / bf16 / int4 / int2 / int4 + 0.3 kept decode comparison on llama-3.2-1b (0 = skip)', intOption('--kv-quant-context'), 8192)
+    .option('--kv-quant-rounds <n>', 'alternating rounds of the kv quant comparison (fewer: a faster, noisier run)', intOption('--kv-quant-rounds', 1), 8)
     .option('--quick', 'tiny model only, short contexts, no KVzip measurement')
     .option('-o, --out <file>', 'also write the JSON here')
     .action(async (o) => {
@@ -26,7 +27,7 @@ export function registerBench(program: Command): void {
         prefillTokens: 512,
         decodeContexts: (o.contexts ?? (quick ? ['1024'] : ['1024', '8192'])).map(Number),
         kvzip: kvzipContext > 0 ? { model: 'qwen2.5-0.5b', context: kvzipContext, ratio: 0.3 } : null,
-        kvQuant: !quick && (o.kvQuantContext as number) > 0 ? { model: 'llama-3.2-1b', context: o.kvQuantContext as number, ratio: 0.3 } : null,
+        kvQuant: !quick && (o.kvQuantContext as number) > 0 ? { model: 'llama-3.2-1b', context: o.kvQuantContext as number, ratio: 0.3, rounds: o.kvQuantRounds as number } : null,
         log: (line) => process.stderr.write(`bench: ${line}\n`),
       });
       const text = `${JSON.stringify(report, null, 2)}\n`;
