@@ -23,7 +23,7 @@ export const PROTECT_HELP =
 export const protectChoiceOption = atOptionTime<ProtectionChoice>(parseProtectionChoice);
 export const decodeCompressOption = atOptionTime<DecodeCompression>(parseDecodeCompression);
 export const promptCompressOption = atOptionTime<PromptCompression>(parsePromptCompression);
-const predictorOption = atOptionTime<NegativePredictor>(loadPredictor);
+export const predictorOption = atOptionTime<NegativePredictor>(loadPredictor);
 
 /** --ratio: a kept fraction in [0, 1], or auto. */
 export function ratioOrAutoOption(value: string): number | 'auto' {
