@@ -169,6 +169,10 @@ export { DecodeCompressionError, DecodeCompressor, parseDecodeCompression } from
 export type { DecodeCompression } from '../engine/decode-compression.ts';
 export { AUTO_RATIO_GRID, AUTO_RATIO_THRESHOLD, chooseRatio, reconstructionAccuracy, reconstructionCheck, ReconstructionOptionError } from '../engine/reconstruction-check.ts';
 export type { CandidateAccuracy, ReconstructionCheck, ReconstructionOptions } from '../engine/reconstruction-check.ts';
+export { choosePredictedRatio, loadPredictor, negativeProbability, parsePredictor, PredictorError } from '../engine/negative-predictor.ts';
+export type { NegativePredictor } from '../engine/negative-predictor.ts';
+export { FEATURE_NAMES, keptMass, routerFeatures, scoreEntropy } from '../engine/router-features.ts';
+export type { RouterFeatures } from '../engine/router-features.ts';
 export { DEFAULT_PROTECTION, parseProtectionChoice, resolveProtection } from '../engine/default-protection.ts';
 export type { ProtectionChoice } from '../engine/default-protection.ts';
 export { compressSystemPrompt, parsePromptCompression } from '../engine/system-prompt-compression.ts';

@@ -6,6 +6,8 @@ import type { Protection } from '../press/protect.ts';
 import { KvlabError } from '../tensor/kvlab-error.ts';
 import type { ScoredContext } from './context-session.ts';
 import type { LoadedModel } from './loaded-model.ts';
+import { choosePredictedRatio, negativeProbability, PredictorError, type NegativePredictor } from './negative-predictor.ts';
+import { keptMass, routerFeatures, scoreEntropy, type RouterFeatures } from './router-features.ts';
 
 /** The ratios `ratio: "auto"` tries unless told otherwise (1 is always tried: it is the reference). */
 export const AUTO_RATIO_GRID: readonly number[] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1];
@@ -29,6 +31,13 @@ export interface ReconstructionOptions {
   protection?: Protection;
   /** Context tokens per teacher-forced pass (KVzip's chunking; a shorter chunk when positions run out). */
   chunkSize?: number;
+  /**
+   * Choose by a negative-sample predictor (`kvlab eval router`) instead of the threshold: the smallest
+   * candidate whose predicted probability of being negative is below `maxProbability` (default: the
+   * predictor's own).
+   */
+  predictor?: NegativePredictor;
+  maxProbability?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -38,6 +47,10 @@ export interface CandidateAccuracy {
   accuracy: number;
   correct: number;
   total: number;
+  /** The query-agnostic signals of this candidate (router-features.ts). */
+  features: RouterFeatures;
+  /** With a predictor: its probability that this candidate is a negative sample. */
+  negativeProbability?: number;
 }
 
 export interface ReconstructionCheck {
@@ -49,6 +62,9 @@ export interface ReconstructionCheck {
   mode: 'relative' | 'absolute';
   /** The smallest candidate ratio that passes (1 when none smaller does). */
   chosen: number;
+  /** What chose: the reconstruction threshold, or the predictor (then `maxProbability` is its bar). */
+  rule: 'threshold' | 'predictor';
+  maxProbability?: number;
 }
 
 /** A reconstruction option that cannot be used (threshold, mode or candidate out of range). */
@@ -65,30 +81,40 @@ export class ReconstructionOptionError extends KvlabError {
  * context tokens whose argmax prediction is the token itself. The chosen ratio is the smallest that passes.
  */
 export function reconstructionCheck(scored: ScoredContext, opts: ReconstructionOptions = {}): ReconstructionCheck {
-  const { threshold, mode, candidates } = checkedOptions(opts);
+  const { threshold, mode, candidates, maxProbability } = checkedOptions(opts);
   const session = scored.session;
-  const results: CandidateAccuracy[] = [];
+  const measured: (Omit<CandidateAccuracy, 'features'> & { keptMass: number })[] = [];
   candidates.forEach((ratio, i) => {
-    const copy = scored.compressed(ratio, opts.protection).session;
+    const { session: copy, keep } = scored.compressed(ratio, opts.protection);
     try {
-      results.push({ ratio, ...reconstructionAccuracy(session.lm, copy.cache, session.layout, opts.chunkSize) });
+      measured.push({ ratio, ...reconstructionAccuracy(session.lm, copy.cache, session.layout, opts.chunkSize), keptMass: keptMass(scored.scores, keep) });
     } finally {
       copy.cache.release();
     }
     opts.onProgress?.(i + 1, candidates.length);
   });
-  const fullAccuracy = results[results.length - 1]!.accuracy;
-  return { candidates: results, fullAccuracy, threshold, mode, chosen: chooseRatio(results, threshold, mode, fullAccuracy) };
+  const fullAccuracy = measured[measured.length - 1]!.accuracy;
+  const entropy = scoreEntropy(scored.scores);
+  const contextTokens = session.context.end - session.context.start;
+  const results: CandidateAccuracy[] = measured.map(({ keptMass: kept, ...c }) => {
+    const features = routerFeatures({ ratio: c.ratio, accuracy: c.accuracy, fullAccuracy, contextTokens, entropy, keptMass: kept });
+    return { ...c, features, ...(opts.predictor ? { negativeProbability: negativeProbability(opts.predictor, features) } : {}) };
+  });
+  if (opts.predictor) {
+    const chosen = choosePredictedRatio(results as { ratio: number; negativeProbability: number }[], maxProbability!);
+    return { candidates: results, fullAccuracy, threshold, mode, chosen, rule: 'predictor', maxProbability };
+  }
+  return { candidates: results, fullAccuracy, threshold, mode, chosen: chooseRatio(results, threshold, mode, fullAccuracy), rule: 'threshold' };
 }
 
 /** The smallest candidate whose accuracy passes the threshold; 1 when none does. */
-export function chooseRatio(candidates: readonly CandidateAccuracy[], threshold: number, mode: 'relative' | 'absolute', fullAccuracy: number): number {
+export function chooseRatio(candidates: readonly Pick<CandidateAccuracy, 'ratio' | 'accuracy'>[], threshold: number, mode: 'relative' | 'absolute', fullAccuracy: number): number {
   const bar = mode === 'relative' ? threshold * fullAccuracy : threshold;
   const passing = candidates.filter((c) => c.accuracy >= bar - 1e-12).map((c) => c.ratio);
   return passing.length ? Math.min(...passing) : 1;
 }
 
-function checkedOptions(opts: ReconstructionOptions): { threshold: number; mode: 'relative' | 'absolute'; candidates: number[] } {
+function checkedOptions(opts: ReconstructionOptions): { threshold: number; mode: 'relative' | 'absolute'; candidates: number[]; maxProbability?: number } {
   const threshold = opts.threshold ?? AUTO_RATIO_THRESHOLD;
   const mode = opts.mode ?? 'relative';
   if (!(threshold >= 0 && threshold <= 1)) throw new ReconstructionOptionError(`reconstruction threshold must be a number in [0, 1], got ${threshold}`);
@@ -97,7 +123,10 @@ function checkedOptions(opts: ReconstructionOptions): { threshold: number; mode:
   if (grid.length === 0) throw new ReconstructionOptionError('reconstruction candidates: give at least one ratio');
   for (const r of grid) checkRatio(r);
   const candidates = [...new Set([...grid, 1])].sort((a, b) => a - b);
-  return { threshold, mode, candidates };
+  if (opts.maxProbability !== undefined && !opts.predictor) throw new ReconstructionOptionError('a maximum negative probability goes with a predictor');
+  const maxProbability = opts.predictor ? (opts.maxProbability ?? opts.predictor.maxProbability) : undefined;
+  if (maxProbability !== undefined && !(maxProbability > 0 && maxProbability <= 1)) throw new PredictorError(`maximum negative probability must be a number in (0, 1], got ${maxProbability}`);
+  return { threshold, mode, candidates, maxProbability };
 }
 
 /**

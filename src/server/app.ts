@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { LoadedModel } from '../engine/loaded-model.ts';
+import type { NegativePredictor } from '../engine/negative-predictor.ts';
 import type { Scheduler } from '../engine/scheduler-types.ts';
 import { ApiError } from './api-error.ts';
 import { chatCompletion } from './chat-route.ts';
@@ -17,6 +18,8 @@ export interface ServerState {
   lm: LoadedModel | null;
   scheduler: Scheduler | null;
   store: ContextStore | null;
+  /** What `ratio: "auto"` chooses by unless a request asks for the threshold (`kvlab serve --auto-predictor`). */
+  autoPredictor?: NegativePredictor;
 }
 
 export interface AppOptions {
@@ -105,11 +108,12 @@ export interface ReadyState {
   lm: LoadedModel;
   scheduler: Scheduler;
   store: ContextStore;
+  autoPredictor?: NegativePredictor;
 }
 
 function ready(state: ServerState): ReadyState {
   if (!state.lm || !state.scheduler || !state.store) throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading');
-  return { modelId: state.modelId, lm: state.lm, scheduler: state.scheduler, store: state.store };
+  return { modelId: state.modelId, lm: state.lm, scheduler: state.scheduler, store: state.store, autoPredictor: state.autoPredictor };
 }
 
 /** The request body as JSON, or a 400 naming the problem. */

@@ -37,7 +37,11 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
       throw badRequest(`This model's maximum context length is ${limit} tokens. However, the context resulted in ${ctx.layout.ids.length} tokens.`, r.text !== null ? 'text' : 'messages', 'context_length_exceeded');
     }
     if (ctx.layout.context.end === ctx.layout.context.start) throw badRequest('the context is empty', r.text !== null ? 'text' : 'messages', 'invalid_value');
-    const built = compressContext(s.lm, ctx, press, r.ratio, protection, r.auto);
+    const { rule, maxProbability, ...check } = r.auto;
+    if (rule === 'predictor' && !s.autoPredictor) throw badRequest('auto.rule "predictor": this server has no predictor (kvlab serve --auto-predictor FILE)', 'auto.rule', 'invalid_value');
+    const predictor = rule !== 'threshold' ? s.autoPredictor : undefined;
+    if (maxProbability !== undefined && !predictor) throw badRequest('auto.max_probability goes with the predictor rule', 'auto.max_probability', 'invalid_value');
+    const built = compressContext(s.lm, ctx, press, r.ratio, protection, { ...check, ...(predictor ? { predictor, maxProbability } : {}) });
     const { record, saveMs } = await s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
     const auto = built.report.auto;
     return c.json({
@@ -46,10 +50,12 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
         ? {
             auto: {
               chosen: auto.chosen,
+              rule: auto.rule,
+              ...(auto.rule === 'predictor' ? { max_probability: auto.maxProbability } : {}),
               threshold: auto.threshold,
               mode: auto.mode,
               full_accuracy: round(auto.fullAccuracy),
-              candidates: auto.candidates.map((x) => ({ ratio: x.ratio, accuracy: round(x.accuracy) })),
+              candidates: auto.candidates.map((x) => ({ ratio: x.ratio, accuracy: round(x.accuracy), ...(x.negativeProbability !== undefined ? { negative_probability: round(x.negativeProbability) } : {}) })),
             },
           }
         : {}),

@@ -1,3 +1,4 @@
+import type { NegativePredictor } from '../engine/negative-predictor.ts';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { basename } from 'node:path';
@@ -31,6 +32,8 @@ export interface ServeOptions {
   maxBatch?: number;
   /** The model's KV memory pool budget in bytes. Default a quarter of RAM. */
   kvMemoryBytes?: number;
+  /** `ratio: "auto"` chooses by this negative-sample predictor (`kvlab eval router`) unless a request asks for the threshold. */
+  autoPredictor?: NegativePredictor;
   log?: (line: string) => void;
 }
 
@@ -54,7 +57,7 @@ async function openRedisStore(url: string) {
 
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null };
+  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, autoPredictor: opts.autoPredictor };
   const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0);
   const app = createApp(state, {
     apiKeys: opts.apiKeys ?? [],

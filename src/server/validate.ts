@@ -25,8 +25,12 @@ export interface ContextRequest {
   method: string;
   /** A kept fraction, or 'auto' (the smallest candidate whose compressed cache still reconstructs the context). */
   ratio: number | 'auto';
-  /** With ratio 'auto': the reconstruction check's threshold, mode and candidates (defaults when absent). */
-  auto: { threshold?: number; mode?: 'relative' | 'absolute'; candidates?: number[] };
+  /**
+   * With ratio 'auto': the reconstruction check's threshold, mode and candidates (defaults when absent), and
+   * the rule: the server's negative-sample predictor (`kvlab serve --auto-predictor`, the default when it has
+   * one) or the threshold; `maxProbability` overrides the predictor's bar.
+   */
+  auto: { threshold?: number; mode?: 'relative' | 'absolute'; candidates?: number[]; rule?: 'predictor' | 'threshold'; maxProbability?: number };
   protect: string | null;
 }
 
@@ -140,11 +144,16 @@ export function parseContextRequest(body: unknown): ContextRequest {
   };
 }
 
-/** `auto`: {threshold?: number in [0, 1], mode?: "relative" | "absolute", candidates?: ratios in [0, 1]}. */
+/** `auto`: {threshold?: number in [0, 1], mode?: "relative" | "absolute", candidates?: ratios in [0, 1], rule?: "predictor" | "threshold", max_probability?: number in (0, 1]}. */
 function parseAutoOptions(v: unknown): ContextRequest['auto'] {
   if (typeof v !== 'object' || Array.isArray(v)) throw badRequest('auto must be an object {threshold, mode, candidates}', 'auto', 'invalid_type');
   const o = v as Json;
-  for (const k of Object.keys(o)) if (!['threshold', 'mode', 'candidates'].includes(k)) throw badRequest(`auto.${k} is not an option (threshold, mode, candidates)`, `auto.${k}`, 'invalid_value');
+  const known = ['threshold', 'mode', 'candidates', 'rule', 'max_probability'];
+  for (const k of Object.keys(o)) if (!known.includes(k)) throw badRequest(`auto.${k} is not an option (${known.join(', ')})`, `auto.${k}`, 'invalid_value');
+  const rule = o.rule;
+  if (rule !== undefined && rule !== null && rule !== 'predictor' && rule !== 'threshold') throw badRequest(`auto.rule must be "predictor" or "threshold", got ${JSON.stringify(rule)}`, 'auto.rule', 'invalid_value');
+  const p = o.max_probability;
+  if (p !== undefined && p !== null && !(typeof p === 'number' && p > 0 && p <= 1)) throw badRequest(`auto.max_probability must be a number in (0, 1], got ${JSON.stringify(p)}`, 'auto.max_probability', 'invalid_value');
   const mode = o.mode;
   if (mode !== undefined && mode !== null && mode !== 'relative' && mode !== 'absolute') throw badRequest(`auto.mode must be "relative" or "absolute", got ${JSON.stringify(mode)}`, 'auto.mode', 'invalid_value');
   const c = o.candidates;
@@ -158,5 +167,7 @@ function parseAutoOptions(v: unknown): ContextRequest['auto'] {
     ...(threshold !== undefined ? { threshold } : {}),
     ...(mode ? { mode: mode as 'relative' | 'absolute' } : {}),
     ...(c ? { candidates: c as number[] } : {}),
+    ...(rule ? { rule: rule as 'predictor' | 'threshold' } : {}),
+    ...(typeof p === 'number' ? { maxProbability: p } : {}),
   };
 }

@@ -18,6 +18,7 @@ function ratioOrAutoList(value: string, previous?: (number | 'auto')[]): (number
 import { registerStudies } from './eval-study.ts';
 import { registerLength } from './eval-length.ts';
 import { registerNegatives } from './eval-negatives.ts';
+import { registerRouter } from './eval-router.ts';
 import { progressBar } from '../progress.ts';
 import { parseRedisUrl } from '../../queue/redis-connection.ts';
 
@@ -98,5 +99,6 @@ export function registerEval(program: Command): Command {
   registerStudies(ev);
   registerLength(ev);
   registerNegatives(ev);
+  registerRouter(ev);
   return ev;
 }
