@@ -50,6 +50,7 @@ test('bad compression options are refused before the model loads, by name', () =
     [['generate', '--prompt', 'hi', '--system', 'Be brief.', '--compress', 'knorm:0.3', '--protect', 'whitelist:nosuch'], /no range named "nosuch"/],
     [['compress', '--context', contextFile, '--protect', 'whitelist:defense'], /has no range named "defense" \(ranges: user\)/],
     [['compress', '--context', contextFile, '--auto-threshold', '0.8'], /go with --ratio auto/],
+    [['eval', 'qa', '--data', 'data/dev/qa.jsonl', '--ratio', '0.5', '--auto-threshold', '0.8'], /go with --ratio auto/],
     [['compress', '--context', contextFile, '--ratio', 'most'], /--ratio must be a number in \[0, 1\]/],
     [['chat', '--compress', 'knorm:2'], /ratio must be in \[0, 1\]/],
   ];

@@ -5,7 +5,7 @@ import { getPress } from '../../press/registry.ts';
 import { linePlot } from '../../eval/svg-plot.ts';
 import { markdownTable, writeEvalOutputs } from '../../eval/write-outputs.ts';
 import { evalRunOutputs, evalSettings, intOption, listOption, openModel, queryTemplateOption, ratioList, modelOptions } from '../common.ts';
-import { autoOptionsOf, autoRatioOptions } from '../compression-options.ts';
+import { autoOptionsOf, autoRatioOptions, checkAutoOptions } from '../compression-options.ts';
 
 /** Comma-separated kept ratios in [0, 1], or auto. */
 function ratioOrAutoList(value: string, previous?: (number | 'auto')[]): (number | 'auto')[] {
@@ -39,6 +39,7 @@ export function registerEval(program: Command): Command {
     .action(async (o) => {
       const methods: string[] = o.method ?? ['kvzip', 'snapkv', 'streamingllm'];
       methods.forEach(getPress);
+      checkAutoOptions(o, o.ratio.includes('auto') ? 'auto' : 1);
       const queue = o.queue ? parseRedisUrl(o.queue, '--queue') : null;
       let rows = loadQa(o.data);
       if (o.limit) rows = rows.slice(0, o.limit);
