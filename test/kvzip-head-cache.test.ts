@@ -41,11 +41,12 @@ test('the kvzip-head score file is validated against the model: a bad one is nam
   assert.deepEqual(scores, fresh);
   const good = readFileSync(path, 'utf8');
   const saved = JSON.parse(good) as { fingerprint: string; scores: number[][] };
+  const { numLayers: L, numKvHeads: H } = lm.config;
   const bad: [string, RegExp][] = [
     ['{"scores": [[1, 2]', /not valid JSON/],
-    [JSON.stringify({ ...saved, scores: saved.scores.slice(1) }), /scores for 5 layers, the model has 6/],
-    [JSON.stringify({ ...saved, scores: saved.scores.map((l, i) => (i === 2 ? [...l, 0.5] : l)) }), /layer 2 does not hold 2 KV-head scores/],
-    [JSON.stringify({ ...saved, scores: saved.scores.map((l, i) => (i === 3 ? [l[0], 'x'] : l)) }), /layer 3, KV head 1: "x" is not a finite score >= 0/],
+    [JSON.stringify({ ...saved, scores: saved.scores.slice(1) }), new RegExp(`scores for ${L - 1} layers, the model has ${L}`)],
+    [JSON.stringify({ ...saved, scores: saved.scores.map((l, i) => (i === 2 ? [...l, 0.5] : l)) }), new RegExp(`layer 2 does not hold ${H} KV-head scores`)],
+    [JSON.stringify({ ...saved, scores: saved.scores.map((l, i) => (i === L - 1 ? [l[0], 'x'] : l)) }), new RegExp(`layer ${L - 1}, KV head 1: "x" is not a finite score >= 0`)],
     [good.replace(/"scores":\[\[[^,\]]+/, '"scores":[[-1'), /layer 0, KV head 0: -1 is not a finite score/],
     [JSON.stringify({ ...saved, fingerprint: 'abc' }), /saved for other weights/],
     [JSON.stringify({ fingerprint: saved.fingerprint }), /no "scores" array/],
