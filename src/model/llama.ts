@@ -74,7 +74,8 @@ export class LlamaModel {
   async forwardAsync(ids: ArrayLike<number>, cache: KvCache, opts: ForwardOptions = {}): Promise<Float32Array | null> {
     if (opts.onLayer) throw new Error('forwardAsync(): onLayer captures read activations during the pass and cannot be used with an async step; use forward()');
     if (cache.busy) throw new Error('forwardAsync(): the cache is in use by another async step; await it first');
-    const recording = this.backend.recordStep?.();
+    // Attention over channel-pruned (ThinK) keys has no recordable kernel: such steps run synchronously.
+    const recording = cache.keyChannelsPruned ? undefined : this.backend.recordStep?.();
     if (!recording) {
       await new Promise((resolve) => setImmediate(resolve));
       return this.forward(ids, cache, opts);
@@ -109,7 +110,8 @@ export class LlamaModel {
   async forwardBatchAsync(seqs: readonly BatchSequence[]): Promise<(Float32Array | null)[]> {
     for (const s of seqs) if (s.cache.busy) throw new Error('forwardBatchAsync(): a cache is in use by another async step; await it first');
     if (new Set(seqs.map((s) => s.cache)).size !== seqs.length) throw new Error('forwardBatchAsync(): two sequences of a batch share one cache');
-    const recording = this.backend.recordStep?.();
+    const pruned = seqs.some((s) => s.cache.keyChannelsPruned || s.context?.keyChannelsPruned);
+    const recording = pruned ? undefined : this.backend.recordStep?.();
     if (!recording) {
       await new Promise((resolve) => setImmediate(resolve));
       return this.forwardBatch(seqs);

@@ -38,6 +38,11 @@ export interface KvHeadView {
    * [quant.rows, len) from their start. All heads of one call are quantized alike or not at all.
    */
   quant?: QuantizedKvRows;
+  /**
+   * A channel-pruned head (ThinK): k holds only these key channels (ascending) of each row, k's rows are
+   * keyChannels.length wide, and q.k runs over them alone (scale unchanged). v keeps headDim. Not with quant.
+   */
+  keyChannels?: Int32Array | null;
 }
 
 /** Per-key attention statistics over a chosen set of queries, accumulated across calls. */

@@ -1,7 +1,11 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { AttentionArgs, Backend, KvHeadView, KvRows, RopeTable, StepRecording, Weight } from './backend.ts';
+import { ReferenceBackend } from './reference.ts';
 import { StepList, type Kernels } from './step-list.ts';
+
+/** Where the native backend sends attention over channel-pruned keys (see NativeBackend.attentionPrunedKeys). */
+const prunedKeyAttention = new ReferenceBackend();
 
 export interface NativeInfo {
   /** CPU features detected (after a KVLAB_ISA cap, if set). */
@@ -299,6 +303,7 @@ export class NativeBackend implements Backend {
   attention(a: AttentionArgs): void {
     const { nq, nHeads, nKvHeads, headDim: d } = a;
     if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
+    if (a.heads.slice(0, nKvHeads).some((h) => h.keyChannels) || a.prefix?.some((h) => h.keyChannels)) return this.attentionPrunedKeys(a);
     if (a.heads.slice(0, nKvHeads).some((h) => h.quant) || a.prefix?.some((h) => h.quant)) return this.attentionQuant(a);
     if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
     const bf16 = a.heads[0]!.k instanceof Uint16Array;
@@ -337,6 +342,16 @@ export class NativeBackend implements Backend {
       a.stats?.queryWeight ?? null,
       window,
     );
+  }
+
+  /**
+   * Attention over channel-pruned (ThinK) keys: the addon's kernels take one width for keys and values, so these
+   * calls run on the reference backend's attention (TypeScript, reading keyDim channels per key), synchronously.
+   * A recorded async step cannot run them (LlamaModel runs such caches' steps synchronously).
+   */
+  private attentionPrunedKeys(a: AttentionArgs): void {
+    if (this.k !== this.lib) throw new Error('attention: channel-pruned (ThinK) keys run on the TypeScript fallback, which a recorded async step cannot call; run the step with forward()');
+    prunedKeyAttention.attention(a);
   }
 
   /** Attention over quantized heads: the packed rows are read by the addon as they are (attention_quant.cc). */
