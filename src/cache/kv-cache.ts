@@ -363,11 +363,19 @@ export class HeadStore implements KvHeadView {
     this.quant?.shrinkToFit();
   }
 
-  /** Drops every row and frees all storage. */
+  /** Drops every row and frees all storage; a channel-pruned head stores every channel again. */
   release(): void {
     this.len = 0;
     if (this.quant) this.quant.rows = 0;
     this.shrinkToFit();
+    if (this.keyChannels) {
+      const before = this.allocatedBytes;
+      this.keyChannels = null;
+      this.k = rows(this.dtype, this.rowCapacity * this.headDim);
+      const delta = this.allocatedBytes - before;
+      if (delta > 0) this.pool?.allocate(delta, 'a released KV head');
+      else this.pool?.release(-delta);
+    }
   }
 
   /** Positions for `capacity` rows, k and v for `rowCapacity` rows (the same unless quantized). */
