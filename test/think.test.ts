@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import { channelScores, keptChannels, THINK_DEFAULTS } from '../src/press/methods/think.ts';
 import { getPress } from '../src/press/registry.ts';
 import { lastPositions } from '../src/press/window-attention.ts';
-import { RatioError } from '../src/tensor/kvlab-error.ts';
+import { DEFAULT_MODEL_DIR, loadModel } from '../src/engine/loaded-model.ts';
+import { KvCacheLayoutError, RatioError } from '../src/tensor/kvlab-error.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
@@ -138,4 +139,6 @@ test('think alone keeps every row: a ratio below 1 is refused by name; bad key-c
   assert.throws(() => getPress('think1:snapkv'), RatioError);
   assert.throws(() => getPress('think1'), RatioError);
   assert.match(getPress('think0.25:snapkv').describe, /ThinK prunes 0.25 of each head's key channels/);
+  const quantized = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype: 'int4', kvQuant: { group: 8, residual: 16 } });
+  assert.throws(() => quantized.openContext(context).compress(getPress('think:snapkv'), 0.5), (e: unknown) => e instanceof KvCacheLayoutError && /int4/.test(e.message));
 });
