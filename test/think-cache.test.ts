@@ -6,9 +6,9 @@ import { test } from 'node:test';
 import { readContextFile, writeContextFile } from '../src/cache/context-file.ts';
 import { KvCache } from '../src/cache/kv-cache.ts';
 import { KvPool } from '../src/cache/kv-pool.ts';
-import type { AttentionArgs, KvHeadView } from '../src/tensor/backend.ts';
+import { StepNotRecordableError, type AttentionArgs, type Backend, type KvHeadView } from '../src/tensor/backend.ts';
 import { KvCacheLayoutError } from '../src/tensor/kvlab-error.ts';
-import { loadAddon, NativeBackend } from '../src/tensor/native.ts';
+import { loadAddon, NativeBackend, type PrunedHeadArgs } from '../src/tensor/native.ts';
 import { ReferenceBackend } from '../src/tensor/reference.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 
@@ -156,10 +156,41 @@ test('attention over pruned keys equals attention over full-width keys with the 
   const oracleP = attend(ref, own.layer(0), q, qp, cache.layer(0).map(zeroedView));
   const prunedP = attend(ref, own.layer(0), q, qp, cache.layer(0));
   prunedP.forEach((x, i) => assert.ok(Math.abs(x - oracleP[i]!) <= 1e-6, `prefixed out[${i}]`));
-  if (!loadAddon()) return;
+});
+
+// Head 1 keeps 8 channels (SIMD widths fit: the AVX2 pieces on this CPU) or 6 (they do not: the scalar pieces).
+for (const second of [Int32Array.of(3, 4, 7, 8, 10, 11, 13, 14), Int32Array.of(3, 4, 7, 8, 10, 11)])
+test(`native attention over pruned keys (${second.length} channels in head 1; sync and recorded step, with a shared prefix) equals the reference; what it cannot run is refused while recording`, { skip: !loadAddon() && 'the native addon is not built' }, async () => {
+  const cache = new KvCache(1, H, d, 'f32');
+  filled(cache, 37, 10);
+  cache.pruneKeyChannels(0, 0, channels);
+  cache.pruneKeyChannels(0, 1, second);
+  const rand = seededRandom(12);
+  const q = Float32Array.from({ length: 3 * 4 * d }, () => rand() * 2 - 1);
+  const qPos = Int32Array.of(4, 30, 36);
+  const ref = new ReferenceBackend();
   const native = new NativeBackend();
-  const viaNative = attend(native, cache.layer(0), q, qPos);
-  viaNative.forEach((x, i) => assert.ok(Math.abs(x - oracle[i]!) <= 1e-6, `native out[${i}]`));
+  const close = (got: Float32Array, want: Float32Array, what: string) => got.forEach((x, i) => assert.ok(Math.abs(x - want[i]!) <= 1e-5, `${what}: out[${i}] ${x} vs ${want[i]}`));
+  const want = attend(ref, cache.layer(0), q, qPos);
+  close(attend(native, cache.layer(0), q, qPos), want, 'sync');
+  // The addon's kernel itself, called directly (not the TypeScript path).
+  const direct = new Float32Array(want.length);
+  const views = cache.layer(0).map((hs): PrunedHeadArgs => [hs.k as Float32Array, hs.v as Float32Array, hs.pos, hs.len, hs.keyChannels]);
+  loadAddon()!.attentionPruned(q, direct, 3, 4, H, d, qPos, views, null, 1 / Math.sqrt(d), 0);
+  close(direct, want, 'addon kernel');
+  const own = new KvCache(1, H, d, 'f32');
+  own.nextPos = cache.nextPos;
+  filled(own, 2, 13);
+  const qp = Int32Array.of(37, 38, 38);
+  close(attend(native, own.layer(0), q, qp, cache.layer(0)), attend(ref, own.layer(0), q, qp, cache.layer(0)), 'shared prefix');
   const recording = native.recordStep();
-  assert.throws(() => attend(recording.backend as NativeBackend, cache.layer(0), q, qPos), /recorded async step/);
+  const out = attend(recording.backend as NativeBackend, cache.layer(0), q, qPos);
+  await recording.run();
+  close(out, want, 'recorded step');
+  // Statistics over pruned keys run on the TypeScript path: synchronously, never inside a recorded step.
+  const stats = { fromQuery: 0, sum: [new Float32Array(37), new Float32Array(37)] };
+  const args = (backend: Backend): void => backend.attention({ q, out: null, nq: 3, nHeads: 4, nKvHeads: H, headDim: d, qPos, heads: cache.layer(0), scale: 1 / Math.sqrt(d), stats });
+  args(native);
+  assert.ok(stats.sum[0]!.some((x) => x > 0));
+  assert.throws(() => args(native.recordStep().backend), StepNotRecordableError);
 });

@@ -127,10 +127,28 @@ test('decoding after ThinK: new rows keep the head\'s channels; logits stay clos
       assert.deepEqual(Array.from(small.cache.head(0, h).storedKeys(r, r + 1)), want, `layer 0 head ${h} row ${r}`);
     }
   }
-  // An async step on a pruned cache runs synchronously and gives forward()'s logits.
+  // An async step on a pruned cache (the addon's pruned-key kernel inside the recorded step) gives forward()'s logits.
   const a = small.cache.clone();
   const b = small.cache.clone();
   assert.deepEqual(await lm.model.forwardAsync([10], a), lm.model.forward([10], b));
+});
+
+test('a bf16 cache after ThinK: reduced bf16 keys, and async steps fall back to a synchronous pass with the same logits', async () => {
+  const half = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype: 'bf16' });
+  const s = half.openContext(context, { queryTemplate: 'Question: {query}' });
+  const report = s.compress(getPress('think:snapkv'), 0.5);
+  let rows = 0;
+  s.cache.forEachHead((hs) => {
+    assert.equal(hs.keyDim, d / 2);
+    assert.ok(hs.k instanceof Uint16Array);
+    rows += hs.len;
+  });
+  assert.equal(report.bytesKept, rows * (d / 2 + d) * 2 + cfg.numLayers * cfg.numKvHeads * (d / 2) * 4);
+  const a = s.cache.clone();
+  const b = s.cache.clone();
+  const ids = s.queryIds(question);
+  assert.deepEqual(await half.model.forwardAsync(ids, a), half.model.forward(ids, b));
+  a.forEachHead((hs, l, h) => assert.deepEqual(hs.k.subarray(0, hs.len * hs.keyDim), b.head(l, h).k.subarray(0, hs.len * hs.keyDim)));
 });
 
 test('think alone keeps every row: a ratio below 1 is refused by name; bad key-channel ratios too', () => {

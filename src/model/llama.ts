@@ -1,5 +1,5 @@
 import { ContextTooLongError } from '../tensor/kvlab-error.ts';
-import type { AttentionStats, Backend, RopeTable } from '../tensor/backend.ts';
+import { StepNotRecordableError, type AttentionStats, type Backend, type RopeTable } from '../tensor/backend.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ModelConfig } from './config.ts';
 import type { ModelWeights } from './weights.ts';
@@ -74,8 +74,7 @@ export class LlamaModel {
   async forwardAsync(ids: ArrayLike<number>, cache: KvCache, opts: ForwardOptions = {}): Promise<Float32Array | null> {
     if (opts.onLayer) throw new Error('forwardAsync(): onLayer captures read activations during the pass and cannot be used with an async step; use forward()');
     if (cache.busy) throw new Error('forwardAsync(): the cache is in use by another async step; await it first');
-    // Attention over channel-pruned (ThinK) keys has no recordable kernel: such steps run synchronously.
-    const recording = cache.keyChannelsPruned ? undefined : this.backend.recordStep?.();
+    const recording = this.backend.recordStep?.();
     if (!recording) {
       await new Promise((resolve) => setImmediate(resolve));
       return this.forward(ids, cache, opts);
@@ -92,6 +91,8 @@ export class LlamaModel {
       return logits;
     } catch (e) {
       cache.truncate(mark);
+      // A call only the JS thread can run (e.g. attention over bf16 channel-pruned keys): the same step, synchronously.
+      if (e instanceof StepNotRecordableError) return this.forward(ids, cache, opts);
       throw e;
     }
   }
@@ -110,8 +111,7 @@ export class LlamaModel {
   async forwardBatchAsync(seqs: readonly BatchSequence[]): Promise<(Float32Array | null)[]> {
     for (const s of seqs) if (s.cache.busy) throw new Error('forwardBatchAsync(): a cache is in use by another async step; await it first');
     if (new Set(seqs.map((s) => s.cache)).size !== seqs.length) throw new Error('forwardBatchAsync(): two sequences of a batch share one cache');
-    const pruned = seqs.some((s) => s.cache.keyChannelsPruned || s.context?.keyChannelsPruned);
-    const recording = pruned ? undefined : this.backend.recordStep?.();
+    const recording = this.backend.recordStep?.();
     if (!recording) {
       await new Promise((resolve) => setImmediate(resolve));
       return this.forwardBatch(seqs);
@@ -128,6 +128,7 @@ export class LlamaModel {
       return logits;
     } catch (e) {
       seqs.forEach((s, i) => s.cache.truncate(marks[i]!));
+      if (e instanceof StepNotRecordableError) return this.forwardBatch(seqs);
       throw e;
     }
   }

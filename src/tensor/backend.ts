@@ -130,6 +130,9 @@ export interface Backend {
   recordStep?(): StepRecording;
 }
 
+/** Thrown while recording a step that uses a call the backend can only run synchronously: run the step with forward(). */
+export class StepNotRecordableError extends Error {}
+
 export interface StepRecording {
   readonly backend: Backend;
   run(): Promise<void>;
