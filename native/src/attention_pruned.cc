@@ -16,6 +16,8 @@ namespace {
 
 using qattn::Kernels;
 
+constexpr int VALUE_TILE = 32;  // value rows per P . V piece
+
 int key_width(const PrunedHead& h, int d) { return h.ch ? h.kd : d; }
 
 bool lanes_fit(const PrunedAttention& a, int lanes) {
@@ -64,6 +66,14 @@ void source_logits(const PrunedAttention& a, const Kernels& K, const PrunedHead&
       for (int h = 0; h < nh; h++) p[h * L + at + j] = -INFINITY;
 }
 
+// acc += P . V over one source's rows, a tile of rows at a time so each tile is read once for all the group's heads.
+void source_values(const Kernels& K, const PrunedHead& kv, int nh, int d, const float* p, long L, int at, float* acc) {
+  for (int r0 = 0; r0 < kv.len; r0 += VALUE_TILE) {
+    const int n = std::min(VALUE_TILE, kv.len - r0);
+    K.accum(acc, nh, p + at + r0, L, 1, d, kv.v + long(r0) * d, n, d);
+  }
+}
+
 void attend_unit(const PrunedAttention& a, const Kernels& K, int g, int i) {
   const int d = a.d, nh = a.n_heads / a.n_kv, h0 = g * nh;
   const PrunedHead& own = a.heads[g];
@@ -79,8 +89,8 @@ void attend_unit(const PrunedAttention& a, const Kernels& K, int g, int i) {
   source_logits(a, K, own, nh, h0, i, p, L, plen, s);
   K.softmax(p, nh, L, L);
   std::fill(s.acc.begin(), s.acc.begin() + long(nh) * d, 0.f);
-  if (pre && pre->len > 0) K.accum(s.acc.data(), nh, p, L, 1, d, pre->v, pre->len, d);
-  if (own.len > 0) K.accum(s.acc.data(), nh, p + plen, L, 1, d, own.v, own.len, d);
+  if (pre) source_values(K, *pre, nh, d, p, L, 0, s.acc.data());
+  source_values(K, own, nh, d, p, L, plen, s.acc.data());
   for (int h = 0; h < nh; h++) std::copy(s.acc.begin() + long(h) * d, s.acc.begin() + long(h + 1) * d, a.out + (long(i) * a.n_heads + h0 + h) * d);
 }
 
