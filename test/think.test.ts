@@ -3,7 +3,9 @@ import { test } from 'node:test';
 import { channelScores, keptChannels, THINK_DEFAULTS } from '../src/press/methods/think.ts';
 import { getPress } from '../src/press/registry.ts';
 import { lastPositions } from '../src/press/window-attention.ts';
+import { runThinkBench } from '../src/bench/think-bench.ts';
 import { DEFAULT_MODEL_DIR, loadModel } from '../src/engine/loaded-model.ts';
+import { loadAddon } from '../src/tensor/native.ts';
 import { KvCacheLayoutError, RatioError } from '../src/tensor/kvlab-error.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
@@ -159,4 +161,18 @@ test('think alone keeps every row: a ratio below 1 is refused by name; bad key-c
   assert.match(getPress('think0.25:snapkv').describe, /ThinK prunes 0.25 of each head's key channels/);
   const quantized = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype: 'int4', kvQuant: { group: 8, residual: 16 } });
   assert.throws(() => quantized.openContext(context).compress(getPress('think:snapkv'), 0.5), (e: unknown) => e instanceof KvCacheLayoutError && /int4/.test(e.message));
+});
+
+test('bench think: every cache holds the bytes its rows and key channels say (tiny model, one short round)', { skip: !loadAddon() && 'the native addon is not built' }, () => {
+  const report = runThinkBench({ model: 'tiny', context: 64, rounds: 1, steps: 1, log: () => {} }) as { caches: { cache: string; kv_bytes: number; kv_bytes_vs_full: number; ms_per_token: number }[] };
+  const heads = cfg.numLayers * cfg.numKvHeads;
+  const want: Record<string, number> = {
+    full: heads * 64 * 2 * d * 4,
+    'think 0.25': heads * (64 * (48 + d) * 4 + 48 * 4),
+    'think 0.5': heads * (64 * (32 + d) * 4 + 32 * 4),
+    'rows 0.5': heads * 32 * 2 * d * 4,
+    'rows 0.5 + think 0.5': heads * (32 * (32 + d) * 4 + 32 * 4),
+  };
+  assert.deepEqual(Object.fromEntries(report.caches.map((c) => [c.cache, c.kv_bytes])), want);
+  for (const c of report.caches) assert.ok(c.ms_per_token > 0);
 });
