@@ -115,7 +115,6 @@ const wrappers: { prefix: RegExp; usage: string; wrap(inner: Press, arg?: number
   { prefix: THINK_PREFIX, usage: 'think[R]:<method>', wrap: (p, r = THINK_DEFAULTS.keyChannelRatio) => [thinkScorer(p.scorer, THINK_DEFAULTS.window), p.budget, { keyChannels: { ...THINK_DEFAULTS, keyChannelRatio: checkKeyChannelRatio(r) } }] },
 ];
 
-
 function wrapped(name: string): Press | undefined {
   const colon = name.indexOf(':');
   if (colon < 0) return undefined;
