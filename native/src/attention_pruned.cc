@@ -1,6 +1,6 @@
 // Attention over channel-pruned keys: one unit of work is a KV head and a query row with all the query heads of its
-// group. The per-ISA pieces are the quantized path's (attention_quant_{scalar,avx2,avx512}.cc): row dots at the key
-// width kd, P . V at the value width d, an fp32 softmax over the prefix's rows then the head's own.
+// group. Row dots at the key width kd and the fp32 softmax (over the prefix's rows then the head's own) are the
+// quantized path's per-ISA pieces (attention_quant_{scalar,avx2,avx512}.cc); P . V at the value width d is this file's.
 #include "attention_pruned.h"
 
 #include <immintrin.h>
@@ -90,13 +90,20 @@ AVX2 void accum_rows_avx2(float* acc, int nh, const float* w, long wstride, cons
   }
 }
 
+void accum_rows_scalar(float* acc, int nh, const float* w, long wstride, const float* rows, int n, int d) {
+  for (int h = 0; h < nh; h++)
+    for (int r = 0; r < n; r++) {
+      const float wr = w[h * wstride + r];
+      for (int c = 0; c < d; c++) acc[long(h) * d + c] += wr * rows[long(r) * d + c];
+    }
+}
+
 // acc += P . V over one source's rows, a tile of rows at a time so each tile is read once for all the group's heads.
-void source_values(const Kernels& K, const PrunedHead& kv, int nh, int d, const float* p, long L, int at, float* acc) {
-  const bool avx2 = &K == &qattn::avx2_kernels;
+// The AVX2 pass also serves AVX-512 CPUs.
+void source_values(bool avx2, const PrunedHead& kv, int nh, int d, const float* p, long L, int at, float* acc) {
   for (int r0 = 0; r0 < kv.len; r0 += VALUE_TILE) {
     const int n = std::min(VALUE_TILE, kv.len - r0);
-    if (avx2) accum_rows_avx2(acc, nh, p + at + r0, L, kv.v + long(r0) * d, n, d);
-    else K.accum(acc, nh, p + at + r0, L, 1, d, kv.v + long(r0) * d, n, d);
+    (avx2 ? accum_rows_avx2 : accum_rows_scalar)(acc, nh, p + at + r0, L, kv.v + long(r0) * d, n, d);
   }
 }
 
@@ -115,8 +122,9 @@ void attend_unit(const PrunedAttention& a, const Kernels& K, int g, int i) {
   source_logits(a, K, own, nh, h0, i, p, L, plen, s);
   K.softmax(p, nh, L, L);
   std::fill(s.acc.begin(), s.acc.begin() + long(nh) * d, 0.f);
-  if (pre) source_values(K, *pre, nh, d, p, L, 0, s.acc.data());
-  source_values(K, own, nh, d, p, L, plen, s.acc.data());
+  const bool avx2 = &K != &qattn::scalar_kernels;
+  if (pre) source_values(avx2, *pre, nh, d, p, L, 0, s.acc.data());
+  source_values(avx2, own, nh, d, p, L, plen, s.acc.data());
   for (int h = 0; h < nh; h++) std::copy(s.acc.begin() + long(h) * d, s.acc.begin() + long(h + 1) * d, a.out + (long(i) * a.n_heads + h0 + h) * d);
 }
 
