@@ -43,7 +43,7 @@ test('a press describes itself from its scorer options and its budget', () => {
   assert.equal(getPress('snapkv').describe, describePress(snapKvScorer(), uniformBudget));
   assert.match(describePress(snapKvScorer({ window: 8, kernel: 3 }), pyramidBudget(5)), /^SnapKV: .*\(window 8, kernel 3\); budget pyramid\(beta=5\)$/);
   assert.match(getPress('adakv:knorm').describe, /^K-norm: keep low-norm keys; budget adakv\(alpha=0.2\)$/);
-  const wrappers = ['adakv:<method>', 'chunked[N]:<method>', 'chunkkv:<method>', 'critical:<method>', 'rerotate:<method>', 'cam:<method>'];
+  const wrappers = ['adakv:<method>', 'chunked[N]:<method>', 'chunkkv:<method>', 'critical:<method>', 'rerotate:<method>', 'cam:<method>', 'think[R]:<method>'];
   assert.deepEqual(describeMethods().map((m) => m.name), [...methodNames(), ...wrappers]);
   assert.match(describeMethods().find((m) => m.name === 'adakv:<method>')!.describe, /budget adakv\(alpha=0.2\)$/);
   assert.match(getPress('rerotate:adakv:knorm').describe, /^K-norm: keep low-norm keys; budget adakv\(alpha=0.2\); keys re-rotated$/);

@@ -174,3 +174,56 @@ for (const dtype of ['int4', 'int2'] as const) {
 async function answerIdsOn(session: { ask: (q: string, o: { maxTokens: number }) => Promise<{ tokens: number[] }> }): Promise<number[]> {
   return (await session.ask(question, { maxTokens: 8 })).tokens;
 }
+
+// ThinK (issue 28): key channels pruned after the method's token eviction (`think` alone keeps every row, ratio 1
+// only). Bytes count keys at the kept channels and each head's channel list; asking leaves the reduced rows as
+// they were; a key-channel ratio of 0 at ratio 1 answers as the uncompressed cache.
+for (const method of ['think', 'think0:snapkv', 'think:snapkv', 'think0.25:adakv:snapkv', 'rerotate:think:knorm', 'think:chunked64:criticalkv']) {
+  test(`press matrix: ${method}`, async () => {
+    const press = getPress(method);
+    const R = press.keyChannels!.keyChannelRatio;
+    const kd = lm.config.headDim - Math.floor(lm.config.headDim * R);
+    const d = lm.config.headDim;
+    const base = lm.openContext(context, { queryTemplate: 'Question: {query}' });
+    const scored = base.score(press);
+    const N = base.ids.length;
+    const T = base.context.end - base.context.start;
+    const P = base.context.start;
+    for (const ratio of press.budget.name === 'every row' ? [1] : ratios) {
+      const { session: s, report } = scored.compressed(ratio);
+      const kept = s.cache.lengths().map((layer) => layer.map((n) => n - P));
+      const want = press.budget.expectedKept(L, H, T, ratio);
+      assert.deepEqual(keptAtLevel(kept, want.level), want.counts, `${method}@${ratio}: rows kept per ${want.level}`);
+      const total = kept.flat().reduce((a, b) => a + b, 0);
+      const listBytes = kd < d ? L * H * kd * 4 : 0;
+      s.cache.forEachHead((hs) => assert.equal(hs.keyDim, kd, `${method}: every head keeps ${kd} key channels`));
+      assert.equal(report.contextBytesFull, L * H * T * d * 2 * 4);
+      assert.equal(report.contextBytesKept, total * (kd + d) * 4);
+      assert.equal(s.cache.bytes(), (total + L * H * P) * (kd + d) * 4 + listBytes);
+      assert.equal(report.bytesKept, s.cache.bytes());
+      const end = press.rerotate ? P + Math.max(...kept.flat()) : N;
+      s.cache.forEachHead((hs) => {
+        for (let i = 0; i < P; i++) assert.equal(hs.pos[i], i);
+        for (let i = 1; i < hs.len; i++) assert.ok(hs.pos[i]! > hs.pos[i - 1]!);
+      });
+      assert.equal(s.cache.nextPos, end);
+      const before = s.cache.clone();
+      const ids = await answerIds(s);
+      s.cache.forEachHead((hs, l, h) => {
+        const b = before.head(l, h);
+        assert.equal(hs.len, b.len);
+        assert.deepEqual(hs.keyChannels, b.keyChannels);
+        assert.deepEqual(hs.k.subarray(0, hs.len * kd), b.k.subarray(0, b.len * kd));
+        assert.deepEqual(hs.v.subarray(0, hs.len * d), b.v.subarray(0, b.len * d));
+      });
+      if (ratio === 1 && R === 0) assert.deepEqual(ids, reference, `${method} at ratio 1.0 must answer exactly as the uncompressed cache`);
+      const mark = s.cache.mark();
+      lm.model.forward([ids[0] ?? 10], s.cache, { logits: 'none' });
+      s.cache.forEachHead((hs) => {
+        assert.equal(hs.pos[hs.len - 1], end);
+        assert.equal(hs.keyDim, kd, 'the new row is stored with the head\'s channels');
+      });
+      s.cache.truncate(mark);
+    }
+  });
+}

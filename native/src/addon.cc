@@ -120,6 +120,12 @@ Napi::Value AttentionQuantFn(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionPruned(q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len, channels | null][], prefix | null, scale, window)
+Napi::Value AttentionPrunedFn(const Napi::CallbackInfo& info) {
+  attention_pruned_op(info)();
+  return info.Env().Undefined();
+}
+
 // attentionPrefixed(q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale, window)
 Napi::Value AttentionPrefixedFn(const Napi::CallbackInfo& info) {
   attention_prefixed_op(info)();
@@ -191,6 +197,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, AttentionFn));
   exports.Set("attentionPrefixed", Napi::Function::New(env, AttentionPrefixedFn));
   exports.Set("attentionQuant", Napi::Function::New(env, AttentionQuantFn));
+  exports.Set("attentionPruned", Napi::Function::New(env, AttentionPrunedFn));
   exports.Set("rmsnorm", Napi::Function::New(env, RmsnormFn));
   exports.Set("rope", Napi::Function::New(env, RopeFn));
   exports.Set("siluMul", Napi::Function::New(env, SiluMulFn));

@@ -9,6 +9,7 @@
 
 #include "attention.h"
 #include "attention_prefixed.h"
+#include "attention_pruned.h"
 #include "attention_quant.h"
 #include "matmul.h"
 #include "ops.h"
@@ -148,6 +149,43 @@ Kernel attention_prefixed_op(const A& info) {
   a.scale = float(dbl(info[9]));
   a.window = long(num(info[10]));
   return [a = std::move(a), prefix = std::move(prefix)] { attention_prefixed(a, prefix); };
+}
+
+// [k, v, pos, len, channels | null] of each KV head (k [len, channels.length] when channels are given).
+inline std::vector<PrunedHead> pruned_heads(const Napi::Value& arr) {
+  std::vector<PrunedHead> views;
+  if (arr.IsNull() || arr.IsUndefined()) return views;
+  Napi::Array heads = arr.As<Napi::Array>();
+  for (uint32_t g = 0; g < heads.Length(); g++) {
+    Napi::Array h = heads.Get(g).As<Napi::Array>();
+    PrunedHead view{data_of<float>(h.Get(0u)), data_of<float>(h.Get(1u)), data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))};
+    const Napi::Value ch = h.Get(4u);
+    if (!ch.IsNull() && !ch.IsUndefined()) {
+      view.ch = data_of<int32_t>(ch);
+      view.kd = int(ch.As<Napi::TypedArray>().ElementLength());
+    }
+    views.push_back(view);
+  }
+  return views;
+}
+
+// (q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len, channels | null][], prefix: same | null, scale, window (0: none)):
+// attention over channel-pruned fp32 keys (attention_pruned.h)
+template <class A>
+Kernel attention_pruned_op(const A& info) {
+  PrunedAttention a;
+  a.q = data_of<float>(info[0]);
+  a.out = data_of<float>(info[1]);
+  a.nq = int(num(info[2]));
+  a.n_heads = int(num(info[3]));
+  a.n_kv = int(num(info[4]));
+  a.d = int(num(info[5]));
+  a.q_pos = data_of<int32_t>(info[6]);
+  a.heads = pruned_heads(info[7]);
+  a.prefix = pruned_heads(info[8]);
+  a.scale = float(dbl(info[9]));
+  a.window = long(num(info[10]));
+  return [a = std::move(a)] { attention_pruned(a); };
 }
 
 // [k, v, pos, len, qrows, kCodes, vCodes, kScale, kZero, vScale, vZero] of each quantized KV head.

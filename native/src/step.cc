@@ -14,8 +14,8 @@ namespace kvlab::bind {
 namespace {
 
 // Step op codes, as src/tensor/step-list.ts numbers them.
-enum OpCode { OP_MATMUL, OP_ATTENTION, OP_RMSNORM, OP_ROPE, OP_SILU_MUL, OP_EMBEDDING, OP_ADD, OP_ADD_ROW_BIAS, OP_COPY_ROWS, OP_ATTENTION_PREFIXED, OP_ATTENTION_QUANT, OP_COUNT };
-const char* const OP_NAMES[OP_COUNT] = {"matmul", "attention", "rmsnorm", "rope", "siluMul", "embedding", "add", "addRowBias", "copyRows", "attentionPrefixed"};
+enum OpCode { OP_MATMUL, OP_ATTENTION, OP_RMSNORM, OP_ROPE, OP_SILU_MUL, OP_EMBEDDING, OP_ADD, OP_ADD_ROW_BIAS, OP_COPY_ROWS, OP_ATTENTION_PREFIXED, OP_ATTENTION_QUANT, OP_ATTENTION_PRUNED, OP_COUNT };
+const char* const OP_NAMES[OP_COUNT] = {"matmul", "attention", "rmsnorm", "rope", "siluMul", "embedding", "add", "addRowBias", "copyRows", "attentionPrefixed", "attentionQuant", "attentionPruned"};
 
 // One-shot failure injection for tests: the next step fails at this op index (setTuning('step_fail_at', i)).
 std::atomic<long> step_fail_at{-1};
@@ -54,6 +54,7 @@ class StepWorker : public Napi::AsyncWorker {
         case OP_COPY_ROWS: kernels_.push_back(copy_rows_op(a)); break;
         case OP_ATTENTION_PREFIXED: kernels_.push_back(attention_prefixed_op(a)); break;
         case OP_ATTENTION_QUANT: kernels_.push_back(attention_quant_op(a)); break;
+        case OP_ATTENTION_PRUNED: kernels_.push_back(attention_pruned_op(a)); break;
       }
       if (env.IsExceptionPending()) return false;
     }

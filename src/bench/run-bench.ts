@@ -40,7 +40,8 @@ export const BENCH_MMAP = false;
 const r1 = (x: number) => Math.round(x * 10) / 10;
 const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
-function modelDir(name: string, scratch: string, log: (s: string) => void): string {
+/** The embedded model, or a random-weight checkpoint of a real shape written into scratch once. */
+export function modelDir(name: string, scratch: string, log: (s: string) => void): string {
   if (name === 'tiny') return DEFAULT_MODEL_DIR;
   const dir = join(scratch, name);
   if (!existsSync(join(dir, 'model.safetensors'))) {

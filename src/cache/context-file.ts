@@ -37,6 +37,11 @@ export interface ContextFileHeader {
   meta: Record<string, unknown>;
   /** Group size and residual window of an int4 / int2 cache (whose rows the file holds as fp32, re-packed on load). */
   quant?: KvQuantOptions;
+  /**
+   * Per (layer, KV head), layer-major, the key channels kept by ThinK pruning (null: all); the file holds such keys at
+   * full width with zeros in the pruned channels, and loading prunes them again.
+   */
+  keyChannels?: (number[] | null)[];
 }
 
 /** A context file that cannot be used: the message names the file and the problem. */
@@ -77,6 +82,7 @@ export function encodeContextFile(cache: KvCache, fingerprint: string, meta: Rec
     lengths: cache.lengths().flat(),
     meta,
     ...(kvQuantBits(cache.dtype) ? { quant: cache.quantOptions } : {}),
+    ...(cache.keyChannelsPruned ? { keyChannels: cache.heads.flat().map((s) => (s.keyChannels ? [...s.keyChannels] : null)) } : {}),
   };
   const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
   const preamble = Buffer.alloc(PREAMBLE);
@@ -180,6 +186,8 @@ export function decodeContextFile(file: Buffer, where: string, fingerprint: stri
     const pos = new Int32Array(take(n * 4));
     const keys = widen(take(n * d * vb));
     const values = widen(take(n * d * vb));
+    const channels = header.keyChannels?.[l * header.numKvHeads + h];
+    if (channels) cache.head(l, h).pruneKeyChannels(Int32Array.from(channels));
     cache.loadHead(l, h, pos, keys, values);
   });
   cache.nextPos = header.nextPos;
@@ -245,7 +253,25 @@ function checkHeader(h: unknown): ContextFileHeader {
     const q = o.quant as Record<string, unknown>;
     quant = checkKvQuantOptions({ group: Number(q?.group), residual: Number(q?.residual) });
   }
-  return { fingerprint: o.fingerprint, dtype, numLayers, numKvHeads, headDim, nextPos, lengths: lengths as number[], meta: o.meta as Record<string, unknown>, ...(quant ? { quant } : {}) };
+  const keyChannels = o.keyChannels;
+  if (keyChannels !== undefined) {
+    const valid = (c: unknown) => c === null || (Array.isArray(c) && c.length > 0 && c.every((x, i) => Number.isInteger(x) && x >= 0 && x < headDim && (i === 0 || x > c[i - 1])));
+    if (!Array.isArray(keyChannels) || keyChannels.length !== numLayers * numKvHeads || !keyChannels.every(valid)) {
+      throw new Error(`field keyChannels must hold ${numLayers * numKvHeads} lists of increasing channels in [0, ${headDim}) or nulls`);
+    }
+  }
+  return {
+    fingerprint: o.fingerprint,
+    dtype,
+    numLayers,
+    numKvHeads,
+    headDim,
+    nextPos,
+    lengths: lengths as number[],
+    meta: o.meta as Record<string, unknown>,
+    ...(quant ? { quant } : {}),
+    ...(keyChannels ? { keyChannels: keyChannels as (number[] | null)[] } : {}),
+  };
 }
 
 function asBytes(a: Int32Array | Float32Array | Uint16Array): Uint8Array {

@@ -2,10 +2,12 @@ import { alignedFloat32Array, alignedUint16Array } from '../tensor/aligned.ts';
 import type { Backend, KvHeadView, KvRows } from '../tensor/backend.ts';
 import { kvRowsToF32 } from '../tensor/dtype.ts';
 import { checkQuantShape, dequantizeKeys, dequantizeValues, quantizedBytes, type KvQuantBits } from '../tensor/kv-quant.ts';
+import { KvCacheLayoutError } from '../tensor/kvlab-error.ts';
 import { ReferenceBackend } from '../tensor/reference.ts';
 import { blockRows, KV_BLOCK_ROWS, kvRowBytes, type KvPool } from './kv-pool.ts';
 import { QuantStore } from './kv-quant-store.ts';
 import { keepQuantizedRows, quantizeSettledRows } from './kv-quant-rows.ts';
+import { checkKeyChannels, contiguousRuns, gatherChannels, scatterChannels } from './key-channels.ts';
 
 /** Rows an unpooled head starts with (a pooled one starts empty and takes blocks as rows arrive). */
 const MIN_CAPACITY = KV_BLOCK_ROWS;
@@ -57,6 +59,9 @@ function rows(dtype: KvDtype, length: number): KvRows {
  *
  * A quantized head (int4 / int2) holds rows [0, quant.rows) packed in `quant` and rows [quant.rows, len) in fp32
  * in k and v (the residual, row r at element (r - quant.rows) * headDim); `pos` covers every row.
+ *
+ * A channel-pruned head (ThinK, pruneKeyChannels) stores only the key channels listed in `keyChannels`: k holds rows
+ * of keyDim = keyChannels.length values, v keeps headDim; rows appended later are stored with the same channels.
  */
 export class HeadStore implements KvHeadView {
   k: KvRows;
@@ -65,6 +70,8 @@ export class HeadStore implements KvHeadView {
   len = 0;
   readonly quant: QuantStore | undefined;
   readonly quantOptions: KvQuantOptions;
+  /** Kept key channels, ascending, once the head is channel-pruned; null: every channel. */
+  keyChannels: Int32Array | null = null;
 
   /** A pooled head starts empty (`capacity` applies to unpooled ones) and takes blocks as rows arrive. */
   constructor(
@@ -96,20 +103,43 @@ export class HeadStore implements KvHeadView {
     return (row - this.quantRows) * this.headDim;
   }
 
-  /** Rows k and v have room for (the residual of a quantized head). */
-  private get rowCapacity(): number {
-    return this.k.length / this.headDim;
+  /** Values per stored key row: headDim, or the kept channels of a channel-pruned head. */
+  get keyDim(): number {
+    return this.keyChannels ? this.keyChannels.length : this.headDim;
   }
 
-  /** Bytes of storage this head holds (whole blocks: keys, values, positions; packed groups), the figure a pool is charged. */
+  /** Element offset in k of row `row` (row >= quantRows). */
+  keyRowOffset(row: number): number {
+    return (row - this.quantRows) * this.keyDim;
+  }
+
+  /** Rows k and v have room for (the residual of a quantized head). */
+  private get rowCapacity(): number {
+    return this.v.length / this.headDim;
+  }
+
+  private get elementBytes(): number {
+    return this.dtype === 'bf16' ? 2 : 4;
+  }
+
+  /** Bytes of the kept-channel list of a channel-pruned head (int32 each). */
+  private get channelListBytes(): number {
+    return this.keyChannels ? this.keyChannels.length * 4 : 0;
+  }
+
+  /** Bytes of storage this head holds (whole blocks: keys, values, positions; packed groups; a kept-channel list), the figure a pool is charged. */
   get allocatedBytes(): number {
+    if (this.keyChannels) return this.capacity * ((this.keyDim + this.headDim) * this.elementBytes + 4) + this.channelListBytes;
     if (!this.quant) return this.capacity * kvRowBytes(this.headDim, this.dtype);
     return this.capacity * 4 + this.rowCapacity * this.headDim * 2 * 4 + this.quant.allocatedBytes;
   }
 
-  /** Bytes of the keys and values held: fp32 / bf16 rows, or packed codes with their scales and zero points plus the fp32 residual. */
+  /**
+   * Bytes of the keys and values held: fp32 / bf16 rows (keys at keyDim channels plus the kept-channel list once
+   * channel-pruned), or packed codes with their scales and zero points plus the fp32 residual.
+   */
   get heldBytes(): number {
-    if (!this.quant) return this.len * this.headDim * 2 * (this.dtype === 'bf16' ? 2 : 4);
+    if (!this.quant) return this.len * (this.keyDim + this.headDim) * this.elementBytes + this.channelListBytes;
     return this.quant.heldBytes + (this.len - this.quant.rows) * this.headDim * 2 * 4;
   }
 
@@ -120,16 +150,60 @@ export class HeadStore implements KvHeadView {
   rowsBytes(from: number, to: number): number {
     const d = this.headDim;
     const q = this.quant;
-    if (!q) return (to - from) * d * 2 * (this.dtype === 'bf16' ? 2 : 4);
+    if (!q) return (to - from) * (this.keyDim + d) * this.elementBytes;
     const packed = Math.max(0, Math.min(to, q.rows) - from);
     const packedShare = quantizedBytes(q.group, d, q.bits, q.group) / q.group;
     return packed * packedShare + (to - from - packed) * d * 2 * 4;
   }
 
-  /** Keys of rows [from, to) as fp32: a view into an fp32 cache, a widened copy of a bf16 one, dequantized rows of a quantized one. */
+  /**
+   * Keys of rows [from, to) as fp32 [n, headDim]: a view into an fp32 cache, a widened copy of a bf16 one,
+   * dequantized rows of a quantized one; in a channel-pruned head the pruned channels read as zeros (what
+   * attention sees of them).
+   */
   keys(from = 0, to = this.len): Float32Array {
     if (this.quant) return this.dequantized(from, to, 'k');
+    if (this.keyChannels) return scatterChannels(this.storedKeys(from, to), this.keyChannels, this.headDim);
     return kvRowsToF32(this.k, from * this.headDim, to * this.headDim);
+  }
+
+  /** Keys of rows [from, to) as stored, fp32 [n, keyDim] (the kept channels of a channel-pruned head). */
+  storedKeys(from = 0, to = this.len): Float32Array {
+    if (this.quant) return this.dequantized(from, to, 'k');
+    return kvRowsToF32(this.k, from * this.keyDim, to * this.keyDim);
+  }
+
+  /**
+   * Keeps only these key channels (ascending, distinct, in [0, headDim)) of every row, now and for rows appended
+   * later: k is rebuilt at the reduced width and the blocks' bytes shrink (ThinK). Channels already pruned stay
+   * pruned: the list must be a subset of the head's current one. Not for quantized heads.
+   */
+  pruneKeyChannels(channels: Int32Array): void {
+    if (this.quant) throw new KvCacheLayoutError(`ThinK key-channel pruning works on fp32 and bf16 caches, not on a ${this.dtype} (KIVI) cache`);
+    checkKeyChannels(channels, this.headDim, this.keyChannels);
+    const before = this.allocatedBytes;
+    const kept = gatherChannels(this.keys(0, this.len), channels, this.headDim);
+    const k = rows(this.dtype, this.rowCapacity * channels.length);
+    jsCopier.copyRows(k, 0, kept, 0, channels.length, this.len, channels.length);
+    this.k = k;
+    this.keyChannels = Int32Array.from(channels);
+    const delta = this.allocatedBytes - before;
+    if (delta > 0) this.pool?.allocate(delta, 'a channel-pruned KV head');
+    else this.pool?.release(-delta);
+  }
+
+  /**
+   * Copies n new rows' keys from src (row i at srcOffset + i * srcStride, headDim wide) into k from row `first`:
+   * whole rows, or the kept channels of a channel-pruned head, one run of adjacent channels at a time.
+   */
+  copyKeys(first: number, src: Float32Array, srcOffset: number, srcStride: number, n: number, copier: Pick<Backend, 'copyRows'>): void {
+    const dst = this.keyRowOffset(first);
+    if (!this.keyChannels) return copier.copyRows(this.k, dst, src, srcOffset, srcStride, n, this.headDim);
+    const kd = this.keyDim;
+    const runs = contiguousRuns(this.keyChannels);
+    for (let i = 0; i < n; i++) {
+      for (const [at, channel, width] of runs) copier.copyRows(this.k, dst + i * kd + at, src, srcOffset + i * srcStride + channel, srcStride, 1, width);
+    }
   }
 
   /** Values of rows [from, to) as fp32, as keys() does. */
@@ -223,10 +297,11 @@ export class HeadStore implements KvHeadView {
       this.shrinkToFit();
       return;
     }
+    const kd = this.keyDim;
     for (let r = 0; r < indices.length; r++) {
       const i = indices[r]!;
       if (i !== r) {
-        this.k.copyWithin(r * d, i * d, (i + 1) * d);
+        this.k.copyWithin(r * kd, i * kd, (i + 1) * kd);
         this.v.copyWithin(r * d, i * d, (i + 1) * d);
         this.pos[r] = this.pos[i]!;
       }
@@ -238,7 +313,7 @@ export class HeadStore implements KvHeadView {
   /**
    * Replaces the head's rows with these: positions, and keys and values as fp32 [n, headDim] (stored in the
    * head's dtype; bf16 rows read back through keys()/values() load exactly; a quantized head quantizes the rows
-   * older than its residual window). How persisted caches come back.
+   * older than its residual window; a channel-pruned head keeps its channels of the keys). How persisted caches come back.
    */
   load(pos: Int32Array, keys: Float32Array, values: Float32Array): void {
     const d = this.headDim;
@@ -249,7 +324,7 @@ export class HeadStore implements KvHeadView {
     this.len = 0;
     if (this.quant) this.quant.rows = 0;
     this.reserveExact(n);
-    jsCopier.copyRows(this.k, 0, keys, 0, d, n, d);
+    this.copyKeys(0, keys, 0, d, n, jsCopier);
     jsCopier.copyRows(this.v, 0, values, 0, d, n, d);
     this.pos.set(pos);
     this.len = n;
@@ -288,26 +363,35 @@ export class HeadStore implements KvHeadView {
     this.quant?.shrinkToFit();
   }
 
-  /** Drops every row and frees all storage. */
+  /** Drops every row and frees all storage; a channel-pruned head stores every channel again. */
   release(): void {
     this.len = 0;
     if (this.quant) this.quant.rows = 0;
     this.shrinkToFit();
+    if (this.keyChannels) {
+      const before = this.allocatedBytes;
+      this.keyChannels = null;
+      this.k = rows(this.dtype, this.rowCapacity * this.headDim);
+      const delta = this.allocatedBytes - before;
+      if (delta > 0) this.pool?.allocate(delta, 'a released KV head');
+      else this.pool?.release(-delta);
+    }
   }
 
   /** Positions for `capacity` rows, k and v for `rowCapacity` rows (the same unless quantized). */
   private resize(capacity: number, rowCapacity = capacity): void {
     const d = this.headDim;
-    const before = this.allocatedBytes - (this.quant?.allocatedBytes ?? 0);
-    const after = this.quant ? capacity * 4 + rowCapacity * d * 2 * 4 : capacity * kvRowBytes(d, this.dtype);
+    const kd = this.keyDim;
+    const before = this.allocatedBytes - (this.quant?.allocatedBytes ?? 0) - this.channelListBytes;
+    const after = this.quant ? capacity * 4 + rowCapacity * d * 2 * 4 : capacity * ((kd + d) * this.elementBytes + 4);
     const delta = after - before;
     if (delta > 0) this.pool?.allocate(delta, `a KV head of ${capacity} rows`);
     else this.pool?.release(-delta);
     const held = this.len - this.quantRows;
-    const k = rows(this.dtype, rowCapacity * d);
+    const k = rows(this.dtype, rowCapacity * kd);
     const v = rows(this.dtype, rowCapacity * d);
     const pos = new Int32Array(capacity);
-    k.set(this.k.subarray(0, held * d));
+    k.set(this.k.subarray(0, held * kd));
     v.set(this.v.subarray(0, held * d));
     pos.set(this.pos.subarray(0, this.len));
     this.k = k;
@@ -380,7 +464,7 @@ export class KvCache {
       const s = heads[h]!;
       s.settle();
       const first = s.extend(positions);
-      copier.copyRows(s.k, s.rowOffset(first), k, h * d, H * d, n, d);
+      s.copyKeys(first, k, h * d, H * d, n, copier);
       copier.copyRows(s.v, s.rowOffset(first), v, h * d, H * d, n, d);
     }
   }
@@ -472,6 +556,13 @@ export class KvCache {
     this.epoch++;
   }
 
+  /** Keeps only these key channels of one head (HeadStore.pruneKeyChannels); a mark taken before can no longer be restored. */
+  pruneKeyChannels(l: number, h: number, channels: Int32Array): void {
+    this.assertIdle('pruneKeyChannels');
+    this.heads[l]![h]!.pruneKeyChannels(channels);
+    this.epoch++;
+  }
+
   /** Replaces one head's rows (HeadStore.load); a mark taken before can no longer be restored. */
   loadHead(l: number, h: number, pos: Int32Array, keys: Float32Array, values: Float32Array): void {
     this.assertIdle('loadHead');
@@ -494,11 +585,16 @@ export class KvCache {
     return total;
   }
 
-  /** Bytes actually allocated for K, V and positions (and packed rows), spare capacity included. */
+  /** Whether any head stores pruned key channels (ThinK): attention then reads keyDim channels per key. */
+  get keyChannelsPruned(): boolean {
+    return this.heads.some((layer) => layer.some((s) => s.keyChannels !== null));
+  }
+
+  /** Bytes actually allocated for K, V and positions (and packed rows, kept-channel lists), spare capacity included. */
   allocatedBytes(): number {
     let total = 0;
     this.forEachHead((s) => {
-      total += s.k.buffer.byteLength + s.v.buffer.byteLength + s.pos.byteLength;
+      total += s.k.buffer.byteLength + s.v.buffer.byteLength + s.pos.byteLength + (s.keyChannels?.byteLength ?? 0);
       const q = s.quant;
       if (q) for (const a of [q.kCodes, q.vCodes, q.kScale, q.kZero, q.vScale, q.vZero]) total += a.byteLength;
     });
@@ -536,12 +632,13 @@ export class KvCache {
         t.load(s.pos.slice(0, s.len), s.keys(), s.values());
         return;
       }
+      if (s.keyChannels) t.pruneKeyChannels(s.keyChannels);
       t.reserveExact(s.len);
       if (dtype === this.dtype) {
-        t.k.set(s.k.subarray(0, s.len * d));
+        t.k.set(s.k.subarray(0, s.len * s.keyDim));
         t.v.set(s.v.subarray(0, s.len * d));
       } else {
-        jsCopier.copyRows(t.k, 0, s.keys(), 0, d, s.len, d);
+        t.copyKeys(0, s.keys(), 0, d, s.len, jsCopier);
         jsCopier.copyRows(t.v, 0, s.values(), 0, d, s.len, d);
       }
       t.pos.set(s.pos.subarray(0, s.len));

@@ -6,6 +6,7 @@ import type { TokenSpan } from '../model/segments.ts';
 import { checkRatio } from '../press/budgets.ts';
 import { mergeEvictedValues } from '../press/methods/cam.ts';
 import { rerotateKeys } from '../press/methods/key-rerotation.ts';
+import { pruneKeyChannels } from '../press/methods/think.ts';
 import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
 import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/types.ts';
@@ -304,9 +305,11 @@ export class ScoredContext {
       mergeEvictedValues(session.cache, session.context, keep, observed, this.press.merge);
     }
     const report = session.applyKeep(this.press.name, ratio, keep, { ...this.timings, keepMs: 0 });
-    if (this.press.rerotate) {
-      rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
-      // Reloading the rotated rows re-packs a quantized cache's groups: the bytes held are counted again.
+    if (this.press.rerotate) rerotateKeys(session.cache, session.lm.model.rope.invFreq, session.context.start);
+    if (this.press.keyChannels) pruneKeyChannels(session.cache, this.context.capture, this.context.span, session.lm.config.numHeads, this.press.keyChannels);
+    if (this.press.rerotate || this.press.keyChannels) {
+      // Reloading the rotated rows re-packs a quantized cache's groups, and pruned key channels shrink every
+      // row: the bytes held are counted again (a pruned head's channel list is in bytesKept).
       report.bytesKept = session.cache.bytes();
       const start = session.context.start;
       let contextBytesKept = 0;

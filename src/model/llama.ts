@@ -1,5 +1,5 @@
 import { ContextTooLongError } from '../tensor/kvlab-error.ts';
-import type { AttentionStats, Backend, RopeTable } from '../tensor/backend.ts';
+import { StepNotRecordableError, type AttentionStats, type Backend, type RopeTable } from '../tensor/backend.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ModelConfig } from './config.ts';
 import type { ModelWeights } from './weights.ts';
@@ -91,6 +91,8 @@ export class LlamaModel {
       return logits;
     } catch (e) {
       cache.truncate(mark);
+      // A call only the JS thread can run (e.g. attention over bf16 channel-pruned keys): the same step, synchronously.
+      if (e instanceof StepNotRecordableError) return this.forward(ids, cache, opts);
       throw e;
     }
   }
@@ -126,6 +128,7 @@ export class LlamaModel {
       return logits;
     } catch (e) {
       seqs.forEach((s, i) => s.cache.truncate(marks[i]!));
+      if (e instanceof StepNotRecordableError) return this.forwardBatch(seqs);
       throw e;
     }
   }

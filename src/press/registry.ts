@@ -21,6 +21,7 @@ import { randomScorer } from './methods/random.ts';
 import { snapKvScorer } from './methods/snapkv.ts';
 import { streamingLlmScorer } from './methods/streaming-llm.ts';
 import { tovaScorer } from './methods/tova.ts';
+import { checkKeyChannelRatio, everyRowBudget, noEvictionScorer, THINK_DEFAULTS, thinkScorer, type ThinkOptions } from './methods/think.ts';
 import type { BudgetPolicy, Scorer } from './types.ts';
 import { MethodNameError } from '../tensor/kvlab-error.ts';
 
@@ -35,12 +36,15 @@ export interface Press {
   readonly rerotate?: boolean;
   /** CaM: evicted values are merged into the kept rows that follow them before they are dropped (methods/cam.ts). */
   readonly merge?: CamOptions;
+  /** ThinK: after eviction, each head's key channels are pruned (methods/think.ts). */
+  readonly keyChannels?: ThinkOptions;
 }
 
 /** What a press does around the selection itself. */
 export interface PressOptions {
   rerotate?: boolean;
   merge?: CamOptions;
+  keyChannels?: ThinkOptions;
 }
 
 /** Every method by name. A new method is one file in methods/ and one line here. */
@@ -74,6 +78,9 @@ const methods: Record<string, [Scorer, BudgetPolicy, PressOptions?]> = {
 
 const ADAKV_ALPHA = 0.2;
 
+/** `think`, `think0.25`: ThinK with an optional fraction of key channels pruned. */
+const THINK_PREFIX = /^think((?:0|1)?\.\d+|0|1)?$/;
+
 export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: PressOptions = {}): Press {
   return {
     name,
@@ -82,6 +89,7 @@ export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: 
     describe: describePress(scorer, budget, opts),
     ...(opts.rerotate ? { rerotate: true } : {}),
     ...(opts.merge ? { merge: opts.merge } : {}),
+    ...(opts.keyChannels ? { keyChannels: opts.keyChannels } : {}),
   };
 }
 
@@ -89,7 +97,8 @@ export function press(name: string, scorer: Scorer, budget: BudgetPolicy, opts: 
 export function describePress(scorer: Scorer, budget: BudgetPolicy, opts: PressOptions = {}): string {
   const options = Object.entries(scorer.options ?? {}).map(([k, v]) => `${k} ${typeof v === 'string' ? JSON.stringify(v) : v}`);
   const merge = opts.merge ? `; evicted values merged into the next ${opts.merge.mergeBudget ?? CAM_DEFAULTS.mergeBudget} kept rows (seed ${opts.merge.seed ?? CAM_DEFAULTS.seed})` : '';
-  return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}${merge}${opts.rerotate ? '; keys re-rotated' : ''}`;
+  const think = opts.keyChannels ? `; then ThinK prunes ${opts.keyChannels.keyChannelRatio} of each head's key channels (window ${opts.keyChannels.window})` : '';
+  return `${scorer.summary}${options.length ? ` (${options.join(', ')})` : ''}; budget ${budget.name}${merge}${opts.rerotate ? '; keys re-rotated' : ''}${think}`;
 }
 
 /**
@@ -103,6 +112,7 @@ const wrappers: { prefix: RegExp; usage: string; wrap(inner: Press, arg?: number
   { prefix: /^critical$/, usage: 'critical:<method>', wrap: (p) => [criticalScorer(p.scorer), criticalBudget()] },
   { prefix: /^rerotate$/, usage: 'rerotate:<method>', wrap: (p) => [p.scorer, p.budget, { rerotate: true }] },
   { prefix: /^cam$/, usage: 'cam:<method>', wrap: (p) => [camScorer(p.scorer), p.budget, { merge: CAM_DEFAULTS }] },
+  { prefix: THINK_PREFIX, usage: 'think[R]:<method>', wrap: (p, r = THINK_DEFAULTS.keyChannelRatio) => [thinkScorer(p.scorer, THINK_DEFAULTS.window), p.budget, { keyChannels: { ...THINK_DEFAULTS, keyChannelRatio: checkKeyChannelRatio(r) } }] },
 ];
 
 function wrapped(name: string): Press | undefined {
@@ -115,9 +125,17 @@ function wrapped(name: string): Press | undefined {
     const arg = m[1] === undefined ? undefined : Number(m[1]);
     const inner = getPress(name.slice(colon + 1));
     const [scorer, budget, opts = {}] = w.wrap(inner, arg);
-    return press(name, scorer, budget, { rerotate: opts.rerotate ?? inner.rerotate, merge: opts.merge ?? inner.merge });
+    return press(name, scorer, budget, { rerotate: opts.rerotate ?? inner.rerotate, merge: opts.merge ?? inner.merge, keyChannels: opts.keyChannels ?? inner.keyChannels });
   }
   return undefined;
+}
+
+/** `think[R]` alone: every row kept, key channels pruned. */
+function thinkAlone(name: string): Press | undefined {
+  const m = THINK_PREFIX.exec(name);
+  if (!m) return undefined;
+  const keyChannelRatio = checkKeyChannelRatio(m[1] === undefined ? THINK_DEFAULTS.keyChannelRatio : Number(m[1]));
+  return press(name, thinkScorer(noEvictionScorer, THINK_DEFAULTS.window), everyRowBudget, { keyChannels: { ...THINK_DEFAULTS, keyChannelRatio } });
 }
 
 export function methodNames(): string[] {
@@ -131,6 +149,7 @@ const WRAPPER_LINES: Record<string, string> = {
   'critical:<method>': "any method's scores reweighted by ||W_O v||_1 in two stages (CriticalKV)",
   'rerotate:<method>': 'any method; kept keys re-rotated to close the position gaps (KeyRerotation)',
   'cam:<method>': 'any method; evicted values merged into the kept rows after them (CaM)',
+  'think[R]:<method>': `any method, then ThinK prunes a fraction R (default ${THINK_DEFAULTS.keyChannelRatio}) of each head's key channels; think[R] alone keeps every row (ratio 1)`,
 };
 
 /** Every method's describe line, and the wrappers'. */
@@ -138,11 +157,13 @@ export function describeMethods(): { name: string; describe: string }[] {
   return [...methodNames().map((name) => ({ name, describe: getPress(name).describe })), ...Object.entries(WRAPPER_LINES).map(([name, describe]) => ({ name, describe }))];
 }
 
-/** Resolves a method name, with any wrappers (`adakv:`, `chunked[N]:`, `chunkkv:`, `critical:`, `rerotate:`, `cam:`). */
+/** Resolves a method name, with any wrappers (`adakv:`, `chunked[N]:`, `chunkkv:`, `critical:`, `rerotate:`, `cam:`, `think[R]:`). */
 export function getPress(name: string): Press {
   const w = wrapped(name);
   if (w) return w;
   const m = methods[name];
+  const t = m ? undefined : thinkAlone(name);
+  if (t) return t;
   if (!m) throw new MethodNameError(`unknown method "${name}"; known: ${[...methodNames(), ...wrappers.map((x) => x.usage)].join(', ')}`);
   return press(name, ...m);
 }

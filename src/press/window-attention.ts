@@ -24,7 +24,7 @@ export function windowAttention(ctx: ScoringContext, positions: number[], reduce
       ctx.keys === 'span'
         ? cache.layer(l).map((hs) => ({
             // A quantized head's span rows come dequantized (its packed rows are not laid out by position).
-            k: hs.quant ? hs.keys(span.start, span.end) : hs.k.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
+            k: hs.quant || hs.keyChannels ? hs.keys(span.start, span.end) : hs.k.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
             v: hs.quant ? hs.values(span.start, span.end) : hs.v.subarray(span.start * cfg.headDim, span.end * cfg.headDim),
             pos: hs.pos.subarray(span.start, span.end),
             len: span.end - span.start,

@@ -38,6 +38,11 @@ export interface KvHeadView {
    * [quant.rows, len) from their start. All heads of one call are quantized alike or not at all.
    */
   quant?: QuantizedKvRows;
+  /**
+   * A channel-pruned head (ThinK): k holds only these key channels (ascending) of each row, k's rows are
+   * keyChannels.length wide, and q.k runs over them alone (scale unchanged). v keeps headDim. Not with quant.
+   */
+  keyChannels?: Int32Array | null;
 }
 
 /** Per-key attention statistics over a chosen set of queries, accumulated across calls. */
@@ -124,6 +129,9 @@ export interface Backend {
    */
   recordStep?(): StepRecording;
 }
+
+/** Thrown while recording a step that uses a call the backend can only run synchronously: run the step with forward(). */
+export class StepNotRecordableError extends Error {}
 
 export interface StepRecording {
   readonly backend: Backend;

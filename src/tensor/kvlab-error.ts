@@ -32,3 +32,10 @@ export class MethodNameError extends KvlabError {
     super('unknown_method', message);
   }
 }
+
+/** A cache operation its layout cannot take (e.g. ThinK key-channel pruning on a quantized cache, a bad channel list). */
+export class KvCacheLayoutError extends KvlabError {
+  constructor(message: string) {
+    super('kv_layout', message);
+  }
+}

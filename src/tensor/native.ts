@@ -1,7 +1,11 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import type { AttentionArgs, Backend, KvHeadView, KvRows, RopeTable, StepRecording, Weight } from './backend.ts';
+import { StepNotRecordableError, type AttentionArgs, type Backend, type KvHeadView, type KvRows, type RopeTable, type StepRecording, type Weight } from './backend.ts';
+import { ReferenceBackend } from './reference.ts';
 import { StepList, type Kernels } from './step-list.ts';
+
+/** Where the native backend sends what its pruned-key kernel does not take (see NativeBackend.attentionPrunedKeys). */
+const prunedKeyAttention = new ReferenceBackend();
 
 export interface NativeInfo {
   /** CPU features detected (after a KVLAB_ISA cap, if set). */
@@ -18,6 +22,9 @@ export type MappedFile = object & { readonly __mappedFile: unique symbol };
 
 /** A quantized head as the addon takes it: residual k, v, pos, len, packed rows, key codes, value codes, key scales, key zeros, value scales, value zeros. */
 export type QuantHeadArgs = [KvRows, KvRows, Int32Array, number, number, Uint8Array, Uint8Array, Float32Array, Float32Array, Float32Array, Float32Array];
+
+/** A head as attentionPruned takes it: k ([len, channels.length], or [len, d] without channels), v, pos, len, kept channels | null. */
+export type PrunedHeadArgs = [Float32Array, Float32Array, Int32Array, number, Int32Array | null];
 
 export interface Addon {
   info(): NativeInfo;
@@ -97,6 +104,20 @@ export interface Addon {
     window: number,
     bits: number,
     group: number,
+  ): void;
+  /** attention() over channel-pruned fp32 keys (ThinK): each view names its kept key channels (null: all), outputs only. */
+  attentionPruned(
+    q: Float32Array,
+    out: Float32Array,
+    nq: number,
+    nHeads: number,
+    nKv: number,
+    d: number,
+    qPos: Int32Array,
+    heads: PrunedHeadArgs[],
+    prefix: PrunedHeadArgs[] | null,
+    scale: number,
+    window: number,
   ): void;
   rmsnorm(out: Float32Array, x: Float32Array, n: number, dim: number, w: Float32Array, eps: number): void;
   rope(x: Float32Array, n: number, nHeads: number, headDim: number, pos: Int32Array, invFreq: Float32Array, scaling: number): void;
@@ -299,6 +320,7 @@ export class NativeBackend implements Backend {
   attention(a: AttentionArgs): void {
     const { nq, nHeads, nKvHeads, headDim: d } = a;
     if (nHeads % nKvHeads !== 0 || a.heads.length < nKvHeads) throw new RangeError(`attention: ${nHeads} query heads over ${nKvHeads} KV heads`);
+    if (a.heads.slice(0, nKvHeads).some((h) => h.keyChannels) || a.prefix?.some((h) => h.keyChannels)) return this.attentionPrunedKeys(a);
     if (a.heads.slice(0, nKvHeads).some((h) => h.quant) || a.prefix?.some((h) => h.quant)) return this.attentionQuant(a);
     if (a.q.length < nq * nHeads * d || (a.out && a.out.length < nq * nHeads * d) || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
     const bf16 = a.heads[0]!.k instanceof Uint16Array;
@@ -337,6 +359,34 @@ export class NativeBackend implements Backend {
       a.stats?.queryWeight ?? null,
       window,
     );
+  }
+
+  /**
+   * Attention over channel-pruned (ThinK) keys: fp32 rows go to the addon's kernel for them (attention_pruned.cc,
+   * which reads kd channels per key, in sync calls and async steps). bf16 rows and calls asking for statistics run on
+   * the reference backend's attention (TypeScript), synchronously only: a recorded async step refuses them.
+   */
+  private attentionPrunedKeys(a: AttentionArgs): void {
+    const { nq, nHeads, nKvHeads, headDim: d } = a;
+    const sources = [...a.heads.slice(0, nKvHeads), ...(a.prefix?.slice(0, nKvHeads) ?? [])];
+    const kernel = typeof this.lib.attentionPruned === 'function';
+    if (!kernel || a.stats || !a.out || sources.some((h) => !(h.k instanceof Float32Array) || !(h.v instanceof Float32Array))) {
+      if (this.k !== this.lib) throw new StepNotRecordableError('attention over channel-pruned (ThinK) keys with statistics, bf16 rows or an addon built without its kernel runs on the TypeScript path, which a recorded async step cannot call');
+      prunedKeyAttention.attention(a);
+      return;
+    }
+    if (a.q.length < nq * nHeads * d || a.out.length < nq * nHeads * d || a.qPos.length < nq) throw new RangeError('attention: q/out/qPos shorter than the shape');
+    if (a.prefix && a.prefix.length < nKvHeads) throw new RangeError(`attention: ${a.prefix.length} prefix views for ${nKvHeads} KV heads`);
+    if (a.window !== undefined && !(Number.isSafeInteger(a.window) && a.window > 0)) throw new RangeError(`attention: window must be a positive integer, got ${a.window}`);
+    const views = (hs: KvHeadView[], what: string): PrunedHeadArgs[] =>
+      hs.slice(0, nKvHeads).map((h, g) => {
+        const ch = h.keyChannels ?? null;
+        const kd = ch ? ch.length : d;
+        if (ch && (ch.length === 0 || ch.length > d || ch.some((c, i) => c < 0 || c >= d || (i > 0 && c <= ch[i - 1]!)))) throw new RangeError(`attention: ${what} ${g}: kept key channels must be increasing channels in [0, ${d})`);
+        if (h.k.length < h.len * kd || h.v.length < h.len * d || h.pos.length < h.len) throw new RangeError(`attention: ${what} ${g} shorter than its len ${h.len}`);
+        return [h.k as Float32Array, h.v as Float32Array, h.pos, h.len, ch];
+      });
+    this.k.attentionPruned(a.q, a.out, nq, nHeads, nKvHeads, d, a.qPos, views(a.heads, 'KV head'), a.prefix ? views(a.prefix, 'the prefix of KV head') : null, a.scale, a.window ?? 0);
   }
 
   /** Attention over quantized heads: the packed rows are read by the addon as they are (attention_quant.cc). */

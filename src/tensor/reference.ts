@@ -2,6 +2,13 @@ import type { AttentionArgs, Backend, KvHeadView, KvRows, RopeTable, Weight } fr
 import { f32ToBf16, kvRowsToF32 } from './dtype.ts';
 import { dequantizedHead } from './kv-quant.ts';
 
+/** Keys of one run of rows: [len, headDim], or [len, ch.length] holding only channels ch. */
+interface KeySegment {
+  k: Float32Array;
+  ch: Int32Array | null;
+  len: number;
+}
+
 const widened = new WeakMap<Weight, Float32Array>();
 
 /** The weight as fp32 [rows, cols], converted once and cached (the reference backend trades memory for clarity). */
@@ -118,29 +125,25 @@ export class ReferenceBackend implements Backend {
     const window = a.window ?? Infinity;
     const group = nHeads / nKvHeads;
     if (a.prefix && stats) throw new Error('attention: statistics over a prefixed (shared-context) call are not supported');
-    // Quantized heads are read dequantized: the plain oracle the native kernels are checked against.
-    const rowsOf = (h: KvHeadView) => (h.quant ? dequantizedHead(h, d) : { k: kvRowsToF32(h.k, 0, h.len * d), v: kvRowsToF32(h.v, 0, h.len * d) });
+    // Quantized heads are read dequantized: the plain oracle the native kernels are checked against. A
+    // channel-pruned head's keys are read at their stored width, against the query's kept channels.
+    const keysOf = (h: KvHeadView): KeySegment => {
+      const ch = h.keyChannels ?? null;
+      if (h.quant) return { k: dequantizedHead(h, d).k, ch: null, len: h.len };
+      return { k: kvRowsToF32(h.k, 0, h.len * (ch ? ch.length : d)), ch, len: h.len };
+    };
+    const valuesOf = (h: KvHeadView) => (h.quant ? dequantizedHead(h, d).v : kvRowsToF32(h.v, 0, h.len * d));
     const heads = a.heads.slice(0, nKvHeads).map((h, g) => {
       const p = a.prefix?.[g];
-      if (!p) return { ...h, ...rowsOf(h) };
+      if (!p) return { segments: [keysOf(h)], v: valuesOf(h), pos: h.pos, len: h.len };
       // The prefix's rows, then the head's own, as one head.
-      const cat = (x: Float32Array, y: Float32Array) => {
-        const r = new Float32Array(x.length + y.length);
-        r.set(x);
-        r.set(y, x.length);
-        return r;
-      };
       const pos = new Int32Array(p.len + h.len);
       pos.set(p.pos.subarray(0, p.len));
       pos.set(h.pos.subarray(0, h.len), p.len);
-      const pr = rowsOf(p);
-      const hr = rowsOf(h);
-      return {
-        k: cat(pr.k, hr.k),
-        v: cat(pr.v, hr.v),
-        pos,
-        len: p.len + h.len,
-      };
+      const v = new Float32Array((p.len + h.len) * d);
+      v.set(valuesOf(p));
+      v.set(valuesOf(h), p.len * d);
+      return { segments: [keysOf(p), keysOf(h)], v, pos, len: p.len + h.len };
     });
     for (let h = 0; h < nHeads; h++) {
       const g = Math.floor(h / group);
@@ -149,16 +152,21 @@ export class ReferenceBackend implements Backend {
       for (let i = 0; i < nq; i++) {
         const qo = (i * nHeads + h) * d;
         let maxLogit = -Infinity;
-        for (let j = 0; j < kv.len; j++) {
-          if (kv.pos[j]! > qPos[i]! || qPos[i]! - kv.pos[j]! >= window) {
-            probs[j] = -Infinity;
-            continue;
+        let j = 0;
+        for (const { k, ch, len } of kv.segments) {
+          const kd = ch ? ch.length : d;
+          for (let r = 0; r < len; r++, j++) {
+            if (kv.pos[j]! > qPos[i]! || qPos[i]! - kv.pos[j]! >= window) {
+              probs[j] = -Infinity;
+              continue;
+            }
+            let dot = 0;
+            const ko = r * kd;
+            if (ch) for (let c = 0; c < kd; c++) dot += q[qo + ch[c]!]! * k[ko + c]!;
+            else for (let c = 0; c < d; c++) dot += q[qo + c]! * k[ko + c]!;
+            probs[j] = dot * scale;
+            if (probs[j]! > maxLogit) maxLogit = probs[j]!;
           }
-          let dot = 0;
-          const ko = j * d;
-          for (let c = 0; c < d; c++) dot += q[qo + c]! * kv.k[ko + c]!;
-          probs[j] = dot * scale;
-          if (probs[j]! > maxLogit) maxLogit = probs[j]!;
         }
         let denom = 0;
         for (let j = 0; j < kv.len; j++) {

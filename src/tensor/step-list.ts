@@ -1,10 +1,10 @@
 import type { Addon } from './native.ts';
 
 /** The addon's kernel functions a forward step calls, with the addon's own argument lists. */
-export type Kernels = Pick<Addon, 'matmul' | 'attention' | 'rmsnorm' | 'rope' | 'siluMul' | 'embedding' | 'add' | 'addRowBias' | 'copyRows' | 'attentionPrefixed' | 'attentionQuant'>;
+export type Kernels = Pick<Addon, 'matmul' | 'attention' | 'rmsnorm' | 'rope' | 'siluMul' | 'embedding' | 'add' | 'addRowBias' | 'copyRows' | 'attentionPrefixed' | 'attentionQuant' | 'attentionPruned'>;
 
 /** Op codes of runStep, in the order of the OpCode enum in native/src/step.cc. */
-const OP = { matmul: 0, attention: 1, rmsnorm: 2, rope: 3, siluMul: 4, embedding: 5, add: 6, addRowBias: 7, copyRows: 8, attentionPrefixed: 9, attentionQuant: 10 } as const;
+const OP = { matmul: 0, attention: 1, rmsnorm: 2, rope: 3, siluMul: 4, embedding: 5, add: 6, addRowBias: 7, copyRows: 8, attentionPrefixed: 9, attentionQuant: 10, attentionPruned: 11 } as const;
 
 export type StepOp = readonly [code: number, label: string, ...args: unknown[]];
 
@@ -36,6 +36,9 @@ export class StepList implements Kernels {
   }
   attentionPrefixed(...a: Parameters<Kernels['attentionPrefixed']>): void {
     this.ops.push([OP.attentionPrefixed, `attention (shared prefix) nq=${a[2]}`, ...a]);
+  }
+  attentionPruned(...a: Parameters<Kernels['attentionPruned']>): void {
+    this.ops.push([OP.attentionPruned, `attention (channel-pruned keys) nq=${a[2]}`, ...a]);
   }
   attentionQuant(...a: Parameters<Kernels['attentionQuant']>): void {
     this.ops.push([OP.attentionQuant, `attention (int${a[15]} cache) nq=${a[2]}`, ...a]);

@@ -35,6 +35,26 @@ export function registerBench(program: Command): void {
       process.stdout.write(text);
     });
   registerBenchDecodeCompression(bench);
+  registerBenchThink(bench);
+}
+
+/** `kvlab bench think`: decode from caches with ThinK-pruned key channels, fewer rows, or both, against the full cache. */
+function registerBenchThink(bench: Command): void {
+  bench
+    .command('think')
+    .description('decode ms/token and attention time on caches with pruned key channels (ThinK), fewer rows, or both, vs the full fp32 cache (alternating rounds); prints JSON')
+    .option('--model <name>', 'tiny, qwen2.5-0.5b or llama-3.2-1b (random weights of that shape)', 'llama-3.2-1b')
+    .option('--context <n>', 'cached rows per head before decoding', intOption('--context', 1), 4096)
+    .option('--rounds <n>', 'alternating rounds', intOption('--rounds', 1), 4)
+    .option('--steps <n>', 'decode steps per cache and round (median taken)', intOption('--steps', 1), 3)
+    .action(async (_local, cmd: Command) => {
+      const { runThinkBench } = await import('../../bench/think-bench.ts');
+      const o = cmd.optsWithGlobals();
+      const report = runThinkBench({ model: o.model, context: o.context, rounds: o.rounds, steps: o.steps, log: (line) => process.stderr.write(`bench think: ${line}\n`) });
+      const text = `${JSON.stringify(report, null, 2)}\n`;
+      if (o.out) writeFileSync(o.out, text);
+      process.stdout.write(text);
+    });
 }
 
 /** `kvlab bench decode-compress`: tokens/s per quarter of a long generation, with and without decoding-time compression. */
