@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { adaKvBudget, globalBudget, keptAtLevel, keptCount, pyramidBudget, pyramidLayerBudgets, uniformBudget, wholeHeadBudget, headsWithWindowBudget } from '../src/press/budgets.ts';
-import { topKIndices } from '../src/press/topk.ts';
+import { compareScores, topKIndices } from '../src/press/topk.ts';
 import { seededRandom } from '../src/tensor/seeded-random.ts';
 import type { Scores } from '../src/press/types.ts';
 
@@ -17,6 +17,21 @@ test('top-k is exact and ties go to the lower position', () => {
   assert.deepEqual([...topKIndices([0.1, 0.9, 0.3], 2)], [1, 2]);
   assert.deepEqual([...topKIndices([NaN, 1, 2], 2)], [1, 2]);
   assert.equal(topKIndices([1, 2, 3], 0).length, 0);
+  assert.deepEqual([...topKIndices([NaN, 1, NaN, 2], 3)], [0, 1, 3], 'all numbers, then the first NaN');
+  assert.deepEqual([...topKIndices([0, -0, 3, 0], 2)], [0, 2], '-0 and 0 tie: the lower position goes');
+});
+
+test('top-k equals a brute-force sort by (score desc, position asc) on scores with many ties, infinities and NaN', () => {
+  let seed = 12345;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const values = [0, -0, 1, -1, 0.5, Infinity, -Infinity, NaN];
+  for (let trial = 0; trial < 300; trial++) {
+    const n = 1 + Math.floor(rand() * 60);
+    const scores = Float32Array.from({ length: n }, () => (rand() < 0.5 ? values[Math.floor(rand() * values.length)]! : Math.round(rand() * 8) / 4));
+    const k = Math.floor(rand() * (n + 2));
+    const brute = [...scores.keys()].sort((a, b) => compareScores(scores[a]!, scores[b]!) || a - b).slice(0, Math.min(n, k)).sort((a, b) => a - b);
+    assert.deepEqual([...topKIndices(scores, k)], brute, `trial ${trial}: n ${n}, k ${k}`);
+  }
 });
 
 test('uniform: every head keeps floor(T * ratio) of its own top scores', () => {
