@@ -2,7 +2,8 @@ import type { KvCache, KvDtype } from '../cache/kv-cache.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { seededRandom } from '../tensor/seeded-random.ts';
 import { fillCache } from './decode-timing.ts';
-import { median, probeBandwidth, quartiles } from './machine-limits.ts';
+import { cacheFigures, timeCacheRounds } from './cache-rounds.ts';
+import { median } from './machine-limits.ts';
 import type { TimedBackend } from './timed-backend.ts';
 
 /** One cache decode is timed on: a dtype, and the fraction of each head's rows kept (1: all). */
@@ -13,7 +14,6 @@ interface QuantSide {
 }
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
-const r3 = (x: number) => Math.round(x * 1000) / 1000;
 
 /** Keeps a seeded random `ratio` of every head's rows (decode cost depends on how many rows a head holds, not which). */
 function keepFraction(cache: KvCache, ratio: number): void {
@@ -53,51 +53,19 @@ export function benchKvQuant(lm: LoadedModel, timed: TimedBackend, weightBytes: 
     if (s.kept < 1) keepFraction(cache, s.kept);
     return cache;
   });
-  const marks = caches.map((c) => c.mark());
-  const totals: number[][] = sides.map(() => []);
-  const attention: number[][] = sides.map(() => []);
-  const bandwidth: number[] = [];
-  const stepOn = (i: number, token: number) => {
-    timed.reset();
-    const t = performance.now();
-    lm.model.forward([100 + token], caches[i]!);
-    const ms = performance.now() - t;
-    const att = timed.ms.attention ?? 0;
-    caches[i]!.truncate(marks[i]!);
-    return { ms, att };
-  };
-  for (let i = 0; i < sides.length; i++) for (let w = 0; w < 2; w++) stepOn(i, w);
-  for (let r = 0; r < rounds; r++) {
-    bandwidth.push(probeBandwidth(1)[0]!);
-    for (let k = 0; k < sides.length; k++) {
-      const i = (k + r) % sides.length;
-      const runs = Array.from({ length: steps }, (_, s) => stepOn(i, s));
-      totals[i]!.push(median(runs.map((x) => x.ms)));
-      attention[i]!.push(median(runs.map((x) => x.att)));
-    }
-  }
-  const bw = median(bandwidth);
-  const f32 = 0;
-  const perRoundRatio = (i: number, of: number[][]) => median(of[i]!.map((x, r) => x / of[f32]![r]!));
+  const t = timeCacheRounds(lm, timed, caches, rounds, steps, (line) => log(`kv quant: ${line}`));
+  const bw = median(t.bandwidth);
   const entries = sides.map((s, i) => {
-    const kvBytes = caches[i]!.bytes();
-    const attentionMs = median(attention[i]!);
+    const { attention_vs_base, decode_vs_base, ...f } = cacheFigures(t, caches, i);
     return {
       cache: s.name,
       kv_dtype: s.dtype,
       kept_ratio: s.kept,
-      kv_bytes: kvBytes,
-      ms_per_token: r3(median(totals[i]!)),
-      ms_per_token_quartiles: quartiles(totals[i]!).map(r3),
-      attention_ms_per_token: r3(attentionMs),
-      attention_ms_per_token_quartiles: quartiles(attention[i]!).map(r3),
-      // Reading the cache once at the probe's bandwidth: the floor of attention time, and of decode with the weights.
-      attention_bound_ms: r3((kvBytes / (bw * 1e9)) * 1000),
-      attention_fraction_of_bound: r3(kvBytes / (bw * 1e9) / (attentionMs / 1000)),
-      bound_tokens_per_s: r1((bw * 1e9) / (weightBytes + kvBytes)),
-      tokens_per_s: r1(1000 / median(totals[i]!)),
-      attention_vs_f32: r3(perRoundRatio(i, attention)),
-      decode_vs_f32: r3(perRoundRatio(i, totals)),
+      ...f,
+      bound_tokens_per_s: r1((bw * 1e9) / (weightBytes + f.kv_bytes)),
+      tokens_per_s: r1(1000 / f.ms_per_token),
+      attention_vs_f32: attention_vs_base,
+      decode_vs_f32: decode_vs_base,
     };
   });
   for (const e of entries) log(`kv quant: ${e.cache}: ${e.ms_per_token} ms/token, attention ${e.attention_ms_per_token} ms (${e.attention_vs_f32}x fp32's), ${e.kv_bytes} KV bytes`);
@@ -107,7 +75,7 @@ export function benchKvQuant(lm: LoadedModel, timed: TimedBackend, weightBytes: 
     rounds,
     steps_per_round: steps,
     bandwidth_gbs_median: r1(bw),
-    bandwidth_gbs_rounds: bandwidth.map(r1),
+    bandwidth_gbs_rounds: t.bandwidth.map(r1),
     weight_bytes: weightBytes,
     caches: entries,
     target: 'int4 attention_vs_f32 <= 0.35',

@@ -6,7 +6,8 @@ import { loadModel } from '../engine/loaded-model.ts';
 import { NativeBackend } from '../tensor/native.ts';
 import { seededRandom } from '../tensor/seeded-random.ts';
 import { fillCache } from './decode-timing.ts';
-import { median, probeBandwidth, quartiles } from './machine-limits.ts';
+import { cacheFigures, timeCacheRounds } from './cache-rounds.ts';
+import { median } from './machine-limits.ts';
 import { BENCH_MMAP, modelDir } from './run-bench.ts';
 import { TimedBackend } from './timed-backend.ts';
 
@@ -74,49 +75,18 @@ export function runThinkBench(o: ThinkBenchOptions): Record<string, unknown> {
       shape(cache, side);
       return cache;
     });
-    const marks = caches.map((c) => c.mark());
-    const totals: number[][] = SIDES.map(() => []);
-    const attention: number[][] = SIDES.map(() => []);
-    const bandwidth: number[] = [];
-    const stepOn = (i: number, token: number) => {
-      timed.reset();
-      const t = performance.now();
-      lm.model.forward([100 + token], caches[i]!);
-      const ms = performance.now() - t;
-      const att = timed.ms.attention ?? 0;
-      caches[i]!.truncate(marks[i]!);
-      return { ms, att };
-    };
-    for (let i = 0; i < SIDES.length; i++) for (let w = 0; w < 2; w++) stepOn(i, w);
-    for (let r = 0; r < o.rounds; r++) {
-      bandwidth.push(probeBandwidth(1)[0]!);
-      for (let k = 0; k < SIDES.length; k++) {
-        const i = (k + r) % SIDES.length;
-        const runs = Array.from({ length: o.steps }, (_, s) => stepOn(i, s));
-        totals[i]!.push(median(runs.map((x) => x.ms)));
-        attention[i]!.push(median(runs.map((x) => x.att)));
-      }
-      o.log(`round ${r + 1} of ${o.rounds} done`);
-    }
-    const bw = median(bandwidth);
-    const vsFull = (i: number, of: number[][]) => median(of[i]!.map((x, r) => x / of[0]![r]!));
+    const t = timeCacheRounds(lm, timed, caches, o.rounds, o.steps, o.log);
+    const bw = median(t.bandwidth);
     const entries = SIDES.map((side, i) => {
-      const kvBytes = caches[i]!.bytes();
-      const attentionMs = median(attention[i]!);
+      const { attention_vs_base, decode_vs_base, ...f } = cacheFigures(t, caches, i);
       return {
         cache: side.name,
         kept_rows: side.keptRows,
         pruned_key_channels: side.prunedChannels,
-        kv_bytes: kvBytes,
-        ms_per_token: r3(median(totals[i]!)),
-        ms_per_token_quartiles: quartiles(totals[i]!).map(r3),
-        attention_ms_per_token: r3(attentionMs),
-        attention_ms_per_token_quartiles: quartiles(attention[i]!).map(r3),
-        attention_bound_ms: r3((kvBytes / (bw * 1e9)) * 1000),
-        attention_fraction_of_bound: r3(kvBytes / (bw * 1e9) / (attentionMs / 1000)),
-        kv_bytes_vs_full: r3(kvBytes / caches[0]!.bytes()),
-        attention_vs_full: r3(vsFull(i, attention)),
-        decode_vs_full: r3(vsFull(i, totals)),
+        ...f,
+        kv_bytes_vs_full: r3(f.kv_bytes / caches[0]!.bytes()),
+        attention_vs_full: attention_vs_base,
+        decode_vs_full: decode_vs_base,
       };
     });
     for (const e of entries) o.log(`${e.cache}: ${e.ms_per_token} ms/token, attention ${e.attention_ms_per_token} ms (${e.attention_vs_full}x full), ${e.kv_bytes} KV bytes (${e.kv_bytes_vs_full}x)`);
@@ -129,7 +99,7 @@ export function runThinkBench(o: ThinkBenchOptions): Record<string, unknown> {
       rounds: o.rounds,
       steps_per_round: o.steps,
       bandwidth_gbs_median: r1(bw),
-      bandwidth_gbs_rounds: bandwidth.map(r1),
+      bandwidth_gbs_rounds: t.bandwidth.map(r1),
       caches: entries,
     };
   } finally {
