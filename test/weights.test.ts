@@ -9,7 +9,7 @@ import { loadModelConfig, parseModelConfig } from '../src/model/config.ts';
 import { RANDOM_SHAPES, writeRandomCheckpoint } from '../src/model/random-checkpoint.ts';
 import { fileByteSource, type TensorByteSource } from '../src/model/safetensors.ts';
 import { expectedTensors, loadWeights, type ModelWeights } from '../src/model/weights.ts';
-import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/tensor/dtype.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/tensor/dtype.ts';
 import { ReferenceBackend } from '../src/tensor/reference.ts';
 
 const EMBEDDED = fileURLToPath(new URL('../models/kvlab-tiny-chat', import.meta.url));
@@ -223,7 +223,12 @@ test('rotary inv_freq buffers are ignored; a stored lm_head is ignored when tied
 });
 
 test('f32 and f16 tensors load: matrices keep their dtype, vectors become exact fp32', () => {
-  const tensors = embeddedTensors();
+  // An F16 checkpoint (every BF16 tensor converted: BF16 and F16 are not mixed in one checkpoint) with some F32 tensors.
+  const asF16 = (bytes: Uint8Array) => {
+    const bf = new Uint16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    return new Uint8Array(Uint16Array.from(bf, (b) => f32ToF16(bf16ToF32(b))).buffer);
+  };
+  const tensors = Object.fromEntries(Object.entries(embeddedTensors()).map(([n, t]) => [n, t.dtype === 'BF16' ? { ...t, dtype: 'F16', bytes: asF16(t.bytes) } : t]));
   const q = 'model.layers.0.self_attn.q_proj.weight';
   const k = 'model.layers.0.self_attn.k_proj.weight';
   const qF32 = Float32Array.from(embedded.layers[0]!.wq.data as Uint16Array, bf16ToF32);
@@ -246,7 +251,7 @@ test('f32 and f16 tensors load: matrices keep their dtype, vectors become exact 
   assert.equal(w.layers[0]!.inputNorm[0], 1);
   assert.equal(w.layers[0]!.inputNorm[7], 0.333251953125);
   assert.deepEqual(w.finalNorm, normF32);
-  assert.equal(w.layers[1]!.wq.dtype, 'bf16');
+  assert.equal(w.layers[1]!.wq.dtype, 'f16');
 });
 
 function sameWeights(a: ModelWeights, b: ModelWeights) {
