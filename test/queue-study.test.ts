@@ -3,9 +3,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { Redis } from 'ioredis';
 import { finished, killAll, kvlab, queueWorker, stopWorker } from './helpers/kvlab-process.ts';
-import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
+import { redisServerMissing, redisForTests } from './helpers/redis-server.ts';
 
 const skip = redisServerMissing();
 const dir = mkdtempSync(join(tmpdir(), 'kvlab-queue-study-'));
@@ -18,17 +17,8 @@ const STUDIES: Record<string, string[]> = {
   'sys-leakage': ['eval', 'leakage', '--data', 'data/external/sys_ifeval/sys_ifeval.jsonl', '--defense', 'flipped', ...GRID],
 };
 
-let redis: TestRedis;
-let direct: Redis;
-before(async () => {
-  if (skip) return;
-  redis = await startRedis();
-  direct = new Redis(redis.url);
-});
-after(async () => {
+const db = redisForTests(skip, () => {
   killAll();
-  direct?.disconnect();
-  await redis?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -42,10 +32,10 @@ function outputsOf(out: string): StudyOutputs {
 }
 
 test('instructions and leakage studies (dev and sys_ifeval rows) run through the queue by 2 workers write the results.json and samples of the local runs', { skip: skip ?? false }, async () => {
-  const workers = [queueWorker(redis.url), queueWorker(redis.url)];
+  const workers = [queueWorker(db.redis.url), queueWorker(db.redis.url)];
   await Promise.all(workers.map((w) => w.waitFor(/takes jobs from queue/)));
   const runs = Object.entries(STUDIES).flatMap(([name, args]) => [
-    kvlab([...args, '--queue', redis.url, '--out', join(dir, `${name}-queued`)]),
+    kvlab([...args, '--queue', db.redis.url, '--out', join(dir, `${name}-queued`)]),
     kvlab([...args, '--out', join(dir, `${name}-local`)]),
   ]);
   await Promise.all(runs.map(finished));
@@ -79,16 +69,16 @@ test('instructions and leakage studies (dev and sys_ifeval rows) run through the
   assert.match(all, /done study-\S+ \S+ on item "dev-leak-/);
   assert.match(all, /done study-\S+ \S+ on item "dev-ins-/);
   assert.match(all, /done study-\S+ \S+ on item "\d+" \(flipped\)/);
-  assert.deepEqual(await direct.keys('bull:*:study-*'), []);
+  assert.deepEqual(await db.direct.keys('bull:*:study-*'), []);
 });
 
 test('a queued leakage study resumes after its submitting process dies (--resume) with the local run\'s results', { skip: skip ?? false }, async () => {
   const localOut = join(dir, 'leakage-local');
   assert.ok(existsSync(join(localOut, 'results.json')), 'the first test ran the local reference');
   const out = join(dir, 'leakage-resumed');
-  const w = queueWorker(redis.url);
+  const w = queueWorker(db.redis.url);
   await w.waitFor(/takes jobs from queue/);
-  const first = kvlab([...STUDIES.leakage!, '--queue', redis.url, '--out', out]);
+  const first = kvlab([...STUDIES.leakage!, '--queue', db.redis.url, '--out', out]);
   const partial = join(out, 'partial.jsonl');
   // Killed once it has saved at least one unit; the worker goes on with the jobs already queued.
   for (;;) {
@@ -99,7 +89,7 @@ test('a queued leakage study resumes after its submitting process dies (--resume
   first.proc.kill('SIGKILL');
   await first.exit;
   const savedBefore = readFileSync(partial, 'utf8').split('\n').filter(Boolean).length - 1;
-  const second = kvlab([...STUDIES.leakage!, '--queue', redis.url, '--out', out, '--resume']);
+  const second = kvlab([...STUDIES.leakage!, '--queue', db.redis.url, '--out', out, '--resume']);
   await finished(second);
   await stopWorker(w);
   assert.match(second.out(), new RegExp(`, ${savedBefore} unit\\(s\\) done before\\)`));
@@ -111,7 +101,7 @@ test('a queued leakage study resumes after its submitting process dies (--resume
   const starts = [...w.out().matchAll(/start (study-[0-9a-f]+)/g)].map((m) => m[1]);
   assert.equal(new Set(starts).size, starts.length);
   assert.equal(starts.length, local.results.results.filter((r) => r.ratio === 1 && r.protect === 'none').reduce((a, r) => a + r.n, 0));
-  assert.deepEqual(await direct.keys('bull:*:study-*'), []);
+  assert.deepEqual(await db.direct.keys('bull:*:study-*'), []);
 });
 
 test('a study job whose item cannot be rebuilt by the worker fails the sweep with its reason', { skip: skip ?? false }, async () => {
@@ -128,10 +118,10 @@ test('a study job whose item cannot be rebuilt by the worker fails the sweep wit
   const [job] = studyJobs([item!], ['snapkv'], { ratios: [1], protections: [undefined], maxTokens: 2 }, model);
   // The job claims another item than its source builds.
   job!.item.id = 'not-this-item';
-  const w = queueWorker(redis.url);
+  const w = queueWorker(db.redis.url);
   await w.waitFor(/takes jobs from queue/);
   try {
-    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), model, jobs: [job!], attempts: 1 }).catch((e: unknown) => e);
+    const err = await runSweepOnQueue({ address: parseRedisUrl(db.redis.url, 'url'), model, jobs: [job!], attempts: 1 }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(snapkv on item "not-this-item" \(original\)\) failed after 1 attempt\(s\): .*rebuilds item "dev-leak-0000" \(original\), not "not-this-item"/);
     assert.doesNotMatch(w.out(), /done study-/);

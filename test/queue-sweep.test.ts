@@ -4,7 +4,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { Job, Queue } from 'bullmq';
-import { Redis } from 'ioredis';
 import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
 import { qaJobs, type QaJobData } from '../src/queue/qa-jobs.ts';
 import { queueNameFor, sweepJobId } from '../src/queue/sweep-jobs.ts';
@@ -12,7 +11,7 @@ import { QueueJobError, runSweepOnQueue } from '../src/queue/sweep-submit.ts';
 import { parseRedisUrl } from '../src/queue/redis-connection.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
 import { finished, killAll, kvlab, queueWorker, stopWorker } from './helpers/kvlab-process.ts';
-import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
+import { redisServerMissing, redisForTests } from './helpers/redis-server.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
 const skip = redisServerMissing();
@@ -20,21 +19,12 @@ const dir = mkdtempSync(join(tmpdir(), 'kvlab-queue-'));
 // A small grid: 2 rows x 2 methods = 4 units, each at 2 ratios; short answers.
 const SWEEP = ['eval', 'qa', '--data', 'data/dev/qa.jsonl', '--limit', '2', '--method', 'snapkv,streamingllm', '--ratio', '1,0.5', '-n', '4'];
 
-let redis: TestRedis;
-let direct: Redis;
-before(async () => {
-  if (skip) return;
-  redis = await startRedis();
-  direct = new Redis(redis.url);
-});
-after(async () => {
+const db = redisForTests(skip, () => {
   killAll();
-  direct?.disconnect();
-  await redis?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
 
-const worker = (...extra: string[]) => queueWorker(redis.url, ...extra);
+const worker = (...extra: string[]) => queueWorker(db.redis.url, ...extra);
 
 interface Outputs {
   results: { results: { method: string; ratio: number; n: number }[] };
@@ -67,7 +57,7 @@ test('a sweep run through the queue by 2 workers writes the results.json and sam
   const queuedOut = join(dir, 'queued');
   const workers = [worker(), worker()];
   await Promise.all(workers.map((w) => w.waitFor(/takes jobs from queue/)));
-  const queued = kvlab([...SWEEP, '--queue', redis.url, '--out', queuedOut]);
+  const queued = kvlab([...SWEEP, '--queue', db.redis.url, '--out', queuedOut]);
   const ref = kvlab([...SWEEP, '--out', localOut]);
   await Promise.all([finished(queued), finished(ref)]);
   await Promise.all(workers.map(stopWorker));
@@ -78,7 +68,7 @@ test('a sweep run through the queue by 2 workers writes the results.json and sam
   for (const w of workers) assert.match(w.out(), /done qa-/);
   assert.ok(!existsSync(join(queuedOut, 'partial.jsonl')));
   // Gathered jobs are removed from Redis.
-  assert.deepEqual(await direct.keys('bull:*:qa-*'), []);
+  assert.deepEqual(await db.direct.keys('bull:*:qa-*'), []);
 });
 
 test('a worker killed (SIGKILL) mid-job: another worker redoes the job and the sweep completes, nothing lost or duplicated', { skip: skip ?? false }, async () => {
@@ -86,7 +76,7 @@ test('a worker killed (SIGKILL) mid-job: another worker redoes the job and the s
   const out = join(dir, 'killed');
   const doomed = worker();
   await doomed.waitFor(/takes jobs from queue/);
-  const sweep = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  const sweep = kvlab([...SWEEP, '--queue', db.redis.url, '--out', out]);
   const job = (await doomed.waitFor(/start (qa-[0-9a-f]+)/))[1]!;
   doomed.proc.kill('SIGKILL');
   await doomed.exit;
@@ -105,7 +95,7 @@ test('a sweep resumes after its submitting process dies (--resume): units gather
   const out = join(dir, 'resumed');
   const w = worker();
   await w.waitFor(/takes jobs from queue/);
-  const first = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  const first = kvlab([...SWEEP, '--queue', db.redis.url, '--out', out]);
   // Killed once it has saved at least one unit; the worker goes on with the jobs already queued.
   for (;;) {
     const partial = join(out, 'partial.jsonl');
@@ -118,10 +108,10 @@ test('a sweep resumes after its submitting process dies (--resume): units gather
   const savedBefore = readFileSync(join(out, 'partial.jsonl'), 'utf8').split('\n').filter(Boolean).length - 1;
   assert.ok(savedBefore >= 1 && savedBefore < 4, `units saved before the kill: ${savedBefore}`);
   // Without --resume the interrupted run is not overwritten.
-  const refused = kvlab([...SWEEP, '--queue', redis.url, '--out', out]);
+  const refused = kvlab([...SWEEP, '--queue', db.redis.url, '--out', out]);
   assert.equal(await refused.exit, 1);
   assert.match(refused.out(), /pass --resume/);
-  const second = kvlab([...SWEEP, '--queue', redis.url, '--out', out, '--resume']);
+  const second = kvlab([...SWEEP, '--queue', db.redis.url, '--out', out, '--resume']);
   await finished(second);
   await stopWorker(w);
   // Jobs the worker had not finished were still queued: found there, not added again.
@@ -129,14 +119,14 @@ test('a sweep resumes after its submitting process dies (--resume): units gather
   assertSameAsLocal(out);
   // No unit ran twice: the worker started each of the 4 jobs once.
   assert.equal([...w.out().matchAll(/start (qa-[0-9a-f]+)/g)].length, 4);
-  assert.deepEqual(await direct.keys('bull:*:qa-*'), []);
+  assert.deepEqual(await db.direct.keys('bull:*:qa-*'), []);
 });
 
 test('--queue with a malformed URL or an unreachable Redis fails with a message naming it', { skip: skip ?? false }, async () => {
   const bad = kvlab([...SWEEP, '--queue', 'http://127.0.0.1:6379']);
   assert.equal(await bad.exit, 1);
   assert.match(bad.out(), /--queue must start with redis:\/\//);
-  const down = kvlab(['worker', '--queue', `redis://127.0.0.1:${redis.port + 1}/0`]);
+  const down = kvlab(['worker', '--queue', `redis://127.0.0.1:${db.redis.port + 1}/0`]);
   assert.equal(await down.exit, 1);
   assert.match(down.out(), /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+\/0/);
 });
@@ -150,12 +140,12 @@ test('a job no worker can run fails the sweep with its reason; a job for another
   try {
     // A method the worker's registry does not have (registered only in the submitting process, say).
     const model = { fingerprint, kvDtype: 'f32' as const };
-    const err = await runSweepOnQueue({ address: parseRedisUrl(redis.url, 'url'), model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
+    const err = await runSweepOnQueue({ address: parseRedisUrl(db.redis.url, 'url'), model, jobs: qaJobs([row], ['no-such-method'], settings, model) }).catch((e: unknown) => e);
     assert.ok(err instanceof QueueJobError, String(err));
     assert.match(err.message, /\(no-such-method on row "dev-qa-0000"\) failed after \d attempt\(s\): .*no-such-method/);
 
     // A job whose data names another model, put on this model's queue by hand: refused, not run.
-    const queue = new Queue<QaJobData>(queueNameFor(model), { connection: { host: '127.0.0.1', port: redis.port } });
+    const queue = new Queue<QaJobData>(queueNameFor(model), { connection: { host: '127.0.0.1', port: db.redis.port } });
     try {
       const data: QaJobData = { kind: 'qa', unit: 'forged', method: 'snapkv', row, ...settings, fingerprint: 'sha256:another-model', kvDtype: 'f32' };
       const id = sweepJobId(data);
@@ -184,7 +174,7 @@ test('an int4 worker takes jobs from the queue of its --kv-group / --kv-residual
   assert.equal(name, queueNameFor(mine));
   assert.notEqual(queueNameFor(other), name);
   assert.notEqual(queueNameFor({ fingerprint, kvDtype: 'int4' }), name);
-  const queue = new Queue<QaJobData>(name, { connection: { host: '127.0.0.1', port: redis.port } });
+  const queue = new Queue<QaJobData>(name, { connection: { host: '127.0.0.1', port: db.redis.port } });
   try {
     const [data] = qaJobs([qaRows()[0]!], ['snapkv'], { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 }, other);
     const id = sweepJobId(data!);

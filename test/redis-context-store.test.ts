@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import OpenAI from 'openai';
 import { decodeContextFile } from '../src/cache/context-file.ts';
 import { persistentFingerprint } from '../src/engine/model-fingerprint.ts';
@@ -15,7 +14,7 @@ import { RedisContexts } from '../src/server/redis-contexts.ts';
 import { startServer } from '../src/server/serve.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
 import { serveChild } from './helpers/kvlab-process.ts';
-import { redisServerMissing, startRedis, type TestRedis } from './helpers/redis-server.ts';
+import { redisServerMissing, redisForTests } from './helpers/redis-server.ts';
 import { qaRows, tinyModel } from './helpers/tiny-model.ts';
 
 const MODEL = 'kvlab-tiny-chat';
@@ -24,17 +23,7 @@ const OTHER_KEY = 'sk-someone-else';
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
 const skip = redisServerMissing();
 
-let redis: TestRedis;
-let direct: Redis;
-before(async () => {
-  if (skip) return;
-  redis = await startRedis();
-  direct = new Redis(redis.url);
-});
-after(async () => {
-  direct?.disconnect();
-  await redis?.stop();
-});
+const db = redisForTests(skip);
 
 interface Replica {
   proc: ChildProcess;
@@ -45,7 +34,7 @@ interface Replica {
 
 /** `kvlab serve --store redis://...` in a child process; resolves once /health answers 200. */
 async function replica(): Promise<Replica> {
-  const { proc, url, exit } = await serveChild(['--store', redis.url, '--api-key', KEY, '--api-key', OTHER_KEY]);
+  const { proc, url, exit } = await serveChild(['--store', db.redis.url, '--api-key', KEY, '--api-key', OTHER_KEY]);
   const client = (key: string) => new OpenAI({ apiKey: key, baseURL: `${url}/v1`, maxRetries: 0 });
   return { proc, exit, client: client(KEY), other: client(OTHER_KEY) };
 }
@@ -69,7 +58,7 @@ test('a second replica answers from a context the first stored in Redis, identic
     const ctx = await a.client.post<{ id: string; file_bytes: number }>('/contexts', { body: { messages, method: 'snapkv', ratio: 0.3 } });
     contextId = ctx.id;
     // Stored whole in the disk format: the bytes in Redis decode, checksum and model verified.
-    const bytes = await direct.getBuffer(`kvlab:contexts:data:${ctx.id}`);
+    const bytes = await db.direct.getBuffer(`kvlab:contexts:data:${ctx.id}`);
     assert.ok(bytes);
     assert.equal(bytes.length, ctx.file_bytes);
     const lm = tinyModel(selectBackend());
@@ -100,7 +89,7 @@ test('a second replica answers from a context the first stored in Redis, identic
     assert.ok((await a.client.get<{ data: { id: string }[] }>('/contexts')).data.some((c) => c.id === second.id));
     await a.client.delete(`/contexts/${second.id}`);
     assert.ok(!(await b.client.get<{ data: { id: string }[] }>('/contexts')).data.some((c) => c.id === second.id));
-    assert.equal(await direct.exists(`kvlab:contexts:data:${second.id}`), 0);
+    assert.equal(await db.direct.exists(`kvlab:contexts:data:${second.id}`), 0);
   } finally {
     await Promise.all([stop(a), stop(b)]);
   }
@@ -109,19 +98,19 @@ test('a second replica answers from a context the first stored in Redis, identic
 test('a corrupted entry in Redis is refused with an error naming it; the server keeps serving', { skip: skip ?? false }, async () => {
   assert.ok(contextId, 'the first test stored a context');
   const key = `kvlab:contexts:data:${contextId}`;
-  const bytes = (await direct.getBuffer(key))!;
+  const bytes = (await db.direct.getBuffer(key))!;
   bytes[bytes.length - 1000] = bytes[bytes.length - 1000]! ^ 0x10;
-  await direct.set(key, bytes);
+  await db.direct.set(key, bytes);
   const lm = tinyModel(selectBackend());
-  const server = await startServer({ load: () => lm, port: 0, storeDir: null, redisStore: redis.url, apiKeys: [KEY], log: () => {} });
+  const server = await startServer({ load: () => lm, port: 0, storeDir: null, redisStore: db.redis.url, apiKeys: [KEY], log: () => {} });
   await server.ready;
   try {
     const client = new OpenAI({ apiKey: KEY, baseURL: `${server.url}/v1`, maxRetries: 0 });
     const err = await ask(client, contextId, row.questions[0]!).catch((e: unknown) => e);
     assert.ok(err instanceof OpenAI.InternalServerError, String(err));
-    assert.match(err.message, new RegExp(`${contextId}.*${redis.url} ${key}: checksum mismatch`));
+    assert.match(err.message, new RegExp(`${contextId}.*${db.redis.url} ${key}: checksum mismatch`));
     // An entry whose bytes vanished (removed by hand) is named too.
-    await direct.del(key);
+    await db.direct.del(key);
     const gone = await ask(client, contextId, row.questions[0]!).catch((e: unknown) => e);
     assert.ok(gone instanceof OpenAI.InternalServerError, String(gone));
     assert.match(gone.message, /is gone/);
@@ -141,7 +130,7 @@ test('kvlab serve --store with an unreachable Redis or a malformed URL fails wit
       p.stderr!.on('data', (d) => (stderr += d));
       p.on('exit', (code) => resolve({ code, stderr }));
     });
-  const down = await run(`redis://127.0.0.1:${redis.port + 1}/0`);
+  const down = await run(`redis://127.0.0.1:${db.redis.port + 1}/0`);
   assert.equal(down.code, 1);
   assert.match(down.stderr, /cannot reach Redis at redis:\/\/127\.0\.0\.1:\d+\/0/);
   const bad = await run('redis://127.0.0.1:6379/db1');
@@ -152,7 +141,7 @@ test('kvlab serve --store with an unreachable Redis or a malformed URL fails wit
 test('a context is listed only once its bytes are in Redis whole: a reader polling during 40 saves never sees less', { skip: skip ?? false }, async () => {
   const lm = tinyModel(selectBackend());
   const fingerprint = persistentFingerprint(lm);
-  const remotes = [await RedisContexts.open(parseRedisUrl(redis.url, 'url')), await RedisContexts.open(parseRedisUrl(redis.url, 'url'))];
+  const remotes = [await RedisContexts.open(parseRedisUrl(db.redis.url, 'url')), await RedisContexts.open(parseRedisUrl(db.redis.url, 'url'))];
   try {
     const store = new ContextStore(lm, fingerprint, null, remotes[0]!);
     const ctx = conversationContext(lm, { kind: 'text', text: qaRows()[4]!.context });
@@ -162,10 +151,10 @@ test('a context is listed only once its bytes are in Redis whole: a reader polli
     const seen = new Set<string>();
     const reader = (async () => {
       while (writing || seen.size < 40) {
-        const listed = await direct.hgetall(`kvlab:contexts:index:${tenant}`);
+        const listed = await db.direct.hgetall(`kvlab:contexts:index:${tenant}`);
         for (const id of Object.keys(listed)) {
           if (seen.has(id)) continue;
-          const bytes = await direct.getBuffer(`kvlab:contexts:data:${id}`);
+          const bytes = await db.direct.getBuffer(`kvlab:contexts:data:${id}`);
           assert.ok(bytes, `${id} is listed but its bytes are not there`);
           assert.equal(decodeContextFile(bytes, id, fingerprint).header.meta.id, id);
           seen.add(id);

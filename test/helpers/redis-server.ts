@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { Redis } from 'ioredis';
 
 export interface TestRedis {
   url: string;
@@ -77,4 +79,31 @@ export async function startRedis(): Promise<TestRedis> {
       },
     };
   }
+}
+
+/**
+ * A redis-server and a client to it for one test file: started before its tests (unless `skip`), stopped after
+ * them, `cleanup` (the file's own teardown) first. Read `redis` and `direct` inside the tests.
+ */
+export function redisForTests(skip: unknown, cleanup: () => void = () => {}): { readonly redis: TestRedis; readonly direct: Redis } {
+  let redis: TestRedis | undefined;
+  let direct: Redis | undefined;
+  before(async () => {
+    if (skip) return;
+    redis = await startRedis();
+    direct = new Redis(redis.url);
+  });
+  after(async () => {
+    cleanup();
+    direct?.disconnect();
+    await redis?.stop();
+  });
+  return {
+    get redis() {
+      return redis!;
+    },
+    get direct() {
+      return direct!;
+    },
+  };
 }
