@@ -1,23 +1,15 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { calibrationPath, defaultCalibrationSample } from '../src/press/head-scores.ts';
 import { DUO_DEFAULTS, duoHeadScoresFor, farAttentionScorer } from '../src/press/methods/duo-attention.ts';
 import { headScoresFor, headScoresPath } from '../src/press/methods/kvzip-head.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { scratchCacheDir } from './helpers/scratch-cache-dir.ts';
 import { tinyModel } from './helpers/tiny-model.ts';
 
-const scratch = mkdtempSync(join(tmpdir(), 'kvlab-headcal-'));
-const savedEnv = process.env.KVLAB_CACHE_DIR;
-process.env.KVLAB_CACHE_DIR = scratch;
-after(() => {
-  if (savedEnv === undefined) delete process.env.KVLAB_CACHE_DIR;
-  else process.env.KVLAB_CACHE_DIR = savedEnv;
-  rmSync(scratch, { recursive: true, force: true });
-});
+scratchCacheDir('kvlab-headcal-');
 
 const lm = tinyModel(selectBackend());
 const cfg = lm.config;

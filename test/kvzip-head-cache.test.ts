@@ -1,20 +1,12 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { computeHeadScores, headScoresFor, headScoresPath } from '../src/press/methods/kvzip-head.ts';
 import { selectBackend } from '../src/tensor/select-backend.ts';
+import { scratchCacheDir } from './helpers/scratch-cache-dir.ts';
 import { tinyModel } from './helpers/tiny-model.ts';
 
-const scratch = mkdtempSync(join(tmpdir(), 'kvlab-headcache-'));
-const savedEnv = process.env.KVLAB_CACHE_DIR;
-process.env.KVLAB_CACHE_DIR = scratch;
-after(() => {
-  if (savedEnv === undefined) delete process.env.KVLAB_CACHE_DIR;
-  else process.env.KVLAB_CACHE_DIR = savedEnv;
-  rmSync(scratch, { recursive: true, force: true });
-});
+scratchCacheDir('kvlab-headcache-');
 
 const sample = 'Document:\nThe code of river1 is 4242. The old river stands near the tower.\nThe code of castle2 is 1717.';
 
