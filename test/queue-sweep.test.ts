@@ -189,3 +189,26 @@ test('an int4 worker takes jobs from the queue of its --kv-group / --kv-residual
     await stopWorker(w);
   }
 });
+
+test('a unit saved before its submitter died, whose job was still in Redis, has that job removed on --resume and is not run again', { skip: skip ?? false }, async () => {
+  const fingerprint = persistentFingerprint(tinyModel(selectBackend()));
+  const model = { fingerprint, kvDtype: 'f32' as const };
+  const [data] = qaJobs([qaRows()[0]!], ['snapkv'], { ratios: [1], queryTemplate: 'Question: {query}', maxTokens: 2 }, model);
+  const id = sweepJobId(data!);
+  const queue = new Queue<QaJobData>(queueNameFor(model), { connection: { host: '127.0.0.1', port: db.redis.port } });
+  try {
+    // The state a SIGKILL leaves between writing partial.jsonl and removing the job: completed, still stored.
+    const job = await queue.add('qa', data!, { jobId: id });
+    await db.direct.hset(`bull:${queueNameFor(model)}:${id}`, 'finishedOn', String(Date.now()), 'returnvalue', '"saved"');
+    await db.direct.lrem(`bull:${queueNameFor(model)}:wait`, 0, id);
+    await db.direct.zadd(`bull:${queueNameFor(model)}:completed`, Date.now(), id);
+    assert.equal(await queue.getJobState(job.id!), 'completed');
+    const done = new Map([[data!.unit, { saved: true }]]);
+    const units = await runSweepOnQueue({ address: parseRedisUrl(db.redis.url, 'url'), model, jobs: [data!], done });
+    assert.deepEqual([...units.entries()], [[data!.unit, { saved: true }]]);
+    assert.equal(await queue.getJobState(id), 'unknown');
+    assert.deepEqual(await db.direct.keys(`bull:*:${id}*`), []);
+  } finally {
+    await queue.close();
+  }
+});

@@ -40,13 +40,16 @@ export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<str
   const attempts = s.attempts ?? 3;
   const units = new Map<string, U>(s.done ?? []);
   const jobs = new Map<string, SweepJobData>();
+  // Jobs of units done before: an earlier submitter may have saved the unit and died before removing its job.
+  const gatheredBefore: string[] = [];
   for (const data of s.jobs) {
     if (!sameModelTag(data, s.model)) throw new Error(`job ${data.unit} is for another model than the sweep's`);
     if (!units.has(data.unit)) jobs.set(sweepJobId(data), data);
+    else gatheredBefore.push(sweepJobId(data));
   }
   const total = units.size + jobs.size;
   s.onProgress?.(units.size, total);
-  if (!jobs.size) return units;
+  if (!jobs.size && !gatheredBefore.length) return units;
 
   const client = await connectRedis(s.address);
   const name = queueNameFor(s.model);
@@ -54,6 +57,11 @@ export async function runSweepOnQueue<U>(s: SweepSubmission<U>): Promise<Map<str
   queue.on('error', () => {});
   const add = (id: string, data: SweepJobData) => queue.add(data.kind, data, { jobId: id, attempts, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: false, removeOnFail: false });
   try {
+    for (const id of gatheredBefore) {
+      const state = await queue.getJobState(id);
+      if (state === 'completed' || state === 'failed') await (await Job.fromId(queue, id))?.remove().catch(() => {});
+    }
+    if (!jobs.size) return units;
     let added = 0;
     for (const [id, data] of jobs) {
       const existing = await Job.fromId<SweepJobData, unknown>(queue, id);
