@@ -1,6 +1,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { checkKvQuantOptions, DEFAULT_KV_QUANT, KV_DTYPES, parseKvDtype, type KvDtype, type KvQuantOptions } from '../cache/kv-cache.ts';
 import { DEFAULT_MODEL_DIR, loadModel, type LoadedModel } from '../engine/loaded-model.ts';
+import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
 import { DEFAULT_INT8_GROUP, int8Label, type Int8Grouping } from '../tensor/quantize.ts';
 import { selectBackend } from '../tensor/select-backend.ts';
 import { parseProtection } from '../press/protect.ts';
@@ -82,6 +83,20 @@ export function evalSettings(command: string, o: { data: string; model?: string;
     limit: o.limit ?? null,
     max_tokens: o.maxTokens ?? null,
     ...extra,
+  };
+}
+
+/** What a worker thread loads for the model options of modelOptions() (mapped when KVLAB_MMAP=1, as openModel does). */
+export function modelLoadSpec(o: { model?: string; weights?: WeightsChoice; kvDtype?: KvDtype; kvGroup?: number; kvResidual?: number }): ModelLoadSpec {
+  const kvDtype = o.kvDtype ?? 'f32';
+  const weights = o.weights ?? { kind: 'checkpoint' };
+  return {
+    dir: o.model ?? DEFAULT_MODEL_DIR,
+    weights: weights.kind,
+    int8Group: weights.kind === 'int8' ? weights.group : undefined,
+    kvDtype,
+    kvQuant: kvQuantChoice(kvDtype, o),
+    mmap: process.env.KVLAB_MMAP === '1',
   };
 }
 

@@ -1,6 +1,7 @@
-import { Worker } from 'node:worker_threads';
+import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
+import { siblingModule, startTsWorker } from '../engine/ts-worker.ts';
 import type { ModelTag, SweepJobData } from './sweep-jobs.ts';
-import type { ModelLoadSpec, ThreadReply } from './sweep-thread-protocol.ts';
+import type { ThreadReply } from './sweep-thread-protocol.ts';
 
 /** A unit the thread could not run; `unrecoverable` when running it again cannot help (an unknown method). */
 export class UnitFailedError extends Error {
@@ -23,16 +24,9 @@ export interface ModelThread {
   close(): Promise<void>;
 }
 
-/**
- * Starts sweep-thread.ts on a worker thread and waits for its model to load. From a source checkout the
- * thread registers tsx itself (hooks registered on the main thread do not reach worker threads).
- */
+/** Starts sweep-thread.ts on a worker thread and waits for its model to load. */
 export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread> {
-  const fromSource = import.meta.url.endsWith('.ts');
-  const entry = new URL(fromSource ? './sweep-thread.ts' : './sweep-thread.js', import.meta.url);
-  const thread = fromSource
-    ? new Worker(`import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))}).then(({ register }) => { register(); return import(${JSON.stringify(entry.href)}); })`, { eval: true, workerData: spec })
-    : new Worker(entry, { workerData: spec });
+  const thread = startTsWorker(siblingModule(import.meta.url, 'sweep-thread'), spec);
   const pending = new Map<number, { resolve: (u: unknown) => void; reject: (e: Error) => void }>();
   let nextId = 0;
   let dead: Error | null = null;

@@ -4,19 +4,18 @@
  * lock (a lock that lapses hands a live job to another worker).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { loadModel } from '../engine/loaded-model.ts';
+import { loadModelFromSpec, type ModelLoadSpec } from '../engine/model-load-spec.ts';
 import { MethodNameError } from '../tensor/kvlab-error.ts';
-import { selectBackend } from '../tensor/select-backend.ts';
 import { runSweepJob } from './run-sweep-job.ts';
 import { modelTagOf } from './sweep-jobs.ts';
-import type { ModelLoadSpec, ThreadReply, ThreadRequest } from './sweep-thread-protocol.ts';
+import type { ThreadReply, ThreadRequest } from './sweep-thread-protocol.ts';
 
 const port = parentPort;
 if (!port) throw new Error('sweep-thread.ts runs as a worker thread of `kvlab worker`');
 const spec = workerData as ModelLoadSpec;
 
 try {
-  const lm = loadModel(spec.dir, { backend: selectBackend(), weights: spec.weights, int8Group: spec.int8Group, kvDtype: spec.kvDtype, kvQuant: spec.kvQuant, mmap: spec.mmap });
+  const lm = loadModelFromSpec(spec);
   port.postMessage({ type: 'ready', tag: modelTagOf(lm), dir: lm.dir } satisfies ThreadReply);
   port.on('message', (req: ThreadRequest) => {
     void (async () => {

@@ -1,7 +1,7 @@
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import { startModelThread, UnitFailedError, type ModelThread } from './model-thread.ts';
 import { describeJob, describeModelTag, queueNameFor, sameModelTag, type SweepJobData } from './sweep-jobs.ts';
-import type { ModelLoadSpec } from './sweep-thread-protocol.ts';
+import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
 import { connectRedis, type RedisAddress } from './redis-connection.ts';
 
 export interface SweepWorkerOptions {

@@ -1,8 +1,8 @@
 import type { Hono } from 'hono';
-import { compressContext, DEFAULT_CONTEXT_PROTECTION, effectiveProtection } from '../engine/compress-context.ts';
+import { DEFAULT_CONTEXT_PROTECTION, effectiveProtection } from '../engine/compress-context.ts';
 import { conversationContext, type ContextSpec } from '../engine/conversation-context.ts';
 import { describeProtection, parseProtection, type Protection } from '../press/protect.ts';
-import { getPress, type Press } from '../press/registry.ts';
+import { getPress } from '../press/registry.ts';
 import { ApiError, badRequest } from './api-error.ts';
 import { readJson, type AppEnv, type ReadyState } from './app.ts';
 import type { ContextRecord, ContextStore } from './context-store.ts';
@@ -13,9 +13,8 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
   app.post('/v1/contexts', async (c) => {
     const s = ready();
     const r = parseContextRequest(await readJson(c));
-    let press: Press;
     try {
-      press = getPress(r.method);
+      getPress(r.method);
     } catch (e) {
       throw badRequest((e as Error).message, 'method', 'invalid_value');
     }
@@ -41,7 +40,7 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
     if (rule === 'predictor' && !s.autoPredictor) throw badRequest('auto.rule "predictor": this server has no predictor (kvlab serve --auto-predictor FILE)', 'auto.rule', 'invalid_value');
     const predictor = rule !== 'threshold' ? s.autoPredictor : undefined;
     if (maxProbability !== undefined && !predictor) throw badRequest('auto.max_probability goes with the predictor rule', 'auto.max_probability', 'invalid_value');
-    const built = compressContext(s.lm, ctx, press, r.ratio, protection, { ...check, ...(predictor ? { predictor, maxProbability } : {}) });
+    const built = await s.compressor.compress(ctx, { spec, method: r.method, ratio: r.ratio, protection, auto: { ...check, ...(predictor ? { predictor, maxProbability } : {}) } });
     const { record, saveMs } = await s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
     const auto = built.report.auto;
     return c.json({

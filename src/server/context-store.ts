@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CONTEXT_FILE_EXTENSION, ContextFileError, decodeContextFile, encodeContextFile, readContextFile, readContextHeader, writeContextFile } from '../cache/context-file.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
-import type { CompressedContext } from '../engine/compress-context.ts';
+import type { BuiltContext } from './context-compressor.ts';
 import type { ContextSpec, ConversationContext } from '../engine/conversation-context.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import type { SharedContext } from '../engine/scheduler-types.ts';
@@ -146,7 +146,7 @@ export class ContextStore {
   }
 
   /** Registers a freshly compressed context under a new id and writes its file (or remote entry); returns its record. */
-  async add(tenant: string, ctx: ConversationContext, built: CompressedContext, protect: string): Promise<{ record: ContextRecord; saveMs: number }> {
+  async add(tenant: string, ctx: ConversationContext, built: BuiltContext, protect: string): Promise<{ record: ContextRecord; saveMs: number }> {
     const record = contextRecord(`ctx_${randomBytes(12).toString('hex')}`, tenant, ctx, built, protect);
     const t0 = performance.now();
     const meta = record as unknown as Record<string, unknown>;
@@ -244,7 +244,7 @@ export class ContextStore {
 }
 
 /** The record of a compressed context: what its file's header keeps besides the rows. */
-export function contextRecord(id: string, tenant: string, ctx: ConversationContext, built: CompressedContext, protect: string): ContextRecord {
+export function contextRecord(id: string, tenant: string, ctx: ConversationContext, built: BuiltContext, protect: string): ContextRecord {
   const { report, session } = built;
   return {
     id,

@@ -4,10 +4,12 @@ import type { AddressInfo } from 'node:net';
 import { basename } from 'node:path';
 import { serve } from '@hono/node-server';
 import type { LoadedModel } from '../engine/loaded-model.ts';
+import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
 import { persistentFingerprint } from '../engine/model-fingerprint.ts';
 import type { Scheduler } from '../engine/scheduler-types.ts';
 import { BatchScheduler } from '../engine/scheduler.ts';
 import { createApp, type ServerState } from './app.ts';
+import { inlineCompressor, startCompressThread } from './context-compressor.ts';
 import { ContextStore } from './context-store.ts';
 import { ServerMetrics } from './metrics.ts';
 import { DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS } from './defaults.ts';
@@ -32,6 +34,11 @@ export interface ServeOptions {
   maxBatch?: number;
   /** The model's KV memory pool budget in bytes. Default a quarter of RAM. */
   kvMemoryBytes?: number;
+  /**
+   * Compress POST /v1/contexts on a worker thread that loads this model (the same one `load` returns: its
+   * fingerprint is checked), so streams keep going meanwhile. Without it contexts compress on the event loop.
+   */
+  compressThread?: ModelLoadSpec;
   /** `ratio: "auto"` chooses by this negative-sample predictor (`kvlab eval router`) unless a request asks for the threshold. */
   autoPredictor?: NegativePredictor;
   log?: (line: string) => void;
@@ -57,7 +64,7 @@ async function openRedisStore(url: string) {
 
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, autoPredictor: opts.autoPredictor };
+  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, compressor: null, autoPredictor: opts.autoPredictor };
   const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0);
   const app = createApp(state, {
     apiKeys: opts.apiKeys ?? [],
@@ -76,9 +83,11 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     await new Promise((r) => setImmediate(r));
     const lm = await opts.load();
     const remote = opts.redisStore ? await openRedisStore(opts.redisStore) : null;
-    const store = new ContextStore(lm, persistentFingerprint(lm), remote ? null : opts.storeDir, remote);
+    const fingerprint = persistentFingerprint(lm);
+    const store = new ContextStore(lm, fingerprint, remote ? null : opts.storeDir, remote);
     const scan = store.scan();
     for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
+    state.compressor = opts.compressThread ? await startCompressThread(opts.compressThread, fingerprint) : inlineCompressor(lm);
     state.lm = lm;
     state.store = store;
     state.modelId = basename(lm.dir);
@@ -95,6 +104,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       server.closeIdleConnections();
       await ready.catch(() => {});
       await state.scheduler?.drain();
+      await state.compressor?.close();
       await state.store?.remote?.close();
       // Responses of the drained sequences are written by now; whatever stays open is idle or a finished stream.
       setTimeout(() => server.closeAllConnections(), 1000).unref();

@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import { DEFAULT_MODEL_DIR } from '../../engine/loaded-model.ts';
 import { parseRedisUrl } from '../../queue/redis-connection.ts';
-import { intOption, kvQuantChoice, modelOptions, type WeightsChoice } from '../common.ts';
+import { intOption, modelLoadSpec, modelOptions } from '../common.ts';
 
 export function registerWorker(program: Command): void {
   modelOptions(program.command('worker').description('take sweep jobs (`kvlab eval qa|instructions|leakage --queue URL`) from the Redis queue of this model and run them, until SIGTERM'))
@@ -9,15 +8,13 @@ export function registerWorker(program: Command): void {
     .option('--lock-ms <n>', 'job lock duration: a job whose worker died is taken back by another worker within about twice this', intOption('--lock-ms', 100), 30_000)
     .action(async (o) => {
       const address = parseRedisUrl(o.queue, '--queue');
-      const kvDtype = o.kvDtype ?? 'f32';
-      const kvQuant = kvQuantChoice(kvDtype, o);
-      const weights: WeightsChoice = o.weights ?? { kind: 'checkpoint' };
+      const model = modelLoadSpec(o);
       const log = (line: string) => process.stdout.write(`kvlab worker: ${line}\n`);
       // bullmq loads only when a worker runs.
       const { startSweepWorker } = await import('../../queue/sweep-worker.ts');
       const worker = await startSweepWorker({
         address,
-        model: { dir: o.model ?? DEFAULT_MODEL_DIR, weights: weights.kind, int8Group: weights.kind === 'int8' ? weights.group : undefined, kvDtype, kvQuant, mmap: process.env.KVLAB_MMAP === '1' },
+        model,
         lockMs: o.lockMs,
         log,
       });
