@@ -64,6 +64,8 @@ def parse_args(argv=None):
     ap.add_argument('--val-families', default=','.join(VAL_FAMILIES), help='families to validate (comma-separated)')
     ap.add_argument('--ckpt-every', type=int, default=100)
     ap.add_argument('--tokenizer', default=DEFAULT_TOKENIZER)
+    ap.add_argument('--checkpoint-above', type=int, default=4096,
+                    help='rows longer than this recompute each layer in the backward pass (saves memory, costs a forward)')
     ap.add_argument('--validate-only', action='store_true', help='validate the run\'s checkpoint and exit (does not write)')
     return ap.parse_args(argv)
 
@@ -237,7 +239,7 @@ def main(argv=None):
         for g in opt.param_groups:
             g['lr'] = lr_at(recipe, step, args.steps)
         is_target = tgt >= 0
-        logits = model(ids, pos, seg, checkpoint_layers=seq_len > 512, rows=is_target)
+        logits = model(ids, pos, seg, checkpoint_layers=seq_len > args.checkpoint_above, rows=is_target, by_span=True)
         loss = F.cross_entropy(logits, tgt[is_target])
         opt.zero_grad(set_to_none=True)
         loss.backward()
