@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,29 +14,34 @@ after(() => rmSync(scratch, { recursive: true, force: true }));
 const base = { vocab_size: 4096, hidden_size: 256, intermediate_size: 512, num_hidden_layers: 2, num_attention_heads: 8, num_key_value_heads: 2 };
 const parse = (extra: Record<string, unknown>) => parseModelConfig({ ...base, ...extra }, 'test-config.json');
 
-test('the embedded llama config parses into every field', () => {
+test('the embedded llama config parses into every field (each read from its Hugging Face key)', () => {
+  const raw = JSON.parse(readFileSync(join(EMBEDDED, 'config.json'), 'utf8'));
   const cfg = loadModelConfig(EMBEDDED);
+  assert.equal(raw.model_type, 'llama');
   assert.deepEqual(cfg, {
     modelType: 'llama',
-    vocabSize: 2048,
-    hiddenSize: 256,
-    intermediateSize: 768,
-    numLayers: 6,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 64,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
+    vocabSize: raw.vocab_size,
+    hiddenSize: raw.hidden_size,
+    intermediateSize: raw.intermediate_size,
+    numLayers: raw.num_hidden_layers,
+    numHeads: raw.num_attention_heads,
+    numKvHeads: raw.num_key_value_heads,
+    headDim: raw.head_dim,
+    rmsNormEps: raw.rms_norm_eps,
+    ropeTheta: raw.rope_theta,
     ropeScaling: null,
-    maxPositionEmbeddings: 4096,
+    maxPositionEmbeddings: raw.max_position_embeddings,
     tieWordEmbeddings: true,
     attentionBias: false,
     attentionOutputBias: false,
     qkNorm: false,
-    bosTokenId: 2046,
-    eosTokenIds: [2047],
+    bosTokenId: raw.bos_token_id,
+    eosTokenIds: [raw.eos_token_id],
     slidingWindow: null,
   });
+  // The shipped model is a small GQA Llama: fewer KV heads than query heads, a whole number of query heads each.
+  assert.ok(cfg.numKvHeads < cfg.numHeads && cfg.numHeads % cfg.numKvHeads === 0);
+  assert.ok(cfg.vocabSize === 2048 && cfg.bosTokenId === 2046 && cfg.eosTokenIds[0] === 2047, 'the shipped tokenizer\'s ids');
 });
 
 test('defaults: kv heads = heads, head_dim = hidden / heads, theta 10000, eps 1e-6, untied, no token ids', () => {

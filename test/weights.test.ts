@@ -22,6 +22,13 @@ const headerLen = Number(original.readBigUInt64LE(0));
 const header = JSON.parse(original.subarray(8, 8 + headerLen).toString('utf8')) as Record<string, Entry>;
 const data = original.subarray(8 + headerLen);
 const embeddedConfig = JSON.parse(readFileSync(join(EMBEDDED, 'config.json'), 'utf8')) as Record<string, unknown>;
+// The embedded model's shape, so the expected messages follow whichever checkpoint is shipped.
+const H = embeddedConfig.hidden_size as number;
+const V = embeddedConfig.vocab_size as number;
+const FF = embeddedConfig.intermediate_size as number;
+const L = embeddedConfig.num_hidden_layers as number;
+const QD = (embeddedConfig.num_attention_heads as number) * (embeddedConfig.head_dim as number);
+const KV = (embeddedConfig.num_key_value_heads as number) * (embeddedConfig.head_dim as number);
 const tensorBytes = (name: string) => data.subarray(header[name]!.data_offsets[0], header[name]!.data_offsets[1]);
 let serial = 0;
 
@@ -164,13 +171,13 @@ const malformed: [string, () => { bytes: Uint8Array; config?: Record<string, unk
   ['overlapping tensors', () => ({ bytes: withEntry('model.layers.0.post_attention_layernorm.weight', { data_offsets: header['model.layers.0.input_layernorm.weight']!.data_offsets }) }), /model\.safetensors: tensors model\.layers\.0\.input_layernorm\.weight .* and model\.layers\.0\.post_attention_layernorm\.weight .* overlap/],
   ['I64 dtype', () => ({ bytes: withEntry('model.norm.weight', { dtype: 'I64' }) }), /tensor model\.norm\.weight: unsupported dtype "I64"/],
   ['BF16 tensor of the wrong byte size', () => ({ bytes: withEntry('model.norm.weight', { shape: [norm.shape[0]! + 1] }) }), /tensor model\.norm\.weight: data_offsets .* hold 512 bytes but BF16 shape \[257\] needs 514/],
-  ['shape that does not match the config', () => ({ bytes: withEntry('model.layers.1.self_attn.k_proj.weight', { shape: [256, 128] }) }), /model\.safetensors: tensor model\.layers\.1\.self_attn\.k_proj\.weight has shape \[256, 128\], config expects \[128, 256\]/],
-  ['config that does not match the checkpoint', () => ({ bytes: original, config: { ...embeddedConfig, intermediate_size: 1024 } }), /tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape \[768, 256\], config expects \[1024, 256\]/],
+  ['shape that does not match the config', () => ({ bytes: withEntry('model.layers.1.self_attn.k_proj.weight', { shape: [H, KV] }) }), new RegExp(`model\\.safetensors: tensor model\\.layers\\.1\\.self_attn\\.k_proj\\.weight has shape \\[${H}, ${KV}\\], config expects \\[${KV}, ${H}\\]`)],
+  ['config that does not match the checkpoint', () => ({ bytes: original, config: { ...embeddedConfig, intermediate_size: 2 * FF } }), new RegExp(`tensor model\\.layers\\.0\\.mlp\\.gate_proj\\.weight has shape \\[${FF}, ${H}\\], config expects \\[${2 * FF}, ${H}\\]`)],
   ['missing tensor', () => ({ bytes: without('model.layers.3.mlp.up_proj.weight') }), /missing tensor in .*: model\.layers\.3\.mlp\.up_proj\.weight$/],
-  ['missing layers', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: 8 } }), /config\.json: num_hidden_layers is 8 but the checkpoint in .* holds tensors of 6 layers \(indices 0\.\.5\)/],
-  ['extra layers', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: 5 } }), /config\.json: num_hidden_layers is 5 but .* holds tensors of 6 layers/],
-  ['a layer missing in the middle', () => ({ bytes: repack(Object.fromEntries(Object.entries(embeddedTensors()).filter(([n]) => !n.startsWith('model.layers.2.')))) }), /num_hidden_layers is 6 but .* holds tensors of 5 layers \(indices 0\.\.5\)/],
-  ['num_hidden_layers = 10^9 (checked against the tensors before anything is sized by it)', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: 1e9 } }), /config\.json: num_hidden_layers is 1000000000 but .* holds tensors of 6 layers/],
+  ['missing layers', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: L + 2 } }), new RegExp(`config\\.json: num_hidden_layers is ${L + 2} but the checkpoint in .* holds tensors of ${L} layers \\(indices 0\\.\\.${L - 1}\\)`)],
+  ['extra layers', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: L - 1 } }), new RegExp(`config\\.json: num_hidden_layers is ${L - 1} but .* holds tensors of ${L} layers`)],
+  ['a layer missing in the middle', () => ({ bytes: repack(Object.fromEntries(Object.entries(embeddedTensors()).filter(([n]) => !n.startsWith('model.layers.2.')))) }), new RegExp(`num_hidden_layers is ${L} but .* holds tensors of ${L - 1} layers \\(indices 0\\.\\.${L - 1}\\)`)],
+  ['num_hidden_layers = 10^9 (checked against the tensors before anything is sized by it)', () => ({ bytes: original, config: { ...embeddedConfig, num_hidden_layers: 1e9 } }), new RegExp(`config\\.json: num_hidden_layers is 1000000000 but .* holds tensors of ${L} layers`)],
   ['missing untied lm_head', () => ({ bytes: original, config: { ...embeddedConfig, tie_word_embeddings: false } }), /missing tensor in .*: lm_head\.weight \(tie_word_embeddings is false/],
   ['unexpected tensor', () => ({ bytes: withEntry('model.layers.0.mlp.gate_proj.bias', { ...norm, shape: [0], data_offsets: [0, 0] }) }), /unexpected tensor in .* for a llama config: model\.layers\.0\.mlp\.gate_proj\.bias/],
   ['biases a plain llama does not have', () => ({ bytes: original, config: { ...embeddedConfig, model_type: 'qwen2' } }), /missing tensors in .*: model\.layers\.0\.self_attn\.q_proj\.bias/],
@@ -218,8 +225,8 @@ test('rotary inv_freq buffers are ignored; a stored lm_head is ignored when tied
   assert.notEqual(untied.lmHead, untied.embed);
   assert.equal(untied.lmHead.name, 'lm_head.weight');
   assert.deepEqual(new Uint8Array(untied.lmHead.data.buffer, untied.lmHead.data.byteOffset, untied.lmHead.data.byteLength), lmHead.bytes);
-  const badHead = repack({ ...tensors, 'lm_head.weight': { dtype: 'BF16', shape: [256, 2048], bytes: lmHead.bytes } });
-  assert.throws(() => load(folder(badHead)), /tensor lm_head\.weight has shape \[256, 2048\], config expects \[2048, 256\]/);
+  const badHead = repack({ ...tensors, 'lm_head.weight': { dtype: 'BF16', shape: [H, V], bytes: lmHead.bytes } });
+  assert.throws(() => load(folder(badHead)), new RegExp(`tensor lm_head\\.weight has shape \\[${H}, ${V}\\], config expects \\[${V}, ${H}\\]`));
 });
 
 test('f32 and f16 tensors load: matrices keep their dtype, vectors become exact fp32', () => {
@@ -232,16 +239,16 @@ test('f32 and f16 tensors load: matrices keep their dtype, vectors become exact 
   const q = 'model.layers.0.self_attn.q_proj.weight';
   const k = 'model.layers.0.self_attn.k_proj.weight';
   const qF32 = Float32Array.from(embedded.layers[0]!.wq.data as Uint16Array, bf16ToF32);
-  const kF16 = new Uint16Array(128 * 256).fill(0x3555);
-  const normF16 = new Uint16Array(256).fill(0x3c00);
+  const kF16 = new Uint16Array(KV * H).fill(0x3555);
+  const normF16 = new Uint16Array(H).fill(0x3c00);
   normF16[7] = 0x3555;
-  const normF32 = Float32Array.from({ length: 256 }, (_, i) => i / 3);
+  const normF32 = Float32Array.from({ length: H }, (_, i) => i / 3);
   const bytes = repack({
     ...tensors,
-    [q]: { dtype: 'F32', shape: [256, 256], bytes: new Uint8Array(qF32.buffer) },
-    [k]: { dtype: 'F16', shape: [128, 256], bytes: new Uint8Array(kF16.buffer) },
-    'model.layers.0.input_layernorm.weight': { dtype: 'F16', shape: [256], bytes: new Uint8Array(normF16.buffer) },
-    'model.norm.weight': { dtype: 'F32', shape: [256], bytes: new Uint8Array(normF32.buffer) },
+    [q]: { dtype: 'F32', shape: [QD, H], bytes: new Uint8Array(qF32.buffer) },
+    [k]: { dtype: 'F16', shape: [KV, H], bytes: new Uint8Array(kF16.buffer) },
+    'model.layers.0.input_layernorm.weight': { dtype: 'F16', shape: [H], bytes: new Uint8Array(normF16.buffer) },
+    'model.norm.weight': { dtype: 'F32', shape: [H], bytes: new Uint8Array(normF32.buffer) },
   });
   const w = load(folder(bytes));
   assert.equal(w.layers[0]!.wq.dtype, 'f32');
