@@ -25,13 +25,16 @@ function poisoned(tensor: string, element: number, bits: number): string {
   return dir;
 }
 
+// The last two layers of whichever model is shipped.
+const LAST = (JSON.parse(readFileSync(join(DEFAULT_MODEL_DIR, 'config.json'), 'utf8')) as { num_hidden_layers: number }).num_hidden_layers - 1;
+
 const prompt = (lm: LoadedModel) => lm.tokenizer.encode(lm.tokenizer.chat.render([{ role: 'user', content: 'What is your name?' }], { addGenerationPrompt: true }));
 
 const cases: [string, number, number, RegExp][] = [
   ['model.layers.2.mlp.down_proj.weight', 5, 0x7fc0, /layer 2 is the first whose output is not finite; non-finite weights in model\.layers\.2\.mlp\.down_proj\.weight/],
-  ['model.layers.4.self_attn.q_proj.weight', 300, 0x7f80, /layer 4 is the first .*model\.layers\.4\.self_attn\.q_proj\.weight/],
+  [`model.layers.${LAST - 1}.self_attn.q_proj.weight`, 300, 0x7f80, new RegExp(`layer ${LAST - 1} is the first .*model\\.layers\\.${LAST - 1}\\.self_attn\\.q_proj\\.weight`)],
   ['model.layers.0.input_layernorm.weight', 7, 0xff80, /layer 0 is the first .*model\.layers\.0\.input_layernorm\.weight/],
-  ['model.layers.5.mlp.up_proj.weight', 11, 0x7fc0, /layer 5 is the first .*model\.layers\.5\.mlp\.up_proj\.weight/],
+  [`model.layers.${LAST}.mlp.up_proj.weight`, 11, 0x7fc0, new RegExp(`layer ${LAST} is the first .*model\\.layers\\.${LAST}\\.mlp\\.up_proj\\.weight`)],
   ['model.norm.weight', 3, 0x7fc0, /the final norm \/ LM head is the first .*model\.norm\.weight/],
 ];
 
