@@ -166,12 +166,15 @@ test('think alone keeps every row: a ratio below 1 is refused by name; bad key-c
 test('bench think: every cache holds the bytes its rows and key channels say (tiny model, one short round)', { skip: !loadAddon() && 'the native addon is not built' }, () => {
   const report = runThinkBench({ model: 'tiny', context: 64, rounds: 1, steps: 1, log: () => {} }) as { caches: { cache: string; kv_bytes: number; kv_bytes_vs_full: number; ms_per_token: number }[] };
   const heads = cfg.numLayers * cfg.numKvHeads;
+  // Key channels kept: three quarters and half of the head (exact for a head width divisible by 4).
+  assert.equal(d % 4, 0);
+  const [k75, k50] = [(3 * d) / 4, d / 2];
   const want: Record<string, number> = {
     full: heads * 64 * 2 * d * 4,
-    'think 0.25': heads * (64 * (48 + d) * 4 + 48 * 4),
-    'think 0.5': heads * (64 * (32 + d) * 4 + 32 * 4),
+    'think 0.25': heads * (64 * (k75 + d) * 4 + k75 * 4),
+    'think 0.5': heads * (64 * (k50 + d) * 4 + k50 * 4),
     'rows 0.5': heads * 32 * 2 * d * 4,
-    'rows 0.5 + think 0.5': heads * (32 * (32 + d) * 4 + 32 * 4),
+    'rows 0.5 + think 0.5': heads * (32 * (k50 + d) * 4 + k50 * 4),
   };
   assert.deepEqual(Object.fromEntries(report.caches.map((c) => [c.cache, c.kv_bytes])), want);
   for (const c of report.caches) assert.ok(c.ms_per_token > 0);
