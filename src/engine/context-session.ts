@@ -11,6 +11,8 @@ import { protectedSelect, type Protection } from '../press/protect.ts';
 import type { Press } from '../press/registry.ts';
 import type { Scorer, Scores, ScoringContext, ScoringModel } from '../press/types.ts';
 import { generate, type GenerateOptions, type GenerateResult } from './generate.ts';
+import { BatchScheduler } from './scheduler.ts';
+import type { SequenceResult, SharedContext } from './scheduler-types.ts';
 import type { LoadedModel } from './loaded-model.ts';
 import { scoringModel } from './scoring-model.ts';
 import { resolveProtection, type ProtectionChoice } from './default-protection.ts';
@@ -245,6 +247,24 @@ export class ContextSession {
 
   queryIds(query: string): number[] {
     return this.layout.queryIds(query);
+  }
+
+  /**
+   * Answers several queries greedily, decoded together: each is a sequence of the batching scheduler on this
+   * session's cache as a shared context, read in place and left as it was. Batched decode rows are summed as
+   * they are alone on the native backend, so each answer is the one ask() gives there; in the queries' order.
+   */
+  async askMany(queries: readonly string[], gen: { maxTokens?: number; stopStrings?: string[] } = {}): Promise<SequenceResult[]> {
+    if (!this.prefilled) this.prefillCapture([]);
+    const shared: SharedContext = { id: 'session', cache: this.cache, ids: this.ids, prefix: this.prefix, context: this.context, method: 'session', ratio: 1 };
+    const scheduler = new BatchScheduler(this.lm, { pool: this.cache.pool ?? this.lm.kvPool(), maxBatch: 16 });
+    const handles = queries.map((q) => scheduler.submit({ context: shared, promptIds: this.queryIds(q), maxTokens: gen.maxTokens ?? 256, stopStrings: gen.stopStrings }));
+    try {
+      return await Promise.all(handles.map((h) => h.result));
+    } finally {
+      for (const h of handles) h.cancel();
+      await scheduler.drain();
+    }
   }
 
   /** Answers one query; the cache is returned exactly as it was, whatever happens. */

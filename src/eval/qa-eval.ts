@@ -80,8 +80,9 @@ export async function qaUnit(lm: LoadedModel, row: QaRow, press: Press, opts: Pi
   for (const point of sweepRatios(lm, row.context, press, opts.ratios, { queryTemplate: opts.queryTemplate, system: opts.system }, opts.auto)) {
     unit.kept.push([point.ratio, point.keptBytesRatio]);
     unit.bytes!.push([point.ratio, point.bytesKept]);
-    for (const [qi, q] of row.questions.entries()) {
-      const r = await point.session.ask(q, { maxTokens: opts.maxTokens ?? 24 });
+    // The questions are decoded together, each as it would be alone (askMany).
+    const replies = await point.session.askMany(row.questions, { maxTokens: opts.maxTokens ?? 24 });
+    for (const [qi, r] of replies.entries()) {
       const answer = r.text.trim();
       unit.samples.push({ id: row.id, question_index: qi, method: press.name, ratio: point.ratio, answer, expected: row.answers[qi]!, correct: answer === row.answers[qi]! });
     }

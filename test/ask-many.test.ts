@@ -1,0 +1,36 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { sweepRatios } from '../src/eval/method-sweep.ts';
+import { getPress } from '../src/press/registry.ts';
+import { loadAddon } from '../src/tensor/native.ts';
+import { selectBackend } from '../src/tensor/select-backend.ts';
+import { qaRows, tinyModel } from './helpers/tiny-model.ts';
+
+/** Every row's keys and values, per layer and head, as one array (what the cache holds). */
+function snapshot(cache: import('../src/cache/kv-cache.ts').KvCache): number[][] {
+  const out: number[][] = [];
+  cache.forEachHead((s) => out.push([s.len, ...s.pos.slice(0, s.len), ...s.keys(), ...s.values()]));
+  return out;
+}
+
+test('askMany decodes the questions together and answers each as ask() does alone, leaving the compressed cache as it was', { skip: !loadAddon() && 'the native addon is not built' }, async () => {
+  const lm = tinyModel(selectBackend());
+  let compared = 0;
+  for (const row of qaRows().slice(0, 3)) {
+    for (const method of ['snapkv', 'kvzip']) {
+      for (const point of sweepRatios(lm, row.context, getPress(method), [1, 0.3])) {
+        const before = snapshot(point.session.cache);
+        const together = await point.session.askMany(row.questions, { maxTokens: 12 });
+        assert.deepEqual(snapshot(point.session.cache), before, 'the shared cache is unchanged');
+        assert.equal(together.length, row.questions.length);
+        for (const [i, q] of row.questions.entries()) {
+          const alone = await point.session.ask(q, { maxTokens: 12 });
+          assert.deepEqual(together[i]!.tokens, alone.tokens, `${row.id} ${method}@${point.ratio} question ${i}`);
+          assert.equal(together[i]!.text, alone.text);
+          compared++;
+        }
+      }
+    }
+  }
+  assert.ok(compared >= 40, `${compared} answers compared`);
+});
