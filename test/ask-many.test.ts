@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { askEach } from '../src/engine/context-session.ts';
 import { sweepRatios } from '../src/eval/method-sweep.ts';
 import { getPress } from '../src/press/registry.ts';
 import { loadAddon } from '../src/tensor/native.ts';
@@ -42,4 +43,18 @@ test('askMany decodes the questions together and answers each as ask() does alon
 test('askMany answers as ask() does on the reference backend too', async () => {
   const compared = await compare(tinyModel(), 1, ['snapkv'], [0.3]);
   assert.ok(compared >= 4, `${compared} answers compared`);
+});
+
+test('askEach decodes queries on different compressed sessions together, each answered as on its session alone', { skip: !loadAddon() && 'the native addon is not built' }, async () => {
+  const lm = tinyModel(selectBackend());
+  const row = qaRows()[4]!;
+  const sessions = [...sweepRatios(lm, row.context, getPress('knorm'), [1, 0.5, 0.3, 0.1])].map((p) => p.session);
+  const asks = sessions.flatMap((session, i) => row.questions.slice(i % 2, (i % 2) + 3).map((query) => ({ session, query })));
+  const before = sessions.map((s) => snapshot(s.cache));
+  const together = await askEach(asks, { maxTokens: 12 });
+  assert.deepEqual(sessions.map((s) => snapshot(s.cache)), before, 'every session\'s cache is unchanged');
+  for (const [i, { session, query }] of asks.entries()) assert.deepEqual(together[i]!.tokens, (await session.ask(query, { maxTokens: 12 })).tokens, `ask ${i}`);
+  assert.equal(together.length, asks.length);
+  assert.ok(asks.length >= 8, `${asks.length} asks`);
+  await assert.rejects(askEach([{ session: sessions[0]!, query: 'x' }, { session: tinyModel().openContext('Another model.'), query: 'x' }]), /same loaded model/);
 });

@@ -250,21 +250,16 @@ export class ContextSession {
   }
 
   /**
-   * Answers several queries greedily, decoded together: each is a sequence of the batching scheduler on this
-   * session's cache as a shared context, read in place and left as it was. Batched decode rows are summed as
-   * they are alone on the native backend, so each answer is the one ask() gives there; in the queries' order.
+   * Answers several queries greedily, decoded together (askEach on this one session); in the queries' order.
    */
-  async askMany(queries: readonly string[], gen: { maxTokens?: number; stopStrings?: string[] } = {}): Promise<SequenceResult[]> {
+  askMany(queries: readonly string[], gen: { maxTokens?: number; stopStrings?: string[] } = {}): Promise<SequenceResult[]> {
+    return askEach(queries.map((query) => ({ session: this, query })), gen);
+  }
+
+  /** This session's prefilled cache as a context sequences continue from (read in place, never changed). */
+  sharedContext(): SharedContext {
     if (!this.prefilled) this.prefillCapture([]);
-    const shared: SharedContext = { id: 'session', cache: this.cache, ids: this.ids, prefix: this.prefix, context: this.context, method: 'session', ratio: 1 };
-    const scheduler = new BatchScheduler(this.lm, { pool: this.cache.pool ?? this.lm.kvPool(), maxBatch: 16 });
-    const handles = queries.map((q) => scheduler.submit({ context: shared, promptIds: this.queryIds(q), maxTokens: gen.maxTokens ?? 256, stopStrings: gen.stopStrings }));
-    try {
-      return await Promise.all(handles.map((h) => h.result));
-    } finally {
-      for (const h of handles) h.cancel();
-      await scheduler.drain();
-    }
+    return { id: 'session', cache: this.cache, ids: this.ids, prefix: this.prefix, context: this.context, method: 'session', ratio: 1 };
   }
 
   /** Answers one query; the cache is returned exactly as it was, whatever happens. */
@@ -280,6 +275,27 @@ export class ContextSession {
       else this.cache.truncate(mark);
       this.cache.shrinkToFit();
     }
+  }
+}
+
+/**
+ * Answers one query on each session (sessions of one model), greedily, all decoded together: each is a sequence of
+ * the batching scheduler continuing its session's cache, read in place and left as it was. Batched decode rows are
+ * summed as they are alone, so each answer is the one session.ask() gives; in the order given.
+ */
+export async function askEach(asks: readonly { session: ContextSession; query: string }[], gen: { maxTokens?: number; stopStrings?: string[] } = {}): Promise<SequenceResult[]> {
+  if (!asks.length) return [];
+  const lm = asks[0]!.session.lm;
+  if (asks.some((a) => a.session.lm !== lm)) throw new Error('askEach(): every session must be of the same loaded model');
+  const scheduler = new BatchScheduler(lm, { pool: asks[0]!.session.cache.pool ?? lm.kvPool(), maxBatch: 16 });
+  const handles = asks.map(({ session, query }) =>
+    scheduler.submit({ context: session.sharedContext(), promptIds: session.queryIds(query), maxTokens: gen.maxTokens ?? 256, stopStrings: gen.stopStrings }),
+  );
+  try {
+    return await Promise.all(handles.map((h) => h.result));
+  } finally {
+    for (const h of handles) h.cancel();
+    await scheduler.drain();
   }
 }
 

@@ -1,4 +1,4 @@
-import { ContextSession } from '../engine/context-session.ts';
+import { askEach, ContextSession } from '../engine/context-session.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import { systemPromptLayout } from '../model/prompt-layout.ts';
 import { describeProtection, type NamedRange, type Protection } from '../press/protect.ts';
@@ -95,22 +95,27 @@ export async function studyUnit(lm: LoadedModel, item: StudyItem, press: Press, 
   const unit: StudySample[] = [];
   const layout = systemPromptLayout(lm, item.system, { explicit: item.explicit, otherName: 'directive', document: opts.document });
   const scored = new ContextSession(lm, layout).score(press, { spanLocal: opts.protections.some((p) => p?.fair) });
-  for (const protection of opts.protections) {
-    for (const ratio of opts.ratios) {
+  const points = opts.protections.flatMap((protection) =>
+    opts.ratios.map((ratio) => {
       // Template tokens inside the span (the "context" variant) are structure: always kept, inside the budget.
       const { session, keep } = scored.compressed(ratio, withTemplateKept(protection, layout.ranges));
-      const response = (await session.ask(item.user, { maxTokens: opts.maxTokens ?? 48 })).text;
-      unit.push({
-        id: item.id,
-        variant: item.variant ?? 'original',
-        method: press.name,
-        ratio,
-        protect: describeProtection(protection),
-        response,
-        metrics: item.score(response),
-        keepRate: keepRateBySpan(keep, layout.ranges),
-      });
-    }
+      return { protection, ratio, session, keep };
+    }),
+  );
+  // Every point's response decoded together, each as it would be alone (askEach).
+  const replies = await askEach(points.map((p) => ({ session: p.session, query: item.user })), { maxTokens: opts.maxTokens ?? 48 });
+  for (const [i, { protection, ratio, keep }] of points.entries()) {
+    const response = replies[i]!.text;
+    unit.push({
+      id: item.id,
+      variant: item.variant ?? 'original',
+      method: press.name,
+      ratio,
+      protect: describeProtection(protection),
+      response,
+      metrics: item.score(response),
+      keepRate: keepRateBySpan(keep, layout.ranges),
+    });
   }
   return unit;
 }
