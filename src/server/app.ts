@@ -8,7 +8,7 @@ import { ApiError } from './api-error.ts';
 import { chatCompletion } from './chat-route.ts';
 import { contextRoutes } from './context-routes.ts';
 import { inspectRoutes } from './inspect-route.ts';
-import type { ContextCompressor } from './context-compressor.ts';
+import type { ContextWorker } from './context-worker.ts';
 import type { ContextStore } from './context-store.ts';
 import type { ServerMetrics } from './metrics.ts';
 
@@ -20,7 +20,7 @@ export interface ServerState {
   scheduler: Scheduler | null;
   store: ContextStore | null;
   /** Where POST /v1/contexts compresses (on a worker thread for `kvlab serve`). */
-  compressor: ContextCompressor | null;
+  contextWorker: ContextWorker | null;
   /** What `ratio: "auto"` chooses by unless a request asks for the threshold (`kvlab serve --auto-predictor`). */
   autoPredictor?: NegativePredictor;
 }
@@ -111,13 +111,13 @@ export interface ReadyState {
   lm: LoadedModel;
   scheduler: Scheduler;
   store: ContextStore;
-  compressor: ContextCompressor;
+  contextWorker: ContextWorker;
   autoPredictor?: NegativePredictor;
 }
 
 function ready(state: ServerState): ReadyState {
-  if (!state.lm || !state.scheduler || !state.store || !state.compressor) throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading');
-  return { modelId: state.modelId, lm: state.lm, scheduler: state.scheduler, store: state.store, compressor: state.compressor, autoPredictor: state.autoPredictor };
+  if (!state.lm || !state.scheduler || !state.store || !state.contextWorker) throw new ApiError(503, 'the model is still loading; retry shortly', null, 'model_loading');
+  return { modelId: state.modelId, lm: state.lm, scheduler: state.scheduler, store: state.store, contextWorker: state.contextWorker, autoPredictor: state.autoPredictor };
 }
 
 /** The request body as JSON, or a 400 naming the problem. */

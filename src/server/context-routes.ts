@@ -40,7 +40,7 @@ export function contextRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
     if (rule === 'predictor' && !s.autoPredictor) throw badRequest('auto.rule "predictor": this server has no predictor (kvlab serve --auto-predictor FILE)', 'auto.rule', 'invalid_value');
     const predictor = rule !== 'threshold' ? s.autoPredictor : undefined;
     if (maxProbability !== undefined && !predictor) throw badRequest('auto.max_probability goes with the predictor rule', 'auto.max_probability', 'invalid_value');
-    const built = await s.compressor.compress(ctx, { spec, method: r.method, ratio: r.ratio, protection, auto: { ...check, ...(predictor ? { predictor, maxProbability } : {}) } });
+    const built = await s.contextWorker.compress(ctx, { spec, method: r.method, ratio: r.ratio, protection, auto: { ...check, ...(predictor ? { predictor, maxProbability } : {}) } });
     const { record, saveMs } = await s.store.add(c.get('tenant'), ctx, built, describeProtection(effectiveProtection(protection, ctx)));
     const auto = built.report.auto;
     return c.json({

@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CONTEXT_FILE_EXTENSION, ContextFileError, decodeContextFile, encodeContextFile, readContextFile, readContextHeader, writeContextFile } from '../cache/context-file.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
-import type { BuiltContext } from './context-compressor.ts';
+import type { BuiltContext } from './context-worker.ts';
 import type { ContextSpec, ConversationContext } from '../engine/conversation-context.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import type { SharedContext } from '../engine/scheduler-types.ts';

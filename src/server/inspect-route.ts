@@ -1,25 +1,22 @@
 import type { Hono } from 'hono';
 import { conversationContext } from '../engine/conversation-context.ts';
-import { inspectionJson } from '../inspect/export-json.ts';
-import { inspectConversation, type Inspection } from '../inspect/collect.ts';
 import { renderInspectPage } from '../inspect/render.ts';
-import { parseProtection } from '../press/protect.ts';
 import { ApiError } from './api-error.ts';
 import type { AppEnv, ReadyState } from './app.ts';
 import type { ContextRecord } from './context-store.ts';
+import type { InspectResult } from './context-thread-protocol.ts';
 
 /** Inspections kept per server, most recently used last (a page is re-scored only when it is not here). */
 const KEEP = 8;
 
 /**
- * GET /inspect/{id}: the inspector page of a stored context, and GET /inspect/{id}/data.json its data. A stored
- * context keeps its kept rows, not its scores, so the page re-scores the context with the method and applied
- * protection it was compressed with; the page opens at the stored ratio, where its keep set is the stored one.
+ * GET /inspect/{id}: the inspector page of a stored context, and GET /inspect/{id}/data.json its data, re-scored
+ * by the context worker (inspect-stored.ts; on the context thread under `kvlab serve`).
  */
 export function inspectRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void {
-  const cache = new Map<string, Promise<Inspection>>();
+  const cache = new Map<string, Promise<InspectResult>>();
 
-  const inspection = async (s: ReadyState, tenant: string, id: string): Promise<Inspection> => {
+  const inspection = async (s: ReadyState, tenant: string, id: string): Promise<InspectResult> => {
     // A store shared with other servers: see the contexts they added or removed, as /v1 routes do.
     await s.store.refresh(tenant);
     const record = s.store.get(tenant, id);
@@ -42,14 +39,14 @@ export function inspectRoutes(app: Hono<AppEnv>, ready: () => ReadyState): void 
   });
   app.get('/inspect/:id/data.json', async (c) => {
     const ins = await inspection(ready(), c.get('tenant'), c.req.param('id'));
-    return c.json(inspectionJson(ins, [ins.data.ratio]));
+    return c.json(ins.json);
   });
 }
 
-async function inspectRecord(s: ReadyState, record: ContextRecord): Promise<Inspection> {
+function inspectRecord(s: ReadyState, record: ContextRecord): Promise<InspectResult> {
   const ctx = conversationContext(s.lm, record.spec);
   if (ctx.layout.ids.length !== record.ids.length || ctx.layout.ids.some((id, i) => id !== record.ids[i])) {
-    throw new ApiError(500, `context '${record.id}' no longer tokenizes to the ids it was compressed from`, 'id', 'context_mismatch');
+    return Promise.reject(new ApiError(500, `context '${record.id}' no longer tokenizes to the ids it was compressed from`, 'id', 'context_mismatch'));
   }
-  return inspectConversation(s.lm, ctx, { methods: [record.method], ratio: record.ratio, protection: parseProtection(record.protect), protectLabel: record.protect });
+  return s.contextWorker.inspect({ spec: record.spec, method: record.method, ratio: record.ratio, protect: record.protect });
 }

@@ -9,7 +9,7 @@ import { persistentFingerprint } from '../engine/model-fingerprint.ts';
 import type { Scheduler } from '../engine/scheduler-types.ts';
 import { BatchScheduler } from '../engine/scheduler.ts';
 import { createApp, type ServerState } from './app.ts';
-import { inlineCompressor, startCompressThread } from './context-compressor.ts';
+import { inlineContextWorker, startContextThread } from './context-worker.ts';
 import { ContextStore } from './context-store.ts';
 import { ServerMetrics } from './metrics.ts';
 import { DEFAULT_BODY_LIMIT, DEFAULT_MAX_TOKENS } from './defaults.ts';
@@ -38,7 +38,7 @@ export interface ServeOptions {
    * Compress POST /v1/contexts on a worker thread that loads this model (the same one `load` returns: its
    * fingerprint is checked), so streams keep going meanwhile. Without it contexts compress on the event loop.
    */
-  compressThread?: ModelLoadSpec;
+  contextThread?: ModelLoadSpec;
   /** `ratio: "auto"` chooses by this negative-sample predictor (`kvlab eval router`) unless a request asks for the threshold. */
   autoPredictor?: NegativePredictor;
   log?: (line: string) => void;
@@ -64,7 +64,7 @@ async function openRedisStore(url: string) {
 
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, compressor: null, autoPredictor: opts.autoPredictor };
+  const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, contextWorker: null, autoPredictor: opts.autoPredictor };
   const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0);
   const app = createApp(state, {
     apiKeys: opts.apiKeys ?? [],
@@ -87,7 +87,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     const store = new ContextStore(lm, fingerprint, remote ? null : opts.storeDir, remote);
     const scan = store.scan();
     for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
-    state.compressor = opts.compressThread ? await startCompressThread(opts.compressThread, fingerprint) : inlineCompressor(lm);
+    state.contextWorker = opts.contextThread ? await startContextThread(opts.contextThread, fingerprint) : inlineContextWorker(lm);
     state.lm = lm;
     state.store = store;
     state.modelId = basename(lm.dir);
@@ -104,7 +104,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       server.closeIdleConnections();
       await ready.catch(() => {});
       await state.scheduler?.drain();
-      await state.compressor?.close();
+      await state.contextWorker?.close();
       await state.store?.remote?.close();
       // Responses of the drained sequences are written by now; whatever stays open is idle or a finished stream.
       setTimeout(() => server.closeAllConnections(), 1000).unref();

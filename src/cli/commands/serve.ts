@@ -25,7 +25,7 @@ export function registerServe(program: Command): void {
     .option('--max-queue <n>', 'sequences that may wait; more get 429', intOption('--max-queue'), 64)
     .option('--max-body <size>', 'largest request body', bytesOption, DEFAULT_BODY_LIMIT)
     .option('--auto-predictor <file>', 'ratio "auto" chooses by this negative-sample predictor (written by kvlab eval router) unless a request sets auto.rule "threshold"', predictorOption)
-    .option('--no-compress-thread', 'compress contexts on the event loop (no second copy of the weights, but every stream pauses while a context compresses)')
+    .option('--no-context-thread', 'compress and inspect contexts on the event loop (no second copy of the weights, but every stream pauses meanwhile)')
     .option('--default-max-tokens <n>', 'max_tokens when a request gives none', intOption('--default-max-tokens', 1), DEFAULT_MAX_TOKENS)
     .action(async (o) => {
       const redisStore = typeof o.store === 'string' && o.store.startsWith('redis://') ? o.store : undefined;
@@ -46,7 +46,7 @@ export function registerServe(program: Command): void {
         bodyLimitBytes: o.maxBody,
         defaultMaxTokens: o.defaultMaxTokens,
         autoPredictor: o.autoPredictor,
-        ...(o.compressThread ? { compressThread: modelLoadSpec(o) } : {}),
+        ...(o.contextThread ? { contextThread: modelLoadSpec(o) } : {}),
       });
       process.stdout.write(`listening on ${running.url}\n`);
       const stop = (signal: string) => {

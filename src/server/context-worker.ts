@@ -1,0 +1,109 @@
+import { decodeContextFile } from '../cache/context-file.ts';
+import type { KvCache } from '../cache/kv-cache.ts';
+import { compressContext } from '../engine/compress-context.ts';
+import type { CompressionReport } from '../engine/context-session.ts';
+import type { ConversationContext } from '../engine/conversation-context.ts';
+import type { LoadedModel } from '../engine/loaded-model.ts';
+import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
+import { siblingModule, startTsWorker } from '../engine/ts-worker.ts';
+import type { Span } from '../model/prompt-layout.ts';
+import { getPress } from '../press/registry.ts';
+import type { CompressRequest, ContextThreadReply, ContextThreadRequest, InspectRequest, InspectResult } from './context-thread-protocol.ts';
+import { inspectStored } from './inspect-stored.ts';
+
+/** A compressed context as the store keeps it: its rows and the layout and report of its compression. */
+export interface BuiltContext {
+  session: { cache: KvCache; ids: number[]; prefix: Span; context: Span };
+  report: CompressionReport;
+}
+
+/** The server's long synchronous work on contexts: compressing a posted one, re-scoring a stored one for /inspect. */
+export interface ContextWorker {
+  /** 'thread' when the work runs off the event loop. */
+  readonly where: 'inline' | 'thread';
+  compress(ctx: ConversationContext, request: CompressRequest): Promise<BuiltContext>;
+  inspect(request: InspectRequest): Promise<InspectResult>;
+  close(): Promise<void>;
+}
+
+/** Works on the calling thread: every other request waits until it is done. */
+export function inlineContextWorker(lm: LoadedModel): ContextWorker {
+  return {
+    where: 'inline',
+    compress: async (ctx, r) => compressContext(lm, ctx, getPress(r.method), r.ratio, r.protection, r.auto),
+    inspect: (r) => inspectStored(lm, r),
+    close: async () => {},
+  };
+}
+
+type Pending = { resolve: (v: unknown) => void; reject: (e: Error) => void; settled: Promise<void> };
+
+/**
+ * Works on a worker thread that loads the model of `spec` (a second copy of the weights unless they are mapped);
+ * refuses to start when that model's fingerprint is not `fingerprint`, the server's own, since the thread's rows
+ * would then belong to another model. Requests run one at a time, in order.
+ */
+export async function startContextThread(spec: ModelLoadSpec, fingerprint: string): Promise<ContextWorker> {
+  const thread = startTsWorker(siblingModule(import.meta.url, 'context-thread'), spec);
+  const pending = new Map<number, Pending>();
+  let nextId = 0;
+  let dead: Error | null = null;
+  let closing = false;
+  const ready = new Promise<void>((resolve, reject) => {
+    thread.on('message', (m: ContextThreadReply) => {
+      if (m.type === 'ready') {
+        if (m.fingerprint === fingerprint) resolve();
+        else reject(new Error('the context thread loaded a model whose fingerprint differs from the server\'s (another folder, weights or KV storage)'));
+        return;
+      }
+      if (m.type === 'load-error') return reject(new Error(`the context thread could not load the model: ${m.message}`));
+      const p = pending.get(m.id);
+      pending.delete(m.id);
+      if (!p) return;
+      if (m.type === 'error') return p.reject(new Error(m.message));
+      if (m.type === 'inspected') return p.resolve(m.result);
+      try {
+        const { cache } = decodeContextFile(Buffer.from(m.file.buffer, m.file.byteOffset, m.file.length), 'the context thread\'s reply', fingerprint);
+        p.resolve({ session: { cache, ids: m.ids, prefix: m.prefix, context: m.context }, report: m.report } satisfies BuiltContext);
+      } catch (e) {
+        p.reject(e as Error);
+      }
+    });
+    const fail = (e: Error) => {
+      if (closing) return;
+      dead = new Error(`the context thread stopped: ${e.message}`);
+      reject(dead);
+      for (const p of pending.values()) p.reject(dead);
+      pending.clear();
+    };
+    thread.on('error', fail);
+    thread.on('exit', (code) => fail(new Error(`exit code ${code}`)));
+  });
+  try {
+    await ready;
+  } catch (e) {
+    closing = true;
+    await thread.terminate();
+    throw e;
+  }
+  const send = <T>(message: Omit<ContextThreadRequest, 'id'>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (dead) return reject(dead);
+      const id = nextId++;
+      let settle: () => void = () => {};
+      const settled = new Promise<void>((r) => (settle = r));
+      pending.set(id, { resolve: (v) => (settle(), resolve(v as T)), reject: (e) => (settle(), reject(e)), settled });
+      thread.postMessage({ ...message, id });
+    });
+  return {
+    where: 'thread',
+    compress: (_ctx, request) => send<BuiltContext>({ kind: 'compress', request }),
+    inspect: (request) => send<InspectResult>({ kind: 'inspect', request }),
+    // Lets the work in hand finish (its requests are still answered), then stops the thread.
+    close: async () => {
+      await Promise.all([...pending.values()].map((p) => p.settled));
+      closing = true;
+      await thread.terminate();
+    },
+  };
+}
