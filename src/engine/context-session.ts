@@ -281,7 +281,9 @@ export class ContextSession {
 /**
  * Answers one query on each session (sessions of one model), greedily, all decoded together: each is a sequence of
  * the batching scheduler continuing its session's cache, read in place and left as it was. Batched decode rows are
- * summed as they are alone, so each answer is the one session.ask() gives; in the order given.
+ * summed as they are alone, so each answer is the one session.ask() gives; in the order given. (With an int4 / int2
+ * cache the query and answer rows stay in the sequence's own fp32 tail, while ask() appends them to the session's
+ * residual window and may quantize a group of it once the window overflows, so long answers can differ slightly.)
  */
 export async function askEach(asks: readonly { session: ContextSession; query: string }[], gen: { maxTokens?: number; stopStrings?: string[] } = {}): Promise<SequenceResult[]> {
   if (!asks.length) return [];
