@@ -92,3 +92,23 @@ test('a context thread whose model is not the server\'s is refused, naming why; 
   const ok = await post(threaded, '/contexts', { text: row.context, method: 'knorm', ratio: 0.5 });
   assert.equal(ok.status, 200, JSON.stringify(ok.json));
 });
+
+test('a context thread that stops fails the request it held, naming it, and the next request starts a new thread', async () => {
+  const worker = threaded.state.contextWorker!;
+  const first = worker.thread!;
+  const ids = async () => (await fetch(`${threaded.url}/v1/contexts`).then((x) => x.json() as Promise<{ data: { id: string }[] }>)).data.map((c) => c.id);
+  const before = await ids();
+  const text = qaRows().slice(0, 4).map((r) => r.context).join('\n\n');
+  const held = post(threaded, '/contexts', { text, method: 'kvzip', ratio: 0.3 });
+  // Stopped while it compresses (the long context takes seconds; the thread is killed well inside that).
+  await new Promise((r) => setTimeout(r, 300));
+  await first.terminate();
+  const r = await held;
+  assert.equal(r.status, 500, JSON.stringify(r.json));
+  assert.match(r.json.error.message, /the context thread stopped: exit code 1/);
+  const again = await post(threaded, '/contexts', { text: row.context, method: 'snapkv', ratio: 0.5 });
+  assert.equal(again.status, 200, JSON.stringify(again.json));
+  assert.notEqual(worker.thread, first, 'a new thread');
+  // The failed request stored nothing; the next one stored its context.
+  assert.deepEqual(await ids(), [...before, again.json.id]);
+});
