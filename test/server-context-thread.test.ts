@@ -51,6 +51,9 @@ test('a context compressed on the thread is the one compressed inline: same rows
   const [pa, pb] = [await get(threaded, `/inspect/${a.json.id}`), await get(inline, `/inspect/${b.json.id}`)];
   assert.equal(pa.status, 200);
   assert.equal(pa.text.replaceAll(a.json.id, 'ID'), pb.text.replaceAll(b.json.id, 'ID'));
+  // The page and its data.json share one re-scoring (the route keeps it), timed in /metrics.
+  const metrics = await fetch(`${threaded.url}/metrics`).then((x) => x.text());
+  assert.match(metrics, /^kvlab_context_work_seconds_count\{kind="inspect"\} 1$/m);
 });
 
 test('while a long context compresses on the thread, the server goes on answering; inline, it answers nothing until the context is done', async () => {
@@ -98,6 +101,13 @@ test('a context thread that stops fails the request it held, naming it, and the 
   const first = worker.thread!;
   const ids = async () => (await fetch(`${threaded.url}/v1/contexts`).then((x) => x.json() as Promise<{ data: { id: string }[] }>)).data.map((c) => c.id);
   const before = await ids();
+  const metrics = async () => {
+    const text = await fetch(`${threaded.url}/metrics`).then((x) => x.text());
+    const num = (re: RegExp) => Number(re.exec(text)?.[1] ?? 0);
+    return { restarts: num(/^kvlab_context_thread_restarts (\d+)$/m), compress: num(/^kvlab_context_work_seconds_count\{kind="compress"\} (\d+)$/m) };
+  };
+  const startMetrics = await metrics();
+  assert.equal(startMetrics.restarts, 0);
   const text = qaRows().slice(0, 4).map((r) => r.context).join('\n\n');
   const held = post(threaded, '/contexts', { text, method: 'kvzip', ratio: 0.3 });
   // Stopped while it compresses (the long context takes seconds; the thread is killed well inside that).
@@ -111,4 +121,7 @@ test('a context thread that stops fails the request it held, naming it, and the 
   assert.notEqual(worker.thread, first, 'a new thread');
   // The failed request stored nothing; the next one stored its context.
   assert.deepEqual(await ids(), [...before, again.json.id]);
+  const after = await metrics();
+  assert.equal(after.restarts, 1);
+  assert.equal(after.compress, startMetrics.compress + 2, 'both requests timed, the failed one too');
 });

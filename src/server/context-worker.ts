@@ -26,6 +26,8 @@ export interface ContextWorker {
   inspect(request: InspectRequest): Promise<InspectResult>;
   /** The worker thread doing the work now (none inline): for health checks and tests. */
   readonly thread?: Worker;
+  /** Threads started again after one stopped. */
+  readonly restarts: number;
   close(): Promise<void>;
 }
 
@@ -35,6 +37,7 @@ export function inlineContextWorker(lm: LoadedModel): ContextWorker {
     where: 'inline',
     compress: async (ctx, r) => compressContext(lm, ctx, getPress(r.method), r.ratio, r.protection, r.auto),
     inspect: (r) => inspectStored(lm, r),
+    restarts: 0,
     close: async () => {},
   };
 }
@@ -100,10 +103,14 @@ export async function startContextThread(spec: ModelLoadSpec, fingerprint: strin
   };
   let current = await spawn();
   let respawn: Promise<ThreadHandle> | null = null;
+  let restarts = 0;
   const live = async (): Promise<ThreadHandle> => {
     if (!current.dead) return current;
     if (closing) throw current.dead;
-    respawn ??= spawn().finally(() => (respawn = null));
+    if (!respawn) {
+      restarts++;
+      respawn = spawn().finally(() => (respawn = null));
+    }
     current = await respawn;
     return current;
   };
@@ -121,6 +128,9 @@ export async function startContextThread(spec: ModelLoadSpec, fingerprint: strin
     where: 'thread',
     get thread() {
       return current.worker;
+    },
+    get restarts() {
+      return restarts;
     },
     compress: (_ctx, request) => send<BuiltContext>({ kind: 'compress', request }),
     inspect: (request) => send<InspectResult>({ kind: 'inspect', request }),

@@ -65,7 +65,7 @@ async function openRedisStore(url: string) {
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const state: ServerState = { phase: 'loading', modelId: 'loading', lm: null, scheduler: null, store: null, contextWorker: null, autoPredictor: opts.autoPredictor };
-  const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0);
+  const metrics = new ServerMetrics(() => state.scheduler, () => state.store?.loadedBytes() ?? 0, () => state.contextWorker);
   const app = createApp(state, {
     apiKeys: opts.apiKeys ?? [],
     bodyLimitBytes: opts.bodyLimitBytes ?? DEFAULT_BODY_LIMIT,
@@ -87,7 +87,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     const store = new ContextStore(lm, fingerprint, remote ? null : opts.storeDir, remote);
     const scan = store.scan();
     for (const s of scan.skipped) log(`kvlab serve: skipped ${s.file}: ${s.reason}`);
-    state.contextWorker = opts.contextThread ? await startContextThread(opts.contextThread, fingerprint) : inlineContextWorker(lm);
+    state.contextWorker = metrics.timed(opts.contextThread ? await startContextThread(opts.contextThread, fingerprint) : inlineContextWorker(lm));
     state.lm = lm;
     state.store = store;
     state.modelId = basename(lm.dir);
