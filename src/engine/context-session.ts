@@ -289,7 +289,8 @@ export async function askEach(asks: readonly { session: ContextSession; query: s
   if (!asks.length) return [];
   const lm = asks[0]!.session.lm;
   if (asks.some((a) => a.session.lm !== lm)) throw new Error('askEach(): every session must be of the same loaded model');
-  const scheduler = new BatchScheduler(lm, { pool: asks[0]!.session.cache.pool ?? lm.kvPool(), maxBatch: 16 });
+  // The model's KV pool, which the sessions' caches are charged to as well; 16 sequences per step.
+  const scheduler = new BatchScheduler(lm);
   const handles = asks.map(({ session, query }) =>
     scheduler.submit({ context: session.sharedContext(), promptIds: session.queryIds(query), maxTokens: gen.maxTokens ?? 256, stopStrings: gen.stopStrings }),
   );
