@@ -100,9 +100,7 @@ class Block(torch.nn.Module):
                     n = s1 - s0
                     qs = q[b, :, s0:s1].reshape(self.nkv, group, n, self.hd)
                     ks, vs = k[b, :, None, s0:s1], v[b, :, None, s0:s1]
-                    sc = (qs @ ks.transpose(-1, -2)) / math.sqrt(self.hd)
-                    sc = sc.masked_fill(~_causal(n), float('-inf'))
-                    pieces.append((torch.softmax(sc, dim=-1) @ vs).reshape(self.nh, n, self.hd))
+                    pieces.append(_causal_attention(qs, ks, vs, self.hd).reshape(self.nh, n, self.hd))
                     end = s1
                 if end < T:
                     pieces.append(q.new_zeros(self.nh, T - end, self.hd))
@@ -113,14 +111,29 @@ class Block(torch.nn.Module):
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
-_CAUSAL = {}
+CAUSAL_BLOCK = 256
 
 
-def _causal(n):
-    m = _CAUSAL.get(n)
-    if m is None:
-        m = _CAUSAL[n] = torch.ones(n, n, dtype=torch.bool).tril()
-    return m
+def _causal(n, m=None, offset=0):
+    """The causal mask of queries offset .. offset + n - 1 over keys 0 .. m - 1 (True = may attend)."""
+    return torch.ones(n, n if m is None else m, dtype=torch.bool).tril(offset)
+
+
+def _causal_attention(q, k, v, head_dim):
+    """Causal softmax attention of q [..., n, hd] over k, v [..., n, hd] (broadcast over the query heads of a
+    KV head). Above CAUSAL_BLOCK queries it goes a block of queries at a time, each over the keys up to its
+    block's end only: the same result for about half the work and memory of the full n x n scores."""
+    n = q.shape[-2]
+    if n <= CAUSAL_BLOCK:
+        sc = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+        return torch.softmax(sc.masked_fill(~_causal(n), float('-inf')), dim=-1) @ v
+    out = []
+    for a in range(0, n, CAUSAL_BLOCK):
+        b = min(n, a + CAUSAL_BLOCK)
+        sc = (q[..., a:b, :] @ k[..., :b, :].transpose(-1, -2)) / math.sqrt(head_dim)
+        sc = sc.masked_fill(~_causal(b - a, b, a), float('-inf'))
+        out.append(torch.softmax(sc, dim=-1) @ v[..., :b, :])
+    return torch.cat(out, dim=-2)
 
 
 def segment_spans(segments):
