@@ -1,7 +1,7 @@
 """Task generator for kvlab-tiny-chat: the four dev families (qa, repeat, instructions, leakage) in exactly
-the row formats of data/dev (see /work/shared/data/README.md), plus two training-only recall families:
-`mqar` (multi-query associative recall on raw ids) and `recall` (many questions over one fact document,
-every answer supervised). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
+the row formats of data/dev (see /work/shared/data/README.md), plus training-only families:
+`mqar` (multi-query associative recall on raw ids), `recall` (many questions over one fact document,
+every answer supervised) and `copy` (copying a raw-id run over a small alphabet: multi-token induction). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
 
 Entities and values are pseudo-words built from the same kind of syllables as the dev sets, but drawn
 fresh: no dev row is ever reproduced (test_organism.py checks that no generated context equals a dev one).
@@ -279,11 +279,23 @@ def mqar_example(rng, n_pairs, vocab=2045, key_range=(300, 1100), value_range=(1
     return ids, mask
 
 
+def ngram_copy_example(rng, n, alphabet, id_range=(300, 2000), sep=2045):
+    """A run of n raw ids drawn from `alphabet` distinct ids, a separator, then the run again (every copied id a
+    target). With few distinct ids the previous id alone rarely says which one comes next (it occurred many
+    times), so the copy has to match the last two or three ids: the multi-token induction that copying chat text
+    and finding an entity by its multi-token name need."""
+    ids = rng.sample(range(*id_range), alphabet)
+    run = [rng.choice(ids) for _ in range(n)]
+    return run + [sep] + run, [0] * (n + 1) + [1] * n
+
+
 def family_example(family, rng, tok, scale):
     """One training example of `family`. `scale` in (0, 1] sets the context length of the long families, for
     the curriculum (short documents first)."""
     if family == 'mqar':
         return [mqar_example(rng, rng.randint(8, 8 + int(56 * scale)))]
+    if family == 'copy':
+        return [ngram_copy_example(rng, rng.randint(32, 64 + int(500 * scale)), round(2 ** rng.uniform(3, 6)))]
     if family == 'recall':
         return [recall_example(rng, tok, rng.randint(4, 4 + int(60 * scale)), rng.randint(8, 24))]
     if family == 'qa':

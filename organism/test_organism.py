@@ -184,6 +184,25 @@ class GeneratorMatchesDev(unittest.TestCase):
             self.assertFalse(ins['system'] in dev_systems and ins['user'] in dev and ins['user'].startswith('Document'))
 
 
+class TrainingFamilies(unittest.TestCase):
+    def test_ngram_copy(self):
+        """The copy family: a run over `alphabet` distinct ids, the separator, the same run as the targets."""
+        from tasks import family_example, ngram_copy_example
+        rng = random.Random(5)
+        ids, mask = ngram_copy_example(rng, 50, 8)
+        self.assertEqual(len(ids), 101)
+        self.assertEqual(ids[50], 2045)
+        self.assertEqual(ids[:50], ids[51:])
+        self.assertLessEqual(len(set(ids[:50])), 8)
+        self.assertEqual(mask, [0] * 51 + [1] * 50)
+        for _ in range(20):
+            ids, mask = family_example('copy', rng, None, 1.0)[0]
+            n = sum(mask)
+            self.assertTrue(32 <= n <= 564)
+            self.assertEqual(ids[:n], ids[n + 1:])
+            self.assertTrue(all(300 <= i < 2000 for i in ids[:n]))
+
+
 class PackedAttention(unittest.TestCase):
     def test_spans_equal_the_segment_mask(self):
         """Attention per packed example (by_span) gives the segment mask's loss and gradients, with GQA and
