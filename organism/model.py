@@ -119,21 +119,26 @@ def _causal(n, m=None, offset=0):
     return torch.ones(n, n if m is None else m, dtype=torch.bool).tril(offset)
 
 
+def _causal_bias(n, m, offset, group):
+    """_causal as an additive bias (0 or -inf), repeated for `group` query heads stacked along the rows."""
+    bias = torch.zeros(n, m).masked_fill_(~_causal(n, m, offset), float('-inf'))
+    return bias.repeat(group, 1)
+
+
 def _causal_attention(q, k, v, head_dim):
-    """Causal softmax attention of q [..., n, hd] over k, v [..., n, hd] (broadcast over the query heads of a
-    KV head). Above CAUSAL_BLOCK queries it goes a block of queries at a time, each over the keys up to its
-    block's end only: the same result for about half the work and memory of the full n x n scores."""
-    n = q.shape[-2]
-    if n <= CAUSAL_BLOCK:
-        sc = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
-        return torch.softmax(sc.masked_fill(~_causal(n), float('-inf')), dim=-1) @ v
+    """Causal softmax attention of q [nkv, group, n, hd] over k, v [nkv, 1, n, hd] (each KV head shared by its
+    group of query heads, which go through one matrix product as group * n rows; the scale and the causal bias
+    are folded into that product). Above CAUSAL_BLOCK queries it goes a block of queries at a time, each over the
+    keys up to its block's end only: the same result for about half the work and memory of the n x n scores."""
+    nkv, group, n, hd = q.shape
+    k, v = k[:, 0], v[:, 0]
     out = []
     for a in range(0, n, CAUSAL_BLOCK):
         b = min(n, a + CAUSAL_BLOCK)
-        sc = (q[..., a:b, :] @ k[..., :b, :].transpose(-1, -2)) / math.sqrt(head_dim)
-        sc = sc.masked_fill(~_causal(b - a, b, a), float('-inf'))
-        out.append(torch.softmax(sc, dim=-1) @ v[..., :b, :])
-    return torch.cat(out, dim=-2)
+        qb = q[:, :, a:b].reshape(nkv, group * (b - a), hd)
+        sc = torch.baddbmm(_causal_bias(b - a, b, a, group), qb, k[:, :b].transpose(-1, -2), alpha=1 / math.sqrt(head_dim))
+        out.append((torch.softmax(sc, dim=-1) @ v[:, :b]).view(nkv, group, b - a, hd))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-2)
 
 
 def segment_spans(segments):

@@ -7,6 +7,8 @@
 - safetensors written in bf16 read back to the same values;
 - golden.py reproduces the shipped golden.json from the shipped weights (set ORGANISM_SLOW=1: ~1 min).
 """
+import contextlib
+import io
 import json
 import os
 import random
@@ -240,6 +242,28 @@ class PackedAttention(unittest.TestCase):
                     self.assertLess(float((g - ref).abs().max()), 1e-5, (block, kw))
             finally:
                 model_module.CAUSAL_BLOCK = 256
+
+
+class DataParallel(unittest.TestCase):
+    def test_two_workers_make_the_one_worker_update(self):
+        """--workers 2 (each worker half of a step's rows, gradients summed) trains to the parameters one process
+        reaches on the same steps."""
+        import torch
+        import train
+        flags = ['--curriculum', 'probe-mqar', '--steps', '3', '--layers', '1', '--hidden', '32', '--heads', '2',
+                 '--kv-heads', '1', '--head-dim', '16', '--ffn', '64', '--batch-tokens', '1024', '--eval-every', '1000',
+                 '--ckpt-every', '1000', '--val-families', 'mqar', '--eval-examples', '1', '--warmup', '1']
+        with tempfile.TemporaryDirectory() as d:
+            params = []
+            for workers in (1, 2):
+                run = os.path.join(d, f'w{workers}')
+                with contextlib.redirect_stdout(io.StringIO()):
+                    train.main(['--run', run, '--workers', str(workers)] + flags)
+                params.append(torch.load(os.path.join(run, 'ckpt.pt'))['model'])
+            self.assertEqual(params[0].keys(), params[1].keys())
+            for k in params[0]:
+                self.assertLess(float((params[0][k] - params[1][k]).abs().max()), 1e-5, k)
+            self.assertGreater(float((params[0]['norm.weight'] - 1).abs().max()), 1e-4)  # it did train
 
 
 class Checkpoint(unittest.TestCase):

@@ -21,10 +21,13 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import time
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +60,10 @@ def parse_args(argv=None):
     ap.add_argument('--batch-tokens', type=int, default=4096,
                     help='tokens per step: rows of the stage\'s row length (curriculum.py) filling this many tokens')
     ap.add_argument('--seed', type=int, default=1)
-    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--threads', type=int, default=1, help='torch threads per worker')
+    ap.add_argument('--workers', type=int, default=1,
+                    help='data-parallel processes: each takes a share of a step\'s rows and the gradients are summed '
+                         '(the same update as one process; use one per core: a second thread per process does not help)')
     ap.add_argument('--log-every', type=int, default=10)
     ap.add_argument('--eval-every', type=int, default=250)
     ap.add_argument('--eval-examples', type=int, default=16)
@@ -178,24 +184,71 @@ def make_optimizer(model, recipe):
                               {'params': no_decay, 'weight_decay': 0.0}], lr=recipe['lr'], betas=(0.9, 0.95), eps=1e-8)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    if args.workers < 1:
+        raise SystemExit('--workers must be at least 1')
+    if args.workers == 1 or args.validate_only:
+        train(0, 1, args, None)
+    else:
+        torch.multiprocessing.spawn(train, args=(args.workers, args, free_port()), nprocs=args.workers)
+
+
+def reduce_sum(t, world):
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def step_gradients(model, ids, tgt, pos, seg, rank, world, checkpoint):
+    """Backward of the mean cross-entropy over the step's target tokens, this worker taking rows rank::world;
+    the gradients are summed over the workers, so every worker holds the whole step's gradients. Returns the
+    step's mean loss."""
+    mine = slice(rank, None, world)
+    ids, tgt, pos, seg = ids[mine], tgt[mine], pos[mine], seg[mine]
+    is_target = tgt >= 0
+    total = reduce_sum(torch.tensor([float(is_target.sum())]), world)
+    logits = model(ids, pos, seg, checkpoint_layers=checkpoint, rows=is_target, by_span=True)
+    loss = F.cross_entropy(logits, tgt[is_target], reduction='sum') / total.clamp(min=1)
+    loss.backward()
+    if world > 1:
+        params = list(model.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(flat)
+        at = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[at:at + n].view_as(p).clone()
+            at += n
+    return float(reduce_sum(loss.detach().reshape(1), world))
+
+
+def train(rank, world, args, port):
     torch.set_num_threads(args.threads)
+    if world > 1:
+        dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world)
+    lead = rank == 0
     ckpt_path = os.path.join(args.run, 'ckpt.pt')
     if args.validate_only and not os.path.exists(ckpt_path):
         raise SystemExit(f'{ckpt_path}: no checkpoint to validate')
     os.makedirs(args.run, exist_ok=True)
     args_path = os.path.join(args.run, 'args.json')
     tok = Tokenizer(args.tokenizer)
-    if os.path.exists(args_path):
-        with open(args_path) as f:
-            recipe = json.load(f)
-    else:
-        recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    if lead and not os.path.exists(args_path):
         with open(args_path + '.tmp', 'w') as f:
-            json.dump(recipe, f, indent=1)
+            json.dump({k: getattr(args, k) for k in RECIPE_KEYS}, f, indent=1)
         os.replace(args_path + '.tmp', args_path)
+    if world > 1:
+        dist.barrier()
+    with open(args_path) as f:
+        recipe = json.load(f)
     torch.manual_seed(recipe['seed'])
     model = Llama(model_shape(recipe, tok.vocab_size))
     opt = make_optimizer(model, recipe)
@@ -205,13 +258,16 @@ def main(argv=None):
         model.load_state_dict(ck['model'])
         opt.load_state_dict(ck['optimizer'])
         step, tokens_seen, target_tokens = ck['step'], ck['tokens_seen'], ck['target_tokens']
-        print(f'resumed {ckpt_path} at step {step} ({tokens_seen} tokens seen)', flush=True)
-    print(f'model: {model.num_parameters() / 1e6:.2f}M parameters, recipe {json.dumps(recipe)}', flush=True)
+        if lead:
+            print(f'resumed {ckpt_path} at step {step} ({tokens_seen} tokens seen)', flush=True)
+    if lead:
+        print(f'model: {model.num_parameters() / 1e6:.2f}M parameters, recipe {json.dumps(recipe)}, '
+              f'{world} worker(s)', flush=True)
     families = [f for f in args.val_families.split(',') if f]
     unknown = [f for f in families if f not in VAL_FAMILIES]
     if unknown:
         raise SystemExit(f'--val-families: unknown family {unknown[0]!r} (known: {", ".join(VAL_FAMILIES)})')
-    val = validation_set(recipe, tok, args.eval_examples, families)
+    val = validation_set(recipe, tok, args.eval_examples, families) if lead else None
 
     def checkpoint():
         save_atomic({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step,
@@ -230,7 +286,7 @@ def main(argv=None):
         res = validate(model, val)
         print(f'[val step {step}] token_acc/exact: ' + ' '.join(f'{f} {r["token_acc"]:.3f}/{r["exact"]:.2f}' for f, r in res.items()))
         return
-    log = open(os.path.join(args.run, 'log.jsonl'), 'a')
+    log = open(os.path.join(args.run, 'log.jsonl'), 'a') if lead else None
     model.train()
     window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
     while step < args.steps:
@@ -238,11 +294,8 @@ def main(argv=None):
         ids, tgt, pos, seg, _ = pack(exs, rows, seq_len, tok.specials['<|endoftext|>'])
         for g in opt.param_groups:
             g['lr'] = lr_at(recipe, step, args.steps)
-        is_target = tgt >= 0
-        logits = model(ids, pos, seg, checkpoint_layers=seq_len > args.checkpoint_above, rows=is_target, by_span=True)
-        loss = F.cross_entropy(logits, tgt[is_target])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = step_gradients(model, ids, tgt, pos, seg, rank, world, seq_len > args.checkpoint_above)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
@@ -250,9 +303,9 @@ def main(argv=None):
         tokens_seen += n_real
         target_tokens += int((tgt >= 0).sum())
         tok_window += n_real
-        window_loss += float(loss)
+        window_loss += loss
         window_n += 1
-        if step % args.log_every == 0:
+        if step % args.log_every == 0 and lead:
             dt = time.time() - t_window
             rec = {'step': step, 'stage': stage['name'], 'loss': round(window_loss / window_n, 4),
                    'lr': round(lr_at(recipe, step - 1, args.steps), 6), 'tokens_seen': tokens_seen,
@@ -261,13 +314,17 @@ def main(argv=None):
             log.write(json.dumps(rec) + '\n')
             log.flush()
             window_loss, window_n, t_window, tok_window = 0.0, 0, time.time(), 0
-        if step % args.ckpt_every == 0:
+        if step % args.ckpt_every == 0 and lead:
             checkpoint()
-        if step % args.eval_every == 0:
+        if step % args.eval_every == 0 and lead:
             run_validation()
-    checkpoint()
-    if step % args.eval_every:
-        run_validation()
+    if lead:
+        checkpoint()
+        if step % args.eval_every:
+            run_validation()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':
