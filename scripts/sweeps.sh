@@ -5,6 +5,7 @@
 #   repeat        the repeat family through eval qa (one question: the repeat request), full cache
 #   instructions  every method x ratios, protection none and fair (per-span budgets)
 #   leakage       every method x ratios, protection none, whitelist:defense, fair and both
+#   quant-f32, quant-int4, quant-int2   kvzip at ratios 1 and 0.3 on f32, int4 and int2 KV caches (QA rows)
 # QA_LIMIT, INS_LIMIT, LEAK_LIMIT, REPEAT_LIMIT cap the rows (default: all); METHODS overrides the method list.
 set -e
 cd "$(dirname "$0")/.."
@@ -34,5 +35,9 @@ kvlab eval instructions --model "$MODEL" --data data/dev/instructions.jsonl --me
   --protect none --protect fair $(limit "$INS_LIMIT") --out "$OUT/instructions" $(resume "$OUT/instructions")
 kvlab eval leakage --model "$MODEL" --data data/dev/leakage.jsonl --method "$METHODS" --ratio "$RATIOS" \
   --protect none --protect whitelist:defense --protect fair --protect both $(limit "$LEAK_LIMIT") --out "$OUT/leakage" $(resume "$OUT/leakage")
-for s in repeat qa instructions leakage; do echo "## $s"; cat "$OUT/$s/report.md"; echo; done > "$OUT/README.md"
+for dt in f32 int4 int2; do
+  kvlab eval qa --model "$MODEL" --data data/dev/qa.jsonl --method kvzip --ratio 1,0.3 --kv-dtype "$dt" \
+    $(limit "$QA_LIMIT") --out "$OUT/quant-$dt" $(resume "$OUT/quant-$dt")
+done
+for s in repeat qa instructions leakage quant-f32 quant-int4 quant-int2; do echo "## $s"; cat "$OUT/$s/report.md"; echo; done > "$OUT/README.md"
 echo "wrote $OUT/README.md"
