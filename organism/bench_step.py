@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402
-from model import Llama, segment_spans  # noqa: E402
+from model import segment_spans  # noqa: E402
 
 
 def main():
@@ -28,12 +28,7 @@ def main():
     ap.add_argument('--rounds', type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    with open(os.path.join(args.run, 'args.json')) as f:
-        recipe = json.load(f)
-    tok = train.Tokenizer(train.DEFAULT_TOKENIZER)
-    model = Llama(train.model_shape(recipe, tok.vocab_size))
-    ck = torch.load(os.path.join(args.run, 'ckpt.pt'))
-    model.load_state_dict(ck['model'])
+    recipe, tok, model, ck = train.load_run(args.run)
     model.train()
     exs, rows, seq_len, stage = train.step_examples(recipe, args.step, tok)
     ids, tgt, pos, seg, _ = train.pack(exs, rows, seq_len, tok.specials['<|endoftext|>'])

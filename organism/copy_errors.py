@@ -16,7 +16,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402
-from model import Llama  # noqa: E402
 from tasks import family_example  # noqa: E402
 
 
@@ -32,12 +31,7 @@ def main():
     ap.add_argument('--seed', type=int, default=12345)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    with open(os.path.join(args.run, 'args.json')) as f:
-        recipe = json.load(f)
-    tok = train.Tokenizer(train.DEFAULT_TOKENIZER)
-    model = Llama(train.model_shape(recipe, tok.vocab_size))
-    ck = torch.load(os.path.join(args.run, 'ckpt.pt'))
-    model.load_state_dict(ck['model'])
+    _, tok, model, ck = train.load_run(args.run)
     model.eval()
     rng = random.Random(args.seed)
     tables = {k: collections.defaultdict(lambda: [0, 0]) for k in ('position_100', 'previous_token_occurrences', 'length_150')}

@@ -86,6 +86,17 @@ def model_shape(r, vocab):
             'head_dim': r['head_dim'], 'rms_norm_eps': 1e-5, 'rope_theta': 10000.0, 'tie_word_embeddings': not r['untied']}
 
 
+def load_run(run):
+    """(recipe, tokenizer, model with the run's checkpoint loaded, checkpoint dict) of a run folder."""
+    with open(os.path.join(run, 'args.json')) as f:
+        recipe = json.load(f)
+    tok = Tokenizer(DEFAULT_TOKENIZER)
+    model = Llama(model_shape(recipe, tok.vocab_size))
+    ck = torch.load(os.path.join(run, 'ckpt.pt'))
+    model.load_state_dict(ck['model'])
+    return recipe, tok, model, ck
+
+
 def pack(examples, rows, seq_len, pad_id):
     """Greedy first-fit packing of (ids, mask) examples into [rows, seq_len] tensors: ids, targets (-100 where
     no loss), positions (restarting per example) and segment ids (distinct per example, 0 for padding).
