@@ -4,7 +4,9 @@
 `main`: dense multi-query associative recall first (raw-id MQAR, and fact-document recall with every answer
 supervised, plus short copies), then the chat families at growing lengths, keeping recall rows to the end; from step 5,750 raw-id copies over small
 alphabets (`copy`), added after step 5,325's copies were right 95 % of the time where the previous token occurs
-once in the prompt and 58 % where it occurs more than 10 times (results/README.md, Issue 26).
+once in the prompt and 58 % where it occurs more than 10 times (results/README.md, Issue 26); from step 6,300
+recall by a pair of raw ids (`mqar2`), after step 5,850 answered 0 of 17 dev questions with a value of the right
+kind but the wrong fact: a QA fact is found by attribute and entity together.
 The probe curricula train one skill alone, to measure how fast a shape learns it.
 """
 
@@ -18,9 +20,12 @@ CURRICULA = {
          'mix': {'mqar': 0.05, 'recall': 0.15, 'repeat': 0.25, 'qa': 0.2, 'instructions': 0.175, 'leakage': 0.175}},
         {'name': 'chat-full', 'until': 5750, 'scale': 1.0, 'seq_len': 1700,
          'mix': {'mqar': 0.05, 'recall': 0.1, 'repeat': 0.25, 'qa': 0.25, 'instructions': 0.175, 'leakage': 0.175}},
-        {'name': 'chat-full-copy', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700,
+        {'name': 'chat-full-copy', 'until': 6300, 'scale': 1.0, 'seq_len': 1700,
          'mix': {'mqar': 0.05, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.2, 'qa': 0.25, 'instructions': 0.175,
                  'leakage': 0.175}},
+        {'name': 'chat-full-pairs', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700,
+         'mix': {'mqar': 0.05, 'mqar2': 0.1, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.15, 'qa': 0.25, 'instructions': 0.175,
+                 'leakage': 0.125}},
     ],
     'probe-mqar': [
         {'name': 'mqar', 'until': 10 ** 9, 'scale': 0.25, 'seq_len': 256, 'mix': {'mqar': 1.0}},

@@ -1,7 +1,8 @@
 """Task generator for kvlab-tiny-chat: the four dev families (qa, repeat, instructions, leakage) in exactly
 the row formats of data/dev (see /work/shared/data/README.md), plus training-only families:
 `mqar` (multi-query associative recall on raw ids), `recall` (many questions over one fact document,
-every answer supervised) and `copy` (copying a raw-id run over a small alphabet: multi-token induction). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
+every answer supervised), `copy` (copying a raw-id run over a small alphabet: multi-token induction) and `mqar2`
+(recall by a pair of ids, as a QA document's facts are found by attribute and entity together). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
 
 Entities and values are pseudo-words built from the same kind of syllables as the dev sets, but drawn
 fresh: no dev row is ever reproduced (test_organism.py checks that no generated context equals a dev one).
@@ -279,6 +280,23 @@ def mqar_example(rng, n_pairs, vocab=2045, key_range=(300, 1100), value_range=(1
     return ids, mask
 
 
+def conjunctive_mqar_example(rng, n_entities, attrs_per_entity=(2, 4), n_attrs=8, attr_range=(300, 700),
+                             entity_range=(700, 1400), value_range=(1400, 2000)):
+    """Associative recall whose key is a pair, as in a QA document ("The color of X is ..."): facts
+    [attribute, entity, value] where every entity has several attributes and every attribute several entities,
+    then facts again in a shuffled order with each value a target. Neither id alone finds the value: the
+    lookup has to match both."""
+    attrs = rng.sample(range(*attr_range), n_attrs)
+    entities = rng.sample(range(*entity_range), n_entities)
+    facts = [(a, e, rng.randrange(*value_range)) for e in entities
+             for a in rng.sample(attrs, rng.randint(*attrs_per_entity))]
+    rng.shuffle(facts)
+    asked = facts[:]
+    rng.shuffle(asked)
+    ids = [t for f in facts for t in f] + [t for f in asked for t in f]
+    return ids, [0] * (3 * len(facts)) + [0, 0, 1] * len(asked)
+
+
 def ngram_copy_example(rng, n, alphabet, id_range=(300, 2000), sep=2045):
     """A run of n raw ids drawn from `alphabet` distinct ids, a separator, then the run again (every copied id a
     target). With few distinct ids the previous id alone rarely says which one comes next (it occurred many
@@ -294,6 +312,8 @@ def family_example(family, rng, tok, scale):
     the curriculum (short documents first)."""
     if family == 'mqar':
         return [mqar_example(rng, rng.randint(8, 8 + int(56 * scale)))]
+    if family == 'mqar2':
+        return [conjunctive_mqar_example(rng, rng.randint(4, 4 + int(36 * scale)), n_attrs=rng.randint(4, 10))]
     if family == 'copy':
         return [ngram_copy_example(rng, rng.randint(32, 64 + int(500 * scale)), round(2 ** rng.uniform(3, 6)))]
     if family == 'recall':

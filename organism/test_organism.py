@@ -7,6 +7,7 @@
 - safetensors written in bf16 read back to the same values;
 - golden.py reproduces the shipped golden.json from the shipped weights (set ORGANISM_SLOW=1: ~1 min).
 """
+import collections
 import contextlib
 import io
 import json
@@ -203,6 +204,29 @@ class TrainingFamilies(unittest.TestCase):
             self.assertTrue(32 <= n <= 564)
             self.assertEqual(ids[:n], ids[n + 1:])
             self.assertTrue(all(300 <= i < 2000 for i in ids[:n]))
+
+
+    def test_conjunctive_mqar(self):
+        """mqar2: every asked value is the one fact of its (attribute, entity) pair, every entity has two or more
+        attributes and no attribute belongs to one entity only, so neither id alone finds the value."""
+        from tasks import family_example
+        rng = random.Random(9)
+        for _ in range(20):
+            ids, mask = family_example('mqar2', rng, None, 1.0)[0]
+            half = len(ids) // 2
+            facts = [tuple(ids[i:i + 3]) for i in range(0, half, 3)]
+            asked = [tuple(ids[i:i + 3]) for i in range(half, len(ids), 3)]
+            self.assertEqual(sorted(facts), sorted(asked))
+            self.assertEqual(mask, [0] * half + [0, 0, 1] * len(asked))
+            value = {}
+            for a, e, v in facts:
+                self.assertNotIn((a, e), value)
+                value[(a, e)] = v
+            per_entity = collections.Counter(e for a, e in value)
+            self.assertTrue(all(n >= 2 for n in per_entity.values()))
+            if len(per_entity) >= 12:
+                per_attr = collections.Counter(a for a, e in value)
+                self.assertGreater(sum(n >= 2 for n in per_attr.values()), 0)
 
 
 class PackedAttention(unittest.TestCase):
