@@ -1,5 +1,6 @@
 import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
-import { siblingModule, startTsWorker } from '../engine/ts-worker.ts';
+import { siblingModule } from '../engine/ts-worker.ts';
+import { openWorkerChannel } from '../engine/worker-channel.ts';
 import type { ModelTag, SweepJobData } from './sweep-jobs.ts';
 import type { ThreadReply } from './sweep-thread-protocol.ts';
 
@@ -24,51 +25,26 @@ export interface ModelThread {
   close(): Promise<void>;
 }
 
+type UnitReply = Extract<ThreadReply, { id: number }>;
+
 /** Starts sweep-thread.ts on a worker thread and waits for its model to load. */
 export async function startModelThread(spec: ModelLoadSpec): Promise<ModelThread> {
-  const thread = startTsWorker(siblingModule(import.meta.url, 'sweep-thread'), spec);
-  const pending = new Map<number, { resolve: (u: unknown) => void; reject: (e: Error) => void }>();
-  let nextId = 0;
-  let dead: Error | null = null;
-  let closing = false;
-  let onDeath: (e: Error) => void = () => {};
-  const died = new Promise<Error>((resolve) => (onDeath = resolve));
-  const ready = new Promise<{ tag: ModelTag; dir: string }>((resolve, reject) => {
-    thread.on('message', (m: ThreadReply) => {
-      if (m.type === 'ready') resolve(m);
-      else if (m.type === 'load-error') reject(new Error(m.message));
-      else {
-        const p = pending.get(m.id);
-        pending.delete(m.id);
-        if (m.type === 'done') p?.resolve(m.unit);
-        else p?.reject(new UnitFailedError(m.message, m.unrecoverable));
-      }
-    });
-    const fail = (e: Error) => {
-      if (!dead && !closing) onDeath(e);
-      dead = e;
-      reject(e);
-      for (const p of pending.values()) p.reject(e);
-      pending.clear();
-    };
-    thread.on('error', fail);
-    thread.on('exit', (code) => fail(new Error(`the model thread exited (code ${code})`)));
-  });
-  const { tag, dir } = await ready;
-  return {
-    tag,
-    dir,
-    died,
-    run: (data) =>
-      new Promise<unknown>((resolve, reject) => {
-        if (dead) return reject(dead);
-        const id = nextId++;
-        pending.set(id, { resolve, reject });
-        thread.postMessage({ id, data });
-      }),
-    close: async () => {
-      closing = true;
-      await thread.terminate();
+  const { channel, ready } = await openWorkerChannel<{ tag: ModelTag; dir: string }, UnitReply>(siblingModule(import.meta.url, 'sweep-thread'), spec, {
+    start: (m) => {
+      const r = m as ThreadReply;
+      if (r.type === 'ready') return { ready: { tag: r.tag, dir: r.dir } };
+      return { error: new Error(r.type === 'load-error' ? r.message : `the model thread sent ${r.type} before it was ready`) };
     },
+    stopped: (how) => ('error' in how ? how.error : new Error(`the model thread exited (code ${how.exitCode})`)),
+  });
+  return {
+    ...ready,
+    died: channel.died,
+    run: async (data) => {
+      const r = await channel.request({ data });
+      if (r.type === 'done') return r.unit;
+      throw new UnitFailedError(r.message, r.unrecoverable);
+    },
+    close: () => channel.close(),
   };
 }

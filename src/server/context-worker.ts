@@ -6,7 +6,8 @@ import type { CompressionReport } from '../engine/context-session.ts';
 import type { ConversationContext } from '../engine/conversation-context.ts';
 import type { LoadedModel } from '../engine/loaded-model.ts';
 import type { ModelLoadSpec } from '../engine/model-load-spec.ts';
-import { siblingModule, startTsWorker } from '../engine/ts-worker.ts';
+import { siblingModule } from '../engine/ts-worker.ts';
+import { openWorkerChannel, type WorkerChannel } from '../engine/worker-channel.ts';
 import type { Span } from '../model/prompt-layout.ts';
 import { getPress } from '../press/registry.ts';
 import type { CompressRequest, ContextThreadReply, ContextThreadRequest, InspectRequest, InspectResult } from './context-thread-protocol.ts';
@@ -42,14 +43,7 @@ export function inlineContextWorker(lm: LoadedModel): ContextWorker {
   };
 }
 
-type Pending = { resolve: (v: unknown) => void; reject: (e: Error) => void; settled: Promise<void> };
-
-/** One started thread: its requests in flight, and why it stopped once it has. */
-interface ThreadHandle {
-  worker: Worker;
-  pending: Map<number, Pending>;
-  dead: Error | null;
-}
+type Reply = Extract<ContextThreadReply, { id: number }>;
 
 /**
  * Works on a worker thread that loads the model of `spec` (a second copy of the weights unless they are mapped);
@@ -59,52 +53,25 @@ interface ThreadHandle {
  */
 export async function startContextThread(spec: ModelLoadSpec, fingerprint: string): Promise<ContextWorker> {
   let closing = false;
-  let nextId = 0;
-  const spawn = async (): Promise<ThreadHandle> => {
-    const worker = startTsWorker(siblingModule(import.meta.url, 'context-thread'), spec);
-    const h: ThreadHandle = { worker, pending: new Map(), dead: null };
-    const ready = new Promise<void>((resolve, reject) => {
-      worker.on('message', (m: ContextThreadReply) => {
-        if (m.type === 'ready') {
-          if (m.fingerprint === fingerprint) resolve();
-          else reject(new Error('the context thread loaded a model whose fingerprint differs from the server\'s (another folder, weights or KV storage)'));
-          return;
-        }
-        if (m.type === 'load-error') return reject(new Error(`the context thread could not load the model: ${m.message}`));
-        const p = h.pending.get(m.id);
-        h.pending.delete(m.id);
-        if (!p) return;
-        if (m.type === 'error') return p.reject(new Error(m.message));
-        if (m.type === 'inspected') return p.resolve(m.result);
-        try {
-          const { cache } = decodeContextFile(Buffer.from(m.file.buffer, m.file.byteOffset, m.file.length), 'the context thread\'s reply', fingerprint);
-          p.resolve({ session: { cache, ids: m.ids, prefix: m.prefix, context: m.context }, report: m.report } satisfies BuiltContext);
-        } catch (e) {
-          p.reject(e as Error);
-        }
-      });
-      const fail = (e: Error) => {
-        if (h.dead) return;
-        h.dead = new Error(`the context thread stopped: ${e.message}`);
-        reject(h.dead);
-        for (const p of h.pending.values()) p.reject(h.dead);
-        h.pending.clear();
-      };
-      worker.on('error', fail);
-      worker.on('exit', (code) => fail(new Error(closing ? 'the server is shutting down' : `exit code ${code}`)));
-    });
-    try {
-      await ready;
-    } catch (e) {
-      await worker.terminate();
-      throw e;
-    }
-    return h;
-  };
+  const spawn = async (): Promise<WorkerChannel<Reply>> =>
+    (
+      await openWorkerChannel<null, Reply>(siblingModule(import.meta.url, 'context-thread'), spec, {
+        start: (m) => {
+          const r = m as ContextThreadReply;
+          if (r.type === 'load-error') return { error: new Error(`the context thread could not load the model: ${r.message}`) };
+          if (r.type !== 'ready') return { error: new Error(`the context thread sent ${r.type} before it was ready`) };
+          if (r.fingerprint !== fingerprint)
+            return { error: new Error("the context thread loaded a model whose fingerprint differs from the server's (another folder, weights or KV storage)") };
+          return { ready: null };
+        },
+        stopped: (how) =>
+          new Error(`the context thread stopped: ${'error' in how ? how.error.message : closing ? 'the server is shutting down' : `exit code ${how.exitCode}`}`),
+      })
+    ).channel;
   let current = await spawn();
-  let respawn: Promise<ThreadHandle> | null = null;
+  let respawn: Promise<WorkerChannel<Reply>> | null = null;
   let restarts = 0;
-  const live = async (): Promise<ThreadHandle> => {
+  const live = async (): Promise<WorkerChannel<Reply>> => {
     if (!current.dead) return current;
     if (closing) throw current.dead;
     if (!respawn) {
@@ -114,15 +81,10 @@ export async function startContextThread(spec: ModelLoadSpec, fingerprint: strin
     current = await respawn;
     return current;
   };
-  const send = async <T>(message: Omit<ContextThreadRequest, 'id'>): Promise<T> => {
-    const h = await live();
-    return new Promise<T>((resolve, reject) => {
-      const id = nextId++;
-      let settle: () => void = () => {};
-      const settled = new Promise<void>((r) => (settle = r));
-      h.pending.set(id, { resolve: (v) => (settle(), resolve(v as T)), reject: (e) => (settle(), reject(e)), settled });
-      h.worker.postMessage({ ...message, id });
-    });
+  const send = async (message: Omit<ContextThreadRequest, 'id'>): Promise<Reply> => {
+    const r = await (await live()).request(message);
+    if (r.type === 'error') throw new Error(r.message);
+    return r;
   };
   return {
     where: 'thread',
@@ -132,14 +94,23 @@ export async function startContextThread(spec: ModelLoadSpec, fingerprint: strin
     get restarts() {
       return restarts;
     },
-    compress: (_ctx, request) => send<BuiltContext>({ kind: 'compress', request }),
-    inspect: (request) => send<InspectResult>({ kind: 'inspect', request }),
+    compress: async (_ctx, request) => {
+      const r = await send({ kind: 'compress', request });
+      if (r.type !== 'compressed') throw new Error(`the context thread answered a compression with ${r.type}`);
+      const { cache } = decodeContextFile(Buffer.from(r.file.buffer, r.file.byteOffset, r.file.length), "the context thread's reply", fingerprint);
+      return { session: { cache, ids: r.ids, prefix: r.prefix, context: r.context }, report: r.report };
+    },
+    inspect: async (request) => {
+      const r = await send({ kind: 'inspect', request });
+      if (r.type !== 'inspected') throw new Error(`the context thread answered an inspection with ${r.type}`);
+      return r.result;
+    },
     // Lets the work in hand finish (its requests are still answered), then stops the thread.
     close: async () => {
       closing = true;
       await respawn?.catch(() => {});
-      await Promise.all([...current.pending.values()].map((p) => p.settled));
-      await current.worker.terminate();
+      await current.drained();
+      await current.close();
     },
   };
 }
