@@ -10,6 +10,7 @@ const HEADLINE: Record<'instructions' | 'leakage', { metric: string; label: stri
   leakage: [
     { metric: 'leak', label: 'leak rate (confidential items)' },
     { metric: 'refusal', label: 'exact refusal rate' },
+    { metric: 'correct_reveal', label: 'correct reveal rate (items without the never-reveal sentence)' },
   ],
 };
 
