@@ -109,4 +109,13 @@ test('demo runs on the embedded model and shows memory before and after KVzip', 
   assert.match(out, /KVzip, 30% of the context kept/);
   assert.match(out, /context KV: [\d.]+ KiB -> [\d.]+ KiB/);
   assert.match(out, /KV cache [\d.]+ KiB \(f32\)/);
+  // Each block's count of exact answers is the number of its answer lines equal to the expected one.
+  const blocks = out.split(/\n-- /).slice(1);
+  assert.equal(blocks.length, 2);
+  for (const block of blocks) {
+    const pairs = [...block.matchAll(/answer: (".*?")\s+expected: (".*?")$/gm)].map((m) => [JSON.parse(m[1]!) as string, JSON.parse(m[2]!) as string]);
+    assert.equal(pairs.length, 4);
+    const right = pairs.filter(([a, e]) => a.trim() === e).length;
+    assert.match(block, new RegExp(`^${right} of 4 answered exactly`, 'm'));
+  }
 });
