@@ -2,7 +2,7 @@ import { ContextTooLongError } from '../tensor/kvlab-error.ts';
 import { StepNotRecordableError, type AttentionStats, type Backend, type RopeTable } from '../tensor/backend.ts';
 import type { KvCache } from '../cache/kv-cache.ts';
 import type { ModelConfig } from './config.ts';
-import type { ModelWeights } from './weights.ts';
+import type { LayerWeights, ModelWeights } from './weights.ts';
 
 /** What a layer exposes to compression scorers during a forward pass (views valid only during the call). */
 export interface LayerCapture {
@@ -167,31 +167,14 @@ export class LlamaModel {
     });
     const rowsOf = (a: Float32Array, i: number, width: number) => a.subarray(offsets[i]! * width, offsets[i + 1]! * width);
 
-    const x = new Float32Array(n * D);
+    const b = layerBuffers(cfg, n);
+    const { x, q, k, v, attn } = b;
     be.embedding(x, W.embed, ids);
-    const xn = new Float32Array(n * D);
-    const q = new Float32Array(n * nH * hd);
-    const k = new Float32Array(n * nKv * hd);
-    const v = new Float32Array(n * nKv * hd);
-    const attn = new Float32Array(n * nH * hd);
-    const proj = new Float32Array(n * D);
-    const gate = new Float32Array(n * cfg.intermediateSize);
-    const up = new Float32Array(n * cfg.intermediateSize);
     const scale = 1 / Math.sqrt(hd);
 
     for (let l = 0; l < cfg.numLayers; l++) {
       const L = W.layers[l]!;
-      be.rmsnorm(xn, x, n, D, L.inputNorm, cfg.rmsNormEps);
-      be.matmul(q, xn, n, L.wq);
-      be.matmul(k, xn, n, L.wk);
-      be.matmul(v, xn, n, L.wv);
-      if (L.bq) be.addRowBias(q, n, L.bq);
-      if (L.bk) be.addRowBias(k, n, L.bk);
-      if (L.bv) be.addRowBias(v, n, L.bv);
-      if (L.qNorm) be.rmsnorm(q, q, n * nH, hd, L.qNorm, cfg.rmsNormEps);
-      if (L.kNorm) be.rmsnorm(k, k, n * nKv, hd, L.kNorm, cfg.rmsNormEps);
-      be.rope(q, n, nH, positions, this.rope);
-      be.rope(k, n, nKv, positions, this.rope);
+      this.queriesKeysValues(be, L, b, n, positions);
       seqs.forEach((s, i) => {
         const pos = positions.subarray(offsets[i]!, offsets[i + 1]!);
         s.cache.appendLayer(l, rowsOf(k, i, nKv * hd), rowsOf(v, i, nKv * hd), pos, be);
@@ -209,16 +192,7 @@ export class LlamaModel {
           window: cfg.slidingWindow ?? undefined,
         });
       });
-      be.matmul(proj, attn, n, L.wo);
-      if (L.bo) be.addRowBias(proj, n, L.bo);
-      be.add(x, x, proj, n * D);
-
-      be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);
-      be.matmul(gate, xn, n, L.gate);
-      be.matmul(up, xn, n, L.up);
-      be.siluMul(gate, gate, up, n * cfg.intermediateSize);
-      be.matmul(proj, gate, n, L.down);
-      be.add(x, x, proj, n * D);
+      this.outputAndMlp(be, L, b, n);
     }
     seqs.forEach((s) => s.cache.advance(s.ids.length));
 
@@ -236,6 +210,43 @@ export class LlamaModel {
     be.matmul(logits, normed, wanted.length, W.lmHead);
     wanted.forEach((i, r) => (out[i] = logits.subarray(r * vocab, (r + 1) * vocab)));
     return out;
+  }
+
+  /**
+   * A layer's queries, keys and values of the rows in b.x: input norm, projections (and biases), q / k norms
+   * where the model has them, RoPE at `positions`. `qPre` receives the queries before RoPE.
+   */
+  private queriesKeysValues(be: Backend, L: LayerWeights, b: LayerBuffers, n: number, positions: Int32Array, qPre: Float32Array | null = null): void {
+    const cfg = this.config;
+    const { x, xn, q, k, v } = b;
+    be.rmsnorm(xn, x, n, cfg.hiddenSize, L.inputNorm, cfg.rmsNormEps);
+    be.matmul(q, xn, n, L.wq);
+    be.matmul(k, xn, n, L.wk);
+    be.matmul(v, xn, n, L.wv);
+    if (L.bq) be.addRowBias(q, n, L.bq);
+    if (L.bk) be.addRowBias(k, n, L.bk);
+    if (L.bv) be.addRowBias(v, n, L.bv);
+    if (L.qNorm) be.rmsnorm(q, q, n * cfg.numHeads, cfg.headDim, L.qNorm, cfg.rmsNormEps);
+    if (L.kNorm) be.rmsnorm(k, k, n * cfg.numKvHeads, cfg.headDim, L.kNorm, cfg.rmsNormEps);
+    if (qPre) qPre.set(q);
+    be.rope(q, n, cfg.numHeads, positions, this.rope);
+    be.rope(k, n, cfg.numKvHeads, positions, this.rope);
+  }
+
+  /** The rest of a layer once b.attn holds attention's output: o_proj into the residual stream, then the SwiGLU MLP. */
+  private outputAndMlp(be: Backend, L: LayerWeights, b: LayerBuffers, n: number): void {
+    const cfg = this.config;
+    const D = cfg.hiddenSize;
+    const { x, xn, attn, proj, gate, up } = b;
+    be.matmul(proj, attn, n, L.wo);
+    if (L.bo) be.addRowBias(proj, n, L.bo);
+    be.add(x, x, proj, n * D);
+    be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);
+    be.matmul(gate, xn, n, L.gate);
+    be.matmul(up, xn, n, L.up);
+    be.siluMul(gate, gate, up, n * cfg.intermediateSize);
+    be.matmul(proj, gate, n, L.down);
+    be.add(x, x, proj, n * D);
   }
 
   /** The forward pass, every operation on activations issued through `be`. */
@@ -257,35 +268,17 @@ export class LlamaModel {
     const positions = new Int32Array(n);
     for (let i = 0; i < n; i++) positions[i] = start + i;
 
-    const x = new Float32Array(n * D);
+    const b = layerBuffers(cfg, n);
+    const { x, q, k, v, attn } = b;
     be.embedding(x, W.embed, Int32Array.from(ids));
-    const xn = new Float32Array(n * D);
-    const q = new Float32Array(n * nH * hd);
     const qPre = opts.onLayer ? new Float32Array(n * nH * hd) : null;
-    const k = new Float32Array(n * nKv * hd);
-    const v = new Float32Array(n * nKv * hd);
-    const attn = new Float32Array(n * nH * hd);
-    const proj = new Float32Array(n * D);
-    const gate = new Float32Array(n * cfg.intermediateSize);
-    const up = new Float32Array(n * cfg.intermediateSize);
     const hiddenIn = opts.onLayer ? new Float32Array(n * D) : null;
     const scale = 1 / Math.sqrt(hd);
 
     for (let l = 0; l < cfg.numLayers; l++) {
       const L = W.layers[l]!;
       if (hiddenIn) hiddenIn.set(x);
-      be.rmsnorm(xn, x, n, D, L.inputNorm, cfg.rmsNormEps);
-      be.matmul(q, xn, n, L.wq);
-      be.matmul(k, xn, n, L.wk);
-      be.matmul(v, xn, n, L.wv);
-      if (L.bq) be.addRowBias(q, n, L.bq);
-      if (L.bk) be.addRowBias(k, n, L.bk);
-      if (L.bv) be.addRowBias(v, n, L.bv);
-      if (L.qNorm) be.rmsnorm(q, q, n * nH, hd, L.qNorm, cfg.rmsNormEps);
-      if (L.kNorm) be.rmsnorm(k, k, n * nKv, hd, L.kNorm, cfg.rmsNormEps);
-      if (qPre) qPre.set(q);
-      be.rope(q, n, nH, positions, this.rope);
-      be.rope(k, n, nKv, positions, this.rope);
+      this.queriesKeysValues(be, L, b, n, positions, qPre);
       cache.appendLayer(l, k, v, positions, be);
       be.attention({
         q,
@@ -301,16 +294,7 @@ export class LlamaModel {
         stats: opts.stats?.(l),
       });
       opts.onLayer?.({ layer: l, n, positions, hidden: hiddenIn!, qPreRope: qPre!, q, k, v });
-      be.matmul(proj, attn, n, L.wo);
-      if (L.bo) be.addRowBias(proj, n, L.bo);
-      be.add(x, x, proj, n * D);
-
-      be.rmsnorm(xn, x, n, D, L.postAttnNorm, cfg.rmsNormEps);
-      be.matmul(gate, xn, n, L.gate);
-      be.matmul(up, xn, n, L.up);
-      be.siluMul(gate, gate, up, n * cfg.intermediateSize);
-      be.matmul(proj, gate, n, L.down);
-      be.add(x, x, proj, n * D);
+      this.outputAndMlp(be, L, b, n);
     }
     cache.advance(n);
 
@@ -324,4 +308,34 @@ export class LlamaModel {
     be.matmul(logits, normed, rows, W.lmHead);
     return logits;
   }
+}
+
+/** The activations of n rows through the layers: the residual stream x and every intermediate, reused by each layer. */
+interface LayerBuffers {
+  x: Float32Array;
+  xn: Float32Array;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  attn: Float32Array;
+  proj: Float32Array;
+  gate: Float32Array;
+  up: Float32Array;
+}
+
+function layerBuffers(cfg: ModelConfig, n: number): LayerBuffers {
+  const D = cfg.hiddenSize;
+  const qw = cfg.numHeads * cfg.headDim;
+  const kvw = cfg.numKvHeads * cfg.headDim;
+  return {
+    x: new Float32Array(n * D),
+    xn: new Float32Array(n * D),
+    q: new Float32Array(n * qw),
+    k: new Float32Array(n * kvw),
+    v: new Float32Array(n * kvw),
+    attn: new Float32Array(n * qw),
+    proj: new Float32Array(n * D),
+    gate: new Float32Array(n * cfg.intermediateSize),
+    up: new Float32Array(n * cfg.intermediateSize),
+  };
 }
