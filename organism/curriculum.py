@@ -6,7 +6,10 @@ supervised, plus short copies), then the chat families at growing lengths, keepi
 alphabets (`copy`), added after step 5,325's copies were right 95 % of the time where the previous token occurs
 once in the prompt and 58 % where it occurs more than 10 times (results/README.md, Issue 26); from step 6,300
 recall by a pair of raw ids (`mqar2`), after step 5,850 answered 0 of 17 dev questions with a value of the right
-kind but the wrong fact: a QA fact is found by attribute and entity together.
+kind but the wrong fact: a QA fact is found by attribute and entity together; from step 7,650 multi-turn QA
+(`qa_multi`: 6-14 questions of one document, each in its own user turn), after step 7,375 answered 2 of 32 dev
+questions, 25 of them with a value found nowhere in the document: a dev QA example has 3-5 target tokens for
+~1,000 tokens of document, too little signal for finding a value from a question asked in the user turn.
 The probe curricula train one skill alone, to measure how fast a shape learns it.
 """
 
@@ -23,9 +26,12 @@ CURRICULA = {
         {'name': 'chat-full-copy', 'until': 6300, 'scale': 1.0, 'seq_len': 1700,
          'mix': {'mqar': 0.05, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.2, 'qa': 0.25, 'instructions': 0.175,
                  'leakage': 0.175}},
-        {'name': 'chat-full-pairs', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700,
+        {'name': 'chat-full-pairs', 'until': 7650, 'scale': 1.0, 'seq_len': 1700,
          'mix': {'mqar': 0.05, 'mqar2': 0.1, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.15, 'qa': 0.25, 'instructions': 0.175,
                  'leakage': 0.125}},
+        {'name': 'chat-full-turns', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700,
+         'mix': {'mqar': 0.05, 'mqar2': 0.05, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.15, 'qa': 0.1, 'qa_multi': 0.2,
+                 'instructions': 0.175, 'leakage': 0.125}},
     ],
     'probe-mqar': [
         {'name': 'mqar', 'until': 10 ** 9, 'scale': 0.25, 'seq_len': 256, 'mix': {'mqar': 1.0}},

@@ -245,6 +245,27 @@ def dev_style_examples(family, row, tok):
     raise ValueError(f'unknown family {family!r}')
 
 
+def multi_turn_qa_example(rng, tok, min_tokens, max_tokens, n_questions=(6, 14)):
+    """A QA conversation of several turns over one document: the first turn is a dev QA prompt (document, then
+    "Question: ..."), each later user turn asks another question of the same document; every answer and its
+    <|im_end|> is a target. The dev format carries 3-5 answer tokens per ~1,000-token document; this one turns the
+    same document into 6-14 answers, each found from a question asked in the user turn."""
+    target = rng.randint(min_tokens, max_tokens)
+    ff = filler_fraction(rng)
+    context, facts = fact_document(rng, max(3, round(target / TOKENS_PER_SENTENCE * (1 - ff))), ff)
+    asked = rng.sample(facts, min(len(facts), rng.randint(*n_questions)))  # no question twice: no answer to copy
+    end = tok.specials['<|im_end|>']
+    ids, mask = [], []
+    for i, (a, e, v) in enumerate(asked):
+        question = f'Question: What is the {a} of {e}?'
+        prompt = (chat_prompt(SYSTEM_DEFAULT, context + '\n\n' + question) if i == 0
+                  else f'\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n')
+        p_ids, answer = tok.encode(prompt), tok.encode(v) + [end]
+        ids += p_ids + answer
+        mask += [0] * len(p_ids) + [1] * len(answer)
+    return ids, mask
+
+
 def recall_example(rng, tok, n_facts, n_questions):
     """A fact document in the user turn, then the assistant answers many questions in one turn
     ("What is the color of X? red" lines): every answer token is a target, which is a much denser recall
@@ -312,6 +333,8 @@ def family_example(family, rng, tok, scale):
     the curriculum (short documents first)."""
     if family == 'mqar':
         return [mqar_example(rng, rng.randint(8, 8 + int(56 * scale)))]
+    if family == 'qa_multi':
+        return [multi_turn_qa_example(rng, tok, 60, max(80, int(1350 * scale)))]
     if family == 'mqar2':
         return [conjunctive_mqar_example(rng, rng.randint(4, 4 + int(36 * scale)), n_attrs=rng.randint(4, 10))]
     if family == 'copy':

@@ -229,6 +229,36 @@ class TrainingFamilies(unittest.TestCase):
                 self.assertGreater(sum(n >= 2 for n in per_attr.values()), 0)
 
 
+    def test_multi_turn_qa(self):
+        """qa_multi: the first turn is a dev-format QA example, each later turn asks another fact of the document
+        and every answer (with <|im_end|>) is a target."""
+        from tasks import SYSTEM_DEFAULT, chat_example, family_example
+        rng = random.Random(11)
+        end = TOK.specials['<|im_end|>']
+        for _ in range(5):
+            ids, mask = family_example('qa_multi', rng, TOK, 0.5)[0]
+            text = TOK.decode(ids)
+            questions = re.findall(r'Question: (What is the \w+ of \w+\?)', text)
+            self.assertGreaterEqual(len(questions), 3)
+            self.assertEqual(len(set(questions)), len(questions))
+            context = text[text.index('<|im_start|>user\n') + len('<|im_start|>user\n'):text.index('\n\nQuestion: ')]
+            facts = dict(((a, e), v) for a, e, v in re.findall(r'The (\w+) of (\w+) is ([^.\n]+)\.', context))
+            answers = [facts[tuple(re.match(r'What is the (\w+) of (\w+)\?', q).groups())] for q in questions]
+            first_ids, first_mask = chat_example(TOK, SYSTEM_DEFAULT, context + '\n\nQuestion: ' + questions[0], answers[0])
+            self.assertEqual(ids[:len(first_ids)], first_ids)
+            self.assertEqual(mask[:len(first_mask)], first_mask)
+            targets, run = [], []
+            for i, m in zip(ids, mask):
+                if m:
+                    run.append(i)
+                elif run:
+                    targets.append(run)
+                    run = []
+            targets.append(run) if run else None
+            self.assertEqual([TOK.decode(t[:-1]) for t in targets], answers)
+            self.assertTrue(all(t[-1] == end for t in targets))
+
+
 class PackedAttention(unittest.TestCase):
     def test_spans_equal_the_segment_mask(self):
         """Attention per packed example (by_span) gives the segment mask's loss and gradients, with GQA and
