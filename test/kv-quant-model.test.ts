@@ -1,10 +1,11 @@
 /**
  * The embedded model on int4 / int2 caches (--kv-dtype int4|int2; KIVI, G = 32, R = 128 unless stated). What is
  * measured, not assumed:
- *   - greedy continuations of the golden prompts on int4 and int2 caches against the golden (fp32) ones: the
- *     first GREEDY_SAME[dtype] tokens are identical on every prompt, as measured on this checkpoint (v0) on the
- *     AVX2 and scalar paths: the two prompts long enough to pack rows (328 and 606 tokens; 192 and 512 rows packed
- *     per head) keep 3 of 3 and 31 of 64 tokens on int4, 3 of 3 and 12 of 64 on int2 (a bf16 cache keeps 64 of 64);
+ *   - greedy continuations of the golden prompts on int4 and int2 caches against the golden (fp32) ones, as measured
+ *     on this checkpoint (trained, step 10,000 of organism/) on the AVX2 and scalar paths: every prompt but the
+ *     longest keeps its whole continuation on both (qa_medium, 328 tokens, packs 192 rows per head); the longest
+ *     (repeat_long, 606 tokens, a copy of its context, 512 rows packed) keeps GREEDY_SAME_LONGEST[dtype] tokens:
+ *     64 of 64 on int4, 0 on int2 (its first copied token already differs);
  *   - native against the reference backend, each quantizing its own fp32 keys and values (they differ in their
  *     last bits, so an element at a rounding boundary could take the neighbouring code in the two): measured at
  *     most 3.8e-6 on logits of magnitude ~15 over 200 prompt tokens and 6 decode steps (G = 16, R = 32; no code
@@ -31,7 +32,7 @@ import { goldenPrompts } from './helpers/tiny-model.ts';
 
 const skip = nativeAvailable() ? false : 'native addon not built';
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
-const GREEDY_SAME = { int4: 31, int2: 12 } as const;
+const GREEDY_SAME_LONGEST = { int4: 64, int2: 0 } as const;
 const NATIVE_VS_REFERENCE = 1e-3;
 
 function argmax(x: Float32Array): number {
@@ -58,19 +59,24 @@ function sameFor(a: number[], b: number[]): number {
 }
 
 for (const kvDtype of ['int4', 'int2'] as const) {
-  test(`golden prompts on an ${kvDtype} cache keep the fp32 greedy continuation for the first ${GREEDY_SAME[kvDtype]} tokens`, () => {
+  test(`golden prompts on an ${kvDtype} cache keep the fp32 greedy continuation (the longest for its first ${GREEDY_SAME_LONGEST[kvDtype]} tokens)`, () => {
     const lm = loadModel(DEFAULT_MODEL_DIR, { backend: selectBackend(), kvDtype });
     const agreement: string[] = [];
     let packed = 0;
-    for (const g of goldenPrompts()) {
+    const prompts = goldenPrompts();
+    const longest = prompts.reduce((a, b) => (b.input_ids.length > a.input_ids.length ? b : a));
+    for (const g of prompts) {
       const cache = lm.newCache();
       const ids = greedy(lm, cache, g.input_ids, g.greedy_ids.length);
-      cache.forEachHead((h) => (packed = Math.max(packed, h.quantRows)));
+      let rows = 0;
+      cache.forEachHead((h) => (rows = Math.max(rows, h.quantRows)));
+      packed = Math.max(packed, g === longest ? 0 : rows);
       const same = sameFor(ids, g.greedy_ids);
       agreement.push(`${g.name}: ${same}/${g.greedy_ids.length}`);
-      assert.ok(same >= Math.min(GREEDY_SAME[kvDtype], g.greedy_ids.length), `${g.name}: ${kvDtype} greedy continuation leaves the fp32 one after ${same} tokens (${agreement.join(', ')})`);
+      const want = g === longest ? Math.min(GREEDY_SAME_LONGEST[kvDtype], g.greedy_ids.length) : g.greedy_ids.length;
+      assert.ok(same >= want, `${g.name}: ${kvDtype} greedy continuation leaves the fp32 one after ${same} tokens (${agreement.join(', ')})`);
     }
-    assert.ok(packed >= 512, 'the longest golden prompt no longer packs rows: the test would not test quantization');
+    assert.ok(packed >= 128, 'no golden prompt but the longest packs rows: the test would not test quantization');
     console.log(`${kvDtype} greedy agreement with golden: ${agreement.join(', ')}`);
   });
 }
