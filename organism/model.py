@@ -114,15 +114,10 @@ class Block(torch.nn.Module):
 CAUSAL_BLOCK = 256
 
 
-def _causal(n, m=None, offset=0):
-    """The causal mask of queries offset .. offset + n - 1 over keys 0 .. m - 1 (True = may attend)."""
-    return torch.ones(n, n if m is None else m, dtype=torch.bool).tril(offset)
-
-
 def _causal_bias(n, m, offset, group):
-    """_causal as an additive bias (0 or -inf), repeated for `group` query heads stacked along the rows."""
-    bias = torch.zeros(n, m).masked_fill_(~_causal(n, m, offset), float('-inf'))
-    return bias.repeat(group, 1)
+    """The additive causal bias (-inf where key j > query offset + i, else 0) of n queries over m keys, repeated for
+    `group` query heads stacked along the rows."""
+    return torch.full((n, m), float('-inf')).triu(offset + 1).repeat(group, 1)
 
 
 def _causal_attention(q, k, v, head_dim):

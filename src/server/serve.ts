@@ -35,8 +35,9 @@ export interface ServeOptions {
   /** The model's KV memory pool budget in bytes. Default a quarter of RAM. */
   kvMemoryBytes?: number;
   /**
-   * Compress POST /v1/contexts on a worker thread that loads this model (the same one `load` returns: its
-   * fingerprint is checked), so streams keep going meanwhile. Without it contexts compress on the event loop.
+   * Compress POST /v1/contexts and re-score /inspect/{id} on a worker thread that loads this model (the same one
+   * `load` returns: its fingerprint is checked), so streams keep going meanwhile. Without it that work runs on the
+   * event loop.
    */
   contextThread?: ModelLoadSpec;
   /** `ratio: "auto"` chooses by this negative-sample predictor (`kvlab eval router`) unless a request asks for the threshold. */
