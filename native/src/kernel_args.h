@@ -61,22 +61,9 @@ WeightRef weight_arg(const A& info, int at) {
   return w;
 }
 
-// (out, x, n, w, type, rows, cols, scales | null, group, bf16Activations)
-template <class A>
-Kernel matmul_op(const A& a) {
-  Matmul m;
-  m.out = data_of<float>(a[0]);
-  m.x = data_of<float>(a[1]);
-  m.n = num(a[2]);
-  m.w = weight_arg(a, 3);
-  const bool bf16 = flag(a[9]);
-  return [m, bf16] { matmul(m, bf16); };
-}
-
-// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][] (k, v all Float32Array or all Uint16Array of bf16), scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window (0: none))
-template <class A>
-Kernel attention_op(const A& info) {
-  Attention a;
+// The leading arguments every attention call shares: (q, out | null, nq, nHeads, nKv, d, qPos, ...).
+template <class A, class Args>
+void query_args(const A& info, Args& a) {
   a.q = data_of<float>(info[0]);
   a.out = data_of<float>(info[1]);
   a.nq = int(num(info[2]));
@@ -84,32 +71,19 @@ Kernel attention_op(const A& info) {
   a.n_kv = int(num(info[4]));
   a.d = int(num(info[5]));
   a.q_pos = data_of<int32_t>(info[6]);
-  Napi::Array heads = info[7].template As<Napi::Array>();
-  for (uint32_t g = 0; g < heads.Length(); g++) {
-    Napi::Array h = heads.Get(g).As<Napi::Array>();
-    HeadView view{nullptr, nullptr, data_of<int32_t>(h.Get(2u)), int(num(h.Get(3u)))};
-    a.bf16 = is_bf16(h.Get(0u));
-    if (a.bf16) {
-      view.k16 = data_of<uint16_t>(h.Get(0u));
-      view.v16 = data_of<uint16_t>(h.Get(1u));
-    } else {
-      view.k = data_of<float>(h.Get(0u));
-      view.v = data_of<float>(h.Get(1u));
-    }
-    a.heads.push_back(view);
-  }
-  a.scale = float(dbl(info[8]));
-  a.stats_from = int(num(info[9]));
-  for (int s = 10; s <= 11; s++) {
+}
+
+// (..., max[] | null, sum[] | null, queryWeight | null) from argument `at` on: the statistics of the keys' attention.
+template <class A, class Args>
+void stats_args(const A& info, int at, Args& a) {
+  for (int s = at; s <= at + 1; s++) {
     const Napi::Value v = info[s];
     if (v.IsNull() || v.IsUndefined()) continue;
     Napi::Array arr = v.As<Napi::Array>();
-    auto& dst = s == 10 ? a.stat_max : a.stat_sum;
+    auto& dst = s == at ? a.stat_max : a.stat_sum;
     for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
   }
-  a.query_weight = data_of<float>(info[12]);
-  a.window = long(num(info[13]));
-  return [a = std::move(a)] { attention(a); };
+  a.query_weight = data_of<float>(info[at + 2]);
 }
 
 // [k, v, pos, len] of each KV head; sets bf16 when the rows are bf16 bits (Uint16Array).
@@ -131,18 +105,37 @@ inline std::vector<HeadView> head_views(const Napi::Array& heads, bool* bf16) {
   return views;
 }
 
+// (out, x, n, w, type, rows, cols, scales | null, group, bf16Activations)
+template <class A>
+Kernel matmul_op(const A& a) {
+  Matmul m;
+  m.out = data_of<float>(a[0]);
+  m.x = data_of<float>(a[1]);
+  m.n = num(a[2]);
+  m.w = weight_arg(a, 3);
+  const bool bf16 = flag(a[9]);
+  return [m, bf16] { matmul(m, bf16); };
+}
+
+// (q, out | null, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][] (k, v all Float32Array or all Uint16Array of bf16), scale, statsFrom, max[] | null, sum[] | null, queryWeight | null, window (0: none))
+template <class A>
+Kernel attention_op(const A& info) {
+  Attention a;
+  query_args(info, a);
+  a.heads = head_views(info[7].template As<Napi::Array>(), &a.bf16);
+  a.scale = float(dbl(info[8]));
+  a.stats_from = int(num(info[9]));
+  stats_args(info, 10, a);
+  a.window = long(num(info[13]));
+  return [a = std::move(a)] { attention(a); };
+}
+
 // (q, out, nq, nHeads, nKv, d, qPos, heads: [k, v, pos, len][], prefix: [k, v, pos, len][], scale, window (0: none)): attention over a
 // shared prefix's rows followed by each head's own
 template <class A>
 Kernel attention_prefixed_op(const A& info) {
   Attention a;
-  a.q = data_of<float>(info[0]);
-  a.out = data_of<float>(info[1]);
-  a.nq = int(num(info[2]));
-  a.n_heads = int(num(info[3]));
-  a.n_kv = int(num(info[4]));
-  a.d = int(num(info[5]));
-  a.q_pos = data_of<int32_t>(info[6]);
+  query_args(info, a);
   a.heads = head_views(info[7].template As<Napi::Array>(), &a.bf16);
   bool prefix_bf16 = a.bf16;
   std::vector<HeadView> prefix = head_views(info[8].template As<Napi::Array>(), &prefix_bf16);
@@ -174,13 +167,7 @@ inline std::vector<PrunedHead> pruned_heads(const Napi::Value& arr) {
 template <class A>
 Kernel attention_pruned_op(const A& info) {
   PrunedAttention a;
-  a.q = data_of<float>(info[0]);
-  a.out = data_of<float>(info[1]);
-  a.nq = int(num(info[2]));
-  a.n_heads = int(num(info[3]));
-  a.n_kv = int(num(info[4]));
-  a.d = int(num(info[5]));
-  a.q_pos = data_of<int32_t>(info[6]);
+  query_args(info, a);
   a.heads = pruned_heads(info[7]);
   a.prefix = pruned_heads(info[8]);
   a.scale = float(dbl(info[9]));
@@ -217,25 +204,12 @@ inline std::vector<QuantHead> quant_heads(const Napi::Value& arr) {
 template <class A>
 Kernel attention_quant_op(const A& info) {
   QuantAttention a;
-  a.q = data_of<float>(info[0]);
-  a.out = data_of<float>(info[1]);
-  a.nq = int(num(info[2]));
-  a.n_heads = int(num(info[3]));
-  a.n_kv = int(num(info[4]));
-  a.d = int(num(info[5]));
-  a.q_pos = data_of<int32_t>(info[6]);
+  query_args(info, a);
   a.heads = quant_heads(info[7]);
   a.prefix = quant_heads(info[8]);
   a.scale = float(dbl(info[9]));
   a.stats_from = int(num(info[10]));
-  for (int s = 11; s <= 12; s++) {
-    const Napi::Value v = info[s];
-    if (v.IsNull() || v.IsUndefined()) continue;
-    Napi::Array arr = v.As<Napi::Array>();
-    auto& dst = s == 11 ? a.stat_max : a.stat_sum;
-    for (uint32_t g = 0; g < arr.Length(); g++) dst.push_back(data_of<float>(arr.Get(g)));
-  }
-  a.query_weight = data_of<float>(info[13]);
+  stats_args(info, 11, a);
   a.window = long(num(info[14]));
   a.bits = int(num(info[15]));
   a.group = int(num(info[16]));
