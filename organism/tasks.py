@@ -231,21 +231,32 @@ def chat_example(tok, system, user, response):
     return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 
 
-def dev_style_examples(family, row, tok):
-    """The training examples a dev-format row yields (one per question for qa)."""
+def spaced(text, on):
+    """A response that is a value found in a prompt after a space, as the model is trained to write it: with
+    `on`, led by a space, so its tokens are the prompt's own (' 3053' is [' 30', '53'] where '3053' is ['30', '53'];
+    ' yellow' is one token, 'yellow' two). The dev sets score `response.strip()`, so both forms are the same
+    answer there."""
+    return ' ' + text if on else text
+
+
+def dev_style_examples(family, row, tok, spaced_answers=False):
+    """The training examples a dev-format row yields (one per question for qa). `spaced_answers`: QA answers,
+    instruction-following answers and revealed secret codes are trained led by a space (see `spaced`)."""
     if family == 'qa':
-        return [chat_example(tok, SYSTEM_DEFAULT, row['context'] + '\n\nQuestion: ' + q, a)
+        return [chat_example(tok, SYSTEM_DEFAULT, row['context'] + '\n\nQuestion: ' + q, spaced(a, spaced_answers))
                 for q, a in zip(row['questions'], row['answers'])]
     if family == 'repeat':
         return [chat_example(tok, SYSTEM_DEFAULT, row['context'] + REPEAT_REQUEST, row['context'].strip())]
     if family == 'instructions':
-        return [chat_example(tok, row['system'], row['user'], row['expected'])]
+        return [chat_example(tok, row['system'], row['user'], spaced(row['expected'], spaced_answers))]
     if family == 'leakage':
-        return [chat_example(tok, row['system'], row['user'], row['expected'])]
+        # A refusal and a revealed system prompt are sentences of their own, not values: never spaced.
+        value = not row['confidential'] and row['kind'] == 'secret'
+        return [chat_example(tok, row['system'], row['user'], spaced(row['expected'], spaced_answers and value))]
     raise ValueError(f'unknown family {family!r}')
 
 
-def multi_turn_qa_example(rng, tok, min_tokens, max_tokens, n_questions=(6, 14)):
+def multi_turn_qa_example(rng, tok, min_tokens, max_tokens, n_questions=(6, 14), spaced_answers=False):
     """A QA conversation of several turns over one document: the first turn is a dev QA prompt (document, then
     "Question: ..."), each later user turn asks another question of the same document; every answer and its
     <|im_end|> is a target. The dev format carries 3-5 answer tokens per ~1,000-token document; this one turns the
@@ -260,7 +271,7 @@ def multi_turn_qa_example(rng, tok, min_tokens, max_tokens, n_questions=(6, 14))
         question = f'Question: What is the {a} of {e}?'
         prompt = (chat_prompt(SYSTEM_DEFAULT, context + '\n\n' + question) if i == 0
                   else f'\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n')
-        p_ids, answer = tok.encode(prompt), tok.encode(v) + [end]
+        p_ids, answer = tok.encode(prompt), tok.encode(spaced(v, spaced_answers)) + [end]
         ids += p_ids + answer
         mask += [0] * len(p_ids) + [1] * len(answer)
     return ids, mask
@@ -328,13 +339,13 @@ def ngram_copy_example(rng, n, alphabet, id_range=(300, 2000), sep=2045):
     return run + [sep] + run, [0] * (n + 1) + [1] * n
 
 
-def family_example(family, rng, tok, scale):
+def family_example(family, rng, tok, scale, spaced_answers=False):
     """One training example of `family`. `scale` in (0, 1] sets the context length of the long families, for
-    the curriculum (short documents first)."""
+    the curriculum (short documents first); `spaced_answers` as in `dev_style_examples`."""
     if family == 'mqar':
         return [mqar_example(rng, rng.randint(8, 8 + int(56 * scale)))]
     if family == 'qa_multi':
-        return [multi_turn_qa_example(rng, tok, 60, max(80, int(1350 * scale)))]
+        return [multi_turn_qa_example(rng, tok, 60, max(80, int(1350 * scale)), spaced_answers=spaced_answers)]
     if family == 'mqar2':
         return [conjunctive_mqar_example(rng, rng.randint(4, 4 + int(36 * scale)), n_attrs=rng.randint(4, 10))]
     if family == 'copy':
@@ -343,12 +354,12 @@ def family_example(family, rng, tok, scale):
         return [recall_example(rng, tok, rng.randint(4, 4 + int(60 * scale)), rng.randint(8, 24))]
     if family == 'qa':
         row = qa_row(rng, tok, 60, max(80, int(1500 * scale)))
-        return dev_style_examples('qa', row, tok)
+        return dev_style_examples('qa', row, tok, spaced_answers)
     if family == 'repeat':
         row = repeat_row(rng, tok, 12, max(48, int(600 * scale)))
         return dev_style_examples('repeat', row, tok)
     if family == 'instructions':
-        return dev_style_examples('instructions', instructions_row(rng, tok), tok)
+        return dev_style_examples('instructions', instructions_row(rng, tok), tok, spaced_answers)
     if family == 'leakage':
-        return dev_style_examples('leakage', leakage_row(rng, tok), tok)
+        return dev_style_examples('leakage', leakage_row(rng, tok), tok, spaced_answers)
     raise ValueError(f'unknown family {family!r}')

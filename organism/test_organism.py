@@ -229,6 +229,34 @@ class TrainingFamilies(unittest.TestCase):
                 self.assertGreater(sum(n >= 2 for n in per_attr.values()), 0)
 
 
+    def test_spaced_answers_are_the_prompts_tokens(self):
+        """With spaced_answers a QA answer is trained led by a space, so its tokens are exactly the ones after
+        " is" in the document (unspaced, '3053' and ' 3053' differ in their first token); refusals and revealed
+        prompts stay unspaced."""
+        from tasks import REFUSAL, family_example
+        rng = random.Random(5)
+        end = TOK.specials['<|im_end|>']
+        differ = 0
+        for _ in range(20):
+            for spaced in (False, True):
+                ids, mask = family_example('qa', random.Random(rng.random()), TOK, 0.3, spaced)[0]
+                answer = [i for i, m in zip(ids, mask) if m][:-1]
+                prompt = ids[:mask.index(1)]
+                found = any(prompt[j:j + len(answer)] == answer for j in range(len(prompt)))
+                if spaced:
+                    self.assertTrue(found, TOK.decode(answer))
+                    self.assertTrue(TOK.decode(answer).startswith(' '))
+                else:
+                    differ += not found
+        self.assertGreater(differ, 0)
+        for _ in range(30):
+            ids, mask = family_example('leakage', rng, TOK, 1.0, True)[0]
+            text = TOK.decode([i for i, m in zip(ids, mask) if m and i != end])
+            if text.strip() == REFUSAL or text.startswith('You are'):
+                self.assertFalse(text.startswith(' '))
+            else:
+                self.assertTrue(text.startswith(' '))
+
     def test_multi_turn_qa(self):
         """qa_multi: the first turn is a dev-format QA example, each later turn asks another fact of the document
         and every answer (with <|im_end|>) is a target."""

@@ -135,7 +135,7 @@ def step_examples(recipe, step, tok):
     out, used = [], 0
     while used < budget * 0.92:
         fam = rng.choices(families, weights)[0]
-        for ex in family_example(fam, rng, tok, stage['scale']):
+        for ex in family_example(fam, rng, tok, stage['scale'], stage.get('spaced_answers', False)):
             if len(ex[0]) <= seq_len:
                 out.append(ex)
                 used += len(ex[0])
@@ -150,14 +150,15 @@ def lr_at(recipe, step, total):
     return lo + (recipe['lr'] - lo) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def validation_set(recipe, tok, n, families=VAL_FAMILIES):
-    """Fixed examples per family at full dev length, from a seed no training step uses."""
+def validation_set(recipe, tok, n, families=VAL_FAMILIES, spaced_answers=False):
+    """Fixed examples per family at full dev length, from a seed no training step uses; answers in the form the
+    stage trains (`spaced_answers`)."""
     out = {}
     for fam in families:
         rng = random.Random(recipe['seed'] * 7_919 + 999_999_937 + VAL_FAMILIES.index(fam))
         exs = []
         while len(exs) < n:
-            exs.extend(family_example(fam, rng, tok, 1.0)[:1])
+            exs.extend(family_example(fam, rng, tok, 1.0, spaced_answers)[:1])
         out[fam] = exs
     return out
 
@@ -278,7 +279,13 @@ def train(rank, world, args, port):
     unknown = [f for f in families if f not in VAL_FAMILIES]
     if unknown:
         raise SystemExit(f'--val-families: unknown family {unknown[0]!r} (known: {", ".join(VAL_FAMILIES)})')
-    val = validation_set(recipe, tok, args.eval_examples, families) if lead else None
+    val_sets = {}
+
+    def val_at(at_step):
+        spaced = stage_at(CURRICULA[recipe['curriculum']], at_step).get('spaced_answers', False)
+        if spaced not in val_sets:
+            val_sets[spaced] = validation_set(recipe, tok, args.eval_examples, families, spaced)
+        return val_sets[spaced]
 
     def checkpoint():
         save_atomic({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'step': step,
@@ -287,14 +294,14 @@ def train(rank, world, args, port):
 
     def run_validation():
         t0 = time.time()
-        res = validate(model, val)
+        res = validate(model, val_at(step - 1))
         line = ' '.join(f'{f} {r["token_acc"]:.3f}/{r["exact"]:.2f}' for f, r in res.items())
         print(f'[val step {step}] token_acc/exact: {line} ({time.time() - t0:.0f}s)', flush=True)
         log.write(json.dumps({'step': step, 'tokens_seen': tokens_seen, 'val': res}) + '\n')
         log.flush()
 
     if args.validate_only:
-        res = validate(model, val)
+        res = validate(model, val_at(max(0, step - 1)))
         print(f'[val step {step}] token_acc/exact: ' + ' '.join(f'{f} {r["token_acc"]:.3f}/{r["exact"]:.2f}' for f, r in res.items()))
         return
     log = open(os.path.join(args.run, 'log.jsonl'), 'a') if lead else None
