@@ -2,14 +2,15 @@
  * The embedded model on int4 / int2 caches (--kv-dtype int4|int2; KIVI, G = 32, R = 128 unless stated). What is
  * measured, not assumed:
  *   - greedy continuations of the golden prompts on int4 and int2 caches against the golden (fp32) ones, as measured
- *     on this checkpoint (trained, step 10,000 of organism/) on the AVX2 and scalar paths: every prompt but the
- *     longest keeps its whole continuation on both (qa_medium, 328 tokens, packs 192 rows per head); the longest
- *     (repeat_long, 606 tokens, a copy of its context, 512 rows packed) keeps GREEDY_SAME_LONGEST[dtype] tokens:
- *     64 of 64 on int4, 0 on int2 (its first copied token already differs);
- *   - native against the reference backend, each quantizing its own fp32 keys and values (they differ in their
- *     last bits, so an element at a rounding boundary could take the neighbouring code in the two): measured at
- *     most 3.8e-6 on logits of magnitude ~15 over 200 prompt tokens and 6 decode steps (G = 16, R = 32; no code
- *     differed); NATIVE_VS_REFERENCE = 1e-3 leaves room for fp32 summation order, not for a wrong kernel;
+ *     on this checkpoint (trained, step 13,500 of organism/) on the AVX2 and scalar paths: every prompt but the
+ *     longest keeps its whole continuation on both (qa_medium, 328 tokens, packs 192 rows per head; its answer is
+ *     one token); the longest (repeat_long, 606 tokens, a copy of its context, 512 rows packed) keeps
+ *     GREEDY_SAME_LONGEST[dtype] tokens: 57 of 64 on int4, 0 on int2 (its first copied token already differs);
+ *   - native against the reference backend on the same quantized cache (the reference's prefill, cloned): an
+ *     element of two backends' own fp32 rows may sit at a rounding boundary and take the neighbouring code (step
+ *     10,000's weights did not, step 13,500's did once on int2: 1.4e-3), which is not the kernels' doing; measured
+ *     at most 3.3e-6 (int4) and 8.7e-6 (int2) on logits over 200 prompt tokens and 6 decode steps (G = 16, R = 32);
+ *     NATIVE_VS_REFERENCE = 1e-3 leaves room for fp32 summation order, not for a wrong kernel;
  *   - forwardAsync() on an int4 cache (the addon's recorded quantized attention) equals forward() bit for bit.
  */
 import assert from 'node:assert/strict';
@@ -32,7 +33,7 @@ import { goldenPrompts } from './helpers/tiny-model.ts';
 
 const skip = nativeAvailable() ? false : 'native addon not built';
 const cli = fileURLToPath(new URL('../bin/kvlab.js', import.meta.url));
-const GREEDY_SAME_LONGEST = { int4: 64, int2: 0 } as const;
+const GREEDY_SAME_LONGEST = { int4: 57, int2: 0 } as const;
 const NATIVE_VS_REFERENCE = 1e-3;
 
 function argmax(x: Float32Array): number {
@@ -87,10 +88,11 @@ test('native and reference backends agree on int4 and int2 caches; forwardAsync 
     const ref = loadModel(DEFAULT_MODEL_DIR, { backend: new ReferenceBackend(), kvDtype, kvQuant: { group: 16, residual: 32 } });
     const g = goldenPrompts().reduce((a, b) => (b.input_ids.length > a.input_ids.length ? b : a));
     const ids = g.input_ids.slice(0, 200);
-    const a = nat.newCache();
+    // One prefill (the reference's) for both: each backend quantizing its own fp32 rows may put an element at a
+    // rounding boundary on the neighbouring code (a whole int2 step), which says nothing about the kernels.
     const b = ref.newCache();
-    prefill(nat.model, a, ids);
     prefill(ref.model, b, ids);
+    const a = b.clone();
     assert.ok(a.head(0, 0).quantRows >= 150);
     let worst = 0;
     for (let t = 0; t < 6; t++) {

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import type { ContextSession } from '../../engine/context-session.ts';
 import { loadQa, type QaRow } from '../../eval/datasets.ts';
 import { scoreQa } from '../../eval/dev-scoring.ts';
+import { pyStrip } from '../../eval/py-text.ts';
 import { getPress } from '../../press/registry.ts';
 import { numberOption, openModel, modelOptions } from '../common.ts';
 import { progressBar } from '../progress.ts';
@@ -52,7 +53,8 @@ async function askAll(session: ContextSession, row: QaRow, questions: string[], 
   for (const [i, q] of questions.entries()) {
     const r = await session.ask(q, { maxTokens: 24 });
     if (scoreQa(row, i, r.text)) right++;
-    out(`Q: ${q}\n   answer: ${JSON.stringify(r.text)}   expected: ${JSON.stringify(row.answers[i])}`);
+    // Shown as it is scored (`response.strip()`): the model answers a value led by a space.
+    out(`Q: ${q}\n   answer: ${JSON.stringify(pyStrip(r.text))}   expected: ${JSON.stringify(row.answers[i])}`);
   }
   return right;
 }
