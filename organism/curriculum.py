@@ -41,9 +41,12 @@ CURRICULA = {
         {'name': 'qa-mid-spaced', 'until': 11800, 'scale': 0.6, 'seq_len': 1024, 'spaced_answers': True,
          'mix': {'mqar': 0.03, 'mqar2': 0.05, 'recall': 0.07, 'copy': 0.05, 'repeat': 0.1, 'qa': 0.1, 'qa_multi': 0.3,
                  'instructions': 0.175, 'leakage': 0.125}},
-        {'name': 'qa-full-spaced', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700, 'spaced_answers': True,
+        {'name': 'qa-full-spaced', 'until': 13500, 'scale': 1.0, 'seq_len': 1700, 'spaced_answers': True,
          'mix': {'mqar': 0.05, 'mqar2': 0.05, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.15, 'qa': 0.1, 'qa_multi': 0.2,
                  'instructions': 0.175, 'leakage': 0.125}},
+        {'name': 'full-capitals', 'until': 10 ** 9, 'scale': 1.0, 'seq_len': 1700, 'spaced_answers': True,
+         'mix': {'mqar': 0.03, 'mqar2': 0.04, 'recall': 0.05, 'copy': 0.1, 'repeat': 0.15, 'qa': 0.1, 'qa_multi': 0.2,
+                 'instructions': 0.14, 'say_turns': 0.07, 'leakage': 0.12}},
     ],
     'probe-mqar': [
         {'name': 'mqar', 'until': 10 ** 9, 'scale': 0.25, 'seq_len': 256, 'mix': {'mqar': 1.0}},

@@ -1,8 +1,9 @@
 """Task generator for kvlab-tiny-chat: the four dev families (qa, repeat, instructions, leakage) in exactly
 the row formats of data/dev (see /work/shared/data/README.md), plus training-only families:
 `mqar` (multi-query associative recall on raw ids), `recall` (many questions over one fact document,
-every answer supervised), `copy` (copying a raw-id run over a small alphabet: multi-token induction) and `mqar2`
-(recall by a pair of ids, as a QA document's facts are found by attribute and entity together). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
+every answer supervised), `copy` (copying a raw-id run over a small alphabet: multi-token induction), `mqar2`
+(recall by a pair of ids, as a QA document's facts are found by attribute and entity together), `qa_multi` (one
+document, many QA turns) and `say_turns` (many answers under one capital-letters instruction). Rows are produced from a seeded random.Random, so a (seed, index) pair names a row.
 
 Entities and values are pseudo-words built from the same kind of syllables as the dev sets, but drawn
 fresh: no dev row is ever reproduced (test_organism.py checks that no generated context equals a dev one).
@@ -277,6 +278,30 @@ def multi_turn_qa_example(rng, tok, min_tokens, max_tokens, n_questions=(6, 14),
     return ids, mask
 
 
+def say_turns_example(rng, tok, n_turns=(6, 12), spaced_answers=True):
+    """Several "Say the word X." turns under one system prompt that nearly always says "Write every answer in
+    capital letters." (with 0-2 of the prefix / suffix / quote instructions beside it); every answer is a target.
+    The dev instructions rows ask for capitals in about half of the items but carry one answer each: too little
+    signal to learn the capital spelling of each word's tokens (' yellow' -> ' YELLOW')."""
+    kinds = (['UPPER'] if rng.random() < 0.85 else []) + rng.sample(['PREFIX', 'SUFFIX', 'QUOTE'], rng.randint(0, 2))
+    rng.shuffle(kinds)
+    instructions = [{'type': k, 'arg': instruction_arg(rng, k)} for k in kinds]
+    system = system_prompt(instructions)
+    end = tok.specials['<|im_end|>']
+    ids, mask = [], []
+    for i in range(rng.randint(*n_turns)):
+        r = rng.random()
+        value = (rng.choice(COLORS) if r < 0.25 else rng.choice(ANIMALS) if r < 0.5 else rng.choice(FOODS) if r < 0.6
+                 else pseudo_word(rng, 2, 3, capital=rng.random() < 0.5))
+        user = f'Say the word {value}.'
+        prompt = (chat_prompt(system, user) if i == 0
+                  else f'\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n')
+        p_ids, answer = tok.encode(prompt), tok.encode(spaced(transform(value, instructions), spaced_answers)) + [end]
+        ids += p_ids + answer
+        mask += [0] * len(p_ids) + [1] * len(answer)
+    return ids, mask
+
+
 def recall_example(rng, tok, n_facts, n_questions):
     """A fact document in the user turn, then the assistant answers many questions in one turn
     ("What is the color of X? red" lines): every answer token is a target, which is a much denser recall
@@ -350,6 +375,8 @@ def family_example(family, rng, tok, scale, spaced_answers=False):
         return [conjunctive_mqar_example(rng, rng.randint(4, 4 + int(36 * scale)), n_attrs=rng.randint(4, 10))]
     if family == 'copy':
         return [ngram_copy_example(rng, rng.randint(32, 64 + int(500 * scale)), round(2 ** rng.uniform(3, 6)))]
+    if family == 'say_turns':
+        return [say_turns_example(rng, tok, spaced_answers=spaced_answers)]
     if family == 'recall':
         return [recall_example(rng, tok, rng.randint(4, 4 + int(60 * scale)), rng.randint(8, 24))]
     if family == 'qa':

@@ -257,6 +257,33 @@ class TrainingFamilies(unittest.TestCase):
             else:
                 self.assertTrue(text.startswith(' '))
 
+    def test_say_turns(self):
+        """say_turns: every turn's answer is the asked word transformed by the system prompt's instructions, led by
+        a space; most rows ask for capitals."""
+        from tasks import family_example
+        rng = random.Random(12)
+        end = TOK.specials['<|im_end|>']
+        upper = 0
+        for _ in range(20):
+            ids, mask = family_example('say_turns', rng, TOK, 1.0, True)[0]
+            text = TOK.decode(ids)
+            system = text[text.index('system\n') + 7:text.index('<|im_end|>')]
+            words = re.findall(r'Say the word (\w+)\.', text)
+            answers, run = [], []
+            for i, m in zip(ids, mask):
+                if m and i != end:
+                    run.append(i)
+                elif m:
+                    answers.append(TOK.decode(run))
+                    run = []
+            self.assertEqual(len(answers), len(words))
+            caps = 'capital letters' in system
+            upper += caps
+            for w, a in zip(words, answers):
+                self.assertTrue(a.startswith(' '))
+                self.assertIn(w.upper() if caps else w, a)
+        self.assertGreater(upper, 10)
+
     def test_multi_turn_qa(self):
         """qa_multi: the first turn is a dev-format QA example, each later turn asks another fact of the document
         and every answer (with <|im_end|>) is a target."""

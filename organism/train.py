@@ -38,7 +38,7 @@ from tasks import family_example  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TOKENIZER = os.path.join(HERE, '..', 'models', 'kvlab-tiny-chat', 'tokenizer.json')
-VAL_FAMILIES = ['mqar', 'recall', 'repeat', 'qa', 'instructions', 'leakage', 'copy', 'mqar2', 'qa_multi']
+VAL_FAMILIES = ['mqar', 'recall', 'repeat', 'qa', 'instructions', 'leakage', 'copy', 'mqar2', 'qa_multi', 'say_turns']
 
 
 def parse_args(argv=None):
