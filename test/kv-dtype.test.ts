@@ -88,7 +88,9 @@ test('every press scores a bf16 cache as it scores an fp32 cache holding the sam
 
 test('kvlab generate --kv-dtype bf16 runs on a bf16 cache; an unknown dtype is refused by name', () => {
   const out = JSON.parse(execFileSync(process.execPath, [cli, 'generate', '--kv-dtype', 'bf16', '--temperature', '0', '--max-tokens', '4', '--json', '--prompt', 'Hello'], { encoding: 'utf8' }));
-  assert.equal(out.tokens.length, 4);
+  // Up to 4 tokens: the model may end its answer sooner (finish_reason "stop").
+  assert.ok(out.tokens.length >= 1 && out.tokens.length <= 4, `${out.tokens.length} tokens`);
+  assert.ok(out.tokens.length === 4 || out.finish_reason === 'stop', `${out.tokens.length} tokens, finish_reason ${out.finish_reason}`);
   assert.equal(out.kv_dtype, 'bf16');
   const bad = spawnSync(process.execPath, [cli, 'generate', '--kv-dtype', 'fp8', '--prompt', 'Hello'], { encoding: 'utf8' });
   assert.notEqual(bad.status, 0);
