@@ -5,7 +5,6 @@ length. Prints one JSON line.
 
     /usr/bin/python3 organism/copy_errors.py --run /work/organism-runs/main [--examples 24]
 """
-import argparse
 import collections
 import json
 import os
@@ -25,14 +24,8 @@ def occurrence_bucket(count):
 
 @torch.no_grad()
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--run', required=True)
-    ap.add_argument('--examples', type=int, default=24)
-    ap.add_argument('--seed', type=int, default=12345)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    _, tok, model, ck = train.load_run(args.run)
-    model.eval()
+    args, _, tok, model, ck = train.analysis_args(__doc__, examples=(int, 24, 'repeat rows at dev length'),
+                                                  seed=(int, 12345, 'seed of the rows'))
     rng = random.Random(args.seed)
     tables = {k: collections.defaultdict(lambda: [0, 0]) for k in ('position_100', 'previous_token_occurrences', 'length_150')}
     for _ in range(args.examples):

@@ -65,3 +65,8 @@ def stage_at(curriculum, step):
         if step < stage['until']:
             return stage
     return curriculum[-1]
+
+
+def spaced_answers_at(curriculum, step):
+    """Whether the stage training `step` writes answers led by a space (the stage's `spaced_answers`)."""
+    return stage_at(curriculum, step).get('spaced_answers', False)

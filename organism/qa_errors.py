@@ -4,7 +4,6 @@ value found nowhere in the document. Prints one JSON line.
 
     /usr/bin/python3 organism/qa_errors.py --run /work/organism-runs/main [--rows 8]
 """
-import argparse
 import json
 import os
 import re
@@ -31,14 +30,8 @@ def kind_of(pred, answer, attr, entity, facts):
 
 @torch.no_grad()
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--run', required=True)
-    ap.add_argument('--rows', type=int, default=8)
-    ap.add_argument('--max-tokens', type=int, default=10)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    _, tok, model, ck = train.load_run(args.run)
-    model.eval()
+    args, _, tok, model, ck = train.analysis_args(__doc__, rows=(int, 8, 'first dev QA rows to ask'),
+                                                  max_tokens=(int, 10, 'greedy tokens per answer at most'))
     end = tok.specials['<|im_end|>']
     with open(DEV_QA) as f:
         rows = [json.loads(line) for line in f][:args.rows]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bpe import Tokenizer  # noqa: E402
-from curriculum import CURRICULA, stage_at  # noqa: E402
+from curriculum import CURRICULA, spaced_answers_at, stage_at  # noqa: E402
 from model import Llama  # noqa: E402
 from tasks import family_example  # noqa: E402
 
@@ -95,6 +95,20 @@ def load_run(run):
     ck = torch.load(os.path.join(run, 'ckpt.pt'))
     model.load_state_dict(ck['model'])
     return recipe, tok, model, ck
+
+
+def analysis_args(doc, **options):
+    """The command line of an analysis script (--run plus `options`: name -> (type, default, help)), with torch on one
+    thread: (args, recipe, tokenizer, model in eval mode, checkpoint dict)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--run', required=True, help='run folder (args.json and ckpt.pt)')
+    for name, (kind, default, help_text) in options.items():
+        ap.add_argument('--' + name.replace('_', '-'), type=kind, default=default, help=help_text)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    recipe, tok, model, ck = load_run(args.run)
+    model.eval()
+    return args, recipe, tok, model, ck
 
 
 def pack(examples, rows, seq_len, pad_id):
@@ -163,6 +177,12 @@ def validation_set(recipe, tok, n, families=VAL_FAMILIES, spaced_answers=False):
     return out
 
 
+def target_hits(model, ids, mask):
+    """Per target token of one example (in order), whether it is the teacher-forced argmax."""
+    pred = model(torch.tensor([ids]))[0][:-1].argmax(-1)
+    return (pred == torch.tensor(ids[1:]))[torch.tensor(mask[1:], dtype=torch.bool)]
+
+
 @torch.no_grad()
 def validate(model, val):
     model.eval()
@@ -170,13 +190,9 @@ def validate(model, val):
     for fam, exs in val.items():
         correct = total = exact = 0
         for e_ids, e_mask in exs:
-            logits = model(torch.tensor([e_ids]))[0]
-            pred = logits[:-1].argmax(-1)
-            tgt = torch.tensor(e_ids[1:])
-            m = torch.tensor(e_mask[1:], dtype=torch.bool)
-            ok = (pred == tgt)[m]
+            ok = target_hits(model, e_ids, e_mask)
             correct += int(ok.sum())
-            total += int(m.sum())
+            total += len(ok)
             exact += int(bool(ok.all()))
         res[fam] = {'token_acc': round(correct / max(1, total), 4), 'exact': round(exact / len(exs), 4)}
     model.train()
@@ -282,7 +298,7 @@ def train(rank, world, args, port):
     val_sets = {}
 
     def val_at(at_step):
-        spaced = stage_at(CURRICULA[recipe['curriculum']], at_step).get('spaced_answers', False)
+        spaced = spaced_answers_at(CURRICULA[recipe['curriculum']], at_step)
         if spaced not in val_sets:
             val_sets[spaced] = validation_set(recipe, tok, args.eval_examples, families, spaced)
         return val_sets[spaced]
